@@ -1,0 +1,35 @@
+# Set-up is automatic: the first `make train` or `make test` creates .venv and installs vhred.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= dailydialog
+CONFIG ?= configs/dailydialog.yaml
+ARGS   ?=
+
+# The local DailyDialog copy beside the checkout, when there is one (no internet needed then).
+SHARED_DAILYDIALOG := ../shared/data/dailydialog/ijcnlp_dailydialog.zip
+ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
+export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
+endif
+
+.PHONY: venv train test clean-venv
+
+venv: $(STAMP)
+
+# torch is installed first and pinned, so pip takes the CPU build where one is provided locally.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+train: $(STAMP)
+	$(BIN)/python -m vhred.train --config $(CONFIG) data=$(DATA) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""vhred: VHRED and HRED dialogue response generation in PyTorch."""

@@ -1,0 +1,25 @@
+"""Schedules as pure functions of the optimiser step."""
+from .config import Config
+
+
+def kl_weight(step: int, cfg: Config) -> float:
+    """beta(step) for the KL term.
+
+    linear:   0 -> kl_max over kl_warmup_steps, then kl_max (VHRED anneals linearly).
+    cyclical: repeated cycles of kl_cycle_steps; beta rises over the first kl_warmup_steps of
+              each and stays at kl_max for the rest (Fu et al. 2019, "Cyclical Annealing").
+    constant: kl_max throughout.
+    """
+    if cfg.kl_schedule == "constant" or cfg.kl_warmup_steps == 0:
+        return cfg.kl_max
+    if cfg.kl_schedule == "cyclical":
+        cycle = cfg.kl_cycle_steps or 2 * cfg.kl_warmup_steps
+        step = step % cycle
+    return cfg.kl_max * min(1.0, step / cfg.kl_warmup_steps)
+
+
+def learning_rate(step: int, cfg: Config) -> float:
+    """Linear warm-up to lr, then constant."""
+    if step < cfg.lr_warmup_steps:
+        return cfg.lr * (step + 1) / cfg.lr_warmup_steps
+    return cfg.lr

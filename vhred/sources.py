@@ -1,0 +1,191 @@
+"""Where dialogues come from: the DailyDialog archive (local or downloaded) or a user's JSONL file.
+
+Every source ends as three splits of dialogues; a dialogue is a list of utterance strings.
+"""
+import hashlib
+import io
+import json
+import os
+import sys
+import urllib.request
+import zipfile
+
+DAILYDIALOG_URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
+DAILYDIALOG_ARCHIVE = "ijcnlp_dailydialog.zip"
+DAILYDIALOG_SIZES = {"train": 11118, "validation": 1000, "test": 1000}
+SPLITS = ("train", "validation", "test")
+
+
+class DataError(RuntimeError):
+    """Missing, truncated or malformed data; the message says what to do."""
+
+
+def normalise(text: str) -> str:
+    """Collapse runs of white space, trim the ends."""
+    return " ".join(text.split())
+
+
+# --- DailyDialog -------------------------------------------------------------------------------
+
+def find_dailydialog(data_dir: str, url: str = DAILYDIALOG_URL) -> str:
+    """The DailyDialog source to read: $DAILYDIALOG_SRC, else data/raw/dailydialog/, else download."""
+    src = os.environ.get("DAILYDIALOG_SRC")
+    if src:
+        if not os.path.exists(src):
+            raise DataError(f"DAILYDIALOG_SRC={src} does not exist: point it at {DAILYDIALOG_ARCHIVE} "
+                            "or a folder holding it or its split files")
+        return src
+    local = os.path.join(data_dir, "raw", "dailydialog")
+    if os.path.isdir(local) and os.listdir(local):
+        return local
+    return download(url, os.path.join(local, DAILYDIALOG_ARCHIVE))
+
+
+def download(url: str, dest: str) -> str:
+    """Fetch url to dest with a progress bar; the file appears only once complete."""
+    from tqdm import tqdm
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + ".part"
+    try:
+        with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
+            total = int(resp.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {os.path.basename(dest)}") as bar:
+                while chunk := resp.read(1 << 16):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except OSError as e:   # URLError, timeouts and disk errors are all OSErrors
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise DataError(f"could not download {url} ({getattr(e, 'reason', e)}); without internet, put "
+                        f"{DAILYDIALOG_ARCHIVE} in {os.path.dirname(dest)}/ or set DAILYDIALOG_SRC=<path>") from None
+    os.replace(tmp, dest)
+    return dest
+
+
+def _members(src):
+    """(name, read) pairs of a zip archive or a folder, read() giving the bytes."""
+    if isinstance(src, str) and os.path.isdir(src):
+        for root, _, files in os.walk(src):
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                yield os.path.relpath(path, src), lambda p=path: open(p, "rb").read()
+        return
+    try:
+        archive = zipfile.ZipFile(src)
+        for name in archive.namelist():
+            yield name, lambda n=name: archive.read(n)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{_label(src)} is not a readable zip archive ({e}); the download may be "
+                        f"truncated: delete it and fetch {DAILYDIALOG_ARCHIVE} again") from None
+
+
+def _label(src) -> str:
+    return src if isinstance(src, str) else "an archive inside the DailyDialog zip"
+
+
+def _split_bytes(src, depth: int = 0) -> dict:
+    """Find dialogues_<split>.txt for each split, looking inside nested zips as the official archive has them."""
+    found, nested = {}, []
+    for name, read in _members(src):
+        base = os.path.basename(name)
+        for split in SPLITS:
+            if base == f"dialogues_{split}.txt":
+                found[split] = read()
+            elif base in (f"{split}.zip", DAILYDIALOG_ARCHIVE):
+                nested.append(read)
+    if len(found) < len(SPLITS) and depth < 2:
+        for read in nested:
+            for split, data in _split_bytes(io.BytesIO(read()), depth + 1).items():
+                found.setdefault(split, data)
+    return found
+
+
+def parse_dailydialog_text(data: bytes, split: str) -> list[list[str]]:
+    """One dialogue per line, utterances ending with __eou__."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"dialogues_{split}.txt is not UTF-8 text (byte {e.start}); "
+                        "this is not the official DailyDialog file") from None
+    dialogues = []
+    for line in text.splitlines():
+        utts = [normalise(u) for u in line.split("__eou__")]
+        utts = [u for u in utts if u]
+        if utts:
+            dialogues.append(utts)
+    return dialogues
+
+
+def read_dailydialog(src: str) -> dict:
+    """The official splits of DailyDialog from an archive or folder, with their sizes checked."""
+    raw = _split_bytes(src)
+    missing = [s for s in SPLITS if s not in raw]
+    if missing:
+        raise DataError(f"{src} does not hold DailyDialog's {', '.join(missing)} split "
+                        f"(expected {DAILYDIALOG_ARCHIVE} or dialogues_<split>.txt files)")
+    splits = {s: parse_dailydialog_text(raw[s], s) for s in SPLITS}
+    for s, want in DAILYDIALOG_SIZES.items():
+        if len(splits[s]) != want:
+            raise DataError(f"{src}: {s} split has {len(splits[s])} dialogues, DailyDialog has {want}; "
+                            "the archive is truncated or not DailyDialog")
+    return splits
+
+
+# --- a user's JSONL ----------------------------------------------------------------------------
+
+def _hash_split(seed: int, lineno: int) -> str:
+    """A seeded 90/5/5 split that needs no pass over the whole file."""
+    h = int.from_bytes(hashlib.blake2b(f"{seed}:{lineno}".encode(), digest_size=8).digest(), "big")
+    r = h / 2 ** 64
+    return "train" if r < 0.9 else "validation" if r < 0.95 else "test"
+
+
+def _parse_jsonl_line(line: str):
+    """(dialogue, split or None), or raise ValueError saying what is wrong."""
+    obj = json.loads(line)
+    if not isinstance(obj, dict) or "dialog" not in obj:
+        raise ValueError('expected an object with a "dialog" list')
+    dialog = obj["dialog"]
+    if not isinstance(dialog, list) or not all(isinstance(u, str) for u in dialog):
+        raise ValueError('"dialog" must be a list of strings')
+    split = obj.get("split")
+    if split is not None and split not in SPLITS:
+        raise ValueError(f'"split" must be one of {", ".join(SPLITS)}, got {split!r}')
+    return [u for u in (normalise(u) for u in dialog) if u], split
+
+
+def iter_jsonl(path: str, seed: int, report=None):
+    """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                dialog, split = _parse_jsonl_line(raw.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                if report:
+                    report(lineno, str(e).splitlines()[0][:120])
+                continue
+            if len(dialog) < 2:
+                if report:
+                    report(lineno, "fewer than two non-empty utterances")
+                continue
+            yield split or _hash_split(seed, lineno), dialog
+
+
+def scan_jsonl(path: str, seed: int) -> dict:
+    """Count dialogues per split and report malformed lines, before anything is built."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file {path} not found (give data=dailydialog or a path to a .jsonl file)")
+    bad = []
+    counts = dict.fromkeys(SPLITS, 0)
+    for split, _ in iter_jsonl(path, seed, report=lambda n, why: bad.append((n, why))):
+        counts[split] += 1
+    for lineno, why in bad[:10]:
+        print(f"{path}: line {lineno}: skipped: {why}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"{path}: ... and {len(bad) - 10} more skipped lines", file=sys.stderr)
+    if counts["train"] == 0 or counts["validation"] == 0:
+        raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
+                        f"({len(bad)} lines skipped)")
+    return {"dialogues": counts, "skipped_lines": len(bad)}

@@ -1,0 +1,244 @@
+"""Train VHRED or HRED: python -m vhred.train --config configs/dailydialog.yaml [key=value ...]
+
+The run folder <out_dir>/<name>/ holds config.json, tokenizer.model, metrics.jsonl, last.pt
+(written every save_every steps, at each epoch end and on Ctrl-C) and best.pt (lowest validation
+negative ELBO). Running the same command again resumes from last.pt.
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .config import ARCH_FIELDS, Config, ConfigError, load, validate
+from .dataset import DialogueData, prepare
+from .model import VHRED, active_units, objective, perplexity
+from .schedule import kl_weight, learning_rate
+from .sources import DataError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def evaluate(model: VHRED, data: DialogueData, batch_size: int, device, max_batches: int = 0,
+             seed: int = 0) -> dict:
+    """Validation metrics: the negative ELBO per token, its NLL and KL parts, active units.
+
+    z is drawn from the posterior with its own seeded generator, so the training RNG stream is
+    untouched and repeated validations of one model agree.
+    """
+    was_training = model.training
+    model.eval()
+    nll = kl = 0.0
+    tokens = targets = 0
+    means = []
+    batches = data.batches(batch_size, shuffle=False)
+    batches = batches[:max_batches] if max_batches else batches
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for idx in batches:
+            b = data.batch(idx).to(device)
+            out = model(b.tokens, b.lens, b.turns)
+            nll += out["nll"].sum().item()
+            tokens += out["n_tokens"]
+            targets += len(out["nll"])
+            if "kl" in out:
+                kl += out["kl"].sum().item()
+                means.append(out["post_mean"].float().cpu())
+    model.train(was_training)
+    elbo = (nll + kl) / max(tokens, 1)
+    return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
+            "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
+            "active_units": active_units(torch.cat(means)) if means else 0,
+            "tokens": tokens, "utterances": targets}
+
+
+class Stop:
+    """Ctrl-C and SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C forces it)."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+class Run:
+    """The state of one training run and the files it writes."""
+
+    def __init__(self, cfg: Config, log=print):
+        self.cfg, self.log = cfg, log
+        self.dir = os.path.join(cfg.out_dir, cfg.name)
+        self.device = pick_device(cfg.device)
+        for w in validate(cfg):
+            log(f"warning: {w}")
+        folder = prepare(cfg, log=log)
+        meta = json.load(open(os.path.join(folder, "meta.json")))
+        cfg.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than asked
+        self.train_data = DialogueData(folder, "train")
+        self.val_data = DialogueData(folder, "validation")
+        with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
+            self.tokenizer = f.read()
+        torch.manual_seed(cfg.seed)
+        self.model = VHRED(cfg).to(self.device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step, self.epoch, self.batch_pos = 0, 0, 0
+        self.best = math.inf
+        self.last_val_step = -1
+        self.stopped = False
+        os.makedirs(self.dir, exist_ok=True)
+        self._resume_or_start(folder)
+
+    def _resume_or_start(self, folder: str):
+        last = os.path.join(self.dir, "last.pt")
+        if os.path.exists(last):
+            state = checkpoint.load(last)
+            changed = [k for k in ARCH_FIELDS if state["config"].get(k) != getattr(self.cfg, k)]
+            if changed:
+                raise CheckpointError(f"{self.dir} holds a run with other {', '.join(changed)}; pass "
+                                      f"name=<new name> for a new run, or remove {self.dir}")
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
+            self.best = state["best"]
+            torch.set_rng_state(state["rng"])
+            self.log(f"resuming {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_pos})")
+        shutil.copyfile(os.path.join(folder, "tokenizer.model"), os.path.join(self.dir, "tokenizer.model"))
+        with open(os.path.join(self.dir, "config.json"), "w") as f:
+            json.dump(asdict(self.cfg), f, indent=1)
+
+    def save(self, name: str):
+        state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
+                 "config": asdict(self.cfg), "tokenizer": checkpoint.as_tensor(self.tokenizer),
+                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
+                 "best": self.best, "rng": torch.get_rng_state()}
+        checkpoint.save(state, os.path.join(self.dir, name))
+
+    def metrics(self, record: dict):
+        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def validate(self) -> dict:
+        m = evaluate(self.model, self.val_data, self.cfg.batch_size, self.device,
+                     self.cfg.eval_batches, self.cfg.seed)
+        self.metrics({"split": "val", "step": self.step, "epoch": self.epoch, **m})
+        self.last_val_step = self.step
+        self.log(f"step {self.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
+                 f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
+                 f"active units {m['active_units']}")
+        if m["elbo_per_token"] < self.best:
+            self.best = m["elbo_per_token"]
+            self.save("best.pt")
+        return m
+
+    def train_step(self, batch) -> dict:
+        cfg = self.cfg
+        lr, beta = learning_rate(self.step, cfg), kl_weight(self.step, cfg)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        b = batch.to(self.device, non_blocking=True)
+        out = self.model(b.tokens, b.lens, b.turns)
+        loss = objective(out, beta, cfg.free_bits, cfg.bow_weight)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.step += 1
+        n = max(out["n_tokens"], 1)
+        kl = out["kl"].sum().item() if "kl" in out else 0.0
+        return {"loss": loss.item(), "nll_per_token": out["nll"].sum().item() / n,
+                "kl_per_utt": kl / max(len(out["nll"]), 1), "beta": beta, "lr": lr, "tokens": n}
+
+
+def _done(run: Run) -> bool:
+    return bool(run.cfg.max_steps) and run.step >= run.cfg.max_steps
+
+
+def train(cfg: Config, log=print) -> Run:
+    """Train until epochs or max_steps are done, or a stop is requested; resumable."""
+    from tqdm import tqdm
+    run = Run(cfg, log)
+    log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}; "
+        f"{len(run.train_data)} training windows; run folder {run.dir}")
+    stop = Stop()
+    try:
+        while run.epoch < cfg.epochs and not _done(run) and not stop.requested:
+            batches = run.train_data.batches(cfg.batch_size, cfg.seed, run.epoch)
+            bar = tqdm(total=len(batches), initial=run.batch_pos, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
+            t0, seen = time.perf_counter(), 0
+            while run.batch_pos < len(batches) and not _done(run) and not stop.requested:
+                m = run.train_step(run.train_data.batch(batches[run.batch_pos]))
+                run.batch_pos += 1
+                seen += m["tokens"]
+                m["tokens_per_s"] = seen / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}",
+                                kl=f"{m['kl_per_utt']:.2f}", beta=f"{m['beta']:.2f}",
+                                tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+                if run.step % cfg.log_every == 0:
+                    run.metrics({"split": "train", "step": run.step, "epoch": run.epoch, **m})
+                if cfg.eval_every and run.step % cfg.eval_every == 0:
+                    run.validate()
+                if run.step % cfg.save_every == 0:
+                    run.save("last.pt")
+            bar.close()
+            if run.batch_pos >= len(batches):   # a whole epoch: validate, move on
+                run.epoch, run.batch_pos = run.epoch + 1, 0
+                run.validate()
+            run.save("last.pt")
+        if not stop.requested and run.last_val_step != run.step:   # max_steps ended mid-epoch
+            run.validate()
+            run.save("last.pt")
+    finally:
+        stop.restore()
+    run.stopped = stop.requested
+    if stop.requested:
+        log(f"stopped at step {run.step}; saved {run.dir}/last.pt. Run the same command to resume.")
+    else:
+        log(f"done at step {run.step}: best validation ELBO/token {run.best:.3f}; {run.dir}/best.pt")
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Train VHRED / HRED on dialogues.")
+    p.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
+    args = p.parse_args(argv)
+    try:
+        cfg = load(args.config, args.overrides)
+        run = train(cfg)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:   # disk full, permissions: the previous checkpoint is still whole
+        print(f"error: {e.strerror or e} ({e.filename or 'while training'}); the last checkpoint is intact",
+              file=sys.stderr)
+        sys.exit(1)
+    if run.stopped:
+        sys.exit(130)   # the shell's code for a run ended by Ctrl-C
+
+
+if __name__ == "__main__":
+    main()
