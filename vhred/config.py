@@ -169,9 +169,11 @@ def validate(cfg: Config) -> list[str]:
             raise ConfigError(f"{key} must be below 1, got {getattr(cfg, key)}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
+    if cfg.kl_schedule == "cyclical" and 0 < cfg.kl_cycle_steps < cfg.kl_warmup_steps:
+        raise ConfigError("kl_cycle_steps must be at least kl_warmup_steps (the ramp is part of a cycle)")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got '{cfg.device}'")
-    if not cfg.name or os.sep in cfg.name or cfg.name in (".", ".."):
+    if os.sep in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name must be a plain folder name, got '{cfg.name}'")
     warnings = []
     if cfg.model == "vhred" and cfg.max_steps and cfg.kl_schedule == "linear" \

@@ -89,7 +89,7 @@ class Run:
 
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
-        self.dir = os.path.join(cfg.out_dir, cfg.name)
+        self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.model}")
         self.device = pick_device(cfg.device)
         for w in validate(cfg):
             log(f"warning: {w}")

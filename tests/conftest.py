@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+
+from vhred.config import load
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tiny models gain nothing from threads, and a second thread per process makes tests crawl
+# when the cores are busy (a training run beside them): one thread, here and in subprocesses.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+SHARED_ZIP = os.path.join(ROOT, "..", "shared", "data", "dailydialog", "ijcnlp_dailydialog.zip")
+
+
+@pytest.fixture(scope="session")
+def dailydialog_zip():
+    """The local DailyDialog archive: $DAILYDIALOG_SRC, else the copy in ../shared."""
+    path = os.environ.get("DAILYDIALOG_SRC") or SHARED_ZIP
+    if not os.path.exists(path):
+        pytest.skip("no local DailyDialog archive (set DAILYDIALOG_SRC)")
+    return os.path.abspath(path)
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """One data folder for the whole session, so the tiny slice is prepared once."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def tiny_cfg(dailydialog_zip, data_dir, tmp_path, monkeypatch):
+    """The tiny config on a DailyDialog slice, writing its run under tmp_path."""
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    def make(*overrides):
+        return load(os.path.join(ROOT, "configs", "tiny.yaml"),
+                    [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", *overrides])
+    return make

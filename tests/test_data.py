@@ -1,0 +1,131 @@
+"""Sources, preparation and batching on the real DailyDialog archive and small hand-made files."""
+import io
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from vhred import sources
+from vhred.dataset import DialogueData, prepare, windows
+from vhred.sources import DataError
+from vhred.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def dd(dailydialog_zip):
+    return sources.read_dailydialog(dailydialog_zip)
+
+
+def test_official_split_sizes_and_parsing(dd):
+    assert {s: len(d) for s, d in dd.items()} == {"train": 11118, "validation": 1000, "test": 1000}
+    first = dd["validation"][0]
+    assert first[0] == "Good morning , sir . Is there a bank near here ?"
+    assert first[-1] == "1000 Yuan.Here you are ."
+    assert all(u and "__eou__" not in u and "  " not in u for d in dd["train"][:500] for u in d)
+
+
+def test_a_folder_of_extracted_split_files_reads_the_same(dd, tmp_path):
+    for split, dialogues in dd.items():
+        os.makedirs(tmp_path / split)
+        text = "".join(" __eou__ ".join(d) + " __eou__\n" for d in dialogues)
+        (tmp_path / split / f"dialogues_{split}.txt").write_text(text)
+    assert sources.read_dailydialog(str(tmp_path)) == dd
+
+
+def test_truncated_archive_is_a_clear_error(dailydialog_zip, tmp_path):
+    bad = tmp_path / "ijcnlp_dailydialog.zip"
+    bad.write_bytes(open(dailydialog_zip, "rb").read()[:5000])
+    with pytest.raises(DataError, match="not a readable zip archive"):
+        sources.read_dailydialog(str(bad))
+
+
+def test_wrong_split_sizes_are_a_clear_error(tmp_path):
+    path = tmp_path / "fake.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for split in sources.SPLITS:
+            z.writestr(f"{split}/dialogues_{split}.txt", "Hi . __eou__ Hello . __eou__\n")
+    with pytest.raises(DataError, match="train split has 1 dialogues, DailyDialog has 11118"):
+        sources.read_dailydialog(str(path))
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as z:
+        z.writestr("readme.txt", "not dialogues")
+    with pytest.raises(DataError, match="does not hold DailyDialog"):
+        sources.read_dailydialog(str(tmp_path / "other.zip"))
+
+
+def test_offline_without_a_local_copy_says_where_to_put_the_archive(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
+    with pytest.raises(DataError, match=r"put ijcnlp_dailydialog.zip in .*raw/dailydialog/"):
+        sources.find_dailydialog(str(tmp_path), url="http://127.0.0.1:9/ijcnlp_dailydialog.zip")
+    assert not os.listdir(tmp_path / "raw" / "dailydialog")   # no partial file left behind
+
+
+def test_missing_dailydialog_src_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("DAILYDIALOG_SRC", str(tmp_path / "nope.zip"))
+    with pytest.raises(DataError, match="DAILYDIALOG_SRC=.* does not exist"):
+        sources.find_dailydialog(str(tmp_path))
+
+
+def test_windows_make_every_later_utterance_a_target_once():
+    assert windows(3, 5) == [(0, 3)]
+    assert windows(9, 4) == [(0, 4), (3, 7), (6, 9)]
+    targets = [i for s, e in windows(23, 5) for i in range(s + 1, e)]
+    assert targets == list(range(1, 23))
+
+
+def test_jsonl_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
+    path = tmp_path / "mine.jsonl"
+    good = [json.dumps({"dialog": [f"hello {i}", f"hi there {i}", "bye"]}) for i in range(40)]
+    lines = good[:3] + ["{not json"] + good[3:6] + ['{"dialog": "just a string"}', json.dumps({"dialog": ["one"]})] \
+        + good[6:] + [json.dumps({"dialog": ["a", "b"], "split": "validation"})]
+    path.write_text("\n".join(lines) + "\n")
+    scan = sources.scan_jsonl(str(path), seed=1)
+    err = capsys.readouterr().err
+    assert "mine.jsonl: line 4: skipped" in err and "line 8: skipped" in err and "line 9: skipped" in err
+    assert scan["skipped_lines"] == 3 and sum(scan["dialogues"].values()) == 41
+    again = [s for s, _ in sources.iter_jsonl(str(path), seed=1)]
+    assert again == [s for s, _ in sources.iter_jsonl(str(path), seed=1)]   # seeded split repeats
+    assert again[-1] == "validation"                                        # an explicit split wins
+
+
+def test_jsonl_trains_the_same_way(tmp_path, tiny_cfg):
+    path = tmp_path / "mine.jsonl"
+    rng = np.random.default_rng(0)
+    words = "the a cat dog sat ran on mat home why yes no good bad".split()
+    with open(path, "w") as f:
+        for i in range(300):
+            dialog = [" ".join(rng.choice(words, 5)) for _ in range(int(rng.integers(2, 6)))]
+            f.write(json.dumps({"dialog": dialog}) + "\n")
+    cfg = tiny_cfg(f"data={path}", "vocab_size=40", "max_dialogues=0")
+    folder = prepare(cfg, log=lambda *_: None)
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert sum(meta["dialogues"].values()) == 300 and meta["dialogues"]["train"] > 240
+
+
+def test_prepare_caches_and_tokenizer_round_trips(tiny_cfg, dd):
+    cfg = tiny_cfg()
+    folder = prepare(cfg, log=lambda *_: None)
+    assert prepare(cfg, log=lambda *_: (_ for _ in ()).throw(AssertionError("rebuilt"))) == folder
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert meta["dialogues"] == {"train": 120, "validation": 120, "test": 120}
+    sp = load_tokenizer(os.path.join(folder, "tokenizer.model"))
+    utt = dd["train"][0][0]
+    assert sp.decode(sp.encode(utt)) == utt
+    train = DialogueData(folder, "train")
+    assert max(len(u) for u in train.ds[0]["ids"]) <= cfg.max_utt_len
+    assert train.n_turns.max() <= cfg.max_context + 1
+
+
+def test_bucketed_batches_cover_every_window_once_and_pad_little(tiny_cfg):
+    train = DialogueData(prepare(tiny_cfg(), log=lambda *_: None), "train")
+    a = train.batches(8, seed=3, epoch=0)
+    assert sorted(np.concatenate(a).tolist()) == list(range(len(train)))
+    assert all(np.array_equal(x, y) for x, y in zip(a, train.batches(8, seed=3, epoch=0)))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, train.batches(8, seed=3, epoch=1)))
+
+    def turn_padding(batches):   # empty (dialogue, turn) slots in the context RNN's input
+        return sum(len(b) * train.n_turns[b].max() - train.n_turns[b].sum() for b in batches)
+    rng = np.random.default_rng(0)
+    unsorted = np.array_split(rng.permutation(len(train)), len(a))
+    assert turn_padding(a) < 0.5 * turn_padding(unsorted)

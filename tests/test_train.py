@@ -1,0 +1,134 @@
+"""The trainer end to end on the tiny config and a slice of DailyDialog."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from vhred import checkpoint
+from vhred.checkpoint import CheckpointError
+from vhred.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def quiet(*_):
+    pass
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def test_tiny_run_learns_and_writes_its_run_folder(tiny_cfg):
+    run = train(tiny_cfg("epochs=3", "log_every=1"), log=quiet)
+    names = set(os.listdir(run.dir))
+    assert {"config.json", "tokenizer.model", "metrics.jsonl", "last.pt", "best.pt"} <= names
+    train_nll = [m["nll_per_token"] for m in read_metrics(run.dir) if m["split"] == "train"]
+    assert sum(train_nll[-10:]) / 10 < sum(train_nll[:5]) / 5 - 0.5
+    val = [m for m in read_metrics(run.dir) if m["split"] == "val"]
+    assert len(val) == 3 and val[-1]["elbo_per_token"] < val[0]["elbo_per_token"]
+    assert val[-1]["ppl"] == pytest.approx(2.718281828 ** val[-1]["elbo_per_token"], rel=1e-6)
+    model, cfg, sp = checkpoint.load_model(run.dir)   # best.pt alone rebuilds model and tokenizer
+    assert cfg.vocab_size == sp.get_piece_size() and cfg.z_dim == 8
+
+
+def test_hred_trains_too(tiny_cfg):
+    run = train(tiny_cfg("model=hred", "max_steps=12"), log=quiet)
+    assert run.step == 12 and not hasattr(run.model, "prior_net")
+    assert run.dir.endswith("tiny-hred")
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cfg):
+    full = train(tiny_cfg("max_steps=40", "name=full"), log=quiet)
+    train(tiny_cfg("max_steps=25", "name=split"), log=quiet)   # 25 steps: mid-epoch (29 per epoch)
+    lines = []
+    resumed = train(tiny_cfg("max_steps=40", "name=split"), log=lines.append)
+    assert any("resuming" in line and "at step 25" in line for line in lines)
+    assert resumed.step == 40
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
+    train(tiny_cfg("max_steps=3", "name=shape"), log=quiet)
+    with pytest.raises(CheckpointError, match="other z_dim"):
+        train(tiny_cfg("max_steps=3", "name=shape", "z_dim=4"), log=quiet)
+
+
+def cli(args, *extra):
+    return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+            *args, *extra]
+
+
+@pytest.fixture
+def cli_args(dailydialog_zip, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    return [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", "epochs=1000", "save_every=5"]
+
+
+def wait_for_step(path, step, proc, timeout=120):
+    start = time.time()
+    while time.time() - start < timeout:
+        if os.path.exists(path):
+            try:
+                if checkpoint.load(path)["step"] >= step:
+                    return
+            except CheckpointError:
+                pass   # being replaced right now
+        assert proc.poll() is None, proc.stderr.read()
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint in time")
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(cli_args, tmp_path):
+    last = tmp_path / "runs" / "tiny-vhred" / "last.pt"
+    proc = subprocess.Popen(cli(cli_args), cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    wait_for_step(last, 10, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = checkpoint.load(str(last))["step"]
+    done = subprocess.run(cli(cli_args, f"max_steps={saved + 7}"), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"at step {saved}" in done.stdout
+    assert checkpoint.load(str(last))["step"] == saved + 7
+
+
+def test_ctrl_c_saves_and_exits_cleanly(cli_args, tmp_path):
+    last = tmp_path / "runs" / "tiny-vhred" / "last.pt"
+    proc = subprocess.Popen(cli(cli_args, "save_every=1000"), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "tiny-vhred" / "metrics.jsonl"
+    start = time.time()
+    while not metrics.exists() and time.time() - start < 120:   # the first log line: training runs
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    step = checkpoint.load(str(last))["step"]
+    assert step >= 5 and f"stopped at step {step}" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config", "configs/nope.yaml"], "config file configs/nope.yaml not found"),
+    (["--config", "configs/tiny.yaml", "z_dimm=3"], "did you mean z_dim"),
+    (["--config", "configs/tiny.yaml", "data=missing.jsonl"], "data file missing.jsonl not found"),
+])
+def test_user_errors_are_one_line(args, message):
+    r = subprocess.run([sys.executable, "-m", "vhred.train", *args], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
+
+
+def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "last.pt"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable vhred checkpoint"):
+        checkpoint.load(str(bad))
+    with pytest.raises(CheckpointError, match="not found"):
+        checkpoint.load(str(tmp_path / "missing.pt"))
