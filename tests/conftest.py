@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vhred.config import load
+from vhred.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny models gain nothing from threads, and a second thread per process makes tests crawl
@@ -37,3 +38,17 @@ def tiny_cfg(dailydialog_zip, data_dir, tmp_path, monkeypatch):
         return load(os.path.join(ROOT, "configs", "tiny.yaml"),
                     [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", *overrides])
     return make
+
+
+@pytest.fixture(scope="session")
+def trained(dailydialog_zip, data_dir, tmp_path_factory):
+    """Run folders of a tiny VHRED and a tiny HRED, trained once for the session: {model: dir}."""
+    out = tmp_path_factory.mktemp("trained")
+    runs = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+        for kind in ("vhred", "hred"):
+            cfg = load(os.path.join(ROOT, "configs", "tiny.yaml"),
+                       [f"data_dir={data_dir}", f"out_dir={out}", f"model={kind}", "epochs=4"])
+            runs[kind] = train(cfg, log=lambda *_: None).dir
+    return runs

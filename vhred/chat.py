@@ -1,0 +1,166 @@
+"""Talk to a trained model: python -m vhred.chat [--checkpoint runs/x/best.pt] [--num-samples 5]
+
+Each turn shows N candidate responses; the first (or the one chosen with /pick K) joins the
+history, which is the model's context. Piped input works too: one user turn per line, the
+candidates on stdout (numbered when N > 1, or one JSON line per turn with --json); notes go to
+stderr.
+"""
+import argparse
+import json
+import re
+import sys
+
+from . import checkpoint
+from .checkpoint import CheckpointError
+from .generate import DecodeOptions, add_decode_args, encode_turns, generate, newest_checkpoint, options_from_args
+
+HELP = """commands:
+  /reset           forget the conversation
+  /history         show the conversation so far
+  /samples N       show N candidates per turn
+  /pick K          put candidate K of the last turn into the history instead of the first
+  /temperature T   sampling temperature (default 1.0)
+  /top_p P         nucleus sampling threshold (default 1.0: off)
+  /seed S          seed for the next turns
+  /help            this text
+  /quit            leave (Ctrl-D and Ctrl-C leave too)"""
+
+
+def spaced(text: str) -> str:
+    """Space punctuation off as the training text has it ("Hi, you?" -> "Hi , you ?")."""
+    return re.sub(r"(?<=\w)([,!?;:]|\.(?=\s|$))", r" \1", text)
+
+
+def pretty(text: str) -> str:
+    """Undo that spacing for display ("Hi , you ?" -> "Hi, you?")."""
+    return re.sub(r" ([,.!?;:%])(?=\s|$)", r"\1", text)
+
+
+class Chat:
+    """The conversation state and the commands that change it."""
+
+    def __init__(self, model, cfg, sp, opts: DecodeOptions, out=print, note=None):
+        self.model, self.cfg, self.sp, self.opts = model, cfg, sp, opts
+        self.out = out
+        self.note = note or (lambda msg: print(msg, file=sys.stderr))
+        self.history: list[str] = []
+        self.last: list[str] = []
+        self.turn = 0
+
+    def respond(self, text: str) -> list[str]:
+        """Add the user's turn, return the candidates; the first joins the history."""
+        pieces = self.sp.encode(spaced(text))
+        if len(pieces) > self.cfg.max_utt_len:
+            self.note(f"(your turn was {len(pieces)} tokens; the model reads the first {self.cfg.max_utt_len})")
+        self.history.append(spaced(text))
+        context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
+        opts = DecodeOptions(**{**self.opts.__dict__, "seed": self.opts.seed + self.turn})
+        self.turn += 1
+        [responses] = generate(self.model, [context], opts)
+        self.last = [self.sp.decode(ids) for ids, _ in responses]
+        self.history.append(self.last[0] if self.last else "")
+        self.history = self.history[-self.cfg.max_context:]
+        return [pretty(r) for r in self.last]
+
+    def command(self, line: str) -> bool:
+        """Run a /command; False means quit."""
+        name, _, arg = line[1:].strip().partition(" ")
+        arg = arg.strip()
+        try:
+            if name in ("quit", "exit", "q"):
+                return False
+            elif name == "reset":
+                self.history, self.last = [], []
+                self.note("(conversation reset)")
+            elif name == "history":
+                for i, turn in enumerate(self.history):
+                    self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
+            elif name == "samples":
+                self.opts.num_samples = _bounded(int(arg), 1, 100, "samples")
+                self.note(f"(showing {self.opts.num_samples} candidates per turn)")
+            elif name == "pick":
+                if not self.last:
+                    raise ValueError("nothing to pick yet")
+                k = _bounded(int(arg), 1, len(self.last), "pick")
+                self.history[-1] = self.last[k - 1]
+                self.note(f"(candidate {k} is now the reply in the history)")
+            elif name == "temperature":
+                self.opts.temperature = _bounded(float(arg), 1e-3, 100.0, "temperature")
+                self.note(f"(temperature {self.opts.temperature})")
+            elif name == "top_p":
+                self.opts.top_p = _bounded(float(arg), 1e-3, 1.0, "top_p")
+                self.note(f"(top_p {self.opts.top_p})")
+            elif name == "seed":
+                self.opts.seed, self.turn = int(arg), 0
+                self.note(f"(seed {self.opts.seed})")
+            elif name == "help":
+                self.note(HELP)
+            else:
+                self.note(f"(unknown command /{name}; /help lists them)")
+        except ValueError as e:
+            msg = str(e) if "must be" in str(e) or "nothing" in str(e) else f"/{name} needs a number"
+            self.note(f"({msg})")
+        return True
+
+
+def _bounded(value, lo, hi, name):
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}")
+    return value
+
+
+def read_lines(interactive: bool):
+    """User turns: from the terminal with a prompt and line editing, or from a pipe."""
+    if interactive:
+        try:
+            import readline  # noqa: F401  (arrow keys and history in input())
+        except ImportError:
+            pass
+        while True:
+            yield input("you> ")
+    else:
+        for line in sys.stdin:
+            yield line.rstrip("\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Chat with a trained VHRED / HRED model.")
+    add_decode_args(p)
+    p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout")
+    args = p.parse_args(argv)
+    try:
+        model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), args.device)
+        opts = options_from_args(args, model.latent)
+        opts.check()
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    interactive = sys.stdin.isatty()
+    chat = Chat(model, cfg, sp, opts)
+    if interactive:
+        print(f"vhred chat ({cfg.model}, {opts.num_samples} candidates per turn). /help for commands, "
+              "Ctrl-D to leave.", file=sys.stderr)
+    try:
+        for line in read_lines(interactive):
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith("/"):
+                if not chat.command(line):
+                    break
+                continue
+            responses = chat.respond(line)
+            if args.json:
+                print(json.dumps({"user": line, "responses": responses}, ensure_ascii=False), flush=True)
+            elif len(responses) == 1:
+                print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
+            else:
+                for i, r in enumerate(responses, 1):
+                    print(f"{'bot ' if interactive else ''}{i}. {r}", flush=True)
+    except (EOFError, KeyboardInterrupt):
+        if interactive:
+            print(file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
