@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test clean-venv
+.PHONY: venv train test bench chat clean-venv
 
 venv: $(STAMP)
 
@@ -30,6 +30,13 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Speed and memory figures (python -m vhred.bench --help); not part of the tests.
+bench: $(STAMP)
+	$(BIN)/python -m vhred.bench $(ARGS)
+
+chat: $(STAMP)
+	$(BIN)/python -m vhred.chat $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

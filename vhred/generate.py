@@ -28,6 +28,7 @@ from .tokenizer import BOS, EOS, PAD
 class DecodeOptions:
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
+    min_len: int = 0           # no <eos> before this many tokens
     method: str = "sample"     # "sample", "greedy" or "beam"
     temperature: float = 1.0   # softmax temperature when sampling
     top_k: int = 0             # keep the k most likely tokens (0: all)
@@ -42,6 +43,8 @@ class DecodeOptions:
             raise ValueError(f"method must be sample, greedy or beam, got '{self.method}'")
         if self.num_samples < 1 or self.max_len < 1 or self.beam < 1 or self.top_k < 0:
             raise ValueError("num_samples, max_len and beam must be positive, top_k not negative")
+        if not 0 <= self.min_len <= self.max_len:
+            raise ValueError("min_len must be between 0 and max_len")
         if self.temperature <= 0 or not 0 < self.top_p <= 1:
             raise ValueError("temperature must be > 0 and top_p in (0, 1]")
 
@@ -91,6 +94,8 @@ def sample_tokens(model, cond, opts: DecodeOptions, gen) -> tuple[list[list[int]
         logits, state = model.decode(token, cond, state)                    # (B, 1, V)
         logits = logits[:, -1].float()
         logits[:, PAD] = logits[:, BOS] = float("-inf")
+        if t < opts.min_len:
+            logits[:, EOS] = float("-inf")
         if t == opts.max_len:
             nxt = torch.full((B,), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
@@ -124,6 +129,8 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
         logp[:, PAD] = logp[:, BOS] = float("-inf")
+        if t < opts.min_len:
+            logp[:, EOS] = float("-inf")
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
         V = logp.shape[-1]
