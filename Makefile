@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench chat clean-venv
+.PHONY: venv train test bench chat eval clean-venv
 
 venv: $(STAMP)
 
@@ -34,6 +34,13 @@ test: $(STAMP)
 # Speed and memory figures (python -m vhred.bench --help); not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python -m vhred.bench $(ARGS)
+
+# Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
+RUN ?= $(lastword $(sort $(wildcard runs/*/best.pt)))
+eval: $(STAMP)
+	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
+	$(BIN)/python -m eval.evaluate --checkpoint $(RUN) $(ARGS)
+	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
 
 chat: $(STAMP)
 	$(BIN)/python -m vhred.chat $(ARGS)

@@ -165,12 +165,19 @@ def collate(dialogues: list[list[list[int]]]) -> Batch:
 class DialogueData:
     """One processed split: memory-mapped rows plus the lengths needed to bucket them."""
 
-    def __init__(self, folder: str, split: str):
+    def __init__(self, folder: str, split: str, ds=None):
         import datasets
-        self.ds = datasets.load_from_disk(os.path.join(folder, split))
+        self.ds = ds if ds is not None else datasets.load_from_disk(os.path.join(folder, split))
         self.n_turns = np.asarray(self.ds["n_turns"], dtype=np.int64)
         self.max_len = np.asarray(self.ds["max_len"], dtype=np.int64)
         self.n_tokens = np.asarray(self.ds["n_tokens"], dtype=np.int64)
+
+    @classmethod
+    def from_dialogues(cls, dialogues: list[list[str]], sp, max_utt_len: int, max_context: int):
+        """An in-memory split tokenised with a given tokenizer (a checkpoint's, for evaluation)."""
+        import datasets
+        rows = encode_windows({"dialog": [d for d in dialogues if len(d) > 1]}, sp, max_utt_len, max_context)
+        return cls("", "", ds=datasets.Dataset.from_dict(rows))
 
     def __len__(self) -> int:
         return len(self.ds)

@@ -38,6 +38,11 @@ def gaussian_kl(mean_q, logvar_q, mean_p, logvar_p) -> torch.Tensor:
                   + (torch.exp(logvar_q) + (mean_q - mean_p) ** 2) * torch.exp(-logvar_p) - 1.0)
 
 
+def gaussian_log_density(z, mean, logvar) -> torch.Tensor:
+    """log N(z; mu, diag(var)), summed over the last dimension."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
 class GaussianNet(nn.Module):
     """A two-layer tanh MLP giving the mean and log-variance of a diagonal Gaussian (as in VHRED)."""
 
@@ -142,6 +147,16 @@ class VHRED(nn.Module):
 
     # --- training forward ---
 
+    def targets(self, tokens, lens, turns):
+        """Encode the dialogues; for the T utterances with a turn before them return their
+        encodings (T, 2*Hu), contexts h_{n-1} (T, Hc), tokens (T, L) and lengths |w| + 1 (T,)."""
+        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu) reads w <eos>
+        ctx_all = self.encode_context(enc, turns)                           # (B, N, Hc)
+        dlg, pos = _positions(turns)
+        is_target = pos > 0
+        ctx = ctx_all[dlg[is_target], pos[is_target] - 1]                   # (T, Hc) h_{n-1}
+        return enc[is_target], ctx, tokens[is_target], lens[is_target] - 1
+
     def forward(self, tokens, lens, turns):
         """Terms of the negative ELBO for a batch of dialogues (see dataset.Batch).
 
@@ -153,27 +168,41 @@ class VHRED(nn.Module):
           post_mean (T, Z) posterior means, for counting active units
           n_tokens        predicted tokens (words plus <eos>)
         """
-        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu) reads w <eos>
-        ctx_all = self.encode_context(enc, turns)                           # (B, N, Hc)
-        dlg, pos = _positions(turns)
-        is_target = pos > 0
-        ctx = ctx_all[dlg[is_target], pos[is_target] - 1]                   # (T, Hc) h_{n-1}
+        enc, ctx, tgt_tokens, tgt_lens = self.targets(tokens, lens, turns)
         out = {}
         if self.latent:
             mean_p, logvar_p = self.prior(ctx)
-            mean_q, logvar_q = self.posterior(ctx, enc[is_target])
+            mean_q, logvar_q = self.posterior(ctx, enc)
             z = reparameterize(mean_q, logvar_q)                            # (T, Z)
             out["kl"] = gaussian_kl(mean_q, logvar_q, mean_p, logvar_p)     # (T, Z)
             out["post_mean"] = mean_q
             cond = torch.cat([ctx, z], dim=-1)                              # (T, Hc + Z)
         else:
             cond = ctx
-        tgt_tokens, tgt_lens = tokens[is_target], lens[is_target] - 1       # (T, L), (T,)
         out["nll"] = self.reconstruction_nll(tgt_tokens, tgt_lens, cond)    # (T,)
         out["n_tokens"] = int(tgt_lens.sum())
         if self.latent and self.cfg.bow_weight > 0:
             out["bow"] = self.bow_nll(cond, tgt_tokens[:, 1:])
         return out
+
+    def log_weights(self, tokens, lens, turns, k: int):
+        """Importance weights for log p(w_n | w_<n) >= log 1/K sum_k p(w_n | z_k) p(z_k) / q(z_k)
+        (Burda et al. 2016): (T, K) log weights with z_k ~ q, and the predicted token count.
+        Tighter than the ELBO as K grows; equal to it in expectation at K = 1."""
+        enc, ctx, tgt_tokens, tgt_lens = self.targets(tokens, lens, turns)
+        if not self.latent:   # no latent: the weight is the exact likelihood
+            nll = self.reconstruction_nll(tgt_tokens, tgt_lens, ctx)
+            return -nll.unsqueeze(1).expand(-1, k), int(tgt_lens.sum())
+        mean_p, logvar_p = self.prior(ctx)
+        mean_q, logvar_q = self.posterior(ctx, enc)
+        weights = []
+        for _ in range(k):
+            z = reparameterize(mean_q, logvar_q)                            # (T, Z)
+            nll = self.reconstruction_nll(tgt_tokens, tgt_lens, torch.cat([ctx, z], dim=-1))
+            log_p = gaussian_log_density(z, mean_p, logvar_p)               # (T,)
+            log_q = gaussian_log_density(z, mean_q, logvar_q)
+            weights.append(-nll + log_p - log_q)
+        return torch.stack(weights, dim=1), int(tgt_lens.sum())            # (T, K)
 
     def reconstruction_nll(self, tokens, lens, cond):
         """-log p(w | cond) per utterance, teacher-forced. tokens (T, L) <bos> w <eos>, lens = |w| + 1.

@@ -214,6 +214,11 @@ def train(cfg: Config, log=print) -> Run:
     finally:
         stop.restore()
     run.stopped = stop.requested
+    try:
+        from .plot import plot
+        log(f"training curves: {plot(run.dir)}")
+    except Exception as e:   # a missing plot must never cost a finished run
+        log(f"warning: no training curves ({e})")
     if stop.requested:
         log(f"stopped at step {run.step}; saved {run.dir}/last.pt. Run the same command to resume.")
     else:

@@ -1,0 +1,30 @@
+"""Shared input handling for the metric scripts."""
+import re
+
+
+class InputError(ValueError):
+    """A file the metrics cannot use; the message says which and why."""
+
+
+def tokenize(text: str) -> list[str]:
+    """The one tokenisation every system is scored with: lower-cased words (apostrophes kept
+    inside them, as in "don't") and single punctuation marks. "Hi, I'm fine." -> hi , i'm fine ."""
+    return re.findall(r"\w+(?:'\w+)*|[^\w\s]", text.lower())
+
+
+def read_lines(path: str) -> list[str]:
+    """Lines of a UTF-8 text file, one sentence each; empty files and blank lines are errors."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path} not found") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
+    if not lines:
+        raise InputError(f"{path} is empty")
+    blank = [i for i, line in enumerate(lines, 1) if not line.strip()]
+    if blank:
+        raise InputError(f"{path}: line {blank[0]} is blank ({len(blank)} blank lines); "
+                         "every line must hold one sentence")
+    return lines

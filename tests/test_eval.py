@@ -1,0 +1,110 @@
+"""Metrics on hand-worked strings, against nltk, and the evaluation command on a tiny model."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+
+from eval.bleu import corpus_bleu_n, dialogwae_bleu, multi_sample_bleu, sentence_bleu_n
+from eval.distinct import distinct_n, intra_inter
+from eval.text import tokenize
+from tests.conftest import ROOT
+from vhred import checkpoint
+from vhred.dataset import DialogueData
+
+
+def test_tokenize_is_documented_behaviour():
+    assert tokenize("Hi, I'm FINE.  Thanks!") == ["hi", ",", "i'm", "fine", ".", "thanks", "!"]
+
+
+def test_bleu_matches_nltk_and_a_hand_computed_case():
+    hyps = [tokenize("the cat sat on the mat"), tokenize("hello there friend")]
+    refs = [[tokenize("the cat is on the mat")], [tokenize("hello there my friend"), tokenize("hi friend")]]
+    ours = corpus_bleu_n(hyps, refs)
+    for n in range(1, 5):
+        w = tuple([1 / n] * n)
+        assert ours[f"bleu-{n}"] == pytest.approx(corpus_bleu(refs, hyps, weights=w,
+                                                              smoothing_function=SmoothingFunction().method1))
+    # hand: unigram matches 5/6 + 3/3 = 8/9; closest reference lengths 6 + 2 (a tie goes to the
+    # shorter) = 8 <= 9 hypothesis tokens, so no brevity penalty
+    assert ours["bleu-1"] == pytest.approx(8 / 9)
+    # "the cat" against "the cat sat down": every unigram matches, brevity penalty exp(1 - 4/2)
+    assert corpus_bleu_n([tokenize("the cat")], [[tokenize("the cat sat down")]])["bleu-1"] == pytest.approx(math.exp(-1))
+    h, r = tokenize("a b c d"), tokenize("a b c e")
+    assert sentence_bleu_n(h, [r], 2) == pytest.approx(sentence_bleu([r], h, weights=(0.5, 0.5),
+                                                                     smoothing_function=SmoothingFunction().method1))
+    assert dialogwae_bleu(h, [r]) == pytest.approx(sentence_bleu([r], h, weights=(1 / 3, 1 / 3, 1 / 3),
+                                                                 smoothing_function=SmoothingFunction().method7))
+    same = tokenize("where is the bank ?")
+    assert corpus_bleu_n([same], [[same]])["bleu-4"] == pytest.approx(1.0)
+    assert sentence_bleu_n(same, [same], 4) == pytest.approx(1.0) and sentence_bleu_n([], [same], 2) == 0.0
+    assert dialogwae_bleu(same, [same]) > 1.0   # the published protocol's smoothing overshoots
+
+
+def test_multi_sample_precision_recall_f1():
+    ref = tokenize("a b c d")
+    samples = [[tokenize("a b c d"), tokenize("x y z w")], [tokenize("a b c d")]]
+    r = multi_sample_bleu(samples, [ref, ref], n=1)
+    s0 = sentence_bleu_n(tokenize("x y z w"), [ref], 1)
+    assert r["precision"] == pytest.approx(((1 + s0) / 2 + 1) / 2)
+    assert r["recall"] == pytest.approx(1.0)
+    assert r["f1"] == pytest.approx(2 * r["precision"] / (r["precision"] + 1))
+
+
+def test_distinct_by_hand():
+    sents = [tokenize("a b a"), tokenize("a c")]
+    assert distinct_n(sents, 1) == pytest.approx(3 / 5)      # a b c over a b a a c
+    assert distinct_n(sents, 2) == pytest.approx(3 / 3)      # ab ba ac
+    assert distinct_n([[]], 2) == 0.0
+    groups = [[tokenize("a b"), tokenize("a b")], [tokenize("a b"), tokenize("c d")]]
+    intra, inter = intra_inter(groups, 1)
+    assert intra == pytest.approx((2 / 4 + 4 / 4) / 2) and inter == pytest.approx(4 / 8)
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"h": "", "r": "a\n"}, "is empty"),
+    ({"h": "a\nb\n", "r": "a\n"}, "has 1 lines but"),
+    ({"h": "a\n\nb\n", "r": "a\nb\nc\n"}, "line 2 is blank"),
+])
+def test_bad_metric_inputs_are_one_line_errors(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    r = subprocess.run([sys.executable, "-m", "eval.bleu", "--hyps", str(tmp_path / "h"), "--refs", str(tmp_path / "r")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_metric_commands_print_json(tmp_path):
+    (tmp_path / "h").write_text("the cat sat\nhello\n")
+    (tmp_path / "r").write_text("the cat sat\nhello\n")
+    r = subprocess.run([sys.executable, "-m", "eval.bleu", "--hyps", str(tmp_path / "h"), "--refs", str(tmp_path / "r")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert json.loads(r.stdout)["bleu-1"] == pytest.approx(1.0)
+    (tmp_path / "s.jsonl").write_text('{"samples": ["a b", "a b"]}\n{"samples": ["a b", "c d"]}\n')
+    r = subprocess.run([sys.executable, "-m", "eval.distinct", "--jsonl", str(tmp_path / "s.jsonl")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert json.loads(r.stdout)["intra-distinct-1"] == pytest.approx(0.75)
+
+
+def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip, monkeypatch):
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    from eval.evaluate import iw_nll, split_dialogues
+    from vhred.train import evaluate
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    data = DialogueData.from_dialogues(split_dialogues(cfg, "validation")[:30], sp, cfg.max_utt_len, cfg.max_context)
+    elbo = evaluate(model, data, 8, torch.device("cpu"))["elbo_per_token"]
+    assert iw_nll(model, data, k=20, batch_size=8) <= elbo + 1e-6
+
+
+def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatch):
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["hred"], "--max-contexts", "12",
+                        "--num-samples", "3", "--iw-samples", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.load(open(f"{trained['hred']}/results.json"))
+    assert res["metrics"]["contexts"] == 12 and 0 <= res["metrics"]["bleu-2-f1"] <= 1
+    # HRED has no latent: the importance-weighted bound is its exact likelihood
+    assert res["metrics"]["iw2_nll_per_token"] == pytest.approx(res["metrics"]["elbo_nll_per_token"], rel=1e-5)
