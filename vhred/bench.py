@@ -43,16 +43,18 @@ def train_throughput(cfg, steps: int) -> dict:
     from .train import Run
     run = Run(cfg, log=lambda *_: None)
     batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)
-    for b in batches[:3]:
-        run.train_step(run.train_data.batch(b))
-    tokens = padded = real = 0
+    for idx in batches[:3]:
+        run.train_step(idx)
+    tokens = 0
     t0 = time.perf_counter()
     for idx in batches[3:3 + steps]:
-        batch = run.train_data.batch(idx)
-        tokens += run.train_step(batch)["tokens"]
-        padded += batch.tokens.numel()
-        real += int(batch.lens.sum())
+        tokens += run.train_step(idx)["tokens"]
     seconds = time.perf_counter() - t0
+    padded = real = 0
+    for idx in batches[3:3 + steps]:   # token slots in the padded batch tensors vs real tokens
+        b = run.train_data.batch(idx)
+        padded += b.tokens.numel()
+        real += int(b.lens.sum())
     tps = tokens / seconds
     epoch_tokens = int(run.train_data.n_tokens.sum())
     return {"train_tokens_per_s": tps, "step_s": seconds / steps,

@@ -235,8 +235,10 @@ class VHRED(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0):
+def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0, n_tokens=None):
     """The training loss per predicted token: (NLL + beta * KL [+ bow]) / tokens.
+
+    n_tokens defaults to this batch's; data-parallel ranks pass the whole batch's count.
 
     With free bits, each latent dimension's batch-mean KL below `free_bits` nats is not
     penalised, so the optimiser has no reason to push it to zero (Kingma et al. 2016).
@@ -249,7 +251,7 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
         loss = loss + beta * kl.sum()
     if "bow" in out:
         loss = loss + bow_weight * out["bow"]
-    return loss / max(out["n_tokens"], 1)
+    return loss / max(n_tokens or out["n_tokens"], 1)
 
 
 def _positions(turns):

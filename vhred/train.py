@@ -16,7 +16,7 @@ from dataclasses import asdict
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .checkpoint import CheckpointError
 from .config import ARCH_FIELDS, Config, ConfigError, load, validate
 from .dataset import DialogueData, prepare
@@ -68,7 +68,7 @@ def evaluate(model: VHRED, data: DialogueData, batch_size: int, device, max_batc
 
 
 class Stop:
-    """Ctrl-C and SIGTERM ask the loop to stop at the next step boundary (a second Ctrl-C forces it)."""
+    """Ctrl-C and SIGTERM ask the loop to stop after the current step (a second Ctrl-C forces it)."""
 
     def __init__(self):
         self.requested = False
@@ -90,9 +90,15 @@ class Run:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
         self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.model}")
-        self.device = pick_device(cfg.device)
+        self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
+        self.main = self.rank == 0   # only rank 0 writes files and logs
+        if not self.main:
+            self.log = log = lambda *_: None
         for w in validate(cfg):
             log(f"warning: {w}")
+        if self.main:   # rank 0 builds the data cache, the others then read it
+            folder = prepare(cfg, log=log)
+        distributed.barrier()
         folder = prepare(cfg, log=log)
         meta = json.load(open(os.path.join(folder, "meta.json")))
         cfg.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than asked
@@ -101,13 +107,19 @@ class Run:
         with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
         torch.manual_seed(cfg.seed)
-        self.model = VHRED(cfg).to(self.device)
+        self.model = VHRED(cfg).to(self.device)   # the module itself: saved, validated, sampled
+        self.net = self.model                     # what the training step runs
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.net = DistributedDataParallel(self.model)
+            torch.manual_seed(cfg.seed + self.rank)   # own noise (z, word dropout) per rank
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step, self.epoch, self.batch_pos = 0, 0, 0
         self.best = math.inf
         self.last_val_step = -1
         self.stopped = False
-        os.makedirs(self.dir, exist_ok=True)
+        if self.main:
+            os.makedirs(self.dir, exist_ok=True)
         self._resume_or_start(folder)
 
     def _resume_or_start(self, folder: str):
@@ -122,13 +134,18 @@ class Run:
             self.opt.load_state_dict(state["optim"])
             self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
             self.best = state["best"]
-            torch.set_rng_state(state["rng"])
+            if self.world == 1:
+                torch.set_rng_state(state["rng"])
             self.log(f"resuming {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_pos})")
+        if not self.main:
+            return
         shutil.copyfile(os.path.join(folder, "tokenizer.model"), os.path.join(self.dir, "tokenizer.model"))
         with open(os.path.join(self.dir, "config.json"), "w") as f:
             json.dump(asdict(self.cfg), f, indent=1)
 
     def save(self, name: str):
+        if not self.main:
+            return
         state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
                  "config": asdict(self.cfg), "tokenizer": checkpoint.as_tensor(self.tokenizer),
                  "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
@@ -136,14 +153,18 @@ class Run:
         checkpoint.save(state, os.path.join(self.dir, name))
 
     def metrics(self, record: dict):
+        if not self.main:
+            return
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
     def validate(self) -> dict:
+        self.last_val_step = self.step
+        if not self.main:   # the other ranks wait for rank 0 at their next all-reduce
+            return {}
         m = evaluate(self.model, self.val_data, self.cfg.batch_size, self.device,
                      self.cfg.eval_batches, self.cfg.seed)
         self.metrics({"split": "val", "step": self.step, "epoch": self.epoch, **m})
-        self.last_val_step = self.step
         self.log(f"step {self.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
                  f"active units {m['active_units']}")
@@ -152,23 +173,32 @@ class Run:
             self.save("best.pt")
         return m
 
-    def train_step(self, batch) -> dict:
+    def train_step(self, indices, stop_requested: bool = False) -> dict:
+        """One optimiser step on a batch of window indices (this rank's share of them).
+
+        The loss is normalised by the whole batch's token count, so the gradients that data
+        parallel ranks average equal one process's gradient on the whole batch."""
         cfg = self.cfg
         lr, beta = learning_rate(self.step, cfg), kl_weight(self.step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        b = batch.to(self.device, non_blocking=True)
-        out = self.model(b.tokens, b.lens, b.turns)
-        loss = objective(out, beta, cfg.free_bits, cfg.bow_weight)
+        b = self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
+        out = self.net(b.tokens, b.lens, b.turns)
+        loss_sum = objective(out, beta, cfg.free_bits, cfg.bow_weight, n_tokens=1)
+        kl = out["kl"].sum().item() if "kl" in out else 0.0
+        tokens, total, nll, kl, targets, stops = distributed.sum_all(
+            [out["n_tokens"], loss_sum.item(), out["nll"].sum().item(), kl, len(out["nll"]),
+             float(stop_requested)], self.device)
+        loss = loss_sum * (self.world / max(tokens, 1))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()
         self.step += 1
-        n = max(out["n_tokens"], 1)
-        kl = out["kl"].sum().item() if "kl" in out else 0.0
-        return {"loss": loss.item(), "nll_per_token": out["nll"].sum().item() / n,
-                "kl_per_utt": kl / max(len(out["nll"]), 1), "beta": beta, "lr": lr, "tokens": n}
+        tokens = max(tokens, 1)
+        return {"loss": total / tokens, "nll_per_token": nll / tokens,
+                "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": int(tokens),
+                "stop": stops > 0}
 
 
 def _done(run: Run) -> bool:
@@ -179,17 +209,23 @@ def train(cfg: Config, log=print) -> Run:
     """Train until epochs or max_steps are done, or a stop is requested; resumable."""
     from tqdm import tqdm
     run = Run(cfg, log)
+    log = run.log   # silent on ranks other than 0
     log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}; "
         f"{len(run.train_data)} training windows; run folder {run.dir}")
     stop = Stop()
     try:
-        while run.epoch < cfg.epochs and not _done(run) and not stop.requested:
+        while run.epoch < cfg.epochs and not _done(run) and not run.stopped:
             batches = run.train_data.batches(cfg.batch_size, cfg.seed, run.epoch)
             bar = tqdm(total=len(batches), initial=run.batch_pos, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
-                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False)
+                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, disable=not run.main)
             t0, seen = time.perf_counter(), 0
-            while run.batch_pos < len(batches) and not _done(run) and not stop.requested:
-                m = run.train_step(run.train_data.batch(batches[run.batch_pos]))
+            while run.batch_pos < len(batches) and not _done(run) and not run.stopped:
+                if len(batches[run.batch_pos]) < run.world:   # a last batch too small to share
+                    run.batch_pos += 1
+                    continue
+                # a signal seen by any rank stops them all after the same step
+                m = run.train_step(batches[run.batch_pos], stop.requested)
+                run.stopped = m.pop("stop")
                 run.batch_pos += 1
                 seen += m["tokens"]
                 m["tokens_per_s"] = seen / (time.perf_counter() - t0)
@@ -208,18 +244,20 @@ def train(cfg: Config, log=print) -> Run:
                 run.epoch, run.batch_pos = run.epoch + 1, 0
                 run.validate()
             run.save("last.pt")
-        if not stop.requested and run.last_val_step != run.step:   # max_steps ended mid-epoch
+        if not run.stopped and run.last_val_step != run.step:   # max_steps ended mid-epoch
             run.validate()
             run.save("last.pt")
     finally:
         stop.restore()
-    run.stopped = stop.requested
+    distributed.cleanup()
+    if not run.main:
+        return run
     try:
         from .plot import plot
         log(f"training curves: {plot(run.dir)}")
     except Exception as e:   # a missing plot must never cost a finished run
         log(f"warning: no training curves ({e})")
-    if stop.requested:
+    if run.stopped:
         log(f"stopped at step {run.step}; saved {run.dir}/last.pt. Run the same command to resume.")
     else:
         log(f"done at step {run.step}: best validation ELBO/token {run.best:.3f}; {run.dir}/best.pt")

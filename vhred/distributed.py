@@ -1,0 +1,44 @@
+"""Multi-process training with torchrun: gloo on CPU, nccl on GPU.
+
+    torchrun --nproc_per_node=N -m vhred.train --config configs/dailydialog.yaml
+
+Every rank holds the whole model (DistributedDataParallel) and takes its share of each batch;
+only rank 0 writes logs and checkpoints. Without torchrun (WORLD_SIZE unset) all of this is a
+no-op and training runs in one process.
+"""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device); starts the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def sum_all(values: list[float], device) -> list[float]:
+    """Sum a few numbers over all ranks (one small all-reduce); identity in one process."""
+    if not dist.is_initialized():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
