@@ -2,7 +2,9 @@
 
 For each config: training throughput in target tokens/s (non-padding tokens of decoded
 utterances), the padding fraction of the batches, peak RSS, seconds per epoch of the training
-split, and the latency of one chat turn (10 samples of exactly 30 tokens, the worst case).
+split, the latency of one chat turn (10 samples of exactly 30 tokens, the worst case), and
+the model FLOPs utilisation: the training step's FLOP/s over the machine's dense matmul rate
+measured in the same run (fp32 on CPU, bf16 on GPU).
 Each config runs in its own process so its peak memory is its own. Prints a table and writes
 bench.json.
 """
@@ -38,6 +40,48 @@ def chat_latency(cfg, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
+def matmul_rate(n: int = 1024, seconds: float = 2.0) -> float:
+    """The machine's dense matrix-multiply rate in FLOP/s (fp32 on CPU, bf16 on CUDA)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return 2 * n ** 3 * count / (time.perf_counter() - t0)
+
+
+def forward_flops(cfg, batch) -> float:
+    """Multiply-add FLOPs (2 per MAC) of one forward pass over a batch, from the model's sizes.
+
+    encoder: every utterance token, both directions: 2 * 3Hu * (E + Hu) each
+    context: every utterance: 2 * 3Hc * (2Hu + Hc)
+    decoder: every target token: 2 * 3Hd * (E + C + Hd), C = Hc + Z, plus the output layer
+             (tied: 2 * Hd * E + 2 * E * V; untied: 2 * Hd * V)
+    per target utterance: the decoder's initial state and the prior / posterior MLPs
+    Backward costs about twice the forward, so a training step is 3x this.
+    """
+    E, Hu, Hc, Hd, V, L = cfg.emb_dim, cfg.utt_hidden, cfg.ctx_hidden, cfg.dec_hidden, cfg.vocab_size, cfg.latent_hidden
+    Z = cfg.z_dim if cfg.model == "vhred" else 0
+    C = Hc + Z
+    U, B = len(batch.lens), len(batch.turns)
+    enc_tokens = int((batch.lens - 1).sum())
+    dec_tokens = batch.target_tokens
+    out = 2 * Hd * E + 2 * E * V if cfg.tie_embeddings else 2 * Hd * V
+    flops = enc_tokens * 2 * (2 * 3 * Hu * (E + Hu)) + U * 2 * 3 * Hc * (2 * Hu + Hc)
+    flops += dec_tokens * (2 * 3 * Hd * (E + C + Hd) + out)
+    per_target = 2 * C * Hd
+    if Z:
+        mlp = lambda d_in: 2 * (d_in * L + L * L + 2 * L * Z)
+        per_target += mlp(Hc) + mlp(Hc + 2 * Hu)
+    return flops + (U - B) * per_target
+
+
 def train_throughput(cfg, steps: int) -> dict:
     """Train `steps` steps on real batches after 3 warm-up steps; tokens/s, padding, memory."""
     from .train import Run
@@ -50,22 +94,26 @@ def train_throughput(cfg, steps: int) -> dict:
     for idx in batches[3:3 + steps]:
         tokens += run.train_step(idx)["tokens"]
     seconds = time.perf_counter() - t0
-    padded = real = 0
+    padded = real = flops = 0
     for idx in batches[3:3 + steps]:   # token slots in the padded batch tensors vs real tokens
         b = run.train_data.batch(idx)
         padded += b.tokens.numel()
         real += int(b.lens.sum())
+        flops += 3 * forward_flops(cfg, b)
     tps = tokens / seconds
     epoch_tokens = int(run.train_data.n_tokens.sum())
     return {"train_tokens_per_s": tps, "step_s": seconds / steps,
             "padding_fraction": 1 - real / padded,
-            "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6}
+            "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6,
+            "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens}
 
 
 def one(config: str, steps: int, overrides: list[str]) -> dict:
     cfg = load(config, [f"name=bench-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
     result = {"config": config, **train_throughput(cfg, steps)}
     result["chat_ms"] = chat_latency(cfg)
+    result["matmul_flops_per_s"] = matmul_rate()
+    result["mfu"] = result["train_flops_per_s"] / result["matmul_flops_per_s"]
     result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -95,10 +143,12 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "results": rows}, f, indent=1)
-    print(f"{'config':32} {'params':>7} {'tok/s':>8} {'step s':>7} {'pad':>6} {'epoch s':>8} {'RSS MB':>7} {'chat ms':>8}")
+    print(f"{'config':32} {'params':>7} {'tok/s':>8} {'step s':>7} {'pad':>6} {'epoch s':>8} {'RSS MB':>7} "
+          f"{'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6}")
     for r in rows:
         print(f"{r['config']:32} {r['params_M']:6.1f}M {r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} "
-              f"{r['padding_fraction']:6.1%} {r['epoch_s']:8.0f} {r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f}")
+              f"{r['padding_fraction']:6.1%} {r['epoch_s']:8.0f} {r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} "
+              f"{r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%}")
     print(f"machine: {machine}; written to {args.out}")
 
 
