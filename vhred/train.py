@@ -205,9 +205,41 @@ def _done(run: Run) -> bool:
     return bool(run.cfg.max_steps) and run.step >= run.cfg.max_steps
 
 
+def run_epoch(run: Run, stop: Stop):
+    """Train through the rest of the current epoch (or to max_steps, or a stop); validate at its end."""
+    from tqdm import tqdm
+    cfg = run.cfg
+    batches = run.train_data.batches(cfg.batch_size, cfg.seed, run.epoch)
+    bar = tqdm(total=len(batches), initial=run.batch_pos, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, disable=not run.main)
+    t0, seen = time.perf_counter(), 0
+    while run.batch_pos < len(batches) and not _done(run) and not run.stopped:
+        if len(batches[run.batch_pos]) < run.world:   # a last batch too small to share
+            run.batch_pos += 1
+            continue
+        # a signal seen by any rank stops them all after the same step
+        m = run.train_step(batches[run.batch_pos], stop.requested)
+        run.stopped = m.pop("stop")
+        run.batch_pos += 1
+        seen += m["tokens"]
+        m["tokens_per_s"] = seen / (time.perf_counter() - t0)
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}", kl=f"{m['kl_per_utt']:.2f}",
+                        beta=f"{m['beta']:.2f}", tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+        if run.step % cfg.log_every == 0:
+            run.metrics({"split": "train", "step": run.step, "epoch": run.epoch, **m})
+        if cfg.eval_every and run.step % cfg.eval_every == 0:
+            run.validate()
+        if run.step % cfg.save_every == 0:
+            run.save("last.pt")
+    bar.close()
+    if run.batch_pos >= len(batches):   # the epoch is whole: validate, move on
+        run.epoch, run.batch_pos = run.epoch + 1, 0
+        run.validate()
+
+
 def train(cfg: Config, log=print) -> Run:
     """Train until epochs or max_steps are done, or a stop is requested; resumable."""
-    from tqdm import tqdm
     run = Run(cfg, log)
     log = run.log   # silent on ranks other than 0
     log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}; "
@@ -215,43 +247,20 @@ def train(cfg: Config, log=print) -> Run:
     stop = Stop()
     try:
         while run.epoch < cfg.epochs and not _done(run) and not run.stopped:
-            batches = run.train_data.batches(cfg.batch_size, cfg.seed, run.epoch)
-            bar = tqdm(total=len(batches), initial=run.batch_pos, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
-                       mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, disable=not run.main)
-            t0, seen = time.perf_counter(), 0
-            while run.batch_pos < len(batches) and not _done(run) and not run.stopped:
-                if len(batches[run.batch_pos]) < run.world:   # a last batch too small to share
-                    run.batch_pos += 1
-                    continue
-                # a signal seen by any rank stops them all after the same step
-                m = run.train_step(batches[run.batch_pos], stop.requested)
-                run.stopped = m.pop("stop")
-                run.batch_pos += 1
-                seen += m["tokens"]
-                m["tokens_per_s"] = seen / (time.perf_counter() - t0)
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}",
-                                kl=f"{m['kl_per_utt']:.2f}", beta=f"{m['beta']:.2f}",
-                                tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
-                if run.step % cfg.log_every == 0:
-                    run.metrics({"split": "train", "step": run.step, "epoch": run.epoch, **m})
-                if cfg.eval_every and run.step % cfg.eval_every == 0:
-                    run.validate()
-                if run.step % cfg.save_every == 0:
-                    run.save("last.pt")
-            bar.close()
-            if run.batch_pos >= len(batches):   # a whole epoch: validate, move on
-                run.epoch, run.batch_pos = run.epoch + 1, 0
-                run.validate()
+            run_epoch(run, stop)
             run.save("last.pt")
         if not run.stopped and run.last_val_step != run.step:   # max_steps ended mid-epoch
             run.validate()
             run.save("last.pt")
     finally:
         stop.restore()
-    distributed.cleanup()
-    if not run.main:
-        return run
+        distributed.cleanup()
+    if run.main:
+        _finish(run, log)
+    return run
+
+
+def _finish(run: Run, log):
     try:
         from .plot import plot
         log(f"training curves: {plot(run.dir)}")
@@ -261,7 +270,6 @@ def train(cfg: Config, log=print) -> Run:
         log(f"stopped at step {run.step}; saved {run.dir}/last.pt. Run the same command to resume.")
     else:
         log(f"done at step {run.step}: best validation ELBO/token {run.best:.3f}; {run.dir}/best.pt")
-    return run
 
 
 def main(argv=None):
