@@ -132,3 +132,43 @@ def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
         checkpoint.load(str(bad))
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint.load(str(tmp_path / "missing.pt"))
+
+
+def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch):
+    from vhred import train as train_mod
+    from vhred.model import VHRED
+    real_forward = VHRED.forward
+    calls = {"n": 0}
+
+    def flaky(self, *args):
+        out = real_forward(self, *args)
+        calls["n"] += 1
+        if self.training and 5 <= calls["n"] < 8:   # three bad steps, then fine again
+            out["nll"] = out["nll"] * float("nan")
+        return out
+    monkeypatch.setattr(VHRED, "forward", flaky)
+    run = train(tiny_cfg("max_steps=12", "name=flaky"), log=quiet)
+    assert run.skipped_total == 3 and run.step == 12
+    assert all(torch.isfinite(p).all() for p in run.model.parameters())
+
+    def broken(self, *args):
+        out = real_forward(self, *args)
+        out["nll"] = out["nll"] * float("inf")
+        return out
+    monkeypatch.setattr(VHRED, "forward", broken)
+    monkeypatch.setattr(train_mod, "MAX_BAD_STEPS", 4)
+    with pytest.raises(train_mod.TrainingError, match="NaN/inf for 4 steps in a row"):
+        train(tiny_cfg("max_steps=12", "name=broken"), log=quiet)
+
+
+def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_cfg, tmp_path):
+    from vhred.train import lock_run_dir
+    folder = tmp_path / "runs" / "tiny-vhred"
+    folder.mkdir(parents=True)
+    held = lock_run_dir(str(folder))
+    try:
+        with pytest.raises(CheckpointError, match=f"in use by another training process \\(pid {os.getpid()}\\)"):
+            train(tiny_cfg("max_steps=2"), log=quiet)
+    finally:
+        held.close()
+    assert train(tiny_cfg("max_steps=2"), log=quiet).step == 2   # free again

@@ -25,6 +25,13 @@ from .schedule import kl_weight, learning_rate
 from .sources import DataError
 
 
+MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a diverged loss); the message says what to do."""
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
@@ -65,6 +72,26 @@ def evaluate(model: VHRED, data: DialogueData, batch_size: int, device, max_batc
             "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
             "active_units": active_units(torch.cat(means)) if means else 0,
             "tokens": tokens, "utterances": targets}
+
+
+def lock_run_dir(path: str):
+    """Hold an exclusive lock on <run>/.lock while training; a second trainer there is refused.
+    The kernel drops the lock when the process ends, even on SIGKILL: no stale locks."""
+    import fcntl
+    f = open(os.path.join(path, ".lock"), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise CheckpointError(f"{path} is in use by another training process (pid {owner}); "
+                              "wait for it, stop it, or pass name=<other name>") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 class Stop:
@@ -118,8 +145,11 @@ class Run:
         self.best = math.inf
         self.last_val_step = -1
         self.stopped = False
+        self.bad_steps = self.skipped_total = 0   # non-finite steps: in a row, in all
+        self.lock = None
         if self.main:
             os.makedirs(self.dir, exist_ok=True)
+            self.lock = lock_run_dir(self.dir)
         self._resume_or_start(folder)
 
     def _resume_or_start(self, folder: str):
@@ -189,16 +219,19 @@ class Run:
         tokens, total, nll, kl, targets, stops = distributed.sum_all(
             [out["n_tokens"], loss_sum.item(), out["nll"].sum().item(), kl, len(out["nll"]),
              float(stop_requested)], self.device)
-        loss = loss_sum * (self.world / max(tokens, 1))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        finite = math.isfinite(total)   # the same on every rank: total is summed over them
+        if finite:
+            (loss_sum * (self.world / max(tokens, 1))).backward()
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            finite = bool(torch.isfinite(norm))
+        if finite:   # a NaN/inf loss or gradient skips the update: the weights stay good
+            self.opt.step()
         self.step += 1
         tokens = max(tokens, 1)
         return {"loss": total / tokens, "nll_per_token": nll / tokens,
                 "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": int(tokens),
-                "stop": stops > 0}
+                "skipped": not finite, "stop": stops > 0}
 
 
 def _done(run: Run) -> bool:
@@ -221,6 +254,13 @@ def run_epoch(run: Run, stop: Stop):
         m = run.train_step(batches[run.batch_pos], stop.requested)
         run.stopped = m.pop("stop")
         run.batch_pos += 1
+        run.bad_steps = run.bad_steps + 1 if m["skipped"] else 0
+        if m["skipped"]:
+            run.skipped_total += 1
+            run.log(f"warning: step {run.step}: loss or gradient not finite, update skipped")
+            if run.bad_steps >= MAX_BAD_STEPS:
+                raise TrainingError(f"the loss was NaN/inf for {MAX_BAD_STEPS} steps in a row (step {run.step}); "
+                                    f"{run.dir}/last.pt holds the last good state: lower lr= or check the data")
         seen += m["tokens"]
         m["tokens_per_s"] = seen / (time.perf_counter() - t0)
         bar.update(1)
@@ -255,6 +295,8 @@ def train(cfg: Config, log=print) -> Run:
     finally:
         stop.restore()
         distributed.cleanup()
+        if run.lock:
+            run.lock.close()
     if run.main:
         _finish(run, log)
     return run
@@ -280,7 +322,7 @@ def main(argv=None):
     try:
         cfg = load(args.config, args.overrides)
         run = train(cfg)
-    except (ConfigError, DataError, CheckpointError) as e:
+    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:   # disk full, permissions: the previous checkpoint is still whole
