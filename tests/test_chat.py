@@ -17,11 +17,19 @@ def test_a_piped_conversation(trained):
     long_line = "tell me more " * 400   # 5,200 characters
     code, out, err = chat(["Hi , how are you ?", "Fine . Where are you going ?", "/samples 3", "",
                            "/reset", "I love it 😀🎉 ünïcödé", long_line, "/history", "/quit", "never read"],
-                          "--checkpoint", trained["vhred"], "--num-samples", "2")
+                          "--checkpoint", trained["vhred"], "--num-samples", "2", "--top-p", "0.95")
     assert code == 0 and "Traceback" not in err
-    turns = [line for line in out if line[:3] in ("1. ", "2. ", "3. ")]
-    assert len(turns) == 2 + 2 + 3 + 3          # two turns of 2 candidates, then two of 3
-    assert [line[:3] for line in turns[4:7]] == ["1. ", "2. ", "3. "]
+    turns, current = [], None
+    for line in out:   # candidates are numbered from 1 within each turn
+        if line.startswith("1. "):
+            current = []
+            turns.append(current)
+        if line[:1].isdigit():
+            assert line.startswith(f"{len(current) + 1}. ")
+            current.append(line)
+    assert len(turns) == 4
+    assert all(1 <= len(t) <= 2 for t in turns[:2]) and all(1 <= len(t) <= 3 for t in turns[2:])
+    assert any(len(t) == 3 for t in turns[2:])           # /samples 3 took effect
     assert "(showing 3 candidates per turn)" in err and "(conversation reset)" in err
     assert "the model reads the first" in err   # the long line was cut, with a note
     history = [line for line in out if line.startswith(("you: ", "bot: "))]
@@ -46,3 +54,4 @@ def test_punctuation_spacing_round_trip():
     assert spaced("Hi, how are you? Fine.") == "Hi , how are you ? Fine ."
     assert spaced("It costs 3.50 dollars") == "It costs 3.50 dollars"
     assert pretty("Hi , how are you ? Fine .") == "Hi, how are you? Fine."
+    assert pretty("I ’ m sure it 's fine") == "I'm sure it's fine"

@@ -19,8 +19,9 @@ HELP = """commands:
   /history         show the conversation so far
   /samples N       show N candidates per turn
   /pick K          put candidate K of the last turn into the history instead of the first
-  /temperature T   sampling temperature (default 1.0)
-  /top_p P         nucleus sampling threshold (default 1.0: off)
+  /temperature T   sample words at temperature T (default: greedy words)
+  /top_p P         sample words from the nucleus of probability P
+  /greedy          back to greedy words
   /seed S          seed for the next turns
   /help            this text
   /quit            leave (Ctrl-D and Ctrl-C leave too)"""
@@ -32,7 +33,8 @@ def spaced(text: str) -> str:
 
 
 def pretty(text: str) -> str:
-    """Undo that spacing for display ("Hi , you ?" -> "Hi, you?")."""
+    """Undo that spacing for display ("Hi , you ?" -> "Hi, you?", "I ’ m" -> "I'm")."""
+    text = re.sub(r"(\w) ?[’'] ?(m|s|t|re|ve|ll|d)\b", r"\1'\2", text)
     return re.sub(r" ([,.!?;:%])(?=\s|$)", r"\1", text)
 
 
@@ -49,15 +51,19 @@ class Chat:
 
     def respond(self, text: str) -> list[str]:
         """Add the user's turn, return the candidates; the first joins the history."""
+        text = text.replace("’", "'")   # typographic apostrophes as the corpus writes them
         pieces = self.sp.encode(spaced(text))
         if len(pieces) > self.cfg.max_utt_len:
             self.note(f"(your turn was {len(pieces)} tokens; the model reads the first {self.cfg.max_utt_len})")
         self.history.append(spaced(text))
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
-        opts = DecodeOptions(**{**self.opts.__dict__, "seed": self.opts.seed + self.turn})
+        n = self.opts.num_samples
+        # draw twice as many when repeats are dropped, so N distinct ones usually remain
+        opts = DecodeOptions(**{**self.opts.__dict__, "seed": self.opts.seed + self.turn,
+                                "num_samples": 2 * n if self.opts.dedup else n})
         self.turn += 1
         [responses] = generate(self.model, [context], opts)
-        self.last = [self.sp.decode(ids) for ids, _ in responses]
+        self.last = [self.sp.decode(ids) for ids, _ in responses[:n]]
         self.history.append(self.last[0] if self.last else "")
         self.history = self.history[-self.cfg.max_context:]
         return [pretty(r) for r in self.last]
@@ -86,10 +92,15 @@ class Chat:
                 self.note(f"(candidate {k} is now the reply in the history)")
             elif name == "temperature":
                 self.opts.temperature = _bounded(float(arg), 1e-3, 100.0, "temperature")
-                self.note(f"(temperature {self.opts.temperature})")
+                self.opts.method = "sample"
+                self.note(f"(sampling words at temperature {self.opts.temperature})")
             elif name == "top_p":
                 self.opts.top_p = _bounded(float(arg), 1e-3, 1.0, "top_p")
-                self.note(f"(top_p {self.opts.top_p})")
+                self.opts.method = "sample"
+                self.note(f"(sampling words with top_p {self.opts.top_p})")
+            elif name == "greedy":
+                self.opts.method = "greedy"
+                self.note("(greedy words; VHRED candidates still differ through z)")
             elif name == "seed":
                 self.opts.seed, self.turn = int(arg), 0
                 self.note(f"(seed {self.opts.seed})")
@@ -130,7 +141,13 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), args.device)
+        # Chat defaults to greedy words: VHRED's candidates still differ, because each has its
+        # own z from the prior (the paper decodes each sampled z deterministically too), and
+        # they read better than words sampled at temperature 1. Repeats are dropped.
+        args.method = args.method or ("sample" if args.temperature != 1.0 or args.top_p < 1.0
+                                      or args.top_k else "greedy")
         opts = options_from_args(args, model.latent)
+        opts.dedup = True
         opts.check()
     except (CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
