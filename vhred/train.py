@@ -117,6 +117,7 @@ class Run:
     def __init__(self, cfg: Config, log=print):
         self.cfg, self.log = cfg, log
         self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.model}")
+        self.started = time.time()
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
         self.main = self.rank == 0   # only rank 0 writes files and logs
         if not self.main:
@@ -185,6 +186,7 @@ class Run:
     def metrics(self, record: dict):
         if not self.main:
             return
+        record["wall_s"] = round(time.time() - self.started, 1)   # since this process started
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
