@@ -26,11 +26,10 @@ def test_official_split_sizes_and_parsing(dd):
     assert all(u and "__eou__" not in u and "  " not in u for d in dd["train"][:500] for u in d)
 
 
-def test_a_folder_of_extracted_split_files_reads_the_same(dd, tmp_path):
-    for split, dialogues in dd.items():
+def test_a_folder_of_extracted_split_files_reads_the_same(dd, dailydialog_zip, tmp_path):
+    for split, data in sources._split_bytes(dailydialog_zip).items():
         os.makedirs(tmp_path / split)
-        text = "".join(" __eou__ ".join(d) + " __eou__\n" for d in dialogues)
-        (tmp_path / split / f"dialogues_{split}.txt").write_text(text)
+        (tmp_path / split / f"dialogues_{split}.txt").write_bytes(data)
     assert sources.read_dailydialog(str(tmp_path)) == dd
 
 

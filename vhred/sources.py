@@ -13,6 +13,13 @@ import zipfile
 DAILYDIALOG_URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 DAILYDIALOG_ARCHIVE = "ijcnlp_dailydialog.zip"
 DAILYDIALOG_SIZES = {"train": 11118, "validation": 1000, "test": 1000}
+# SHA-256 of the official split files (dialogues_<split>.txt, as released; the archive's own
+# checksum is not stable across copies, these files are)
+DAILYDIALOG_SHA256 = {
+    "train": "71633bd5fdb0b09dd82215b131b56432cf7329a0fe50bc8adec168713d350d1a",
+    "validation": "2ad64701fe3a4449e7a6ee7cdc6c2a71c80f77b8a34f708ac0532395f499081c",
+    "test": "3c323651cdfb09f7b529f850eddf96a638fc6cc9b43330b77956ab248484a1a8",
+}
 SPLITS = ("train", "validation", "test")
 
 
@@ -73,6 +80,8 @@ def _members(src):
     try:
         archive = zipfile.ZipFile(src)
         for name in archive.namelist():
+            if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+                raise DataError(f"{_label(src)} holds an unsafe path ({name!r}); refusing to read it")
             yield name, lambda n=name: archive.read(n)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{_label(src)} is not a readable zip archive ({e}); the download may be "
@@ -128,6 +137,10 @@ def read_dailydialog(src: str) -> dict:
         if len(splits[s]) != want:
             raise DataError(f"{src}: {s} split has {len(splits[s])} dialogues, DailyDialog has {want}; "
                             "the archive is truncated or not DailyDialog")
+    for s, digest in DAILYDIALOG_SHA256.items():
+        if hashlib.sha256(raw[s]).hexdigest() != digest:
+            raise DataError(f"{src}: dialogues_{s}.txt differs from the official DailyDialog release "
+                            "(checksum); fetch the official archive, or bring changed data as JSONL")
     return splits
 
 

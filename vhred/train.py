@@ -99,12 +99,13 @@ class Stop:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0
         self.old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def restore(self):
         for s, handler in self.old.items():
@@ -151,6 +152,9 @@ class Run:
         if self.main:
             os.makedirs(self.dir, exist_ok=True)
             self.lock = lock_run_dir(self.dir)
+            for name in os.listdir(self.dir):   # half-written saves of a killed run
+                if ".pt.tmp" in name:
+                    os.remove(os.path.join(self.dir, name))
         self._resume_or_start(folder)
 
     def _resume_or_start(self, folder: str):
@@ -301,6 +305,7 @@ def train(cfg: Config, log=print) -> Run:
             run.lock.close()
     if run.main:
         _finish(run, log)
+    run.signum = stop.signum
     return run
 
 
@@ -323,7 +328,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         cfg = load(args.config, args.overrides)
-        run = train(cfg)
+        run = train(cfg, log=lambda msg: print(msg, flush=True))   # flushed: logs survive a kill
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -331,8 +336,11 @@ def main(argv=None):
         print(f"error: {e.strerror or e} ({e.filename or 'while training'}); the last checkpoint is intact",
               file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:   # a second Ctrl-C: no save, but no half-written file either
+        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+        sys.exit(130)
     if run.stopped:
-        sys.exit(130)   # the shell's code for a run ended by Ctrl-C
+        sys.exit(128 + (run.signum or signal.SIGINT))   # the shell's code for a signalled end
 
 
 if __name__ == "__main__":

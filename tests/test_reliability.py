@@ -1,0 +1,225 @@
+"""Faults (kills, signals, full disks), bad input of every kind, and safe loading."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import ROOT
+from vhred import checkpoint, sources
+from vhred.checkpoint import CheckpointError
+from vhred.sources import DataError
+
+
+def train_cli(args, *extra):
+    return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+            *args, *extra]
+
+
+@pytest.fixture
+def cli_args(dailydialog_zip, data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    return [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", "save_every=5", "log_every=1"]
+
+
+def logged_steps(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    steps = []
+    for line in open(path):
+        try:
+            steps.append(json.loads(line)["step"])
+        except ValueError:
+            pass   # a line cut by the kill
+    return steps
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_args, tmp_path):
+    run_dir = tmp_path / "runs" / "tiny-vhred"
+    rng = random.Random(0)
+    saved = 0
+    for kill in range(4):
+        proc = subprocess.Popen(train_cli(cli_args, "epochs=1000"), cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        time.sleep(rng.uniform(1.0, 6.0))   # start-up takes ~2-3 s: sometimes before any save
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        if saved and "parameters on" in out:   # got as far as training: it resumed where it should
+            assert f"resuming {run_dir} at step {saved}" in out
+        reached = max(logged_steps(run_dir), default=0)
+        last = run_dir / "last.pt"
+        # whole and readable after every kill (none yet only if killed before the first save)
+        state = checkpoint.load(str(last)) if last.exists() else {"step": 0}
+        assert state["step"] >= saved                         # never goes back
+        assert reached - state["step"] <= 5                   # loses at most save_every steps
+        saved = state["step"]
+    done = subprocess.run(train_cli(cli_args, f"max_steps={saved + 6}"), cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and (f"at step {saved}" in done.stdout or not saved)
+    assert not [n for n in os.listdir(run_dir) if ".tmp" in n]
+    model, _, _ = checkpoint.load_model(str(run_dir / "best.pt"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sigterm_saves_first(cli_args, tmp_path):
+    run_dir = tmp_path / "runs" / "tiny-vhred"
+    proc = subprocess.Popen(train_cli(cli_args, "epochs=1000", "save_every=100000"), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.time()
+    while len(logged_steps(run_dir)) < 3 and time.time() - start < 120:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err
+    assert checkpoint.load(str(run_dir / "last.pt"))["step"] >= 3
+
+
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_cfg, monkeypatch, capsys):
+    from vhred import train as train_mod
+    cfg = tiny_cfg("max_steps=10", "name=disk")
+    train_mod.train(cfg, log=lambda *_: None)
+    last = os.path.join(cfg.out_dir, "disk", "last.pt")
+    before = open(last, "rb").read()
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        train_mod.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), f"data_dir={cfg.data_dir}",
+                        f"out_dir={cfg.out_dir}", "name=disk", "max_steps=20"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 1
+    assert err.count("\n") == 0 and "No space left on device" in err and "intact" in err
+    assert open(last, "rb").read() == before and checkpoint.load(last)["step"] == 10
+    assert not [n for n in os.listdir(os.path.dirname(last)) if ".tmp" in n]
+
+
+# --- bad data ----------------------------------------------------------------------------------
+
+def make_zip(path, members: dict):
+    with zipfile.ZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return str(path)
+
+
+def test_archives_with_unsafe_paths_bad_bytes_or_changed_files_are_refused(tmp_path, dailydialog_zip):
+    evil = make_zip(tmp_path / "evil.zip", {"../../outside/dialogues_train.txt": "Hi . __eou__ Yo . __eou__\n"})
+    with pytest.raises(DataError, match="unsafe path"):
+        sources.read_dailydialog(evil)
+    assert not (tmp_path.parent / "outside").exists()
+    official = sources._split_bytes(dailydialog_zip)
+    bad_bytes = make_zip(tmp_path / "bytes.zip", {**{f"{s}/dialogues_{s}.txt": d for s, d in official.items()},
+                                                  "train/dialogues_train.txt": b"caf\xe9 __eou__ ok __eou__\n"})
+    with pytest.raises(DataError, match="not UTF-8"):
+        sources.read_dailydialog(bad_bytes)
+    changed = dict(official)
+    changed["test"] = official["test"].replace(b"Good", b"Fine", 1)   # same counts, other text
+    tampered = make_zip(tmp_path / "changed.zip", {f"{s}/dialogues_{s}.txt": d for s, d in changed.items()})
+    with pytest.raises(DataError, match="differs from the official DailyDialog release"):
+        sources.read_dailydialog(tampered)
+
+
+def test_jsonl_with_bad_bytes_empty_short_and_huge_dialogues(tiny_cfg, tmp_path, capsys):
+    from vhred.dataset import DialogueData, prepare
+    path = tmp_path / "odd.jsonl"
+    good = [json.dumps({"dialog": [f"hello number {i} .", f"hi there {i} !", "bye ."]}) for i in range(60)]
+    huge = json.dumps({"dialog": ["word " * 20000, "short answer ."]})
+    lines = [l.encode() for l in good] + [b'{"dialog": ["caf\xe9", "x"]}', b'{"dialog": []}',
+                                          b'{"dialog": ["only one"]}', huge.encode(), b"[1, 2]"]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    folder = prepare(tiny_cfg(f"data={path}", "max_dialogues=0", "vocab_size=60"), log=lambda *_: None)
+    err = capsys.readouterr().err
+    for lineno in (61, 62, 63, 65):
+        assert f"odd.jsonl: line {lineno}: skipped" in err
+    meta = json.load(open(os.path.join(folder, "meta.json")))
+    assert sum(meta["dialogues"].values()) == 61 and meta["scan"]["skipped_lines"] == 4
+    for split in ("train", "validation", "test"):
+        data = DialogueData(folder, split)
+        assert len(data) == 0 or data.max_len.max() <= 16   # the huge utterance was cut
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def test_truncated_foreign_and_mismatched_checkpoints_are_refused(trained, tmp_path):
+    good = checkpoint.resolve(trained["vhred"])
+    data = open(good, "rb").read()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="not a readable vhred checkpoint"):
+        checkpoint.load(str(tmp_path / "cut.pt"))
+    state = torch.load(good, weights_only=True)
+    torch.save({**state, "format": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="format 99"):
+        checkpoint.load(str(tmp_path / "future.pt"))
+    other = torch.load(checkpoint.resolve(trained["hred"]), weights_only=True)
+    torch.save({**state, "tokenizer": checkpoint.as_tensor(b"not a sentencepiece model")}, tmp_path / "tok.pt")
+    with pytest.raises(CheckpointError, match="tokenizer inside it is unreadable"):
+        checkpoint.load_model(str(tmp_path / "tok.pt"))
+    torch.save({**state, "model": other["model"]}, tmp_path / "mixed.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        checkpoint.load_model(str(tmp_path / "mixed.pt"))
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_a_crafted_pickle_checkpoint_is_refused_without_running_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {}, "config": {}, "tokenizer": Exploit(), "format": 1}, "evil.pt")
+    with pytest.raises(CheckpointError, match="not a readable vhred checkpoint"):
+        checkpoint.load("evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+# --- arbitrary text at the chat and the metrics ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_chat(trained):
+    from vhred.chat import Chat
+    from vhred.generate import DecodeOptions
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    return Chat(model, cfg, sp, DecodeOptions(num_samples=2, max_len=8), out=lambda *_: None,
+                note=lambda *_: None)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=3000))
+def test_chat_answers_any_unicode_text(tiny_chat, text):
+    responses = tiny_chat.respond(text)
+    assert 1 <= len(responses) <= 2 and all(isinstance(r, str) for r in responses)
+    assert len(tiny_chat.history) <= tiny_chat.cfg.max_context
+
+
+@settings(max_examples=100, deadline=None)
+@given(hyps=st.lists(st.text(max_size=200), min_size=1, max_size=5), ref=st.text(max_size=200))
+def test_metrics_take_any_text(hyps, ref):
+    from eval.bleu import multi_sample_bleu
+    from eval.distinct import distinct_n, intra_inter
+    from eval.text import tokenize
+    toks = [tokenize(h) for h in hyps]
+    r = multi_sample_bleu([toks], [tokenize(ref)], n=2)
+    assert 0 <= r["precision"] <= r["recall"] <= 1 + 1e-9
+    assert 0 <= distinct_n(toks, 1) <= 1 and all(0 <= x <= 1 for x in intra_inter([toks], 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(line=st.binary(max_size=300))
+def test_jsonl_lines_of_any_bytes_are_read_or_reported(tmp_path_factory, line):
+    path = tmp_path_factory.mktemp("j") / "x.jsonl"
+    path.write_bytes(line.replace(b"\n", b" ") + b"\n")
+    bad = []
+    rows = list(sources.iter_jsonl(str(path), seed=0, report=lambda n, why: bad.append(n)))
+    assert len(rows) + len(bad) <= 1
