@@ -172,3 +172,9 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_cfg, tmp_path):
     finally:
         held.close()
     assert train(tiny_cfg("max_steps=2"), log=quiet).step == 2   # free again
+
+
+def test_a_kl_warmup_longer_than_the_run_is_a_warning(tiny_cfg):
+    lines = []
+    train(tiny_cfg("epochs=1", "kl_warmup_steps=5000", "name=warm"), log=lines.append)
+    assert any("kl_warmup_steps=5000 is longer than the whole run (29 steps)" in line for line in lines)

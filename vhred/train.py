@@ -133,6 +133,11 @@ class Run:
         cfg.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than asked
         self.train_data = DialogueData(folder, "train")
         self.val_data = DialogueData(folder, "validation")
+        total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
+        if cfg.model == "vhred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total \
+                and not cfg.max_steps:   # (with max_steps, validate() has warned already)
+            log(f"warning: kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
+                f"({total} steps): the KL weight never reaches kl_max")
         with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
         torch.manual_seed(cfg.seed)
