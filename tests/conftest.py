@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 import torch
@@ -52,3 +53,15 @@ def trained(dailydialog_zip, data_dir, tmp_path_factory):
                        [f"data_dir={data_dir}", f"out_dir={out}", f"model={kind}", "epochs=4"])
             runs[kind] = train(cfg, log=lambda *_: None).dir
     return runs
+
+
+def train_cli(*args):
+    """The training command on the tiny config, as a user would type it."""
+    return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *args]
+
+
+@pytest.fixture
+def cli_args(dailydialog_zip, data_dir, tmp_path, monkeypatch):
+    """Overrides that point a training command at the session's data and this test's folder."""
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    return [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", "save_every=5", "log_every=1"]

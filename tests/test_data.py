@@ -1,5 +1,4 @@
 """Sources, preparation and batching on the real DailyDialog archive and small hand-made files."""
-import io
 import json
 import os
 import zipfile

@@ -4,7 +4,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import zipfile
 
@@ -13,21 +12,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, train_cli
 from vhred import checkpoint, sources
 from vhred.checkpoint import CheckpointError
 from vhred.sources import DataError
-
-
-def train_cli(args, *extra):
-    return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
-            *args, *extra]
-
-
-@pytest.fixture
-def cli_args(dailydialog_zip, data_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
-    return [f"data_dir={data_dir}", f"out_dir={tmp_path / 'runs'}", "save_every=5", "log_every=1"]
 
 
 def logged_steps(run_dir):
@@ -50,7 +38,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
     rng = random.Random(0)
     saved = 0
     for kill in range(4):
-        proc = subprocess.Popen(train_cli(cli_args, "epochs=1000"), cwd=ROOT, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(train_cli(*cli_args, "epochs=1000"), cwd=ROOT, stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         time.sleep(rng.uniform(1.0, 6.0))   # start-up takes ~2-3 s: sometimes before any save
         proc.send_signal(signal.SIGKILL)
@@ -64,7 +52,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
         assert state["step"] >= saved                         # never goes back
         assert reached - state["step"] <= 5                   # loses at most save_every steps
         saved = state["step"]
-    done = subprocess.run(train_cli(cli_args, f"max_steps={saved + 6}"), cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(train_cli(*cli_args, f"max_steps={saved + 6}"), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and (f"at step {saved}" in done.stdout or not saved)
     assert not [n for n in os.listdir(run_dir) if ".tmp" in n]
     model, _, _ = checkpoint.load_model(str(run_dir / "best.pt"))
@@ -73,7 +61,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
 
 def test_sigterm_saves_first(cli_args, tmp_path):
     run_dir = tmp_path / "runs" / "tiny-vhred"
-    proc = subprocess.Popen(train_cli(cli_args, "epochs=1000", "save_every=100000"), cwd=ROOT,
+    proc = subprocess.Popen(train_cli(*cli_args, "epochs=1000", "save_every=100000"), cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.time()
     while len(logged_steps(run_dir)) < 3 and time.time() - start < 120:
