@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python -m vhred.bench $(ARGS)
 
 # Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
-RUN ?= $(lastword $(sort $(wildcard runs/*/best.pt)))
+RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
 eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
 	$(BIN)/python -m eval.evaluate --checkpoint $(RUN) $(ARGS)
