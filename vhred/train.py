@@ -183,13 +183,15 @@ class Run:
         with open(os.path.join(self.dir, "config.json"), "w") as f:
             json.dump(asdict(self.cfg), f, indent=1)
 
-    def save(self, name: str):
+    def save(self, name: str, resumable: bool = True):
+        """Write a checkpoint; best.pt leaves out the optimiser and position (a third the size)."""
         if not self.main:
             return
-        state = {"model": self.model.state_dict(), "optim": self.opt.state_dict(),
-                 "config": asdict(self.cfg), "tokenizer": checkpoint.as_tensor(self.tokenizer),
-                 "step": self.step, "epoch": self.epoch, "batch_pos": self.batch_pos,
-                 "best": self.best, "rng": torch.get_rng_state()}
+        state = {"model": self.model.state_dict(), "config": asdict(self.cfg),
+                 "tokenizer": checkpoint.as_tensor(self.tokenizer), "step": self.step, "best": self.best}
+        if resumable:
+            state.update(optim=self.opt.state_dict(), epoch=self.epoch, batch_pos=self.batch_pos,
+                         rng=torch.get_rng_state())
         checkpoint.save(state, os.path.join(self.dir, name))
 
     def metrics(self, record: dict):
@@ -211,7 +213,7 @@ class Run:
                  f"active units {m['active_units']}")
         if m["elbo_per_token"] < self.best:
             self.best = m["elbo_per_token"]
-            self.save("best.pt")
+            self.save("best.pt", resumable=False)
         return m
 
     def train_step(self, indices, stop_requested: bool = False) -> dict:
