@@ -20,6 +20,7 @@ from . import checkpoint, distributed
 from .checkpoint import CheckpointError
 from .config import ARCH_FIELDS, Config, ConfigError, load, validate
 from .dataset import DialogueData, prepare
+from .memory import keep_freed_memory
 from .model import VHRED, active_units, objective, perplexity
 from .schedule import kl_weight, learning_rate
 from .sources import DataError
@@ -119,6 +120,7 @@ class Run:
         self.cfg, self.log = cfg, log
         self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.model}")
         self.started = time.time()
+        keep_freed_memory()   # no page faults on every step's large buffers (see memory.py)
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
         self.main = self.rank == 0   # only rank 0 writes files and logs
         if not self.main:
