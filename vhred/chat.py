@@ -9,6 +9,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import replace
 
 from . import checkpoint
 from .checkpoint import CheckpointError
@@ -59,8 +60,8 @@ class Chat:
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
         n = self.opts.num_samples
         # draw twice as many when repeats are dropped, so N distinct ones usually remain
-        opts = DecodeOptions(**{**self.opts.__dict__, "seed": self.opts.seed + self.turn,
-                                "num_samples": 2 * n if self.opts.dedup else n})
+        opts = replace(self.opts, seed=self.opts.seed + self.turn,
+                       num_samples=2 * n if self.opts.dedup else n)
         self.turn += 1
         [responses] = generate(self.model, [context], opts)
         self.last = [self.sp.decode(ids) for ids, _ in responses[:n]]

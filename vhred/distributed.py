@@ -25,12 +25,11 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def sum_all(values: list[float], device) -> list[float]:
-    """Sum a few numbers over all ranks (one small all-reduce); identity in one process."""
-    if not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+def sum_all(values: torch.Tensor) -> list[float]:
+    """Sum a small tensor of numbers over all ranks (one all-reduce); as floats, in any case."""
+    t = values.double()
+    if dist.is_initialized():
+        dist.all_reduce(t)
     return t.tolist()
 
 

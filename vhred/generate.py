@@ -11,7 +11,7 @@ import glob
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -266,7 +266,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        opts_b = DecodeOptions(**{**opts.__dict__, "seed": opts.seed + start})
+        opts_b = replace(opts, seed=opts.seed + start)
         for ctx, responses in zip(chunk, generate(model, ids, opts_b)):
             yield ctx, [sp.decode(r) for r, _ in responses], [s for _, s in responses]
 

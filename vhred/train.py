@@ -127,10 +127,9 @@ class Run:
             self.log = log = lambda *_: None
         for w in validate(cfg):
             log(f"warning: {w}")
-        if self.main:   # rank 0 builds the data cache, the others then read it
-            folder = prepare(cfg, log=log)
+        folder = prepare(cfg, log=log) if self.main else None   # rank 0 builds the data cache,
         distributed.barrier()
-        folder = prepare(cfg, log=log)
+        folder = folder or prepare(cfg, log=log)                   # then the others read it
         meta = json.load(open(os.path.join(folder, "meta.json")))
         cfg.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than asked
         self.train_data = DialogueData(folder, "train")
@@ -230,10 +229,12 @@ class Run:
         b = self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
         out = self.net(b.tokens, b.lens, b.turns)
         loss_sum = objective(out, beta, cfg.free_bits, cfg.bow_weight, n_tokens=1)
-        kl = out["kl"].sum().item() if "kl" in out else 0.0
-        tokens, total, nll, kl, targets, stops = distributed.sum_all(
-            [out["n_tokens"], loss_sum.item(), out["nll"].sum().item(), kl, len(out["nll"]),
-             float(stop_requested)], self.device)
+        kl = out["kl"].sum() if "kl" in out else loss_sum.new_zeros(())
+        stats = torch.stack([loss_sum.new_tensor(float(out["n_tokens"])), loss_sum.detach(),
+                             out["nll"].sum().detach(), kl.detach(), loss_sum.new_tensor(float(len(out["nll"]))),
+                             loss_sum.new_tensor(float(stop_requested))])
+        # one device-to-host copy per step (and one all-reduce under torchrun)
+        tokens, total, nll, kl, targets, stops = distributed.sum_all(stats)
         self.opt.zero_grad(set_to_none=True)
         finite = math.isfinite(total)   # the same on every rank: total is summed over them
         if finite:
