@@ -44,6 +44,20 @@ def test_hred_trains_too(tiny_cfg):
     assert run.dir.endswith("tiny-hred")
 
 
+def test_bf16_autocast_trains_with_fp32_weights(tiny_cfg):
+    """precision=bf16 (autocast; the same code path a GPU takes by default) learns like fp32,
+    and what it saves is fp32, so the checkpoint evaluates and chats the same way."""
+    runs = {p: train(tiny_cfg(f"precision={p}", "max_steps=30", "log_every=1", f"name={p}"), log=quiet)
+            for p in ("fp32", "bf16")}
+    assert runs["bf16"].bf16 and not runs["fp32"].bf16
+    nll = {p: [m["nll_per_token"] for m in read_metrics(r.dir) if m["split"] == "train"] for p, r in runs.items()}
+    assert nll["bf16"][0] == pytest.approx(nll["fp32"][0], abs=0.05)   # the same first step, to bf16's precision
+    assert sum(nll["bf16"][-5:]) / 5 < nll["bf16"][0] - 0.5             # and it learns
+    assert abs(sum(nll["bf16"][-5:]) - sum(nll["fp32"][-5:])) / 5 < 0.3
+    state = checkpoint.load(os.path.join(runs["bf16"].dir, "last.pt"))
+    assert all(t.dtype == torch.float32 for t in state["model"].values() if t.is_floating_point())
+
+
 def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cfg):
     full = train(tiny_cfg("max_steps=40", "name=full"), log=quiet)
     train(tiny_cfg("max_steps=25", "name=split"), log=quiet)   # 25 steps: mid-epoch (29 per epoch)

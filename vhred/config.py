@@ -54,6 +54,7 @@ class Config:
     log_every: int = 50           # append a train line to metrics.jsonl every N steps
     seed: int = 1337              # one seed for data order, initialisation and sampling
     device: str = "auto"          # "auto" (cuda when present), "cpu" or "cuda"
+    precision: str = "auto"       # training step: "bf16" autocast, "fp32", or "auto" (bf16 on CUDA)
     name: str = ""                # run name; default <config name>-<model>
     out_dir: str = "runs"         # runs go to <out_dir>/<name>/
 
@@ -173,6 +174,8 @@ def validate(cfg: Config) -> list[str]:
         raise ConfigError("kl_cycle_steps must be at least kl_warmup_steps (the ramp is part of a cycle)")
     if cfg.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"device must be auto, cpu or cuda, got '{cfg.device}'")
+    if cfg.precision not in ("auto", "fp32", "bf16"):
+        raise ConfigError(f"precision must be auto, fp32 or bf16, got '{cfg.precision}'")
     if os.sep in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name must be a plain folder name, got '{cfg.name}'")
     warnings = []

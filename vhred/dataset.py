@@ -144,7 +144,10 @@ class Batch:
     turns: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.tokens, self.lens, self.turns)))
+        """To the device; to a GPU through pinned memory, so a non-blocking copy overlaps compute."""
+        pin = non_blocking and torch.device(device).type == "cuda"
+        return Batch(*((t.pin_memory() if pin else t).to(device, non_blocking=non_blocking)
+                       for t in (self.tokens, self.lens, self.turns)))
 
     @property
     def target_tokens(self) -> int:

@@ -54,7 +54,7 @@ class GaussianNet(nn.Module):
 
     def forward(self, x):
         h = self.body(x)
-        return self.mean(h), self.logvar(h)
+        return self.mean(h).float(), self.logvar(h).float()   # the KL and z in fp32 under autocast
 
 
 # --- the hierarchical encoder-decoder ---------------------------------------------------------

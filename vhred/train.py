@@ -41,6 +41,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether the training step runs under bf16 autocast: asked for, or precision=auto on a GPU
+    that has bf16. Weights, gradients and the optimiser stay fp32; matmuls and GRUs run in bf16
+    (tensor cores on GPUs, AMX/AVX512-BF16 on recent CPUs); the losses are summed in fp32."""
+    if precision == "auto":
+        return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
 @torch.inference_mode()
 def evaluate(model: VHRED, data: DialogueData, batch_size: int, device, max_batches: int = 0,
              seed: int = 0) -> dict:
@@ -123,6 +132,7 @@ class Run:
         keep_freed_memory()   # no page faults on every step's large buffers (see memory.py)
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
         self.main = self.rank == 0   # only rank 0 writes files and logs
+        self.bf16 = use_bf16(cfg.precision, self.device)
         if not self.main:
             self.log = log = lambda *_: None
         for w in validate(cfg):
@@ -227,8 +237,9 @@ class Run:
         for group in self.opt.param_groups:
             group["lr"] = lr
         b = self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
-        out = self.net(b.tokens, b.lens, b.turns)
-        loss_sum = objective(out, beta, cfg.free_bits, cfg.bow_weight, n_tokens=1)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.net(b.tokens, b.lens, b.turns)
+            loss_sum = objective(out, beta, cfg.free_bits, cfg.bow_weight, n_tokens=1)
         kl = out["kl"].sum() if "kl" in out else loss_sum.new_zeros(())
         stats = torch.stack([loss_sum.new_tensor(float(out["n_tokens"])), loss_sum.detach(),
                              out["nll"].sum().detach(), kl.detach(), loss_sum.new_tensor(float(len(out["nll"]))),
@@ -298,7 +309,8 @@ def train(cfg: Config, log=print) -> Run:
     """Train until epochs or max_steps are done, or a stop is requested; resumable."""
     run = Run(cfg, log)
     log = run.log   # silent on ranks other than 0
-    log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}; "
+    log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}"
+        f"{' (bf16 autocast)' if run.bf16 else ''}; "
         f"{len(run.train_data)} training windows; run folder {run.dir}")
     stop = Stop()
     try:
