@@ -5,7 +5,8 @@ utterances), the padding fraction of the batch tensors (memory only: the GRUs an
 run on packed sequences, so no padding position is computed), peak RSS, seconds per epoch of the training
 split, the latency of one chat turn (10 samples of exactly 30 tokens, the worst case), and
 the model FLOPs utilisation: the training step's FLOP/s over the machine's dense matmul rate
-measured in the same run (fp32 on CPU, bf16 on GPU).
+measured in the same run, in the step's own precision (fp32, or bf16 under precision=bf16 and
+on GPUs, where precision=auto means bf16). On CUDA it also reports the peak GPU memory.
 Each config runs in its own process so its peak memory is its own. Prints a table and writes
 bench.json.
 """
@@ -41,10 +42,9 @@ def chat_latency(cfg, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def matmul_rate(n: int = 1024, seconds: float = 2.0) -> float:
-    """The machine's dense matrix-multiply rate in FLOP/s (fp32 on CPU, bf16 on CUDA)."""
+def matmul_rate(dtype=torch.float32, n: int = 1024, seconds: float = 2.0) -> float:
+    """The machine's dense matrix-multiply rate in FLOP/s, in dtype."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
@@ -102,18 +102,20 @@ def train_throughput(cfg, steps: int) -> dict:
         real += int(b.lens.sum())
         flops += 3 * forward_flops(cfg, b)
     tps = tokens / seconds
+    gpu = {"gpu_peak_MB": torch.cuda.max_memory_allocated() / 2 ** 20} if run.device.type == "cuda" else {}
     epoch_tokens = int(run.train_data.n_tokens.sum())
     return {"train_tokens_per_s": tps, "step_s": seconds / steps,
             "padding_fraction": 1 - real / padded,
             "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6,
-            "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens}
+            "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens,
+            "precision": "bf16" if run.bf16 else "fp32", **gpu}
 
 
 def one(config: str, steps: int, overrides: list[str]) -> dict:
     cfg = load(config, [f"name=bench-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
     result = {"config": config, **train_throughput(cfg, steps)}
     result["chat_ms"] = chat_latency(cfg)
-    result["matmul_flops_per_s"] = matmul_rate()
+    result["matmul_flops_per_s"] = matmul_rate(torch.bfloat16 if result["precision"] == "bf16" else torch.float32)
     result["mfu"] = result["train_flops_per_s"] / result["matmul_flops_per_s"]
     result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
@@ -144,12 +146,13 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "results": rows}, f, indent=1)
-    print(f"{'config':32} {'params':>7} {'tok/s':>8} {'step s':>7} {'pad mem':>7} {'epoch s':>8} {'RSS MB':>7} "
-          f"{'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6}")
+    print(f"{'config':32} {'params':>7} {'prec':>4} {'tok/s':>8} {'step s':>7} {'pad mem':>7} {'epoch s':>8} {'RSS MB':>7} "
+          f"{'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6} {'GPU MB':>7}")
     for r in rows:
-        print(f"{r['config']:32} {r['params_M']:6.1f}M {r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} "
+        gpu_mb = f"{r['gpu_peak_MB']:7.0f}" if "gpu_peak_MB" in r else f"{'-':>7}"
+        print(f"{r['config']:32} {r['params_M']:6.1f}M {r['precision']:>4} {r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} "
               f"{r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} {r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} "
-              f"{r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%}")
+              f"{r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu_mb}")
     print(f"machine: {machine}; written to {args.out}")
 
 

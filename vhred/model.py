@@ -107,7 +107,7 @@ class VHRED(nn.Module):
 
     def encode_utterances(self, tokens, lens):
         """Bidirectional GRU over each utterance: (U, L) -> (U, 2*Hu), final states of both directions."""
-        x = self.drop(self.embed(tokens))                                   # (U, L, E)
+        x = _autocast(self.drop(self.embed(tokens)))                        # (U, L, E)
         packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
         _, h = self.utt_rnn(packed)                                         # (2, U, Hu)
         return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
@@ -143,7 +143,7 @@ class VHRED(nn.Module):
     def _decoder_input(self, inputs, cond):
         """Every decoder step sees its word and [h_{n-1}, z_n]: (T, S) -> (T, S, E + C)."""
         x = self.drop(self.embed(inputs))                                   # (T, S, E)
-        return torch.cat([x, cond.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
+        return _autocast(torch.cat([x, cond.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1))
 
     # --- training forward ---
 
@@ -252,6 +252,13 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
     if "bow" in out:
         loss = loss + bow_weight * out["bow"]
     return loss / max(n_tokens or out["n_tokens"], 1)
+
+
+def _autocast(x):
+    """A GRU's input in the autocast dtype when autocast is on. CUDA autocast casts GRUs itself;
+    CPU autocast runs a GRU in bf16 only when its input is (then AMX / AVX512-BF16 do the work)."""
+    kind = x.device.type
+    return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
 
 
 def _positions(turns):
