@@ -4,8 +4,10 @@
     python -m eval.distinct --jsonl samples.jsonl    {"samples": [...]} per line
 
 prints distinct-1 and distinct-2 of each file as JSON. With --jsonl it also reports
-intra-distinct (within each context's samples, averaged over contexts) and inter-distinct
-(over all samples of all contexts), as DialogWAE (Gu et al., 2019) does.
+intra-distinct (within each context's samples, averaged over contexts), inter-distinct (over all
+samples of all contexts) and response-distinct (within each single response, averaged over all
+responses). DialogWAE (Gu et al., 2019) names the last "intra-dist" and the first "inter-dist"
+(its code scores one context's samples at a time).
 """
 import argparse
 import json
@@ -29,6 +31,13 @@ def intra_inter(samples: list[list[list[str]]], n: int) -> tuple[float, float]:
     intra = sum(distinct_n(s, n) for s in samples) / len(samples)
     inter = distinct_n([s for group in samples for s in group], n)
     return intra, inter
+
+
+def response_distinct(samples: list[list[list[str]]], n: int) -> float:
+    """Distinct-n within each single response, averaged over all responses (0 for a response with
+    no n-gram, as in DialogWAE's code): how much a response repeats itself."""
+    flat = [s for group in samples for s in group]
+    return sum(distinct_n([s], n) for s in flat) / len(flat)
 
 
 def read_samples(path: str) -> list[list[str]]:
@@ -57,6 +66,7 @@ def main(argv=None):
                 r = {}
                 for n in (1, 2):
                     r[f"intra-distinct-{n}"], r[f"inter-distinct-{n}"] = intra_inter(samples, n)
+                    r[f"response-distinct-{n}"] = response_distinct(samples, n)
             else:
                 flat = [tokenize(s) for s in read_lines(path)]
                 r = {}

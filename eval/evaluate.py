@@ -6,7 +6,7 @@ latent-variable dialogue literature (Zhao et al. 2017; DialogWAE, Gu et al. 2019
 For every utterance of the split that has a turn before it (context: up to max_context earlier
 turns), N responses are sampled (VHRED: z from the prior; HRED: from the decoder alone) and
 scored against the reference: multi-sample BLEU-1..4 precision / recall / F1, intra and inter
-distinct-1/2, mean response length. The likelihood side reports NLL per token and perplexity from
+distinct-1/2 and distinct-1/2 within single responses, mean response length. The likelihood side reports NLL per token and perplexity from
 the ELBO and from an importance-weighted bound with K samples, KL per utterance and active units.
 Writes results.json, results.md and the samples (samples-<split>.jsonl) into the run folder.
 """
@@ -25,10 +25,11 @@ from vhred.dataset import DialogueData
 from vhred.generate import DecodeOptions, generate_file
 from vhred.model import perplexity
 from vhred.sources import DataError
-from vhred.train import evaluate as elbo_metrics
+from vhred.config import ConfigError
+from vhred.train import evaluate as elbo_metrics, pick_device
 
 from .bleu import dialogwae_bleu, multi_sample_bleu
-from .distinct import intra_inter
+from .distinct import intra_inter, response_distinct
 from .text import tokenize
 
 
@@ -58,6 +59,7 @@ def sample_metrics(samples: list[list[str]], refs: list[str]) -> dict:
         out[f"dialogwae-bleu-{k}"] = v
     for n in (1, 2):
         out[f"intra-distinct-{n}"], out[f"inter-distinct-{n}"] = intra_inter(tok_samples, n)
+        out[f"response-distinct-{n}"] = response_distinct(tok_samples, n)
     lengths = [len(s) for row in tok_samples for s in row]
     out["mean_length"] = sum(lengths) / len(lengths)
     return out
@@ -71,8 +73,9 @@ def iw_nll(model, data: DialogueData, k: int, batch_size: int, max_batches: int 
     total, tokens = 0.0, 0
     batches = data.batches(batch_size, shuffle=False)
     batches = batches[:max_batches] if max_batches else batches
+    device = next(model.parameters()).device
     for idx in tqdm(batches, desc=f"IW bound, K={k}", unit="batch"):
-        b = data.batch(idx)
+        b = data.batch(idx).to(device)
         w, n = model.log_weights(b.tokens, b.lens, b.turns, k)              # (T, K)
         total -= (torch.logsumexp(w, dim=1) - math.log(k)).sum().item()
         tokens += n
@@ -81,7 +84,8 @@ def iw_nll(model, data: DialogueData, k: int, batch_size: int, max_batches: int 
 
 def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:
     data = DialogueData.from_dialogues(dialogues, sp, cfg.max_utt_len, cfg.max_context)
-    m = elbo_metrics(model, data, cfg.batch_size, torch.device("cpu"), max_batches, cfg.seed)
+    device = next(model.parameters()).device
+    m = elbo_metrics(model, data, cfg.batch_size, device, max_batches, cfg.seed)
     iw = iw_nll(model, data, k, cfg.batch_size, max_batches, cfg.seed)
     return {"elbo_nll_per_token": m["elbo_per_token"], "elbo_ppl": m["ppl"],
             f"iw{k}_nll_per_token": iw, f"iw{k}_ppl": perplexity(iw),
@@ -108,12 +112,13 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
     args = p.parse_args(argv)
     try:
         path = checkpoint.resolve(args.checkpoint)
-        model, cfg, sp = checkpoint.load_model(path)
+        model, cfg, sp = checkpoint.load_model(path, str(pick_device(args.device)))
         dialogues = split_dialogues(cfg, args.split)
-    except (CheckpointError, DataError) as e:
+    except (CheckpointError, DataError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     pairs = context_pairs(dialogues, cfg.max_context)

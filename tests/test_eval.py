@@ -9,7 +9,7 @@ import torch
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from eval.bleu import corpus_bleu_n, dialogwae_bleu, multi_sample_bleu, sentence_bleu_n
-from eval.distinct import distinct_n, intra_inter
+from eval.distinct import distinct_n, intra_inter, response_distinct
 from eval.text import tokenize
 from tests.conftest import ROOT
 from vhred import checkpoint
@@ -62,6 +62,10 @@ def test_distinct_by_hand():
     groups = [[tokenize("a b"), tokenize("a b")], [tokenize("a b"), tokenize("c d")]]
     intra, inter = intra_inter(groups, 1)
     assert intra == pytest.approx((2 / 4 + 4 / 4) / 2) and inter == pytest.approx(4 / 8)
+    # within single responses: "a a b" 2/3, "c" 1/1 for unigrams; "c" has no bigram, so 0 (as DialogWAE)
+    groups = [[tokenize("a a b"), tokenize("c")]]
+    assert response_distinct(groups, 1) == pytest.approx((2 / 3 + 1) / 2)
+    assert response_distinct(groups, 2) == pytest.approx((2 / 2 + 0) / 2)
 
 
 @pytest.mark.parametrize("files,message", [
