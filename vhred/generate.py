@@ -63,6 +63,19 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def categorical(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """One draw per row of probs (B, V), by inverting the row's CDF with one uniform number.
+
+    torch.multinomial draws B*V exponentials per step, which took two thirds of decoding time on
+    a CPU; this draws B uniforms. Tokens of probability 0 (filtered out) are never drawn."""
+    cdf = probs.cumsum(-1)                                                  # (B, V)
+    total = cdf[:, -1:].contiguous()                                        # (B, 1)
+    u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=cdf.dtype) * total
+    idx = torch.searchsorted(cdf, u, right=True)                            # first cdf > u
+    # u may round up to the total: then take the last token that has probability
+    return torch.minimum(idx, torch.searchsorted(cdf, total)).squeeze(1)    # (B,)
+
+
 def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tensor:
     """The context RNN's state after the last turn of each context: (C, Hc)."""
     b = collate(contexts).to(next(model.parameters()).device)
@@ -101,8 +114,9 @@ def sample_tokens(model, cond, opts: DecodeOptions, gen) -> tuple[list[list[int]
         elif opts.method == "greedy":
             nxt = logits.argmax(-1)
         else:
-            probs = F.softmax(filter_logits(logits / opts.temperature, opts.top_k, opts.top_p), -1)
-            nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            scaled = logits / opts.temperature if opts.temperature != 1 else logits
+            probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
+            nxt = categorical(probs, gen)
         step_logp = F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)
         logp += step_logp * alive
         if t < opts.max_len:
