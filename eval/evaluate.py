@@ -6,8 +6,8 @@ latent-variable dialogue literature (Zhao et al. 2017; DialogWAE, Gu et al. 2019
 For every utterance of the split that has a turn before it (context: up to max_context earlier
 turns), N responses are sampled (VHRED: z from the prior; HRED: from the decoder alone) and
 scored against the reference: multi-sample BLEU-1..4 precision / recall / F1, intra and inter
-distinct-1/2 and distinct-1/2 within single responses, mean response length. The likelihood side reports NLL per token and perplexity from
-the ELBO and from an importance-weighted bound with K samples, KL per utterance and active units.
+distinct-1/2 and distinct-1/2 within single responses, mean response length. The likelihood side
+reports NLL per token and perplexity from the ELBO and from an importance-weighted bound with K samples, KL per utterance and active units.
 Writes results.json, results.md and the samples (samples-<split>.jsonl) into the run folder.
 """
 import argparse
@@ -21,11 +21,11 @@ import torch
 
 from vhred import checkpoint, sources
 from vhred.checkpoint import CheckpointError
+from vhred.config import ConfigError
 from vhred.dataset import DialogueData
 from vhred.generate import DecodeOptions, generate_file
 from vhred.model import perplexity
 from vhred.sources import DataError
-from vhred.config import ConfigError
 from vhred.train import evaluate as elbo_metrics, pick_device
 
 from .bleu import dialogwae_bleu, multi_sample_bleu

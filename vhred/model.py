@@ -256,7 +256,7 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
 
 def _autocast(x):
     """A GRU's input in the autocast dtype when autocast is on. CUDA autocast casts GRUs itself;
-    CPU autocast runs a GRU in bf16 only when its input is (then AMX / AVX512-BF16 do the work)."""
+    CPU autocast runs a GRU in bf16 only when its input is (see README: not faster on CPUs here)."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
 

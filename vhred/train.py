@@ -44,7 +44,7 @@ def pick_device(name: str) -> torch.device:
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether the training step runs under bf16 autocast: asked for, or precision=auto on a GPU
     that has bf16. Weights, gradients and the optimiser stay fp32; matmuls and GRUs run in bf16
-    (tensor cores on GPUs, AMX/AVX512-BF16 on recent CPUs); the losses are summed in fp32."""
+    (tensor cores on GPUs); the losses are summed in fp32."""
     if precision == "auto":
         return device.type == "cuda" and torch.cuda.is_bf16_supported()
     return precision == "bf16"
