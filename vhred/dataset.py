@@ -2,7 +2,9 @@
 
 `prepare` turns a source (DailyDialog or JSONL) into data/processed/<name>-<key>/ holding
 train/validation/test tables (one row per training window), the tokenizer and meta.json.
-Training never tokenises: it memory-maps the tables, so a corpus larger than RAM works too.
+Preparation streams the source: its memory holds the tokenizer's bounded sample of sentences
+and one chunk of dialogues, never the corpus. Training never tokenises: it memory-maps the
+tables and keeps only three integers per window, so a corpus larger than RAM works too.
 """
 import hashlib
 import json
@@ -15,9 +17,10 @@ import torch
 
 from . import sources
 from .config import Config
-from .tokenizer import BOS, EOS, PAD, load_tokenizer, train_tokenizer
+from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, TOKENIZER_SENTENCES, load_tokenizer, train_tokenizer
 
-PREP_VERSION = 1   # bump when the processed format changes, so old caches are rebuilt
+PREP_VERSION = 2   # bump when the processed format changes, so old caches are rebuilt
+# 2: one Arrow file per split written while streaming (<split>/data.arrow, int32), tokenizer on a sample
 
 
 def windows(n: int, size: int) -> list[tuple[int, int]]:
@@ -32,10 +35,13 @@ def windows(n: int, size: int) -> list[tuple[int, int]]:
 
 
 def encode_windows(batch: dict, sp, max_utt_len: int, max_context: int) -> dict:
-    """datasets.map function: dialogues of text -> training windows of token ids."""
+    """Dialogues of text -> training windows of token ids (columns of a table)."""
     out = {"ids": [], "n_turns": [], "max_len": [], "n_tokens": []}
+    flat = sp.encode([u for dialog in batch["dialog"] for u in dialog])   # one call for the batch
+    start = 0
     for dialog in batch["dialog"]:
-        ids = [u[:max_utt_len] for u in sp.encode(dialog)]
+        ids = [u[:max_utt_len] for u in flat[start:start + len(dialog)]]
+        start += len(dialog)
         for s, e in windows(len(ids), max_context + 1):
             win = ids[s:e]
             out["ids"].append(win)
@@ -57,27 +63,70 @@ def _source(cfg: Config) -> tuple[str, str, str]:
     return name, src, f"{os.path.abspath(src)}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def _dialogue_rows(data: str, src: str, split: str, seed: int, max_dialogues: int):
-    """Generator for datasets.Dataset.from_generator: {"dialog": [...]} rows of one split."""
+def _dialogues(data: str, src: str, seed: int, max_dialogues: int, splits=sources.SPLITS):
+    """Yield (split, dialogue) of the wanted splits in source order, streaming a JSONL file.
+
+    Dialogues of fewer than two utterances are dropped (nothing to predict); with max_dialogues,
+    only each split's first N are kept and the file is read no further than needed.
+    """
     if data == "dailydialog":
-        stream = ((split, d) for d in sources.read_dailydialog(src)[split])
+        dd = sources.read_dailydialog(src)   # fixed size: reading it whole is fine
+        stream = ((s, d) for s in splits for d in dd[s])
     else:
-        stream = ((s, d) for s, d in sources.iter_jsonl(data, seed) if s == split)
-    count = 0
-    for _, dialog in stream:
-        if len(dialog) < 2:
-            continue   # nothing to predict
-        yield {"dialog": dialog}
-        count += 1
-        if max_dialogues and count >= max_dialogues:
+        stream = sources.iter_jsonl(data, seed)
+    counts = dict.fromkeys(splits, 0)
+    for split, dialog in stream:
+        if split not in counts or len(dialog) < 2 or (max_dialogues and counts[split] >= max_dialogues):
+            continue
+        yield split, dialog
+        counts[split] += 1
+        if max_dialogues and min(counts.values()) >= max_dialogues:
             return
+
+
+class WindowWriter:
+    """Streams one split's training windows into <folder>/data.arrow, a chunk of dialogues at a
+    time, counting as it goes: memory holds one chunk, never the split."""
+
+    def __init__(self, folder: str, sp, max_utt_len: int, max_context: int, chunk: int = 1000):
+        import pyarrow as pa
+        os.makedirs(folder)
+        self.schema = pa.schema([("ids", pa.list_(pa.list_(pa.int32()))), ("n_turns", pa.int32()),
+                                 ("max_len", pa.int32()), ("n_tokens", pa.int32())])
+        self.sink = pa.OSFile(os.path.join(folder, "data.arrow"), "wb")
+        self.writer = pa.ipc.new_stream(self.sink, self.schema)   # the format datasets maps
+        self.encode = dict(sp=sp, max_utt_len=max_utt_len, max_context=max_context)
+        self.chunk, self.pending = chunk, []
+        self.dialogues = self.windows = self.target_tokens = 0
+
+    def add(self, dialog: list[str]):
+        self.pending.append(dialog)
+        if len(self.pending) >= self.chunk:
+            self.flush()
+
+    def flush(self):
+        import pyarrow as pa
+        if not self.pending:
+            return
+        rows = encode_windows({"dialog": self.pending}, **self.encode)
+        self.writer.write_batch(pa.RecordBatch.from_pydict(rows, schema=self.schema))
+        self.dialogues += len(self.pending)
+        self.windows += len(rows["ids"])
+        self.target_tokens += sum(rows["n_tokens"])
+        self.pending = []
+
+    def close(self):
+        self.flush()
+        self.writer.close()
+        self.sink.close()
 
 
 def prepare(cfg: Config, log=print) -> str:
     """Build (or reuse) the processed data for cfg; return its folder."""
     name, src, identity = _source(cfg)
+    sentences = getattr(cfg, "tokenizer_sentences", TOKENIZER_SENTENCES)
     key_src = json.dumps([PREP_VERSION, identity, cfg.vocab_size, cfg.max_utt_len, cfg.max_context,
-                          cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0])
+                          cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0, sentences])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:10]
     out = os.path.join(cfg.data_dir, "processed", f"{name}-{key}")
     if os.path.exists(os.path.join(out, "meta.json")):
@@ -91,8 +140,7 @@ def prepare(cfg: Config, log=print) -> str:
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    _build(cfg, src, tmp, key, log)
-    meta = json.load(open(os.path.join(tmp, "meta.json")))
+    meta = _build(cfg, src, tmp, sentences, log)
     meta.update(source=src, scan=scan)
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -101,32 +149,25 @@ def prepare(cfg: Config, log=print) -> str:
     return out
 
 
-def _build(cfg: Config, src: str, tmp: str, key: str, log) -> None:
-    import datasets   # heavy import, only when data is built
-    datasets.disable_progress_bars()
-    cache = os.path.join(tmp, "hf-cache")
-    rows = {s: datasets.Dataset.from_generator(
-                _dialogue_rows, cache_dir=cache, keep_in_memory=False,
-                gen_kwargs=dict(data=cfg.data, src=src, split=s, seed=cfg.seed,
-                                max_dialogues=cfg.max_dialogues))
-            for s in sources.SPLITS}
+def _build(cfg: Config, src: str, tmp: str, sentences: int, log) -> dict:
+    """Tokenizer, then the three window tables, each in one streaming pass over the source; meta."""
+    log(f"  tokenizer: sampling up to {sentences} training utterances (seed {TOKENIZER_SEED})")
+    train = _dialogues(cfg.data, src, cfg.seed, cfg.max_dialogues, splits=("train",))
     tok_path = os.path.join(tmp, "tokenizer.model")
-    train_tokenizer((u for d in rows["train"]["dialog"] for u in d), cfg.vocab_size, tok_path)
+    sample = train_tokenizer((u for _, d in train for u in d), cfg.vocab_size, tok_path, sentences)
     sp = load_tokenizer(tok_path)
-    meta = {"vocab_size": sp.get_piece_size(), "dialogues": {}, "windows": {}, "target_tokens": {}}
-    for s, ds in rows.items():
-        win = ds.map(encode_windows, batched=True, batch_size=1000, remove_columns=["dialog"],
-                     fn_kwargs=dict(sp=sp, max_utt_len=cfg.max_utt_len, max_context=cfg.max_context),
-                     new_fingerprint=f"{key}-{s}")
-        win.save_to_disk(os.path.join(tmp, s))
-        meta["dialogues"][s] = len(ds)
-        meta["windows"][s] = len(win)
-        meta["target_tokens"][s] = int(np.sum(win["n_tokens"])) if len(win) else 0
-        log(f"  {s}: {len(ds)} dialogues, {len(win)} windows, {meta['target_tokens'][s]} target tokens")
-    del rows, win, ds
-    shutil.rmtree(cache, ignore_errors=True)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f)
+    log(f"  encoding windows (tokenizer trained on {sample['sentences']} of {sample['of']} utterances)")
+    writers = {s: WindowWriter(os.path.join(tmp, s), sp, cfg.max_utt_len, cfg.max_context)
+               for s in sources.SPLITS}
+    for split, dialog in _dialogues(cfg.data, src, cfg.seed, cfg.max_dialogues):
+        writers[split].add(dialog)
+    meta = {"vocab_size": sp.get_piece_size(), "tokenizer_sample": sample,
+            "dialogues": {}, "windows": {}, "target_tokens": {}}
+    for s, w in writers.items():
+        w.close()
+        meta["dialogues"][s], meta["windows"][s], meta["target_tokens"][s] = w.dialogues, w.windows, w.target_tokens
+        log(f"  {s}: {w.dialogues} dialogues, {w.windows} windows, {w.target_tokens} target tokens")
+    return meta
 
 
 # --- batches -----------------------------------------------------------------------------------
@@ -170,10 +211,10 @@ class DialogueData:
 
     def __init__(self, folder: str, split: str, ds=None):
         import datasets
-        self.ds = ds if ds is not None else datasets.load_from_disk(os.path.join(folder, split))
-        self.n_turns = np.asarray(self.ds["n_turns"], dtype=np.int64)
-        self.max_len = np.asarray(self.ds["max_len"], dtype=np.int64)
-        self.n_tokens = np.asarray(self.ds["n_tokens"], dtype=np.int64)
+        self.ds = ds if ds is not None else datasets.Dataset.from_file(os.path.join(folder, split, "data.arrow"))
+        # straight from the Arrow columns: 8 bytes a window each, no Python list of the column
+        self.n_turns, self.max_len, self.n_tokens = (self.ds.data.column(c).to_numpy().astype(np.int64)
+                                                     for c in ("n_turns", "max_len", "n_tokens"))
 
     @classmethod
     def from_dialogues(cls, dialogues: list[list[str]], sp, max_utt_len: int, max_context: int):

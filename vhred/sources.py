@@ -190,15 +190,22 @@ def scan_jsonl(path: str, seed: int) -> dict:
     """Count dialogues per split and report malformed lines, before anything is built."""
     if not os.path.isfile(path):
         raise DataError(f"data file {path} not found (give data=dailydialog or a path to a .jsonl file)")
-    bad = []
+    bad, skipped = [], 0   # the first ten bad lines are shown; the rest only counted
     counts = dict.fromkeys(SPLITS, 0)
-    for split, _ in iter_jsonl(path, seed, report=lambda n, why: bad.append((n, why))):
+
+    def report(lineno, why):
+        nonlocal skipped
+        skipped += 1
+        if len(bad) < 10:
+            bad.append((lineno, why))
+
+    for split, _ in iter_jsonl(path, seed, report=report):
         counts[split] += 1
-    for lineno, why in bad[:10]:
+    for lineno, why in bad:
         print(f"{path}: line {lineno}: skipped: {why}", file=sys.stderr)
-    if len(bad) > 10:
-        print(f"{path}: ... and {len(bad) - 10} more skipped lines", file=sys.stderr)
+    if skipped > 10:
+        print(f"{path}: ... and {skipped - 10} more skipped lines", file=sys.stderr)
     if counts["train"] == 0 or counts["validation"] == 0:
         raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
-                        f"({len(bad)} lines skipped)")
-    return {"dialogues": counts, "skipped_lines": len(bad)}
+                        f"({skipped} lines skipped)")
+    return {"dialogues": counts, "skipped_lines": skipped}
