@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench chat eval clean-venv
+.PHONY: venv train test bench bench-scale chat eval clean-venv
 
 venv: $(STAMP)
 
@@ -31,15 +31,23 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The tests without the subprocess ones (the commands run as a user would): a quicker loop.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
 # Speed and memory figures (python -m vhred.bench --help); not part of the tests.
 bench: $(STAMP)
 	$(BIN)/python -m vhred.bench $(ARGS)
+
+# Preparation time and memory, training speed, on corpora 1x/10x/100x DailyDialog (python -m vhred.bench_scale --help)
+bench-scale: $(STAMP)
+	$(BIN)/python -m vhred.bench_scale $(ARGS)
 
 # Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
 RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
 eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
-	$(BIN)/python -m eval.evaluate --checkpoint $(RUN) $(ARGS)
+	$(BIN)/python -m vhred.evaluate --checkpoint $(RUN) $(ARGS)
 	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
 
 chat: $(STAMP)

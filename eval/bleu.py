@@ -1,79 +1,29 @@
-"""BLEU for dialogue responses, with nltk.
+"""Corpus BLEU-1..4 of a hypothesis file against one or more reference files, as JSON:
 
     python -m eval.bleu --hyps hyps.txt --refs refs.txt [--refs refs2.txt ...]
 
-prints corpus BLEU-1..4 as JSON, for one hypothesis per line against one or more reference
-files of the same length. Tokenisation: eval.text.tokenize (lower case, words and punctuation).
-BLEU-n uses uniform weights over 1..n-grams and nltk's smoothing method 1 (an epsilon of 0.1
-for empty n-gram counts), corpus and sentence level alike, so identical strings score 1.
-
-The DialogWAE code (Gu et al., 2019, after Zhao et al., 2017) scores samples with sentence BLEU,
-weights (1/3, 1/3, 1/3) and smoothing method 7; `dialogwae_bleu` reproduces it for comparisons
-with published figures. Method 7 can exceed 1 (identical 5-token strings score 1.117), so we
-report it beside our own numbers, never instead of them.
+One sentence per line, files of the same length. The metric itself is vhred.metrics.bleu.
 """
 import argparse
 import json
-import sys
 
-from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
-
-from .text import InputError, read_lines, tokenize
-
-SMOOTH = SmoothingFunction()
+from vhred.cli import command
+from vhred.errors import InputError
+from vhred.metrics.bleu import corpus_bleu_n
+from vhred.metrics.text import read_lines, tokenize
 
 
-def weights(n: int) -> tuple:
-    return tuple([1.0 / n] * n)
-
-
-def corpus_bleu_n(hyps: list[list[str]], refs: list[list[list[str]]], max_n: int = 4) -> dict:
-    """Corpus BLEU-1..max_n of token lists; refs[i] holds the references of hyps[i]."""
-    return {f"bleu-{n}": corpus_bleu(refs, hyps, weights=weights(n), smoothing_function=SMOOTH.method1)
-            for n in range(1, max_n + 1)}
-
-
-def sentence_bleu_n(hyp: list[str], refs: list[list[str]], n: int, smoothing=SMOOTH.method1) -> float:
-    """Sentence BLEU-n (uniform weights up to n-grams); 0 for an empty hypothesis."""
-    if not hyp:
-        return 0.0
-    return sentence_bleu(refs, hyp, weights=weights(n), smoothing_function=smoothing)
-
-
-def dialogwae_bleu(hyp: list[str], refs: list[list[str]]) -> float:
-    """Sentence BLEU as the DialogWAE code computes it: up to trigrams, smoothing method 7."""
-    return sentence_bleu_n(hyp, refs, 3, smoothing=SMOOTH.method7)
-
-
-def multi_sample_bleu(samples: list[list[list[str]]], refs: list[list[str]], n: int, score=None) -> dict:
-    """The multi-sample protocol (Zhao et al. 2017; DialogWAE): for each context, precision is
-    the mean sentence BLEU of its samples against the reference, recall the max; both are
-    averaged over contexts, and F1 is their harmonic mean. `score(hyp, refs)` replaces
-    sentence BLEU-n when given (dialogwae_bleu, say)."""
-    score = score or (lambda h, r: sentence_bleu_n(h, r, n))
-    precision = recall = 0.0
-    for hyps, ref in zip(samples, refs):
-        scores = [score(h, [ref]) for h in hyps] or [0.0]
-        precision += sum(scores) / len(scores)
-        recall += max(scores)
-    p, r = precision / len(refs), recall / len(refs)
-    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
-
-
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Corpus BLEU-1..4 of a hypothesis file.")
+    p = argparse.ArgumentParser(prog="python -m eval.bleu", description="Corpus BLEU-1..4 of a hypothesis file.")
     p.add_argument("--hyps", required=True, help="one hypothesis per line")
     p.add_argument("--refs", required=True, action="append", help="one reference per line; repeat for more")
     args = p.parse_args(argv)
-    try:
-        hyps = read_lines(args.hyps)
-        ref_files = [read_lines(r) for r in args.refs]
-        for path, refs in zip(args.refs, ref_files):
-            if len(refs) != len(hyps):
-                raise InputError(f"{path} has {len(refs)} lines but {args.hyps} has {len(hyps)}")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    hyps = read_lines(args.hyps)
+    ref_files = [read_lines(r) for r in args.refs]
+    for path, refs in zip(args.refs, ref_files):
+        if len(refs) != len(hyps):
+            raise InputError(f"{path} has {len(refs)} lines but {args.hyps} has {len(hyps)}")
     refs = [[tokenize(r[i]) for r in ref_files] for i in range(len(hyps))]
     result = corpus_bleu_n([tokenize(h) for h in hyps], refs)
     print(json.dumps({**result, "sentences": len(hyps), "references": len(ref_files)}))

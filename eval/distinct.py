@@ -1,43 +1,19 @@
-"""Distinct-n (Li et al., 2016): unique n-grams / total n-grams.
+"""Distinct-1/2 of response files, as JSON:
 
     python -m eval.distinct FILE [FILE ...]          one response per line
     python -m eval.distinct --jsonl samples.jsonl    {"samples": [...]} per line
 
-prints distinct-1 and distinct-2 of each file as JSON. With --jsonl it also reports
-intra-distinct (within each context's samples, averaged over contexts), inter-distinct (over all
-samples of all contexts) and response-distinct (within each single response, averaged over all
-responses). DialogWAE (Gu et al., 2019) names the last "intra-dist" and the first "inter-dist"
-(its code scores one context's samples at a time).
+With --jsonl it also reports intra-distinct (within each context's samples, averaged over
+contexts), inter-distinct (over all samples of all contexts) and response-distinct (within each
+single response). The metrics themselves are vhred.metrics.distinct.
 """
 import argparse
 import json
-import sys
 
-from .text import InputError, read_lines, tokenize
-
-
-def ngrams(tokens: list[str], n: int) -> list[tuple]:
-    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
-
-
-def distinct_n(sentences: list[list[str]], n: int) -> float:
-    """Distinct n-grams over all sentences divided by all n-grams; 0 when there are none."""
-    grams = [g for s in sentences for g in ngrams(s, n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
-
-
-def intra_inter(samples: list[list[list[str]]], n: int) -> tuple[float, float]:
-    """(intra, inter) distinct-n of several samples per context."""
-    intra = sum(distinct_n(s, n) for s in samples) / len(samples)
-    inter = distinct_n([s for group in samples for s in group], n)
-    return intra, inter
-
-
-def response_distinct(samples: list[list[list[str]]], n: int) -> float:
-    """Distinct-n within each single response, averaged over all responses (0 for a response with
-    no n-gram, as in DialogWAE's code): how much a response repeats itself."""
-    flat = [s for group in samples for s in group]
-    return sum(distinct_n([s], n) for s in flat) / len(flat)
+from vhred.cli import command
+from vhred.errors import InputError
+from vhred.metrics.distinct import distinct_n, intra_inter, response_distinct
+from vhred.metrics.text import read_lines, tokenize
 
 
 def read_samples(path: str) -> list[list[str]]:
@@ -52,29 +28,26 @@ def read_samples(path: str) -> list[list[str]]:
     return rows
 
 
+def file_report(path: str, jsonl: bool) -> dict:
+    if not jsonl:
+        flat = [tokenize(s) for s in read_lines(path)]
+        return {"distinct-1": distinct_n(flat, 1), "distinct-2": distinct_n(flat, 2), "sentences": len(flat)}
+    samples = [[tokenize(s) for s in row] for row in read_samples(path)]
+    flat = [s for row in samples for s in row]
+    r = {"distinct-1": distinct_n(flat, 1), "distinct-2": distinct_n(flat, 2)}
+    for n in (1, 2):
+        r[f"intra-distinct-{n}"], r[f"inter-distinct-{n}"] = intra_inter(samples, n)
+        r[f"response-distinct-{n}"] = response_distinct(samples, n)
+    return {**r, "sentences": len(flat)}
+
+
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="distinct-1/2 of response files.")
-    p.add_argument("files", nargs="+")
+    p = argparse.ArgumentParser(prog="python -m eval.distinct", description="distinct-1/2 of response files.")
+    p.add_argument("files", nargs="+", help="response files")
     p.add_argument("--jsonl", action="store_true", help="files are samples JSONL (several per context)")
     args = p.parse_args(argv)
-    out = {}
-    try:
-        for path in args.files:
-            if args.jsonl:
-                samples = [[tokenize(s) for s in row] for row in read_samples(path)]
-                flat = [s for row in samples for s in row]
-                r = {}
-                for n in (1, 2):
-                    r[f"intra-distinct-{n}"], r[f"inter-distinct-{n}"] = intra_inter(samples, n)
-                    r[f"response-distinct-{n}"] = response_distinct(samples, n)
-            else:
-                flat = [tokenize(s) for s in read_lines(path)]
-                r = {}
-            out[path] = {"distinct-1": distinct_n(flat, 1), "distinct-2": distinct_n(flat, 2), **r,
-                         "sentences": len(flat)}
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    out = {path: file_report(path, args.jsonl) for path in args.files}
     print(json.dumps(out if len(out) > 1 else out[args.files[0]]))
 
 

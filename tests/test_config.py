@@ -1,13 +1,13 @@
 import pytest
 
-from vhred.config import Config, ConfigError, from_dict, load, validate
+from vhred.config import Config, ConfigError, ModelConfig, from_dict, load, warnings
 
 
 def test_file_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("z_dim: 16\nlr: 1\n")
     cfg = load(str(f), ["z_dim=32", "tie_embeddings=false", "word_dropout=0.1"])
-    assert cfg.z_dim == 32 and cfg.lr == 1.0 and cfg.tie_embeddings is False and cfg.word_dropout == 0.1
+    assert cfg.arch.z_dim == 32 and cfg.lr == 1.0 and cfg.arch.tie_embeddings is False and cfg.arch.word_dropout == 0.1
     assert cfg.name == "c-vhred"
 
 
@@ -36,5 +36,19 @@ def test_wrong_type_in_yaml(tmp_path):
 
 
 def test_warmup_longer_than_training_is_a_warning():
-    assert validate(Config(max_steps=10, kl_warmup_steps=100))
-    assert not validate(Config(max_steps=1000, kl_warmup_steps=100))
+    assert warnings(Config(kl_warmup_steps=100), total_steps=10)
+    assert not warnings(Config(kl_warmup_steps=100), total_steps=1000)
+    assert not warnings(Config(kl_warmup_steps=100, arch=ModelConfig(model="hred")), total_steps=10)
+
+
+def test_model_keys_plain_or_in_their_section(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("arch:\n  z_dim: 16\n  model: hred\nemb_dim: 20\nlr: 0.5\n")
+    cfg = load(str(f), ["arch.utt_hidden=24", "ctx_hidden=26"])
+    assert (cfg.arch.z_dim, cfg.arch.model, cfg.arch.emb_dim, cfg.arch.utt_hidden, cfg.arch.ctx_hidden) == (16, "hred", 20, 24, 26)
+    assert cfg.name == "c-hred" and cfg.lr == 0.5
+    assert from_dict({"arch": {"z_dim": 3}, "seed": 2}) == from_dict({"z_dim": 3, "seed": 2})
+    with pytest.raises(ConfigError, match="unknown config key 'arch.lr'"):
+        load(None, ["arch.lr=3"])
+    with pytest.raises(ConfigError, match="arch: expected a mapping"):
+        from_dict({"arch": 3})

@@ -1,12 +1,15 @@
-"""Model shapes, padding masks, and the packed decoder against a step-by-step one."""
+"""The model: shapes, padding, the packed decoder against a step-by-step one, and the latent-variable maths against torch.distributions."""
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
 
-from vhred.config import Config
+from vhred.config import ModelConfig
 from vhred.dataset import collate
-from vhred.model import VHRED, objective
+from vhred.metrics.likelihood import active_units
+from vhred.model import VHRED, GaussianNet, gaussian_kl, objective, reparameterize
 
-TINY = dict(vocab_size=50, emb_dim=16, utt_hidden=12, ctx_hidden=14, dec_hidden=18, z_dim=6,
+V = 50
+TINY = dict(emb_dim=16, utt_hidden=12, ctx_hidden=14, dec_hidden=18, z_dim=6,
             latent_hidden=10, word_dropout=0.0)
 
 
@@ -18,7 +21,7 @@ def toy_batch():
 @pytest.mark.parametrize("kind", ["vhred", "hred"])
 def test_forward_shapes(kind):
     torch.manual_seed(0)
-    model = VHRED(Config(model=kind, **TINY))
+    model = VHRED(ModelConfig(model=kind, **TINY), V)
     b = toy_batch()
     out = model(b.tokens, b.lens, b.turns)
     assert out["nll"].shape == (3,)                  # U - B = 5 - 2 targets
@@ -32,7 +35,7 @@ def test_forward_shapes(kind):
 
 def test_padding_does_not_change_the_loss():
     torch.manual_seed(0)
-    model = VHRED(Config(**TINY)).eval()
+    model = VHRED(ModelConfig(**TINY), V).eval()
     b = toy_batch()
     torch.manual_seed(1)
     ref = model(b.tokens, b.lens, b.turns)["nll"]
@@ -44,7 +47,7 @@ def test_padding_does_not_change_the_loss():
 
 def test_packed_decoder_equals_step_by_step_decoding():
     torch.manual_seed(0)
-    model = VHRED(Config(**TINY)).eval()
+    model = VHRED(ModelConfig(**TINY), V).eval()
     tokens = torch.tensor([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]])
     lens = torch.tensor([4, 2])
     cond = torch.randn(2, 14 + 6)
@@ -59,7 +62,7 @@ def test_packed_decoder_equals_step_by_step_decoding():
 
 def test_word_dropout_only_in_training():
     torch.manual_seed(0)
-    model = VHRED(Config(**{**TINY, "word_dropout": 0.9}))
+    model = VHRED(ModelConfig(**{**TINY, "word_dropout": 0.9}), V)
     b = toy_batch()
     cond = torch.zeros(len(b.lens), 14 + 6)
     model.eval()
@@ -72,7 +75,7 @@ def test_word_dropout_only_in_training():
 @pytest.mark.parametrize("kind", ["vhred", "hred"])
 def test_overfits_one_batch(kind):
     torch.manual_seed(0)
-    model = VHRED(Config(model=kind, bow_weight=1.0, **TINY))
+    model = VHRED(ModelConfig(model=kind, bow_weight=1.0, **TINY), V)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     b = toy_batch()
     losses = []
@@ -87,7 +90,56 @@ def test_overfits_one_batch(kind):
 
 
 def test_tied_embeddings_share_one_tensor():
-    model = VHRED(Config(**TINY, tie_embeddings=True))
+    model = VHRED(ModelConfig(**TINY, tie_embeddings=True), V)
     assert model.lm_head.weight is model.embed.weight
-    untied = VHRED(Config(**TINY, tie_embeddings=False))
+    untied = VHRED(ModelConfig(**TINY, tie_embeddings=False), V)
     assert untied.lm_head.weight is not untied.embed.weight
+
+
+def test_gaussian_kl_matches_torch_distributions():
+    g = torch.Generator().manual_seed(0)
+    mq, lq, mp, lp = (torch.randn(5, 7, generator=g) for _ in range(4))
+    ours = gaussian_kl(mq, lq, mp, lp)
+    ref = kl_divergence(Normal(mq, torch.exp(0.5 * lq)), Normal(mp, torch.exp(0.5 * lp)))
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_kl_is_zero_for_equal_gaussians_and_positive_otherwise():
+    m, lv = torch.randn(3, 4), torch.randn(3, 4)
+    assert torch.allclose(gaussian_kl(m, lv, m, lv), torch.zeros(3, 4), atol=1e-6)
+    assert (gaussian_kl(m + 1, lv, m, lv) > 0).all()
+
+
+def test_reparameterized_sample_has_the_right_moments():
+    torch.manual_seed(0)
+    mean, logvar = torch.full((200_000,), 2.0), torch.full((200_000,), 2 * torch.log(torch.tensor(3.0)))
+    z = reparameterize(mean, logvar)
+    assert abs(z.mean().item() - 2.0) < 0.03 and abs(z.std().item() - 3.0) < 0.03
+
+
+def test_gradients_reach_the_posterior_network_through_the_sample():
+    torch.manual_seed(0)
+    net = GaussianNet(6, 8, 4)
+    mean, logvar = net(torch.randn(10, 6))
+    z = reparameterize(mean, logvar)
+    (z ** 2).sum().backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_objective_is_per_token_and_free_bits_floor_each_dimension():
+    out = {"nll": torch.tensor([3.0, 5.0]), "n_tokens": 4,
+           "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0]])}
+    # (8 + 0.5 * 6.4) / 4
+    assert torch.isclose(objective(out, beta=0.5), torch.tensor(2.8))
+    # batch-mean KL per dim is (0.2, 3.0); free bits 1.0 lifts the first to 1.0: sum = 2 * (1 + 3)
+    assert torch.isclose(objective(out, beta=1.0, free_bits=1.0), torch.tensor((8 + 8) / 4))
+    out["bow"] = torch.tensor(4.0)
+    assert torch.isclose(objective(out, beta=0.0, bow_weight=0.5), torch.tensor((8 + 2) / 4))
+
+
+def test_active_units_counts_dimensions_whose_posterior_mean_varies():
+    means = torch.zeros(100, 3)
+    means[:, 0] = torch.linspace(-1, 1, 100)   # variance ~0.34
+    means[:, 1] = 0.001 * torch.linspace(-1, 1, 100)
+    assert active_units(means) == 1

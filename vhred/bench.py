@@ -22,16 +22,17 @@ import time
 
 import torch
 
+from .cli import command
 from .config import load
 
 
-def chat_latency(cfg, repeats: int = 20) -> float:
+def chat_latency(cfg, vocab: int, repeats: int = 20) -> float:
     """Median milliseconds of one chat turn: encode a 5-turn history, decode 10 x 30 tokens."""
     from .generate import DecodeOptions, generate
     from .model import VHRED
     torch.manual_seed(0)
-    model = VHRED(cfg).eval()   # latency depends on sizes, not on trained weights
-    history = [torch.randint(4, cfg.vocab_size, (15,)).tolist() for _ in range(5)]
+    model = VHRED(cfg.arch, vocab).eval()   # latency depends on sizes, not on trained weights
+    history = [torch.randint(4, vocab, (15,)).tolist() for _ in range(5)]
     opts = DecodeOptions(num_samples=10, max_len=30, min_len=30)   # no early <eos>: full length
     times = []
     for i in range(repeats + 3):
@@ -57,7 +58,7 @@ def matmul_rate(dtype=torch.float32, n: int = 1024, seconds: float = 2.0) -> flo
     return 2 * n ** 3 * count / (time.perf_counter() - t0)
 
 
-def forward_flops(cfg, batch) -> float:
+def forward_flops(arch, vocab: int, batch) -> float:
     """Multiply-add FLOPs (2 per MAC) of one forward pass over a batch, from the model's sizes.
 
     encoder: every utterance token, both directions: 2 * 3Hu * (E + Hu) each
@@ -67,13 +68,13 @@ def forward_flops(cfg, batch) -> float:
     per target utterance: the decoder's initial state and the prior / posterior MLPs
     Backward costs about twice the forward, so a training step is 3x this.
     """
-    E, Hu, Hc, Hd, V, L = cfg.emb_dim, cfg.utt_hidden, cfg.ctx_hidden, cfg.dec_hidden, cfg.vocab_size, cfg.latent_hidden
-    Z = cfg.z_dim if cfg.model == "vhred" else 0
+    E, Hu, Hc, Hd, V, L = arch.emb_dim, arch.utt_hidden, arch.ctx_hidden, arch.dec_hidden, vocab, arch.latent_hidden
+    Z = arch.z_dim if arch.model == "vhred" else 0
     C = Hc + Z
     U, B = len(batch.lens), len(batch.turns)
     enc_tokens = int((batch.lens - 1).sum())
     dec_tokens = batch.target_tokens
-    out = 2 * Hd * E + 2 * E * V if cfg.tie_embeddings else 2 * Hd * V
+    out = 2 * Hd * E + 2 * E * V if arch.tie_embeddings else 2 * Hd * V
     flops = enc_tokens * 2 * (2 * 3 * Hu * (E + Hu)) + U * 2 * 3 * Hc * (2 * Hu + Hc)
     flops += dec_tokens * (2 * 3 * Hd * (E + C + Hd) + out)
     per_target = 2 * C * Hd
@@ -100,7 +101,7 @@ def train_throughput(cfg, steps: int) -> dict:
         b = run.train_data.batch(idx)
         padded += b.tokens.numel()
         real += int(b.lens.sum())
-        flops += 3 * forward_flops(cfg, b)
+        flops += 3 * forward_flops(cfg.arch, run.vocab_size, b)
     tps = tokens / seconds
     gpu = {"gpu_peak_MB": torch.cuda.max_memory_allocated() / 2 ** 20} if run.device.type == "cuda" else {}
     epoch_tokens = int(run.train_data.n_tokens.sum())
@@ -108,24 +109,26 @@ def train_throughput(cfg, steps: int) -> dict:
             "padding_fraction": 1 - real / padded,
             "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6,
             "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens,
-            "precision": "bf16" if run.bf16 else "fp32", **gpu}
+            "precision": "bf16" if run.bf16 else "fp32", "vocab_size": run.vocab_size, **gpu}
 
 
 def one(config: str, steps: int, overrides: list[str]) -> dict:
     cfg = load(config, [f"name=bench-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
     result = {"config": config, **train_throughput(cfg, steps)}
-    result["chat_ms"] = chat_latency(cfg)
+    result["chat_ms"] = chat_latency(cfg, result["vocab_size"])
     result["matmul_flops_per_s"] = matmul_rate(torch.bfloat16 if result["precision"] == "bf16" else torch.float32)
     result["mfu"] = result["train_flops_per_s"] / result["matmul_flops_per_s"]
     result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"])
-    p.add_argument("--steps", type=int, default=30, help="timed training steps per config")
-    p.add_argument("--out", default="runs/bench/bench.json")
+    p = argparse.ArgumentParser(prog="python -m vhred.bench", description="Training speed, memory and chat latency per config.")
+    p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
+                   help="configs to measure (default %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")
+    p.add_argument("--out", default="runs/bench/bench.json", help="where the JSON report goes (default %(default)s)")
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config")
     args = p.parse_args(argv)

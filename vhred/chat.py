@@ -12,7 +12,8 @@ import sys
 from dataclasses import replace
 
 from . import checkpoint
-from .checkpoint import CheckpointError
+from .cli import command
+from .device import pick_device
 from .generate import DecodeOptions, add_decode_args, encode_turns, generate, newest_checkpoint, options_from_args
 
 HELP = """commands:
@@ -37,6 +38,10 @@ def pretty(text: str) -> str:
     """Undo that spacing for display ("Hi , you ?" -> "Hi, you?", "I ’ m" -> "I'm")."""
     text = re.sub(r"(\w) ?[’'] ?(m|s|t|re|ve|ll|d)\b", r"\1'\2", text)
     return re.sub(r" ([,.!?;:%])(?=\s|$)", r"\1", text)
+
+
+class CommandError(ValueError):
+    """A /command the chat cannot run; its message is shown in brackets and the chat goes on."""
 
 
 class Chat:
@@ -87,7 +92,7 @@ class Chat:
                 self.note(f"(showing {self.opts.num_samples} candidates per turn)")
             elif name == "pick":
                 if not self.last:
-                    raise ValueError("nothing to pick yet")
+                    raise CommandError("nothing to pick yet")
                 k = _bounded(int(arg), 1, len(self.last), "pick")
                 self.history[-1] = self.last[k - 1]
                 self.note(f"(candidate {k} is now the reply in the history)")
@@ -103,21 +108,22 @@ class Chat:
                 self.opts.method = "greedy"
                 self.note("(greedy words; VHRED candidates still differ through z)")
             elif name == "seed":
-                self.opts.seed, self.turn = int(arg), 0
+                self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
                 self.note(f"(seed {self.opts.seed})")
             elif name == "help":
                 self.note(HELP)
             else:
                 self.note(f"(unknown command /{name}; /help lists them)")
-        except ValueError as e:
-            msg = str(e) if "must be" in str(e) or "nothing" in str(e) else f"/{name} needs a number"
-            self.note(f"({msg})")
+        except CommandError as e:
+            self.note(f"({e})")
+        except (ValueError, OverflowError):   # int() / float() of the argument
+            self.note(f"(/{name} needs a number)")
         return True
 
 
 def _bounded(value, lo, hi, name):
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}")
+    if not lo <= value <= hi:   # NaN fails this too
+        raise CommandError(f"{name} must be between {lo} and {hi}")
     return value
 
 
@@ -135,49 +141,47 @@ def read_lines(interactive: bool):
             yield line.rstrip("\n")
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Chat with a trained VHRED / HRED model.")
+    p = argparse.ArgumentParser(prog="python -m vhred.chat", description="Chat with a trained VHRED / HRED model.")
     add_decode_args(p)
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout")
     args = p.parse_args(argv)
-    try:
-        model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), args.device)
-        # Chat defaults to greedy words: VHRED's candidates still differ, because each has its
-        # own z from the prior (the paper decodes each sampled z deterministically too), and
-        # they read better than words sampled at temperature 1. Repeats are dropped.
-        args.method = args.method or ("sample" if args.temperature != 1.0 or args.top_p < 1.0
-                                      or args.top_k else "greedy")
-        opts = options_from_args(args, model.latent)
-        opts.dedup = True
-        opts.check()
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    opts = options_from_args(args)
+    model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)
     if interactive:
-        print(f"vhred chat ({cfg.model}, {opts.num_samples} candidates per turn). /help for commands, "
+        print(f"vhred chat ({cfg.arch.model}, {opts.num_samples} candidates per turn). /help for commands, "
               "Ctrl-D to leave.", file=sys.stderr)
     try:
         for line in read_lines(interactive):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("/"):
-                if not chat.command(line):
-                    break
-                continue
-            responses = chat.respond(line)
-            if args.json:
-                print(json.dumps({"user": line, "responses": responses}, ensure_ascii=False), flush=True)
-            elif len(responses) == 1:
-                print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
-            else:
-                for i, r in enumerate(responses, 1):
-                    print(f"{'bot ' if interactive else ''}{i}. {r}", flush=True)
-    except (EOFError, KeyboardInterrupt):
+            if not chat_turn(chat, line.strip(), args.json, interactive):
+                break
+    except EOFError:
         if interactive:
             print(file=sys.stderr)
+    except KeyboardInterrupt:
+        if interactive:
+            print(file=sys.stderr)
+        sys.exit(130)
+
+
+def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
+    """Answer one line of input (a turn or a /command); False ends the chat."""
+    if not line:
+        return True
+    if line.startswith("/"):
+        return chat.command(line)
+    responses = chat.respond(line)
+    if as_json:
+        print(json.dumps({"user": line, "responses": responses}, ensure_ascii=False), flush=True)
+    elif len(responses) == 1:
+        print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
+    else:
+        for i, r in enumerate(responses, 1):
+            print(f"{'bot ' if interactive else ''}{i}. {r}", flush=True)
+    return True
 
 
 if __name__ == "__main__":

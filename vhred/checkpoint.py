@@ -3,19 +3,18 @@
 A checkpoint holds the model's state dict, the config dict and the tokenizer's bytes, so it
 alone rebuilds the model and its tokenizer. Training adds the optimiser, step and data position.
 """
+import hashlib
 import os
-import pickle
-import zipfile
 
 import torch
 
-from .config import ConfigError, from_dict
+from .config import ARCH, ConfigError, from_dict
+from .errors import CheckpointError
 
-FORMAT = 1   # bump when the layout of a checkpoint changes
-
-
-class CheckpointError(RuntimeError):
-    """A missing, unreadable or mismatched checkpoint; the message says what to do."""
+# Format 2: the config nested ({"arch": {...}, ...}), the run's position as one "progress"
+# dict, a SHA-256 "checksum" over everything else. Format 1 (vhred 0.1 before the
+# restructuring: a flat config, loose step/epoch/batch_pos/best) is converted on load.
+FORMAT = 2
 
 
 def save(state: dict, path: str) -> None:
@@ -23,7 +22,8 @@ def save(state: dict, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
-            torch.save({**state, "format": FORMAT}, f)
+            state = {**state, "format": FORMAT}
+            torch.save({**state, "checksum": checksum(state)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,23 +55,66 @@ def resolve(path: str) -> str:
 
 
 def load(path: str) -> dict:
-    """Read a checkpoint with weights_only=True: tensors and plain data only, never code."""
+    """Read a checkpoint with weights_only=True (tensors and plain data only, never code), verify
+    its checksum, and convert an older format to this one."""
     path = resolve(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    except Exception as e:   # any malformed file: unpickling, zip, key and value errors alike
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a readable vhred checkpoint ({why}); "
                               "it may be truncated or from another program") from None
     if not isinstance(state, dict) or not {"model", "config", "tokenizer"} <= state.keys():
         raise CheckpointError(f"{path} is not a vhred checkpoint (no model, config and tokenizer in it)")
+    if state.get("format") == 1:
+        return upgrade_from_1(state)
     if state.get("format") != FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {state.get('format')}, this vhred reads "
-                              f"format {FORMAT}; use the vhred version that wrote it")
+                              f"formats 1 and {FORMAT}; use the vhred version that wrote it")
+    stored = state.pop("checksum", None)
+    if stored != checksum(state):
+        raise CheckpointError(f"{path} is corrupt (its contents do not match the checksum written with it); "
+                              "use another checkpoint of the run (best.pt or last.pt) or retrain")
     return state
 
 
+def upgrade_from_1(state: dict) -> dict:
+    """Format 1 -> 2: nest the model's config keys under "arch", gather the run's position."""
+    flat = dict(state["config"]) if isinstance(state["config"], dict) else state["config"]
+    if isinstance(flat, dict):
+        flat["arch"] = {k: flat.pop(k) for k in list(flat) if k in ARCH}
+    progress = {k: state.pop(k) for k in ("step", "epoch", "batch_pos", "best") if k in state}
+    return {**state, "config": flat, "progress": progress, "format": FORMAT}
+
+
+def checksum(obj) -> str:
+    """SHA-256 over every tensor's bytes, dtype and shape and every other value, in a fixed order."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            h.update(repr(key).encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(h, item)
+    else:
+        h.update(f"V{obj!r}".encode())
+
+
 def config_of(state: dict, path: str = "checkpoint"):
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"{path}: its config is not a mapping; the checkpoint is not vhred's")
     try:
         return from_dict(state["config"])
     except ConfigError as e:
@@ -87,7 +130,7 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def load_model(path: str, device: str = "cpu"):
+def load_model(path: str, device="cpu"):
     """(model in eval mode, config, tokenizer) from a checkpoint file or run folder."""
     from .model import VHRED
     from .tokenizer import load_tokenizer
@@ -95,15 +138,12 @@ def load_model(path: str, device: str = "cpu"):
     cfg = config_of(state, path)
     try:
         sp = load_tokenizer(model_bytes=tokenizer_bytes(state))
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
-    if sp.get_piece_size() != cfg.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {sp.get_piece_size()} pieces but the model "
-                              f"expects {cfg.vocab_size}; the checkpoint is inconsistent")
-    model = VHRED(cfg)
+    model = VHRED(cfg.arch, sp.get_piece_size())
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
     return model.to(device).eval(), cfg, sp

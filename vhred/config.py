@@ -1,28 +1,28 @@
 """One typed config for data, model and training.
 
-Filled from a YAML file, then `key=value` overrides from the command line, then validated.
-The final dict is saved beside the run and inside every checkpoint, so a checkpoint alone
-rebuilds its model.
+Filled from a YAML file, then `key=value` overrides from the command line, then validated once.
+The network's own settings are a nested part, `arch` (a ModelConfig): they are what a
+checkpoint's weights fit, so a checkpoint rebuilds its model from them and a run resumes only
+with the same ones. In files and overrides a model key may be written plainly (`z_dim: 64`,
+`z_dim=64`) or with its section (`arch: {z_dim: 64}`, `arch.z_dim=64`).
+The final dict is saved beside the run and inside every checkpoint.
 """
 import difflib
+import math
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, field, fields
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A mistake in a config file or override; the message says what to change."""
+__all__ = ["Config", "ConfigError", "ModelConfig", "from_dict", "load", "validate", "warnings"]
+
+MAX_INT = 2 ** 31 - 1   # sizes, steps and seeds all fit in a C int
 
 
 @dataclass
-class Config:
-    # --- data ---
-    data: str = "dailydialog"     # "dailydialog", or a path to a .jsonl of {"dialog": [...]} lines
-    data_dir: str = "data"        # downloads, processed caches
-    vocab_size: int = 8000        # SentencePiece vocabulary, trained on the training split
-    max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
-    max_context: int = 10         # context turns a target sees; longer dialogues are windowed
-    max_dialogues: int = 0        # >0: keep only the first N dialogues of each split (quick runs)
-    # --- model ---
+class ModelConfig:
+    """The network and its regularisers: everything VHRED reads. Its vocabulary size is the
+    tokenizer's, which travels with the checkpoint."""
     model: str = "vhred"          # "vhred", or "hred" (the same network without the latent z)
     emb_dim: int = 256            # word embedding size
     utt_hidden: int = 512         # utterance-encoder GRU width, per direction
@@ -32,14 +32,27 @@ class Config:
     latent_hidden: int = 512      # width of the prior / posterior MLPs
     tie_embeddings: bool = True   # share input embedding and output softmax weights
     dropout: float = 0.0          # dropout on embeddings and decoder outputs
-    # --- objective ---
     word_dropout: float = 0.25    # decoder inputs replaced by <unk> (Bowman et al. 2016; VHRED)
+    bow_weight: float = 0.0       # bag-of-words loss on z (Zhao et al. 2017); > 0 adds its head
+
+
+@dataclass
+class Config:
+    # --- data ---
+    data: str = "dailydialog"     # "dailydialog", or a path to a .jsonl of {"dialog": [...]} lines
+    data_dir: str = "data"        # downloads, processed caches
+    vocab_size: int = 8000        # SentencePiece vocabulary asked for (a small corpus may give fewer)
+    max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
+    max_context: int = 10         # context turns a target sees; longer dialogues are windowed
+    max_dialogues: int = 0        # >0: keep only the first N dialogues of each split (quick runs)
+    # --- model ---
+    arch: ModelConfig = field(default_factory=ModelConfig)
+    # --- objective ---
     kl_schedule: str = "linear"   # "linear" warm-up, "cyclical" (Fu et al. 2019) or "constant"
     kl_warmup_steps: int = 10000  # linear: steps from 0 to kl_max; cyclical: ramp part of a cycle
     kl_cycle_steps: int = 0       # cyclical: steps per cycle (0: the warm-up takes half a cycle)
     kl_max: float = 1.0           # final KL weight (beta)
     free_bits: float = 0.0        # nats per latent dimension not penalised (Kingma et al. 2016)
-    bow_weight: float = 0.0       # bag-of-words loss on z (Zhao et al. 2017); 0 turns it off
     # --- training ---
     batch_size: int = 32          # dialogues (windows) per batch
     lr: float = 1e-3              # AdamW peak learning rate
@@ -54,22 +67,20 @@ class Config:
     log_every: int = 50           # append a train line to metrics.jsonl every N steps
     seed: int = 1337              # one seed for data order, initialisation and sampling
     device: str = "auto"          # "auto" (cuda when present), "cpu" or "cuda"
-    precision: str = "auto"       # training step: "bf16" autocast, "fp32", or "auto" (bf16 on CUDA)
+    precision: str = "auto"       # training step: "bf16" autocast, "fp32", or "auto" (see device.py)
     name: str = ""                # run name; default <config name>-<model>
     out_dir: str = "runs"         # runs go to <out_dir>/<name>/
-
-
-# Fields that fix the network's shapes or its data: a run cannot resume with other values.
-ARCH_FIELDS = ("data", "vocab_size", "max_utt_len", "max_context", "max_dialogues", "model",
-               "emb_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "z_dim", "latent_hidden",
-               "tie_embeddings")
 
 
 _TYPES = {"str": str, "int": int, "float": float, "bool": bool}
 
 
-def _field_type(f) -> type:
-    return _TYPES[f.type] if isinstance(f.type, str) else f.type
+def _types(cls) -> dict:
+    return {f.name: _TYPES[f.type] if isinstance(f.type, str) else f.type for f in fields(cls)}
+
+
+TOP, ARCH = _types(Config), _types(ModelConfig)
+del TOP["arch"]
 
 
 def _parse_value(key: str, text: str, kind: type):
@@ -95,96 +106,133 @@ def _check_type(key: str, value, kind: type):
     return value
 
 
-def _unknown(key: str) -> ConfigError:
-    names = [f.name for f in fields(Config)]
-    close = difflib.get_close_matches(key, names, n=1)
+def _unknown(key) -> ConfigError:
+    close = difflib.get_close_matches(str(key), [*TOP, *ARCH], n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}")
 
 
+def _place(key) -> tuple[dict, str]:
+    """(the types of the section that holds key, the plain key): `z_dim` and `arch.z_dim` alike."""
+    name = key[len("arch."):] if isinstance(key, str) and key.startswith("arch.") else key
+    if name in ARCH:
+        return ARCH, name
+    if name in TOP and name == key:
+        return TOP, name
+    raise _unknown(key)
+
+
 def from_dict(values: dict) -> Config:
-    """Build a Config from a plain dict (a YAML file, a checkpoint), checking every key."""
-    types = {f.name: _field_type(f) for f in fields(Config)}
-    clean = {}
-    for key, value in values.items():
-        if key not in types:
-            raise _unknown(key)
-        clean[key] = _check_type(key, value, types[key])
-    return Config(**clean)
+    """Build a Config from a plain dict (a YAML file, a checkpoint), checking every key.
+    Model keys may sit under "arch" or at the top level."""
+    flat = dict(values)
+    nested = flat.pop("arch", None) or {}
+    if not isinstance(nested, dict):
+        raise ConfigError(f"arch: expected a mapping of model settings, got {nested!r}")
+    top, arch = {}, {}
+    for key, value in [*flat.items(), *((f"arch.{k}", v) for k, v in nested.items())]:
+        section, name = _place(key)
+        (arch if section is ARCH else top)[name] = _check_type(name, value, section[name])
+    return Config(**top, arch=ModelConfig(**arch))
+
+
+def _read_yaml(path: str) -> dict:
+    import yaml   # only the command line needs it
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} should hold `key: value` lines")
+    return values
 
 
 def load(path: str | None, overrides: list[str]) -> Config:
     """Config file, then `key=value` overrides; validated."""
-    import yaml   # only the command line needs it
-    values = {}
-    if path:
-        if not os.path.exists(path):
-            raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
-        try:
-            with open(path) as f:
-                values = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path} should hold `key: value` lines")
-    types = {f.name: _field_type(f) for f in fields(Config)}
+    cfg = from_dict(_read_yaml(path) if path else {})
     for item in overrides:
         key, eq, text = item.partition("=")
         key = key.lstrip("-")
         if not eq:
             raise ConfigError(f"override '{item}' should look like key=value")
-        if key not in types:
-            raise _unknown(key)
-        values[key] = _parse_value(key, text, types[key])
-    cfg = from_dict(values)
+        section, name = _place(key)
+        setattr(cfg.arch if section is ARCH else cfg, name, _parse_value(key, text, section[name]))
     if not cfg.name:
         stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
-        cfg.name = stem if stem.endswith(cfg.model) else f"{stem}-{cfg.model}"
+        cfg.name = stem if stem.endswith(cfg.arch.model) else f"{stem}-{cfg.arch.model}"
     validate(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> list[str]:
-    """Raise ConfigError on impossible values; return warnings for likely mistakes."""
-    positive = ("vocab_size", "max_utt_len", "max_context", "emb_dim", "utt_hidden", "ctx_hidden",
-                "dec_hidden", "latent_hidden", "batch_size", "epochs", "save_every", "log_every")
-    for key in positive:
-        if getattr(cfg, key) <= 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
-    non_negative = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
-                    "bow_weight", "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps",
-                    "eval_every", "eval_batches", "dropout", "word_dropout")
-    for key in non_negative:
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)}")
-    if cfg.model not in ("vhred", "hred"):
-        raise ConfigError(f"model must be vhred or hred, got '{cfg.model}'")
-    if cfg.model == "vhred" and cfg.z_dim <= 0:
+POSITIVE = ("vocab_size", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
+            "log_every", "emb_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_hidden")
+NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
+                "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "eval_every",
+                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight")
+CHOICES = {"model": ("vhred", "hred"), "kl_schedule": ("linear", "cyclical", "constant"),
+           "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
+
+
+def _numbers(cfg: Config):
+    """(name, value) of every number in the config, both sections."""
+    for section, types in ((cfg, TOP), (cfg.arch, ARCH)):
+        for key, kind in types.items():
+            if kind in (int, float):
+                yield key, getattr(section, key)
+
+
+def _value(cfg: Config, key: str):
+    return getattr(cfg.arch if key in ARCH else cfg, key)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError on impossible values: NaN and infinities, out-of-range integers,
+    negative sizes, unknown choices, names that are not plain folder names."""
+    for key, value in _numbers(cfg):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{key} must be at most {MAX_INT}, got {value}")
+    for key in POSITIVE:
+        if _value(cfg, key) <= 0:
+            raise ConfigError(f"{key} must be positive, got {_value(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if _value(cfg, key) < 0:
+            raise ConfigError(f"{key} must not be negative, got {_value(cfg, key)}")
+    for key, allowed in CHOICES.items():
+        if _value(cfg, key) not in allowed:
+            raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{_value(cfg, key)}'")
+    _check_relations(cfg)
+
+
+def _check_relations(cfg: Config) -> None:
+    if cfg.arch.model == "vhred" and cfg.arch.z_dim <= 0:
         raise ConfigError("z_dim must be positive for vhred (use model=hred for no latent)")
-    if cfg.kl_schedule not in ("linear", "cyclical", "constant"):
-        raise ConfigError(f"kl_schedule must be linear, cyclical or constant, got '{cfg.kl_schedule}'")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
     for key in ("dropout", "word_dropout"):
-        if getattr(cfg, key) >= 1:
-            raise ConfigError(f"{key} must be below 1, got {getattr(cfg, key)}")
+        if getattr(cfg.arch, key) >= 1:
+            raise ConfigError(f"{key} must be below 1, got {getattr(cfg.arch, key)}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
     if cfg.kl_schedule == "cyclical" and 0 < cfg.kl_cycle_steps < cfg.kl_warmup_steps:
         raise ConfigError("kl_cycle_steps must be at least kl_warmup_steps (the ramp is part of a cycle)")
-    if cfg.device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got '{cfg.device}'")
-    if cfg.precision not in ("auto", "fp32", "bf16"):
-        raise ConfigError(f"precision must be auto, fp32 or bf16, got '{cfg.precision}'")
+    for key in ("name", "data", "data_dir", "out_dir"):
+        if "\0" in getattr(cfg, key):
+            raise ConfigError(f"{key} must not contain a NUL character")
     if os.sep in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name must be a plain folder name, got '{cfg.name}'")
-    warnings = []
-    if cfg.model == "vhred" and cfg.max_steps and cfg.kl_schedule == "linear" \
-            and cfg.kl_warmup_steps > cfg.max_steps:
-        warnings.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is longer than max_steps="
-                        f"{cfg.max_steps}: the KL weight never reaches kl_max")
-    return warnings
 
 
-def to_dict(cfg: Config) -> dict:
-    return asdict(cfg)
+def warnings(cfg: Config, total_steps: int) -> list[str]:
+    """Likely mistakes, once the length of the run is known."""
+    out = []
+    if cfg.arch.model == "vhred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total_steps:
+        out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
+                   f"({total_steps} steps): the KL weight never reaches kl_max")
+    return out

@@ -9,15 +9,17 @@ Input lines are {"context": ["utt", ...]}; each output line adds "samples": [...
 import argparse
 import glob
 import json
+import math
 import os
-import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .checkpoint import CheckpointError
+from .cli import command
+from .device import pick_device
+from .errors import CheckpointError, InputError
 from .dataset import collate
 from .model import VHRED
 from .sources import normalise
@@ -26,27 +28,42 @@ from .tokenizer import BOS, EOS, PAD
 
 @dataclass
 class DecodeOptions:
+    """How responses are decoded: the one source of defaults for chat, generate, eval and the API.
+
+    Greedy words per sampled z by default: VHRED's candidates still differ, because each has its
+    own z from the prior (the paper and DialogWAE decode each z deterministically too), and they
+    read better than words sampled at temperature 1. HRED has one greedy response per context."""
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
     min_len: int = 0           # no <eos> before this many tokens
-    method: str = "sample"     # "sample", "greedy" or "beam"
+    method: str = "greedy"     # "greedy" (per z for VHRED), "sample" or "beam"
     temperature: float = 1.0   # softmax temperature when sampling
     top_k: int = 0             # keep the k most likely tokens (0: all)
     top_p: float = 1.0         # keep the smallest set with probability >= top_p (nucleus)
     beam: int = 5              # beam width for method="beam"
-    dedup: bool = False        # drop repeated responses of one context
+    dedup: bool = True         # drop repeated responses of one context
     rank: bool = False         # order responses by per-token log-likelihood, best first
     seed: int = 0              # same seed, same samples
 
     def check(self):
+        """Refuse impossible values (never replace them silently)."""
         if self.method not in ("sample", "greedy", "beam"):
-            raise ValueError(f"method must be sample, greedy or beam, got '{self.method}'")
-        if self.num_samples < 1 or self.max_len < 1 or self.beam < 1 or self.top_k < 0:
-            raise ValueError("num_samples, max_len and beam must be positive, top_k not negative")
+            raise InputError(f"method must be sample, greedy or beam, got '{self.method}'")
+        for name in ("num_samples", "max_len", "beam"):
+            if not 1 <= getattr(self, name) <= MAX_COUNT:
+                raise InputError(f"{name} must be between 1 and {MAX_COUNT}, got {getattr(self, name)}")
+        if not 0 <= self.top_k <= MAX_COUNT or not 0 <= self.seed < 2 ** 63:
+            raise InputError("top_k must be between 0 and 1000000, seed between 0 and 2^63 - 1")
         if not 0 <= self.min_len <= self.max_len:
-            raise ValueError("min_len must be between 0 and max_len")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError("temperature must be > 0 and top_p in (0, 1]")
+            raise InputError("min_len must be between 0 and max_len")
+        if not 0 < self.temperature < math.inf:
+            raise InputError(f"temperature must be a positive finite number, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+MAX_COUNT = 1_000_000   # no count of samples, tokens or beams beyond this is meant
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -232,45 +249,55 @@ def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
 
 
 def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
+    """The decoding flags of chat, generate and eval, their defaults read from DecodeOptions."""
+    d = DecodeOptions(num_samples=num_samples or DecodeOptions.num_samples)
     p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
-    p.add_argument("--num-samples", type=int, default=num_samples,
-                   help="responses per context (default 5 for vhred, 1 for hred)")
-    p.add_argument("--method", choices=["sample", "greedy", "beam"], default=None,
-                   help="default: sample for vhred, greedy for hred")
-    p.add_argument("--max-len", type=int, default=30)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--dedup", action="store_true", help="drop repeated responses")
-    p.add_argument("--rank", action="store_true", help="best log-likelihood first")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-samples", type=int, default=d.num_samples, help="responses per context (default %(default)s)")
+    p.add_argument("--method", choices=["greedy", "sample", "beam"],
+                   help=f"greedy words (per sampled z for VHRED), sampled words, or beam search "
+                        f"(default {d.method}; sample when --temperature, --top-k or --top-p is given)")
+    p.add_argument("--max-len", type=int, default=d.max_len, help="tokens per response (default %(default)s)")
+    p.add_argument("--min-len", type=int, default=d.min_len, help="no end of turn before this many tokens (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=d.temperature, help="softmax temperature for --method sample (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="sample from the k most likely tokens, 0 for all (default %(default)s)")
+    p.add_argument("--top-p", type=float, default=d.top_p, help="sample from the nucleus of this probability (default %(default)s)")
+    p.add_argument("--beam", type=int, default=d.beam, help="beam width for --method beam (default %(default)s)")
+    p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
+    p.add_argument("--rank", action="store_true", help="order responses best first by per-token log-likelihood")
+    p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
-def options_from_args(args, latent: bool) -> DecodeOptions:
-    return DecodeOptions(num_samples=args.num_samples or (5 if latent else 1),
-                         method=args.method or ("sample" if latent else "greedy"),
-                         max_len=args.max_len, temperature=args.temperature, top_k=args.top_k,
-                         top_p=args.top_p, beam=args.beam, dedup=args.dedup, rank=args.rank,
-                         seed=args.seed)
+def options_from_args(args) -> DecodeOptions:
+    """DecodeOptions from the flags of add_decode_args, checked."""
+    shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0
+    args.method = args.method or ("sample" if shaped else DecodeOptions.method)
+    opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
+    if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
+        raise InputError("--temperature, --top-k and --top-p shape sampled words: add --method sample")
+    return opts
 
 
 def read_contexts(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path} not found") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
     contexts = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                ctx = obj["context"]
-                assert isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)
-            except (ValueError, KeyError, TypeError, AssertionError):
-                raise ValueError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}}') from None
-            contexts.append(ctx)
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            ctx = json.loads(line)["context"]
+            assert isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)
+        except (ValueError, KeyError, TypeError, AssertionError, RecursionError):
+            raise InputError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}}') from None
+        contexts.append(ctx)
     if not contexts:
-        raise ValueError(f"{path} holds no contexts")
+        raise InputError(f"{path} holds no contexts")
     return contexts
 
 
@@ -285,28 +312,25 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             yield ctx, [sp.decode(r) for r, _ in responses], [s for _, s in responses]
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Sample responses for each context of a JSONL file.")
-    add_decode_args(p, num_samples=None)
+    p = argparse.ArgumentParser(prog="python -m vhred.generate",
+                                description="Decode responses for each context of a JSONL file.")
+    add_decode_args(p)
     p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')
     p.add_argument("--output", required=True, help="JSONL written with a \"samples\" list per line")
     args = p.parse_args(argv)
-    try:
-        model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), args.device)
-        opts = options_from_args(args, model.latent)
-        opts.check()
-        contexts = read_contexts(args.input)
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as out:
-            for ctx, samples, scores in generate_file(model, cfg, sp, contexts, opts):
-                row = {"context": ctx, "samples": samples}
-                if opts.rank:
-                    row["scores"] = scores
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, args.output)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    opts = options_from_args(args)
+    model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
+    contexts = read_contexts(args.input)
+    tmp = args.output + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as out:
+        for ctx, samples, scores in generate_file(model, cfg, sp, contexts, opts):
+            row = {"context": ctx, "samples": samples}
+            if opts.rank:
+                row["scores"] = scores
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, args.output)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from .config import Config
+from .config import ModelConfig
 from .tokenizer import PAD, UNK
 
 
@@ -60,10 +60,12 @@ class GaussianNet(nn.Module):
 # --- the hierarchical encoder-decoder ---------------------------------------------------------
 
 class VHRED(nn.Module):
-    def __init__(self, cfg: Config):
+    """The network of a ModelConfig over a vocabulary of vocab_size pieces (the tokenizer's)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg = cfg
-        V, E = cfg.vocab_size, cfg.emb_dim
+        V, E = vocab_size, cfg.emb_dim
         self.latent = cfg.model == "vhred"
         Z = cfg.z_dim if self.latent else 0
         self.embed = nn.Embedding(V, E, padding_idx=PAD)
@@ -267,14 +269,3 @@ def _positions(turns):
     start = torch.cumsum(turns, 0) - turns
     pos = torch.arange(len(dlg), device=turns.device) - start[dlg]
     return dlg, pos
-
-
-def active_units(post_means: torch.Tensor, threshold: float = 0.01) -> int:
-    """Latent dimensions whose posterior mean varies across data: Cov_x(E_q[z_u]) > 0.01 (Burda et al. 2016)."""
-    if post_means.shape[0] < 2:
-        return 0
-    return int((post_means.float().var(dim=0) > threshold).sum())
-
-
-def perplexity(nats_per_token: float) -> float:
-    return math.exp(min(nats_per_token, 50.0))

@@ -23,8 +23,7 @@ DAILYDIALOG_SHA256 = {
 SPLITS = ("train", "validation", "test")
 
 
-class DataError(RuntimeError):
-    """Missing, truncated or malformed data; the message says what to do."""
+from .errors import DataError  # noqa: E402  (missing, truncated or malformed data)
 
 
 def normalise(text: str) -> str:

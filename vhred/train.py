@@ -12,76 +12,33 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import torch
 
-from . import checkpoint, distributed
-from .checkpoint import CheckpointError
-from .config import ARCH_FIELDS, Config, ConfigError, load, validate
+from . import checkpoint, config, distributed
+from .cli import command
 from .dataset import DialogueData, prepare
+from .device import pick_device, use_bf16
+from .errors import CheckpointError, TrainingError
 from .memory import keep_freed_memory
-from .model import VHRED, active_units, objective, perplexity
+from .metrics.likelihood import elbo_metrics
+from .model import VHRED, objective
 from .schedule import kl_weight, learning_rate
-from .sources import DataError
-
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
 
 
-class TrainingError(RuntimeError):
-    """Training cannot go on (a diverged loss); the message says what to do."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def use_bf16(precision: str, device: torch.device) -> bool:
-    """Whether the training step runs under bf16 autocast: asked for, or precision=auto on a GPU
-    that has bf16. Weights, gradients and the optimiser stay fp32; matmuls and GRUs run in bf16
-    (tensor cores on GPUs); the losses are summed in fp32."""
-    if precision == "auto":
-        return device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return precision == "bf16"
-
-
-@torch.inference_mode()
-def evaluate(model: VHRED, data: DialogueData, batch_size: int, device, max_batches: int = 0,
-             seed: int = 0) -> dict:
-    """Validation metrics: the negative ELBO per token, its NLL and KL parts, active units.
-
-    z is drawn from the posterior with its own seeded generator, so the training RNG stream is
-    untouched and repeated validations of one model agree.
-    """
-    was_training = model.training
-    model.eval()
-    nll = kl = 0.0
-    tokens = targets = 0
-    means = []
-    batches = data.batches(batch_size, shuffle=False)
-    batches = batches[:max_batches] if max_batches else batches
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for idx in batches:
-            b = data.batch(idx).to(device)
-            out = model(b.tokens, b.lens, b.turns)
-            nll += out["nll"].sum().item()
-            tokens += out["n_tokens"]
-            targets += len(out["nll"])
-            if "kl" in out:
-                kl += out["kl"].sum().item()
-                means.append(out["post_mean"].float().cpu())
-    model.train(was_training)
-    elbo = (nll + kl) / max(tokens, 1)
-    return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
-            "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
-            "active_units": active_units(torch.cat(means)) if means else 0,
-            "tokens": tokens, "utterances": targets}
+@dataclass
+class Progress:
+    """Where a run stands; saved in last.pt and restored as one unit."""
+    step: int = 0               # optimiser steps taken
+    epoch: int = 0              # epochs completed
+    batch_pos: int = 0          # batches of the current epoch done
+    best: float = math.inf      # lowest validation negative ELBO per token so far
+    last_val_step: int = -1     # step of the latest validation
+    bad_steps: int = 0          # non-finite steps in a row
+    skipped_total: int = 0      # non-finite steps in all
 
 
 def lock_run_dir(path: str):
@@ -123,107 +80,175 @@ class Stop:
 
 
 class Run:
-    """The state of one training run and the files it writes."""
+    """One training run: its data, model, optimiser, progress and the files it writes."""
 
-    def __init__(self, cfg: Config, log=print):
-        self.cfg, self.log = cfg, log
-        self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.model}")
+    def __init__(self, cfg: config.Config, log=print):
+        self.cfg = cfg
+        self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.arch.model}")
         self.started = time.time()
         keep_freed_memory()   # no page faults on every step's large buffers (see memory.py)
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
-        self.main = self.rank == 0   # only rank 0 writes files and logs
-        self.bf16 = use_bf16(cfg.precision, self.device)
-        if not self.main:
-            self.log = log = lambda *_: None
-        for w in validate(cfg):
-            log(f"warning: {w}")
-        folder = prepare(cfg, log=log) if self.main else None   # rank 0 builds the data cache,
+        self.is_rank0 = self.rank == 0   # only rank 0 writes files and logs
+        self.log = log if self.is_rank0 else (lambda *_: None)
+        self.bf16 = use_bf16(cfg.precision, self.device, cfg.batch_size // self.world)
+        self.progress = Progress()
+        self.stopped = False
+        self._setup_data()
+        self._setup_model()
+        self.lock = self._setup_folder() if self.is_rank0 else None
+        self._resume()
+
+    def _setup_data(self):
+        """Prepare (rank 0) or read (the others) the processed data; warn about the schedule."""
+        cfg = self.cfg
+        folder = prepare(cfg, log=self.log) if self.is_rank0 else None
         distributed.barrier()
-        folder = folder or prepare(cfg, log=log)                   # then the others read it
-        meta = json.load(open(os.path.join(folder, "meta.json")))
-        cfg.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than asked
-        self.train_data = DialogueData(folder, "train")
-        self.val_data = DialogueData(folder, "validation")
-        total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
-        if cfg.model == "vhred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total \
-                and not cfg.max_steps:   # (with max_steps, validate() has warned already)
-            log(f"warning: kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
-                f"({total} steps): the KL weight never reaches kl_max")
-        with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
+        self.data_folder = folder or prepare(cfg, log=self.log)
+        self.train_data = DialogueData(self.data_folder, "train")
+        self.val_data = DialogueData(self.data_folder, "validation")
+        with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
-        torch.manual_seed(cfg.seed)
-        self.model = VHRED(cfg).to(self.device)   # the module itself: saved, validated, sampled
-        self.net = self.model                     # what the training step runs
+        total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
+        for w in config.warnings(cfg, total):
+            self.log(f"warning: {w}")
+
+    def _setup_model(self):
+        """The model over the tokenizer's vocabulary (a small corpus may give fewer pieces than
+        vocab_size asked for), its data-parallel wrapper and the optimiser."""
+        with open(os.path.join(self.data_folder, "meta.json")) as f:
+            self.vocab_size = json.load(f)["vocab_size"]
+        torch.manual_seed(self.cfg.seed)
+        self.model = VHRED(self.cfg.arch, self.vocab_size).to(self.device)   # saved, validated, sampled
+        self.net = self.model                                      # what the training step runs
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             self.net = DistributedDataParallel(self.model)
-            torch.manual_seed(cfg.seed + self.rank)   # own noise (z, word dropout) per rank
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.step, self.epoch, self.batch_pos = 0, 0, 0
-        self.best = math.inf
-        self.last_val_step = -1
-        self.stopped = False
-        self.bad_steps = self.skipped_total = 0   # non-finite steps: in a row, in all
-        self.lock = None
-        if self.main:
-            os.makedirs(self.dir, exist_ok=True)
-            self.lock = lock_run_dir(self.dir)
-            for name in os.listdir(self.dir):   # half-written saves of a killed run
-                if ".pt.tmp" in name:
-                    os.remove(os.path.join(self.dir, name))
-        self._resume_or_start(folder)
+            torch.manual_seed(self.cfg.seed + self.rank)   # own noise (z, word dropout) per rank
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+                                     weight_decay=self.cfg.weight_decay)
 
-    def _resume_or_start(self, folder: str):
+    def _setup_folder(self):
+        """The run folder, locked for this process; half-written saves of a killed run removed."""
+        os.makedirs(self.dir, exist_ok=True)
+        lock = lock_run_dir(self.dir)
+        for name in os.listdir(self.dir):
+            if ".pt.tmp" in name:
+                os.remove(os.path.join(self.dir, name))
+        return lock
+
+    def _resume(self):
+        """Continue from last.pt when the folder has one (same model, same data), then write the
+        run's tokenizer and final config."""
         last = os.path.join(self.dir, "last.pt")
         if os.path.exists(last):
             state = checkpoint.load(last)
-            changed = [k for k in ARCH_FIELDS if state["config"].get(k) != getattr(self.cfg, k)]
-            if changed:
-                raise CheckpointError(f"{self.dir} holds a run with other {', '.join(changed)}; pass "
-                                      f"name=<new name> for a new run, or remove {self.dir}")
-            self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optim"])
-            self.step, self.epoch, self.batch_pos = state["step"], state["epoch"], state["batch_pos"]
-            self.best = state["best"]
-            if self.world == 1:
-                torch.set_rng_state(state["rng"])
-            self.log(f"resuming {self.dir} at step {self.step} (epoch {self.epoch + 1}, batch {self.batch_pos})")
-        if not self.main:
+            self._check_same_run(state)
+            self._restore(state)
+            p = self.progress
+            self.log(f"resuming {self.dir} at step {p.step} (epoch {p.epoch + 1}, batch {p.batch_pos})")
+        if not self.is_rank0:
             return
-        shutil.copyfile(os.path.join(folder, "tokenizer.model"), os.path.join(self.dir, "tokenizer.model"))
+        shutil.copyfile(os.path.join(self.data_folder, "tokenizer.model"), os.path.join(self.dir, "tokenizer.model"))
         with open(os.path.join(self.dir, "config.json"), "w") as f:
             json.dump(asdict(self.cfg), f, indent=1)
 
+    def _check_same_run(self, state: dict):
+        saved = checkpoint.config_of(state, os.path.join(self.dir, "last.pt"))
+        changed = [k for k, v in asdict(self.cfg.arch).items() if getattr(saved.arch, k) != v]
+        if checkpoint.tokenizer_bytes(state) != self.tokenizer or state.get("data", self._data_id()) != self._data_id():
+            changed.append("data")
+        if changed:
+            raise CheckpointError(f"{self.dir} holds a run with other {', '.join(changed)}; pass "
+                                  f"name=<new name> for a new run, or remove {self.dir}")
+        if "optim" not in state:
+            raise CheckpointError(f"{self.dir}/last.pt has no optimiser state (is it a copy of best.pt?); "
+                                  "restore the real last.pt, or remove it to start over")
+
+    def _restore(self, state: dict):
+        try:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optim"])
+            self.progress = Progress(**state["progress"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{self.dir}/last.pt does not fit this run ({str(e).splitlines()[0][:120]}); "
+                                  "remove it to start over") from None
+        if self.world == 1 and "rng" in state:
+            torch.set_rng_state(state["rng"])
+
+    def _data_id(self) -> str:
+        return os.path.basename(os.path.normpath(self.data_folder))
+
+    # --- files ---
+
     def save(self, name: str, resumable: bool = True):
-        """Write a checkpoint; best.pt leaves out the optimiser and position (a third the size)."""
-        if not self.main:
+        """Write a checkpoint; best.pt leaves out the optimiser and RNG (a third the size).
+        Weights that are no longer finite are never written: the run rolls back instead."""
+        if not self.is_rank0:
             return
-        state = {"model": self.model.state_dict(), "config": asdict(self.cfg),
-                 "tokenizer": checkpoint.as_tensor(self.tokenizer), "step": self.step, "best": self.best}
+        if not self.weights_finite():
+            self.roll_back()
+            return
+        state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
+                 "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
-            state.update(optim=self.opt.state_dict(), epoch=self.epoch, batch_pos=self.batch_pos,
-                         rng=torch.get_rng_state())
+            state.update(optim=self.opt.state_dict(), rng=torch.get_rng_state())
         checkpoint.save(state, os.path.join(self.dir, name))
 
-    def metrics(self, record: dict):
-        if not self.main:
+    def log_metrics(self, record: dict):
+        if not self.is_rank0:
             return
         record["wall_s"] = round(time.time() - self.started, 1)   # since this process started
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    # --- guards ---
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def roll_back(self):
+        """Weights went NaN/inf (an update a finite loss did not flag): back to last.pt, or stop."""
+        p = self.progress
+        last = os.path.join(self.dir, "last.pt")
+        if not os.path.exists(last):
+            raise TrainingError(f"the weights became NaN/inf by step {p.step}, before any checkpoint; "
+                                "lower lr= or check the data")
+        self.log(f"warning: step {p.step}: weights not finite; rolling back to {last}")
+        bad, skipped = p.bad_steps + 1, p.skipped_total + 1
+        self._restore(checkpoint.load(last))
+        self.progress.bad_steps, self.progress.skipped_total = bad, skipped
+        if bad >= MAX_BAD_STEPS:
+            raise TrainingError(f"the weights became NaN/inf {bad} times in a row (step {p.step}); "
+                                f"{last} holds the last good state: lower lr= or check the data")
+
+    def count_step(self, skipped: bool):
+        """Track non-finite steps; too many in a row stop the run (last.pt holds good weights)."""
+        p = self.progress
+        p.bad_steps = p.bad_steps + 1 if skipped else 0
+        if not skipped:
+            return
+        p.skipped_total += 1
+        self.log(f"warning: step {p.step}: loss or gradient not finite, update skipped")
+        if not self.weights_finite():
+            self.roll_back()
+        elif p.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingError(f"the loss was NaN/inf for {MAX_BAD_STEPS} steps in a row (step {p.step}); "
+                                f"{self.dir}/last.pt holds the last good state: lower lr= or check the data")
+
+    # --- the loop ---
+
     def validate(self) -> dict:
-        self.last_val_step = self.step
-        if not self.main:   # the other ranks wait for rank 0 at their next all-reduce
+        p = self.progress
+        p.last_val_step = p.step
+        if not self.is_rank0:   # the other ranks wait for rank 0 at their next all-reduce
             return {}
-        m = evaluate(self.model, self.val_data, self.cfg.batch_size, self.device,
-                     self.cfg.eval_batches, self.cfg.seed)
-        self.metrics({"split": "val", "step": self.step, "epoch": self.epoch, **m})
-        self.log(f"step {self.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
+        m = elbo_metrics(self.model, self.val_data, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.seed)
+        self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch, **m})
+        self.log(f"step {p.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
                  f"active units {m['active_units']}")
-        if m["elbo_per_token"] < self.best:
-            self.best = m["elbo_per_token"]
+        if m["elbo_per_token"] < p.best:
+            p.best = m["elbo_per_token"]
             self.save("best.pt", resumable=False)
         return m
 
@@ -232,14 +257,14 @@ class Run:
 
         The loss is normalised by the whole batch's token count, so the gradients that data
         parallel ranks average equal one process's gradient on the whole batch."""
-        cfg = self.cfg
-        lr, beta = learning_rate(self.step, cfg), kl_weight(self.step, cfg)
+        cfg, step = self.cfg, self.progress.step
+        lr, beta = learning_rate(step, cfg), kl_weight(step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
         b = self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(b.tokens, b.lens, b.turns)
-            loss_sum = objective(out, beta, cfg.free_bits, cfg.bow_weight, n_tokens=1)
+            loss_sum = objective(out, beta, cfg.free_bits, cfg.arch.bow_weight, n_tokens=1)
         kl = out["kl"].sum() if "kl" in out else loss_sum.new_zeros(())
         stats = torch.stack([loss_sum.new_tensor(float(out["n_tokens"])), loss_sum.detach(),
                              out["nll"].sum().detach(), kl.detach(), loss_sum.new_tensor(float(len(out["nll"]))),
@@ -254,110 +279,115 @@ class Run:
             finite = bool(torch.isfinite(norm))
         if finite:   # a NaN/inf loss or gradient skips the update: the weights stay good
             self.opt.step()
-        self.step += 1
+        self.progress.step += 1
         tokens = max(tokens, 1)
         return {"loss": total / tokens, "nll_per_token": nll / tokens,
                 "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": int(tokens),
                 "skipped": not finite, "stop": stops > 0}
 
+    @property
+    def done(self) -> bool:
+        p, cfg = self.progress, self.cfg
+        return self.stopped or p.epoch >= cfg.epochs or bool(cfg.max_steps) and p.step >= cfg.max_steps
 
-def _done(run: Run) -> bool:
-    return bool(run.cfg.max_steps) and run.step >= run.cfg.max_steps
+    def train_epoch(self, stop: Stop):
+        """Train through the rest of the current epoch (or to max_steps, or a stop); validate at its end."""
+        cfg, p = self.cfg, self.progress
+        batches = self.train_data.batches(cfg.batch_size, cfg.seed, p.epoch)
+        bar = _progress_bar(len(batches), p, cfg.epochs, disable=not self.is_rank0)
+        t0, seen = time.perf_counter(), 0
+        while p.batch_pos < len(batches) and not self.done:
+            if len(batches[p.batch_pos]) < self.world:   # a last batch too small to share
+                p.batch_pos += 1
+                continue
+            # a signal seen by any rank stops them all after the same step
+            m = self.train_step(batches[p.batch_pos], stop.requested)
+            self.stopped = m.pop("stop")
+            p.batch_pos += 1
+            self.count_step(m["skipped"])
+            seen += m["tokens"]
+            m["tokens_per_s"] = seen / (time.perf_counter() - t0)
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}", kl=f"{m['kl_per_utt']:.2f}",
+                            beta=f"{m['beta']:.2f}", tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+            self._every_n_steps(m)
+        bar.close()
+        if p.batch_pos >= len(batches):   # the epoch is whole: validate, move on
+            p.epoch, p.batch_pos = p.epoch + 1, 0
+            self.validate()
+
+    def _every_n_steps(self, m: dict):
+        cfg, p = self.cfg, self.progress
+        if p.step % cfg.log_every == 0:
+            self.log_metrics({"split": "train", "step": p.step, "epoch": p.epoch, **m})
+        if cfg.eval_every and p.step % cfg.eval_every == 0:
+            self.validate()
+        if p.step % cfg.save_every == 0:
+            self.save("last.pt")
+
+    def train(self, stop: Stop):
+        """Epochs until done; a run that max_steps ended mid-epoch is validated and saved too."""
+        while not self.done:
+            self.train_epoch(stop)
+            self.save("last.pt")
+        if not self.stopped and self.progress.last_val_step != self.progress.step:
+            self.validate()
+            self.save("last.pt")
+
+    def close(self):
+        distributed.cleanup()
+        if self.lock:
+            self.lock.close()
 
 
-def run_epoch(run: Run, stop: Stop):
-    """Train through the rest of the current epoch (or to max_steps, or a stop); validate at its end."""
+def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):
     from tqdm import tqdm
-    cfg = run.cfg
-    batches = run.train_data.batches(cfg.batch_size, cfg.seed, run.epoch)
-    bar = tqdm(total=len(batches), initial=run.batch_pos, desc=f"epoch {run.epoch + 1}/{cfg.epochs}",
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, disable=not run.main)
-    t0, seen = time.perf_counter(), 0
-    while run.batch_pos < len(batches) and not _done(run) and not run.stopped:
-        if len(batches[run.batch_pos]) < run.world:   # a last batch too small to share
-            run.batch_pos += 1
-            continue
-        # a signal seen by any rank stops them all after the same step
-        m = run.train_step(batches[run.batch_pos], stop.requested)
-        run.stopped = m.pop("stop")
-        run.batch_pos += 1
-        run.bad_steps = run.bad_steps + 1 if m["skipped"] else 0
-        if m["skipped"]:
-            run.skipped_total += 1
-            run.log(f"warning: step {run.step}: loss or gradient not finite, update skipped")
-            if run.bad_steps >= MAX_BAD_STEPS:
-                raise TrainingError(f"the loss was NaN/inf for {MAX_BAD_STEPS} steps in a row (step {run.step}); "
-                                    f"{run.dir}/last.pt holds the last good state: lower lr= or check the data")
-        seen += m["tokens"]
-        m["tokens_per_s"] = seen / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}", kl=f"{m['kl_per_utt']:.2f}",
-                        beta=f"{m['beta']:.2f}", tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
-        if run.step % cfg.log_every == 0:
-            run.metrics({"split": "train", "step": run.step, "epoch": run.epoch, **m})
-        if cfg.eval_every and run.step % cfg.eval_every == 0:
-            run.validate()
-        if run.step % cfg.save_every == 0:
-            run.save("last.pt")
-    bar.close()
-    if run.batch_pos >= len(batches):   # the epoch is whole: validate, move on
-        run.epoch, run.batch_pos = run.epoch + 1, 0
-        run.validate()
+    return tqdm(total=total, initial=p.batch_pos, desc=f"epoch {p.epoch + 1}/{epochs}",
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, leave=False, disable=disable)
 
 
-def train(cfg: Config, log=print) -> Run:
+def train(cfg: config.Config, log=print) -> Run:
     """Train until epochs or max_steps are done, or a stop is requested; resumable."""
     run = Run(cfg, log)
-    log = run.log   # silent on ranks other than 0
-    log(f"{cfg.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}"
-        f"{' (bf16 autocast)' if run.bf16 else ''}; "
-        f"{len(run.train_data)} training windows; run folder {run.dir}")
+    run.log(f"{cfg.arch.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}"
+            f"{' (bf16 autocast)' if run.bf16 else ''}; "
+            f"{len(run.train_data)} training windows; run folder {run.dir}")
     stop = Stop()
     try:
-        while run.epoch < cfg.epochs and not _done(run) and not run.stopped:
-            run_epoch(run, stop)
-            run.save("last.pt")
-        if not run.stopped and run.last_val_step != run.step:   # max_steps ended mid-epoch
-            run.validate()
-            run.save("last.pt")
+        run.train(stop)
     finally:
         stop.restore()
-        distributed.cleanup()
-        if run.lock:
-            run.lock.close()
-    if run.main:
-        _finish(run, log)
+        run.close()
+    if run.is_rank0:
+        _finish(run)
     run.signum = stop.signum
     return run
 
 
-def _finish(run: Run, log):
+def _finish(run: Run):
     try:
         from .plot import plot
-        log(f"training curves: {plot(run.dir)}")
+        run.log(f"training curves: {plot(run.dir)}")
     except Exception as e:   # a missing plot must never cost a finished run
-        log(f"warning: no training curves ({e})")
+        run.log(f"warning: no training curves ({e})")
+    p = run.progress
     if run.stopped:
-        log(f"stopped at step {run.step}; saved {run.dir}/last.pt. Run the same command to resume.")
+        run.log(f"stopped at step {p.step}; saved {run.dir}/last.pt. Run the same command to resume.")
     else:
-        log(f"done at step {run.step}: best validation ELBO/token {run.best:.3f}; {run.dir}/best.pt")
+        run.log(f"done at step {p.step}: best validation ELBO/token {p.best:.3f}; {run.dir}/best.pt")
 
 
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Train VHRED / HRED on dialogues.")
-    p.add_argument("--config", help="YAML config file (configs/*.yaml)")
+    p = argparse.ArgumentParser(prog="python -m vhred.train", description="Train VHRED / HRED on dialogues.")
+    p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
     args = p.parse_args(argv)
+    cfg = config.load(args.config, args.overrides)
     try:
-        cfg = load(args.config, args.overrides)
         run = train(cfg, log=lambda msg: print(msg, flush=True))   # flushed: logs survive a kill
-    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
     except OSError as e:   # disk full, permissions: the previous checkpoint is still whole
-        print(f"error: {e.strerror or e} ({e.filename or 'while training'}); the last checkpoint is intact",
-              file=sys.stderr)
-        sys.exit(1)
+        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint is intact", e.filename) from None
     except KeyboardInterrupt:   # a second Ctrl-C: no save, but no half-written file either
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         sys.exit(130)

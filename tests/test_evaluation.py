@@ -5,15 +5,19 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
-from eval.bleu import corpus_bleu_n, dialogwae_bleu, multi_sample_bleu, sentence_bleu_n
-from eval.distinct import distinct_n, intra_inter, response_distinct
-from eval.text import tokenize
 from tests.conftest import ROOT
 from vhred import checkpoint
 from vhred.dataset import DialogueData
+from vhred.metrics.bleu import (
+    corpus_bleu_n,
+    dialogwae_bleu,
+    multi_sample_bleu,
+    sentence_bleu_n,
+)
+from vhred.metrics.distinct import distinct_n, intra_inter, response_distinct
+from vhred.metrics.text import tokenize
 
 
 def test_tokenize_is_documented_behaviour():
@@ -68,6 +72,7 @@ def test_distinct_by_hand():
     assert response_distinct(groups, 2) == pytest.approx((2 / 2 + 0) / 2)
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 @pytest.mark.parametrize("files,message", [
     ({"h": "", "r": "a\n"}, "is empty"),
     ({"h": "a\nb\n", "r": "a\n"}, "has 1 lines but"),
@@ -81,6 +86,7 @@ def test_bad_metric_inputs_are_one_line_errors(tmp_path, files, message):
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_metric_commands_print_json(tmp_path):
     (tmp_path / "h").write_text("the cat sat\nhello\n")
     (tmp_path / "r").write_text("the cat sat\nhello\n")
@@ -95,18 +101,19 @@ def test_metric_commands_print_json(tmp_path):
 
 def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
-    from eval.evaluate import iw_nll, split_dialogues
-    from vhred.train import evaluate
+    from vhred.evaluate import split_dialogues
+    from vhred.metrics.likelihood import elbo_metrics, iw_nll
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     data = DialogueData.from_dialogues(split_dialogues(cfg, "validation")[:30], sp, cfg.max_utt_len, cfg.max_context)
-    elbo = evaluate(model, data, 8, torch.device("cpu"))["elbo_per_token"]
+    elbo = elbo_metrics(model, data, 8)["elbo_per_token"]
     assert iw_nll(model, data, k=20, batch_size=8) <= elbo + 1e-6
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["hred"], "--max-contexts", "12",
-                        "--num-samples", "3", "--iw-samples", "2"], cwd=ROOT, capture_output=True, text=True)
+                        "--num-samples", "3", "--iw-samples", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.load(open(f"{trained['hred']}/results.json"))
     assert res["metrics"]["contexts"] == 12 and 0 <= res["metrics"]["bleu-2-f1"] <= 1

@@ -1,4 +1,4 @@
-"""Sampling: seeds, diversity, decoding rules, and the batch command."""
+"""Decoding and chat: seeds, diversity, decoding rules, the generate and chat commands."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,14 @@ import torch
 
 from tests.conftest import ROOT
 from vhred import checkpoint
-from vhred.generate import DecodeOptions, categorical, encode_turns, filter_logits, generate
+from vhred.chat import pretty, spaced
+from vhred.generate import (
+    DecodeOptions,
+    categorical,
+    encode_turns,
+    filter_logits,
+    generate,
+)
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +33,11 @@ def contexts(sp, cfg):
     return [encode_turns(sp, t, cfg.max_utt_len, cfg.max_context) for t in turns]
 
 
+def sampled(**kw):
+    """Words sampled (not the greedy default), every response kept."""
+    return DecodeOptions(**{"method": "sample", "dedup": False, **kw})
+
+
 def texts(sp, results):
     return [[sp.decode(ids) for ids, _ in r] for r in results]
 
@@ -33,29 +45,29 @@ def texts(sp, results):
 def test_same_seed_same_samples_and_other_seeds_differ(vhred_model):
     model, cfg, sp = vhred_model
     ctx = contexts(sp, cfg)
-    a = texts(sp, generate(model, ctx, DecodeOptions(num_samples=10, seed=7)))
-    assert a == texts(sp, generate(model, ctx, DecodeOptions(num_samples=10, seed=7)))
-    assert a != texts(sp, generate(model, ctx, DecodeOptions(num_samples=10, seed=8)))
+    a = texts(sp, generate(model, ctx, sampled(num_samples=10, seed=7)))
+    assert a == texts(sp, generate(model, ctx, sampled(num_samples=10, seed=7)))
+    assert a != texts(sp, generate(model, ctx, sampled(num_samples=10, seed=8)))
     assert len(a) == 2 and all(len(r) == 10 for r in a)
 
 
 def test_vhred_gives_distinct_responses_where_hred_greedy_gives_one(vhred_model, hred_model):
     model, cfg, sp = vhred_model
-    samples = texts(sp, generate(model, contexts(sp, cfg), DecodeOptions(num_samples=10)))
+    samples = texts(sp, generate(model, contexts(sp, cfg), sampled(num_samples=10)))
     assert all(len(set(r)) > 1 for r in samples)
     # greedy decoding with z from the prior: only z varies between samples, and it still matters
-    greedy_z = texts(sp, generate(model, contexts(sp, cfg), DecodeOptions(num_samples=10, method="greedy")))
+    greedy_z = texts(sp, generate(model, contexts(sp, cfg), DecodeOptions(num_samples=10, method="greedy", dedup=False)))
     assert any(len(set(r)) > 1 for r in greedy_z)
     model, cfg, sp = hred_model
-    hred = texts(sp, generate(model, contexts(sp, cfg), DecodeOptions(num_samples=10, method="greedy")))
+    hred = texts(sp, generate(model, contexts(sp, cfg), DecodeOptions(num_samples=10, method="greedy", dedup=False)))
     assert all(len(set(r)) == 1 for r in hred)
 
 
 def test_top_k_one_equals_greedy(vhred_model):
     model, cfg, sp = vhred_model
     ctx = contexts(sp, cfg)
-    greedy = texts(sp, generate(model, ctx, DecodeOptions(num_samples=4, method="greedy", seed=3)))
-    top1 = texts(sp, generate(model, ctx, DecodeOptions(num_samples=4, top_k=1, temperature=1.7, seed=3)))
+    greedy = texts(sp, generate(model, ctx, DecodeOptions(num_samples=4, method="greedy", dedup=False, seed=3)))
+    top1 = texts(sp, generate(model, ctx, sampled(num_samples=4, top_k=1, temperature=1.7, seed=3)))
     assert greedy == top1
 
 
@@ -96,19 +108,20 @@ def test_beam_dedup_and_rank(vhred_model, hred_model):
         assert len(r) == 3 and len({tuple(i) for i, _ in r}) == 3
         assert [s for _, s in r] == sorted((s for _, s in r), reverse=True)
     model, cfg, sp = vhred_model
-    r = generate(model, contexts(sp, cfg), DecodeOptions(num_samples=20, top_k=2, dedup=True, rank=True))
+    r = generate(model, contexts(sp, cfg), sampled(num_samples=20, top_k=2, dedup=True, rank=True))
     for row in r:
         assert len({tuple(i) for i, _ in row}) == len(row)
         assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_generate_command_on_a_file(trained, tmp_path):
     src = tmp_path / "contexts.jsonl"
     src.write_text(json.dumps({"context": ["Hi !", "Hello , what can I do for you ?"]}) + "\n"
                    + json.dumps({"context": ["Where is the bank ?"]}) + "\n")
     out = tmp_path / "samples.jsonl"
     cmd = [sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
-           "--output", str(out), "--num-samples", "4", "--seed", "1"]
+           "--output", str(out), "--num-samples", "4", "--seed", "1", "--method", "sample", "--no-dedup"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in open(out)]
@@ -117,3 +130,56 @@ def test_generate_command_on_a_file(trained, tmp_path):
     src.write_text('{"ctx": 1}\n')
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "line 1" in r.stderr and r.stderr.count("\n") == 1
+
+
+def chat(lines, *args):
+    r = subprocess.run([sys.executable, "-m", "vhred.chat", *args], cwd=ROOT, capture_output=True,
+                       text=True, input="\n".join(lines) + "\n", timeout=120)
+    return r.returncode, r.stdout.splitlines(), r.stderr
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_a_piped_conversation(trained):
+    long_line = "tell me more " * 400   # 5,200 characters
+    code, out, err = chat(["Hi , how are you ?", "Fine . Where are you going ?", "/samples 3", "",
+                           "/reset", "I love it 😀🎉 ünïcödé", long_line, "/history", "/quit", "never read"],
+                          "--checkpoint", trained["vhred"], "--num-samples", "2", "--top-p", "0.95")
+    assert code == 0 and "Traceback" not in err
+    turns, current = [], None
+    for line in out:   # candidates are numbered from 1 within each turn
+        if line.startswith("1. "):
+            current = []
+            turns.append(current)
+        if line[:1].isdigit():
+            assert line.startswith(f"{len(current) + 1}. ")
+            current.append(line)
+    assert len(turns) == 4
+    assert all(1 <= len(t) <= 2 for t in turns[:2]) and all(1 <= len(t) <= 3 for t in turns[2:])
+    assert any(len(t) == 3 for t in turns[2:])           # /samples 3 took effect
+    assert "(showing 3 candidates per turn)" in err and "(conversation reset)" in err
+    assert "the model reads the first" in err   # the long line was cut, with a note
+    history = [line for line in out if line.startswith(("you: ", "bot: "))]
+    assert len(history) == 4 and history[0].startswith("you: I love it 😀🎉")   # only after /reset
+    assert not any("never read" in line for line in out)
+    assert all("▁" not in line and "</s>" not in line for line in out)
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_json_lines_and_hred(trained):
+    code, out, err = chat(["Hello !", "What time is it ?"], "--checkpoint", trained["hred"], "--json")
+    rows = [json.loads(line) for line in out]
+    assert code == 0 and [r["user"] for r in rows] == ["Hello !", "What time is it ?"]
+    assert all(len(r["responses"]) == 1 for r in rows)   # HRED: one greedy response by default
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_missing_checkpoint_is_one_line(tmp_path):
+    code, out, err = chat(["hi"], "--checkpoint", str(tmp_path / "nope.pt"))
+    assert code == 2 and out == [] and err.count("\n") == 1 and "not found" in err
+
+
+def test_punctuation_spacing_round_trip():
+    assert spaced("Hi, how are you? Fine.") == "Hi , how are you ? Fine ."
+    assert spaced("It costs 3.50 dollars") == "It costs 3.50 dollars"
+    assert pretty("Hi , how are you ? Fine .") == "Hi, how are you? Fine."
+    assert pretty("I ’ m sure it 's fine") == "I'm sure it's fine"

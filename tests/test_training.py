@@ -1,4 +1,5 @@
-"""The trainer end to end on the tiny config and a slice of DailyDialog."""
+"""The trainer end to end on the tiny config and a slice of DailyDialog: learning, resuming,
+schedules, data parallelism."""
 import json
 import os
 import signal
@@ -9,12 +10,12 @@ import time
 import pytest
 import torch
 
+from tests.conftest import ROOT, train_cli
 from vhred import checkpoint
 from vhred.checkpoint import CheckpointError
+from vhred.config import Config
+from vhred.schedule import kl_weight, learning_rate
 from vhred.train import train
-from tests.conftest import train_cli
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def quiet(*_):
@@ -35,12 +36,12 @@ def test_tiny_run_learns_and_writes_its_run_folder(tiny_cfg):
     assert len(val) == 3 and val[-1]["elbo_per_token"] < val[0]["elbo_per_token"]
     assert val[-1]["ppl"] == pytest.approx(2.718281828 ** val[-1]["elbo_per_token"], rel=1e-6)
     model, cfg, sp = checkpoint.load_model(run.dir)   # best.pt alone rebuilds model and tokenizer
-    assert cfg.vocab_size == sp.get_piece_size() and cfg.z_dim == 8
+    assert model.lm_head.out_features == sp.get_piece_size() and cfg.arch.z_dim == 8
 
 
 def test_hred_trains_too(tiny_cfg):
     run = train(tiny_cfg("model=hred", "max_steps=12"), log=quiet)
-    assert run.step == 12 and not hasattr(run.model, "prior_net")
+    assert run.progress.step == 12 and not hasattr(run.model, "prior_net")
     assert run.dir.endswith("tiny-hred")
 
 
@@ -64,7 +65,7 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cfg):
     lines = []
     resumed = train(tiny_cfg("max_steps=40", "name=split"), log=lines.append)
     assert any("resuming" in line and "at step 25" in line for line in lines)
-    assert resumed.step == 40
+    assert resumed.progress.step == 40
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
 
@@ -80,7 +81,7 @@ def wait_for_step(path, step, proc, timeout=120):
     while time.time() - start < timeout:
         if os.path.exists(path):
             try:
-                if checkpoint.load(path)["step"] >= step:
+                if checkpoint.load(path)["progress"]["step"] >= step:
                     return
             except CheckpointError:
                 pass   # being replaced right now
@@ -89,19 +90,21 @@ def wait_for_step(path, step, proc, timeout=120):
     raise AssertionError("no checkpoint in time")
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_killed_run_resumes_from_its_last_checkpoint(cli_args, tmp_path):
     last = tmp_path / "runs" / "tiny-vhred" / "last.pt"
     proc = subprocess.Popen(train_cli(*cli_args, "epochs=1000"), cwd=ROOT, stderr=subprocess.PIPE, text=True)
     wait_for_step(last, 10, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    saved = checkpoint.load(str(last))["step"]
+    saved = checkpoint.load(str(last))["progress"]["step"]
     done = subprocess.run(train_cli(*cli_args, f"max_steps={saved + 7}"), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert f"at step {saved}" in done.stdout
-    assert checkpoint.load(str(last))["step"] == saved + 7
+    assert checkpoint.load(str(last))["progress"]["step"] == saved + 7
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_ctrl_c_saves_and_exits_cleanly(cli_args, tmp_path):
     last = tmp_path / "runs" / "tiny-vhred" / "last.pt"
     proc = subprocess.Popen(train_cli(*cli_args, "epochs=1000", "save_every=1000"), cwd=ROOT, stdout=subprocess.PIPE,
@@ -114,10 +117,11 @@ def test_ctrl_c_saves_and_exits_cleanly(cli_args, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    step = checkpoint.load(str(last))["step"]
+    step = checkpoint.load(str(last))["progress"]["step"]
     assert step >= 1 and f"stopped at step {step}" in out
 
 
+@pytest.mark.slow   # a subprocess: a command as a user runs it
 @pytest.mark.parametrize("args,message", [
     (["--config", "configs/nope.yaml"], "config file configs/nope.yaml not found"),
     (["--config", "configs/tiny.yaml", "z_dimm=3"], "did you mean z_dim"),
@@ -127,15 +131,6 @@ def test_user_errors_are_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "vhred.train", *args], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and message in r.stderr, r.stderr
-
-
-def test_a_corrupt_checkpoint_is_a_one_line_error(tmp_path):
-    bad = tmp_path / "last.pt"
-    bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="not a readable vhred checkpoint"):
-        checkpoint.load(str(bad))
-    with pytest.raises(CheckpointError, match="not found"):
-        checkpoint.load(str(tmp_path / "missing.pt"))
 
 
 def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch):
@@ -152,7 +147,7 @@ def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch)
         return out
     monkeypatch.setattr(VHRED, "forward", flaky)
     run = train(tiny_cfg("max_steps=12", "name=flaky"), log=quiet)
-    assert run.skipped_total == 3 and run.step == 12
+    assert run.progress.skipped_total == 3 and run.progress.step == 12
     assert all(torch.isfinite(p).all() for p in run.model.parameters())
 
     def broken(self, *args):
@@ -175,10 +170,56 @@ def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_cfg, tmp_path):
             train(tiny_cfg("max_steps=2"), log=quiet)
     finally:
         held.close()
-    assert train(tiny_cfg("max_steps=2"), log=quiet).step == 2   # free again
+    assert train(tiny_cfg("max_steps=2"), log=quiet).progress.step == 2   # free again
 
 
 def test_a_kl_warmup_longer_than_the_run_is_a_warning(tiny_cfg):
     lines = []
     train(tiny_cfg("epochs=1", "kl_warmup_steps=5000", "name=warm"), log=lines.append)
     assert any("kl_warmup_steps=5000 is longer than the whole run (29 steps)" in line for line in lines)
+
+
+def test_linear_kl_warmup():
+    cfg = Config(kl_schedule="linear", kl_warmup_steps=100, kl_max=1.0)
+    assert kl_weight(0, cfg) == 0.0
+    assert kl_weight(50, cfg) == 0.5
+    assert kl_weight(100, cfg) == 1.0 and kl_weight(10_000, cfg) == 1.0
+
+
+def test_cyclical_kl_restarts_each_cycle():
+    cfg = Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=100, kl_max=0.8)
+    assert [kl_weight(s, cfg) for s in (0, 25, 50, 99, 100, 125)] == [0.0, 0.4, 0.8, 0.8, 0.0, 0.4]
+
+
+def test_constant_kl_and_learning_rate_warmup():
+    assert kl_weight(0, Config(kl_schedule="constant", kl_max=0.3)) == 0.3
+    cfg = Config(lr=1e-3, lr_warmup_steps=10)
+    assert learning_rate(0, cfg) == 1e-4 and learning_rate(9, cfg) == 1e-3 and learning_rate(500, cfg) == 1e-3
+
+
+# no randomness inside the step (HRED, no word dropout), so the two runs can match closely
+SAME = ["model=hred", "word_dropout=0", "max_steps=12", "log_every=1", "lr_warmup_steps=0"]
+
+
+def train_cmd(data_dir, out, name, nproc):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    return launcher + ["-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+                       f"data_dir={data_dir}", f"out_dir={out}", f"name={name}", *SAME]
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_two_processes_train_like_one_with_the_same_global_batch(dailydialog_zip, data_dir, tmp_path):
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}
+    for name, nproc in (("one", 1), ("two", 2)):
+        r = subprocess.run(train_cmd(data_dir, tmp_path, name, nproc), cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=240)
+        assert r.returncode == 0, r.stderr[-2000:]
+    one, two = (checkpoint.load(str(tmp_path / n / "last.pt")) for n in ("one", "two"))
+    assert one["progress"]["step"] == two["progress"]["step"] == 12
+    for key, a in one["model"].items():
+        assert torch.allclose(a, two["model"][key], atol=2e-3), key
+    loss = {n: [json.loads(l)["loss"] for l in open(tmp_path / n / "metrics.jsonl") if '"train"' in l]
+            for n in ("one", "two")}
+    assert loss["two"] == pytest.approx(loss["one"], rel=1e-3)
+    assert sum(loss["two"][-3:]) < sum(loss["two"][:3])   # and it learns

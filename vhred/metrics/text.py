@@ -1,9 +1,7 @@
-"""Shared input handling for the metric scripts."""
+"""The tokenisation every system is scored with, and the line files the metric commands read."""
 import re
 
-
-class InputError(ValueError):
-    """A file the metrics cannot use; the message says which and why."""
+from ..errors import InputError
 
 
 def tokenize(text: str) -> list[str]:

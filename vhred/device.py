@@ -1,0 +1,38 @@
+"""Where the model runs and in which precision.
+
+`precision=auto` takes what measured fastest. On one H100 (torch 2.11, batch 32; see the README's
+GPU section) fp32 with TF32 matmuls trained faster than bf16 autocast (113k vs 86k target tok/s at
+the reference sizes): at small batches the step is bound by kernel launches and the casts
+autocast adds, not by matmul throughput. bf16 won at batch 512 (501k vs 452k). So auto means
+bf16 on a bf16-capable GPU from BF16_MIN_BATCH dialogues per step, fp32 (TF32 matmuls)
+below that, and fp32 on CPUs, where bf16 was not faster either (README, "Precision").
+"""
+import torch
+
+from .errors import ConfigError
+
+BF16_MIN_BATCH = 256   # per-process batch from which bf16 autocast beats fp32+TF32 on a GPU
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """"auto" (a CUDA GPU when one is visible, else the CPU), "cpu" or "cuda"."""
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":   # fp32 matmuls on tensor cores (TF32): the fp32 path's speed
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def use_bf16(precision: str, device: torch.device, batch_size: int) -> bool:
+    """Whether the training step runs under bf16 autocast (weights, gradients and the optimiser
+    stay fp32; the latent parameters and the losses are computed in fp32 either way)."""
+    if precision == "auto":
+        return (device.type == "cuda" and torch.cuda.is_bf16_supported()
+                and batch_size >= BF16_MIN_BATCH)
+    return precision == "bf16"

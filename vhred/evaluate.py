@@ -1,0 +1,118 @@
+"""The full evaluation of a checkpoint on a split, with the multi-sample protocol of the
+latent-variable dialogue literature (Zhao et al. 2017; DialogWAE, Gu et al. 2019):
+
+    python -m vhred.evaluate --checkpoint runs/x/best.pt --split test --num-samples 10
+
+For every utterance of the split that has a turn before it (context: up to max_context earlier
+turns), N responses are sampled (VHRED: z from the prior; HRED: from the decoder alone) and
+scored against the reference: multi-sample BLEU-1..4 precision / recall / F1, intra and inter
+distinct-1/2 and distinct-1/2 within single responses, mean response length. The likelihood side
+reports NLL per token and perplexity from the ELBO and from an importance-weighted bound with K samples, KL per utterance and active units.
+Writes results.json, results.md and the samples (samples-<split>.jsonl) into the run folder.
+"""
+import argparse
+import json
+import os
+import time
+
+from . import checkpoint, sources
+from .cli import command
+from .dataset import DialogueData
+from .device import pick_device
+from .errors import InputError
+from .generate import add_decode_args, generate_file, newest_checkpoint, options_from_args
+from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
+from .metrics.protocol import context_pairs, sample_metrics
+
+
+def split_dialogues(cfg, split: str) -> list[list[str]]:
+    """The dialogues of a split of the checkpoint's own data source."""
+    if cfg.data == "dailydialog":
+        dialogues = sources.read_dailydialog(sources.find_dailydialog(cfg.data_dir))[split]
+    else:
+        dialogues = [d for s, d in sources.iter_jsonl(cfg.data, cfg.seed) if s == split]
+    dialogues = [d for d in dialogues if len(d) > 1]
+    return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
+
+
+def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:
+    data = DialogueData.from_dialogues(dialogues, sp, cfg.max_utt_len, cfg.max_context)
+    m = elbo_metrics(model, data, cfg.batch_size, max_batches, cfg.seed)
+    iw = iw_nll(model, data, k, cfg.batch_size, max_batches, cfg.seed)
+    return {"elbo_nll_per_token": m["elbo_per_token"], "elbo_ppl": m["ppl"],
+            f"iw{k}_nll_per_token": iw, f"iw{k}_ppl": perplexity(iw),
+            "kl_per_utt": m["kl_per_utt"], "active_units": m["active_units"],
+            "reconstruction_nll_per_token": m["nll_per_token"]}
+
+
+def markdown(results: dict, title: str) -> str:
+    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    for key, value in results["metrics"].items():
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", f"Settings: {json.dumps(results['settings'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m vhred.evaluate",
+                                description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
+    add_decode_args(p, num_samples=10)
+    p.add_argument("--split", default="test", choices=["validation", "test"], help="(default %(default)s)")
+    p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
+    p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound (default %(default)s)")
+    args = p.parse_args(argv)
+    if args.max_contexts < 0 or args.iw_samples < 1:
+        raise InputError("--max-contexts must not be negative and --iw-samples must be at least 1")
+    args.dedup = False   # the protocol scores all N responses of a context, repeats included
+    return args
+
+
+def dialogues_of(dialogues, n_pairs: int):
+    """The first dialogues that hold n_pairs targets: the likelihood over the same utterances."""
+    used, count = [], 0
+    for d in dialogues:
+        if count >= n_pairs:
+            break
+        used.append(d)
+        count += len(d) - 1
+    return used
+
+
+def write_report(run_dir: str, results: dict, pairs, samples, title: str):
+    split = results["split"]
+    with open(os.path.join(run_dir, f"samples-{split}.jsonl"), "w", encoding="utf-8") as f:
+        for (ctx, ref), s in zip(pairs, samples):
+            f.write(json.dumps({"context": ctx, "reference": ref, "samples": s}, ensure_ascii=False) + "\n")
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(run_dir, "results.md"), "w") as f:
+        f.write(markdown(results, title))
+
+
+@command
+def main(argv=None):
+    args = parse_args(argv)
+    opts = options_from_args(args)
+    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    dialogues = split_dialogues(cfg, args.split)
+    pairs = context_pairs(dialogues, cfg.max_context)
+    pairs = pairs[:args.max_contexts] if args.max_contexts else pairs
+    t0 = time.time()
+    samples = [s for _, s, _ in generate_file(model, cfg, sp, [c for c, _ in pairs], opts)]
+    metrics = {"contexts": len(pairs), **sample_metrics(samples, [r for _, r in pairs])}
+    if args.max_contexts:
+        dialogues = dialogues_of(dialogues, len(pairs))
+    metrics.update(likelihood_metrics(model, cfg, sp, dialogues, args.iw_samples, 0))
+    results = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "metrics": metrics,
+               "settings": {**vars(args), "bleu": "sentence BLEU-n, uniform weights, nltk smoothing method 1; "
+                                    "dialogwae-bleu: trigram weights, method 7 (as DialogWAE's code)",
+                            "tokenize": "vhred.metrics.text.tokenize (lower case, words and punctuation)"},
+               "seconds": time.time() - t0}
+    write_report(os.path.dirname(path), results, pairs, samples,
+                 f"{cfg.arch.model} on the {args.split} split ({os.path.basename(path)})")
+    print(markdown(results, f"{cfg.arch.model} on {args.split}"))
+
+
+if __name__ == "__main__":
+    main()
