@@ -143,3 +143,30 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     means[:, 0] = torch.linspace(-1, 1, 100)   # variance ~0.34
     means[:, 1] = 0.001 * torch.linspace(-1, 1, 100)
     assert active_units(means) == 1
+
+
+def test_active_units_from_running_moments_equal_the_whole_matrix():
+    from vhred.metrics.likelihood import _add_moments, active_units_from
+    x = torch.randn(100, 6) * torch.tensor([0.0, 0.05, 0.09, 0.11, 1.0, 2.0])
+    moments = None
+    for part in x.split(17):   # batches of a validation pass
+        moments = _add_moments(moments, part.double())
+    assert active_units_from(moments) == active_units(x) == 3
+
+
+def test_packing_on_the_host_equals_torchs_own():
+    """Packing sorts on the host; the packed data, the final states and the rows it names
+    match pack_padded_sequence and pad_packed_sequence."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from vhred.model import Packing
+    torch.manual_seed(0)
+    lens = torch.tensor([3, 5, 1, 5, 2])
+    x = torch.randn(5, 5, 4)
+    gru = torch.nn.GRU(4, 3, batch_first=True)
+    ours, h_ours = gru(Packing(lens, "cpu")(x))
+    theirs, h_theirs = gru(pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False))
+    assert torch.equal(ours.data, theirs.data) and torch.equal(h_ours, h_theirs)
+    padded, _ = pad_packed_sequence(theirs, batch_first=True)
+    seq, t = torch.tensor([1, 0, 4, 3]), torch.tensor([4, 2, 1, 0])
+    assert torch.equal(ours.data[Packing(lens, "cpu").rows(seq, t)], padded[seq, t])

@@ -45,6 +45,7 @@ class Config:
     max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
     max_context: int = 10         # context turns a target sees; longer dialogues are windowed
     max_dialogues: int = 0        # >0: keep only the first N dialogues of each split (quick runs)
+    tokenizer_sentences: int = 100_000  # SentencePiece trains on a seeded sample of this many training utterances
     # --- model ---
     arch: ModelConfig = field(default_factory=ModelConfig)
     # --- objective ---
@@ -61,6 +62,7 @@ class Config:
     grad_clip: float = 1.0        # max gradient norm
     epochs: int = 10              # passes over the training split
     max_steps: int = 0            # >0: stop after this many optimiser steps
+    patience: int = 0             # >0: stop after this many epochs without a better validation ELBO
     eval_every: int = 0           # >0: also validate every N steps (always after each epoch)
     eval_batches: int = 0         # >0: validate on at most N batches
     save_every: int = 200         # write last.pt every N steps (and at every epoch end)
@@ -169,10 +171,10 @@ def load(path: str | None, overrides: list[str]) -> Config:
     return cfg
 
 
-POSITIVE = ("vocab_size", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
+POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
             "log_every", "emb_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
-                "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "eval_every",
+                "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
                 "eval_batches", "seed", "dropout", "word_dropout", "bow_weight")
 CHOICES = {"model": ("vhred", "hred"), "kl_schedule": ("linear", "cyclical", "constant"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}

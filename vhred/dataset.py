@@ -17,7 +17,7 @@ import torch
 
 from . import sources
 from .config import Config
-from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, TOKENIZER_SENTENCES, load_tokenizer, train_tokenizer
+from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, load_tokenizer, train_tokenizer
 
 PREP_VERSION = 2   # bump when the processed format changes, so old caches are rebuilt
 # 2: one Arrow file per split written while streaming (<split>/data.arrow, int32), tokenizer on a sample
@@ -124,7 +124,7 @@ class WindowWriter:
 def prepare(cfg: Config, log=print) -> str:
     """Build (or reuse) the processed data for cfg; return its folder."""
     name, src, identity = _source(cfg)
-    sentences = getattr(cfg, "tokenizer_sentences", TOKENIZER_SENTENCES)
+    sentences = cfg.tokenizer_sentences
     key_src = json.dumps([PREP_VERSION, identity, cfg.vocab_size, cfg.max_utt_len, cfg.max_context,
                           cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0, sentences])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:10]
@@ -185,10 +185,11 @@ class Batch:
     turns: torch.Tensor
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        """To the device; to a GPU through pinned memory, so a non-blocking copy overlaps compute."""
+        """The tokens to the device (to a GPU through pinned memory, so a non-blocking copy
+        overlaps compute); lens and turns stay on the host, where packing and indexing read them."""
         pin = non_blocking and torch.device(device).type == "cuda"
-        return Batch(*((t.pin_memory() if pin else t).to(device, non_blocking=non_blocking)
-                       for t in (self.tokens, self.lens, self.turns)))
+        tokens = (self.tokens.pin_memory() if pin else self.tokens).to(device, non_blocking=non_blocking)
+        return Batch(tokens, self.lens, self.turns)
 
     @property
     def target_tokens(self) -> int:

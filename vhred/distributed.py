@@ -25,11 +25,14 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def sum_all(values: torch.Tensor) -> list[float]:
-    """Sum a small tensor of numbers over all ranks (one all-reduce); as floats, in any case."""
-    t = values.double()
-    if dist.is_initialized():
-        dist.all_reduce(t)
+def sum_all(values: torch.Tensor, host: list) -> list[float]:
+    """Sum a small device tensor and a few host numbers over all ranks: the device values then
+    the host ones, as floats. One device-to-host copy (and one all-reduce under torchrun); the
+    host numbers join the device tensor only when there is something to reduce."""
+    if not dist.is_initialized():
+        return values.double().tolist() + [float(x) for x in host]
+    t = torch.cat([values.double(), torch.tensor(host, dtype=torch.float64, device=values.device)])
+    dist.all_reduce(t)
     return t.tolist()
 
 

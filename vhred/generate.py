@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .cli import command
+from .cli import command, program
 from .device import pick_device
 from .errors import CheckpointError, InputError
 from .dataset import collate
@@ -96,9 +96,7 @@ def categorical(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tensor:
     """The context RNN's state after the last turn of each context: (C, Hc)."""
     b = collate(contexts).to(next(model.parameters()).device)
-    enc = model.encode_utterances(b.tokens[:, 1:], b.lens - 1)             # (U, 2*Hu)
-    ctx = model.encode_context(enc, b.turns)                                # (C, N, Hc)
-    return ctx[torch.arange(len(contexts)), b.turns - 1]                    # (C, Hc)
+    return model.final_states(b.tokens, b.lens, b.turns)                   # (C, Hc)
 
 
 def conditions(model: VHRED, ctx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -314,7 +312,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vhred.generate",
+    p = argparse.ArgumentParser(prog=program("python -m vhred.generate"),
                                 description="Decode responses for each context of a JSONL file.")
     add_decode_args(p)
     p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')

@@ -16,7 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .config import ModelConfig
 from .tokenizer import PAD, UNK
@@ -110,20 +110,26 @@ class VHRED(nn.Module):
     def encode_utterances(self, tokens, lens):
         """Bidirectional GRU over each utterance: (U, L) -> (U, 2*Hu), final states of both directions."""
         x = _autocast(self.drop(self.embed(tokens)))                        # (U, L, E)
-        packed = pack_padded_sequence(x, lens.cpu(), batch_first=True, enforce_sorted=False)
-        _, h = self.utt_rnn(packed)                                         # (2, U, Hu)
+        _, h = self.utt_rnn(Packing(lens, x.device)(x))                     # (2, U, Hu)
         return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
 
-    def encode_context(self, enc, turns):
-        """Context GRU over each dialogue's utterance vectors: (U, 2*Hu) -> (B, N, Hc)."""
+    def encode_context(self, enc, turns, at_dlg, at_pos):
+        """Context GRU over each dialogue's utterance vectors (U, 2*Hu); returns its states h at
+        the (dialogue, position) pairs asked for: (T, Hc). turns, at_dlg, at_pos on the host."""
+        dev = enc.device
         B, N = len(turns), int(turns.max())
         dlg, pos = _positions(turns)
         h = enc.new_zeros(B, N, enc.shape[-1])
-        h[dlg, pos] = enc                                                   # (B, N, 2*Hu)
-        packed = pack_padded_sequence(h, turns.cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.ctx_rnn(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=N)
-        return out                                                          # (B, N, Hc)
+        h[_to(dlg, dev), _to(pos, dev)] = enc                               # (B, N, 2*Hu)
+        packing = Packing(turns, dev)
+        out, _ = self.ctx_rnn(packing(h))                                   # data: (U, Hc)
+        return out.data[_to(packing.rows(at_dlg, at_pos), dev)]             # (T, Hc)
+
+    def final_states(self, tokens, lens, turns):
+        """The context state after the last turn of each dialogue: (B, Hc)."""
+        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu)
+        turns = turns.cpu()
+        return self.encode_context(enc, turns, torch.arange(len(turns)), turns - 1)
 
     def prior(self, ctx):
         """p(z_n | w_<n): mean, logvar (T, Z) from the context state h_{n-1}."""
@@ -151,13 +157,17 @@ class VHRED(nn.Module):
 
     def targets(self, tokens, lens, turns):
         """Encode the dialogues; for the T utterances with a turn before them return their
-        encodings (T, 2*Hu), contexts h_{n-1} (T, Hc), tokens (T, L) and lengths |w| + 1 (T,)."""
+        encodings (T, 2*Hu), contexts h_{n-1} (T, Hc), tokens (T, L) and lengths |w| + 1 (T,).
+
+        lens and turns are read on the host (a Batch keeps them there): the indices below and
+        the packing need them, and reading them back from a GPU would stall every step."""
+        lens, turns = lens.cpu(), turns.cpu()
         enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu) reads w <eos>
-        ctx_all = self.encode_context(enc, turns)                           # (B, N, Hc)
         dlg, pos = _positions(turns)
-        is_target = pos > 0
-        ctx = ctx_all[dlg[is_target], pos[is_target] - 1]                   # (T, Hc) h_{n-1}
-        return enc[is_target], ctx, tokens[is_target], lens[is_target] - 1
+        tgt = (pos > 0).nonzero().squeeze(1)                                # (T,) on the host
+        ctx = self.encode_context(enc, turns, dlg[tgt], pos[tgt] - 1)       # (T, Hc) h_{n-1}
+        tgt_dev = _to(tgt, tokens.device)
+        return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
 
     def forward(self, tokens, lens, turns):
         """Terms of the negative ELBO for a batch of dialogues (see dataset.Batch).
@@ -217,13 +227,11 @@ class VHRED(nn.Module):
             drop[:, 0] = False                                              # keep <bos>
             inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
         x = self._decoder_input(inputs, cond)                               # (T, L-1, E + C)
-        lens_cpu = lens.cpu()
-        packed = pack_padded_sequence(x, lens_cpu, batch_first=True, enforce_sorted=False)
-        out, _ = self.dec_rnn(packed, self.decoder_state(cond))             # data: (sum lens, Hd)
+        packing = Packing(lens, x.device)
+        out, _ = self.dec_rnn(packing(x), self.decoder_state(cond))         # data: (sum lens, Hd)
         logits = self.lm_head(self.out_proj(self.drop(out.data)))           # (sum lens, V)
-        pack = lambda t: pack_padded_sequence(t, lens_cpu, batch_first=True, enforce_sorted=False).data
-        targets = pack(tokens[:, 1:])                                       # (sum lens,)
-        owner = pack(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs))
+        targets = packing(tokens[:, 1:]).data                               # (sum lens,)
+        owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
         return torch.zeros(len(lens), device=tokens.device).index_add_(0, owner, token_nll)
 
@@ -261,6 +269,36 @@ def _autocast(x):
     CPU autocast runs a GRU in bf16 only when its input is (see README: not faster on CPUs here)."""
     kind = x.device.type
     return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
+
+
+class Packing:
+    """pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False) for the tensors of
+    one batch, sorted once on the host. torch's own version copies the sort order to the GPU with
+    a blocking copy and pad_packed_sequence reads it back: two stalls per call, here none."""
+
+    def __init__(self, lens: torch.Tensor, device):
+        self.lens, self.order = torch.sort(lens.cpu(), descending=True)     # as torch sorts them
+        order = _to(self.order, device)
+        unorder = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+        self.order_dev, self.unorder_dev = order, unorder
+
+    def __call__(self, x: torch.Tensor) -> PackedSequence:
+        p = pack_padded_sequence(x.index_select(0, self.order_dev), self.lens, batch_first=True)
+        return PackedSequence(p.data, p.batch_sizes, self.order_dev, self.unorder_dev)
+
+    def rows(self, seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rows of the packed data holding sequence seq at time t (host tensors): the data holds
+        time step after time step, each with the sequences still running, longest first."""
+        steps = int(self.lens[0])
+        batch_sizes = (self.lens.unsqueeze(0) > torch.arange(steps).unsqueeze(1)).sum(1)  # (steps,)
+        offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+        rank = torch.empty_like(self.order).scatter_(0, self.order, torch.arange(len(self.order)))
+        return offsets[t] + rank[seq]
+
+
+def _to(t: torch.Tensor, device) -> torch.Tensor:
+    """A host index tensor to the device without waiting for the device."""
+    return t.to(device, non_blocking=True)
 
 
 def _positions(turns):

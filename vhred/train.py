@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import checkpoint, config, distributed
-from .cli import command
+from .cli import command, program
 from .dataset import DialogueData, prepare
 from .device import pick_device, use_bf16
 from .errors import CheckpointError, TrainingError
@@ -36,6 +36,7 @@ class Progress:
     epoch: int = 0              # epochs completed
     batch_pos: int = 0          # batches of the current epoch done
     best: float = math.inf      # lowest validation negative ELBO per token so far
+    best_epoch: int = 0         # epochs completed when `best` was reached (early stopping)
     last_val_step: int = -1     # step of the latest validation
     bad_steps: int = 0          # non-finite steps in a row
     skipped_total: int = 0      # non-finite steps in all
@@ -248,47 +249,57 @@ class Run:
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
                  f"active units {m['active_units']}")
         if m["elbo_per_token"] < p.best:
-            p.best = m["elbo_per_token"]
+            p.best, p.best_epoch = m["elbo_per_token"], p.epoch
             self.save("best.pt", resumable=False)
         return m
 
-    def train_step(self, indices, stop_requested: bool = False) -> dict:
-        """One optimiser step on a batch of window indices (this rank's share of them).
+    def train_step(self, indices, stop_requested: bool = False, batch=None) -> dict:
+        """One optimiser step on a batch of window indices (this rank's share of them; `batch`
+        when it was built ahead, see batch_stream).
 
-        The loss is normalised by the whole batch's token count, so the gradients that data
-        parallel ranks average equal one process's gradient on the whole batch."""
+        The loss is normalised by the whole batch's token count, known on the host, so the
+        gradients that data-parallel ranks average equal one process's gradient on the whole
+        batch. The step reads one small tensor back from the device, after backward: a NaN/inf
+        loss or gradient shows there, and the update is skipped (the weights stay good)."""
         cfg, step = self.cfg, self.progress.step
         lr, beta = learning_rate(step, cfg), kl_weight(step, cfg)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        b = self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
+        b = batch or self.make_batch(indices)
+        tokens = max(int(self.train_data.n_tokens[indices].sum()), 1)   # all ranks' targets
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(b.tokens, b.lens, b.turns)
             loss_sum = objective(out, beta, cfg.free_bits, cfg.arch.bow_weight, n_tokens=1)
-        kl = out["kl"].sum() if "kl" in out else loss_sum.new_zeros(())
-        stats = torch.stack([loss_sum.new_tensor(float(out["n_tokens"])), loss_sum.detach(),
-                             out["nll"].sum().detach(), kl.detach(), loss_sum.new_tensor(float(len(out["nll"]))),
-                             loss_sum.new_tensor(float(stop_requested))])
-        # one device-to-host copy per step (and one all-reduce under torchrun)
-        tokens, total, nll, kl, targets, stops = distributed.sum_all(stats)
         self.opt.zero_grad(set_to_none=True)
-        finite = math.isfinite(total)   # the same on every rank: total is summed over them
+        (loss_sum * (self.world / tokens)).backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        kl = out["kl"].sum().detach() if "kl" in out else torch.zeros_like(norm)
+        stats = torch.stack([loss_sum.detach(), out["nll"].sum().detach(), kl, norm / self.world])
+        # the step's one device-to-host copy (and one all-reduce under torchrun)
+        total, nll, kl, norm, targets, stops = distributed.sum_all(stats, [len(out["nll"]), stop_requested])
+        finite = math.isfinite(total) and math.isfinite(norm)   # the same on every rank
         if finite:
-            (loss_sum * (self.world / max(tokens, 1))).backward()
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            finite = bool(torch.isfinite(norm))
-        if finite:   # a NaN/inf loss or gradient skips the update: the weights stay good
             self.opt.step()
         self.progress.step += 1
-        tokens = max(tokens, 1)
         return {"loss": total / tokens, "nll_per_token": nll / tokens,
-                "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": int(tokens),
+                "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": tokens,
                 "skipped": not finite, "stop": stops > 0}
+
+    def make_batch(self, indices):
+        """This rank's share of a batch, on the device (pinned first on a GPU: a non-blocking copy)."""
+        return self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
+
+    @property
+    def patience_out(self) -> bool:
+        """Early stopping: `patience` whole epochs since the best validation ELBO."""
+        p = self.progress
+        return self.cfg.patience > 0 and p.epoch - p.best_epoch >= self.cfg.patience
 
     @property
     def done(self) -> bool:
         p, cfg = self.progress, self.cfg
-        return self.stopped or p.epoch >= cfg.epochs or bool(cfg.max_steps) and p.step >= cfg.max_steps
+        return (self.stopped or p.epoch >= cfg.epochs or self.patience_out
+                or bool(cfg.max_steps) and p.step >= cfg.max_steps)
 
     def train_epoch(self, stop: Stop):
         """Train through the rest of the current epoch (or to max_steps, or a stop); validate at its end."""
@@ -296,25 +307,37 @@ class Run:
         batches = self.train_data.batches(cfg.batch_size, cfg.seed, p.epoch)
         bar = _progress_bar(len(batches), p, cfg.epochs, disable=not self.is_rank0)
         t0, seen = time.perf_counter(), 0
-        while p.batch_pos < len(batches) and not self.done:
-            if len(batches[p.batch_pos]) < self.world:   # a last batch too small to share
+        ahead = prefetch(self.make_batch, [b for b in batches[p.batch_pos:] if len(b) >= self.world])
+        try:
+            for indices, batch in ahead:
+                self._skip_unshareable(batches)
+                if self.done:
+                    break
+                # a signal seen by any rank stops them all after the same step
+                m = self.train_step(indices, stop.requested, batch)
+                self.stopped = m.pop("stop")
                 p.batch_pos += 1
-                continue
-            # a signal seen by any rank stops them all after the same step
-            m = self.train_step(batches[p.batch_pos], stop.requested)
-            self.stopped = m.pop("stop")
-            p.batch_pos += 1
-            self.count_step(m["skipped"])
-            seen += m["tokens"]
-            m["tokens_per_s"] = seen / (time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}", kl=f"{m['kl_per_utt']:.2f}",
-                            beta=f"{m['beta']:.2f}", tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
-            self._every_n_steps(m)
-        bar.close()
+                self.count_step(m["skipped"])
+                seen += m["tokens"]
+                m["tokens_per_s"] = seen / (time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.3f}", nll=f"{m['nll_per_token']:.3f}",
+                                kl=f"{m['kl_per_utt']:.2f}", beta=f"{m['beta']:.2f}",
+                                tok_s=f"{m['tokens_per_s']:.0f}", refresh=False)
+                self._every_n_steps(m)
+        finally:
+            ahead.close()
+            bar.close()
+        self._skip_unshareable(batches)
         if p.batch_pos >= len(batches):   # the epoch is whole: validate, move on
             p.epoch, p.batch_pos = p.epoch + 1, 0
             self.validate()
+
+    def _skip_unshareable(self, batches):
+        """Step over batches too small to give every rank a share (only under torchrun)."""
+        p = self.progress
+        while p.batch_pos < len(batches) and len(batches[p.batch_pos]) < self.world:
+            p.batch_pos += 1
 
     def _every_n_steps(self, m: dict):
         cfg, p = self.cfg, self.progress
@@ -338,6 +361,40 @@ class Run:
         distributed.cleanup()
         if self.lock:
             self.lock.close()
+
+
+def prefetch(make, items: list, depth: int = 2):
+    """Yield (item, make(item)) for each item, make running up to `depth` items ahead in a
+    background thread: the next batch is read, collated and copied to the device while the
+    current step runs. Closing the generator stops the thread."""
+    import queue
+    import threading
+    q, halt, end = queue.Queue(depth), threading.Event(), object()
+
+    def work():
+        try:
+            for item in items:
+                if halt.is_set():
+                    return
+                q.put((item, make(item)))
+        except BaseException as e:   # raised again in the consumer, where it can be reported
+            q.put(e)
+        q.put(end)
+
+    worker = threading.Thread(target=work, daemon=True)
+    worker.start()
+    try:
+        while (got := q.get()) is not end:
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        halt.set()
+        while worker.is_alive():   # let a worker blocked on a full queue see the halt
+            try:
+                q.get(timeout=0.01)
+            except queue.Empty:
+                pass
 
 
 def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):
@@ -374,12 +431,14 @@ def _finish(run: Run):
     if run.stopped:
         run.log(f"stopped at step {p.step}; saved {run.dir}/last.pt. Run the same command to resume.")
     else:
-        run.log(f"done at step {p.step}: best validation ELBO/token {p.best:.3f}; {run.dir}/best.pt")
+        early = f"early stop after {run.cfg.patience} epochs without improvement; " if run.patience_out else ""
+        run.log(f"done at step {p.step}: {early}best validation ELBO/token {p.best:.3f} "
+                f"(epoch {p.best_epoch}); {run.dir}/best.pt")
 
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vhred.train", description="Train VHRED / HRED on dialogues.")
+    p = argparse.ArgumentParser(prog=program("python -m vhred.train"), description="Train VHRED / HRED on dialogues.")
     p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
     args = p.parse_args(argv)

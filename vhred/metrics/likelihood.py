@@ -17,8 +17,13 @@ def active_units(post_means: torch.Tensor, threshold: float = 0.01) -> int:
 
 
 def _batches(data, batch_size: int, max_batches: int):
+    """All batches in a fixed order, or max_batches of them spread evenly over the split (the
+    batches are grouped by length, so the first ones alone would be the shortest windows)."""
     batches = data.batches(batch_size, shuffle=False)
-    return batches[:max_batches] if max_batches else batches
+    if max_batches and max_batches < len(batches):
+        step = len(batches) / max_batches
+        batches = [batches[int(i * step)] for i in range(max_batches)]
+    return batches
 
 
 @torch.inference_mode()
@@ -26,31 +31,48 @@ def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int =
     """The negative ELBO per token, its NLL and KL parts, and active units, on `data`.
 
     z is drawn from the posterior with its own seeded generator state, so a training run's RNG
-    stream is untouched and repeated validations of one model agree.
+    stream is untouched and repeated validations of one model agree. Sums stay on the device
+    (one read at the end) and active units come from running moments, so memory does not grow
+    with the split.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    nll = kl = 0.0
+    sums = torch.zeros(2, dtype=torch.float64, device=device)              # NLL, KL
+    moments = None                                                          # n, sum, sum of squares
     tokens = targets = 0
-    means = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for idx in _batches(data, batch_size, max_batches):
             b = data.batch(idx).to(device)
             out = model(b.tokens, b.lens, b.turns)
-            nll += out["nll"].sum().item()
+            sums[0] += out["nll"].sum().double()
             tokens += out["n_tokens"]
             targets += len(out["nll"])
             if "kl" in out:
-                kl += out["kl"].sum().item()
-                means.append(out["post_mean"].float().cpu())
+                sums[1] += out["kl"].sum().double()
+                moments = _add_moments(moments, out["post_mean"].double())
     model.train(was_training)
+    nll, kl = sums.tolist()
     elbo = (nll + kl) / max(tokens, 1)
     return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
             "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
-            "active_units": active_units(torch.cat(means)) if means else 0,
-            "tokens": tokens, "utterances": targets}
+            "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets}
+
+
+def _add_moments(moments, x: torch.Tensor):
+    """Running count, sum and sum of squares of the rows of x (T, Z)."""
+    batch = (x.shape[0], x.sum(0), (x * x).sum(0))
+    return batch if moments is None else tuple(a + b for a, b in zip(moments, batch))
+
+
+def active_units_from(moments, threshold: float = 0.01) -> int:
+    """active_units from running moments: the unbiased variance of each dimension's mean."""
+    if moments is None or moments[0] < 2:
+        return 0
+    n, s, sq = moments
+    var = (sq - s * s / n) / (n - 1)
+    return int((var > threshold).sum())
 
 
 @torch.inference_mode()
