@@ -52,3 +52,13 @@ def test_model_keys_plain_or_in_their_section(tmp_path):
         load(None, ["arch.lr=3"])
     with pytest.raises(ConfigError, match="arch: expected a mapping"):
         from_dict({"arch": 3})
+
+
+def test_every_shipped_config_loads():
+    import glob
+    import os
+
+    from tests.conftest import ROOT
+    for path in glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+        cfg = load(path, [])
+        assert cfg.arch.model in ("vhred", "hred") and cfg.name
