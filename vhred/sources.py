@@ -33,24 +33,39 @@ def normalise(text: str) -> str:
 
 # --- DailyDialog -------------------------------------------------------------------------------
 
-def find_dailydialog(data_dir: str, url: str = DAILYDIALOG_URL) -> str:
-    """The DailyDialog source to read: $DAILYDIALOG_SRC, else data/raw/dailydialog/, else download."""
+def find_dailydialog(data_dir: str, url: str = DAILYDIALOG_URL, remembered: str = "") -> str:
+    """The DailyDialog source to read, as an absolute path: $DAILYDIALOG_SRC, else `remembered`
+    (where a checkpoint's training read it) while it exists, else data/raw/dailydialog/, else
+    a download."""
     src = os.environ.get("DAILYDIALOG_SRC")
     if src:
         if not os.path.exists(src):
             raise DataError(f"DAILYDIALOG_SRC={src} does not exist: point it at {DAILYDIALOG_ARCHIVE} "
                             "or a folder holding it or its split files")
-        return src
+        return os.path.abspath(src)
+    if remembered and os.path.exists(remembered):
+        return remembered
     local = os.path.join(data_dir, "raw", "dailydialog")
     if os.path.isdir(local) and os.listdir(local):
-        return local
-    return download(url, os.path.join(local, DAILYDIALOG_ARCHIVE))
+        return os.path.abspath(local)
+    return os.path.abspath(download(url, os.path.join(local, DAILYDIALOG_ARCHIVE)))
+
+
+def _makedirs(path: str) -> list[str]:
+    """Create path and its missing parents; return the folders created, deepest first."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    return made
 
 
 def download(url: str, dest: str) -> str:
-    """Fetch url to dest with a progress bar; the file appears only once complete."""
+    """Fetch url to dest with a progress bar; the file appears only once complete, and a failed
+    download leaves no folder behind that it created."""
     from tqdm import tqdm
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    made = _makedirs(os.path.dirname(dest))
     tmp = dest + ".part"
     try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
@@ -62,6 +77,11 @@ def download(url: str, dest: str) -> str:
     except OSError as e:   # URLError, timeouts and disk errors are all OSErrors
         if os.path.exists(tmp):
             os.remove(tmp)
+        for folder in made:   # deepest first; one that is no longer empty stays
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
         raise DataError(f"could not download {url} ({getattr(e, 'reason', e)}); without internet, put "
                         f"{DAILYDIALOG_ARCHIVE} in {os.path.dirname(dest)}/ or set DAILYDIALOG_SRC=<path>") from None
     os.replace(tmp, dest)
@@ -91,19 +111,20 @@ def _label(src) -> str:
     return src if isinstance(src, str) else "an archive inside the DailyDialog zip"
 
 
-def _split_bytes(src, depth: int = 0) -> dict:
-    """Find dialogues_<split>.txt for each split, looking inside nested zips as the official archive has them."""
+def _split_bytes(src, depth: int = 0, kind: str = "") -> dict:
+    """Find dialogues<kind>_<split>.txt for each split (kind "" for the text, "_act" for the
+    dialogue acts), looking inside nested zips as the official archive has them."""
     found, nested = {}, []
     for name, read in _members(src):
         base = os.path.basename(name)
         for split in SPLITS:
-            if base == f"dialogues_{split}.txt":
+            if base == f"dialogues{kind}_{split}.txt":
                 found[split] = read()
             elif base in (f"{split}.zip", DAILYDIALOG_ARCHIVE):
                 nested.append(read)
     if len(found) < len(SPLITS) and depth < 2:
         for read in nested:
-            for split, data in _split_bytes(io.BytesIO(read()), depth + 1).items():
+            for split, data in _split_bytes(io.BytesIO(read()), depth + 1, kind).items():
                 found.setdefault(split, data)
     return found
 
@@ -141,6 +162,15 @@ def read_dailydialog(src: str) -> dict:
             raise DataError(f"{src}: dialogues_{s}.txt differs from the official DailyDialog release "
                             "(checksum); fetch the official archive, or bring changed data as JSONL")
     return splits
+
+
+def read_dailydialog_acts(src: str, split: str) -> list[list[int]]:
+    """DailyDialog's dialogue act of every utterance of a split (1 inform, 2 question,
+    3 directive, 4 commissive), one list per dialogue, aligned with read_dailydialog's."""
+    raw = _split_bytes(src, kind="_act").get(split)
+    if raw is None:
+        raise DataError(f"{src} has no dialogues_act_{split}.txt (the official archive has one per split)")
+    return [[int(a) for a in line.split()] for line in raw.decode("ascii", "replace").splitlines() if line.strip()]
 
 
 # --- a user's JSONL ----------------------------------------------------------------------------

@@ -1,0 +1,91 @@
+"""The latent variable made visible: decoding from a given z, interpolation, the latent plot."""
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from vhred import checkpoint, latent
+from vhred.errors import InputError
+from vhred.generate import encode_turns
+
+
+@pytest.fixture(scope="module")
+def vhred_model(trained):
+    return checkpoint.load_model(trained["vhred"])
+
+
+def test_decoding_a_given_z_is_deterministic_and_z_matters(vhred_model):
+    model, cfg, sp = vhred_model
+    context = encode_turns(sp, ["Where is the bank ?"], cfg.max_utt_len, cfg.max_context)
+    mean, logvar = (t[0] for t in latent.prior(model, [context]))
+    z = mean + torch.exp(0.5 * logvar) * torch.randn(12, len(mean), generator=torch.Generator().manual_seed(0))
+    first = latent.decode(model, context, z)
+    assert first == latent.decode(model, context, z)                  # same z, same response
+    assert [r for r, _ in latent.decode(model, context, z[3:4])] == [first[3][0]]   # alone or in a batch
+    far = torch.stack([mean + 6 * torch.exp(0.5 * logvar) * s for s in (1, -1)])
+    assert len({tuple(r) for r, _ in latent.decode(model, context, torch.cat([z, far]))}) > 1
+
+
+def test_interpolation_endpoints_and_spherical_norms():
+    z0, z1 = torch.tensor([3.0, 0.0, 0.0]), torch.tensor([0.0, 1.0, 0.0])
+    for spherical in (False, True):
+        path = latent.interpolate(z0, z1, 5, spherical=spherical)
+        assert path.shape == (5, 3) and torch.allclose(path[0], z0) and torch.allclose(path[-1], z1, atol=1e-6)
+    line = latent.interpolate(z0, z1, 5)
+    assert torch.allclose(line[2], (z0 + z1) / 2)
+    arc = latent.interpolate(z0, z1, 5, spherical=True)
+    assert torch.allclose(arc.norm(dim=1), torch.linspace(3, 1, 5), atol=1e-5)   # norms move linearly
+    assert arc.norm(dim=1)[2] > line.norm(dim=1)[2]                               # the line cuts inside
+
+
+def test_interpolated_ends_decode_to_the_ends_own_responses(vhred_model):
+    model, cfg, sp = vhred_model
+    context = encode_turns(sp, ["Can I help you ?", "Yes , a ticket please ."], cfg.max_utt_len, cfg.max_context)
+    mean, logvar = (t[0] for t in latent.prior(model, [context]))
+    z0, z1 = latent.endpoints(mean, logvar, seed=3)
+    ends = latent.decode(model, context, torch.stack([z0, z1]))
+    path = latent.decode(model, context, latent.interpolate(z0, z1, 6, spherical=True))
+    assert [path[0][0], path[-1][0]] == [r for r, _ in ends]
+    lo, hi = latent.endpoints(mean, logvar, seed=3, around_mean=2.0)
+    assert torch.allclose((lo + hi) / 2, mean, atol=1e-6)
+
+
+def test_posterior_means_in_dialogue_order_and_their_projection(vhred_model):
+    model, cfg, sp = vhred_model
+    dialogues = [["Hi !", "Hello .", "How are you ?"], ["One .", "Two ?"],
+                 [f"turn {i} ." for i in range(9)]]   # longer than max_context + 1: two windows
+    means, kls, where = latent.posterior_stats(model, sp, cfg, dialogues, batch=2)
+    assert where.tolist() == [[0, 1], [0, 2], [1, 1]] + [[2, n] for n in range(1, 9)]
+    assert means.shape == kls.shape == (11, cfg.arch.z_dim) and (kls >= -1e-6).all()
+    values, _ = latent.colour_by("question", dialogues, where)
+    assert values[:3] == ["no question", "question", "question"]
+    with pytest.raises(InputError, match="act labels"):
+        latent.colour_by("act", dialogues, where)
+    x = torch.randn(200, 2) @ torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]]) + torch.tensor([5.0, 5.0, 5.0])
+    xy, share = latent.pca_2d(x)
+    assert xy.shape == (200, 2) and share[0] > 0.8 and abs(float(xy.mean())) < 1e-4
+
+
+def test_hred_has_no_latent_to_show(trained):
+    model, cfg, sp = checkpoint.load_model(trained["hred"])
+    with pytest.raises(InputError, match="no latent variable"):
+        latent.prior(model, [[[5, 6]]])
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_the_latent_commands(trained, dailydialog_zip, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    r = subprocess.run([sys.executable, "-m", "vhred.latent", "interpolate", "--checkpoint", trained["vhred"],
+                        "--context", "Where is the bank ?", "--steps", "3", "--device", "cpu"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("0.50") == 2 and "linear:" in r.stdout and "spherical:" in r.stdout
+    out = tmp_path / "latent.png"
+    r = subprocess.run([sys.executable, "-m", "vhred.latent", "plot", "--checkpoint", trained["vhred"],
+                        "--dialogues", "40", "--out", str(out), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = subprocess.run([sys.executable, "-m", "vhred.latent", "plot", "--checkpoint", trained["hred"],
+                        "--out", str(out), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "no latent variable" in r.stderr and r.stderr.count("\n") == 1

@@ -1,0 +1,235 @@
+"""What the latent variable does: decode from a given z, walk between two z's, and look at where
+real responses put their posterior means.
+
+    python -m vhred.latent interpolate --checkpoint runs/x --context "Where is the bank ?" --steps 7
+    python -m vhred.latent plot --checkpoint runs/x [--color act|length|question] [--out latent.png]
+
+`interpolate` takes two candidates of the prior for one context (or the prior mean +- k sigma
+along a random direction, --around-mean K) and decodes evenly spaced points between them with
+greedy words, linearly or spherically (slerp, which keeps points at the norm a Gaussian sample
+has). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
+property of the response, beside the KL of each latent dimension (the active ones stand out).
+"""
+import argparse
+
+import torch
+
+from . import checkpoint
+from .cli import command
+from .dataset import collate, windows
+from .device import pick_device
+from .errors import InputError
+from .generate import DecodeOptions, context_states, encode_turns, sample_tokens
+from .model import gaussian_kl
+
+ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
+
+
+# --- decoding from a chosen z ----------------------------------------------------------------
+
+@torch.inference_mode()
+def prior(model, contexts: list[list[list[int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """p(z | context) for each context: mean, logvar (C, Z)."""
+    _require_latent(model)
+    return model.prior(context_states(model, contexts))
+
+
+@torch.inference_mode()
+def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30) -> list[tuple[list[int], float]]:
+    """Greedy words for each row of z (K, Z) under one context: K (ids, log-likelihood per token).
+    The same z and context always give the same response."""
+    _require_latent(model)
+    ctx = context_states(model, [context])                                  # (1, Hc)
+    z = z.to(ctx.device, ctx.dtype)
+    cond = torch.cat([ctx.expand(len(z), -1), z], dim=-1)                   # (K, Hc + Z)
+    opts = DecodeOptions(num_samples=len(z), max_len=max_len, method="greedy")
+    ids, logp = sample_tokens(model, cond, opts, None)
+    return [(x, lp / (len(x) + 1)) for x, lp in zip(ids, logp.tolist())]
+
+
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
+    """`steps` evenly spaced points from z0 to z1 (both included): (steps, Z).
+
+    Spherical interpolation (slerp) moves along the great circle and scales the norm linearly,
+    so the points stay as far from the mean as samples of a Gaussian are, where a straight line
+    between two samples passes through the unlikely middle of low norm."""
+    t = torch.linspace(0, 1, steps, dtype=z0.dtype).unsqueeze(1)           # (steps, 1)
+    if not spherical:
+        return (1 - t) * z0 + t * z1
+    n0, n1 = z0.norm(), z1.norm()
+    cos = torch.clamp(torch.dot(z0 / n0, z1 / n1), -1.0, 1.0)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-6:   # (nearly) the same direction: the line is the arc
+        return (1 - t) * z0 + t * z1
+    direction = (torch.sin((1 - t) * omega) * z0 / n0 + torch.sin(t * omega) * z1 / n1) / torch.sin(omega)
+    return direction * ((1 - t) * n0 + t * n1)
+
+
+def endpoints(mean: torch.Tensor, logvar: torch.Tensor, seed: int, around_mean: float = 0.0):
+    """Two z's of one context's prior (Z,): two samples, or mean -+ k sigma along a random unit
+    direction when around_mean = k > 0."""
+    gen = torch.Generator().manual_seed(seed)
+    sigma = torch.exp(0.5 * logvar)
+    if around_mean > 0:
+        u = torch.randn(mean.shape, generator=gen)
+        u = u / u.norm()
+        return mean - around_mean * sigma * u, mean + around_mean * sigma * u
+    return tuple(mean + sigma * torch.randn(mean.shape, generator=gen) for _ in range(2))
+
+
+def _require_latent(model):
+    if not model.latent:
+        raise InputError("this checkpoint is an HRED model: it has no latent variable z")
+
+
+# --- the latent space of real responses -------------------------------------------------------
+
+@torch.inference_mode()
+def posterior_stats(model, sp, cfg, dialogues: list[list[str]], batch: int = 64):
+    """Posterior means (T, Z) and KL per dimension (T, Z) of every utterance that has a turn
+    before it, in dialogue order, with its (dialogue, position) (T, 2)."""
+    _require_latent(model)
+    model.eval()
+    device = next(model.parameters()).device
+    wins, where = [], []
+    for d, dialog in enumerate(dialogues):
+        ids = encode_turns(sp, dialog, cfg.max_utt_len, len(dialog))
+        for s, e in windows(len(ids), cfg.max_context + 1):
+            wins.append(ids[s:e])
+            where += [(d, n) for n in range(s + 1, e)]
+    means, kls = [], []
+    for i in range(0, len(wins), batch):
+        b = collate(wins[i:i + batch]).to(device)
+        enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)          # targets in window order
+        mean_p, logvar_p = model.prior(ctx)
+        mean_q, logvar_q = model.posterior(ctx, enc)
+        means.append(mean_q.cpu())
+        kls.append(gaussian_kl(mean_q, logvar_q, mean_p, logvar_p).cpu())
+    return torch.cat(means), torch.cat(kls), torch.tensor(where)
+
+
+def pca_2d(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two principal components of the rows of x: projections (T, 2) and the share of
+    the variance each explains (2,)."""
+    centred = x.double() - x.double().mean(0)
+    _, s, v = torch.linalg.svd(centred, full_matrices=False)
+    share = s ** 2 / (s ** 2).sum()
+    return (centred @ v[:2].T).float(), share[:2].float()
+
+
+def colour_by(kind: str, dialogues, where: torch.Tensor, acts=None) -> tuple[list, str]:
+    """A value per point and a legend title: response length in words, whether it asks a
+    question, or DailyDialog's dialogue act."""
+    texts = [dialogues[d][n] for d, n in where.tolist()]
+    if kind == "length":
+        return [len(t.split()) for t in texts], "response length (words)"
+    if kind == "question":
+        return ["question" if "?" in t else "no question" for t in texts], "has a question mark"
+    if kind == "act":
+        if acts is None:
+            raise InputError("--color act needs DailyDialog's act labels: use it with a DailyDialog checkpoint")
+        return [ACTS.get(acts[d][n], "?") if len(acts[d]) == len(dialogues[d]) else "?"
+                for d, n in where.tolist()], "dialogue act (DailyDialog)"
+    raise InputError(f"--color must be act, length or question, got '{kind}'")
+
+
+def plot(means, kls, values, title: str, legend: str, out: str) -> str:
+    """PCA of the posterior means coloured by `values`, and the mean KL of each dimension."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xy, share = pca_2d(means)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    if isinstance(values[0], str):
+        for label in sorted(set(values)):
+            keep = torch.tensor([v == label for v in values])
+            left.scatter(xy[keep, 0], xy[keep, 1], s=5, alpha=0.5, label=f"{label} ({int(keep.sum())})")
+        left.legend(title=legend, markerscale=3, fontsize=8)
+    else:
+        sc = left.scatter(xy[:, 0], xy[:, 1], c=values, s=5, alpha=0.6, cmap="viridis",
+                          vmax=sorted(values)[int(0.98 * (len(values) - 1))])
+        fig.colorbar(sc, ax=left, label=legend)
+    left.set_title(f"posterior means, PCA (PC1 {share[0]:.0%}, PC2 {share[1]:.0%} of the variance)")
+    per_dim = kls.mean(0)
+    order = torch.argsort(per_dim, descending=True)
+    right.bar(range(len(per_dim)), per_dim[order])
+    right.axhline(0.01, color="grey", lw=0.8, ls="--")
+    right.set_title(f"KL per latent dimension, sorted ({float(per_dim.sum()):.2f} nats per response)")
+    right.set_xlabel("latent dimension (by KL)")
+    right.set_ylabel("mean KL (nats)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+# --- the command ------------------------------------------------------------------------------
+
+def _validation_dialogues(cfg, n: int):
+    """The first n validation dialogues of the checkpoint's data, and their acts (DailyDialog)."""
+    from . import sources
+    from .evaluate import split_dialogues
+    if cfg.data != "dailydialog":
+        return split_dialogues(cfg, "validation")[:n], None
+    src = sources.find_dailydialog(cfg.data_dir)
+    pairs = zip(sources.read_dailydialog(src)["validation"], sources.read_dailydialog_acts(src, "validation"))
+    pairs = [(d, a) for d, a in pairs if len(d) > 1][:n]
+    return [d for d, _ in pairs], [a for _, a in pairs]
+
+
+def run_plot(args):
+    model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
+    dialogues, acts = _validation_dialogues(cfg, args.dialogues)
+    means, kls, where = posterior_stats(model, sp, cfg, dialogues)
+    values, legend = colour_by(args.color, dialogues, where, acts)
+    active = int((means.double().var(0) > 0.01).sum())
+    title = (f"{checkpoint.resolve(args.checkpoint)}: {len(means)} validation responses, "
+             f"{active} of {means.shape[1]} dimensions active")
+    print(plot(means, kls, values, title, legend, args.out))
+
+
+def run_interpolate(args):
+    if args.steps < 2:
+        raise InputError("--steps must be at least 2 (the two ends)")
+    model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
+    context = encode_turns(sp, args.context, cfg.max_utt_len, cfg.max_context)
+    mean, logvar = (t[0].cpu() for t in prior(model, [context]))
+    z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)
+    for kind in (["linear", "spherical"] if args.kind == "both" else [args.kind]):
+        path = interpolate(z0, z1, args.steps, spherical=kind == "spherical")
+        print(f"{kind}:")
+        for i, (ids, _) in enumerate(decode(model, context, path, args.max_len)):
+            print(f"  {i / (args.steps - 1):4.2f}  {sp.decode(ids)}")
+
+
+@command
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m vhred.latent", description="Look at VHRED's latent variable.")
+    sub = p.add_subparsers(dest="what", required=True)
+    for name, helptext in (("interpolate", "decode evenly spaced z's between two z's of one context's prior"),
+                           ("plot", "posterior means of validation responses (PCA) and KL per dimension")):
+        s = sub.add_parser(name, help=helptext, description=helptext)
+        s.add_argument("--checkpoint", required=True, help="a run folder or .pt file")
+        s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    it = sub.choices["interpolate"]
+    it.add_argument("--context", nargs="+", required=True, help="the context's turns, oldest first")
+    it.add_argument("--steps", type=int, default=7, help="points from one end to the other, both included (default %(default)s)")
+    it.add_argument("--kind", choices=["linear", "spherical", "both"], default="both", help="(default %(default)s)")
+    it.add_argument("--around-mean", type=float, default=0.0,
+                    help="K > 0: the ends are the prior mean -+ K sigma along a random direction (default: two samples)")
+    it.add_argument("--max-len", type=int, default=30, help="tokens per response (default %(default)s)")
+    it.add_argument("--seed", type=int, default=0, help="which two ends (default %(default)s)")
+    pl = sub.choices["plot"]
+    pl.add_argument("--color", default="act", help="act, length or question (default %(default)s)")
+    pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
+    pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
+    args = p.parse_args(argv)
+    if args.what == "plot":
+        run_plot(args)
+    else:
+        run_interpolate(args)
+
+
+if __name__ == "__main__":
+    main()
