@@ -1,4 +1,5 @@
 """Benchmarks (never timed tests): python -m vhred.bench [--configs a.yaml b.yaml] [--steps N]
+                                   python -m vhred.bench --serve [--checkpoint runs/x/best.pt]
 
 For each config: training throughput in target tokens/s (non-padding tokens of decoded
 utterances), the padding fraction of the batch tensors (memory only: the GRUs and the softmax
@@ -9,8 +10,17 @@ measured in the same run, in the step's own precision (fp32, or bf16 under preci
 on GPUs, where precision=auto means bf16). On CUDA it also reports the peak GPU memory.
 Each config runs in its own process so its peak memory is its own. Prints a table and writes
 bench.json.
+
+--serve measures `vhred serve` instead: requests/s and p50/p95 latency at 1, 8 and 32 concurrent
+clients, each sending POST /respond (a 3-turn history, n=5, the default decoding) as soon as its
+previous answer came back, against a server in its own process, with batching (--max-batch 32)
+and without (--max-batch 1). Without --checkpoint it serves an untrained model of the first
+config's sizes and tokenizer: latency depends on the sizes, not on the weights (an untrained
+model rarely ends a reply early, so its replies are the longest: the worst case).
 """
 import argparse
+import http.client
+import threading
 import json
 import os
 import platform
@@ -22,8 +32,9 @@ import time
 
 import torch
 
-from .cli import command
+from .cli import command, program
 from .config import load
+from .errors import InputError
 
 
 def chat_latency(cfg, vocab: int, repeats: int = 20) -> float:
@@ -122,19 +133,37 @@ def one(config: str, steps: int, overrides: list[str]) -> dict:
     return result
 
 
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.bench"),
+                                description="Training speed, memory and chat latency per config; "
+                                            "or, with --serve, the throughput and latency of `vhred serve`.")
+    p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
+                   help="configs to measure; --serve takes the first one's sizes (default %(default)s)")
+    p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")
+    p.add_argument("--out", help="where the JSON report goes (default runs/bench/bench.json, "
+                                 "with --serve runs/bench/serve.json)")
+    p.add_argument("--serve", action="store_true", help="benchmark `vhred serve` instead of training (default: off)")
+    p.add_argument("--checkpoint", help="--serve: the model to serve (default: an untrained model of the first config)")
+    p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
+                   help="--serve: numbers of concurrent clients (default %(default)s)")
+    p.add_argument("--seconds", type=float, default=20.0, help="--serve: seconds of load per measurement (default %(default)s)")
+    p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
+    p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1:
+        raise InputError("--steps and --clients must be at least 1, --seconds positive")
+    args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
+    return args
+
+
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vhred.bench", description="Training speed, memory and chat latency per config.")
-    p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
-                   help="configs to measure (default %(default)s)")
-    p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")
-    p.add_argument("--out", default="runs/bench/bench.json", help="where the JSON report goes (default %(default)s)")
-    p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
-    p.add_argument("overrides", nargs="*", help="key=value applied to every config")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one, args.steps, args.overrides)))
         return
+    if args.serve:
+        return serve_main(args)
     rows = []
     for config in args.configs:
         r = subprocess.run([sys.executable, "-m", "vhred.bench", "--one", config, "--steps", str(args.steps),
@@ -156,6 +185,139 @@ def main(argv=None):
         print(f"{r['config']:32} {r['params_M']:6.1f}M {r['precision']:>4} {r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} "
               f"{r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} {r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} "
               f"{r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu_mb}")
+    print(f"machine: {machine}; written to {args.out}")
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+SERVE_HISTORY = ["Hello, could you tell me the way to the station?", "Sure, it is two blocks down this street.",
+                 "Thank you. How long does it take to walk there?"]
+
+
+def untrained_checkpoint(config: str, overrides: list[str]) -> str:
+    """A checkpoint of an untrained model with config's sizes and its data's tokenizer."""
+    from dataclasses import asdict
+    from . import checkpoint
+    from .dataset import prepare
+    from .model import VHRED
+    cfg = load(config, [f"name=serve-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
+    folder = prepare(cfg)   # the tokenizer: a cached one when the data was prepared before
+    with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
+        tokenizer = f.read()
+    with open(os.path.join(folder, "meta.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    torch.manual_seed(cfg.seed)
+    model = VHRED(cfg.arch, vocab)
+    path = os.path.join(cfg.out_dir, cfg.name, "untrained.pt")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    checkpoint.save({"model": model.state_dict(), "config": asdict(cfg), "tokenizer": checkpoint.as_tensor(tokenizer),
+                     "progress": {}}, path)
+    return path
+
+
+class Server:
+    """`vhred serve` in its own process on a free port, for `with`; stopped on leaving."""
+
+    def __init__(self, ckpt: str, max_batch: int):
+        self.args = [sys.executable, "-m", "vhred.serve", "--checkpoint", ckpt, "--port", "0", "--quiet",
+                     "--device", "cpu", "--max-batch", str(max_batch), "--timeout", "120"]
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()   # "serving ... on cpu: http://127.0.0.1:PORT/ ..."
+        if "http://" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"vhred serve did not start: {line.strip() or self.proc.wait()}")
+        self.port = int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def post_json(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    data = json.loads(resp.read())
+    if resp.status != 200:
+        raise RuntimeError(f"{path}: {resp.status} {data}")
+    return data
+
+
+def drive(port: int, clients: int, seconds: float) -> dict:
+    """`clients` threads, each sending a request as soon as its previous one is answered, for
+    `seconds`: requests/s, p50 and p95 latency."""
+    latencies, errors, lock = [], [], threading.Lock()
+    body = {"history": SERVE_HISTORY, "n": 5}
+    stop_at = time.perf_counter() + seconds
+
+    def client():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            try:
+                post_json(conn, "/respond", body)
+            except (OSError, RuntimeError) as e:
+                errors.append(str(e))
+                conn.close()
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / wall,
+            "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[18]}
+
+
+def serve_bench(ckpt: str, clients: list[int], seconds: float) -> list[dict]:
+    rows = []
+    for max_batch in (32, 1):
+        with Server(ckpt, max_batch) as server:
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+            for _ in range(3):   # warm-up: allocators, kernels
+                post_json(conn, "/respond", {"history": SERVE_HISTORY, "n": 5})
+            for c in clients:
+                before = _served(conn)
+                row = {"max_batch": max_batch, **drive(server.port, c, seconds)}
+                after = _served(conn)
+                row["mean_batch"] = (after["requests"] - before["requests"]) / max(after["batches"] - before["batches"], 1)
+                print(_serve_row(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def _served(conn) -> dict:
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())["served"]
+
+
+def _serve_row(r: dict) -> str:
+    return (f"| {'yes' if r['max_batch'] > 1 else 'no':8} | {r['clients']:7} | {r['requests_per_s']:10.2f} | "
+            f"{r['p50_ms']:7.0f} | {r['p95_ms']:7.0f} | {r['mean_batch']:10.1f} | {r['errors']:6} |")
+
+
+def serve_main(args):
+    ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides)
+    print(f"serving {ckpt}; {args.seconds:g} s per measurement, {torch.get_num_threads()} threads")
+    print("| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
+    rows = serve_bench(ckpt, args.clients, args.seconds)
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "results": rows}, f, indent=1)
+    base = next(r for r in rows if r["max_batch"] > 1 and r["clients"] == min(args.clients))
+    for r in rows:
+        if r["max_batch"] > 1 and r["clients"] != base["clients"]:
+            print(f"batching, {r['clients']} clients: {r['requests_per_s'] / base['requests_per_s']:.1f}x "
+                  f"the {base['clients']}-client rate")
     print(f"machine: {machine}; written to {args.out}")
 
 

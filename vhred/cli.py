@@ -11,6 +11,13 @@ import sys
 
 from .errors import UserError
 
+INVOKED_AS = None   # "vhred chat" etc. while the `vhred` command (vhred/__main__.py) runs one
+
+
+def program(module_form: str) -> str:
+    """The name a command's --help shows: `vhred chat` when run as that, else `python -m ...`."""
+    return INVOKED_AS or module_form
+
 
 def fail(message: str, code: int = 2):
     print(f"error: {message}", file=sys.stderr)

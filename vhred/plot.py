@@ -1,18 +1,21 @@
 """Training curves of a run: python -m vhred.plot runs/x  ->  runs/x/curves.png
 
-Four panels over optimiser steps: NLL per token (train, validation), KL per utterance (train,
-validation), the KL weight beta, and the active latent units at each validation.
+Four panels over optimiser steps: per token, the training NLL, the validation NLL and the
+validation negative ELBO (the best.pt criterion, its lowest point marked); KL per utterance
+(train, validation); the KL weight beta; the active latent units at each validation.
 """
 import argparse
 import json
 import os
-import sys
+
+from .cli import command, program
+from .errors import InputError
 
 
 def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found; is {run_dir} a run folder?")
+        raise InputError(f"{path} not found; is {run_dir} a run folder?")
     rows = []
     with open(path) as f:
         for line in f:
@@ -40,12 +43,14 @@ def plot(run_dir: str) -> str:
     steps = [r["step"] for r in train]
     vsteps = [r["step"] for r in val]
     fig, ax = plt.subplots(2, 2, figsize=(11, 7))
-    panels = [(ax[0, 0], "nll_per_token", "NLL per token (nats)"),
+    panels = [(ax[0, 0], "nll_per_token", "per token (nats)"),
               (ax[0, 1], "kl_per_utt", "KL per utterance (nats)")]
     for a, key, title in panels:
-        a.plot(steps, smooth([r[key] for r in train]), label="train", lw=1)
-        a.plot(vsteps, [r[key] for r in val], "o-", label="validation")
+        a.plot(steps, smooth([r[key] for r in train]), label=f"train {key.split('_')[0].upper()}", lw=1)
+        a.plot(vsteps, [r[key] for r in val], "o-", label=f"validation {key.split('_')[0].upper()}")
         a.set_title(title)
+    plot_elbo(ax[0, 0], val)
+    for a, _, _ in panels:
         a.legend()
     ax[1, 0].plot(steps, [r["beta"] for r in train])
     ax[1, 0].set_title("KL weight beta")
@@ -62,15 +67,28 @@ def plot(run_dir: str) -> str:
     return out
 
 
+def plot_elbo(a, val: list[dict]):
+    """Validation negative ELBO per token, which picks best.pt: its lowest point is marked."""
+    rows = [r for r in val if "elbo_per_token" in r]
+    if not rows:
+        return
+    a.plot([r["step"] for r in rows], [r["elbo_per_token"] for r in rows], "s-", color="C3",
+           label="validation -ELBO (best.pt criterion)")
+    best = min(rows, key=lambda r: r["elbo_per_token"])
+    a.plot([best["step"]], [best["elbo_per_token"]], "*", color="C3", markersize=16,
+           label=f"best.pt: {best['elbo_per_token']:.3f} at step {best['step']}")
+
+
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Plot a run's training curves to curves.png.")
-    p.add_argument("run_dir")
+    p = argparse.ArgumentParser(prog=program("python -m vhred.plot"),
+                                description="Plot a run's training curves to <run_dir>/curves.png.")
+    p.add_argument("run_dir", help="a run folder holding metrics.jsonl")
     args = p.parse_args(argv)
     try:
         print(plot(args.run_dir))
-    except (FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except KeyError as e:
+        raise InputError(f"{args.run_dir}/metrics.jsonl lacks {e}; was it written by vhred?") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,126 @@
+"""The `vhred` command: subcommands, complete --help texts, one-line errors; eval finds its data."""
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+from tests.conftest import ROOT
+from vhred import __main__ as vhred_main
+from vhred import checkpoint, cli, sources
+from vhred.errors import DataError
+
+SUBCOMMANDS = ["train", "chat", "generate", "eval", "serve", "bench", "plot"]
+
+
+class Parsed(Exception):
+    """Raised instead of parsing: carries the parser a command built."""
+
+
+@pytest.fixture
+def parser_of(monkeypatch):
+    """The argparse parser behind `vhred <name>`, caught as the command is about to parse."""
+    def catch(self, *args, **kwargs):
+        raise Parsed(self)
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(cli, "INVOKED_AS", None)
+
+    def get(name: str) -> argparse.ArgumentParser:
+        with pytest.raises(Parsed) as e:
+            vhred_main.main([name])
+        return e.value.args[0]
+    return get
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_flag_has_help_and_its_default_and_the_program_is_named_as_typed(name, parser_of):
+    p = parser_of(name)
+    assert p.prog == f"vhred {name}"
+    for action in p._actions:
+        if isinstance(action, argparse._HelpAction) or action.help == argparse.SUPPRESS:
+            continue
+        flag = "/".join(action.option_strings) or action.dest
+        said = re.sub(r"\(default[^)]*\)", "", action.help or "").strip()
+        assert len(said) > 10, f"vhred {name} {flag} has no help text"
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if action.option_strings and not (switch or action.required):
+            assert "default" in action.help, f"vhred {name} {flag}: its help does not give the default"
+
+
+@pytest.mark.parametrize("name", ["chat", "generate", "eval", "serve"])
+def test_the_same_flag_means_the_same_everywhere(name, parser_of):
+    flags = {a.dest: a for a in parser_of(name)._actions}
+    assert flags["device"].default == "auto" and "auto" in flags["device"].help
+    assert flags["checkpoint"].default is None and "newest runs/*/best.pt" in flags["checkpoint"].help
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        vhred_main.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chat", "--num-samples", "0"], "num_samples must be between 1"),
+    (["generate", "--max-len", "-3", "--input", "x", "--output", "y"], "max_len must be between 1"),
+    (["eval", "--max-contexts", "-1"], "--max-contexts must not be negative"),
+    (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
+    (["serve", "--max-batch", "0"], "--max-batch must be positive"),
+    (["bench", "--steps", "0"], "--steps and --clients must be at least 1"),
+    (["serve", "--device", "tpu"], "device must be auto, cpu or cuda"),
+    (["serve", "--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run not found"),
+    (["chta"], "unknown command 'chta' (did you mean chat?)"),
+])
+def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "INVOKED_AS", None)
+    with pytest.raises(SystemExit) as e:
+        vhred_main.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_the_console_script_is_declared_and_importable():
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    module, _, func = project["scripts"]["vhred"].partition(":")
+    assert (module, func) == ("vhred.__main__", "main")
+
+
+@pytest.mark.slow   # a subprocess: the command as a user types it
+def test_python_dash_m_vhred_runs_a_subcommand():
+    r = subprocess.run([sys.executable, "-m", "vhred", "chat", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("usage: vhred chat")
+    r = subprocess.run([sys.executable, "-m", "vhred.chat", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m vhred.chat")
+
+
+# --- vhred eval finds the data its checkpoint was trained on -----------------------------------
+
+def test_a_checkpoint_remembers_its_data_and_eval_finds_it_without_the_environment(trained, dailydialog_zip,
+                                                                                    tmp_path, monkeypatch):
+    from vhred.evaluate import split_dialogues
+    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    assert cfg.data_source == os.path.abspath(dailydialog_zip)
+    monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
+    cfg.data_dir = str(tmp_path / "data")   # nothing here, and nothing may be created
+    assert len(split_dialogues(cfg, "test")) == cfg.max_dialogues
+    assert not os.path.exists(tmp_path / "data")
+
+
+def test_eval_that_cannot_find_its_data_says_so_and_leaves_no_folders(trained, tmp_path, monkeypatch):
+    from vhred.evaluate import split_dialogues
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
+    cfg.data_source, cfg.data_dir = str(tmp_path / "moved.zip"), str(tmp_path / "data")
+    with pytest.raises(DataError, match="could not download"):
+        split_dialogues(cfg, "test")
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,56 @@
+"""The `vhred` command: one program, one subcommand per job.
+
+    vhred train --config configs/dailydialog.yaml       (= python -m vhred.train ...)
+    vhred chat | generate | eval | bench | serve | plot ...
+
+Each subcommand is the module's own main(argv), so `python -m vhred.<module>` keeps working and
+both spellings share every flag, default and error message. A subcommand's module is imported
+only when it runs: `vhred serve` never pays for matplotlib, `vhred --help` for torch.
+"""
+import difflib
+import importlib
+import sys
+
+from . import cli
+
+# subcommand: (module, what it does)
+COMMANDS = {
+    "train": ("vhred.train", "train VHRED or HRED on DailyDialog or your own JSONL dialogues"),
+    "chat": ("vhred.chat", "talk to a trained model in the terminal"),
+    "generate": ("vhred.generate", "decode responses for each context of a JSONL file"),
+    "eval": ("vhred.evaluate", "multi-sample BLEU, distinct-n and likelihood on a split"),
+    "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
+    "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),
+    "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
+}
+
+
+def usage() -> str:
+    rows = "\n".join(f"  {name:9} {what}" for name, (_, what) in COMMANDS.items())
+    return (f"usage: vhred <command> [options]\n\ncommands:\n{rows}\n\n"
+            "`vhred <command> --help` lists a command's options.")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
+    if argv[0] == "--version":
+        from importlib.metadata import PackageNotFoundError, version
+        try:
+            print(f"vhred {version('vhred')}")
+        except PackageNotFoundError:   # run from a checkout that was never installed
+            print("vhred (not installed)")
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; one of {', '.join(COMMANDS)}"
+        cli.fail(f"unknown command '{name}'{hint}")
+    cli.INVOKED_AS = f"vhred {name}"   # what the subcommand's --help and usage lines show
+    return importlib.import_module(COMMANDS[name][0]).main(rest)
+
+
+if __name__ == "__main__":
+    main()

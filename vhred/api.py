@@ -1,0 +1,126 @@
+"""The Python API: load a checkpoint, answer a conversation, score candidate replies.
+
+    import vhred
+    bot = vhred.load("runs/dailydialog-vhred")             # a run folder or a .pt file
+    for c in bot.respond(["Hi! Where is the station?"], n=3):
+        print(f"{c.score:6.2f}  {c.text}")
+
+It is a thin layer over what the commands use: DecodeOptions for every decoding default,
+vhred.generate for decoding, vhred.scoring for scores, and the same one-line UserErrors
+(vhred.errors) for anything a caller can get wrong. Public: load, Bot, Candidate.
+"""
+import os
+from dataclasses import asdict, dataclass, fields, replace
+from types import SimpleNamespace
+
+from . import checkpoint
+from .device import pick_device
+from .errors import InputError
+from .generate import DecodeOptions, encode_turns, generate, options_from_args, response_text, spaced
+
+__all__ = ["Bot", "Candidate", "load"]
+
+# keyword options respond() takes: DecodeOptions' fields but num_samples (respond's n)
+DECODING = {f.name: f.type for f in fields(DecodeOptions) if f.name != "num_samples"}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One reply: its text and its score (higher is better; see Bot.score)."""
+    text: str
+    score: float
+
+
+class Bot:
+    """A trained model with its tokenizer and config, ready to answer; made by vhred.load.
+
+    Attributes: config (the run's Config; config.arch.model is "vhred" or "hred"),
+    checkpoint (the .pt file it came from), device ("cpu", "cuda:0", ...)."""
+
+    def __init__(self, model, cfg, sp, path: str):
+        self._model, self._sp = model, sp
+        self.config = cfg
+        self.checkpoint = path
+        self.device = str(next(model.parameters()).device)
+
+    def respond(self, history: list[str], n: int = 5, **decoding) -> list[Candidate]:
+        """Up to n replies to the conversation so far, best first.
+
+        history: the turns so far, oldest first; the last is the one to answer.
+        decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
+        beam, dedup, rank, seed), with the commands' defaults. Repeated replies are dropped, so
+        HRED's greedy decoding gives one; method="sample" or "beam" gives it more. The same
+        seed and history give the same replies. A reply cut at max_len ends in " …"."""
+        return self._respond_many([history], self._options(n, decoding))[0]
+
+    def score(self, history: list[str], candidates: list[str]) -> list[float]:
+        """The score of each candidate as the reply to history (higher is better), as respond()
+        ranks by default: pointwise mutual information with the context (vhred/scoring.py)."""
+        self._context(history)
+        _check_strings(candidates, "candidates", allow_empty=True)
+        from .scoring import score   # the ranking's own scores: one implementation, not two
+        return [float(s) for s in score(self._model, self._sp, self.config, list(history), list(candidates),
+                                        kind=DecodeOptions.rank)]
+
+    def _options(self, n: int, decoding: dict) -> DecodeOptions:
+        """DecodeOptions for n replies from keyword options, checked like the commands' flags."""
+        for key, value in decoding.items():
+            if key not in DECODING:
+                raise InputError(f"unknown decoding option '{key}'; known: {', '.join(DECODING)}")
+            _check_type(key, value, DECODING[key])
+        _check_type("n", n, int)
+        if n < 1:
+            raise InputError(f"n must be at least 1, got {n}")
+        given = {**asdict(DecodeOptions()), "method": None, **decoding, "num_samples": n}
+        return options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
+
+    def _respond_many(self, histories: list[list[str]], opts: DecodeOptions) -> list[list[Candidate]]:
+        """Replies to several conversations with the same options, decoded as one batch."""
+        contexts = [self._context(h) for h in histories]
+        n = opts.num_samples
+        # draw twice as many when repeats are dropped, so n distinct ones usually remain (as
+        # the chat does); ranked, the n kept are the best of them
+        wide = replace(opts, num_samples=2 * n if opts.dedup else n)
+        results = generate(self._model, contexts, wide)
+        return [[Candidate(response_text(self._sp, ids, opts.max_len), float(s)) for ids, s in r[:n]]
+                for r in results]
+
+    def _context(self, history: list[str]) -> list[list[int]]:
+        """Token ids of the turns the model reads (the last max_context), written as the corpus is."""
+        _check_strings(history, "history", allow_empty=False)
+        cfg = self.config
+        turns = [spaced(t) for t in history]
+        return encode_turns(self._sp, turns, cfg.max_utt_len, cfg.max_context)
+
+
+def load(path: str | os.PathLike, device: str = "auto") -> Bot:
+    """A Bot from a run folder (its best.pt, else last.pt) or a checkpoint file.
+
+    device: "auto" (a CUDA GPU when there is one), "cpu" or "cuda". A missing, corrupt or
+    foreign checkpoint raises vhred.errors.CheckpointError, a UserError whose message is one
+    line saying what to do."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"load() takes the path of a run folder or .pt file, got {type(path).__name__}")
+    if not isinstance(device, str):
+        raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
+    where = pick_device(device)
+    path = checkpoint.resolve(os.fspath(path))
+    model, cfg, sp = checkpoint.load_model(path, where)
+    return Bot(model, cfg, sp, path)
+
+
+def _check_strings(items, name: str, allow_empty: bool) -> None:
+    if isinstance(items, str) or not isinstance(items, (list, tuple)) \
+            or not all(isinstance(t, str) for t in items):
+        raise InputError(f"{name} must be a list of strings")
+    if not items and not allow_empty:
+        raise InputError(f"{name} must hold at least one turn")
+
+
+def _check_type(key: str, value, kind: type) -> None:
+    """Refuse a value of the wrong type before it reaches a comparison (True is not a number)."""
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True   # 1 for 1.0
+    if not ok:
+        raise InputError(f"{key} must be {'a ' if kind is not int else 'an '}{kind.__name__}, got {value!r}")

@@ -1,0 +1,379 @@
+"""Serve a model over HTTP: a JSON API and a chat page for the browser.
+
+    vhred serve --checkpoint runs/x/best.pt [--host 127.0.0.1] [--port 8000]
+
+    POST /respond  {"history": ["Hi!"], "n": 5, "method": "sample", ...}
+                   -> {"candidates": [{"text": ..., "score": ...}, ...]}   best first
+    POST /score    {"history": ["Hi!"], "candidates": ["Hello.", "No."]} -> {"scores": [...]}
+    GET  /health   -> {"status": "ok", "model", "checkpoint", "device", "config", "limits"}
+    GET  /         -> the chat page (vhred/static/chat.html)
+
+Built on the standard library's ThreadingHTTPServer: no dependency, and nothing an ASGI stack
+would add is needed here, because the work is one model on one device: a thread per connection
+only reads, checks and queues the request, and a single worker thread owns the model. The
+worker takes the requests that arrive within a short window of the first (at most max_batch),
+groups those with the same decoding options, and decodes each group as one batch: one forward
+pass serves many clients, so throughput grows with their number.
+"""
+import argparse
+import itertools
+import json
+import math
+import queue
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import Future, TimeoutError as FutureTimeout
+from dataclasses import asdict, astuple, dataclass, fields
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.resources import files
+from urllib.parse import urlsplit
+
+from .cli import command, program
+from .device import pick_device
+from .errors import InputError, UserError
+
+
+@dataclass
+class Limits:
+    """What one request may ask for, and how requests are batched. Every cap bounds the work a
+    single client can cause, so no request can hold the model for long."""
+    max_batch: int = 32        # requests decoded together in one forward pass (1: no batching)
+    wait_ms: float = 5.0       # how long a batch's first request waits for others to join it
+    timeout: float = 30.0      # seconds: a request not answered by then gets 504
+    max_queue: int = 512       # requests waiting for the model; beyond that, 503
+    max_body: int = 64 * 1024  # bytes of a request body
+    max_n: int = 20            # replies per /respond
+    max_len: int = 100         # tokens per reply
+    max_beam: int = 10         # beam width
+    max_turns: int = 50        # turns in a history (the model reads the last max_context)
+    max_chars: int = 2000      # characters per turn or candidate
+    max_candidates: int = 50   # candidates per /score
+
+    def check(self):
+        """Refuse impossible settings (the flags of `vhred serve` are named like the fields)."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            least = 0 if f.name == "wait_ms" else 1e-9   # no waiting is fine; no batch is not
+            if not least <= value < math.inf:   # NaN fails too
+                raise InputError(f"--{f.name.replace('_', '-')} must be {'positive' if least else 'at least 0'}"
+                                 f" and finite, got {value}")
+        return self
+
+
+class HTTPError(Exception):
+    """A request the service answers with a 4xx or 5xx status and {"error": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# --- the worker: one thread owns the model and decodes batches ------------------------------
+
+@dataclass
+class Job:
+    key: tuple          # jobs with equal keys are decoded together
+    args: tuple         # respond: (history, DecodeOptions); score: (history, candidates)
+    future: Future
+
+
+class Batcher:
+    """Queue of jobs in front of the model; one worker thread runs them, batch by batch."""
+
+    def __init__(self, bot, limits: Limits):
+        self.bot, self.limits = bot, limits
+        self.queue: queue.Queue = queue.Queue(limits.max_queue)
+        self.requests = self.batches = 0   # answered so far: requests / batches is the mean batch
+        self.worker = threading.Thread(target=self._loop, name="vhred-model", daemon=True)
+        self.worker.start()
+
+    def submit(self, key: tuple, args: tuple) -> Future:
+        job = Job(key, args, Future())
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            raise HTTPError(503, "the server is busy; try again shortly") from None
+        return job.future
+
+    def close(self):
+        self.queue.put(None)   # the worker finishes what it holds, then stops
+        self.worker.join(timeout=60)
+
+    def _loop(self):
+        while (first := self.queue.get()) is not None:
+            jobs = self._gather(first)
+            for group in _groups(jobs):
+                self._run(group)
+            if None in jobs:
+                return
+
+    def _gather(self, first: Job) -> list:
+        """The first job, the ones already waiting, and those that arrive within wait_ms."""
+        jobs, deadline = [first], time.monotonic() + self.limits.wait_ms / 1000
+        while len(jobs) < self.limits.max_batch and jobs[-1] is not None:
+            try:
+                jobs.append(self.queue.get(timeout=max(deadline - time.monotonic(), 0)))
+            except queue.Empty:
+                break
+        return jobs
+
+    def _run(self, group: list[Job]):
+        """Decode one group as one batch; each job's future gets its result (or the error)."""
+        live = [j for j in group if j.future.set_running_or_notify_cancel()]   # not timed out
+        if not live:
+            return
+        self.requests, self.batches = self.requests + len(live), self.batches + 1
+        try:
+            if live[0].key[0] == "respond":
+                opts = live[0].args[1]
+                results = self.bot._respond_many([j.args[0] for j in live], opts)
+            else:
+                results = [self.bot.score(*j.args) for j in live]
+        except Exception as e:   # handed to the waiting requests; the worker lives on
+            for j in live:
+                j.future.set_exception(e)
+            return
+        for j, r in zip(live, results):
+            j.future.set_result(r)
+
+
+def _groups(jobs: list) -> list[list[Job]]:
+    """Jobs by key, in order of arrival: one batch per set of decoding options."""
+    groups: dict[tuple, list[Job]] = {}
+    for j in jobs:
+        if j is not None:
+            groups.setdefault(j.key, []).append(j)
+    return list(groups.values())
+
+
+# --- the service: request checks and answers -------------------------------------------------
+
+class Service:
+    """What the HTTP handler calls: checks a request body, queues it, waits for its answer."""
+
+    def __init__(self, bot, limits: Limits):
+        self.bot, self.limits = bot, limits.check()
+        self.batcher = Batcher(bot, limits)
+        self.count = itertools.count()   # score requests are never batched: a key each
+        self.page = files("vhred").joinpath("static", "chat.html").read_bytes()
+
+    def respond(self, body: dict) -> dict:
+        from .api import DECODING
+        from .generate import DecodeOptions
+        _only(body, {"history", "n", *DECODING})
+        history = self._history(body)
+        n = body.get("n", DecodeOptions.num_samples)
+        decoding = {k: v for k, v in body.items() if k in DECODING}
+        opts = self.bot._options(n, decoding)   # types and values, as the commands check them
+        lim = self.limits
+        _cap("n", opts.num_samples, lim.max_n)
+        _cap("max_len", opts.max_len, lim.max_len)
+        _cap("beam", opts.beam, lim.max_beam)
+        candidates = self._wait(("respond", astuple(opts)), (history, opts))
+        return {"candidates": [asdict(c) for c in candidates]}
+
+    def score(self, body: dict) -> dict:
+        _only(body, {"history", "candidates"})
+        history = self._history(body)
+        candidates = _strings(body, "candidates", self.limits.max_chars, allow_empty=True)
+        _cap("candidates", len(candidates), self.limits.max_candidates)
+        return {"scores": self._wait(("score", next(self.count)), (history, candidates))}
+
+    def health(self) -> dict:
+        cfg = self.bot.config
+        b = self.batcher
+        return {"status": "ok", "model": cfg.arch.model, "checkpoint": self.bot.checkpoint,
+                "device": self.bot.device, "config": asdict(cfg), "limits": asdict(self.limits),
+                "served": {"requests": b.requests, "batches": b.batches, "waiting": b.queue.qsize()}}
+
+    def close(self):
+        self.batcher.close()
+
+    def _history(self, body: dict) -> list[str]:
+        history = _strings(body, "history", self.limits.max_chars, allow_empty=False)
+        _cap("turns in history", len(history), self.limits.max_turns)
+        return history
+
+    def _wait(self, key: tuple, args: tuple):
+        future = self.batcher.submit(key, args)
+        try:
+            return future.result(timeout=self.limits.timeout)
+        except FutureTimeout:
+            future.cancel()   # dropped if the worker has not started it yet
+            raise HTTPError(504, f"no answer within {self.limits.timeout:g} s; ask for fewer or "
+                                 "shorter replies, or try again when the server is less busy") from None
+
+
+def _only(body: dict, allowed: set):
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HTTPError(400, f"unknown field '{unknown[0]}'; this endpoint takes {', '.join(sorted(allowed))}")
+
+
+def _strings(body: dict, name: str, max_chars: int, allow_empty: bool) -> list[str]:
+    if name not in body:
+        raise HTTPError(400, f"missing field '{name}' (a list of strings)")
+    items = body[name]
+    if not isinstance(items, list) or not all(isinstance(t, str) for t in items):
+        raise HTTPError(400, f"'{name}' must be a list of strings")
+    if not items and not allow_empty:
+        raise HTTPError(400, f"'{name}' must hold at least one turn")
+    if any(len(t) > max_chars for t in items):
+        raise HTTPError(400, f"each of '{name}' may have at most {max_chars} characters")
+    return items
+
+
+def _cap(name: str, value: int, cap: int):
+    if value > cap:
+        raise HTTPError(400, f"{name} may be at most {cap} on this server, got {value}")
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+class Handler(BaseHTTPRequestHandler):
+    """One connection: routes, reads and parses JSON, answers JSON. Never lets an error out."""
+    protocol_version = "HTTP/1.1"   # keep-alive: a client's requests share one connection
+    timeout = 10                    # seconds a client may take to send a request (then cut off)
+    server_version = "vhred"
+    ROUTES = {("GET", "/"): "page", ("GET", "/health"): "health",
+              ("POST", "/respond"): "respond", ("POST", "/score"): "score"}
+
+    def do_GET(self):
+        self._route("GET")
+
+    def do_POST(self):
+        self._route("POST")
+
+    def _route(self, method: str):
+        path = urlsplit(self.path).path
+        name = self.ROUTES.get((method, path))
+        service: Service = self.server.service
+        try:
+            if name is None:
+                known = any(p == path for _, p in self.ROUTES)
+                raise HTTPError(405 if known else 404, f"{method} {path}: " +
+                                ("method not allowed" if known else "no such endpoint (/, /health, /respond, /score)"))
+            if name == "page":
+                return self._send(200, service.page, "text/html; charset=utf-8")
+            if name == "health":
+                return self._json(200, service.health())
+            self._json(200, getattr(service, name)(self._body()))
+        except HTTPError as e:
+            self._json(e.status, {"error": str(e)})
+        except UserError as e:   # decoding options the model refuses: the caller's to fix
+            self._json(400, {"error": str(e)})
+        except Exception:   # a bug: logged, answered, and the server goes on
+            traceback.print_exc(file=sys.stderr)
+            self._json(500, {"error": "internal error (logged on the server)"})
+
+    def _body(self) -> dict:
+        """The request's JSON object; a body that is too big is refused unread."""
+        if "json" not in (self.headers.get("Content-Type") or ""):
+            raise HTTPError(415, "send JSON with Content-Type: application/json")
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            raise HTTPError(411, "a Content-Length header is required") from None
+        if not 0 <= length <= self.server.service.limits.max_body:
+            raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
+        try:
+            body = json.loads(self.rfile.read(length), parse_constant=_no_constant)
+        except (ValueError, RecursionError):   # bad UTF-8, bad JSON, NaN, absurd nesting or numbers
+            raise HTTPError(400, "the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the body must be a JSON object")
+        return body
+
+    def handle(self):
+        try:
+            super().handle()
+        except ConnectionError:   # the client went away mid-answer: nothing to tell it
+            pass
+
+    def _json(self, status: int, obj: dict):
+        if status >= 400:   # a refused request's body may be unread: never parse it as the next one
+            self.close_connection = True
+        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+
+    def _send(self, status: int, data: bytes, content_type: str):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if content_type.startswith("text/html"):   # the page talks to this server only
+            self.send_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline'")
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):
+        if not self.server.quiet:
+            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
+                quiet: bool = False) -> ThreadingHTTPServer:
+    """An HTTP server for bot (not yet serving: call serve_forever, then shutdown and
+    server_close, then server.service.close()). Port 0 takes a free port (server.server_port)."""
+    service = Service(bot, limits or Limits())
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        service.close()
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+    server.daemon_threads = True   # open connections do not keep a stopping server alive
+    server.service, server.quiet = service, quiet
+    return server
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.serve"),
+                                description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /.")
+    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 exposes the model to the network (default %(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any free one (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
+    d = Limits()
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="requests decoded together in one forward pass, 1 for no batching (default %(default)s)")
+    p.add_argument("--wait-ms", type=float, default=d.wait_ms,
+                   help="how long a batch's first request waits for others to join (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=d.timeout,
+                   help="seconds before an unanswered request gets 504 (default %(default)s)")
+    p.add_argument("--max-n", type=int, default=d.max_n, help="most replies one request may ask for (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="do not log each request to stderr (default: log)")
+    args = p.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
+    pick_device(args.device)   # a wrong --device is reported before any checkpoint is looked for
+    limits = Limits(max_batch=args.max_batch, wait_ms=args.wait_ms, timeout=args.timeout, max_n=args.max_n)
+    return args, limits.check()
+
+
+@command
+def main(argv=None):
+    from .api import load
+    from .generate import newest_checkpoint
+    args, limits = parse_args(argv)
+    bot = load(args.checkpoint or newest_checkpoint(), args.device)
+    server = make_server(bot, args.host, args.port, limits, args.quiet)
+    host, port = server.server_address[:2]
+    print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}: "
+          f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        server.service.close()
+
+
+if __name__ == "__main__":
+    main()
