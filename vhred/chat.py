@@ -1,43 +1,35 @@
 """Talk to a trained model: python -m vhred.chat [--checkpoint runs/x/best.pt] [--num-samples 5]
 
-Each turn shows N candidate responses; the first (or the one chosen with /pick K) joins the
-history, which is the model's context. Piped input works too: one user turn per line, the
-candidates on stdout (numbered when N > 1, or one JSON line per turn with --json); notes go to
-stderr.
+Each turn shows N candidate responses, best first by the ranking score (--rank, PMI by
+default: see vhred/scoring.py); the best (or the one chosen with /pick K) joins the history,
+which is the model's context. Piped input works too: one user turn per line, the candidates on
+stdout (numbered when N > 1, a blank line after each turn; or one JSON line per turn with
+--json, scores included); notes go to stderr. Ctrl-C ends it with exit code 130.
 """
 import argparse
 import json
-import re
 import sys
 from dataclasses import replace
 
 from . import checkpoint
-from .cli import command
+from .cli import command, program
 from .device import pick_device
-from .generate import DecodeOptions, add_decode_args, encode_turns, generate, newest_checkpoint, options_from_args
+from .generate import (DecodeOptions, add_decode_args, encode_turns, generate, newest_checkpoint,
+                       options_from_args, pretty, response_text, spaced)
+
+__all__ = ["Chat", "main", "pretty", "spaced"]   # pretty and spaced live in vhred/generate.py
 
 HELP = """commands:
   /reset           forget the conversation
   /history         show the conversation so far
   /samples N       show N candidates per turn
-  /pick K          put candidate K of the last turn into the history instead of the first
+  /pick K          put candidate K of the last turn into the history instead of the best
   /temperature T   sample words at temperature T (default: greedy words)
   /top_p P         sample words from the nucleus of probability P
   /greedy          back to greedy words
   /seed S          seed for the next turns
   /help            this text
   /quit            leave (Ctrl-D and Ctrl-C leave too)"""
-
-
-def spaced(text: str) -> str:
-    """Space punctuation off as the training text has it ("Hi, you?" -> "Hi , you ?")."""
-    return re.sub(r"(?<=\w)([,!?;:]|\.(?=\s|$))", r" \1", text)
-
-
-def pretty(text: str) -> str:
-    """Undo that spacing for display ("Hi , you ?" -> "Hi, you?", "I ’ m" -> "I'm")."""
-    text = re.sub(r"(\w) ?[’'] ?(m|s|t|re|ve|ll|d)\b", r"\1'\2", text)
-    return re.sub(r" ([,.!?;:%])(?=\s|$)", r"\1", text)
 
 
 class CommandError(ValueError):
@@ -51,28 +43,32 @@ class Chat:
         self.model, self.cfg, self.sp, self.opts = model, cfg, sp, opts
         self.out = out
         self.note = note or (lambda msg: print(msg, file=sys.stderr))
-        self.history: list[str] = []
-        self.last: list[str] = []
+        self.history: list[str] = []   # turns as the model reads them (corpus-style text)
+        self.last: list[str] = []      # the last turn's candidates, the same way
+        self.scores: list[float] = []  # and their ranking scores
         self.turn = 0
 
     def respond(self, text: str) -> list[str]:
-        """Add the user's turn, return the candidates; the first joins the history."""
-        text = text.replace("’", "'")   # typographic apostrophes as the corpus writes them
-        pieces = self.sp.encode(spaced(text))
+        """Add the user's turn, return the candidates as readable text, best first; the best
+        joins the history."""
+        turn = spaced(text)
+        pieces = self.sp.encode(turn)
         if len(pieces) > self.cfg.max_utt_len:
             self.note(f"(your turn was {len(pieces)} tokens; the model reads the first {self.cfg.max_utt_len})")
-        self.history.append(spaced(text))
+        self.history.append(turn)
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
         n = self.opts.num_samples
-        # draw twice as many when repeats are dropped, so N distinct ones usually remain
+        # draw twice as many when repeats are dropped, so N distinct ones usually remain; ranked,
+        # the N kept are the best of them
         opts = replace(self.opts, seed=self.opts.seed + self.turn,
                        num_samples=2 * n if self.opts.dedup else n)
         self.turn += 1
         [responses] = generate(self.model, [context], opts)
         self.last = [self.sp.decode(ids) for ids, _ in responses[:n]]
+        self.scores = [s for _, s in responses[:n]]
         self.history.append(self.last[0] if self.last else "")
         self.history = self.history[-self.cfg.max_context:]
-        return [pretty(r) for r in self.last]
+        return [response_text(self.sp, ids, opts.max_len) for ids, _ in responses[:n]]
 
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""
@@ -85,6 +81,8 @@ class Chat:
                 self.history, self.last = [], []
                 self.note("(conversation reset)")
             elif name == "history":
+                if not self.history:
+                    self.note("(the history is empty: nothing said yet)")
                 for i, turn in enumerate(self.history):
                     self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
             elif name == "samples":
@@ -143,7 +141,7 @@ def read_lines(interactive: bool):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vhred.chat", description="Chat with a trained VHRED / HRED model.")
+    p = argparse.ArgumentParser(prog=program("python -m vhred.chat"), description="Chat with a trained VHRED / HRED model.")
     add_decode_args(p)
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout")
     args = p.parse_args(argv)
@@ -175,12 +173,17 @@ def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
         return chat.command(line)
     responses = chat.respond(line)
     if as_json:
-        print(json.dumps({"user": line, "responses": responses}, ensure_ascii=False), flush=True)
-    elif len(responses) == 1:
+        row = {"user": line, "responses": responses, "scores": [round(s, 4) for s in chat.scores],
+               "score": chat.opts.rank if chat.opts.rank != "none" else "ll_decode"}
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+        return True
+    if len(responses) == 1:
         print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
     else:
         for i, r in enumerate(responses, 1):
             print(f"{'bot ' if interactive else ''}{i}. {r}", flush=True)
+    if not interactive:
+        print(flush=True)   # a blank line ends each turn's answer: turns stay apart in a pipe
     return True
 
 

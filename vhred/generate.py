@@ -3,15 +3,21 @@
     python -m vhred.generate --checkpoint runs/x/best.pt --input contexts.jsonl \\
         --output samples.jsonl --num-samples 10
 
-Input lines are {"context": ["utt", ...]}; each output line adds "samples": [...] (and
-"scores": per-token log-likelihoods when --rank is given).
+Input lines are {"context": ["utt", ...]}; each output line adds "samples": [...] (readable
+text, best first when ranked, a response cut at --max-len ending in " …") and "scores" (the
+ranking score of each, or its per-token log-likelihood with --rank none).
+
+A context's responses depend only on the seed and that context: each response draws its random
+numbers from its own generator, seeded by (seed, the context's tokens, the sample's index), so
+a context gives the same responses alone, in any batch, and in chat.
 """
 import argparse
 import glob
+import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -25,14 +31,19 @@ from .model import VHRED
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD
 
+RANKS = ("none", "ll", "pmi")   # how candidates are ordered (see vhred/scoring.py)
+CUT = " …"                      # appended to a response shown cut at the length limit
+
 
 @dataclass
 class DecodeOptions:
     """How responses are decoded: the one source of defaults for chat, generate, eval and the API.
 
-    Greedy words per sampled z by default: VHRED's candidates still differ, because each has its
-    own z from the prior (the paper and DialogWAE decode each z deterministically too), and they
-    read better than words sampled at temperature 1. HRED has one greedy response per context."""
+    Greedy words per sampled z, ranked by PMI, by default: VHRED's candidates still differ,
+    because each has its own z from the prior (the paper and DialogWAE decode each z
+    deterministically too), they read better than words sampled at temperature 1, and PMI puts
+    the candidates that fit the context first (README, "Results"). HRED has one greedy response
+    per context."""
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
     min_len: int = 0           # no <eos> before this many tokens
@@ -42,7 +53,7 @@ class DecodeOptions:
     top_p: float = 1.0         # keep the smallest set with probability >= top_p (nucleus)
     beam: int = 5              # beam width for method="beam"
     dedup: bool = True         # drop repeated responses of one context
-    rank: bool = False         # order responses by per-token log-likelihood, best first
+    rank: str = "pmi"          # order responses best first: "pmi", "ll" (vhred/scoring.py) or "none"
     seed: int = 0              # same seed, same samples
 
     def check(self):
@@ -60,6 +71,10 @@ class DecodeOptions:
             raise InputError(f"temperature must be a positive finite number, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+        if isinstance(self.rank, bool):   # rank=True / False of earlier versions
+            self.rank = RANKS[-1] if self.rank else "none"
+        if self.rank not in RANKS:
+            raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
         return self
 
 
@@ -80,17 +95,37 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def categorical(probs: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One draw per row of probs (B, V), by inverting the row's CDF with one uniform number.
+def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One draw per row of probs (B, V), by inverting the row's CDF with the row's uniform
+    number u (B,) in [0, 1).
 
     torch.multinomial draws B*V exponentials per step, which took two thirds of decoding time on
-    a CPU; this draws B uniforms. Tokens of probability 0 (filtered out) are never drawn."""
+    a CPU; this needs B uniforms. Tokens of probability 0 (filtered out) are never drawn."""
     cdf = probs.cumsum(-1)                                                  # (B, V)
     total = cdf[:, -1:].contiguous()                                        # (B, 1)
-    u = torch.rand(total.shape, generator=gen, device=probs.device, dtype=cdf.dtype) * total
+    u = u.to(cdf.dtype).unsqueeze(1) * total                                # (B, 1)
     idx = torch.searchsorted(cdf, u, right=True)                            # first cdf > u
     # u may round up to the total: then take the last token that has probability
     return torch.minimum(idx, torch.searchsorted(cdf, total)).squeeze(1)    # (B,)
+
+
+def row_seed(seed: int, *parts) -> int:
+    """A 63-bit seed from the decoding seed and what identifies a row (its context's tokens, the
+    sample's index): stable across processes and machines, unlike Python's hash()."""
+    digest = hashlib.blake2b(repr((seed, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+def keyed_noise(seeds: list[int], z_dim: int, steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's own random numbers: normals (B, z_dim) for z and uniforms (B, steps) for its
+    words, from a generator seeded with that row's seed, so no row's draws depend on another's.
+    One small CPU generator per row costs microseconds; decoding itself stays batched."""
+    eps, u = [], []
+    for s in seeds:
+        g = torch.Generator().manual_seed(s)
+        eps.append(torch.randn(z_dim, generator=g))
+        u.append(torch.rand(steps, generator=g))
+    return torch.stack(eps).to(device), torch.stack(u).to(device)           # (B, Z), (B, steps)
 
 
 def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tensor:
@@ -99,19 +134,20 @@ def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tenso
     return model.final_states(b.tokens, b.lens, b.turns)                   # (C, Hc)
 
 
-def conditions(model: VHRED, ctx: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
-    """[h, z] for n samples per context, z ~ p(z | context): (C, Hc) -> (C*n, Hc + Z)."""
+def conditions(model: VHRED, ctx: torch.Tensor, n: int, eps: torch.Tensor) -> torch.Tensor:
+    """[h, z] for n samples per context, z ~ p(z | context) with the rows' normals eps (C*n, Z):
+    (C, Hc) -> (C*n, Hc + Z)."""
     ctx = ctx.repeat_interleave(n, dim=0)                                   # (C*n, Hc)
     if not model.latent:
         return ctx
     mean, logvar = model.prior(ctx)                                         # (C*n, Z) each
-    eps = torch.randn(mean.shape, generator=gen, device=mean.device)
     return torch.cat([ctx, mean + torch.exp(0.5 * logvar) * eps], dim=-1)
 
 
-def sample_tokens(model, cond, opts: DecodeOptions, gen) -> tuple[list[list[int]], torch.Tensor]:
-    """Ancestral (or greedy) decoding of one response per row of cond; returns ids and
-    their total log-likelihood under the model (temperature 1, no filtering)."""
+def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
+    """Ancestral (or greedy) decoding of one response per row of cond, sampling step t with the
+    row's uniform u[:, t]; returns ids and their total log-likelihood under the model
+    (temperature 1, no filtering)."""
     B, device = cond.shape[0], cond.device
     state = model.decoder_state(cond)
     token = torch.full((B, 1), BOS, dtype=torch.long, device=device)
@@ -131,7 +167,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, gen) -> tuple[list[list[int]
         else:
             scaled = logits / opts.temperature if opts.temperature != 1 else logits
             probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
-            nxt = categorical(probs, gen)
+            nxt = categorical(probs, u[:, t])
         step_logp = F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)
         logp += step_logp * alive
         if t < opts.max_len:
@@ -194,43 +230,93 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
 @torch.inference_mode()
 def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions) -> list[list[tuple[list[int], float]]]:
     """For each context (a list of utterances as token ids), opts.num_samples responses as
-    (token ids, log-likelihood per token), all contexts and samples decoded as one batch."""
+    (token ids, score), all contexts and samples decoded as one batch. The score is the
+    ranking score (opts.rank, best first) or, with rank "none", the per-token log-likelihood
+    of the decoding."""
     opts.check()
     device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(opts.seed)
     model.eval()
     n, C = opts.num_samples, len(contexts)
+    seeds = [row_seed(opts.seed, ctx, i) for ctx in contexts for i in range(n)]
+    steps = opts.max_len + 1 if opts.method == "sample" else 0
+    eps, u = keyed_noise(seeds, model.cfg.z_dim if model.latent else 0, steps, device)
     ctx = context_states(model, contexts)                                   # (C, Hc)
-    if opts.method == "beam":
-        if model.latent:   # one beam search per z sample, the best beam of each
-            ids, scores = beam_search(model, conditions(model, ctx, n, gen), opts, 1)
-            ids = [ids[i * n:(i + 1) * n] for i in range(C)]
-            scores = [scores[i * n:(i + 1) * n] for i in range(C)]
-            results = [[(x[0], s[0]) for x, s in zip(row, srow)] for row, srow in zip(ids, scores)]
-        else:              # HRED has one distribution per context: its n best beams
-            ids, scores = beam_search(model, conditions(model, ctx, 1, gen), opts, n)
-            results = [list(zip(row, srow)) for row, srow in zip(ids, scores)]
+    if opts.method == "beam" and not model.latent:   # one distribution per context: its n best beams
+        ids, scores = beam_search(model, ctx, opts, n)
+        results = [list(zip(row, srow)) for row, srow in zip(ids, scores)]
+    elif opts.method == "beam":                      # one beam search per z sample, its best beam
+        ids, scores = beam_search(model, conditions(model, ctx, n, eps), opts, 1)
+        results = [[(x[0], s[0]) for x, s in zip(ids[i * n:(i + 1) * n], scores[i * n:(i + 1) * n])]
+                   for i in range(C)]
     else:
-        ids, logp = sample_tokens(model, conditions(model, ctx, n, gen), opts, gen)
+        ids, logp = sample_tokens(model, conditions(model, ctx, n, eps), opts, u)
         per_token = [lp / (len(x) + 1) for x, lp in zip(ids, logp.tolist())]
         results = [list(zip(ids[i * n:(i + 1) * n], per_token[i * n:(i + 1) * n])) for i in range(C)]
-    return [_tidy(r, opts) for r in results]
+    results = [_dedup(r) if opts.dedup else r for r in results]
+    return _rank(model, contexts, results, opts) if opts.rank != "none" else results
 
 
-def _tidy(responses, opts: DecodeOptions):
-    if opts.dedup:
-        seen, kept = set(), []
-        for ids, s in responses:
-            if tuple(ids) not in seen:
-                seen.add(tuple(ids))
-                kept.append((ids, s))
-        responses = kept
-    if opts.rank:
-        responses = sorted(responses, key=lambda r: -r[1])
-    return responses
+def _dedup(responses):
+    """Drop repeated responses of one context, keeping the first of each."""
+    seen, kept = set(), []
+    for ids, s in responses:
+        if tuple(ids) not in seen:
+            seen.add(tuple(ids))
+            kept.append((ids, s))
+    return kept
+
+
+def _rank(model, contexts, results, opts: DecodeOptions):
+    """Score every candidate of every context in one batch, then order each context's best first."""
+    from .scoring import score_ids   # scoring builds on this module's helpers
+    pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
+    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, seed=opts.seed))
+    return [sorted([(ids, next(scores)) for ids, _ in r], key=lambda x: -x[1]) for r in results]
 
 
 # --- text in, text out -----------------------------------------------------------------------
+# DailyDialog writes punctuation spaced off ("Hi , how are you ?", "$ 60"), contractions with a
+# straight apostrophe joined ("I'm": 4,009 times in the training split, "I ' m" 12 times) and
+# with a curly one spaced ("I ’ m": 1,605 times). What a user types is split the same way by
+# nltk's TweetTokenizer, and what the model writes is joined back by nltk's Treebank detokenizer.
+
+CONTRACTIONS = {"m", "s", "t", "re", "ve", "ll", "d"}
+
+
+def spaced(text: str) -> str:
+    """A user's text written as the corpus writes it: "I'm fine, it costs $60." ->
+    "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first)."""
+    from nltk.tokenize import TweetTokenizer
+    return " ".join(TweetTokenizer().tokenize(text.replace("’", "'")))
+
+
+def _join_apostrophes(words: list[str]) -> list[str]:
+    """The corpus's split contractions as the Treebank detokenizer expects them:
+    I ' m -> I 'm, don ' t -> do n't."""
+    out = []
+    for w in words:
+        if out and out[-1] == "'" and w.lower() in CONTRACTIONS and len(out) > 1:
+            out.pop()
+            if w.lower() == "t" and out[-1].lower().endswith("n"):
+                out[-1], w = out[-1][:-1], "n" + "'" + w     # don ' t -> do n't
+            else:
+                w = "'" + w
+        out.append(w)
+    return out
+
+
+def pretty(text: str) -> str:
+    """The model's corpus-style text made readable: "I ’ m fine , it costs $ 60 ." ->
+    "I'm fine, it costs $60." (nltk's Treebank detokenizer)."""
+    from nltk.tokenize.treebank import TreebankWordDetokenizer
+    return TreebankWordDetokenizer().detokenize(_join_apostrophes(text.replace("’", "'").split()))
+
+
+def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> str:
+    """A response as a user reads it; one that reached the length limit ends in " …"."""
+    text = pretty(sp.decode(ids))
+    return text + CUT if mark_cut and len(ids) >= max_len else text
+
 
 def encode_turns(sp, turns: list[str], max_utt_len: int, max_context: int) -> list[list[int]]:
     """Utterance strings -> token ids, each cut to the model's length, the last max_context kept."""
@@ -261,7 +347,9 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--top-p", type=float, default=d.top_p, help="sample from the nucleus of this probability (default %(default)s)")
     p.add_argument("--beam", type=int, default=d.beam, help="beam width for --method beam (default %(default)s)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
-    p.add_argument("--rank", action="store_true", help="order responses best first by per-token log-likelihood")
+    p.add_argument("--rank", choices=RANKS, default=d.rank,
+                   help="order responses best first by pointwise mutual information with the context (pmi), "
+                        "by per-token log-likelihood (ll), or not (default %(default)s; see vhred/scoring.py)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
@@ -300,14 +388,14 @@ def read_contexts(path: str) -> list[list[str]]:
 
 
 def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, batch_contexts: int = 64):
-    """Yield (context, responses as text, scores), batch by batch, with a progress bar."""
+    """Yield (context, responses as token ids, scores), batch by batch, with a progress bar.
+    Context turns are read as they are written: corpus text, or spaced() user text."""
     from tqdm import tqdm
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        opts_b = replace(opts, seed=opts.seed + start)
-        for ctx, responses in zip(chunk, generate(model, ids, opts_b)):
-            yield ctx, [sp.decode(r) for r, _ in responses], [s for _, s in responses]
+        for ctx, responses in zip(chunk, generate(model, ids, opts)):
+            yield ctx, [r for r, _ in responses], [s for _, s in responses]
 
 
 @command
@@ -323,10 +411,9 @@ def main(argv=None):
     contexts = read_contexts(args.input)
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as out:
-        for ctx, samples, scores in generate_file(model, cfg, sp, contexts, opts):
-            row = {"context": ctx, "samples": samples}
-            if opts.rank:
-                row["scores"] = scores
+        for ctx, (_, responses, scores) in zip(contexts, generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts)):
+            row = {"context": ctx, "samples": [response_text(sp, r, opts.max_len) for r in responses],
+                   "scores": [round(s, 4) for s in scores]}
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
     os.replace(tmp, args.output)
 

@@ -1,0 +1,88 @@
+"""Score candidate responses for a context (higher is better).
+
+Two kinds:
+
+  ll   log p(r | context) per predicted token (the words and <eos>). HRED's is exact; VHRED's is
+       the importance-weighted bound of Burda et al. (2016) with K samples of z from the
+       posterior q(z | context, r):  log 1/K sum_k p(r | z_k) p(z_k | context) / q(z_k | ...).
+  pmi  pointwise mutual information, the MMI-antiLM score of Li et al. (2016) with lambda = 1:
+       [log p(r | context) - log p(r | NEUTRAL)] per predicted token. The neutral context is
+       one empty turn (the model reads only <eos>): the model's guess of a first reply to a
+       silent partner, i.e. how likely r is with nothing to respond to. Generic replies ("I
+       don't know .") are likely everywhere and lose their advantage; replies that fit this
+       context gain. Per token, so long replies are not favoured for their length alone.
+
+Each (context, response) pair draws its z samples from its own generator, seeded by the
+seed and the pair's tokens, so a score does not depend on what else is in the batch.
+"""
+import math
+
+import torch
+
+from .dataset import collate
+from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
+from .model import gaussian_log_density
+
+KINDS = ("pmi", "ll")
+DEFAULT_KIND = "pmi"   # ranks the true response first 3x as often as ll (README, "Ranking")
+NEUTRAL: list[list[int]] = [[]]   # one empty turn
+IW_SAMPLES = 10        # K of the importance-weighted bound (VHRED)
+BATCH_PAIRS = 64       # pairs per forward pass (each pair runs K times)
+
+
+@torch.inference_mode()
+def log_likelihoods(model, contexts: list[list[list[int]]], responses: list[list[int]],
+                    k: int = IW_SAMPLES, seed: int = 0) -> tuple[list[float], list[int]]:
+    """log p(response | context) in nats for each pair, and its predicted tokens (|r| + 1)."""
+    model.eval()
+    logp, tokens = [], []
+    for start in range(0, len(responses), BATCH_PAIRS):
+        c, r = contexts[start:start + BATCH_PAIRS], responses[start:start + BATCH_PAIRS]
+        lp, n = _log_likelihood_batch(model, c, r, k, seed)
+        logp += lp
+        tokens += n
+    return logp, tokens
+
+
+def _log_likelihood_batch(model, contexts, responses, k: int, seed: int):
+    device = next(model.parameters()).device
+    ctx = context_states(model, contexts)                                   # (P, Hc)
+    b = collate([[r] for r in responses]).to(device)                        # P one-turn dialogues
+    lens = b.lens - 1                                                       # |r| + 1: words and <eos>
+    if not model.latent:   # no latent: the likelihood is exact
+        return (-model.reconstruction_nll(b.tokens, lens, ctx)).tolist(), lens.tolist()
+    enc = model.encode_utterances(b.tokens[:, 1:], lens)                    # (P, 2*Hu)
+    mean_p, logvar_p = model.prior(ctx)                                     # (P, Z) each
+    mean_q, logvar_q = model.posterior(ctx, enc)
+    P, Z = mean_q.shape
+    seeds = [row_seed(seed, c, r, i) for c, r in zip(contexts, responses) for i in range(k)]
+    eps, _ = keyed_noise(seeds, Z, 0, device)                               # (P*K, Z)
+    rep = lambda x: x.repeat_interleave(k, dim=0)                           # (P, ...) -> (P*K, ...)
+    z = rep(mean_q) + torch.exp(0.5 * rep(logvar_q)) * eps                  # (P*K, Z) z ~ q
+    nll = model.reconstruction_nll(rep(b.tokens), rep(lens), torch.cat([rep(ctx), z], dim=-1))
+    w = -nll + gaussian_log_density(z, rep(mean_p), rep(logvar_p)) \
+        - gaussian_log_density(z, rep(mean_q), rep(logvar_q))               # (P*K,) log weights
+    bound = torch.logsumexp(w.view(P, k), dim=1) - math.log(k)              # (P,)
+    return bound.tolist(), lens.tolist()
+
+
+def score_ids(model, contexts: list[list[list[int]]], responses: list[list[int]], kind: str = DEFAULT_KIND,
+              k: int = IW_SAMPLES, seed: int = 0) -> list[float]:
+    """Scores of kind `kind` for (context, response) pairs given as token ids, higher is better."""
+    if kind not in KINDS:
+        raise ValueError(f"score kind must be one of {', '.join(KINDS)}, got '{kind}'")
+    logp, tokens = log_likelihoods(model, contexts, responses, k, seed)
+    if kind == "pmi":
+        base, _ = log_likelihoods(model, [NEUTRAL] * len(responses), responses, k, seed)
+        logp = [a - b for a, b in zip(logp, base)]
+    return [lp / n for lp, n in zip(logp, tokens)]
+
+
+def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str = DEFAULT_KIND) -> list[float]:
+    """Score candidate replies to a conversation (its turns as text, oldest first), higher is
+    better. Text is written as the corpus writes it first (generate.spaced)."""
+    context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
+    responses = [sp.encode(spaced(c))[:cfg.max_utt_len] for c in candidates]
+    if not responses:
+        return []
+    return score_ids(model, [context] * len(responses), responses, kind)
