@@ -16,7 +16,9 @@ from vhred.metrics.bleu import (
     multi_sample_bleu,
     sentence_bleu_n,
 )
+from vhred.metrics import dialogwae as dw
 from vhred.metrics.distinct import distinct_n, intra_inter, response_distinct
+from vhred.metrics.ranking import candidate_sets, rank_of_first, ranking_metrics
 from vhred.metrics.text import tokenize
 
 
@@ -109,13 +111,93 @@ def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip,
     assert iw_nll(model, data, k=20, batch_size=8) <= elbo + 1e-6
 
 
+# --- DialogWAE's protocol, rule by rule (vhred/metrics/dialogwae.py) ---
+
+def test_dialogwae_tokens_vocabulary_and_end_token():
+    assert dw.tokenize("I'm FINE?! $60.") == ["i", "'", "m", "fine", "?!", "$", "60", "."]
+    vocab = {"yes", ".", "</s>", "<s>"}
+    assert dw.reference_tokens("Yes, sir.", vocab) == ["yes", "<unk>", "<unk>", ".", "</s>"]
+    assert dw.reference_tokens(" ".join(["yes"] * 50), vocab) == ["yes"] * 38 + ["</s>"]   # 40 with <s>, </s>
+    assert dw.response_tokens("yes .", True, vocab) == ["yes", ".", "</s>"]
+    assert dw.response_tokens("yes .", False, vocab) == ["yes", "."]        # cut: no end token
+    assert dw.response_tokens(" ".join(["yes"] * 45), True, vocab) == ["yes"] * 40   # 40 steps, no room for </s>
+    counts = dw.vocabulary([["a b", "a"], ["b c"]], size=5)
+    assert counts == {"<s>", "</s>", "a", "b", "<d>"}   # markers are counted like words, as theirs
+
+
+def test_dialogwae_targets_include_the_first_and_not_the_last_utterance():
+    d = [f"u{i}" for i in range(12)]
+    pairs = dw.targets([["hi", "hello", "bye"], d])
+    assert pairs[:2] == [([""], "hi"), (["hi"], "hello")]   # "bye" ends its dialogue: no target
+    assert len(pairs) == 2 + 11
+    assert pairs[2 + 8] == (d[0:8], "u8")       # the start marker still in the window: 8 utterances
+    assert pairs[2 + 10] == (d[1:10], "u10")    # then 9
+
+
+def test_dialogwae_bleu_keeps_the_end_token_and_takes_max_and_mean():
+    ref = ["yes", "</s>"]
+    assert dw.bleu(["no", "</s>"], ref) > 0 and dw.bleu(["no"], ["yes"]) == 0   # </s> matches
+    hit, miss = ["i", "am", "fine", "</s>"], ["no", "way", "out"]
+    ref = ["i", "am", "fine", "</s>"]
+    s = dw.scores([[hit, miss]], [ref])
+    assert s["bleu-recall"] == pytest.approx(dw.bleu(hit, ref))
+    assert s["bleu-precision"] == pytest.approx((dw.bleu(hit, ref) + dw.bleu(miss, ref)) / 2)
+    p, r = s["bleu-precision"], s["bleu-recall"]
+    assert s["bleu-f1"] == pytest.approx(2 * p * r / (p + r))
+    assert dw.bleu(hit, ref) == pytest.approx(sentence_bleu([ref], hit, weights=[1 / 3] * 3,
+                                                            smoothing_function=SmoothingFunction().method7))
+
+
+def test_dialogwae_distinct_is_per_response_and_per_context():
+    a, b, c = ["a", "b", "</s>"], ["a", "b", "</s>"], ["c", "d", "</s>"]
+    s = dw.scores([[a, b], [a, c]], [["x", "</s>"], ["x", "</s>"]])
+    # inter-dist-1 per context: 2/4 and 4/4, averaged: 0.75 (pooled over both it would be 4/8)
+    assert s["inter-dist-1"] == pytest.approx(0.75, abs=1e-5)
+    assert s["inter-dist-2"] == pytest.approx((1 / 2 + 2 / 2) / 2, abs=1e-5)
+    assert s["intra-dist-1"] == pytest.approx(1.0, abs=1e-5) and s["length"] == 2   # </s> not counted
+    intra, _ = dw.distinct([["a", "a", "b"], ["a"]], 2)
+    assert intra == pytest.approx([1.0, 0.0], abs=1e-5)   # "a a", "a b": 2/2; one word has no bigram: 0
+
+
+def test_ranking_metrics_by_hand():
+    assert rank_of_first([0.5, 0.9, 0.1, 0.5]) == 2            # only strictly higher scores count
+    assert ranking_metrics([1, 2, 4, 1]) == {"recall@1": 0.5, "recall@2": 0.75, "mrr": pytest.approx((1 + 0.5 + 0.25 + 1) / 4)}
+    triples = [([], f"r{i}", i // 3) for i in range(30)]
+    sets = candidate_sets(triples, 9, seed=1)
+    assert sets == candidate_sets(triples, 9, seed=1)
+    for (_, true, dlg), cands in zip(triples, sets):
+        assert cands[0] == true and len(set(cands)) == 10
+        assert all(int(c[1:]) // 3 != dlg for c in cands[1:])    # never from the same dialogue
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_rank_command(trained, dailydialog_zip, monkeypatch):
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    r = subprocess.run([sys.executable, "-m", "eval.rank", "--checkpoint", trained["vhred"], "--max-contexts", "8",
+                        "--iw-samples", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["contexts"] == 8 and set(res["metrics"]) == {"pmi", "ll"}
+    assert all(0 <= m["recall@1"] <= m["recall@2"] <= 1 for m in res["metrics"].values())
+
+
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["hred"], "--max-contexts", "12",
                         "--num-samples", "3", "--iw-samples", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    res = json.load(open(f"{trained['hred']}/results.json"))
+    res = json.load(open(f"{trained['hred']}/results-ours-test.json"))
     assert res["metrics"]["contexts"] == 12 and 0 <= res["metrics"]["bleu-2-f1"] <= 1
+    assert res["decoding"]["rank"] == "pmi"   # the chat's defaults
+    r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
+                        "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dw_res = json.load(open(f"{trained['vhred']}/results-dialogwae-test.json"))
+    assert dw_res["decoding"] | {"seed": 0} == {**dw_res["decoding"], "num_samples": 10, "method": "greedy",
+                                                "max_len": 40, "dedup": False, "rank": "none"}
+    rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test.jsonl")]
+    assert len(rows) == 12 and rows[0]["context"] == [""] and all(len(x["samples"]) == 10 for x in rows)
+    assert 0 <= dw_res["metrics"]["bleu-f1"] <= 1 and 0 <= dw_res["metrics"]["inter-dist-2"] <= 1
     # HRED has no latent: the importance-weighted bound is its exact likelihood
     assert res["metrics"]["iw2_nll_per_token"] == pytest.approx(res["metrics"]["elbo_nll_per_token"], rel=1e-5)

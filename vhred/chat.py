@@ -14,7 +14,7 @@ from dataclasses import replace
 from . import checkpoint
 from .cli import command, program
 from .device import pick_device
-from .generate import (DecodeOptions, add_decode_args, encode_turns, generate, newest_checkpoint,
+from .generate import (DecodeOptions, add_decode_args, candidates, encode_turns, newest_checkpoint,
                        options_from_args, pretty, response_text, spaced)
 
 __all__ = ["Chat", "main", "pretty", "spaced"]   # pretty and spaced live in vhred/generate.py
@@ -57,18 +57,14 @@ class Chat:
             self.note(f"(your turn was {len(pieces)} tokens; the model reads the first {self.cfg.max_utt_len})")
         self.history.append(turn)
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
-        n = self.opts.num_samples
-        # draw twice as many when repeats are dropped, so N distinct ones usually remain; ranked,
-        # the N kept are the best of them
-        opts = replace(self.opts, seed=self.opts.seed + self.turn,
-                       num_samples=2 * n if self.opts.dedup else n)
+        opts = replace(self.opts, seed=self.opts.seed + self.turn)
         self.turn += 1
-        [responses] = generate(self.model, [context], opts)
-        self.last = [self.sp.decode(ids) for ids, _ in responses[:n]]
-        self.scores = [s for _, s in responses[:n]]
+        [responses] = candidates(self.model, [context], opts)   # the best N of 2N, best first
+        self.last = [self.sp.decode(ids) for ids, _ in responses]
+        self.scores = [s for _, s in responses]
         self.history.append(self.last[0] if self.last else "")
         self.history = self.history[-self.cfg.max_context:]
-        return [response_text(self.sp, ids, opts.max_len) for ids, _ in responses[:n]]
+        return [response_text(self.sp, ids, opts.max_len) for ids, _ in responses]
 
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""

@@ -54,16 +54,24 @@ def markdown(results: dict, title: str) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m vhred.evaluate",
+    p = argparse.ArgumentParser(prog=program("python -m vhred.evaluate"),
                                 description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
-    add_decode_args(p, num_samples=10)
-    p.add_argument("--split", default="test", choices=["validation", "test"], help="(default %(default)s)")
+    add_decode_args(p)
+    p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
+                   help="the targets and metrics (see above; default %(default)s)")
+    p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
-    p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound (default %(default)s)")
+    p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound, 0 for no likelihood (default %(default)s)")
     args = p.parse_args(argv)
-    if args.max_contexts < 0 or args.iw_samples < 1:
-        raise InputError("--max-contexts must not be negative and --iw-samples must be at least 1")
-    args.dedup = False   # the protocol scores all N responses of a context, repeats included
+    if args.max_contexts < 0 or args.iw_samples < 0:
+        raise InputError("--max-contexts and --iw-samples must not be negative")
+    if args.protocol == "dialogwae":
+        given = {a.dest for a in p._actions for flag in a.option_strings
+                 for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
+        for key, value in DIALOGWAE_DECODING.items():
+            if key not in given:
+                setattr(args, key, value)
     return args
 
 
@@ -78,15 +86,45 @@ def dialogues_of(dialogues, n_pairs: int):
     return used
 
 
-def write_report(run_dir: str, results: dict, pairs, samples, title: str):
-    split = results["split"]
-    with open(os.path.join(run_dir, f"samples-{split}.jsonl"), "w", encoding="utf-8") as f:
-        for (ctx, ref), s in zip(pairs, samples):
-            f.write(json.dumps({"context": ctx, "reference": ref, "samples": s}, ensure_ascii=False) + "\n")
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
+def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> str:
+    name = f"{results['protocol']}-{results['split']}{results['settings']['tag'] and '-' + results['settings']['tag']}"
+    with open(os.path.join(run_dir, f"samples-{name}.jsonl"), "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(os.path.join(run_dir, f"results-{name}.json"), "w") as f:
         json.dump(results, f, indent=1)
-    with open(os.path.join(run_dir, "results.md"), "w") as f:
+    with open(os.path.join(run_dir, f"results-{name}.md"), "w") as f:
         f.write(markdown(results, title))
+    return name
+
+
+def decode(model, cfg, sp, pairs, opts):
+    """Responses for each (context, reference): token ids, and rows for the samples file."""
+    responses, rows = [], []
+    for (ctx, ref), (_, ids, scores) in zip(pairs, generate_file(model, cfg, sp, [c for c, _ in pairs], opts)):
+        responses.append(ids)
+        rows.append({"context": ctx, "reference": ref,
+                     "samples": [response_text(sp, r, opts.max_len, mark_cut=False) for r in ids],
+                     "cut": [len(r) >= opts.max_len for r in ids], "scores": [round(x, 4) for x in scores]})
+    return responses, rows
+
+
+def ours(model, cfg, sp, dialogues, opts, max_contexts: int):
+    """Our protocol: (metrics, rows)."""
+    pairs = context_pairs(dialogues, cfg.max_context)[:max_contexts or None]
+    responses, rows = decode(model, cfg, sp, pairs, opts)
+    texts = [[sp.decode(r) for r in row] for row in responses]   # the model's own text
+    return {"contexts": len(pairs), **sample_metrics(texts, [r for _, r in pairs])}, rows
+
+
+def dialogwae_protocol(model, cfg, sp, dialogues, opts, max_contexts: int):
+    """DialogWAE's protocol (vhred/metrics/dialogwae.py): (metrics, rows)."""
+    vocab = dialogwae.vocabulary(split_dialogues(cfg, "train"))
+    pairs = dialogwae.targets(dialogues)[:max_contexts or None]
+    responses, rows = decode(model, cfg, sp, pairs, opts)
+    hyps = [[dialogwae.response_tokens(sp.decode(r), len(r) < opts.max_len, vocab) for r in row] for row in responses]
+    refs = [dialogwae.reference_tokens(r, vocab) for _, r in pairs]
+    return {"contexts": len(pairs), **dialogwae.scores(hyps, refs)}, rows
 
 
 @command
@@ -96,22 +134,19 @@ def main(argv=None):
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
     dialogues = split_dialogues(cfg, args.split)
-    pairs = context_pairs(dialogues, cfg.max_context)
-    pairs = pairs[:args.max_contexts] if args.max_contexts else pairs
     t0 = time.time()
-    samples = [s for _, s, _ in generate_file(model, cfg, sp, [c for c, _ in pairs], opts)]
-    metrics = {"contexts": len(pairs), **sample_metrics(samples, [r for _, r in pairs])}
-    if args.max_contexts:
-        dialogues = dialogues_of(dialogues, len(pairs))
-    metrics.update(likelihood_metrics(model, cfg, sp, dialogues, args.iw_samples, 0))
-    results = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "metrics": metrics,
-               "settings": {**vars(args), "bleu": "sentence BLEU-n, uniform weights, nltk smoothing method 1; "
-                                    "dialogwae-bleu: trigram weights, method 7 (as DialogWAE's code)",
-                            "tokenize": "vhred.metrics.text.tokenize (lower case, words and punctuation)"},
-               "seconds": time.time() - t0}
-    write_report(os.path.dirname(path), results, pairs, samples,
-                 f"{cfg.arch.model} on the {args.split} split ({os.path.basename(path)})")
-    print(markdown(results, f"{cfg.arch.model} on {args.split}"))
+    protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
+    metrics, rows = protocol(model, cfg, sp, dialogues, opts, args.max_contexts)
+    if args.max_contexts:   # both protocols have len(d) - 1 targets per dialogue
+        dialogues = dialogues_of(dialogues, metrics["contexts"])
+    if args.iw_samples:
+        metrics.update(likelihood_metrics(model, cfg, sp, dialogues, args.iw_samples, 0))
+    results = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "protocol": args.protocol,
+               "metrics": metrics, "decoding": vars(opts), "settings": vars(args), "seconds": time.time() - t0}
+    title = f"{cfg.arch.model} on the {args.split} split, {args.protocol} protocol ({os.path.basename(path)})"
+    name = write_report(os.path.dirname(path), results, rows, title)
+    print(markdown(results, title))
+    print(f"wrote {os.path.dirname(path)}/results-{name}.json", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -256,6 +256,15 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions)
     return _rank(model, contexts, results, opts) if opts.rank != "none" else results
 
 
+def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions) -> list[list[tuple[list[int], float]]]:
+    """What the chat shows for each context: when repeats are dropped or candidates ranked,
+    2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
+    the best N of 2N); otherwise the N decoded."""
+    n = opts.num_samples
+    wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
+    return [r[:n] for r in generate(model, contexts, wide)]
+
+
 def _dedup(responses):
     """Drop repeated responses of one context, keeping the first of each."""
     seen, kept = set(), []
@@ -394,7 +403,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        for ctx, responses in zip(chunk, generate(model, ids, opts)):
+        for ctx, responses in zip(chunk, candidates(model, ids, opts)):
             yield ctx, [r for r, _ in responses], [s for _, s in responses]
 
 
