@@ -1,28 +1,44 @@
-"""The full evaluation of a checkpoint on a split, with the multi-sample protocol of the
-latent-variable dialogue literature (Zhao et al. 2017; DialogWAE, Gu et al. 2019):
+"""The full evaluation of a checkpoint on a split:
 
-    python -m vhred.evaluate --checkpoint runs/x/best.pt --split test --num-samples 10
+    python -m vhred.evaluate --checkpoint runs/x/best.pt [--protocol ours|dialogwae] [decoding flags]
 
-For every utterance of the split that has a turn before it (context: up to max_context earlier
-turns), N responses are sampled (VHRED: z from the prior; HRED: from the decoder alone) and
-scored against the reference: multi-sample BLEU-1..4 precision / recall / F1, intra and inter
-distinct-1/2 and distinct-1/2 within single responses, mean response length. The likelihood side
-reports NLL per token and perplexity from the ELBO and from an importance-weighted bound with K samples, KL per utterance and active units.
-Writes results.json, results.md and the samples (samples-<split>.jsonl) into the run folder.
+Responses are decoded with the flags of vhred.generate, whose defaults are what the chat shows
+(DecodeOptions). Two protocols score them against the one reference of each context:
+
+  ours       every utterance that has a turn before it is a target (context: up to max_context
+             earlier turns); multi-sample BLEU-1..4 precision / recall / F1 on
+             vhred.metrics.text.tokenize, DialogWAE's BLEU on the same tokens, intra / inter /
+             response distinct-1/2, mean length.
+  dialogwae  DialogWAE's own evaluation, rule by rule (vhred/metrics/dialogwae.py): its targets,
+             tokens, vocabulary, end token and BLEU / distinct formulas; its decoding (10 responses,
+             greedy words per prior z, 40 steps) unless decoding flags say otherwise.
+
+The likelihood side (skipped with --iw-samples 0) reports the negative ELBO per token, the
+importance-weighted bound with K samples, KL per utterance and active units on the dialogues
+that hold the scored targets. Metrics are computed on the model's own text; the samples file
+holds the readable text (vhred.generate.pretty) with a "cut" flag for responses that reached
+the length limit. Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
+into the run folder (--tag adds a suffix).
 """
 import argparse
 import json
 import os
+import sys
 import time
 
 from . import checkpoint, sources
-from .cli import command
+from .cli import command, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
-from .generate import add_decode_args, generate_file, newest_checkpoint, options_from_args
+from .generate import add_decode_args, generate_file, newest_checkpoint, options_from_args, response_text
+from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
+
+# DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
+DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
+                      "dedup": False, "rank": "none"}
 
 
 def split_dialogues(cfg, split: str) -> list[list[str]]:
