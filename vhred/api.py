@@ -10,13 +10,13 @@ vhred.generate for decoding, vhred.scoring for scores, and the same one-line Use
 (vhred.errors) for anything a caller can get wrong. Public: load, Bot, Candidate.
 """
 import os
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 
 from . import checkpoint
 from .device import pick_device
 from .errors import InputError
-from .generate import DecodeOptions, encode_turns, generate, options_from_args, response_text, spaced
+from .generate import DecodeOptions, candidates, encode_turns, options_from_args, response_text, spaced
 
 __all__ = ["Bot", "Candidate", "load"]
 
@@ -62,8 +62,9 @@ class Bot:
         return [float(s) for s in score(self._model, self._sp, self.config, list(history), list(candidates),
                                         kind=DecodeOptions.rank)]
 
-    def _options(self, n: int, decoding: dict) -> DecodeOptions:
-        """DecodeOptions for n replies from keyword options, checked like the commands' flags."""
+    def _options(self, n: int, decoding: dict, base: DecodeOptions | None = None) -> DecodeOptions:
+        """DecodeOptions for n replies: keyword options over base (default: DecodeOptions()),
+        checked like the commands' flags."""
         for key, value in decoding.items():
             if key not in DECODING:
                 raise InputError(f"unknown decoding option '{key}'; known: {', '.join(DECODING)}")
@@ -71,18 +72,16 @@ class Bot:
         _check_type("n", n, int)
         if n < 1:
             raise InputError(f"n must be at least 1, got {n}")
-        given = {**asdict(DecodeOptions()), "method": None, **decoding, "num_samples": n}
+        given = {**asdict(base or DecodeOptions()), **decoding, "num_samples": n}
+        if "method" not in decoding and {"temperature", "top_k", "top_p"} & set(decoding):
+            given["method"] = None   # shaped words and no method: sampling, as with the flags
         return options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
 
     def _respond_many(self, histories: list[list[str]], opts: DecodeOptions) -> list[list[Candidate]]:
         """Replies to several conversations with the same options, decoded as one batch."""
         contexts = [self._context(h) for h in histories]
-        n = opts.num_samples
-        # draw twice as many when repeats are dropped, so n distinct ones usually remain (as
-        # the chat does); ranked, the n kept are the best of them
-        wide = replace(opts, num_samples=2 * n if opts.dedup else n)
-        results = generate(self._model, contexts, wide)
-        return [[Candidate(response_text(self._sp, ids, opts.max_len), float(s)) for ids, s in r[:n]]
+        results = candidates(self._model, contexts, opts)   # as the chat: the best n of 2n, best first
+        return [[Candidate(response_text(self._sp, ids, opts.max_len), float(s)) for ids, s in r]
                 for r in results]
 
     def _context(self, history: list[str]) -> list[list[int]]:

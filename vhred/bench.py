@@ -147,6 +147,8 @@ def parse_args(argv):
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
                    help="--serve: numbers of concurrent clients (default %(default)s)")
     p.add_argument("--seconds", type=float, default=20.0, help="--serve: seconds of load per measurement (default %(default)s)")
+    p.add_argument("--rank", choices=["pmi", "ll", "none"],
+                   help="--serve: the requests' ranking (default: the server's, DecodeOptions.rank)")
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
     args = p.parse_args(argv)
@@ -200,7 +202,7 @@ def untrained_checkpoint(config: str, overrides: list[str]) -> str:
     from . import checkpoint
     from .dataset import prepare
     from .model import VHRED
-    cfg = load(config, [f"name=serve-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
+    cfg = load(config, [f"name=serve-{os.path.splitext(os.path.basename(config))[0]}", "out_dir=runs/bench", *overrides])
     folder = prepare(cfg)   # the tokenizer: a cached one when the data was prepared before
     with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
         tokenizer = f.read()
@@ -229,6 +231,8 @@ class Server:
             self.proc.kill()
             raise RuntimeError(f"vhred serve did not start: {line.strip() or self.proc.wait()}")
         self.port = int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
+        # the server's later messages (tracebacks) pass through, and never fill the pipe
+        threading.Thread(target=lambda: [sys.stderr.write(x) for x in self.proc.stderr], daemon=True).start()
         return self
 
     def __exit__(self, *exc):
@@ -245,11 +249,10 @@ def post_json(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
     return data
 
 
-def drive(port: int, clients: int, seconds: float) -> dict:
-    """`clients` threads, each sending a request as soon as its previous one is answered, for
+def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
+    """`clients` threads, each sending `body` as soon as its previous request is answered, for
     `seconds`: requests/s, p50 and p95 latency."""
     latencies, errors, lock = [], [], threading.Lock()
-    body = {"history": SERVE_HISTORY, "n": 5}
     stop_at = time.perf_counter() + seconds
 
     def client():
@@ -277,26 +280,32 @@ def drive(port: int, clients: int, seconds: float) -> dict:
             "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[18]}
 
 
-def serve_bench(ckpt: str, clients: list[int], seconds: float) -> list[dict]:
+def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None) -> list[dict]:
+    body = {"history": SERVE_HISTORY, "n": 5, **({"rank": rank} if rank else {})}
     rows = []
     for max_batch in (32, 1):
         with Server(ckpt, max_batch) as server:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
             for _ in range(3):   # warm-up: allocators, kernels
-                post_json(conn, "/respond", {"history": SERVE_HISTORY, "n": 5})
+                post_json(conn, "/respond", body)
+            conn.close()
             for c in clients:
-                before = _served(conn)
-                row = {"max_batch": max_batch, **drive(server.port, c, seconds)}
-                after = _served(conn)
+                before = _served(server.port)
+                row = {"max_batch": max_batch, **drive(server.port, c, seconds, body)}
+                after = _served(server.port)
                 row["mean_batch"] = (after["requests"] - before["requests"]) / max(after["batches"] - before["batches"], 1)
                 print(_serve_row(row), flush=True)
                 rows.append(row)
     return rows
 
 
-def _served(conn) -> dict:
+def _served(port: int) -> dict:
+    """The server's count of requests and batches so far (a new connection: an idle one is closed)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("GET", "/health")
-    return json.loads(conn.getresponse().read())["served"]
+    served = json.loads(conn.getresponse().read())["served"]
+    conn.close()
+    return served
 
 
 def _serve_row(r: dict) -> str:
@@ -306,13 +315,15 @@ def _serve_row(r: dict) -> str:
 
 def serve_main(args):
     ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides)
-    print(f"serving {ckpt}; {args.seconds:g} s per measurement, {torch.get_num_threads()} threads")
+    print(f"serving {ckpt}; rank {args.rank or 'default'}; {args.seconds:g} s per measurement, "
+          f"{torch.get_num_threads()} threads")
     print("| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
-    rows = serve_bench(ckpt, args.clients, args.seconds)
+    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "results": rows}, f, indent=1)
+        json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "rank": args.rank,
+                   "results": rows}, f, indent=1)
     base = next(r for r in rows if r["max_batch"] > 1 and r["clients"] == min(args.clients))
     for r in rows:
         if r["max_batch"] > 1 and r["clients"] != base["clients"]:

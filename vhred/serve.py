@@ -153,20 +153,21 @@ def _groups(jobs: list) -> list[list[Job]]:
 class Service:
     """What the HTTP handler calls: checks a request body, queues it, waits for its answer."""
 
-    def __init__(self, bot, limits: Limits):
+    def __init__(self, bot, limits: Limits, defaults=None):
+        from .generate import DecodeOptions
         self.bot, self.limits = bot, limits.check()
+        self.defaults = defaults or DecodeOptions()   # what a request leaves out
         self.batcher = Batcher(bot, limits)
         self.count = itertools.count()   # score requests are never batched: a key each
         self.page = files("vhred").joinpath("static", "chat.html").read_bytes()
 
     def respond(self, body: dict) -> dict:
         from .api import DECODING
-        from .generate import DecodeOptions
         _only(body, {"history", "n", *DECODING})
         history = self._history(body)
-        n = body.get("n", DecodeOptions.num_samples)
+        n = body.get("n", self.defaults.num_samples)
         decoding = {k: v for k, v in body.items() if k in DECODING}
-        opts = self.bot._options(n, decoding)   # types and values, as the commands check them
+        opts = self.bot._options(n, decoding, self.defaults)   # checked as the commands' flags are
         lim = self.limits
         _cap("n", opts.num_samples, lim.max_n)
         _cap("max_len", opts.max_len, lim.max_len)
@@ -186,6 +187,7 @@ class Service:
         b = self.batcher
         return {"status": "ok", "model": cfg.arch.model, "checkpoint": self.bot.checkpoint,
                 "device": self.bot.device, "config": asdict(cfg), "limits": asdict(self.limits),
+                "decoding": asdict(self.defaults),
                 "served": {"requests": b.requests, "batches": b.batches, "waiting": b.queue.qsize()}}
 
     def close(self):
@@ -314,33 +316,39 @@ class Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True       # open connections do not keep a stopping server alive
+    request_queue_size = 256    # connections the kernel holds until accepted (the default 5 drops bursts)
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
 def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-                quiet: bool = False) -> ThreadingHTTPServer:
+                quiet: bool = False, defaults=None) -> ThreadingHTTPServer:
     """An HTTP server for bot (not yet serving: call serve_forever, then shutdown and
-    server_close, then server.service.close()). Port 0 takes a free port (server.server_port)."""
-    service = Service(bot, limits or Limits())
+    server_close, then server.service.close()). Port 0 takes a free port (server.server_port).
+    defaults: the DecodeOptions of requests that leave options out (default DecodeOptions())."""
+    service = Service(bot, limits or Limits(), defaults)
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = Server((host, port), Handler)
     except OSError as e:
         service.close()
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
-    server.daemon_threads = True   # open connections do not keep a stopping server alive
     server.service, server.quiet = service, quiet
     return server
 
 
 def parse_args(argv):
+    from .generate import add_decode_args, options_from_args
     p = argparse.ArgumentParser(prog=program("python -m vhred.serve"),
-                                description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /.")
-    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+                                description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /. "
+                                            "The decoding flags set what a request leaves out.")
+    add_decode_args(p)   # --checkpoint, --device and the decoding flags, as chat, generate and eval have them
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the model to the network (default %(default)s)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any free one (default %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
     d = Limits()
     p.add_argument("--max-batch", type=int, default=d.max_batch,
                    help="requests decoded together in one forward pass, 1 for no batching (default %(default)s)")
@@ -355,16 +363,20 @@ def parse_args(argv):
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     pick_device(args.device)   # a wrong --device is reported before any checkpoint is looked for
     limits = Limits(max_batch=args.max_batch, wait_ms=args.wait_ms, timeout=args.timeout, max_n=args.max_n)
-    return args, limits.check()
+    limits, defaults = limits.check(), options_from_args(args)
+    if defaults.num_samples > limits.max_n or defaults.max_len > limits.max_len or defaults.beam > limits.max_beam:
+        raise InputError(f"on a server --num-samples may be at most --max-n ({limits.max_n}), --max-len at most "
+                         f"{limits.max_len} and --beam at most {limits.max_beam}")
+    return args, limits, defaults
 
 
 @command
 def main(argv=None):
     from .api import load
     from .generate import newest_checkpoint
-    args, limits = parse_args(argv)
+    args, limits, defaults = parse_args(argv)
     bot = load(args.checkpoint or newest_checkpoint(), args.device)
-    server = make_server(bot, args.host, args.port, limits, args.quiet)
+    server = make_server(bot, args.host, args.port, limits, args.quiet, defaults)
     host, port = server.server_address[:2]
     print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)

@@ -1,0 +1,175 @@
+"""vhred serve: a real server on 127.0.0.1 with a tiny checkpoint, its endpoints, bad input,
+concurrency and batching, time limits; always stopped at the end."""
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import vhred
+from tests.conftest import ROOT
+from vhred.serve import Handler, Limits, make_server
+
+HISTORY = ["Hello, how are you?", "Fine, thanks. And you?"]
+
+
+class Running:
+    """A server in a background thread on a free port; stop() shuts it down and frees the port."""
+
+    def __init__(self, bot, limits: Limits):
+        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.server.service.close()
+        self.thread.join(timeout=10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture(scope="module")
+def bot(trained):
+    return vhred.load(trained["vhred"], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(bot):
+    # a wide wait window, so that requests sent together are seen together even on a busy machine
+    running = Running(bot, Limits(max_batch=16, wait_ms=50, max_body=4096))
+    yield running
+    running.stop()
+
+
+def request(port, method, path, body=None, raw: bytes | None = None, headers=None):
+    """(status, parsed JSON or text) of one request on a new connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    hdrs = {"Content-Type": "application/json"} if data is not None else {}
+    conn.request(method, path, data, {**hdrs, **(headers or {})})
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    is_json = resp.getheader("Content-Type", "").startswith("application/json")
+    return resp.status, json.loads(text) if is_json else text
+
+
+def test_respond_gives_ranked_candidates(server, bot):
+    status, out = request(server.port, "POST", "/respond", {"history": HISTORY, "n": 3, "seed": 5})
+    assert status == 200 and 1 <= len(out["candidates"]) <= 3
+    scores = [c["score"] for c in out["candidates"]]
+    assert scores == sorted(scores, reverse=True)
+    # the same answer as the Python API gives for the same request
+    assert out["candidates"] == [{"text": c.text, "score": c.score} for c in bot.respond(HISTORY, n=3, seed=5)]
+
+
+def test_score_and_health_and_page(server, bot):
+    status, out = request(server.port, "POST", "/score", {"history": HISTORY, "candidates": ["Me too.", "Bye."]})
+    assert status == 200 and out["scores"] == pytest.approx(bot.score(HISTORY, ["Me too.", "Bye."]))
+    status, health = request(server.port, "GET", "/health")
+    assert status == 200 and health["status"] == "ok" and health["model"] == "vhred"
+    assert health["device"] == "cpu" and health["config"]["arch"]["z_dim"] == bot.config.arch.z_dim
+    status, page = request(server.port, "GET", "/")
+    assert status == 200 and "<title>vhred chat</title>" in page and "/respond" in page
+    assert "http://" not in page and "https://" not in page   # nothing fetched from elsewhere
+
+
+@pytest.mark.parametrize("path, body, status, message", [
+    ("/respond", b"{not json", 400, "not valid JSON"),
+    ("/respond", b"[1, 2]", 400, "must be a JSON object"),
+    ("/respond", b'{"history": ["hi"], "temperature": NaN}', 400, "not valid JSON"),
+    ("/respond", b"\xff\xfe", 400, "not valid JSON"),
+    ("/respond", b"[" * 3000 + b"]" * 3000, 413, "over 4096 bytes"),
+    ("/respond", {"history": "hi"}, 400, "'history' must be a list of strings"),
+    ("/respond", {"history": []}, 400, "at least one turn"),
+    ("/respond", {"n": 2}, 400, "missing field 'history'"),
+    ("/respond", {"history": ["hi"], "n": "5"}, 400, "n must be an int"),
+    ("/respond", {"history": ["hi"], "n": 0}, 400, "n must be at least 1"),
+    ("/respond", {"history": ["hi"], "n": 21}, 400, "n may be at most 20"),
+    ("/respond", {"history": ["hi"], "max_len": 500}, 400, "max_len may be at most 100"),
+    ("/respond", {"history": ["hi"], "temperature": -1, "method": "sample"}, 400, "temperature must be a positive"),
+    ("/respond", {"history": ["hi"] * 51}, 400, "turns in history may be at most 50"),
+    ("/respond", {"history": ["x" * 2001]}, 400, "at most 2000 characters"),
+    ("/respond", {"history": ["hi"], "colour": "red"}, 400, "unknown field 'colour'"),
+    ("/score", {"history": ["hi"], "candidates": [1]}, 400, "'candidates' must be a list of strings"),
+    ("/score", {"history": ["hi"], "candidates": ["a"] * 51}, 400, "candidates may be at most 50"),
+    ("/score", {"history": ["hi"], "candidates": ["a"], "n": 3}, 400, "unknown field 'n'"),
+    ("/nowhere", {}, 404, "no such endpoint"),
+])
+def test_bad_input_gets_a_4xx_json_error_and_the_server_lives_on(server, path, body, status, message):
+    raw = body if isinstance(body, bytes) else None
+    got, out = request(server.port, "POST", path, body if raw is None else None, raw=raw)
+    assert got == status and message in out["error"]
+    assert request(server.port, "GET", "/health")[0] == 200
+
+
+def test_wrong_method_content_type_and_length_are_refused(server):
+    assert request(server.port, "GET", "/respond")[0] == 405
+    status, out = request(server.port, "POST", "/respond", raw=b'{"history": ["hi"]}',
+                          headers={"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in out["error"]
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:   # no Content-Length
+        s.sendall(b"POST /respond HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\r\n")
+        assert b" 411 " in s.recv(4096).split(b"\r\n")[0]
+
+
+def test_fifty_concurrent_requests_are_all_answered_in_shared_batches(server):
+    before = request(server.port, "GET", "/health")[1]["served"]
+    bodies = [{"history": HISTORY + [f"Question number {i}?"], "n": 2} for i in range(50)]
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda b: request(server.port, "POST", "/respond", b), bodies))
+    assert [s for s, _ in answers] == [200] * 50 and all(out["candidates"] for _, out in answers)
+    after = request(server.port, "GET", "/health")[1]["served"]
+    assert after["requests"] - before["requests"] == 50
+    assert after["batches"] - before["batches"] < 50   # requests shared forward passes
+
+
+def test_a_request_in_a_batch_gets_what_it_gets_alone(server, bot):
+    """Each reply's random numbers are its own (vhred.generate), so batching changes nothing."""
+    bodies = [{"history": [f"Where is room {i}?"], "n": 3, "method": "sample", "seed": i} for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda b: request(server.port, "POST", "/respond", b)[1], bodies))
+    for body, out in zip(bodies, answers):
+        alone = bot.respond(body["history"], n=3, method="sample", seed=body["seed"])
+        assert out["candidates"] == [{"text": c.text, "score": c.score} for c in alone]
+
+
+def test_a_request_that_takes_too_long_is_cut_off(bot):
+    running = Running(bot, Limits(timeout=0.001))
+    try:
+        status, out = request(running.port, "POST", "/respond", {"history": HISTORY, "n": 20, "max_len": 100})
+        assert status == 504 and "no answer within" in out["error"]
+        assert request(running.port, "GET", "/health")[0] == 200
+    finally:
+        running.stop()
+
+
+def test_a_client_that_never_finishes_its_request_is_disconnected(server, monkeypatch):
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /respond HTTP/1.1\r\n")   # and nothing more
+        t0 = time.monotonic()
+        assert s.recv(4096) == b""   # the server closed the connection
+        assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.slow   # a subprocess: the command as a user runs it
+def test_the_serve_command_serves_and_stops(trained):
+    proc = subprocess.Popen([sys.executable, "-m", "vhred", "serve", "--checkpoint", trained["vhred"],
+                             "--port", "0", "--quiet"], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = proc.stderr.readline()
+        assert "http://127.0.0.1:" in line
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        assert request(port, "GET", "/health")[1]["status"] == "ok"
+        assert request(port, "POST", "/respond", {"history": ["Hi!"], "n": 2})[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
