@@ -56,7 +56,7 @@ def test_offline_without_a_local_copy_says_where_to_put_the_archive(tmp_path, mo
     monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
     with pytest.raises(DataError, match=r"put ijcnlp_dailydialog.zip in .*raw/dailydialog/"):
         sources.find_dailydialog(str(tmp_path), url="http://127.0.0.1:9/ijcnlp_dailydialog.zip")
-    assert not os.listdir(tmp_path / "raw" / "dailydialog")   # no partial file left behind
+    assert not os.path.exists(tmp_path / "raw")   # no partial file, no empty folder left behind
 
 
 def test_missing_dailydialog_src_is_a_clear_error(monkeypatch, tmp_path):

@@ -41,6 +41,7 @@ class Config:
     # --- data ---
     data: str = "dailydialog"     # "dailydialog", or a path to a .jsonl of {"dialog": [...]} lines
     data_dir: str = "data"        # downloads, processed caches
+    data_source: str = ""         # set by training: the absolute path the data was read from (eval reads it again)
     vocab_size: int = 8000        # SentencePiece vocabulary asked for (a small corpus may give fewer)
     max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
     max_context: int = 10         # context turns a target sees; longer dialogues are windowed
@@ -70,7 +71,7 @@ class Config:
     seed: int = 1337              # one seed for data order, initialisation and sampling
     device: str = "auto"          # "auto" (cuda when present), "cpu" or "cuda"
     precision: str = "auto"       # training step: "bf16" autocast, "fp32", or "auto" (see device.py)
-    name: str = ""                # run name; default <config name>-<model>
+    name: str = ""                # run name; default <config name>-<model> (<data name>-... for a .jsonl)
     out_dir: str = "runs"         # runs go to <out_dir>/<name>/
 
 
@@ -166,6 +167,8 @@ def load(path: str | None, overrides: list[str]) -> Config:
         setattr(cfg.arch if section is ARCH else cfg, name, _parse_value(key, text, section[name]))
     if not cfg.name:
         stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
+        if cfg.data != "dailydialog":   # a run of your own data is named after it: <data>-<config>-<model>
+            stem = f"{os.path.splitext(os.path.basename(cfg.data))[0]}-{stem}"
         cfg.name = stem if stem.endswith(cfg.arch.model) else f"{stem}-{cfg.arch.model}"
     validate(cfg)
     return cfg

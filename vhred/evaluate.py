@@ -44,9 +44,11 @@ DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max
 def split_dialogues(cfg, split: str) -> list[list[str]]:
     """The dialogues of a split of the checkpoint's own data source."""
     if cfg.data == "dailydialog":
-        dialogues = sources.read_dailydialog(sources.find_dailydialog(cfg.data_dir))[split]
+        src = sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
+        dialogues = sources.read_dailydialog(src)[split]
     else:
-        dialogues = [d for s, d in sources.iter_jsonl(cfg.data, cfg.seed) if s == split]
+        path = cfg.data if os.path.isfile(cfg.data) or not cfg.data_source else cfg.data_source
+        dialogues = [d for s, d in sources.iter_jsonl(path, cfg.seed) if s == split]
     dialogues = [d for d in dialogues if len(d) > 1]
     return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
 
@@ -75,7 +77,7 @@ def parse_args(argv):
     add_decode_args(p)
     p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
                    help="the targets and metrics (see above; default %(default)s)")
-    p.add_argument("--tag", default="", help="suffix of the result file names")
+    p.add_argument("--tag", default="", help="suffix of the result file names (default: none)")
     p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound, 0 for no likelihood (default %(default)s)")

@@ -109,6 +109,8 @@ class Run:
         self.val_data = DialogueData(self.data_folder, "validation")
         with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
+        with open(os.path.join(self.data_folder, "meta.json")) as f:   # saved in config and checkpoints:
+            cfg.data_source = os.path.abspath(json.load(f)["source"])    # eval reads the same data
         total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
         for w in config.warnings(cfg, total):
             self.log(f"warning: {w}")
