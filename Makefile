@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench bench-scale chat eval clean-venv
+.PHONY: venv train test bench bench-scale bench-serve chat serve eval clean-venv
 
 venv: $(STAMP)
 
@@ -39,6 +39,10 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m vhred.bench $(ARGS)
 
+# Serving: requests/s and p50/p95 latency at 1/8/32 clients, with and without batching (README, "Serving")
+bench-serve: $(STAMP)
+	$(BIN)/python -m vhred.bench --serve $(ARGS)
+
 # Preparation time and memory, training speed, on corpora 1x/10x/100x DailyDialog (python -m vhred.bench_scale --help)
 bench-scale: $(STAMP)
 	$(BIN)/python -m vhred.bench_scale $(ARGS)
@@ -52,6 +56,10 @@ eval: $(STAMP)
 
 chat: $(STAMP)
 	$(BIN)/python -m vhred.chat $(ARGS)
+
+# The HTTP API and chat page on http://127.0.0.1:8000/ (make serve ARGS="--checkpoint runs/x --port 8001")
+serve: $(STAMP)
+	$(BIN)/python -m vhred.serve $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -71,7 +71,7 @@ def test_help_lists_the_subcommands(capsys):
     (["eval", "--max-contexts", "-1"], "--max-contexts and --iw-samples must not be negative"),
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "--max-batch", "0"], "--max-batch must be positive"),
-    (["bench", "--steps", "0"], "--steps and --clients must be at least 1"),
+    (["bench", "--steps", "0"], "--steps, --clients and --max-batch must be at least 1"),
     (["serve", "--device", "tpu"], "device must be auto, cpu or cuda"),
     (["serve", "--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run not found"),
     (["chta"], "unknown command 'chta' (did you mean chat?)"),
@@ -124,3 +124,30 @@ def test_eval_that_cannot_find_its_data_says_so_and_leaves_no_folders(trained, t
     with pytest.raises(DataError, match="could not download"):
         split_dialogues(cfg, "test")
     assert os.listdir(tmp_path) == []
+
+
+# --- run names and curves ----------------------------------------------------------------------
+
+def test_a_run_of_your_own_data_is_named_after_it():
+    from vhred.config import load
+    tiny = os.path.join(ROOT, "configs", "tiny.yaml")
+    assert load(tiny, []).name == "tiny-vhred"
+    assert load(tiny, ["data=somewhere/my-chats.jsonl"]).name == "my-chats-tiny-vhred"
+    assert load(tiny, ["data=my.jsonl", "model=hred"]).name == "my-tiny-hred"
+    assert load(tiny, ["data=my.jsonl", "name=mine"]).name == "mine"
+
+
+def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monkeypatch):
+    import shutil
+    from vhred import plot
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    labels = []
+    original = plot.plot_elbo
+
+    def spy(a, val):
+        original(a, val)
+        labels.extend(line.get_label() for line in a.get_lines())
+    monkeypatch.setattr(plot, "plot_elbo", spy)
+    assert os.path.isfile(plot.plot(str(run)))
+    assert "validation -ELBO (best.pt criterion)" in labels and any(x.startswith("best.pt: ") for x in labels)

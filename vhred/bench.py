@@ -35,6 +35,7 @@ import torch
 from .cli import command, program
 from .config import load
 from .errors import InputError
+from .serve import Limits
 
 
 def chat_latency(cfg, vocab: int, repeats: int = 20) -> float:
@@ -147,13 +148,18 @@ def parse_args(argv):
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
                    help="--serve: numbers of concurrent clients (default %(default)s)")
     p.add_argument("--seconds", type=float, default=20.0, help="--serve: seconds of load per measurement (default %(default)s)")
+    p.add_argument("--max-batch", type=int, nargs="+", default=[32, 1],
+                   help="--serve: the server's --max-batch settings to compare, 1 for no batching (default %(default)s)")
+    p.add_argument("--wait-ms", type=float, default=Limits.wait_ms,
+                   help="--serve: the server's --wait-ms (default %(default)s)")
     p.add_argument("--rank", choices=["pmi", "ll", "none"],
                    help="--serve: the requests' ranking (default: the server's, DecodeOptions.rank)")
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1:
-        raise InputError("--steps and --clients must be at least 1, --seconds positive")
+    if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1 or min(args.max_batch) < 1 or args.wait_ms < 0:
+        raise InputError("--steps, --clients and --max-batch must be at least 1, --seconds positive, "
+                         "--wait-ms not negative")
     args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
     return args
 
@@ -220,9 +226,9 @@ def untrained_checkpoint(config: str, overrides: list[str]) -> str:
 class Server:
     """`vhred serve` in its own process on a free port, for `with`; stopped on leaving."""
 
-    def __init__(self, ckpt: str, max_batch: int):
+    def __init__(self, ckpt: str, max_batch: int, wait_ms: float):
         self.args = [sys.executable, "-m", "vhred.serve", "--checkpoint", ckpt, "--port", "0", "--quiet",
-                     "--device", "cpu", "--max-batch", str(max_batch), "--timeout", "120"]
+                     "--device", "cpu", "--max-batch", str(max_batch), "--wait-ms", str(wait_ms), "--timeout", "300"]
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
@@ -280,11 +286,12 @@ def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
             "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[18]}
 
 
-def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None) -> list[dict]:
+def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None, wait_ms: float,
+                batchings: list[int]) -> list[dict]:
     body = {"history": SERVE_HISTORY, "n": 5, **({"rank": rank} if rank else {})}
     rows = []
-    for max_batch in (32, 1):
-        with Server(ckpt, max_batch) as server:
+    for max_batch in batchings:
+        with Server(ckpt, max_batch, wait_ms) as server:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
             for _ in range(3):   # warm-up: allocators, kernels
                 post_json(conn, "/respond", body)
@@ -318,17 +325,17 @@ def serve_main(args):
     print(f"serving {ckpt}; rank {args.rank or 'default'}; {args.seconds:g} s per measurement, "
           f"{torch.get_num_threads()} threads")
     print("| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
-    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank)
+    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "rank": args.rank,
                    "results": rows}, f, indent=1)
-    base = next(r for r in rows if r["max_batch"] > 1 and r["clients"] == min(args.clients))
     for r in rows:
-        if r["max_batch"] > 1 and r["clients"] != base["clients"]:
-            print(f"batching, {r['clients']} clients: {r['requests_per_s'] / base['requests_per_s']:.1f}x "
-                  f"the {base['clients']}-client rate")
+        base = next(b for b in rows if b["max_batch"] == r["max_batch"] and b["clients"] == min(args.clients))
+        if r is not base:
+            print(f"max batch {r['max_batch']}, {r['clients']} clients: "
+                  f"{r['requests_per_s'] / base['requests_per_s']:.1f}x the {base['clients']}-client rate")
     print(f"machine: {machine}; written to {args.out}")
 
 
