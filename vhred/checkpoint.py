@@ -18,19 +18,48 @@ FORMAT = 2
 
 
 def save(state: dict, path: str) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file whole."""
+    """Write to a temporary file, flush it to disk, then rename: a crash leaves the old file whole.
+    A failed write (disk full) is an OSError naming the file, never torch's own RuntimeError."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb") as f:
             state = {**state, "format": FORMAT}
-            torch.save({**state, "checksum": checksum(state)}, f)
+            _write({**state, "checksum": checksum(state)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path) or ".")   # make the rename itself durable
+    except OSError as e:
+        if e.filename:
+            raise
+        raise OSError(e.errno, f"{e.strerror or e} while writing the checkpoint", path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _write(obj, f) -> None:
+    """torch.save into an open file. When a write fails (ENOSPC, EIO), torch's zip writer swallows
+    the OSError and raises a RuntimeError of its own ("unexpected pos ...") that merely chains it:
+    raise the OSError itself, so the user learns that the disk is full."""
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        cause = _os_error_in(e)
+        if cause is None:
+            raise   # not an I/O failure: a bug, keep its traceback
+        raise cause from None
+
+
+def _os_error_in(e: BaseException):
+    """The first OSError among e's causes and contexts, or None."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _fsync_dir(path: str) -> None:
@@ -98,7 +127,7 @@ def _feed(h, obj) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")   # its buffer: no copy
     elif isinstance(obj, dict):
         h.update(f"D{len(obj)}".encode())
         for key in sorted(obj, key=repr):
@@ -147,3 +176,67 @@ def load_model(path: str, device="cpu"):
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
     return model.to(device).eval(), cfg, sp
+
+
+# --- what the integrity checks cost: python -m vhred.checkpoint [config] [--cache FOLDER] -------
+
+def _median_seconds(fn, repeat: int) -> float:
+    import statistics
+    import time
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure(config_path: str, repeat: int = 5) -> dict:
+    """Seconds per save and load of a last.pt (with the optimiser) and a best.pt of the config's
+    model at its vocab_size, and the checksum's part of each (a save computes it once, a load once)."""
+    import tempfile
+    from dataclasses import asdict
+
+    from .config import load as load_config
+    from .model import VHRED
+    cfg = load_config(config_path, [])
+    model = VHRED(cfg.arch, cfg.vocab_size)
+    opt = torch.optim.AdamW(model.parameters())
+    for p in model.parameters():   # one step, so the optimiser holds its two moments per weight
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    best = {"model": model.state_dict(), "config": asdict(cfg), "tokenizer": as_tensor(bytes(300_000)),
+            "progress": {"step": 1}}
+    out = {"config": config_path, "parameters": sum(p.numel() for p in model.parameters())}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, state in (("last.pt", {**best, "optim": opt.state_dict(), "rng": torch.get_rng_state()}),
+                            ("best.pt", best)):
+            path = os.path.join(folder, name)
+            out[name] = {"save_s": _median_seconds(lambda s=state, p=path: save(s, p), repeat),
+                         "load_s": _median_seconds(lambda p=path: load(p), repeat),
+                         "checksum_s": _median_seconds(lambda s=state: checksum({**s, "format": FORMAT}), repeat),
+                         "mb": os.path.getsize(path) / 2 ** 20}
+    return out
+
+
+def measure_cache(folder: str, repeat: int = 5) -> dict:
+    """Seconds to verify a processed data cache (SHA-256 of its files), as every reuse does."""
+    from . import cache
+    from .dataset import CACHE_FILES
+    size = sum(os.path.getsize(os.path.join(folder, rel)) for rel in CACHE_FILES)
+    return {"folder": folder, "mb": size / 2 ** 20,
+            "verify_s": _median_seconds(lambda: cache.intact(folder, CACHE_FILES, log=lambda *_: None), repeat)}
+
+
+if __name__ == "__main__":
+    import argparse
+    import json
+    parser = argparse.ArgumentParser(prog="python -m vhred.checkpoint",
+                                     description="Time the integrity checks: checkpoint save/load and the data cache.")
+    parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml")
+    parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(json.dumps(measure(args.config), indent=1))
+    if args.cache:
+        print(json.dumps(measure_cache(args.cache), indent=1))
