@@ -14,6 +14,7 @@ from dataclasses import replace
 from . import checkpoint
 from .cli import command, program
 from .device import pick_device
+from .errors import InputError
 from .generate import (DecodeOptions, add_decode_args, candidates, encode_turns, newest_checkpoint,
                        options_from_args, pretty, response_text, spaced)
 
@@ -30,6 +31,9 @@ HELP = """commands:
   /seed S          seed for the next turns
   /help            this text
   /quit            leave (Ctrl-D and Ctrl-C leave too)"""
+
+
+MAX_SAMPLES = 100   # candidates per turn: more cannot be read, and each costs a decode
 
 
 class CommandError(ValueError):
@@ -82,7 +86,7 @@ class Chat:
                 for i, turn in enumerate(self.history):
                     self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
             elif name == "samples":
-                self.opts.num_samples = _bounded(int(arg), 1, 100, "samples")
+                self.opts.num_samples = _bounded(int(arg), 1, MAX_SAMPLES, "samples")
                 self.note(f"(showing {self.opts.num_samples} candidates per turn)")
             elif name == "pick":
                 if not self.last:
@@ -123,6 +127,8 @@ def _bounded(value, lo, hi, name):
 
 def read_lines(interactive: bool):
     """User turns: from the terminal with a prompt and line editing, or from a pipe."""
+    if hasattr(sys.stdin, "reconfigure"):   # bytes that are not UTF-8 read as U+FFFD: no crash, no raw bytes echoed
+        sys.stdin.reconfigure(errors="replace")
     if interactive:
         try:
             import readline  # noqa: F401  (arrow keys and history in input())
@@ -142,6 +148,8 @@ def main(argv=None):
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout")
     args = p.parse_args(argv)
     opts = options_from_args(args)
+    if opts.num_samples > MAX_SAMPLES:   # the same cap as /samples
+        raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {opts.num_samples}")
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)

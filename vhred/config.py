@@ -139,13 +139,32 @@ def from_dict(values: dict) -> Config:
     return Config(**top, arch=ModelConfig(**arch))
 
 
+def _unique_keys_loader():
+    """yaml.SafeLoader that refuses a key written twice in one mapping: plain YAML silently keeps
+    the last one, so `lr: 0.1` further down would quietly win over the `lr` one reads first."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            first = {}
+            for key_node, _ in node.value:
+                key = repr(self.construct_object(key_node, deep=True))
+                line = key_node.start_mark.line + 1
+                if key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key} is given twice (lines {first[key]} and {line}); keep one")
+                first[key] = line
+            return super().construct_mapping(node, deep)
+    return Loader
+
+
 def _read_yaml(path: str) -> dict:
     import yaml   # only the command line needs it
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
     try:
         with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
+            values = yaml.load(f, Loader=_unique_keys_loader()) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as e:

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import sources
+from . import cache, sources
 from .config import Config
 from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, load_tokenizer, train_tokenizer
 
 PREP_VERSION = 2   # bump when the processed format changes, so old caches are rebuilt
 # 2: one Arrow file per split written while streaming (<split>/data.arrow, int32), tokenizer on a sample
+CACHE_FILES = ("tokenizer.model", *(f"{s}/data.arrow" for s in sources.SPLITS))   # checksummed in meta.json
 
 
 def windows(n: int, size: int) -> list[tuple[int, int]]:
@@ -129,7 +130,8 @@ def prepare(cfg: Config, log=print) -> str:
                           cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0, sentences])
     key = hashlib.sha1(key_src.encode()).hexdigest()[:10]
     out = os.path.join(cfg.data_dir, "processed", f"{name}-{key}")
-    if os.path.exists(os.path.join(out, "meta.json")):
+    cache.remove_crashed(os.path.dirname(out))
+    if os.path.exists(os.path.join(out, "meta.json")) and cache.intact(out, CACHE_FILES, log):
         return out
     if cfg.data == "dailydialog":
         sources.read_dailydialog(src)   # fail early and clearly on a bad archive
@@ -137,13 +139,16 @@ def prepare(cfg: Config, log=print) -> str:
     else:
         scan = sources.scan_jsonl(cfg.data, cfg.seed)
     log(f"preparing {name} into {out}")
-    tmp = out + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = f"{out}.tmp{os.getpid()}"   # named by its process: see cache.remove_crashed
     os.makedirs(tmp)
-    meta = _build(cfg, src, tmp, sentences, log)
-    meta.update(source=src, scan=scan)
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=1)
+    try:
+        meta = _build(cfg, src, tmp, sentences, log)
+        meta.update(source=src, scan=scan, sha256=cache.digests(tmp, CACHE_FILES))   # verified at every reuse
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+    except BaseException:   # an error or Ctrl-C leaves no half-built folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)   # the cache appears whole or not at all
     return out
@@ -154,7 +159,12 @@ def _build(cfg: Config, src: str, tmp: str, sentences: int, log) -> dict:
     log(f"  tokenizer: sampling up to {sentences} training utterances (seed {TOKENIZER_SEED})")
     train = _dialogues(cfg.data, src, cfg.seed, cfg.max_dialogues, splits=("train",))
     tok_path = os.path.join(tmp, "tokenizer.model")
-    sample = train_tokenizer((u for _, d in train for u in d), cfg.vocab_size, tok_path, sentences)
+    try:
+        sample = train_tokenizer((u for _, d in train for u in d), cfg.vocab_size, tok_path, sentences)
+    except RuntimeError as e:   # SentencePiece's refusal, e.g. fewer pieces than the text has characters
+        why = str(e).rsplit("] ", 1)[-1].split(" Increase")[0]
+        raise sources.DataError(f"SentencePiece cannot build a vocabulary of vocab_size={cfg.vocab_size} "
+                                f"from this data ({why}); raise vocab_size") from None
     sp = load_tokenizer(tok_path)
     log(f"  encoding windows (tokenizer trained on {sample['sentences']} of {sample['of']} utterances)")
     writers = {s: WindowWriter(os.path.join(tmp, s), sp, cfg.max_utt_len, cfg.max_context)

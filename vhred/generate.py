@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -292,11 +293,17 @@ def _rank(model, contexts, results, opts: DecodeOptions):
 CONTRACTIONS = {"m", "s", "t", "re", "ve", "ll", "d"}
 
 
+def valid_text(text: str) -> str:
+    """Lone surrogates (undecodable bytes on stdin, "\\ud800" in JSON) as U+FFFD: SentencePiece
+    takes valid Unicode only, and a user's odd bytes must not end the chat."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
 def spaced(text: str) -> str:
     """A user's text written as the corpus writes it: "I'm fine, it costs $60." ->
     "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first)."""
     from nltk.tokenize import TweetTokenizer
-    return " ".join(TweetTokenizer().tokenize(text.replace("’", "'")))
+    return " ".join(TweetTokenizer().tokenize(valid_text(text).replace("’", "'")))
 
 
 def _join_apostrophes(words: list[str]) -> list[str]:
@@ -329,7 +336,7 @@ def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> st
 
 def encode_turns(sp, turns: list[str], max_utt_len: int, max_context: int) -> list[list[int]]:
     """Utterance strings -> token ids, each cut to the model's length, the last max_context kept."""
-    turns = [normalise(t) for t in turns][-max_context:]
+    turns = [normalise(valid_text(t)) for t in turns][-max_context:]
     return [sp.encode(t)[:max_utt_len] for t in turns]
 
 

@@ -6,9 +6,11 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 import urllib.request
 import zipfile
+import zlib
 
 DAILYDIALOG_URL = "http://yanran.li/files/ijcnlp_dailydialog.zip"
 DAILYDIALOG_ARCHIVE = "ijcnlp_dailydialog.zip"
@@ -21,6 +23,7 @@ DAILYDIALOG_SHA256 = {
     "test": "3c323651cdfb09f7b529f850eddf96a638fc6cc9b43330b77956ab248484a1a8",
 }
 SPLITS = ("train", "validation", "test")
+MAX_MEMBER_BYTES = 64 << 20   # the largest DailyDialog file is 6 MB: a far larger one is not it
 
 
 from .errors import DataError  # noqa: E402  (missing, truncated or malformed data)
@@ -101,10 +104,27 @@ def _members(src):
         for name in archive.namelist():
             if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
                 raise DataError(f"{_label(src)} holds an unsafe path ({name!r}); refusing to read it")
-            yield name, lambda n=name: archive.read(n)
+            yield name, lambda n=name: _read_member(archive, archive.getinfo(n), src)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{_label(src)} is not a readable zip archive ({e}); the download may be "
                         f"truncated: delete it and fetch {DAILYDIALOG_ARCHIVE} again") from None
+
+
+def _read_member(archive, info, src) -> bytes:
+    """A member's bytes, its size checked in the zip directory first (a small archive can hold a
+    huge member), and read no further than the limit in case the directory lies."""
+    too_big = DataError(f"{_label(src)}: {info.filename} unpacks to more than {MAX_MEMBER_BYTES >> 20} MB; "
+                        "DailyDialog's files are far smaller, so this is not the DailyDialog archive")
+    if info.file_size > MAX_MEMBER_BYTES:
+        raise too_big
+    try:
+        with archive.open(info) as f:
+            data = f.read(MAX_MEMBER_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{_label(src)}: {info.filename} is damaged ({e}); fetch {DAILYDIALOG_ARCHIVE} again") from None
+    if len(data) > MAX_MEMBER_BYTES:
+        raise too_big
+    return data
 
 
 def _label(src) -> str:
@@ -182,14 +202,22 @@ def _hash_split(seed: int, lineno: int) -> str:
     return "train" if r < 0.9 else "validation" if r < 0.95 else "test"
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _parse_jsonl_line(line: str):
     """(dialogue, split or None), or raise ValueError saying what is wrong."""
-    obj = json.loads(line)
+    try:
+        obj = json.loads(line)
+    except RecursionError:   # [[[[...]]]] nested deeper than Python's parser goes
+        raise ValueError("JSON nested too deeply") from None
     if not isinstance(obj, dict) or "dialog" not in obj:
         raise ValueError('expected an object with a "dialog" list')
     dialog = obj["dialog"]
     if not isinstance(dialog, list) or not all(isinstance(u, str) for u in dialog):
         raise ValueError('"dialog" must be a list of strings')
+    if any(_SURROGATE.search(u) for u in dialog):   # "\ud800" is valid JSON but no text
+        raise ValueError('an utterance holds a lone surrogate (such as "\\ud800"), which is not Unicode text')
     split = obj.get("split")
     if split is not None and split not in SPLITS:
         raise ValueError(f'"split" must be one of {", ".join(SPLITS)}, got {split!r}')

@@ -27,6 +27,11 @@ from .model import VHRED, objective
 from .schedule import kl_weight, learning_rate
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
+MAX_ROLLBACKS = 3    # roll-backs to last.pt with no good save between them before the run stops
+
+
+class RolledBack(Exception):
+    """The run went back to last.pt (its weights had become NaN/inf): the loop goes on from there."""
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Run:
         self.bf16 = use_bf16(cfg.precision, self.device, cfg.batch_size // self.world)
         self.progress = Progress()
         self.stopped = False
+        self.rollbacks = 0   # roll-backs since the last good save of last.pt (not in Progress: it survives them)
         self._setup_data()
         self._setup_model()
         self.lock = self._setup_folder() if self.is_rank0 else None
@@ -186,16 +192,18 @@ class Run:
     def save(self, name: str, resumable: bool = True):
         """Write a checkpoint; best.pt leaves out the optimiser and RNG (a third the size).
         Weights that are no longer finite are never written: the run rolls back instead."""
-        if not self.is_rank0:
+        if not self.weights_finite():   # equal on every rank, and every rank saves last.pt
+            if resumable:
+                self.roll_back()
             return
-        if not self.weights_finite():
-            self.roll_back()
+        if not self.is_rank0:
             return
         state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
                  "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
             state.update(optim=self.opt.state_dict(), rng=torch.get_rng_state())
         checkpoint.save(state, os.path.join(self.dir, name))
+        self.rollbacks = 0 if resumable else self.rollbacks   # a good last.pt: progress was made
 
     def log_metrics(self, record: dict):
         if not self.is_rank0:
@@ -210,19 +218,22 @@ class Run:
         return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
 
     def roll_back(self):
-        """Weights went NaN/inf (an update a finite loss did not flag): back to last.pt, or stop."""
-        p = self.progress
-        last = os.path.join(self.dir, "last.pt")
+        """Weights went NaN/inf (an update a finite loss did not flag): back to last.pt, whose
+        weights are finite (save() writes no others), then raise RolledBack so the loop goes on
+        from its position. The same fault again and again (a replay repeats it exactly) stops the run."""
+        p, last = self.progress, os.path.join(self.dir, "last.pt")
         if not os.path.exists(last):
             raise TrainingError(f"the weights became NaN/inf by step {p.step}, before any checkpoint; "
                                 "lower lr= or check the data")
+        self.rollbacks += 1
+        if self.rollbacks > MAX_ROLLBACKS:
+            raise TrainingError(f"the weights became NaN/inf again after {MAX_ROLLBACKS} roll-backs "
+                                f"(step {p.step}); {last} holds the last good state: lower lr= or check the data")
         self.log(f"warning: step {p.step}: weights not finite; rolling back to {last}")
-        bad, skipped = p.bad_steps + 1, p.skipped_total + 1
+        skipped = p.skipped_total
         self._restore(checkpoint.load(last))
-        self.progress.bad_steps, self.progress.skipped_total = bad, skipped
-        if bad >= MAX_BAD_STEPS:
-            raise TrainingError(f"the weights became NaN/inf {bad} times in a row (step {p.step}); "
-                                f"{last} holds the last good state: lower lr= or check the data")
+        self.progress.skipped_total = skipped
+        raise RolledBack
 
     def count_step(self, skipped: bool):
         """Track non-finite steps; too many in a row stop the run (last.pt holds good weights)."""
@@ -351,6 +362,14 @@ class Run:
             self.save("last.pt")
 
     def train(self, stop: Stop):
+        """Train until done, going on from last.pt after each roll-back."""
+        while True:
+            try:
+                return self._train(stop)
+            except RolledBack:   # the progress is last.pt's now: its epoch's batches are built again
+                continue
+
+    def _train(self, stop: Stop):
         """Epochs until done; a run that max_steps ended mid-epoch is validated and saved too."""
         while not self.done:
             self.train_epoch(stop)
@@ -447,8 +466,10 @@ def main(argv=None):
     cfg = config.load(args.config, args.overrides)
     try:
         run = train(cfg, log=lambda msg: print(msg, flush=True))   # flushed: logs survive a kill
-    except OSError as e:   # disk full, permissions: the previous checkpoint is still whole
-        raise OSError(e.errno, f"{e.strerror or e}; the last checkpoint is intact", e.filename) from None
+    except OSError as e:   # disk full, permissions: a checkpoint written before is still whole
+        last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
+        kept = f"; {last} is intact" if os.path.isfile(last) else ""   # never claim one that is not there
+        raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
     except KeyboardInterrupt:   # a second Ctrl-C: no save, but no half-written file either
         print("interrupted; the last checkpoint is intact", file=sys.stderr)
         sys.exit(130)
