@@ -34,6 +34,8 @@ import torch
 
 from .cli import command, program
 from .config import load
+from .device import BF16_MIN_BATCH
+from .train import prefetch
 from .errors import InputError
 from .serve import Limits
 
@@ -105,9 +107,10 @@ def train_throughput(cfg, steps: int) -> dict:
         run.train_step(idx)
     tokens = 0
     t0 = time.perf_counter()
-    for idx in batches[3:3 + steps]:
-        tokens += run.train_step(idx)["tokens"]
+    for idx, batch in prefetch(run.make_batch, batches[3:3 + steps]):   # as training builds them
+        tokens += run.train_step(idx, batch=batch)["tokens"]
     seconds = time.perf_counter() - t0
+    gpu = gpu_profile(run, batches[3:3 + min(steps, 10)]) if run.device.type == "cuda" else {}
     padded = real = flops = 0
     for idx in batches[3:3 + steps]:   # token slots in the padded batch tensors vs real tokens
         b = run.train_data.batch(idx)
@@ -115,13 +118,34 @@ def train_throughput(cfg, steps: int) -> dict:
         real += int(b.lens.sum())
         flops += 3 * forward_flops(cfg.arch, run.vocab_size, b)
     tps = tokens / seconds
-    gpu = {"gpu_peak_MB": torch.cuda.max_memory_allocated() / 2 ** 20} if run.device.type == "cuda" else {}
     epoch_tokens = int(run.train_data.n_tokens.sum())
     return {"train_tokens_per_s": tps, "step_s": seconds / steps,
             "padding_fraction": 1 - real / padded,
             "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6,
             "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens,
-            "precision": "bf16" if run.bf16 else "fp32", "vocab_size": run.vocab_size, **gpu}
+            "precision": "bf16" if run.bf16 else "fp32", "vocab_size": run.vocab_size,
+            "batch_size": cfg.batch_size, **gpu}
+
+
+def gpu_profile(run, batches) -> dict:
+    """On a GPU: the share of the step's wall time the GPU spends in kernels, and the kernel
+    launches per step, from torch.profiler over a few steps (the launch count is what a
+    small-batch step is bound by; a busy share well under 1 means the GPU waits for the host)."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for idx, batch in prefetch(run.make_batch, batches):
+            run.train_step(idx, batch=batch)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+    kernel_us = launches = 0
+    for e in prof.key_averages():
+        if e.key.startswith("cudaLaunchKernel"):
+            launches += e.count
+        kernel_us += getattr(e, "self_device_time_total", 0)   # only kernels have device time
+    return {"gpu_busy": kernel_us / 1e6 / wall, "launches_per_step": launches / len(batches),
+            "gpu_peak_MB": torch.cuda.max_memory_allocated() / 2 ** 20}
 
 
 def one(config: str, steps: int, overrides: list[str]) -> dict:
@@ -141,6 +165,10 @@ def parse_args(argv):
     p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
                    help="configs to measure; --serve takes the first one's sizes (default %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")
+    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"],
+                   help="training-step precisions to measure, each a row (default %(default)s)")
+    p.add_argument("--batch-sizes", type=int, nargs="+",
+                   help="a sweep of batch sizes, each a row (default: each config's own)")
     p.add_argument("--out", help="where the JSON report goes (default runs/bench/bench.json, "
                                  "with --serve runs/bench/serve.json)")
     p.add_argument("--serve", action="store_true", help="benchmark `vhred serve` instead of training (default: off)")
@@ -157,6 +185,8 @@ def parse_args(argv):
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
     args = p.parse_args(argv)
+    if args.batch_sizes and min(args.batch_sizes) < 1:
+        raise InputError("--batch-sizes must be at least 1")
     if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1 or min(args.max_batch) < 1 or args.wait_ms < 0:
         raise InputError("--steps, --clients and --max-batch must be at least 1, --seconds positive, "
                          "--wait-ms not negative")
@@ -173,27 +203,34 @@ def main(argv=None):
     if args.serve:
         return serve_main(args)
     rows = []
-    for config in args.configs:
+    for config, extra in sweep(args):
         r = subprocess.run([sys.executable, "-m", "vhred.bench", "--one", config, "--steps", str(args.steps),
-                            *args.overrides], capture_output=True, text=True)
+                            *args.overrides, *extra], capture_output=True, text=True)
         if r.returncode != 0:
-            print(f"error: {config}: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}",
-                  file=sys.stderr)
-            sys.exit(1)
-        rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            raise InputError(f"{config} {' '.join(extra)}: "
+                             f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        rows.append({**json.loads(r.stdout.strip().splitlines()[-1]), "overrides": " ".join(extra)})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "results": rows}, f, indent=1)
-    print(f"{'config':32} {'params':>7} {'prec':>4} {'tok/s':>8} {'step s':>7} {'pad mem':>7} {'epoch s':>8} {'RSS MB':>7} "
-          f"{'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6} {'GPU MB':>7}")
+    print(f"{'config':32} {'batch':>5} {'params':>7} {'prec':>4} {'tok/s':>8} {'step s':>7} {'pad mem':>7} "
+          f"{'epoch s':>8} {'RSS MB':>7} {'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6} {'GPU MB':>7} {'busy':>5} {'launch':>6}")
     for r in rows:
-        gpu_mb = f"{r['gpu_peak_MB']:7.0f}" if "gpu_peak_MB" in r else f"{'-':>7}"
-        print(f"{r['config']:32} {r['params_M']:6.1f}M {r['precision']:>4} {r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} "
-              f"{r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} {r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} "
-              f"{r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu_mb}")
-    print(f"machine: {machine}; written to {args.out}")
+        gpu = (f"{r['gpu_peak_MB']:7.0f} {r['gpu_busy']:5.0%} {r['launches_per_step']:6.0f}" if "gpu_busy" in r
+               else f"{'-':>7} {'-':>5} {'-':>6}")
+        print(f"{r['config']:32} {r['batch_size']:5d} {r['params_M']:6.1f}M {r['precision']:>4} "
+              f"{r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} {r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} "
+              f"{r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} {r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu}")
+    print(f"machine: {machine}; precision=auto picks bf16 from batch {BF16_MIN_BATCH} on a bf16 GPU, "
+          f"else fp32 (vhred/device.py); written to {args.out}")
+
+
+def sweep(args) -> list[tuple[str, list[str]]]:
+    """(config, extra overrides) for every config x precision x batch size asked for."""
+    return [(config, [f"precision={p}"] + ([f"batch_size={b}"] if b else []))
+            for config in args.configs for b in (args.batch_sizes or [0]) for p in args.precisions]
 
 
 # --- serving ------------------------------------------------------------------------------------
