@@ -1,0 +1,108 @@
+"""The Python API: vhred.load, Bot.respond, Bot.score, and its errors."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+import vhred
+from tests.conftest import ROOT
+from vhred.errors import CheckpointError, InputError, UserError
+
+HISTORY = ["Hello, how are you?", "Fine, thanks. And you?", "Can I help you?"]
+
+
+@pytest.fixture(scope="module")
+def bot(trained):
+    return vhred.load(trained["vhred"], device="cpu")
+
+
+def test_load_takes_a_run_folder_or_a_file(trained, bot):
+    assert bot.checkpoint.endswith("best.pt") and bot.device == "cpu" and bot.config.arch.model == "vhred"
+    again = vhred.load(os.path.join(trained["vhred"], "best.pt"))
+    assert again.checkpoint == bot.checkpoint
+
+
+def test_respond_gives_ranked_candidates_with_text_and_score(bot):
+    candidates = bot.respond(HISTORY, n=4)
+    assert 1 <= len(candidates) <= 4
+    assert all(isinstance(c, vhred.Candidate) and isinstance(c.text, str) for c in candidates)
+    scores = [c.score for c in candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert len({c.text for c in candidates}) == len(candidates)   # repeats dropped
+
+
+def test_same_seed_same_replies_other_seed_other_replies(bot):
+    a = bot.respond(HISTORY, n=5, method="sample", seed=3)
+    assert a == bot.respond(HISTORY, n=5, method="sample", seed=3)
+    assert a != bot.respond(HISTORY, n=5, method="sample", seed=4)
+
+
+def test_decoding_options_reach_the_decoder(bot, trained):
+    short = bot.respond(["Hello!"], n=3, method="sample", max_len=2, dedup=False, seed=1)
+    assert all(len(c.text.split()) <= 3 for c in short)   # two tokens, and the cut mark
+    hred = vhred.load(trained["hred"])
+    assert len(hred.respond(HISTORY, n=3, method="beam")) == 3   # HRED's n best beams
+
+
+def test_score_scores_each_candidate_on_the_ranking_scale(bot):
+    texts = [c.text for c in bot.respond(HISTORY, n=3)]
+    scores = bot.score(HISTORY, texts + ["Tell me more about the weather."])
+    assert len(scores) == len(texts) + 1 and all(isinstance(s, float) for s in scores)
+    assert bot.score(HISTORY, []) == []
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda b: b.respond("just a string"), "history must be a list of strings"),
+    (lambda b: b.respond([]), "history must hold at least one turn"),
+    (lambda b: b.respond(["hi", 3]), "history must be a list of strings"),
+    (lambda b: b.respond(["hi"], n=0), "n must be at least 1"),
+    (lambda b: b.respond(["hi"], n=2.5), "n must be an int"),
+    (lambda b: b.respond(["hi"], temprature=0.5), "unknown decoding option 'temprature'"),
+    (lambda b: b.respond(["hi"], temperature="hot"), "temperature must be a float"),
+    (lambda b: b.respond(["hi"], top_p=0.0, method="sample"), "top_p must be in (0, 1]"),
+    (lambda b: b.respond(["hi"], max_len=-1), "max_len must be between 1"),
+    (lambda b: b.respond(["hi"], dedup=1), "dedup must be a bool"),
+    (lambda b: b.score(["hi"], "one string"), "candidates must be a list of strings"),
+])
+def test_bad_calls_are_one_line_input_errors(bot, call, message):
+    with pytest.raises(InputError) as e:
+        call(bot)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_errors_are_the_commands_one_line_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        vhred.load(tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable vhred checkpoint") as e:
+        vhred.load(tmp_path / "junk.pt")
+    assert "\n" not in str(e.value) and isinstance(e.value, UserError)
+    with pytest.raises(UserError, match="device must be auto, cpu or cuda"):
+        vhred.load(tmp_path, device="tpu")
+    with pytest.raises(InputError, match="takes the path"):
+        vhred.load(42)
+
+
+def test_only_load_bot_and_candidate_are_public():
+    assert sorted(vhred.__all__) == ["Bot", "Candidate", "load"]
+    public = [n for n in vars(vhred.Bot) if not n.startswith("_")]
+    assert sorted(public) == ["respond", "score"]
+
+
+def test_the_readme_example_runs_as_written(trained, tmp_path, capsys):
+    """The Python API section's example, pointed at the tiny run instead of runs/dailydialog-vhred."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Python API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 5
+    exec(code.replace("runs/dailydialog-vhred", trained["vhred"]), {})
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.slow   # a subprocess: a fresh interpreter
+def test_import_vhred_is_light_until_the_api_is_used():
+    r = subprocess.run([sys.executable, "-c", "import sys, vhred, vhred.config; print('torch' in sys.modules)"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.stdout.strip() == "False", r.stderr
