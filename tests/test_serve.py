@@ -10,6 +10,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import vhred
 from tests.conftest import ROOT
@@ -108,6 +110,20 @@ def test_bad_input_gets_a_4xx_json_error_and_the_server_lives_on(server, path, b
     got, out = request(server.port, "POST", path, body if raw is None else None, raw=raw)
     assert got == status and message in out["error"]
     assert request(server.port, "GET", "/health")[0] == 200
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                           max_leaves=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/respond", "/score"]),
+       body=st.dictionaries(st.sampled_from(["history", "candidates", "n", "method", "temperature", "top_p",
+                                             "max_len", "seed", "dedup", "rank", "extra"]), json_values, max_size=5))
+def test_any_json_body_gets_an_answer_never_a_server_error(server, path, body):
+    status, out = request(server.port, "POST", path, body)
+    assert status in (200, 400) and ("error" in out) == (status == 400)
 
 
 def test_wrong_method_content_type_and_length_are_refused(server):
