@@ -15,11 +15,11 @@ import argparse
 import torch
 
 from . import checkpoint
-from .cli import command
+from .cli import command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import DecodeOptions, context_states, encode_turns, sample_tokens
+from .generate import DecodeOptions, context_states, encode_turns, newest_checkpoint, sample_tokens
 from .model import gaussian_kl
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
@@ -205,12 +205,13 @@ def run_interpolate(args):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m vhred.latent", description="Look at VHRED's latent variable.")
-    sub = p.add_subparsers(dest="what", required=True)
+    p = argparse.ArgumentParser(prog=program("python -m vhred.latent"), description="Look at VHRED's latent variable.")
+    sub = p.add_subparsers(dest="what", required=True, metavar="{interpolate,plot}",
+                           help="interpolate: decode between two z's; plot: the latent space of validation responses")
     for name, helptext in (("interpolate", "decode evenly spaced z's between two z's of one context's prior"),
                            ("plot", "posterior means of validation responses (PCA) and KL per dimension")):
         s = sub.add_parser(name, help=helptext, description=helptext)
-        s.add_argument("--checkpoint", required=True, help="a run folder or .pt file")
+        s.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
         s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     it = sub.choices["interpolate"]
     it.add_argument("--context", nargs="+", required=True, help="the context's turns, oldest first")
@@ -225,6 +226,7 @@ def main(argv=None):
     pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
     args = p.parse_args(argv)
+    args.checkpoint = args.checkpoint or newest_checkpoint()
     if args.what == "plot":
         run_plot(args)
     else:
