@@ -63,7 +63,8 @@ class Chat:
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
         opts = replace(self.opts, seed=self.opts.seed + self.turn)
         self.turn += 1
-        [responses] = candidates(self.model, [context], opts)   # the best N of 2N, best first
+        [responses] = candidates(self.model, [context], opts,   # the best N of 2N, best first
+                                 same=lambda ids: pretty(self.sp.decode(ids)))
         self.last = [self.sp.decode(ids) for ids, _ in responses]
         self.scores = [s for _, s in responses]
         self.history.append(self.last[0] if self.last else "")

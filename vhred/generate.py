@@ -257,21 +257,26 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions)
     return _rank(model, contexts, results, opts) if opts.rank != "none" else results
 
 
-def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions) -> list[list[tuple[list[int], float]]]:
+def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
+               same=None) -> list[list[tuple[list[int], float]]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
-    the best N of 2N); otherwise the N decoded."""
+    the best N of 2N); otherwise the N decoded. same(ids) -> text, when given, also drops
+    responses whose text repeats an earlier one's (other pieces can spell the same words)."""
     n = opts.num_samples
     wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
-    return [r[:n] for r in generate(model, contexts, wide)]
+    results = generate(model, contexts, wide)
+    if opts.dedup and same:
+        results = [_dedup(row, key=same) for row in results]
+    return [r[:n] for r in results]
 
 
-def _dedup(responses):
-    """Drop repeated responses of one context, keeping the first of each."""
+def _dedup(responses, key=tuple):
+    """Drop repeated responses of one context (the same key(ids)), keeping the first of each."""
     seen, kept = set(), []
     for ids, s in responses:
-        if tuple(ids) not in seen:
-            seen.add(tuple(ids))
+        if key(ids) not in seen:
+            seen.add(key(ids))
             kept.append((ids, s))
     return kept
 
@@ -410,7 +415,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        for ctx, responses in zip(chunk, candidates(model, ids, opts)):
+        for ctx, responses in zip(chunk, candidates(model, ids, opts, same=sp.decode)):
             yield ctx, [r for r, _ in responses], [s for _, s in responses]
 
 
