@@ -10,13 +10,13 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_b
 from tests.conftest import ROOT
 from vhred import checkpoint
 from vhred.dataset import DialogueData
+from vhred.metrics import dialogwae as dw
 from vhred.metrics.bleu import (
     corpus_bleu_n,
     dialogwae_bleu,
     multi_sample_bleu,
     sentence_bleu_n,
 )
-from vhred.metrics import dialogwae as dw
 from vhred.metrics.distinct import distinct_n, intra_inter, response_distinct
 from vhred.metrics.ranking import candidate_sets, rank_of_first, ranking_metrics
 from vhred.metrics.text import tokenize

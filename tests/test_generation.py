@@ -232,7 +232,6 @@ def test_piped_turns_are_separated_and_history_says_when_empty(trained):
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_ctrl_c_ends_chat_with_130(trained):
     import signal
-    import time
     p = subprocess.Popen([sys.executable, "-m", "vhred.chat", "--checkpoint", trained["vhred"]], cwd=ROOT,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     p.stdin.write("Hello !\n")

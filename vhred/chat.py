@@ -15,8 +15,17 @@ from . import checkpoint
 from .cli import command, program
 from .device import pick_device
 from .errors import InputError
-from .generate import (DecodeOptions, add_decode_args, candidates, encode_turns, newest_checkpoint,
-                       options_from_args, pretty, response_text, spaced)
+from .generate import (
+    DecodeOptions,
+    add_decode_args,
+    candidates,
+    encode_turns,
+    newest_checkpoint,
+    options_from_args,
+    pretty,
+    response_text,
+    spaced,
+)
 
 __all__ = ["Chat", "main", "pretty", "spaced"]   # pretty and spaced live in vhred/generate.py
 

@@ -31,7 +31,13 @@ from .cli import command, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
-from .generate import add_decode_args, generate_file, newest_checkpoint, options_from_args, response_text
+from .generate import (
+    add_decode_args,
+    generate_file,
+    newest_checkpoint,
+    options_from_args,
+    response_text,
+)
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 from . import checkpoint
 from .cli import command, program
+from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
-from .dataset import collate
 from .model import VHRED
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD
@@ -283,7 +283,7 @@ def _dedup(responses, key=tuple):
 
 def _rank(model, contexts, results, opts: DecodeOptions):
     """Score every candidate of every context in one batch, then order each context's best first."""
-    from .scoring import score_ids   # scoring builds on this module's helpers
+    from .scoring import score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
     scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, seed=opts.seed))
     return [sorted([(ids, next(scores)) for ids, _ in r], key=lambda x: -x[1]) for r in results]
