@@ -89,3 +89,62 @@ def test_the_latent_commands(trained, dailydialog_zip, tmp_path, monkeypatch):
     r = subprocess.run([sys.executable, "-m", "vhred.latent", "plot", "--checkpoint", trained["hred"],
                         "--out", str(out), "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2 and "no latent variable" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_candidates_z_decodes_back_to_it_and_keeps_a_style_elsewhere(trained):
+    import vhred
+    bot = vhred.load(trained["vhred"], device="cpu")
+    history = ["Hello , how are you ?"]
+    cands = bot.respond(history, n=4, rank="none", dedup=False)
+    assert all(len(c.z) == bot.config.arch.z_dim for c in cands)
+    for c in cands:   # greedy words from a candidate's z: that candidate again
+        [again] = bot.respond(history, n=3, z=c.z, rank="none")   # repeats of one z are dropped
+        assert again.text == c.text and again.z == c.z
+    other = bot.respond(["Where is the bank ?"], n=2, z=cands[0].z, rank="none", dedup=False)
+    assert [c.z for c in other] == [cands[0].z] * 2
+    with pytest.raises(InputError, match="list of 8 finite numbers"):
+        bot.respond(history, z=[0.0] * 3)
+    hred = vhred.load(trained["hred"], device="cpu")
+    assert hred.respond(history, n=1)[0].z is None
+    with pytest.raises(InputError, match="HRED"):
+        hred.respond(history, z=[0.0] * 8)
+
+
+def test_keep_holds_a_candidates_z_across_turns_and_release_lets_go(vhred_model):
+    from vhred.chat import Chat
+    from vhred.generate import DecodeOptions
+    model, cfg, sp = vhred_model
+    notes, shown = [], []
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=3, rank="none"), out=shown.append, note=notes.append)
+    chat.respond("Hi , how are you ?")
+    chat.command("/keep 2")
+    kept = chat.zs[1]
+    for turn in ("Where is the station ?", "Thanks a lot ."):
+        chat.respond(turn)
+        assert all(torch.equal(z, kept) for z in chat.zs)   # every candidate from the kept z
+    chat.command("/prior")
+    assert shown and "prior for the next reply" in shown[-1] and "z is kept" in shown[-1]
+    chat.command("/release")
+    chat.respond("Goodbye .")
+    assert not any(torch.equal(z, kept) for z in chat.zs)
+    chat.command("/keep 9")
+    assert "the candidate must be between 1" in notes[-1]
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_generate_returns_z_and_decodes_from_it(trained, tmp_path):
+    import json
+    import subprocess
+    import sys
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"context": ["Hello , how are you ?"]}) + "\n")
+    cmd = [sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
+           "--output", str(out), "--num-samples", "3", "--rank", "none", "--return-z", "--device", "cpu"]
+    assert subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True).returncode == 0
+    row = json.loads(out.read_text())
+    assert len(row["z"]) == len(row["samples"]) and all(len(z) == 8 for z in row["z"])
+    src.write_text(json.dumps({"context": ["Hello , how are you ?"], "z": row["z"][-1]}) + "\n")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(out.read_text())
+    assert again["samples"] == [row["samples"][-1]] and again["z"] == [row["z"][-1]]

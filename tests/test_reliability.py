@@ -72,7 +72,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
         reached = max(logged_steps(run_dir), default=0)
         last = run_dir / "last.pt"
         # whole and readable after every kill (none yet only if killed before the first save)
-        state = checkpoint.load(str(last)) if last.exists() else {"step": 0}
+        state = checkpoint.load(str(last)) if last.exists() else {"progress": {"step": 0}}
         assert state["progress"]["step"] >= saved                         # never goes back
         assert reached - state["progress"]["step"] <= 5                   # loses at most save_every steps
         saved = state["progress"]["step"]
@@ -407,7 +407,7 @@ def test_generate_takes_a_lone_surrogate_and_refuses_deep_nesting(trained, tmp_p
     from vhred import generate
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     opts = generate.DecodeOptions(num_samples=2, max_len=5)
-    [(_, samples, _)] = list(generate.generate_file(model, cfg, sp, [["\ud800 hello", "caf\udce9"]], opts))
+    [(_, samples)] = list(generate.generate_file(model, cfg, sp, [["\ud800 hello", "caf\udce9"]], opts))
     assert len(samples) >= 1
     path = tmp_path / "c.jsonl"
     path.write_text('{"context": ' + "[" * 100_000 + "]" * 100_000 + "}\n")

@@ -69,7 +69,13 @@ def test_respond_gives_ranked_candidates(server, bot):
     scores = [c["score"] for c in out["candidates"]]
     assert scores == sorted(scores, reverse=True)
     # the same answer as the Python API gives for the same request
-    assert out["candidates"] == [{"text": c.text, "score": c.score} for c in bot.respond(HISTORY, n=3, seed=5)]
+    assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in bot.respond(HISTORY, n=3, seed=5)]
+    # a candidate's z sent back gives that candidate again (greedy words)
+    first = out["candidates"][0]
+    status, again = request(server.port, "POST", "/respond", {"history": HISTORY, "n": 2, "z": first["z"]})
+    assert status == 200 and [c["text"] for c in again["candidates"]] == [first["text"]]
+    status, err = request(server.port, "POST", "/respond", {"history": HISTORY, "z": [1, 2]})
+    assert status == 400 and "finite numbers" in err["error"]
 
 
 def test_score_and_health_and_page(server, bot):
@@ -154,7 +160,7 @@ def test_a_request_in_a_batch_gets_what_it_gets_alone(server, bot):
         answers = list(pool.map(lambda b: request(server.port, "POST", "/respond", b)[1], bodies))
     for body, out in zip(bodies, answers):
         alone = bot.respond(body["history"], n=3, method="sample", seed=body["seed"])
-        assert out["candidates"] == [{"text": c.text, "score": c.score} for c in alone]
+        assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in alone]
 
 
 def test_a_request_that_takes_too_long_is_cut_off(bot):

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from . import checkpoint
 from .device import pick_device
 from .errors import InputError
-from .generate import DecodeOptions, candidates, encode_turns, options_from_args, response_text, spaced
+from .generate import DecodeOptions, candidates, encode_turns, options_from_args, response_text, spaced, z_matrix
 
 __all__ = ["Bot", "Candidate", "load"]
 
@@ -26,9 +26,12 @@ DECODING = {f.name: f.type for f in fields(DecodeOptions) if f.name != "num_samp
 
 @dataclass(frozen=True)
 class Candidate:
-    """One reply: its text and its score (higher is better; see Bot.score)."""
+    """One reply: its text, its score (higher is better; see Bot.score) and, for VHRED, the
+    latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
+    that "style" for another context; None for HRED)."""
     text: str
     score: float
+    z: list[float] | None = None
 
 
 class Bot:
@@ -43,15 +46,18 @@ class Bot:
         self.checkpoint = path
         self.device = str(next(model.parameters()).device)
 
-    def respond(self, history: list[str], n: int = 5, **decoding) -> list[Candidate]:
+    def respond(self, history: list[str], n: int = 5, z: list[float] | None = None, **decoding) -> list[Candidate]:
         """Up to n replies to the conversation so far, best first.
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
         beam, dedup, rank, seed), with the commands' defaults. Repeated replies are dropped, so
         HRED's greedy decoding gives one; method="sample" or "beam" gives it more. The same
-        seed and history give the same replies. A reply cut at max_len ends in " …"."""
-        return self._respond_many([history], self._options(n, decoding))[0]
+        seed and history give the same replies. A reply cut at max_len ends in " …".
+        z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)
+        instead of drawing one from the prior: with greedy words that gives one reply, the one
+        the candidate had for its own context."""
+        return self._respond_many([history], self._options(n, decoding), [z])[0]
 
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()
@@ -77,12 +83,14 @@ class Bot:
             given["method"] = None   # shaped words and no method: sampling, as with the flags
         return options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
 
-    def _respond_many(self, histories: list[list[str]], opts: DecodeOptions) -> list[list[Candidate]]:
-        """Replies to several conversations with the same options, decoded as one batch."""
+    def _respond_many(self, histories: list[list[str]], opts: DecodeOptions, zs=None) -> list[list[Candidate]]:
+        """Replies to several conversations with the same options, decoded as one batch; zs: a
+        given z (or None) per conversation."""
         contexts = [self._context(h) for h in histories]
-        results = candidates(self._model, contexts, opts)   # as the chat: the best n of 2n, best first
-        return [[Candidate(response_text(self._sp, ids, opts.max_len), float(s)) for ids, s in r]
-                for r in results]
+        z = z_matrix(self._model, zs or [None] * len(contexts))
+        results = candidates(self._model, contexts, opts, z=z)   # as the chat: the best n of 2n, best first
+        return [[Candidate(response_text(self._sp, x[0], opts.max_len), float(x[1]),
+                           None if x.z is None else x.z.tolist()) for x in r] for r in results]
 
     def _context(self, history: list[str]) -> list[list[int]]:
         """Token ids of the turns the model reads (the last max_context), written as the corpus is."""

@@ -11,6 +11,8 @@ import json
 import sys
 from dataclasses import replace
 
+import torch
+
 from . import checkpoint
 from .cli import command, program
 from .device import pick_device
@@ -38,6 +40,9 @@ HELP = """commands:
   /top_p P         sample words from the nucleus of probability P
   /greedy          back to greedy words
   /seed S          seed for the next turns
+  /keep K          keep the z of candidate K for the next turns (a "style"; VHRED)
+  /release         back to a new z from the prior each turn
+  /prior           the prior p(z | conversation) for the next reply: its mean and spread
   /help            this text
   /quit            leave (Ctrl-D and Ctrl-C leave too)"""
 
@@ -59,6 +64,8 @@ class Chat:
         self.history: list[str] = []   # turns as the model reads them (corpus-style text)
         self.last: list[str] = []      # the last turn's candidates, the same way
         self.scores: list[float] = []  # and their ranking scores
+        self.zs: list = []             # and the z each was decoded from (VHRED)
+        self.kept = None               # a z held for the next turns (/keep), or None
         self.turn = 0
 
     def respond(self, text: str) -> list[str]:
@@ -72,61 +79,109 @@ class Chat:
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
         opts = replace(self.opts, seed=self.opts.seed + self.turn)
         self.turn += 1
+        z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         [responses] = candidates(self.model, [context], opts,   # the best N of 2N, best first
-                                 same=lambda ids: pretty(self.sp.decode(ids)))
-        self.last = [self.sp.decode(ids) for ids, _ in responses]
-        self.scores = [s for _, s in responses]
+                                 same=lambda ids: pretty(self.sp.decode(ids)), z=z)
+        self.last = [self.sp.decode(r[0]) for r in responses]
+        self.scores = [r[1] for r in responses]
+        self.zs = [r.z for r in responses]
         self.history.append(self.last[0] if self.last else "")
         self.history = self.history[-self.cfg.max_context:]
-        return [response_text(self.sp, ids, opts.max_len) for ids, _ in responses]
+        return [response_text(self.sp, r[0], opts.max_len) for r in responses]
 
     def command(self, line: str) -> bool:
         """Run a /command; False means quit."""
         name, _, arg = line[1:].strip().partition(" ")
-        arg = arg.strip()
+        if name in ("quit", "exit", "q"):
+            return False
+        run = getattr(self, f"_cmd_{name}", None) if name.isidentifier() else None
         try:
-            if name in ("quit", "exit", "q"):
-                return False
-            elif name == "reset":
-                self.history, self.last = [], []
-                self.note("(conversation reset)")
-            elif name == "history":
-                if not self.history:
-                    self.note("(the history is empty: nothing said yet)")
-                for i, turn in enumerate(self.history):
-                    self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
-            elif name == "samples":
-                self.opts.num_samples = _bounded(int(arg), 1, MAX_SAMPLES, "samples")
-                self.note(f"(showing {self.opts.num_samples} candidates per turn)")
-            elif name == "pick":
-                if not self.last:
-                    raise CommandError("nothing to pick yet")
-                k = _bounded(int(arg), 1, len(self.last), "pick")
-                self.history[-1] = self.last[k - 1]
-                self.note(f"(candidate {k} is now the reply in the history)")
-            elif name == "temperature":
-                self.opts.temperature = _bounded(float(arg), 1e-3, 100.0, "temperature")
-                self.opts.method = "sample"
-                self.note(f"(sampling words at temperature {self.opts.temperature})")
-            elif name == "top_p":
-                self.opts.top_p = _bounded(float(arg), 1e-3, 1.0, "top_p")
-                self.opts.method = "sample"
-                self.note(f"(sampling words with top_p {self.opts.top_p})")
-            elif name == "greedy":
-                self.opts.method = "greedy"
-                self.note("(greedy words; VHRED candidates still differ through z)")
-            elif name == "seed":
-                self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
-                self.note(f"(seed {self.opts.seed})")
-            elif name == "help":
-                self.note(HELP)
-            else:
+            if run is None:
                 self.note(f"(unknown command /{name}; /help lists them)")
+            else:
+                run(arg.strip())
         except CommandError as e:
             self.note(f"({e})")
         except (ValueError, OverflowError):   # int() / float() of the argument
             self.note(f"(/{name} needs a number)")
         return True
+
+    # --- the /commands, one method each ---
+
+    def _cmd_reset(self, arg):
+        self.history, self.last, self.zs = [], [], []
+        self.note("(conversation reset)")
+
+    def _cmd_history(self, arg):
+        if not self.history:
+            self.note("(the history is empty: nothing said yet)")
+        for i, turn in enumerate(self.history):
+            self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
+
+    def _cmd_samples(self, arg):
+        self.opts.num_samples = _bounded(int(arg), 1, MAX_SAMPLES, "samples")
+        self.note(f"(showing {self.opts.num_samples} candidates per turn)")
+
+    def _cmd_pick(self, arg):
+        k = self._candidate(arg)
+        self.history[-1] = self.last[k - 1]
+        self.note(f"(candidate {k} is now the reply in the history)")
+
+    def _cmd_temperature(self, arg):
+        self.opts.temperature = _bounded(float(arg), 1e-3, 100.0, "temperature")
+        self.opts.method = "sample"
+        self.note(f"(sampling words at temperature {self.opts.temperature})")
+
+    def _cmd_top_p(self, arg):
+        self.opts.top_p = _bounded(float(arg), 1e-3, 1.0, "top_p")
+        self.opts.method = "sample"
+        self.note(f"(sampling words with top_p {self.opts.top_p})")
+
+    def _cmd_greedy(self, arg):
+        self.opts.method = "greedy"
+        self.note("(greedy words; VHRED candidates still differ through z)")
+
+    def _cmd_seed(self, arg):
+        self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
+        self.note(f"(seed {self.opts.seed})")
+
+    def _cmd_keep(self, arg):
+        self._need_latent()
+        k = self._candidate(arg)
+        self.kept = self.zs[k - 1]
+        words = "greedy words give one reply per turn; /temperature T for variants" \
+            if self.opts.method == "greedy" else "replies differ only by their sampled words"
+        self.note(f"(keeping the z of candidate {k} for the next turns: {words}; /release to let go)")
+
+    def _cmd_release(self, arg):
+        self.kept = None
+        self.note("(a new z from the prior for each candidate again)")
+
+    def _cmd_prior(self, arg):
+        """p(z | history) for the next reply: how far its mean is from 0 and how wide it is."""
+        self._need_latent()
+        from .latent import prior
+        turns = self.history or [""]
+        mean, logvar = (t[0] for t in prior(self.model, [encode_turns(self.sp, turns, self.cfg.max_utt_len,
+                                                                        self.cfg.max_context)]))
+        sigma = torch.exp(0.5 * logvar)
+        top = torch.argsort(mean.abs(), descending=True)[:5].tolist()
+        dims = ", ".join(f"z{i} {float(mean[i]):+.2f}±{float(sigma[i]):.2f}" for i in top)
+        self.out(f"prior for the next reply: |mean| {float(mean.norm()):.2f}, sigma from {float(sigma.min()):.2f} "
+                 f"to {float(sigma.max()):.2f} (mean {float(sigma.mean()):.2f}); furthest from 0: {dims}"
+                 + (" [a z is kept: /release to sample from it]" if self.kept is not None else ""))
+
+    def _cmd_help(self, arg):
+        self.note(HELP)
+
+    def _candidate(self, arg) -> int:
+        if not self.last:
+            raise CommandError("nothing to pick yet")
+        return _bounded(int(arg), 1, len(self.last), "the candidate")
+
+    def _need_latent(self):
+        if not self.model.latent:
+            raise CommandError("this is an HRED model: it has no latent z")
 
 
 def _bounded(value, lo, hi, name):

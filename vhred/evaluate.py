@@ -125,7 +125,8 @@ def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> s
 def decode(model, cfg, sp, pairs, opts):
     """Responses for each (context, reference): token ids, and rows for the samples file."""
     responses, rows = [], []
-    for (ctx, ref), (_, ids, scores) in zip(pairs, generate_file(model, cfg, sp, [c for c, _ in pairs], opts)):
+    for (ctx, ref), (_, found) in zip(pairs, generate_file(model, cfg, sp, [c for c, _ in pairs], opts)):
+        ids, scores = [r[0] for r in found], [r[1] for r in found]
         responses.append(ids)
         rows.append({"context": ctx, "reference": ref,
                      "samples": [response_text(sp, r, opts.max_len, mark_cut=False) for r in ids],

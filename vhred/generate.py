@@ -135,14 +135,35 @@ def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tenso
     return model.final_states(b.tokens, b.lens, b.turns)                   # (C, Hc)
 
 
-def conditions(model: VHRED, ctx: torch.Tensor, n: int, eps: torch.Tensor) -> torch.Tensor:
-    """[h, z] for n samples per context, z ~ p(z | context) with the rows' normals eps (C*n, Z):
-    (C, Hc) -> (C*n, Hc + Z)."""
+def conditions(model: VHRED, ctx: torch.Tensor, n: int, eps: torch.Tensor, z=None) -> torch.Tensor:
+    """[h, z] for n samples per context, z ~ p(z | context) with the rows' normals eps (C*n, Z),
+    or each context's given z (C, Z; a row of NaN for none): (C, Hc) -> (C*n, Hc + Z)."""
     ctx = ctx.repeat_interleave(n, dim=0)                                   # (C*n, Hc)
     if not model.latent:
         return ctx
     mean, logvar = model.prior(ctx)                                         # (C*n, Z) each
-    return torch.cat([ctx, mean + torch.exp(0.5 * logvar) * eps], dim=-1)
+    sampled = mean + torch.exp(0.5 * logvar) * eps
+    if z is not None:   # a context's given z; a row of NaN: draw it from the prior
+        given = z.to(ctx).repeat_interleave(n, dim=0)
+        sampled = torch.where(torch.isnan(given), sampled, given)
+    return torch.cat([ctx, sampled], dim=-1)
+
+
+class Response(tuple):
+    """One decoded response: the (ids, score) pair every caller unpacks, and `.z`, the latent
+    it was decoded from ((Z,) on the CPU; None for HRED), to keep, reuse or look at."""
+
+    def __new__(cls, ids: list[int], score: float, z: torch.Tensor | None = None):
+        self = super().__new__(cls, (ids, score))
+        self.z = z
+        return self
+
+
+def _responses(ids, scores, cond, model, n: int) -> list[list[Response]]:
+    """Rows of (ids, score) grouped n per context, each with the z of its row of cond."""
+    z = cond[:, cond.shape[1] - model.cfg.z_dim:].float().cpu() if model.latent else None
+    rows = [Response(i, s, None if z is None else z[k]) for k, (i, s) in enumerate(zip(ids, scores))]
+    return [rows[c:c + n] for c in range(0, len(rows), n)]
 
 
 def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
@@ -229,43 +250,46 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
 
 
 @torch.inference_mode()
-def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions) -> list[list[tuple[list[int], float]]]:
+def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:
     """For each context (a list of utterances as token ids), opts.num_samples responses as
-    (token ids, score), all contexts and samples decoded as one batch. The score is the
-    ranking score (opts.rank, best first) or, with rank "none", the per-token log-likelihood
-    of the decoding."""
+    Response (token ids, score; .z), all contexts and samples decoded as one batch. The score is
+    the ranking score (opts.rank, best first) or, with rank "none", the per-token log-likelihood
+    of the decoding. z (C, Z), for VHRED: decode every response of context c from z[c] instead
+    of sampling it from the prior (then only sampled words make them differ); a row of NaN
+    leaves that context's z to the prior."""
     opts.check()
     device = next(model.parameters()).device
     model.eval()
-    n, C = opts.num_samples, len(contexts)
+    n = opts.num_samples
     seeds = [row_seed(opts.seed, ctx, i) for ctx in contexts for i in range(n)]
     steps = opts.max_len + 1 if opts.method == "sample" else 0
     eps, u = keyed_noise(seeds, model.cfg.z_dim if model.latent else 0, steps, device)
     ctx = context_states(model, contexts)                                   # (C, Hc)
     if opts.method == "beam" and not model.latent:   # one distribution per context: its n best beams
         ids, scores = beam_search(model, ctx, opts, n)
-        results = [list(zip(row, srow)) for row, srow in zip(ids, scores)]
+        results = [[Response(i, s) for i, s in zip(row, srow)] for row, srow in zip(ids, scores)]
     elif opts.method == "beam":                      # one beam search per z sample, its best beam
-        ids, scores = beam_search(model, conditions(model, ctx, n, eps), opts, 1)
-        results = [[(x[0], s[0]) for x, s in zip(ids[i * n:(i + 1) * n], scores[i * n:(i + 1) * n])]
-                   for i in range(C)]
+        cond = conditions(model, ctx, n, eps, z)
+        ids, scores = beam_search(model, cond, opts, 1)
+        results = _responses([x[0] for x in ids], [s[0] for s in scores], cond, model, n)
     else:
-        ids, logp = sample_tokens(model, conditions(model, ctx, n, eps), opts, u)
+        cond = conditions(model, ctx, n, eps, z)
+        ids, logp = sample_tokens(model, cond, opts, u)
         per_token = [lp / (len(x) + 1) for x, lp in zip(ids, logp.tolist())]
-        results = [list(zip(ids[i * n:(i + 1) * n], per_token[i * n:(i + 1) * n])) for i in range(C)]
+        results = _responses(ids, per_token, cond, model, n)
     results = [_dedup(r) if opts.dedup else r for r in results]
     return _rank(model, contexts, results, opts) if opts.rank != "none" else results
 
 
 def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
-               same=None) -> list[list[tuple[list[int], float]]]:
+               same=None, z=None) -> list[list[Response]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
     the best N of 2N); otherwise the N decoded. same(ids) -> text, when given, also drops
     responses whose text repeats an earlier one's (other pieces can spell the same words)."""
     n = opts.num_samples
     wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
-    results = generate(model, contexts, wide)
+    results = generate(model, contexts, wide, z)
     if opts.dedup and same:
         results = [_dedup(row, key=same) for row in results]
     return [r[:n] for r in results]
@@ -274,10 +298,10 @@ def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOption
 def _dedup(responses, key=tuple):
     """Drop repeated responses of one context (the same key(ids)), keeping the first of each."""
     seen, kept = set(), []
-    for ids, s in responses:
-        if key(ids) not in seen:
-            seen.add(key(ids))
-            kept.append((ids, s))
+    for r in responses:
+        if key(r[0]) not in seen:
+            seen.add(key(r[0]))
+            kept.append(r)
     return kept
 
 
@@ -286,7 +310,7 @@ def _rank(model, contexts, results, opts: DecodeOptions):
     from .scoring import score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
     scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, seed=opts.seed))
-    return [sorted([(ids, next(scores)) for ids, _ in r], key=lambda x: -x[1]) for r in results]
+    return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
 
 
 # --- text in, text out -----------------------------------------------------------------------
@@ -385,7 +409,9 @@ def options_from_args(args) -> DecodeOptions:
     return opts
 
 
-def read_contexts(path: str) -> list[list[str]]:
+def read_contexts(path: str) -> tuple[list[list[str]], list]:
+    """The contexts of a JSONL file ({"context": [...]} per line) and each line's "z" (a list of
+    floats to decode from, for VHRED) or None."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -393,30 +419,50 @@ def read_contexts(path: str) -> list[list[str]]:
         raise InputError(f"{path} not found") from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text") from None
-    contexts = []
+    contexts, zs = [], []
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            ctx = json.loads(line)["context"]
+            obj = json.loads(line)
+            ctx, z = obj["context"], obj.get("z")
             assert isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)
-        except (ValueError, KeyError, TypeError, AssertionError, RecursionError):
-            raise InputError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}}') from None
+            assert z is None or (isinstance(z, list) and z and all(isinstance(x, (int, float)) for x in z))
+        except (ValueError, KeyError, TypeError, AttributeError, AssertionError, RecursionError):
+            raise InputError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}} '
+                             '(and optionally "z": [numbers])') from None
         contexts.append(ctx)
+        zs.append(z)
     if not contexts:
         raise InputError(f"{path} holds no contexts")
-    return contexts
+    return contexts, zs
 
 
-def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, batch_contexts: int = 64):
-    """Yield (context, responses as token ids, scores), batch by batch, with a progress bar.
+def z_matrix(model, zs: list) -> torch.Tensor | None:
+    """Given z's (lists of floats, or None) as a (C, Z) tensor, NaN rows where none is given;
+    None when no z is given. Refused for HRED and for lists of the wrong length."""
+    if all(z is None for z in zs):
+        return None
+    if not model.latent:
+        raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
+    Z = model.cfg.z_dim
+    for z in zs:
+        if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in z)):
+            raise InputError(f"a z must be a list of {Z} finite numbers (this model's z_dim)")
+    return torch.tensor([z if z is not None else [math.nan] * Z for z in zs], dtype=torch.float32)
+
+
+def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, zs=None, batch_contexts: int = 64):
+    """Yield (context, its responses as Response), batch by batch, with a progress bar.
     Context turns are read as they are written: corpus text, or spaced() user text."""
     from tqdm import tqdm
+    zs = zs or [None] * len(contexts)
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        for ctx, responses in zip(chunk, candidates(model, ids, opts, same=sp.decode)):
-            yield ctx, [r for r, _ in responses], [s for _, s in responses]
+        z = z_matrix(model, zs[start:start + batch_contexts])
+        yield from zip(chunk, candidates(model, ids, opts, same=sp.decode, z=z))
 
 
 @command
@@ -424,19 +470,30 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog=program("python -m vhred.generate"),
                                 description="Decode responses for each context of a JSONL file.")
     add_decode_args(p)
-    p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')
-    p.add_argument("--output", required=True, help="JSONL written with a \"samples\" list per line")
+    p.add_argument("--input", required=True,
+                   help='JSONL, one {"context": [...]} per line; "z": [numbers] decodes that line from this z')
+    p.add_argument("--output", required=True, help="JSONL written with \"samples\" and \"scores\" lists per line")
+    p.add_argument("--return-z", action="store_true",
+                   help='add "z": the latent of each sample (VHRED), which "z" in an input line decodes again')
     args = p.parse_args(argv)
     opts = options_from_args(args)
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
-    contexts = read_contexts(args.input)
+    contexts, zs = read_contexts(args.input)
+    z_matrix(model, zs)   # refuse a bad z before any decoding
     tmp = args.output + ".tmp"
     with open(tmp, "w", encoding="utf-8") as out:
-        for ctx, (_, responses, scores) in zip(contexts, generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts)):
-            row = {"context": ctx, "samples": [response_text(sp, r, opts.max_len) for r in responses],
-                   "scores": [round(s, 4) for s in scores]}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        for ctx, (_, responses) in zip(contexts, generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)):
+            out.write(json.dumps(output_row(ctx, responses, sp, opts, args.return_z),
+                                 ensure_ascii=False) + "\n")
     os.replace(tmp, args.output)
+
+
+def output_row(context: list[str], responses, sp, opts: DecodeOptions, with_z: bool) -> dict:
+    row = {"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in responses],
+           "scores": [round(r[1], 4) for r in responses]}
+    if with_z and responses and responses[0].z is not None:
+        row["z"] = [r.z.tolist() for r in responses]
+    return row
 
 
 if __name__ == "__main__":

@@ -128,7 +128,7 @@ class Batcher:
         try:
             if live[0].key[0] == "respond":
                 opts = live[0].args[1]
-                results = self.bot._respond_many([j.args[0] for j in live], opts)
+                results = self.bot._respond_many([j.args[0] for j in live], opts, [j.args[2] for j in live])
             else:
                 results = [self.bot.score(*j.args) for j in live]
         except Exception as e:   # handed to the waiting requests; the worker lives on
@@ -163,8 +163,11 @@ class Service:
 
     def respond(self, body: dict) -> dict:
         from .api import DECODING
-        _only(body, {"history", "n", *DECODING})
+        from .generate import z_matrix
+        _only(body, {"history", "n", "z", *DECODING})
         history = self._history(body)
+        z = body.get("z")
+        z_matrix(self.bot._model, [z])   # a z of the wrong kind is the request's error, not the batch's
         n = body.get("n", self.defaults.num_samples)
         decoding = {k: v for k, v in body.items() if k in DECODING}
         opts = self.bot._options(n, decoding, self.defaults)   # checked as the commands' flags are
@@ -172,7 +175,7 @@ class Service:
         _cap("n", opts.num_samples, lim.max_n)
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
-        candidates = self._wait(("respond", astuple(opts)), (history, opts))
+        candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
         return {"candidates": [asdict(c) for c in candidates]}
 
     def score(self, body: dict) -> dict:
