@@ -148,3 +148,15 @@ def test_generate_returns_z_and_decodes_from_it(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     again = json.loads(out.read_text())
     assert again["samples"] == [row["samples"][-1]] and again["z"] == [row["z"][-1]]
+
+
+def test_the_api_interpolates_from_one_candidate_to_another(trained):
+    import vhred
+    bot = vhred.load(trained["vhred"], device="cpu")
+    history = ["Can I help you ?"]
+    a, b = bot.respond(history, n=2, rank="none", dedup=False)
+    path = bot.interpolate(history, a.z, b.z, steps=5)
+    assert len(path) == 5 and [path[0].text, path[-1].text] == [a.text, b.text]
+    assert path[0].z == pytest.approx(a.z, abs=1e-6) and path[-1].z == pytest.approx(b.z, abs=1e-5)
+    with pytest.raises(InputError, match="steps must be"):
+        bot.interpolate(history, a.z, b.z, steps=1)

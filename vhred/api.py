@@ -59,6 +59,23 @@ class Bot:
         the candidate had for its own context."""
         return self._respond_many([history], self._options(n, decoding), [z])[0]
 
+    def interpolate(self, history: list[str], z0: list[float], z1: list[float], steps: int = 7,
+                    spherical: bool = True, max_len: int = DecodeOptions.max_len) -> list[Candidate]:
+        """Replies to history decoded with greedy words from `steps` evenly spaced z's between z0
+        and z1 (two Candidates' .z, say), both ends included, in order: what moving through the
+        latent space does to the reply. spherical: along the great circle (slerp), which keeps
+        the points as far from the mean as Gaussian samples are; else a straight line."""
+        from .latent import interpolate
+        import torch
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 1000:
+            raise InputError(f"steps must be an integer between 2 and 1000, got {steps!r}")
+        z_matrix(self._model, [z0, z1])   # both checked: z_dim finite numbers, a VHRED model
+        path = interpolate(torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32),
+                           steps, spherical)
+        opts = self._options(1, {"max_len": max_len, "rank": "none"})
+        rows = candidates(self._model, [self._context(history)] * steps, opts, z=path)
+        return [Candidate(response_text(self._sp, r[0][0], max_len), float(r[0][1]), r[0].z.tolist()) for r in rows]
+
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()
         ranks by default: pointwise mutual information with the context (vhred/scoring.py)."""
