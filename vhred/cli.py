@@ -9,7 +9,7 @@ error (disk full, permissions: the message names the file), 130 for Ctrl-C.
 import functools
 import sys
 
-from .errors import UserError
+from .errors import InputError, UserError
 
 INVOKED_AS = None   # "vhred chat" etc. while the `vhred` command (vhred/__main__.py) runs one
 
@@ -17,6 +17,17 @@ INVOKED_AS = None   # "vhred chat" etc. while the `vhred` command (vhred/__main_
 def program(module_form: str) -> str:
     """The name a command's --help shows: `vhred chat` when run as that, else `python -m ...`."""
     return INVOKED_AS or module_form
+
+
+def text_lines(path: str) -> list[str]:
+    """The lines of a UTF-8 text file a command reads; a missing or non-UTF-8 file is one line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        raise InputError(f"{path} not found") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text") from None
 
 
 def fail(message: str, code: int = 2):

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint
-from .cli import command, program
+from .cli import command, program, text_lines
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
@@ -412,15 +412,8 @@ def options_from_args(args) -> DecodeOptions:
 def read_contexts(path: str) -> tuple[list[list[str]], list]:
     """The contexts of a JSONL file ({"context": [...]} per line) and each line's "z" (a list of
     floats to decode from, for VHRED) or None."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path} not found") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text") from None
     contexts, zs = [], []
-    for lineno, line in enumerate(lines, 1):
+    for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -12,13 +12,8 @@ def tokenize(text: str) -> list[str]:
 
 def read_lines(path: str) -> list[str]:
     """Lines of a UTF-8 text file, one sentence each; empty files and blank lines are errors."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise InputError(f"{path} not found") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text") from None
+    from ..cli import text_lines
+    lines = text_lines(path)
     if not lines:
         raise InputError(f"{path} is empty")
     blank = [i for i, line in enumerate(lines, 1) if not line.strip()]
