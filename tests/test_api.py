@@ -88,7 +88,7 @@ def test_load_errors_are_the_commands_one_line_errors(tmp_path):
 def test_only_load_bot_and_candidate_are_public():
     assert sorted(vhred.__all__) == ["Bot", "Candidate", "load"]
     public = [n for n in vars(vhred.Bot) if not n.startswith("_")]
-    assert sorted(public) == ["respond", "score"]
+    assert sorted(public) == ["interpolate", "respond", "score"]
 
 
 def test_the_readme_example_runs_as_written(trained, tmp_path, capsys):
