@@ -246,8 +246,10 @@ class Run:
         if not self.weights_finite():
             self.roll_back()
         elif p.bad_steps >= MAX_BAD_STEPS:
+            last = os.path.join(self.dir, "last.pt")
+            kept = f"{last} holds the last good state" if os.path.exists(last) else "no checkpoint was written yet"
             raise TrainingError(f"the loss was NaN/inf for {MAX_BAD_STEPS} steps in a row (step {p.step}); "
-                                f"{self.dir}/last.pt holds the last good state: lower lr= or check the data")
+                                f"{kept}: lower lr= or check the data")
 
     # --- the loop ---
 
