@@ -1,7 +1,7 @@
 """The `vhred` command: one program, one subcommand per job.
 
     vhred train --config configs/dailydialog.yaml       (= python -m vhred.train ...)
-    vhred chat | generate | eval | bench | serve | plot | latent ...
+    vhred chat | generate | eval | rank | bench | serve | plot | latent ...
 
 Each subcommand is the module's own main(argv), so `python -m vhred.<module>` keeps working and
 both spellings share every flag, default and error message. A subcommand's module is imported
@@ -19,6 +19,7 @@ COMMANDS = {
     "chat": ("vhred.chat", "talk to a trained model in the terminal"),
     "generate": ("vhred.generate", "decode responses for each context of a JSONL file"),
     "eval": ("vhred.evaluate", "multi-sample BLEU, distinct-n and likelihood on a split"),
+    "rank": ("vhred.rank", "ranking: the true response among random ones, R@1/R@2/MRR per score"),
     "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
     "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),

@@ -1,4 +1,4 @@
-"""Response ranking (the command is `python -m eval.rank`): for each test context, the true
+"""Response ranking (the command is `vhred rank`, or `python -m eval.rank`): for each test context, the true
 response among `distractors` responses drawn from other dialogues of the split with a fixed
 seed; every score kind of vhred/scoring.py ranks the candidates; recall@1, recall@2 and mean
 reciprocal rank of the true response (chance with 9 distractors: R@1 0.1, R@2 0.2, MRR 0.29).

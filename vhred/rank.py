@@ -1,0 +1,76 @@
+"""Response ranking of a checkpoint: the true response among 9 from other test dialogues.
+
+    python -m vhred.rank --checkpoint runs/x/best.pt [--split test] [--max-contexts N]
+
+For every context of the split (each utterance with a turn before it, up to max_context turns),
+the candidates are the true response and 9 responses of other dialogues (seeded); each score of
+vhred/scoring.py ranks them. Prints recall@1, recall@2 and MRR per score as JSON and writes
+rank-<split>.json into the run folder. The metric itself is vhred.metrics.ranking;
+`python -m eval.rank` and `vhred rank` are this command.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import checkpoint
+from .cli import command, program
+from .device import pick_device
+from .errors import InputError
+from .evaluate import split_dialogues
+from .generate import encode_turns, newest_checkpoint
+from .metrics.ranking import candidate_sets, rank_scores
+from .scoring import IW_SAMPLES, KINDS
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.rank"),
+                                description="Rank the true response among random ones.")
+    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--split", default="test", choices=["validation", "test"],
+                   help="the split whose contexts are ranked (default %(default)s)")
+    p.add_argument("--max-contexts", type=int, default=0, help="only the first N contexts, 0 for all (default %(default)s)")
+    p.add_argument("--distractors", type=int, default=9, help="random responses beside the true one (default %(default)s)")
+    p.add_argument("--iw-samples", type=int, default=IW_SAMPLES, help="K of VHRED's likelihood bound (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distractors and of z (default %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    args = p.parse_args(argv)
+    if args.max_contexts < 0 or not 1 <= args.distractors <= 99 or args.iw_samples < 1:
+        raise InputError("--max-contexts must not be negative, --distractors in 1..99, --iw-samples at least 1")
+    return args
+
+
+def context_triples(dialogues, max_context: int):
+    """(context, true response, dialogue index) for every utterance with a turn before it."""
+    return [(d[max(0, n - max_context):n], d[n], i) for i, d in enumerate(dialogues) for n in range(1, len(d))]
+
+
+def progress(done: int, total: int):
+    print(f"\rscoring {done}/{total} pairs", end="", file=sys.stderr, flush=True)
+
+
+@command
+def main(argv=None):
+    args = parse_args(argv)
+    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    triples = context_triples(split_dialogues(cfg, args.split), cfg.max_context)
+    sets = candidate_sets(triples, args.distractors, args.seed)   # drawn from the whole split
+    if args.max_contexts:
+        triples, sets = triples[:args.max_contexts], sets[:args.max_contexts]
+    t0 = time.time()
+    contexts = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c, _, _ in triples]
+    candidates = [[sp.encode(r)[:cfg.max_utt_len] for r in s] for s in sets]
+    metrics = rank_scores(model, contexts, candidates, KINDS, args.iw_samples, args.seed, progress)
+    print(file=sys.stderr)
+    result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
+              "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
+              "metrics": metrics, "seconds": round(time.time() - t0, 1)}
+    with open(os.path.join(os.path.dirname(path), f"rank-{args.split}.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
