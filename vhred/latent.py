@@ -19,7 +19,8 @@ from .cli import command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import DecodeOptions, context_states, encode_turns, newest_checkpoint, sample_tokens
+from .generate import (DecodeOptions, context_states, encode_turns, newest_checkpoint, response_text,
+                       sample_tokens, spaced)
 from .model import gaussian_kl
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
@@ -193,14 +194,14 @@ def run_interpolate(args):
     if args.steps < 2:
         raise InputError("--steps must be at least 2 (the two ends)")
     model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
-    context = encode_turns(sp, args.context, cfg.max_utt_len, cfg.max_context)
+    context = encode_turns(sp, [spaced(t) for t in args.context], cfg.max_utt_len, cfg.max_context)
     mean, logvar = (t[0].cpu() for t in prior(model, [context]))
     z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)
     for kind in (["linear", "spherical"] if args.kind == "both" else [args.kind]):
         path = interpolate(z0, z1, args.steps, spherical=kind == "spherical")
         print(f"{kind}:")
         for i, (ids, _) in enumerate(decode(model, context, path, args.max_len)):
-            print(f"  {i / (args.steps - 1):4.2f}  {sp.decode(ids)}")
+            print(f"  {i / (args.steps - 1):4.2f}  {response_text(sp, ids, args.max_len)}")
 
 
 @command
