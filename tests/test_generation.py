@@ -17,7 +17,7 @@ from vhred.generate import (
     generate,
     response_text,
 )
-from vhred.scoring import score, score_ids
+from vhred.scoring import RANK_SAMPLES, score, score_ids
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,8 @@ def test_beam_dedup_and_rank(vhred_model, hred_model):
             assert len({tuple(i) for i, _ in row}) == len(row)
             assert [s for _, s in row] == sorted((s for _, s in row), reverse=True)
         ids = [i for i, _ in r[1]]   # the ranking scores are scoring's own
-        assert [s for _, s in r[1]] == pytest.approx(score_ids(model, [ctx[1]] * len(ids), ids, rank), abs=1e-5)
+        assert [s for _, s in r[1]] == pytest.approx(score_ids(model, [ctx[1]] * len(ids), ids, rank, RANK_SAMPLES),
+                                                     abs=1e-5)
     assert DecodeOptions(rank=True).check().rank == "pmi" and DecodeOptions(rank=False).check().rank == "none"
 
 

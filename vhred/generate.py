@@ -307,9 +307,9 @@ def _dedup(responses, key=tuple):
 
 def _rank(model, contexts, results, opts: DecodeOptions):
     """Score every candidate of every context in one batch, then order each context's best first."""
-    from .scoring import score_ids  # scoring builds on this module's helpers
+    from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
-    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, seed=opts.seed))
+    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed))
     return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
 
 
