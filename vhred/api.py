@@ -65,16 +65,18 @@ class Bot:
         and z1 (two Candidates' .z, say), both ends included, in order: what moving through the
         latent space does to the reply. spherical: along the great circle (slerp), which keeps
         the points as far from the mean as Gaussian samples are; else a straight line."""
-        from .latent import interpolate
         import torch
+
+        from .latent import decode, interpolate
         if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 1000:
             raise InputError(f"steps must be an integer between 2 and 1000, got {steps!r}")
         z_matrix(self._model, [z0, z1])   # both checked: z_dim finite numbers, a VHRED model
         path = interpolate(torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32),
                            steps, spherical)
-        opts = self._options(1, {"max_len": max_len, "rank": "none"})
-        rows = candidates(self._model, [self._context(history)] * steps, opts, z=path)
-        return [Candidate(response_text(self._sp, r[0][0], max_len), float(r[0][1]), r[0].z.tolist()) for r in rows]
+        max_len = self._options(1, {"max_len": max_len}).max_len   # checked as respond's is
+        replies = decode(self._model, self._context(history), path, max_len)
+        return [Candidate(response_text(self._sp, ids, max_len), float(s), z.tolist())
+                for (ids, s), z in zip(replies, path)]
 
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()

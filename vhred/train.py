@@ -115,17 +115,16 @@ class Run:
         self.val_data = DialogueData(self.data_folder, "validation")
         with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
-        with open(os.path.join(self.data_folder, "meta.json")) as f:   # saved in config and checkpoints:
-            cfg.data_source = os.path.abspath(json.load(f)["source"])    # eval reads the same data
+        with open(os.path.join(self.data_folder, "meta.json")) as f:
+            meta = json.load(f)
+        cfg.data_source = os.path.abspath(meta["source"])   # saved in config and checkpoints: eval reads the same data
+        self.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than vocab_size asked for
         total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
         for w in config.warnings(cfg, total):
             self.log(f"warning: {w}")
 
     def _setup_model(self):
-        """The model over the tokenizer's vocabulary (a small corpus may give fewer pieces than
-        vocab_size asked for), its data-parallel wrapper and the optimiser."""
-        with open(os.path.join(self.data_folder, "meta.json")) as f:
-            self.vocab_size = json.load(f)["vocab_size"]
+        """The model over the tokenizer's vocabulary, its data-parallel wrapper and the optimiser."""
         torch.manual_seed(self.cfg.seed)
         self.model = VHRED(self.cfg.arch, self.vocab_size).to(self.device)   # saved, validated, sampled
         self.net = self.model                                      # what the training step runs
