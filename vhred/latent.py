@@ -173,7 +173,7 @@ def _validation_dialogues(cfg, n: int):
     from .evaluate import split_dialogues
     if cfg.data != "dailydialog":
         return split_dialogues(cfg, "validation")[:n], None
-    src = sources.find_dailydialog(cfg.data_dir)
+    src = sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
     pairs = zip(sources.read_dailydialog(src)["validation"], sources.read_dailydialog_acts(src, "validation"))
     pairs = [(d, a) for d, a in pairs if len(d) > 1][:n]
     return [d for d, _ in pairs], [a for _, a in pairs]
