@@ -146,12 +146,17 @@ def test_active_units_counts_dimensions_whose_posterior_mean_varies():
 
 
 def test_active_units_from_running_moments_equal_the_whole_matrix():
-    from vhred.metrics.likelihood import _add_moments, active_units_from
+    """Sums of batches, split over two "ranks" and added (the all-reduce), count the same
+    active units as the whole matrix of posterior means."""
+    from vhred.metrics.likelihood import _add_batch, _elbo_figures
     x = torch.randn(100, 6) * torch.tensor([0.0, 0.05, 0.09, 0.11, 1.0, 2.0])
-    moments = None
-    for part in x.split(17):   # batches of a validation pass
-        moments = _add_moments(moments, part.double())
-    assert active_units_from(moments) == active_units(x) == 3
+    ranks = [torch.zeros(5 + 12, dtype=torch.float64) for _ in range(2)]
+    for i, part in enumerate(x.split(17)):   # batches of a validation pass, dealt to the ranks
+        out = {"nll": torch.ones(len(part)), "kl": torch.zeros(len(part), 6), "post_mean": part, "n_tokens": 3}
+        _add_batch(ranks[i % 2], out, 6)
+    figures = _elbo_figures(ranks[0] + ranks[1], 6)
+    assert figures["active_units"] == active_units(x) == 3
+    assert (figures["utterances"], figures["tokens"], figures["nll_per_token"]) == (100, 18, 100 / 18)
 
 
 def test_packing_on_the_host_equals_torchs_own():

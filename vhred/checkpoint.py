@@ -209,7 +209,7 @@ def measure(config_path: str, repeat: int = 5) -> dict:
             "progress": {"step": 1}}
     out = {"config": config_path, "parameters": sum(p.numel() for p in model.parameters())}
     with tempfile.TemporaryDirectory() as folder:
-        for name, state in (("last.pt", {**best, "optim": opt.state_dict(), "rng": torch.get_rng_state()}),
+        for name, state in (("last.pt", {**best, "optim": opt.state_dict(), "rng": [{"cpu": torch.get_rng_state()}]}),
                             ("best.pt", best)):
             path = os.path.join(folder, name)
             out[name] = {"save_s": _median_seconds(lambda s=state, p=path: save(s, p), repeat),

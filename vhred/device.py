@@ -22,17 +22,22 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":   # fp32 matmuls on tensor cores (TF32): the fp32 path's speed
+    return torch.device(name)
+
+
+def use_tf32_for_training(device: torch.device) -> None:
+    """fp32 matmuls on tensor cores (TF32): the fp32 training step's speed on a GPU. Set by the
+    trainer only: loading a model (vhred.load, chat, evaluation) leaves torch's defaults, so an
+    "fp32" evaluation is fp32. The setting is process-wide, as torch keeps it."""
+    if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return device
 
 
 def use_bf16(precision: str, device: torch.device, batch_size: int) -> bool:
     """Whether the training step runs under bf16 autocast (weights, gradients and the optimiser
     stay fp32; the latent parameters and the losses are computed in fp32 either way)."""
-    if precision == "auto":
-        return (device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if precision == "auto":   # native bf16 only: emulated bf16 (V100, T4) is slower than fp32
+        return (device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
                 and batch_size >= BF16_MIN_BATCH)
     return precision == "bf16"

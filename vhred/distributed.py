@@ -31,9 +31,32 @@ def sum_all(values: torch.Tensor, host: list) -> list[float]:
     host numbers join the device tensor only when there is something to reduce."""
     if not dist.is_initialized():
         return values.double().tolist() + [float(x) for x in host]
-    t = torch.cat([values.double(), torch.tensor(host, dtype=torch.float64, device=values.device)])
+    t = torch.cat([values.double(), to_device(torch.tensor(host, dtype=torch.float64), values.device)])
     dist.all_reduce(t)
     return t.tolist()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor to the device without waiting: pinned first on a GPU (a copy from pageable
+    memory blocks the host until it is done)."""
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def all_reduce_(t: torch.Tensor) -> None:
+    """Sum t over all ranks, in place (nothing to do in one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+
+
+def gather_objects(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] in one process."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def barrier():

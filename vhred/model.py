@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .config import ModelConfig
@@ -109,8 +110,8 @@ class VHRED(nn.Module):
 
     def encode_utterances(self, tokens, lens):
         """Bidirectional GRU over each utterance: (U, L) -> (U, 2*Hu), final states of both directions."""
-        x = _autocast(self.drop(self.embed(tokens)))                        # (U, L, E)
-        _, h = self.utt_rnn(Packing(lens, x.device)(x))                     # (2, U, Hu)
+        x = self.drop(self.embed(tokens))                                   # (U, L, E)
+        _, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))            # (2, U, Hu)
         return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
 
     def encode_context(self, enc, turns, at_dlg, at_pos):
@@ -122,7 +123,7 @@ class VHRED(nn.Module):
         h = enc.new_zeros(B, N, enc.shape[-1])
         h[_to(dlg, dev), _to(pos, dev)] = enc                               # (B, N, 2*Hu)
         packing = Packing(turns, dev)
-        out, _ = self.ctx_rnn(packing(h))                                   # data: (U, Hc)
+        out, _ = run_rnn(self.ctx_rnn, packing(h))                          # data: (U, Hc)
         return out.data[_to(packing.rows(at_dlg, at_pos), dev)]             # (T, Hc)
 
     def final_states(self, tokens, lens, turns):
@@ -145,13 +146,13 @@ class VHRED(nn.Module):
 
     def decode(self, inputs, cond, state):
         """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state."""
-        out, state = self.dec_rnn(self._decoder_input(inputs, cond), state) # (T, S, Hd)
+        out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, cond), state)  # (T, S, Hd)
         return self.lm_head(self.out_proj(self.drop(out))), state
 
     def _decoder_input(self, inputs, cond):
         """Every decoder step sees its word and [h_{n-1}, z_n]: (T, S) -> (T, S, E + C)."""
         x = self.drop(self.embed(inputs))                                   # (T, S, E)
-        return _autocast(torch.cat([x, cond.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1))
+        return torch.cat([x, cond.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
 
     # --- training forward ---
 
@@ -228,7 +229,7 @@ class VHRED(nn.Module):
             inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
         x = self._decoder_input(inputs, cond)                               # (T, L-1, E + C)
         packing = Packing(lens, x.device)
-        out, _ = self.dec_rnn(packing(x), self.decoder_state(cond))         # data: (sum lens, Hd)
+        out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
         logits = self.lm_head(self.out_proj(self.drop(out.data)))           # (sum lens, V)
         targets = packing(tokens[:, 1:]).data                               # (sum lens,)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
@@ -264,11 +265,22 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
     return loss / max(n_tokens or out["n_tokens"], 1)
 
 
-def _autocast(x):
-    """A GRU's input in the autocast dtype when autocast is on. CUDA autocast casts GRUs itself;
-    CPU autocast runs a GRU in bf16 only when its input is (see README: not faster on CPUs here)."""
-    kind = x.device.type
-    return x.to(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else x
+def run_rnn(rnn: nn.GRU, x, state=None):
+    """rnn(x, state), in the autocast dtype when autocast is on, on every device.
+
+    Autocast's own RNN policy differs by device: CUDA's casts cuDNN RNNs to fp16 whatever dtype
+    was asked for (with no loss scaler, small GRU gradients underflow), and the CPU's leaves them
+    in fp32. So autocast is turned off inside, and the weights, input and state are cast to the
+    asked dtype explicitly; gradients flow back to the fp32 weights through the casts."""
+    data = x.data if isinstance(x, PackedSequence) else x
+    kind = data.device.type
+    if not torch.is_autocast_enabled(kind):
+        return rnn(x, state)
+    dtype = torch.get_autocast_dtype(kind)
+    weights = {name: w.to(dtype) for name, w in rnn.named_parameters()}
+    x = x._replace(data=data.to(dtype)) if isinstance(x, PackedSequence) else x.to(dtype)
+    with torch.autocast(kind, enabled=False):
+        return functional_call(rnn, weights, (x, None if state is None else state.to(dtype)))
 
 
 class Packing:

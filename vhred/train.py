@@ -19,7 +19,7 @@ import torch
 from . import checkpoint, config, distributed
 from .cli import command, program
 from .dataset import DialogueData, prepare
-from .device import pick_device, use_bf16
+from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, TrainingError
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
@@ -97,6 +97,7 @@ class Run:
         self.is_rank0 = self.rank == 0   # only rank 0 writes files and logs
         self.log = log if self.is_rank0 else (lambda *_: None)
         self.bf16 = use_bf16(cfg.precision, self.device, cfg.batch_size // self.world)
+        use_tf32_for_training(self.device)
         self.progress = Progress()
         self.stopped = False
         self.rollbacks = 0   # roll-backs since the last good save of last.pt (not in Progress: it survives them)
@@ -180,8 +181,26 @@ class Run:
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"{self.dir}/last.pt does not fit this run ({str(e).splitlines()[0][:120]}); "
                                   "remove it to start over") from None
-        if self.world == 1 and "rng" in state:
-            torch.set_rng_state(state["rng"])
+        if "rng" in state:
+            self._set_rng(state["rng"])
+
+    def _rng_states(self) -> list[dict]:
+        """Every rank's generator states (CPU, and the GPU's on CUDA), gathered on all ranks:
+        z and dropout draws go on after a resume or a roll-back as if the run never stopped."""
+        mine = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            mine["cuda"] = torch.cuda.get_rng_state(self.device)
+        return distributed.gather_objects(mine)
+
+    def _set_rng(self, saved):
+        """Restore this rank's generators from _rng_states() (or a bare CPU state of older runs).
+        A run resumed with another number of processes keeps its own fresh streams."""
+        states = [{"cpu": saved}] if isinstance(saved, torch.Tensor) else saved
+        if len(states) != self.world:
+            return
+        torch.set_rng_state(states[self.rank]["cpu"])
+        if self.device.type == "cuda" and "cuda" in states[self.rank]:
+            torch.cuda.set_rng_state(states[self.rank]["cuda"], self.device)
 
     def _data_id(self) -> str:
         return os.path.basename(os.path.normpath(self.data_folder))
@@ -195,12 +214,13 @@ class Run:
             if resumable:
                 self.roll_back()
             return
+        rng = self._rng_states() if resumable else None   # a collective: every rank takes part
         if not self.is_rank0:
             return
         state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
                  "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
-            state.update(optim=self.opt.state_dict(), rng=torch.get_rng_state())
+            state.update(optim=self.opt.state_dict(), rng=rng)
         checkpoint.save(state, os.path.join(self.dir, name))
         self.rollbacks = 0 if resumable else self.rollbacks   # a good last.pt: progress was made
 
@@ -253,11 +273,12 @@ class Run:
     # --- the loop ---
 
     def validate(self) -> dict:
+        """Each rank validates its share of the batches; the sums are all-reduced, so every rank
+        sees the whole split's figures and takes the same best epoch and stop decisions."""
         p = self.progress
         p.last_val_step = p.step
-        if not self.is_rank0:   # the other ranks wait for rank 0 at their next all-reduce
-            return {}
-        m = elbo_metrics(self.model, self.val_data, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.seed)
+        m = elbo_metrics(self.model, self.val_data, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.seed,
+                         shard=(self.rank, self.world), reduce=distributed.all_reduce_)
         self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch, **m})
         self.log(f"step {p.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "

@@ -27,43 +27,58 @@ def _batches(data, batch_size: int, max_batches: int):
 
 
 @torch.inference_mode()
-def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int = 0) -> dict:
+def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int = 0,
+                 shard: tuple[int, int] = (0, 1), reduce=None) -> dict:
     """The negative ELBO per token, its NLL and KL parts, and active units, on `data`.
 
     z is drawn from the posterior with its own seeded generator state, so a training run's RNG
     stream is untouched and repeated validations of one model agree. Sums stay on the device
     (one read at the end) and active units come from running moments, so memory does not grow
     with the split.
+
+    Data-parallel ranks each pass shard=(rank, world) and take every world-th batch; `reduce`
+    sums their statistics in place (an all-reduce), so every rank gets the whole split's figures.
     """
     device = next(model.parameters()).device
+    rank, world = shard
+    z_dim = model.cfg.z_dim if model.latent else 0
+    # NLL, KL, tokens, targets, then the posterior means' count, sums and sums of squares
+    sums = torch.zeros(5 + 2 * z_dim, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)              # NLL, KL
-    moments = None                                                          # n, sum, sum of squares
-    tokens = targets = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for idx in _batches(data, batch_size, max_batches):
-            b = data.batch(idx).to(device)
-            out = model(b.tokens, b.lens, b.turns)
-            sums[0] += out["nll"].sum().double()
-            tokens += out["n_tokens"]
-            targets += len(out["nll"])
-            if "kl" in out:
-                sums[1] += out["kl"].sum().double()
-                moments = _add_moments(moments, out["post_mean"].double())
+        torch.manual_seed(seed + rank)   # rank 0 of one process: the seed itself, as before
+        for idx in _batches(data, batch_size, max_batches)[rank::world]:
+            b = data.batch(idx).to(device, non_blocking=True)
+            _add_batch(sums, model(b.tokens, b.lens, b.turns), z_dim)
     model.train(was_training)
-    nll, kl = sums.tolist()
+    if reduce is not None:
+        reduce(sums)
+    return _elbo_figures(sums, z_dim)
+
+
+def _add_batch(sums: torch.Tensor, out: dict, z_dim: int):
+    """Add one batch's NLL, KL, counts and posterior-mean moments to the running sums (on the device)."""
+    sums[0] += out["nll"].sum().double()
+    sums[2] += out["n_tokens"]
+    sums[3] += len(out["nll"])
+    if "kl" in out:
+        mean = out["post_mean"].double()                                    # (T, Z)
+        sums[1] += out["kl"].sum().double()
+        sums[4] += mean.shape[0]
+        sums[5:5 + z_dim] += mean.sum(0)
+        sums[5 + z_dim:] += (mean * mean).sum(0)
+
+
+def _elbo_figures(sums: torch.Tensor, z_dim: int) -> dict:
+    """The figures of elbo_metrics from its sums (one device-to-host read)."""
+    nll, kl, tokens, targets, n = sums[:5].tolist()
+    tokens, targets = int(tokens), int(targets)
+    moments = (n, sums[5:5 + z_dim].cpu(), sums[5 + z_dim:].cpu()) if z_dim else None
     elbo = (nll + kl) / max(tokens, 1)
     return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
             "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
             "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets}
-
-
-def _add_moments(moments, x: torch.Tensor):
-    """Running count, sum and sum of squares of the rows of x (T, Z)."""
-    batch = (x.shape[0], x.sum(0), (x * x).sum(0))
-    return batch if moments is None else tuple(a + b for a, b in zip(moments, batch))
 
 
 def active_units_from(moments, threshold: float = 0.01) -> int:

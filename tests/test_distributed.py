@@ -1,0 +1,97 @@
+"""Multi-process training and precision: ranks that decide together, GRUs in the asked dtype."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vhred import checkpoint, device
+from vhred.config import ModelConfig
+from vhred.model import VHRED
+
+from .conftest import ROOT
+
+# lr so small that no fp32 weight moves: every validation gives the same ELBO, so with patience 1
+# the run must stop after epoch 2 of 4 -- on every rank at once (HRED: no noise in the step)
+FROZEN = ["model=hred", "word_dropout=0", "lr=1e-30", "lr_warmup_steps=0", "max_dialogues=24",
+          "epochs=3", "patience=1", "log_every=1", "save_every=1000"]
+
+
+def run_training(data_dir, out, name, nproc, env):
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+                if nproc > 1 else [sys.executable])
+    cmd = launcher + ["-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+                      f"data_dir={data_dir}", f"out_dir={out}", f"name={name}", *FROZEN]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+
+
+@pytest.mark.slow   # two commands as a user runs them, one under torchrun
+def test_two_processes_stop_early_together_and_keep_the_best_of_one(dailydialog_zip, data_dir, tmp_path):
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}
+    for name, nproc in (("one", 1), ("two", 2)):
+        r = run_training(data_dir, tmp_path, name, nproc, env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "early stop after 1 epochs" in r.stdout, r.stdout[-1000:]
+    last = {n: checkpoint.load(str(tmp_path / n / "last.pt")) for n in ("one", "two")}
+    assert last["one"]["progress"]["epoch"] == last["two"]["progress"]["epoch"] == 2
+    assert last["one"]["progress"]["best_epoch"] == last["two"]["progress"]["best_epoch"] == 1
+    best = {n: checkpoint.load(str(tmp_path / n / "best.pt")) for n in ("one", "two")}
+    for key, w in best["one"]["model"].items():   # the same epoch's weights (lr 1e-30 moves zeros only)
+        assert torch.allclose(w, best["two"]["model"][key], rtol=0, atol=1e-20), key
+    # validation split over the two ranks and summed: the whole split, the same figures
+    val = {n: [json.loads(line) for line in open(tmp_path / n / "metrics.jsonl") if '"val"' in line]
+           for n in ("one", "two")}
+    assert [v["tokens"] for v in val["two"]] == [v["tokens"] for v in val["one"]]
+    assert [v["elbo_per_token"] for v in val["two"]] == pytest.approx([v["elbo_per_token"] for v in val["one"]], rel=1e-9)
+    # every rank's generator states travel with last.pt, so a resume continues each rank's stream
+    assert len(last["two"]["rng"]) == 2 and not torch.equal(last["two"]["rng"][0]["cpu"], last["two"]["rng"][1]["cpu"])
+
+
+def gru_output_dtypes(precision: str) -> dict:
+    """The dtype each GRU of a tiny VHRED returns in a training forward under `precision`."""
+    model = VHRED(ModelConfig(emb_dim=8, utt_hidden=8, ctx_hidden=8, dec_hidden=8, z_dim=4, latent_hidden=8), 50)
+    seen = {}
+    for name in ("utt_rnn", "ctx_rnn", "dec_rnn"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: o[1].dtype}))
+    tokens = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0], [2, 8, 9, 3]])
+    lens, turns = torch.tensor([4, 3, 4]), torch.tensor([3])
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(tokens, lens, turns)
+    (out["nll"].sum() + out["kl"].sum()).backward()
+    assert all(p.dtype == torch.float32 for p in model.parameters())   # the weights stay fp32
+    assert model.utt_rnn.weight_ih_l0.grad is not None and torch.isfinite(model.utt_rnn.weight_ih_l0.grad).all()
+    return seen
+
+
+def test_grus_run_in_the_configured_dtype():
+    assert set(gru_output_dtypes("fp32").values()) == {torch.float32}
+    assert set(gru_output_dtypes("bf16").values()) == {torch.bfloat16}   # CPU autocast alone leaves them fp32
+
+
+def test_auto_precision_takes_native_bf16_only(monkeypatch):
+    asked = {}
+
+    def bf16_supported(including_emulation=True):
+        asked["emulation"] = including_emulation
+        return not including_emulation or True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
+    cuda = torch.device("cuda")
+    assert device.use_bf16("auto", cuda, device.BF16_MIN_BATCH) and asked["emulation"] is False
+    assert not device.use_bf16("auto", cuda, device.BF16_MIN_BATCH - 1)   # small batches: fp32 measured faster
+    assert not device.use_bf16("auto", torch.device("cpu"), 10 ** 6)
+    assert device.use_bf16("bf16", torch.device("cpu"), 1) and not device.use_bf16("fp32", cuda, 10 ** 6)
+
+
+def test_tf32_is_set_by_training_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        assert device.pick_device("cuda").type == "cuda"   # what vhred.load and evaluation call
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        device.use_tf32_for_training(torch.device("cuda"))
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
