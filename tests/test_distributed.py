@@ -1,4 +1,4 @@
-"""Multi-process training and precision: ranks that decide together, GRUs in the asked dtype."""
+"""Multi-process training and the GPU path: ranks that decide together, GRUs in the asked dtype, bench counting."""
 import json
 import os
 import subprocess
@@ -95,3 +95,18 @@ def test_tf32_is_set_by_training_only(monkeypatch):
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_bench_counts_each_kernel_once_and_every_launch_kind():
+    from types import SimpleNamespace as Row
+
+    from torch.autograd import DeviceType
+
+    from vhred.bench import kernel_time_and_launches
+    rows = [Row(key="aten::mm", device_type=DeviceType.CPU, self_device_time_total=40.0, count=2),  # its kernels' time
+            Row(key="ampere_sgemm_128x64", device_type=DeviceType.CUDA, self_device_time_total=40.0, count=2),
+            Row(key="void gru_cell_forward", device_type=DeviceType.CUDA, self_device_time_total=10.0, count=5),
+            Row(key="cudaLaunchKernel", device_type=DeviceType.CPU, self_device_time_total=0.0, count=5),
+            Row(key="cuLaunchKernelEx", device_type=DeviceType.CPU, self_device_time_total=0.0, count=2),
+            Row(key="cudaMemcpyAsync", device_type=DeviceType.CPU, self_device_time_total=0.0, count=3)]
+    assert kernel_time_and_launches(rows) == (50.0, 7)

@@ -40,12 +40,13 @@ from .errors import InputError
 from .serve import Limits
 
 
-def chat_latency(cfg, vocab: int, repeats: int = 20) -> float:
-    """Median milliseconds of one chat turn: encode a 5-turn history, decode 10 x 30 tokens."""
+def chat_latency(cfg, vocab: int, device="cpu", repeats: int = 20) -> float:
+    """Median milliseconds of one chat turn on `device` (the run's): encode a 5-turn history,
+    decode 10 x 30 tokens."""
     from .generate import DecodeOptions, generate
     from .model import VHRED
     torch.manual_seed(0)
-    model = VHRED(cfg.arch, vocab).eval()   # latency depends on sizes, not on trained weights
+    model = VHRED(cfg.arch, vocab).to(device).eval()   # latency depends on sizes, not on trained weights
     history = [torch.randint(4, vocab, (15,)).tolist() for _ in range(5)]
     # no early <eos>: full length; decoding only (ranking costs more: see the serving bench)
     opts = DecodeOptions(num_samples=10, max_len=30, min_len=30, rank="none", dedup=False)
@@ -58,18 +59,23 @@ def chat_latency(cfg, vocab: int, repeats: int = 20) -> float:
     return 1000 * statistics.median(times)
 
 
-def matmul_rate(dtype=torch.float32, n: int = 1024, seconds: float = 2.0) -> float:
-    """The machine's dense matrix-multiply rate in FLOP/s, in dtype."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+def matmul_rate(dtype=torch.float32, seconds: float = 2.0) -> float:
+    """The machine's dense matrix-multiply rate in FLOP/s, in dtype. On a GPU, rounds of 20
+    8192-square matmuls with one synchronisation each (a sync per small matmul would time the
+    launches and the waits, not the tensor cores, and overstate MFU); on a CPU, 1024-square ones."""
+    cuda = torch.cuda.is_available()
+    n, per_sync = (8192, 20) if cuda else (1024, 1)
+    a, b = (torch.randn(n, n, device="cuda" if cuda else "cpu", dtype=dtype) for _ in range(2))
     for _ in range(3):
         a @ b
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        a @ b
-        count += 1
-        if device == "cuda":
-            torch.cuda.synchronize()
+        for _ in range(per_sync):
+            a @ b
+        sync()
+        count += per_sync
     return 2 * n ** 3 * count / (time.perf_counter() - t0)
 
 
@@ -125,7 +131,7 @@ def train_throughput(cfg, steps: int) -> dict:
             "epoch_s": epoch_tokens / tps, "params_M": run.model.num_params() / 1e6,
             "train_flops_per_s": flops / seconds, "flops_per_token": flops / tokens,
             "precision": "bf16" if run.bf16 else "fp32", "vocab_size": run.vocab_size,
-            "batch_size": cfg.batch_size, **gpu}
+            "batch_size": cfg.batch_size, "device": str(run.device), **gpu}
 
 
 def gpu_profile(run, batches) -> dict:
@@ -140,19 +146,30 @@ def gpu_profile(run, batches) -> dict:
             run.train_step(idx, batch=batch)
         torch.cuda.synchronize()
         wall = time.perf_counter() - t0
-    kernel_us = launches = 0
-    for e in prof.key_averages():
-        if e.key.startswith("cudaLaunchKernel"):
-            launches += e.count
-        kernel_us += getattr(e, "self_device_time_total", 0)   # only kernels have device time
+    kernel_us, launches = kernel_time_and_launches(prof.key_averages())
     return {"gpu_busy": kernel_us / 1e6 / wall, "launches_per_step": launches / len(batches),
             "gpu_peak_MB": torch.cuda.max_memory_allocated() / 2 ** 20}
+
+
+# the runtime and driver calls that start work on the GPU: cuBLASLt and cuDNN use the driver's
+# cuLaunchKernel(Ex), graphs launch many kernels at once
+LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
+
+
+def kernel_time_and_launches(rows) -> tuple[float, int]:
+    """(microseconds the GPU spent in kernels, launch calls) from profiler rows. Only the device's
+    own rows count: a CPU op's row carries the device time of the kernels it launched too, so
+    adding every row counts each kernel twice."""
+    from torch.autograd import DeviceType
+    kernel_us = sum(e.self_device_time_total for e in rows if e.device_type == DeviceType.CUDA)
+    launches = sum(e.count for e in rows if e.device_type == DeviceType.CPU and e.key.startswith(LAUNCHES))
+    return kernel_us, launches
 
 
 def one(config: str, steps: int, overrides: list[str]) -> dict:
     cfg = load(config, [f"name=bench-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
     result = {"config": config, **train_throughput(cfg, steps)}
-    result["chat_ms"] = chat_latency(cfg, result["vocab_size"])
+    result["chat_ms"] = chat_latency(cfg, result["vocab_size"], result["device"])
     result["matmul_flops_per_s"] = matmul_rate(torch.bfloat16 if result["precision"] == "bf16" else torch.float32)
     result["mfu"] = result["train_flops_per_s"] / result["matmul_flops_per_s"]
     result["peak_rss_MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

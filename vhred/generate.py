@@ -212,6 +212,7 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     scores[:, 0] = 0.0                                                      # one live beam at start
     token = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
     done = [[] for _ in range(B)]                                           # (score, ids) per row
+    seqs = [[] for _ in range(B * K)]                                       # each beam's words, on the host
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
@@ -221,32 +222,49 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
         V = logp.shape[-1]
-        total = (scores.view(B * K, 1) + logp).view(B, K * V)
-        top, idx = total.topk(2 * K, dim=-1)                                # (B, 2K)
-        beam_idx, tok = idx // V, idx % V
-        new_scores = torch.full((B, K), float("-inf"), device=device)
-        pick = torch.zeros(B, K, dtype=torch.long, device=device)
-        new_tok = torch.full((B, K), EOS, dtype=torch.long, device=device)
-        for b in range(B):   # at most 2K candidates per row: finished ones leave, K live ones stay
-            live = 0
-            for j in range(2 * K):
-                s, k, w = top[b, j].item(), beam_idx[b, j].item(), tok[b, j].item()
-                if s == float("-inf"):
-                    break
-                if w == EOS:
-                    if len(done[b]) < n_best or t == opts.max_len:
-                        ids = seqs[b * K + k].tolist()
-                        done[b].append((s / (len(ids) + 1), ids))
-                elif live < K:
-                    new_scores[b, live], pick[b, live], new_tok[b, live] = s, b * K + k, w
-                    live += 1
+        top, idx = (scores.view(B * K, 1) + logp).view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K)
+        top, idx = top.tolist(), idx.tolist()                               # the step's one device read
+        new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, done, n_best, opts.max_len)
         if all(len(d) >= n_best for d in done) or t == opts.max_len:
             break
-        seqs = torch.cat([seqs[pick.view(-1)], new_tok.view(-1, 1)], dim=1)
-        state = state[:, pick.view(-1)]
-        scores, token = new_scores, new_tok.view(-1, 1)
+        seqs = [seqs[p] + [w] for p, w in zip(pick, new_tok)]
+        state = state[:, _host_to(pick, device)]
+        scores = _host_to(new_scores, device, torch.float).view(B, K)
+        token = _host_to(new_tok, device).view(-1, 1)
     best = [sorted(d, key=lambda x: -x[0])[:n_best] for d in done]
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
+
+
+def _next_beams(top, idx, V, K, t, seqs, done, n_best, max_len):
+    """From each row's 2K best (score, beam * V + word) candidates: finished ones join `done`,
+    the K best live ones become the next beams. Returns flat lists (B*K) of their scores, the
+    beams they extend and their words (a row with fewer than K live ones is padded with dead beams)."""
+    scores, pick, words = [], [], []
+    for b, (row_top, row_idx) in enumerate(zip(top, idx)):
+        live = 0
+        for s, i in zip(row_top, row_idx):
+            k, w = divmod(i, V)
+            if s == float("-inf"):
+                break
+            if w == EOS:
+                if len(done[b]) < n_best or t == max_len:
+                    ids = seqs[b * K + k]
+                    done[b].append((s / (len(ids) + 1), ids))
+            elif live < K:
+                scores.append(s)
+                pick.append(b * K + k)
+                words.append(w)
+                live += 1
+        scores += [float("-inf")] * (K - live)
+        pick += [b * K] * (K - live)
+        words += [EOS] * (K - live)
+    return scores, pick, words
+
+
+def _host_to(values: list, device, dtype=torch.long) -> torch.Tensor:
+    """A host list to the device without waiting for it (pinned first on a GPU)."""
+    t = torch.tensor(values, dtype=dtype)
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
 
 
 @torch.inference_mode()

@@ -309,7 +309,10 @@ class Packing:
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
-    """A host index tensor to the device without waiting for the device."""
+    """A host index tensor to the device without waiting for the device (pinned first on a
+    GPU: a copy from pageable memory would block the host until it is done)."""
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
     return t.to(device, non_blocking=True)
 
 
