@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench bench-scale bench-serve chat serve eval clean-venv
+.PHONY: venv train test bench bench-scale bench-serve chat serve eval gpu-check clean-venv
 
 venv: $(STAMP)
 
@@ -60,6 +60,10 @@ chat: $(STAMP)
 # The HTTP API and chat page on http://127.0.0.1:8000/ (make serve ARGS="--checkpoint runs/x --port 8001")
 serve: $(STAMP)
 	$(BIN)/python -m vhred.serve $(ARGS)
+
+# On a machine with a GPU: GRU dtype and kernels, resume on the device, torchrun, bench (docs/gpu.md)
+gpu-check: $(STAMP)
+	$(BIN)/python -m vhred.gpu_check $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

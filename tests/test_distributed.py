@@ -110,3 +110,13 @@ def test_bench_counts_each_kernel_once_and_every_launch_kind():
             Row(key="cuLaunchKernelEx", device_type=DeviceType.CPU, self_device_time_total=0.0, count=2),
             Row(key="cudaMemcpyAsync", device_type=DeviceType.CPU, self_device_time_total=0.0, count=3)]
     assert kernel_time_and_launches(rows) == (50.0, 7)
+
+
+@pytest.mark.slow   # trains four tiny runs
+def test_gpu_check_runs_its_checks_on_the_cpu(dailydialog_zip, data_dir, tmp_path, monkeypatch):
+    from vhred import gpu_check
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    gpu_check.main(["--device", "cpu", "--no-bench", "--out", str(tmp_path), f"data_dir={data_dir}", "max_dialogues=24"])
+    report = json.load(open(tmp_path / "gpu-check.json"))
+    assert set(report["gru"]["output_dtypes"].values()) == {"torch.bfloat16"}
+    assert report["resume"]["rerun_max_abs_diff"] == report["resume"]["resumed_max_abs_diff"] == 0.0
