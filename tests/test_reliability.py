@@ -276,9 +276,13 @@ def test_archives_with_unsafe_paths_bad_bytes_or_changed_files_are_refused(tmp_p
     with pytest.raises(DataError, match="not UTF-8"):
         sources.read_dailydialog(bad_bytes)
     changed = dict(official)
-    changed["test"] = official["test"].replace(b"Good", b"Fine", 1)   # same counts, other text
-    tampered = make_zip(tmp_path / "changed.zip", {f"{s}/dialogues_{s}.txt": d for s, d in changed.items()})
-    with pytest.raises(DataError, match="differs from the official DailyDialog release"):
+    changed["test"] = official["test"].replace(b" . ", b" ! ", 1)   # same counts, other text
+    assert changed["test"] != official["test"]
+    manifest = sources.standin_manifest(dailydialog_zip)   # the stand-in is checked against its own
+    keep = {sources.STANDIN_MANIFEST: json.dumps(manifest)} if manifest else {}
+    tampered = make_zip(tmp_path / "changed.zip", {**{f"{s}/dialogues_{s}.txt": d for s, d in changed.items()}, **keep})
+    with pytest.raises(DataError, match="differs from the official DailyDialog release" if not manifest
+                       else "differs from the stand-in's standin.json"):
         sources.read_dailydialog(tampered)
 
 
