@@ -34,6 +34,9 @@ def test_a_folder_of_extracted_split_files_reads_the_same(dd, dailydialog_zip, t
     for split, data in sources._split_bytes(dailydialog_zip).items():
         os.makedirs(tmp_path / split)
         (tmp_path / split / f"dialogues_{split}.txt").write_bytes(data)
+    manifest = sources.standin_manifest(dailydialog_zip)
+    if manifest:   # the stand-in says what it is beside its split folders
+        (tmp_path / sources.STANDIN_MANIFEST).write_text(json.dumps(manifest))
     assert sources.read_dailydialog(str(tmp_path)) == dd
 
 
