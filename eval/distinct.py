@@ -21,8 +21,9 @@ def read_samples(path: str) -> list[list[str]]:
     for i, line in enumerate(read_lines(path), 1):
         try:
             samples = json.loads(line)["samples"]
-            assert isinstance(samples, list) and samples and all(isinstance(s, str) for s in samples)
-        except (ValueError, KeyError, TypeError, AssertionError):
+            if not (isinstance(samples, list) and samples and all(isinstance(s, str) for s in samples)):
+                raise ValueError("not a list of samples")   # an explicit check: asserts vanish under python -O
+        except (ValueError, KeyError, TypeError):
             raise InputError(f'{path}: line {i}: expected {{"samples": ["response", ...]}}') from None
         rows.append(samples)
     return rows

@@ -1,9 +1,12 @@
+import io
 import os
 import sys
+import zipfile
 
 import pytest
 import torch
 
+from vhred import sources
 from vhred.config import load
 from vhred.train import train
 
@@ -14,15 +17,44 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 SHARED_ZIP = os.path.join(ROOT, "..", "shared", "data", "dailydialog", "ijcnlp_dailydialog.zip")
+STANDIN = os.path.join(ROOT, "tests", "fixtures", "standin-corpus")   # made by tests/fixtures/make_corpus.py
+
+
+def real_archive() -> str | None:
+    """The local DailyDialog archive ($DAILYDIALOG_SRC, else the copy in ../shared), or None when
+    there is none or VHRED_TEST_CORPUS=standin asks for the stand-in anyway."""
+    if os.environ.get("VHRED_TEST_CORPUS") == "standin":
+        return None
+    path = os.environ.get("DAILYDIALOG_SRC") or SHARED_ZIP
+    return os.path.abspath(path) if os.path.exists(path) else None
+
+
+def standin_zip(dest: str) -> str:
+    """The stand-in corpus packed as the official archive is: ijcnlp_dailydialog/<split>.zip,
+    each holding <split>/dialogues_<split>.txt and dialogues_act_<split>.txt, and the manifest."""
+    with zipfile.ZipFile(dest, "w") as outer:
+        outer.write(os.path.join(STANDIN, sources.STANDIN_MANIFEST), f"ijcnlp_dailydialog/{sources.STANDIN_MANIFEST}")
+        for split in sources.SPLITS:
+            inner = io.BytesIO()
+            with zipfile.ZipFile(inner, "w") as z:
+                for name in (f"dialogues_{split}.txt", f"dialogues_act_{split}.txt"):
+                    z.write(os.path.join(STANDIN, split, name), f"{split}/{name}")
+            outer.writestr(f"ijcnlp_dailydialog/{split}.zip", inner.getvalue())
+    return dest
 
 
 @pytest.fixture(scope="session")
-def dailydialog_zip():
-    """The local DailyDialog archive: $DAILYDIALOG_SRC, else the copy in ../shared."""
-    path = os.environ.get("DAILYDIALOG_SRC") or SHARED_ZIP
-    if not os.path.exists(path):
-        pytest.skip("no local DailyDialog archive (set DAILYDIALOG_SRC)")
-    return os.path.abspath(path)
+def dailydialog_zip(tmp_path_factory):
+    """The DailyDialog archive where one is found, else the stand-in corpus in the same layout:
+    every test runs in a clone with no archive."""
+    return real_archive() or standin_zip(str(tmp_path_factory.mktemp("standin") / "ijcnlp_dailydialog.zip"))
+
+
+@pytest.fixture(scope="session")
+def corpus(dailydialog_zip):
+    """What the tests may expect of the corpus in use: its split sizes, and whether it is the real one."""
+    manifest = sources.standin_manifest(dailydialog_zip)
+    return {"real": manifest is None, "sizes": manifest["sizes"] if manifest else sources.DAILYDIALOG_SIZES}
 
 
 @pytest.fixture(scope="session")

@@ -47,9 +47,13 @@ def test_decoding_options_reach_the_decoder(bot, trained):
 
 
 def test_score_scores_each_candidate_on_the_ranking_scale(bot):
-    texts = [c.text for c in bot.respond(HISTORY, n=3)]
-    scores = bot.score(HISTORY, texts + ["Tell me more about the weather."])
-    assert len(scores) == len(texts) + 1 and all(isinstance(s, float) for s in scores)
+    """score() gives a reply the score respond() ranked it by (PMI per token, K = 3 z samples,
+    seed 0): the same numbers, not merely numbers."""
+    candidates = [c for c in bot.respond(HISTORY, n=3, seed=0) if not c.text.endswith(" …")]
+    assert candidates
+    scores = bot.score(HISTORY, [c.text for c in candidates] + ["Tell me more about the weather."])
+    assert len(scores) == len(candidates) + 1 and all(isinstance(s, float) for s in scores)
+    assert scores[:-1] == pytest.approx([c.score for c in candidates], rel=1e-4, abs=1e-5)
     assert bot.score(HISTORY, []) == []
 
 

@@ -1,4 +1,5 @@
-"""Sources, preparation and batching on the real DailyDialog archive and small hand-made files."""
+"""Sources, preparation and batching on the DailyDialog archive (or the stand-in corpus in its layout)
+and small hand-made files."""
 import json
 import os
 import zipfile
@@ -17,11 +18,15 @@ def dd(dailydialog_zip):
     return sources.read_dailydialog(dailydialog_zip)
 
 
-def test_official_split_sizes_and_parsing(dd):
-    assert {s: len(d) for s, d in dd.items()} == {"train": 11118, "validation": 1000, "test": 1000}
+def test_split_sizes_and_parsing(dd, corpus, dailydialog_zip):
+    assert {s: len(d) for s, d in dd.items()} == corpus["sizes"]
     first = dd["validation"][0]
-    assert first[0] == "Good morning , sir . Is there a bank near here ?"
-    assert first[-1] == "1000 Yuan.Here you are ."
+    if corpus["real"]:
+        assert first[0] == "Good morning , sir . Is there a bank near here ?"
+        assert first[-1] == "1000 Yuan.Here you are ."
+    else:   # the stand-in's first line, split by hand
+        line = sources._split_bytes(dailydialog_zip)["validation"].decode().splitlines()[0]
+        assert first == [u.strip() for u in line.split("__eou__")[:-1]]
     assert all(u and "__eou__" not in u and "  " not in u for d in dd["train"][:500] for u in d)
 
 
@@ -29,6 +34,9 @@ def test_a_folder_of_extracted_split_files_reads_the_same(dd, dailydialog_zip, t
     for split, data in sources._split_bytes(dailydialog_zip).items():
         os.makedirs(tmp_path / split)
         (tmp_path / split / f"dialogues_{split}.txt").write_bytes(data)
+    manifest = sources.standin_manifest(dailydialog_zip)
+    if manifest:   # the stand-in says what it is beside its split folders
+        (tmp_path / sources.STANDIN_MANIFEST).write_text(json.dumps(manifest))
     assert sources.read_dailydialog(str(tmp_path)) == dd
 
 

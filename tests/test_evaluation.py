@@ -178,7 +178,23 @@ def test_rank_command(trained, dailydialog_zip, monkeypatch):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["contexts"] == 8 and set(res["metrics"]) == {"pmi", "ll"}
-    assert all(0 <= m["recall@1"] <= m["recall@2"] <= 1 for m in res["metrics"].values())
+    # the same ranks worked out here, pair by pair, from vhred.scoring's scores (K = 2, seed 0)
+    from vhred.evaluate import split_dialogues
+    from vhred.generate import encode_turns
+    from vhred.rank import context_triples
+    from vhred.scoring import score_ids
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    triples = context_triples(split_dialogues(cfg, "test"), cfg.max_context)
+    sets = candidate_sets(triples, 9, 0)[:8]
+    for kind in ("pmi", "ll"):
+        ranks = []
+        for (context, _, _), cands in zip(triples, sets):
+            ctx = encode_turns(sp, context, cfg.max_utt_len, cfg.max_context)
+            scores = score_ids(model, [ctx] * 10, [sp.encode(c)[:cfg.max_utt_len] for c in cands], kind, 2, 0)
+            ranks.append(1 + sum(s > scores[0] for s in scores[1:]))
+        want = {"recall@1": sum(r == 1 for r in ranks) / 8, "recall@2": sum(r <= 2 for r in ranks) / 8,
+                "mrr": sum(1 / r for r in ranks) / 8}
+        assert res["metrics"][kind] == pytest.approx(want, abs=1e-9), (kind, ranks)
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it
@@ -188,7 +204,15 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
                         "--num-samples", "3", "--iw-samples", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.load(open(f"{trained['hred']}/results-ours-test.json"))
-    assert res["metrics"]["contexts"] == 12 and 0 <= res["metrics"]["bleu-2-f1"] <= 1
+    m = res["metrics"]
+    assert m["contexts"] == 12
+    hred_rows = [json.loads(line) for line in open(f"{trained['hred']}/samples-ours-test.jsonl")]
+    # HRED's greedy reply is one per context once repeats are dropped: its mean BLEU (precision)
+    # is its max BLEU (recall), and F1 their harmonic mean
+    assert len(hred_rows) == 12 and all(len(row["samples"]) == 1 for row in hred_rows)
+    for n in (1, 2):
+        p, rc = m[f"bleu-{n}-precision"], m[f"bleu-{n}-recall"]
+        assert p == pytest.approx(rc) and m[f"bleu-{n}-f1"] == pytest.approx(p if p else 0.0)
     assert res["decoding"]["rank"] == "pmi"   # the chat's defaults
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
                         "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
@@ -198,6 +222,9 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
                                                 "max_len": 40, "dedup": False, "rank": "none"}
     rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test.jsonl")]
     assert len(rows) == 12 and rows[0]["context"] == [""] and all(len(x["samples"]) == 10 for x in rows)
-    assert 0 <= dw_res["metrics"]["bleu-f1"] <= 1 and 0 <= dw_res["metrics"]["inter-dist-2"] <= 1
+    dw = dw_res["metrics"]   # ten replies per context: the mean is below the max unless all tie
+    p, rc = dw["bleu-precision"], dw["bleu-recall"]
+    assert p <= rc and dw["bleu-f1"] == pytest.approx(2 * p * rc / (p + rc + 1e-11))
+    assert set(dw) >= {"intra-dist-1", "intra-dist-2", "inter-dist-1", "inter-dist-2", "length"}
     # HRED has no latent: the importance-weighted bound is its exact likelihood
     assert res["metrics"]["iw2_nll_per_token"] == pytest.approx(res["metrics"]["elbo_nll_per_token"], rel=1e-5)

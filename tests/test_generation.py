@@ -133,8 +133,8 @@ def test_scores_do_not_depend_on_the_batch(vhred_model):
 def test_pmi_prefers_the_relevant_reply(vhred_model, hred_model):
     """A made-up pair on the tiny trained model: the reply that answers the context scores above
     one that belongs elsewhere, by PMI, for VHRED and HRED."""
-    history = ["Can I help you ?", "Yes , I want a ticket to London ."]
-    good, bad = "Single or return ?", "Happy birthday , my dear friend !"
+    history = ["Can I help you ?", "Yes , I'm looking for a jacket ."]   # a shop, on DailyDialog and the stand-in
+    good, bad = "What size do you want ?", "Happy birthday , my dear friend !"
     for model, cfg, sp in (vhred_model, hred_model):
         s_good, s_bad = score(model, sp, cfg, history, [good, bad], kind="pmi")
         assert s_good > s_bad

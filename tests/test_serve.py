@@ -153,14 +153,23 @@ def test_fifty_concurrent_requests_are_all_answered_in_shared_batches(server):
     assert after["batches"] - before["batches"] < 50   # requests shared forward passes
 
 
-def test_a_request_in_a_batch_gets_what_it_gets_alone(server, bot):
-    """Each reply's random numbers are its own (vhred.generate), so batching changes nothing."""
-    bodies = [{"history": [f"Where is room {i}?"], "n": 3, "method": "sample", "seed": i} for i in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(lambda b: request(server.port, "POST", "/respond", b)[1], bodies))
-    for body, out in zip(bodies, answers):
-        alone = bot.respond(body["history"], n=3, method="sample", seed=body["seed"])
-        assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in alone]
+def test_a_request_in_a_batch_gets_what_it_gets_alone(bot):
+    """Each reply's random numbers are its own (vhred.generate), so batching changes nothing.
+    The eight requests share their decoding options, seed included (the batch key), and the
+    server waits for all eight (max_batch=8, a long wait_ms): one batch, checked by its count."""
+    running = Running(bot, Limits(max_batch=8, wait_ms=30_000))
+    try:
+        bodies = [{"history": [f"Where is room {i}?"], "n": 3, "method": "sample", "seed": 5} for i in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda b: request(running.port, "POST", "/respond", b)[1], bodies))
+        served = request(running.port, "GET", "/health")[1]["served"]
+        assert served["requests"] == 8 and served["batches"] == 1
+        for body, out in zip(bodies, answers):
+            alone = bot.respond(body["history"], n=3, method="sample", seed=5)
+            assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in alone]
+        assert len({json.dumps(out) for out in answers}) == 8   # eight conversations, eight answers
+    finally:
+        running.stop()
 
 
 def test_a_request_that_takes_too_long_is_cut_off(bot):

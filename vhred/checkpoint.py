@@ -170,6 +170,7 @@ def load_model(path: str, device="cpu"):
     except (RuntimeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
     model = VHRED(cfg.arch, sp.get_piece_size())
+    model.blank_ids = [i for i in range(sp.get_piece_size()) if sp.id_to_piece(i) == "\u2581"]   # "▁" alone
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -47,7 +47,7 @@ class DecodeOptions:
     per context."""
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
-    min_len: int = 0           # no <eos> before this many tokens
+    min_len: int = 1           # no <eos> before this many tokens: a reply is never empty (0 allows it)
     method: str = "greedy"     # "greedy" (per z for VHRED), "sample" or "beam"
     temperature: float = 1.0   # softmax temperature when sampling
     top_k: int = 0             # keep the k most likely tokens (0: all)
@@ -166,6 +166,15 @@ def _responses(ids, scores, cond, model, n: int) -> list[list[Response]]:
     return [rows[c:c + n] for c in range(0, len(rows), n)]
 
 
+def blank_tokens(model, device) -> torch.Tensor:
+    """(V,) bool: the tokens that print nothing (<eos> and the specials, and "▁" alone, whose
+    id the tokenizer gives: model.blank_ids). They do not count towards opts.min_len, so that
+    min_len = 1 means a reply a user can read, never an empty one."""
+    blank = torch.zeros(model.embed.num_embeddings, dtype=torch.bool, device=device)
+    blank[[PAD, BOS, EOS, *model.blank_ids]] = True
+    return blank
+
+
 def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
     """Ancestral (or greedy) decoding of one response per row of cond, sampling step t with the
     row's uniform u[:, t]; returns ids and their total log-likelihood under the model
@@ -176,12 +185,14 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     out = torch.full((B, opts.max_len), PAD, dtype=torch.long, device=device)
     logp = torch.zeros(B, device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
+    blank = blank_tokens(model, device)                                     # (V,)
+    words = torch.zeros(B, dtype=torch.long, device=device)                 # printing tokens so far
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (B, 1, V)
         logits = logits[:, -1].float()
         logits[:, PAD] = logits[:, BOS] = float("-inf")
-        if t < opts.min_len:
-            logits[:, EOS] = float("-inf")
+        if t < opts.max_len:
+            logits[words < opts.min_len, EOS] = float("-inf")
         if t == opts.max_len:
             nxt = torch.full((B,), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
@@ -194,6 +205,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
         logp += step_logp * alive
         if t < opts.max_len:
             out[:, t] = torch.where(alive & (nxt != EOS), nxt, PAD)
+        words += ~blank[nxt]
         alive &= nxt != EOS
         if not alive.any():
             break
@@ -207,18 +219,19 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     B, K, device = cond.shape[0], opts.beam, cond.device
     cond_k = cond.repeat_interleave(K, 0)                                   # (B*K, C)
     state = model.decoder_state(cond_k)
-    seqs = torch.full((B * K, 0), PAD, dtype=torch.long, device=device)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0                                                      # one live beam at start
     token = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
     done = [[] for _ in range(B)]                                           # (score, ids) per row
     seqs = [[] for _ in range(B * K)]                                       # each beam's words, on the host
+    blank = blank_tokens(model, device)                                     # (V,)
+    words = torch.zeros(B * K, dtype=torch.long, device=device)             # printing tokens so far per beam
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
         logp[:, PAD] = logp[:, BOS] = float("-inf")
-        if t < opts.min_len:
-            logp[:, EOS] = float("-inf")
+        if t < opts.max_len:
+            logp[words < opts.min_len, EOS] = float("-inf")
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
         V = logp.shape[-1]
@@ -228,9 +241,10 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         if all(len(d) >= n_best for d in done) or t == opts.max_len:
             break
         seqs = [seqs[p] + [w] for p, w in zip(pick, new_tok)]
-        state = state[:, _host_to(pick, device)]
+        pick, new_tok = _host_to(pick, device), _host_to(new_tok, device)
+        state, words = state[:, pick], words[pick] + (~blank[new_tok]).long()
         scores = _host_to(new_scores, device, torch.float).view(B, K)
-        token = _host_to(new_tok, device).view(-1, 1)
+        token = new_tok.view(-1, 1)
     best = [sorted(d, key=lambda x: -x[0])[:n_best] for d in done]
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
 
@@ -404,7 +418,7 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
                    help=f"greedy words (per sampled z for VHRED), sampled words, or beam search "
                         f"(default {d.method}; sample when --temperature, --top-k or --top-p is given)")
     p.add_argument("--max-len", type=int, default=d.max_len, help="tokens per response (default %(default)s)")
-    p.add_argument("--min-len", type=int, default=d.min_len, help="no end of turn before this many tokens (default %(default)s)")
+    p.add_argument("--min-len", type=int, default=d.min_len, help="no end of turn before this many printing tokens (default %(default)s: never an empty reply; 0 allows one)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="softmax temperature for --method sample (default %(default)s)")
     p.add_argument("--top-k", type=int, default=d.top_k, help="sample from the k most likely tokens, 0 for all (default %(default)s)")
     p.add_argument("--top-p", type=float, default=d.top_p, help="sample from the nucleus of this probability (default %(default)s)")
@@ -437,9 +451,10 @@ def read_contexts(path: str) -> tuple[list[list[str]], list]:
         try:
             obj = json.loads(line)
             ctx, z = obj["context"], obj.get("z")
-            assert isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)
-            assert z is None or (isinstance(z, list) and z and all(isinstance(x, (int, float)) for x in z))
-        except (ValueError, KeyError, TypeError, AttributeError, AssertionError, RecursionError):
+            if not (isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)) or not (
+                    z is None or (isinstance(z, list) and z and all(isinstance(x, (int, float)) for x in z))):
+                raise ValueError("not a context")   # an explicit check: asserts vanish under python -O
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise InputError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}} '
                              '(and optionally "z": [numbers])') from None
         contexts.append(ctx)
