@@ -86,6 +86,12 @@ def resolve(path: str) -> str:
     return path
 
 
+def results_folder(path: str) -> str:
+    """Where a command writes what it measured of a resolved checkpoint: beside a .pt file, or
+    inside an exported model folder."""
+    return path if os.path.isdir(path) else os.path.dirname(path)
+
+
 def load(path: str) -> dict:
     """Read a checkpoint with weights_only=True (tensors and plain data only, never code), verify
     its checksum, and convert an older format to this one."""

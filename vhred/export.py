@@ -46,11 +46,13 @@ def export(run: str, folder: str) -> str:
 
 
 def _check_target(folder: str) -> None:
-    """DIR is new, empty, or an earlier export (whose files are replaced): never a run folder."""
+    """DIR is new, empty, or an earlier export (whose files are replaced; results the commands
+    wrote into it stay): never a run folder or anything else."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
     if os.path.isdir(folder):
-        others = sorted(set(os.listdir(folder)) - {*modelfolder.FILES, CARD})
+        others = sorted(n for n in set(os.listdir(folder)) - {*modelfolder.FILES, CARD}
+                        if not n.startswith(("results-", "samples-", "rank-")))
         if others:
             raise InputError(f"{folder} already holds other files ({', '.join(others[:3])}); "
                              "export into a new or empty folder")

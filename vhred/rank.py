@@ -67,7 +67,7 @@ def main(argv=None):
     result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(os.path.dirname(path), f"rank-{args.split}.json"), "w") as f:
+    with open(os.path.join(checkpoint.results_folder(path), f"rank-{args.split}.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result))
 
