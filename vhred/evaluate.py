@@ -160,7 +160,8 @@ def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> l
 def decode(model, cfg, sp, pairs, opts):
     """Responses for each (context, reference): token ids, and rows for the samples file."""
     responses, rows = [], []
-    for (ctx, ref), (_, found) in zip(pairs, generate_file(model, cfg, sp, [c for c, _ in pairs], opts)):
+    answers = generate_file(model, cfg, sp, [c for c, _ in pairs], opts)
+    for (_, found), (ctx, ref) in zip(answers, pairs):   # the generator first: it ends its progress bar
         ids, scores = [r[0] for r in found], [r[1] for r in found]
         responses.append(ids)
         rows.append({"context": [pretty(t) for t in ctx], "reference": pretty(ref),   # readable, as the samples
