@@ -382,7 +382,7 @@ def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
 def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     """The decoding flags of chat, generate and eval, their defaults read from DecodeOptions."""
     d = DecodeOptions(num_samples=num_samples or DecodeOptions.num_samples)
-    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="responses per context (default %(default)s)")
     p.add_argument("--method", choices=["greedy", "sample", "beam"],
                    help=f"greedy words (per sampled z for VHRED), sampled words, or beam search "

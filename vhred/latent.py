@@ -222,7 +222,7 @@ def main(argv=None):
     for name, helptext in (("interpolate", "decode evenly spaced z's between two z's of one context's prior"),
                            ("plot", "posterior means of validation responses (PCA) and KL per dimension")):
         s = sub.add_parser(name, help=helptext, description=helptext)
-        s.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+        s.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
         s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     it = sub.choices["interpolate"]
     it.add_argument("--context", nargs="+", required=True, help="the context's turns, oldest first")

@@ -27,7 +27,7 @@ from .scoring import IW_SAMPLES, KINDS
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.rank"),
                                 description="Rank the true response among random ones.")
-    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="the split whose contexts are ranked (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="only the first N contexts, 0 for all (default %(default)s)")
