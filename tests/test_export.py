@@ -191,3 +191,19 @@ def test_tensorboard_missing_is_a_one_line_config_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
     with pytest.raises(ConfigError, match=r"pip install 'vhred\[tb\]'"):
         tensorboard_writer_class()
+
+
+def test_the_docs_standalone_reader_runs_without_vhred_or_torch(exported):
+    """docs/export.md's reading snippet, run as written: it needs neither vhred nor torch."""
+    import subprocess
+
+    from tests.conftest import ROOT
+    doc = open(os.path.join(ROOT, "docs", "export.md"), encoding="utf-8").read()
+    snippet = doc.split("<!-- standalone")[1].split("```python\n")[1].split("```")[0]
+    guard = "import sys\nsys.modules['torch'] = None\nsys.modules['vhred'] = None\n"   # importing either fails
+    r = subprocess.run([sys.executable, "-c", guard + snippet, exported["vhred"]], capture_output=True,
+                       text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr
+    first, shapes, pieces = r.stdout.splitlines()
+    assert first.startswith("vhred {'model': 'vhred'") and "'embed.weight': (" in shapes and "lm_head.weight" in shapes
+    assert pieces.startswith("['")

@@ -84,7 +84,7 @@ def model_card(folder: str, header: dict, vals: list[dict]) -> str:
     t = header["trained"]
     lines = [f"# {cfg['name']}: a {header['model_type'].upper()} dialogue model (vhred)", "",
              f"Exported by `vhred export` on {header['exported_from']['date']} from "
-             f"{header['exported_from']['checkpoint']} (step {t.get('step')}, after {t.get('epoch')} complete epochs); "
+             f"{header['exported_from']['checkpoint']} (step {t.get('step')}, epochs completed: {t.get('epoch')}); "
              f"{header['parameters']:,} parameters, a SentencePiece vocabulary of {header['vocab_size']}.", "",
              f"- Data: {data}; utterances cut to {cfg['max_utt_len']} tokens, {cfg['max_context']} context turns.",
              "- Model: " + ", ".join(f"{k}={v}" for k, v in arch.items()) + ".",
