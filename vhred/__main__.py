@@ -1,7 +1,7 @@
 """The `vhred` command: one program, one subcommand per job.
 
     vhred train --config configs/dailydialog.yaml       (= python -m vhred.train ...)
-    vhred chat | generate | eval | rank | bench | serve | plot | latent ...
+    vhred chat | generate | eval | rank | bench | serve | plot | export | latent ...
 
 Each subcommand is the module's own main(argv), so `python -m vhred.<module>` keeps working and
 both spellings share every flag, default and error message. A subcommand's module is imported
@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
     "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
+    "export": ("vhred.export", "write a run as model.safetensors + config.json + tokenizer.model + model card"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),
 }
 

@@ -1,7 +1,7 @@
 """The Python API: load a checkpoint, answer a conversation, score candidate replies.
 
     import vhred
-    bot = vhred.load("runs/dailydialog-vhred")             # a run folder or a .pt file
+    bot = vhred.load("runs/dailydialog-vhred")             # a run folder, a .pt file or an exported folder
     for c in bot.respond(["Hi! Where is the station?"], n=3):
         print(f"{c.score:6.2f}  {c.text}")
 
@@ -38,7 +38,7 @@ class Bot:
     """A trained model with its tokenizer and config, ready to answer; made by vhred.load.
 
     Attributes: config (the run's Config; config.arch.model is "vhred" or "hred"),
-    checkpoint (the .pt file it came from), device ("cpu", "cuda:0", ...)."""
+    checkpoint (the .pt file or exported folder it came from), device ("cpu", "cuda:0", ...)."""
 
     def __init__(self, model, cfg, sp, path: str):
         self._model, self._sp = model, sp
@@ -120,7 +120,8 @@ class Bot:
 
 
 def load(path: str | os.PathLike, device: str = "auto") -> Bot:
-    """A Bot from a run folder (its best.pt, else last.pt) or a checkpoint file.
+    """A Bot from a run folder (its best.pt, else last.pt), a checkpoint file, or a folder that
+    `vhred export` wrote (model.safetensors, config.json, tokenizer.model: read without pickle).
 
     device: "auto" (a CUDA GPU when there is one), "cpu" or "cuda". A missing, corrupt or
     foreign checkpoint raises vhred.errors.CheckpointError, a UserError whose message is one

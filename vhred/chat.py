@@ -215,12 +215,12 @@ def main(argv=None):
     opts = options_from_args(args)
     if opts.num_samples > MAX_SAMPLES:   # the same cap as /samples
         raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {opts.num_samples}")
-    model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
+    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)
     if interactive:
-        print(f"vhred chat ({cfg.arch.model}, {opts.num_samples} candidates per turn). /help for commands, "
-              "Ctrl-D to leave.", file=sys.stderr)
+        print(banner(path, cfg, opts), file=sys.stderr)
     try:
         for line in read_lines(interactive):
             if not chat_turn(chat, line.strip(), args.json, interactive):
@@ -232,6 +232,12 @@ def main(argv=None):
         if interactive:
             print(file=sys.stderr)
         sys.exit(130)
+
+
+def banner(path: str, cfg, opts) -> str:
+    """The first line of an interactive chat: which model it is and where it was loaded from."""
+    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn. "
+            "/help for commands, Ctrl-D to leave.")
 
 
 def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:

@@ -8,6 +8,7 @@ import os
 
 import torch
 
+from . import modelfolder
 from .config import ARCH, ConfigError, from_dict
 from .errors import CheckpointError
 
@@ -71,7 +72,9 @@ def _fsync_dir(path: str) -> None:
 
 
 def resolve(path: str) -> str:
-    """A .pt file, or a run folder (its best.pt, else last.pt)."""
+    """A .pt file, a run folder (its best.pt, else last.pt), or an exported model folder (itself)."""
+    if modelfolder.is_model_folder(path):
+        return path
     if os.path.isdir(path):
         for name in ("best.pt", "last.pt"):
             if os.path.isfile(os.path.join(path, name)):
@@ -81,6 +84,12 @@ def resolve(path: str) -> str:
         raise CheckpointError(f"checkpoint {path} not found; train first (make train DATA=dailydialog) "
                               "or pass the path of a run's best.pt")
     return path
+
+
+def results_folder(path: str) -> str:
+    """Where a command writes what it measured of a resolved checkpoint: beside a .pt file, or
+    inside an exported model folder."""
+    return path if os.path.isdir(path) else os.path.dirname(path)
 
 
 def load(path: str) -> dict:
@@ -160,10 +169,12 @@ def as_tensor(data: bytes) -> torch.Tensor:
 
 
 def load_model(path: str, device="cpu"):
-    """(model in eval mode, config, tokenizer) from a checkpoint file or run folder."""
+    """(model in eval mode, config, tokenizer) from a checkpoint file, a run folder or an
+    exported model folder (read with safetensors, never torch.load)."""
     from .model import VHRED
     from .tokenizer import load_tokenizer
-    state = load(path)
+    path = resolve(path)
+    state = modelfolder.read(path) if os.path.isdir(path) else load(path)
     cfg = config_of(state, path)
     try:
         sp = load_tokenizer(model_bytes=tokenizer_bytes(state))

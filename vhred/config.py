@@ -68,6 +68,7 @@ class Config:
     eval_batches: int = 0         # >0: validate on at most N batches
     save_every: int = 200         # write last.pt every N steps (and at every epoch end)
     log_every: int = 50           # append a train line to metrics.jsonl every N steps
+    tensorboard: bool = False     # also write metrics.jsonl's figures to <run>/tb/ (pip install 'vhred[tb]')
     seed: int = 1337              # one seed for data order, initialisation and sampling
     device: str = "auto"          # "auto" (cuda when present), "cpu" or "cuda"
     precision: str = "auto"       # training step: "bf16" autocast, "fp32", or "auto" (see device.py)

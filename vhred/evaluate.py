@@ -16,9 +16,9 @@ Responses are decoded with the flags of vhred.generate, whose defaults are what 
 The likelihood side (skipped with --iw-samples 0) reports the negative ELBO per token, the
 importance-weighted bound with K samples, KL per utterance and active units on the dialogues
 that hold the scored targets. Metrics are computed on the model's own text; the samples file
-holds the readable text (vhred.generate.pretty) with a "cut" flag for responses that reached
+holds contexts, reference and responses as readable text (vhred.generate.pretty), with a "cut" flag for responses that reached
 the length limit. Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
-into the run folder (--tag adds a suffix).
+into the run folder, or into an exported model folder (--tag adds a suffix).
 """
 import argparse
 import json
@@ -36,6 +36,7 @@ from .generate import (
     generate_file,
     newest_checkpoint,
     options_from_args,
+    pretty,
     response_text,
 )
 from .metrics import dialogwae
@@ -69,11 +70,42 @@ def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> d
             "reconstruction_nll_per_token": m["nll_per_token"]}
 
 
+# What each metric says and which way is better, matched on the metric's name (first match wins)
+LEGEND = [
+    ("contexts", "", "contexts scored"),
+    ("bleu", "higher", "BLEU-n: n-gram overlap of the responses with the one reference (precision: the mean over a "
+                       "context's responses, recall: the best one, f1: their harmonic mean; averaged over contexts)"),
+    ("distinct", "higher", "distinct-n: distinct n-grams / all n-grams (intra: among a context's responses, inter: "
+                           "over all responses, response: within each response); higher is more varied"),
+    ("-dist-", "higher", "DialogWAE's distinct-n, its formulas (intra: per context, inter: over all responses)"),
+    ("length", "", "mean response length in tokens"),
+    ("ppl", "lower", "perplexity: exp of the NLL bound per token"),
+    ("nll_per_token", "lower", "negative log-likelihood per token in nats (elbo: the ELBO's bound, iwK: the tighter "
+                               "importance-weighted bound, reconstruction: the decoder's term alone)"),
+    ("kl_per_utt", "", "KL(posterior || prior) per utterance: how much z carries (0: the latent is unused)"),
+    ("active_units", "higher", "latent dimensions whose posterior mean varies over the data (of z_dim)"),
+]
+
+
+def legend(metric: str) -> tuple[str, str | None]:
+    """(which way is better: "higher", "lower" or "", its explanation or None) of a metric."""
+    for key, better, meaning in LEGEND:
+        if key in metric:
+            return better, meaning
+    return "", None
+
+
 def markdown(results: dict, title: str) -> str:
-    lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
+    """The results as a table with a "better" column, then what each kind of metric means."""
+    lines = [f"# {title}", "", "| metric | value | better |", "|---|---|---|"]
+    meanings = []
     for key, value in results["metrics"].items():
-        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += ["", f"Settings: {json.dumps(results['settings'])}"]
+        better, meaning = legend(key)
+        shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+        lines.append(f"| {key} | {shown} | {better} |")
+        if meaning and meaning not in meanings:
+            meanings.append(meaning)
+    lines += ["", *(f"- {m}" for m in meanings), "", f"Settings: {json.dumps(results['settings'])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -82,7 +114,8 @@ def parse_args(argv):
                                 description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
     add_decode_args(p)
     p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
-                   help="the targets and metrics (see above; default %(default)s)")
+                   help="ours: every turn after the first is a target, multi-sample BLEU-1..4 and distinct-n; "
+                        "dialogwae: DialogWAE's targets, decoding and formulas, rule by rule (default %(default)s)")
     p.add_argument("--tag", default="", help="suffix of the result file names (default: none)")
     p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
@@ -110,25 +143,28 @@ def dialogues_of(dialogues, n_pairs: int):
     return used
 
 
-def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> str:
+def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> list[str]:
+    """Write the samples, the results as JSON and as Markdown; returns the three paths."""
     name = f"{results['protocol']}-{results['split']}{results['settings']['tag'] and '-' + results['settings']['tag']}"
-    with open(os.path.join(run_dir, f"samples-{name}.jsonl"), "w", encoding="utf-8") as f:
+    paths = [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
+    with open(paths[2], "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(os.path.join(run_dir, f"results-{name}.json"), "w") as f:
+    with open(paths[0], "w") as f:
         json.dump(results, f, indent=1)
-    with open(os.path.join(run_dir, f"results-{name}.md"), "w") as f:
+    with open(paths[1], "w") as f:
         f.write(markdown(results, title))
-    return name
+    return paths
 
 
 def decode(model, cfg, sp, pairs, opts):
     """Responses for each (context, reference): token ids, and rows for the samples file."""
     responses, rows = [], []
-    for (ctx, ref), (_, found) in zip(pairs, generate_file(model, cfg, sp, [c for c, _ in pairs], opts)):
+    answers = generate_file(model, cfg, sp, [c for c, _ in pairs], opts)
+    for (_, found), (ctx, ref) in zip(answers, pairs):   # the generator first: it ends its progress bar
         ids, scores = [r[0] for r in found], [r[1] for r in found]
         responses.append(ids)
-        rows.append({"context": ctx, "reference": ref,
+        rows.append({"context": [pretty(t) for t in ctx], "reference": pretty(ref),   # readable, as the samples
                      "samples": [response_text(sp, r, opts.max_len, mark_cut=False) for r in ids],
                      "cut": [len(r) >= opts.max_len for r in ids], "scores": [round(x, 4) for x in scores]})
     return responses, rows
@@ -169,9 +205,9 @@ def main(argv=None):
     results = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "protocol": args.protocol,
                "metrics": metrics, "decoding": vars(opts), "settings": vars(args), "seconds": time.time() - t0}
     title = f"{cfg.arch.model} on the {args.split} split, {args.protocol} protocol ({os.path.basename(path)})"
-    name = write_report(os.path.dirname(path), results, rows, title)
+    paths = write_report(checkpoint.results_folder(path), results, rows, title)
     print(markdown(results, title))
-    print(f"wrote {os.path.dirname(path)}/results-{name}.json", file=sys.stderr)
+    print(f"wrote {', '.join(paths)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

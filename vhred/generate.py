@@ -4,8 +4,9 @@
         --output samples.jsonl --num-samples 10
 
 Input lines are {"context": ["utt", ...]}; each output line adds "samples": [...] (readable
-text, best first when ranked, a response cut at --max-len ending in " …") and "scores" (the
-ranking score of each, or its per-token log-likelihood with --rank none).
+text, best first when ranked, a response cut at --max-len ending in " …"), "scores" (the
+ranking score of each, or its per-token log-likelihood with --rank none) and "line" (the input
+line it answers: a malformed input line is skipped and named on stderr, the others are answered).
 
 A context's responses depend only on the seed and that context: each response draws its random
 numbers from its own generator, seeded by (seed, the context's tokens, the sample's index), so
@@ -18,6 +19,7 @@ import json
 import math
 import os
 import re
+import sys
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -412,7 +414,7 @@ def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
 def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     """The decoding flags of chat, generate and eval, their defaults read from DecodeOptions."""
     d = DecodeOptions(num_samples=num_samples or DecodeOptions.num_samples)
-    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="responses per context (default %(default)s)")
     p.add_argument("--method", choices=["greedy", "sample", "beam"],
                    help=f"greedy words (per sampled z for VHRED), sampled words, or beam search "
@@ -441,27 +443,48 @@ def options_from_args(args) -> DecodeOptions:
     return opts
 
 
-def read_contexts(path: str) -> tuple[list[list[str]], list]:
-    """The contexts of a JSONL file ({"context": [...]} per line) and each line's "z" (a list of
-    floats to decode from, for VHRED) or None."""
-    contexts, zs = [], []
+def read_contexts(path: str) -> tuple[list[list[str]], list, list[int]]:
+    """The contexts of a JSONL file ({"context": [...]} per line), each line's "z" (a list of
+    floats to decode from, for VHRED) or None, and each one's line number. A malformed line is
+    skipped and named on stderr, as training does with its data; a file with no good line is an error."""
+    contexts, zs, linenos, bad = [], [], [], []
     for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-            ctx, z = obj["context"], obj.get("z")
-            if not (isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)) or not (
-                    z is None or (isinstance(z, list) and z and all(isinstance(x, (int, float)) for x in z))):
-                raise ValueError("not a context")   # an explicit check: asserts vanish under python -O
-        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            raise InputError(f'{path}: line {lineno}: expected {{"context": ["utterance", ...]}} '
-                             '(and optionally "z": [numbers])') from None
-        contexts.append(ctx)
-        zs.append(z)
+        why = context_line_error(line)
+        if why:
+            bad.append((lineno, why))
+            continue
+        obj = json.loads(line)
+        contexts.append(obj["context"])
+        zs.append(obj.get("z"))
+        linenos.append(lineno)
     if not contexts:
-        raise InputError(f"{path} holds no contexts")
-    return contexts, zs
+        first = f": line {bad[0][0]}: {bad[0][1]}" if bad else ""
+        raise InputError(f"{path} holds no contexts{first}")
+    for lineno, why in bad[:10]:
+        print(f"{path}: line {lineno}: skipped: {why}", file=sys.stderr)
+    if len(bad) > 10:
+        print(f"{path}: ... and {len(bad) - 10} more skipped lines", file=sys.stderr)
+    return contexts, zs, linenos
+
+
+def context_line_error(line: str) -> str | None:
+    """Why a line of a contexts file cannot be used, or None when it can."""
+    expected = 'expected {"context": ["utterance", ...]} (and optionally "z": [numbers])'
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError):
+        return f"{expected}: not valid JSON"
+    if not isinstance(obj, dict) or "context" not in obj:
+        return expected
+    ctx, z = obj["context"], obj.get("z")
+    if not (isinstance(ctx, list) and ctx and all(isinstance(u, str) for u in ctx)):
+        return f'{expected}: "context" must be a non-empty list of strings'
+    if not (z is None or (isinstance(z, list) and z and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) for x in z))):
+        return f'{expected}: "z" must be a list of numbers'
+    return None
 
 
 def z_matrix(model, zs: list) -> torch.Tensor | None:
@@ -480,15 +503,18 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
 
 
 def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, zs=None, batch_contexts: int = 64):
-    """Yield (context, its responses as Response), batch by batch, with a progress bar.
-    Context turns are read as they are written: corpus text, or spaced() user text."""
+    """Yield (context, its responses as Response), batch by batch, with a progress bar that counts
+    contexts. Context turns are read as they are written: corpus text, or spaced() user text."""
     from tqdm import tqdm
     zs = zs or [None] * len(contexts)
-    for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
-        chunk = contexts[start:start + batch_contexts]
-        ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
-        z = z_matrix(model, zs[start:start + batch_contexts])
-        yield from zip(chunk, candidates(model, ids, opts, same=sp.decode, z=z))
+    with tqdm(total=len(contexts), desc="generate", unit="context") as bar:
+        for start in range(0, len(contexts), batch_contexts):
+            chunk = contexts[start:start + batch_contexts]
+            ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
+            z = z_matrix(model, zs[start:start + batch_contexts])
+            found = candidates(model, ids, opts, same=sp.decode, z=z)
+            bar.update(len(chunk))   # before the yield: a caller may stop at the last context
+            yield from zip(chunk, found)
 
 
 @command
@@ -504,21 +530,24 @@ def main(argv=None):
     args = p.parse_args(argv)
     opts = options_from_args(args)
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
-    contexts, zs = read_contexts(args.input)
+    contexts, zs, linenos = read_contexts(args.input)
     z_matrix(model, zs)   # refuse a bad z before any decoding
     tmp = args.output + ".tmp"
+    answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with open(tmp, "w", encoding="utf-8") as out:
-        for ctx, (_, responses) in zip(contexts, generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)):
-            out.write(json.dumps(output_row(ctx, responses, sp, opts, args.return_z),
+        for (_, responses), ctx, lineno in zip(answers, contexts, linenos):   # the generator first: it ends its bar
+            out.write(json.dumps(output_row(ctx, responses, sp, opts, args.return_z, lineno),
                                  ensure_ascii=False) + "\n")
     os.replace(tmp, args.output)
 
 
-def output_row(context: list[str], responses, sp, opts: DecodeOptions, with_z: bool) -> dict:
+def output_row(context: list[str], responses, sp, opts: DecodeOptions, with_z: bool, lineno: int | None = None) -> dict:
     row = {"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in responses],
            "scores": [round(r[1], 4) for r in responses]}
     if with_z and responses and responses[0].z is not None:
         row["z"] = [r.z.tolist() for r in responses]
+    if lineno is not None:
+        row["line"] = lineno   # the input line it answers (malformed lines are skipped)
     return row
 
 

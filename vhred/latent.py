@@ -134,6 +134,22 @@ def colour_by(kind: str, dialogues, where: torch.Tensor, acts=None) -> tuple[lis
     raise InputError(f"--color must be act, length or question, got '{kind}'")
 
 
+KL_LINE = 0.01   # nats: a dimension whose mean KL is below carries next to nothing about the response
+
+
+def kl_panel(ax, kls: torch.Tensor) -> None:
+    """Bars of each latent dimension's mean KL (kls: (N, Z)), largest first, over a labelled
+    dashed line at KL_LINE."""
+    per_dim = kls.mean(0)
+    order = torch.argsort(per_dim, descending=True)
+    ax.bar(range(len(per_dim)), per_dim[order], label="mean KL of a dimension")
+    ax.axhline(KL_LINE, color="grey", lw=0.8, ls="--", label=f"{KL_LINE} nats: below it, a dimension carries next to nothing")
+    ax.legend(fontsize=8)
+    ax.set_title(f"KL per latent dimension, sorted ({float(per_dim.sum()):.2f} nats per response)")
+    ax.set_xlabel("latent dimension (by KL)")
+    ax.set_ylabel("mean KL (nats)")
+
+
 def plot(means, kls, values, title: str, legend: str, out: str) -> str:
     """PCA of the posterior means coloured by `values`, and the mean KL of each dimension."""
     import matplotlib
@@ -151,13 +167,7 @@ def plot(means, kls, values, title: str, legend: str, out: str) -> str:
                           vmax=sorted(values)[int(0.98 * (len(values) - 1))])
         fig.colorbar(sc, ax=left, label=legend)
     left.set_title(f"posterior means, PCA (PC1 {share[0]:.0%}, PC2 {share[1]:.0%} of the variance)")
-    per_dim = kls.mean(0)
-    order = torch.argsort(per_dim, descending=True)
-    right.bar(range(len(per_dim)), per_dim[order])
-    right.axhline(0.01, color="grey", lw=0.8, ls="--")
-    right.set_title(f"KL per latent dimension, sorted ({float(per_dim.sum()):.2f} nats per response)")
-    right.set_xlabel("latent dimension (by KL)")
-    right.set_ylabel("mean KL (nats)")
+    kl_panel(right, kls)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -212,7 +222,7 @@ def main(argv=None):
     for name, helptext in (("interpolate", "decode evenly spaced z's between two z's of one context's prior"),
                            ("plot", "posterior means of validation responses (PCA) and KL per dimension")):
         s = sub.add_parser(name, help=helptext, description=helptext)
-        s.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+        s.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
         s.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     it = sub.choices["interpolate"]
     it.add_argument("--context", nargs="+", required=True, help="the context's turns, oldest first")

@@ -27,7 +27,7 @@ from .scoring import IW_SAMPLES, KINDS
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.rank"),
                                 description="Rank the true response among random ones.")
-    p.add_argument("--checkpoint", help="a run folder or .pt file (default: the newest runs/*/best.pt)")
+    p.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="the split whose contexts are ranked (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="only the first N contexts, 0 for all (default %(default)s)")
@@ -67,7 +67,7 @@ def main(argv=None):
     result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(os.path.dirname(path), f"rank-{args.split}.json"), "w") as f:
+    with open(os.path.join(checkpoint.results_folder(path), f"rank-{args.split}.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result))
 

@@ -6,7 +6,8 @@
                    -> {"candidates": [{"text": ..., "score": ...}, ...]}   best first
     POST /score    {"history": ["Hi!"], "candidates": ["Hello.", "No."]} -> {"scores": [...]}
     GET  /health   -> {"status": "ok", "model", "checkpoint", "device", "config", "limits"}
-    GET  /         -> the chat page (vhred/static/chat.html)
+    GET  /         -> the chat page (vhred/static/chat.html); /?say=Hi&say=Hello!&say=How are you?
+                      opens it on those turns (user, bot, user, ...) and answers the last
 
 Built on the standard library's ThreadingHTTPServer: no dependency, and nothing an ASGI stack
 would add is needed here, because the work is one model on one device: a thread per connection
@@ -314,9 +315,16 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def parse_request(self):
+        self.started = time.perf_counter()   # the request line is read: its time starts here
+        return super().parse_request()
+
     def log_message(self, format, *args):
+        """One line per request: UTC time, client, request, status and size, seconds it took."""
         if not self.server.quiet:
-            sys.stderr.write(f"{self.address_string()} {format % args}\n")
+            took = time.perf_counter() - self.started if hasattr(self, "started") else math.nan
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            sys.stderr.write(f"{when} {self.address_string()} {format % args} {took:.3f}s\n")
 
 
 class Server(ThreadingHTTPServer):

@@ -20,7 +20,7 @@ from . import checkpoint, config, distributed
 from .cli import command, program
 from .dataset import DialogueData, prepare
 from .device import pick_device, use_bf16, use_tf32_for_training
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, ConfigError, TrainingError
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
 from .model import VHRED, objective
@@ -98,12 +98,17 @@ class Run:
         self.log = log if self.is_rank0 else (lambda *_: None)
         self.bf16 = use_bf16(cfg.precision, self.device, cfg.batch_size // self.world)
         use_tf32_for_training(self.device)
+        self.tb = None   # a SummaryWriter once the folder exists, when tensorboard=true
+        if cfg.tensorboard and self.is_rank0:
+            tensorboard_writer_class()   # refuse early, before any data is prepared
         self.progress = Progress()
         self.stopped = False
         self.rollbacks = 0   # roll-backs since the last good save of last.pt (not in Progress: it survives them)
         self._setup_data()
         self._setup_model()
         self.lock = self._setup_folder() if self.is_rank0 else None
+        if cfg.tensorboard and self.is_rank0:
+            self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"))
         self._resume()
 
     def _setup_data(self):
@@ -230,6 +235,8 @@ class Run:
         record["wall_s"] = round(time.time() - self.started, 1)   # since this process started
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tb:
+            log_to_tensorboard(self.tb, record)
 
     # --- guards ---
 
@@ -402,8 +409,28 @@ class Run:
 
     def close(self):
         distributed.cleanup()
+        if self.tb:
+            self.tb.close()
         if self.lock:
             self.lock.close()
+
+
+def tensorboard_writer_class():
+    """torch's SummaryWriter; tensorboard is an optional dependency, so its absence is one line."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ConfigError("tensorboard=true needs the tensorboard package: pip install 'vhred[tb]' "
+                          "(or pip install tensorboard), or leave tensorboard=false") from None
+    return SummaryWriter
+
+
+def log_to_tensorboard(writer, record: dict):
+    """A metrics.jsonl record as scalars: "train/loss", "val/elbo_per_token", ... at its step."""
+    for key, value in record.items():
+        if key not in ("split", "step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            writer.add_scalar(f"{record['split']}/{key}", value, record["step"])
+    writer.flush()   # as metrics.jsonl is appended: a killed run loses nothing logged
 
 
 def prefetch(make, items: list, depth: int = 2):

@@ -1,0 +1,209 @@
+"""vhred export: the shared model folder (model.safetensors, config.json, tokenizer.model, model
+card) answers as its checkpoint does, loads without torch.load, and a broken folder is one line.
+TensorBoard logging: the event files hold metrics.jsonl's figures."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+import vhred
+from vhred import checkpoint, export, generate, modelfolder
+from vhred.errors import CheckpointError, ConfigError, InputError
+
+HISTORY = ["Hi! Where is the station?", "Two blocks down, on the left.", "Thanks. Is it far?"]
+CANDIDATES = ["No, five minutes on foot.", "I like apples.", ""]
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """{model: the folder `vhred export` wrote from the tiny trained run}."""
+    out = tmp_path_factory.mktemp("exported")
+    folders = {}
+    for kind, run in trained.items():
+        folders[kind] = str(out / kind)
+        export.main([run, folders[kind]])
+    return folders
+
+
+def no_torch_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_export_writes_the_four_files_and_the_weights_are_the_checkpoints(trained, exported):
+    folder = exported["vhred"]
+    assert sorted(os.listdir(folder)) == ["README.md", "config.json", "model.safetensors", "tokenizer.model"]
+    state = checkpoint.load(trained["vhred"])
+    from safetensors.torch import load_file   # read by safetensors alone, as another program would
+    header = json.load(open(os.path.join(folder, "config.json")))
+    weights = load_file(os.path.join(folder, "model.safetensors"))
+    for name, source in header["tied_weights"].items():
+        weights[name] = weights[source]
+    assert weights.keys() == state["model"].keys()
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
+    assert header["format"] == "vhred-model-folder" and header["format_version"] == 1
+    assert header["config"] == state["config"] and header["model_type"] == "vhred"
+    assert open(os.path.join(folder, "tokenizer.model"), "rb").read() == checkpoint.tokenizer_bytes(state)
+
+
+def test_model_card_shows_the_runs_best_validation_figures(trained, exported):
+    vals = [json.loads(line) for line in open(os.path.join(trained["vhred"], "metrics.jsonl"))]
+    best = min((r for r in vals if r["split"] == "val"), key=lambda r: r["elbo_per_token"])
+    card = open(os.path.join(exported["vhred"], "README.md")).read()
+    row = next(line for line in card.splitlines() if line.startswith("| best |"))
+    assert row.startswith(f"| best | {best['step']} | {best['elbo_per_token']:.3f} | {best['ppl']:.3f} |")
+    assert "DailyDialog" in card and 'vhred.load("vhred")' in card
+
+
+@pytest.mark.parametrize("kind", ["vhred", "hred"])
+def test_folder_answers_as_the_checkpoint_without_torch_load(trained, exported, kind, monkeypatch):
+    from_pt = vhred.load(trained[kind], device="cpu")
+    no_torch_load(monkeypatch)
+    from_folder = vhred.load(exported[kind], device="cpu")
+    assert from_folder.checkpoint == exported[kind]
+    for seed in (0, 7):
+        assert from_folder.respond(HISTORY, n=3, seed=seed) == from_pt.respond(HISTORY, n=3, seed=seed)
+    assert from_folder.score(HISTORY, CANDIDATES) == from_pt.score(HISTORY, CANDIDATES)
+
+
+def test_generate_command_reads_the_folder(trained, exported, tmp_path, monkeypatch):
+    src = tmp_path / "contexts.jsonl"
+    src.write_text(json.dumps({"context": HISTORY}) + "\n" + json.dumps({"context": ["Where is the bank?"]}) + "\n")
+    outputs = []
+    for where in (trained["vhred"], exported["vhred"]):
+        out = tmp_path / f"out{len(outputs)}.jsonl"
+        if where == exported["vhred"]:
+            no_torch_load(monkeypatch)
+        generate.main(["--checkpoint", where, "--input", str(src), "--output", str(out), "--num-samples", "3"])
+        outputs.append(out.read_text())
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") == 2
+
+
+def broken_copy(exported, tmp_path, name: str) -> str:
+    import shutil
+    folder = str(tmp_path / name)
+    shutil.copytree(exported["vhred"], folder)
+    return folder
+
+
+def edit_config(folder: str, change) -> None:
+    path = os.path.join(folder, "config.json")
+    header = json.load(open(path))
+    change(header)
+    json.dump(header, open(path, "w"))
+
+
+def one_line_error(folder: str, capsys) -> str:
+    """The chat command's exit code and stderr on the folder: 2 and one line."""
+    from vhred import chat
+    with pytest.raises(SystemExit) as e:
+        chat.main(["--checkpoint", folder])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+def test_a_broken_folder_is_a_one_line_error(exported, tmp_path, capsys):
+    missing = broken_copy(exported, tmp_path, "missing")
+    os.remove(os.path.join(missing, "tokenizer.model"))
+    assert "without tokenizer.model" in one_line_error(missing, capsys)
+
+    no_weights = broken_copy(exported, tmp_path, "no-weights")
+    os.remove(os.path.join(no_weights, "model.safetensors"))   # still told apart from a run folder
+    assert "without model.safetensors" in one_line_error(no_weights, capsys)
+
+    shapes = broken_copy(exported, tmp_path, "shapes")
+    edit_config(shapes, lambda h: h["config"]["arch"].update(emb_dim=h["config"]["arch"]["emb_dim"] + 1))
+    assert "do not fit the model its config describes" in one_line_error(shapes, capsys)
+
+    cut = broken_copy(exported, tmp_path, "cut")
+    weights = os.path.join(cut, "model.safetensors")
+    data = open(weights, "rb").read()
+    open(weights, "wb").write(data[:len(data) // 2])
+    assert "does not match the weights_sha256" in one_line_error(cut, capsys)
+    edit_config(cut, lambda h: h.pop("weights_sha256"))   # no hash: safetensors itself refuses the file
+    assert "not a readable safetensors file" in one_line_error(cut, capsys)
+
+    bad_json = broken_copy(exported, tmp_path, "json")
+    open(os.path.join(bad_json, "config.json"), "w").write('{"format": "vhred-model-folder", ')
+    assert "not valid JSON" in one_line_error(bad_json, capsys)
+
+    newer = broken_copy(exported, tmp_path, "newer")
+    edit_config(newer, lambda h: h.update(format_version=2))
+    assert "format_version 2" in one_line_error(newer, capsys)
+    with pytest.raises(CheckpointError):
+        vhred.load(newer)
+
+
+def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(trained, exported, tmp_path, capsys):
+    run_copy = tmp_path / "busy"
+    run_copy.mkdir()
+    (run_copy / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="already holds other files"):
+        export.export(trained["vhred"], str(run_copy))
+    assert os.listdir(run_copy) == ["notes.txt"]
+    with pytest.raises(InputError, match="already an exported model folder"):
+        export.export(exported["vhred"], str(tmp_path / "again"))
+    again = broken_copy(exported, tmp_path, "again")
+    export.export(trained["hred"], again)   # an earlier export: replaced
+    assert json.load(open(os.path.join(again, "config.json")))["model_type"] == "hred"
+    assert vhred.load(again).config.arch.model == "hred"
+
+
+def test_untie_stores_shared_tensors_once():
+    a = torch.randn(4, 3)
+    tensors, tied = modelfolder.untie({"embed.weight": a, "lm_head.weight": a, "other": a.clone()})
+    assert set(tensors) == {"embed.weight", "other"} and tied == {"lm_head.weight": "embed.weight"}
+
+
+# --- TensorBoard ---
+
+def test_tensorboard_events_hold_the_figures_of_metrics_jsonl(tiny_cfg):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vhred.train import train
+    cfg = tiny_cfg("tensorboard=true", "max_steps=6", "log_every=2", "eval_every=3", "name=tb")
+    run = train(cfg, log=lambda *_: None)
+    records = [json.loads(line) for line in open(os.path.join(run.dir, "metrics.jsonl"))]
+    events = EventAccumulator(os.path.join(run.dir, "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = {}
+    for r in records:
+        for key, value in r.items():
+            if key not in ("split", "step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                expected.setdefault(f"{r['split']}/{key}", []).append((r["step"], value))
+    assert {"train/loss", "train/nll_per_token", "val/elbo_per_token", "val/active_units"} <= tags
+    assert tags == set(expected)
+    assert {s for s, _ in expected["val/elbo_per_token"]} == {3, 6}
+    for tag, points in expected.items():
+        got = [(e.step, e.value) for e in events.Scalars(tag)]
+        assert [s for s, _ in got] == [s for s, _ in points], tag
+        assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_tensorboard_missing_is_a_one_line_config_error(monkeypatch):
+    from vhred.train import tensorboard_writer_class
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
+    with pytest.raises(ConfigError, match=r"pip install 'vhred\[tb\]'"):
+        tensorboard_writer_class()
+
+
+def test_the_docs_standalone_reader_runs_without_vhred_or_torch(exported):
+    """docs/export.md's reading snippet, run as written: it needs neither vhred nor torch."""
+    import subprocess
+
+    from tests.conftest import ROOT
+    doc = open(os.path.join(ROOT, "docs", "export.md"), encoding="utf-8").read()
+    snippet = doc.split("<!-- standalone")[1].split("```python\n")[1].split("```")[0]
+    guard = "import sys\nsys.modules['torch'] = None\nsys.modules['vhred'] = None\n"   # importing either fails
+    r = subprocess.run([sys.executable, "-c", guard + snippet, exported["vhred"]], capture_output=True,
+                       text=True, timeout=120, cwd="/")
+    assert r.returncode == 0, r.stderr
+    first, shapes, pieces = r.stdout.splitlines()
+    assert first.startswith("vhred {'model': 'vhred'") and "'embed.weight': (" in shapes and "lm_head.weight" in shapes
+    assert pieces.startswith("['")

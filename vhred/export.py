@@ -1,0 +1,132 @@
+"""Export a trained model as a shareable folder: python -m vhred.export RUN DIR
+
+    vhred export runs/dailydialog-vhred exported/dailydialog-vhred
+
+RUN is a run folder (its best.pt, else last.pt) or a .pt checkpoint. DIR receives
+model.safetensors, config.json and tokenizer.model (the format: vhred/modelfolder.py) and a
+README.md model card: the data, the config, the run's validation figures (metrics.jsonl) and how
+to load it. vhred.load(DIR) and every --checkpoint read the folder; the optimiser is left out.
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+from dataclasses import asdict
+
+from . import checkpoint, modelfolder
+from .cli import command, program
+from .errors import InputError
+
+CARD = "README.md"
+VAL_FIGURES = ("elbo_per_token", "ppl", "nll_per_token", "kl_per_utt", "active_units")
+
+
+def export(run: str, folder: str) -> str:
+    """Write the model folder of a run or checkpoint; returns the checkpoint it came from."""
+    source = checkpoint.resolve(run)
+    if modelfolder.is_model_folder(source):
+        raise InputError(f"{run} is already an exported model folder; copy it instead")
+    _check_target(folder)
+    state = checkpoint.load(source)
+    cfg = checkpoint.config_of(state, source)
+    model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
+    progress = state.get("progress", {})
+    trained = {"step": progress.get("step"), "epoch": progress.get("epoch"),
+               "best_val_elbo_per_token": progress["best"] if math.isfinite(progress.get("best", math.inf)) else None}
+    header = {"model_type": cfg.arch.model, "vocab_size": sp.get_piece_size(),
+              "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+              "parameters": model.num_params(), "config": asdict(cfg), "trained": trained,
+              "exported_from": {"checkpoint": os.path.basename(source),
+                                "date": datetime.date.today().isoformat()}}
+    modelfolder.write(folder, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
+    with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
+        f.write(model_card(folder, header, val_records(os.path.dirname(source))))
+    return source
+
+
+def _check_target(folder: str) -> None:
+    """DIR is new, empty, or an earlier export (whose files are replaced; results the commands
+    wrote into it stay): never a run folder or anything else."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"{folder} is a file; give a folder to export into")
+    if os.path.isdir(folder):
+        others = sorted(n for n in set(os.listdir(folder)) - {*modelfolder.FILES, CARD}
+                        if not n.startswith(("results-", "samples-", "rank-")))
+        if others:
+            raise InputError(f"{folder} already holds other files ({', '.join(others[:3])}); "
+                             "export into a new or empty folder")
+
+
+def val_records(run_dir: str) -> list[dict]:
+    """The validation lines of the run's metrics.jsonl (none when it has no such file)."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except ValueError:   # a line cut by a kill: the others still count
+                continue
+            if isinstance(r, dict) and r.get("split") == "val":
+                records.append(r)
+    return records
+
+
+def model_card(folder: str, header: dict, vals: list[dict]) -> str:
+    cfg, arch = header["config"], header["config"]["arch"]
+    data = ("DailyDialog (Li et al., 2017), its train split" if cfg["data"] == "dailydialog"
+            else f"the dialogues of {os.path.basename(cfg['data'])}")
+    if cfg.get("max_dialogues"):
+        data += f", first {cfg['max_dialogues']} dialogues of each split"
+    t = header["trained"]
+    lines = [f"# {cfg['name']}: a {header['model_type'].upper()} dialogue model (vhred)", "",
+             f"Exported by `vhred export` on {header['exported_from']['date']} from "
+             f"{header['exported_from']['checkpoint']} (step {t.get('step')}, epochs completed: {t.get('epoch')}); "
+             f"{header['parameters']:,} parameters, a SentencePiece vocabulary of {header['vocab_size']}.", "",
+             f"- Data: {data}; utterances cut to {cfg['max_utt_len']} tokens, {cfg['max_context']} context turns.",
+             "- Model: " + ", ".join(f"{k}={v}" for k, v in arch.items()) + ".",
+             f"- Training: {cfg['epochs']} epochs (max_steps {cfg['max_steps']}), batch {cfg['batch_size']}, "
+             f"lr {cfg['lr']}, KL {cfg['kl_schedule']} over {cfg['kl_warmup_steps']} steps to {cfg['kl_max']}, "
+             f"seed {cfg['seed']}. The full config is config.json's \"config\".", ""]
+    lines += validation_table(vals)
+    name = os.path.basename(os.path.normpath(folder))
+    lines += ["## Load it", "", "```python", "import vhred", f'bot = vhred.load("{name}")   # this folder',
+              'print(bot.respond(["Hi! Where is the station?"])[0].text)', "```", "",
+              f"or `vhred chat --checkpoint {name}` (every command's --checkpoint takes the folder). "
+              "The weights are a safetensors file: `safetensors.torch.load_file(\"model.safetensors\")` "
+              "reads them without vhred (docs/export.md of the vhred repository).", ""]
+    return "\n".join(lines)
+
+
+def validation_table(vals: list[dict]) -> list[str]:
+    if not vals:
+        return ["No validation figures: the run folder held no metrics.jsonl.", ""]
+    best = min(vals, key=lambda r: r.get("elbo_per_token", float("inf")))
+    rows = [("best", best)] + ([("last", vals[-1])] if vals[-1] is not best else [])
+    out = ["## Validation (from the run's metrics.jsonl)", "",
+           "| | step | " + " | ".join(VAL_FIGURES) + " |", "|---|---|" + "---|" * len(VAL_FIGURES)]
+    for name, r in rows:
+        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in VAL_FIGURES]
+        out.append(f"| {name} | {r.get('step')} | " + " | ".join(cells) + " |")
+    return out + ["", "elbo_per_token: the negative ELBO per token (lower is better), an upper bound on "
+                  "the NLL; ppl: exp of it; kl_per_utt: KL of the posterior from the prior per utterance "
+                  "(VHRED); active_units: latent dimensions the model uses.", ""]
+
+
+@command
+def main(argv=None):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.export"),
+                                description="Export a trained model as model.safetensors + config.json + "
+                                            "tokenizer.model + a README.md model card.")
+    p.add_argument("run", help="a run folder (its best.pt, else last.pt) or a .pt checkpoint")
+    p.add_argument("dir", help="the folder to write (new, empty, or an earlier export to replace)")
+    args = p.parse_args(argv)
+    source = export(args.run, args.dir)
+    print(f"exported {source} to {args.dir}: {', '.join((*modelfolder.FILES, CARD))}")
+
+
+if __name__ == "__main__":
+    main()
