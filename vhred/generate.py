@@ -71,7 +71,8 @@ class DecodeOptions:
         limits.count("top_k", self.top_k, 0, limits.MAX_TOP_K)
         limits.count("seed", self.seed, 0, 2 ** 63 - 1)
         limits.count("min_len", self.min_len, 0, self.max_len)
-        limits.number("temperature", self.temperature, 1e-6, 1e6)
+        if isinstance(self.temperature, bool) or not 0 < self.temperature <= 1e6:   # exact for any int; NaN fails
+            raise InputError(f"temperature must be a positive finite number up to 1e6, got {str(self.temperature)[:40]}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
@@ -440,7 +441,7 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
     Z = model.cfg.z_dim
     for z in zs:
         if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(map(_z_element, z))):
-            raise InputError(f"a z must be a list of {Z} numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
+            raise InputError(f"a z must be a list of {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
                              "(this model's z_dim)")
     return torch.tensor([z if z is not None else [math.nan] * Z for z in zs], dtype=torch.float32)
 
