@@ -88,6 +88,8 @@ def check_output(path: str) -> None:
         st = None
     except OSError as e:
         raise InputError(f"cannot write {path} ({e.strerror or e})") from None
+    except ValueError:   # a NUL character in the path
+        raise InputError(f"{path!r} is not a usable file name") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path} exists and is not a regular file; give the path of a file to write")
     folder = os.path.dirname(path) or "."

@@ -164,6 +164,12 @@ def _check_yaml_shape(text: str) -> None:
     document nested 100,000 deep overflows the recursive builder. A config needs neither."""
     import yaml
     from .limits import MAX_YAML_DEPTH
+    import numpy as np
+    raw = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    step = np.isin(raw, (ord("["), ord("{"))).astype(np.int32) - np.isin(raw, (ord("]"), ord("}")))
+    # flow brackets first, counted plainly (quotes ignored): PyYAML's scanner is quadratic in their depth
+    if len(raw) and int(np.cumsum(step).max()) > MAX_YAML_DEPTH:
+        raise ConfigError(f"nested more than {MAX_YAML_DEPTH} levels deep ([ and {{); a config is flat `key: value` lines")
     depth = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):

@@ -61,6 +61,8 @@ def readable_file(path: str, max_bytes: int = MAX_INPUT_BYTES) -> int:
         st = os.stat(path)
     except FileNotFoundError:
         raise InputError(f"{path} not found") from None
+    except ValueError:   # a NUL character in the path
+        raise InputError(f"{path!r} is not a usable file name") from None
     if not stat.S_ISREG(st.st_mode):
         raise InputError(f"{path} is not a regular file; give the path of a text file")
     if st.st_size > max_bytes:
