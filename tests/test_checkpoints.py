@@ -14,13 +14,17 @@ from vhred.train import train
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "format1-tiny.pt")
 
 
-def test_a_format_1_checkpoint_loads_and_computes_what_it_did():
+def test_a_format_1_checkpoint_upgraded_computes_what_it_did(tmp_path):
     """tests/fixtures/format1-tiny.pt was written by vhred before the restructuring (flat config,
-    loose step and best); its forward outputs on a fixed batch were recorded beside it then."""
-    state = checkpoint.load(FIXTURE)
+    loose step and best, no checksum); its forward outputs on a fixed batch were recorded beside
+    it then. It loads only after the explicit upgrade (format 1 cannot be verified)."""
+    with pytest.raises(CheckpointError, match="format-1 .* cannot be verified.*vhred.checkpoint upgrade"):
+        checkpoint.load(FIXTURE)
+    upgraded = checkpoint.upgrade(FIXTURE, str(tmp_path / "upgraded.pt"))
+    state = checkpoint.load(upgraded)
     assert state["format"] == checkpoint.FORMAT and state["progress"]["step"] == 25
     assert state["config"]["arch"]["z_dim"] == 8 and "z_dim" not in state["config"]
-    model, cfg, sp = checkpoint.load_model(FIXTURE)
+    model, cfg, sp = checkpoint.load_model(upgraded)
     assert cfg.arch.model == "vhred" and cfg.max_context == 4
     b = collate([[sp.encode("hello , how are you ?"), sp.encode("i am fine , thanks .")],
                  [sp.encode("where is the station ?"), sp.encode("turn left ."), sp.encode("thanks !")]])

@@ -25,6 +25,7 @@ COMMANDS = {
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
     "export": ("vhred.export", "write a run as model.safetensors + config.json + tokenizer.model + model card"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),
+    "checkpoint": ("vhred.checkpoint", "upgrade a format-1 checkpoint you trust; time the integrity checks"),
 }
 
 
@@ -37,7 +38,10 @@ def usage() -> str:
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage(), file=sys.stdout if argv else sys.stderr)
+        try:
+            print(usage(), file=sys.stdout if argv else sys.stderr, flush=True)
+        except BrokenPipeError:   # `vhred --help | head`
+            cli._quiet_stdout()
         sys.exit(0 if argv else 2)
     if argv[0] == "--version":
         from importlib.metadata import PackageNotFoundError, version

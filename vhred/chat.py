@@ -7,14 +7,13 @@ stdout (numbered when N > 1, a blank line after each turn; or one JSON line per 
 --json, scores included); notes go to stderr. Ctrl-C ends it with exit code 130.
 """
 import argparse
-import json
 import sys
 from dataclasses import replace
 
 import torch
 
 from . import checkpoint
-from .cli import command, program
+from .cli import command, json_line, program
 from .device import pick_device
 from .errors import InputError
 from .generate import (
@@ -109,7 +108,8 @@ class Chat:
     # --- the /commands, one method each ---
 
     def _cmd_reset(self, arg):
-        self.history, self.last, self.zs = [], [], []
+        self.history, self.last, self.scores, self.zs = [], [], [], []
+        self.kept = None   # a fresh conversation: a z kept with /keep belonged to the old one
         self.note("(conversation reset)")
 
     def _cmd_history(self, arg):
@@ -250,7 +250,7 @@ def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
     if as_json:
         row = {"user": line, "responses": responses, "scores": [round(s, 4) for s in chat.scores],
                "score": chat.opts.rank if chat.opts.rank != "none" else "ll_decode"}
-        print(json.dumps(row, ensure_ascii=False), flush=True)
+        print(json_line(row), flush=True)   # never a bare NaN: any JSON parser reads it
         return True
     if len(responses) == 1:
         print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)

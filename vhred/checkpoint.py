@@ -4,17 +4,19 @@ A checkpoint holds the model's state dict, the config dict and the tokenizer's b
 alone rebuilds the model and its tokenizer. Training adds the optimiser, step and data position.
 """
 import hashlib
+import math
 import os
 
 import torch
 
 from . import modelfolder
-from .config import ARCH, ConfigError, from_dict
+from .config import ARCH, ConfigError, from_dict, validate
 from .errors import CheckpointError
 
 # Format 2: the config nested ({"arch": {...}, ...}), the run's position as one "progress"
 # dict, a SHA-256 "checksum" over everything else. Format 1 (vhred 0.1 before the
-# restructuring: a flat config, loose step/epoch/batch_pos/best) is converted on load.
+# restructuring: a flat config, loose step/epoch/batch_pos/best, no checksum) is refused on load:
+# `python -m vhred.checkpoint upgrade FILE` converts it once, for a user who trusts the file.
 FORMAT = 2
 
 
@@ -94,26 +96,99 @@ def results_folder(path: str) -> str:
 
 def load(path: str) -> dict:
     """Read a checkpoint with weights_only=True (tensors and plain data only, never code), verify
-    its checksum, and convert an older format to this one."""
+    its checksum and its contents (check_contents). A format-1 file (no checksum) is refused:
+    `python -m vhred.checkpoint upgrade` converts it once, for a user who trusts it."""
     path = resolve(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:   # any malformed file: unpickling, zip, key and value errors alike
-        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable vhred checkpoint ({why}); "
-                              "it may be truncated or from another program") from None
-    if not isinstance(state, dict) or not {"model", "config", "tokenizer"} <= state.keys():
-        raise CheckpointError(f"{path} is not a vhred checkpoint (no model, config and tokenizer in it)")
+    state = _read(path)
     if state.get("format") == 1:
-        return upgrade_from_1(state)
+        raise CheckpointError(f"{path} is a format-1 checkpoint (vhred 0.1), which has no checksum, so it cannot be "
+                              f"verified; if you trust where it came from, upgrade it once with "
+                              f"`python -m vhred.checkpoint upgrade {path}`")
     if state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} has checkpoint format {state.get('format')}, this vhred reads "
-                              f"formats 1 and {FORMAT}; use the vhred version that wrote it")
+        raise CheckpointError(f"{path} has checkpoint format {_short(state.get('format'))}, this vhred reads "
+                              f"format {FORMAT} (and upgrades format 1); use the vhred version that wrote it")
     stored = state.pop("checksum", None)
     if stored != checksum(state):
         raise CheckpointError(f"{path} is corrupt (its contents do not match the checksum written with it); "
                               "use another checkpoint of the run (best.pt or last.pt) or retrain")
+    check_contents(state, path)
     return state
+
+
+def upgrade(path: str, out: str | None = None) -> str:
+    """The explicit step that brings a format-1 checkpoint (no checksum) to this format: the
+    user says they trust the file; its contents are still checked like any checkpoint's
+    (config ranges, progress, finite weights), then it is written with a checksum to out
+    (default: in place of path). Returns out."""
+    path = resolve(path)
+    state = _read(path)
+    if state.get("format") != 1:
+        raise CheckpointError(f"{path} is not a format-1 checkpoint (format {_short(state.get('format'))}); "
+                              "nothing to upgrade")
+    state = upgrade_from_1(state)
+    check_contents(state, path)
+    save(state, out or path)
+    return out or path
+
+
+def _read(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # any malformed file: unpickling, zip, key and value errors alike
+        raise CheckpointError(f"{path} is not a readable vhred checkpoint ({_first_words(e)}); "
+                              "it may be truncated or from another program") from None
+    if not isinstance(state, dict) or not {"model", "config", "tokenizer"} <= state.keys():
+        raise CheckpointError(f"{path} is not a vhred checkpoint (no model, config and tokenizer in it)")
+    return state
+
+
+def _first_words(e: Exception) -> str:
+    """The gist of a library's error: its first line, cut at a word boundary."""
+    text = " ".join(str(e).split()) if str(e).strip() else type(e).__name__
+    text = text.split(". ")[0].replace("\0", "\\0")
+    return text if len(text) <= 160 else text[:160].rsplit(" ", 1)[0] + " ..."
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+PROGRESS_INTS = ("step", "epoch", "batch_pos", "best_epoch", "bad_steps", "skipped_total")
+
+
+def check_contents(state: dict, path: str) -> None:
+    """What a verified checksum cannot vouch for (it was computed by whoever wrote the file):
+    the config is range-checked like one from the command line, the run's position holds
+    plain non-negative integers and a real best, the weights are finite, the tokenizer is bytes."""
+    config_of(state, path)
+    if not isinstance(state["model"], dict) or not all(isinstance(t, torch.Tensor) for t in state["model"].values()):
+        raise CheckpointError(f"{path}: its weights are not a mapping of tensors; the checkpoint is not vhred's")
+    bad = [k for k, t in state["model"].items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path}: weight {_short(bad[0])} holds NaN or infinite values; "
+                              "use another checkpoint of the run (best.pt or last.pt) or retrain")
+    tok = state["tokenizer"]
+    if not isinstance(tok, torch.Tensor) or tok.dtype != torch.uint8 or tok.dim() != 1:
+        raise CheckpointError(f"{path}: its tokenizer is not stored as bytes; the checkpoint is not vhred's")
+    _check_progress(state.get("progress", {}), path)
+
+
+def _check_progress(progress, path: str) -> None:
+    from .config import MAX_INT
+    if not isinstance(progress, dict):
+        raise CheckpointError(f"{path}: its progress is not a mapping; the checkpoint is not vhred's")
+    for key, value in progress.items():
+        low = -1 if key == "last_val_step" else 0
+        if key == "best":
+            ok = isinstance(value, float) and (math.isfinite(value) or value == math.inf) and value >= 0
+        elif key in (*PROGRESS_INTS, "last_val_step"):
+            ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_INT
+        else:
+            raise CheckpointError(f"{path}: unknown progress entry {_short(key)}; the checkpoint is not vhred's")
+        if not ok:
+            raise CheckpointError(f"{path}: progress {key}={_short(value)} is out of range; "
+                                  "the file was edited or damaged: use another checkpoint or retrain")
 
 
 def upgrade_from_1(state: dict) -> dict:
@@ -154,7 +229,9 @@ def config_of(state: dict, path: str = "checkpoint"):
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: its config is not a mapping; the checkpoint is not vhred's")
     try:
-        return from_dict(state["config"])
+        cfg = from_dict(state["config"])
+        validate(cfg)   # the ranges a config from the command line must keep
+        return cfg
     except ConfigError as e:
         raise CheckpointError(f"{path}: its config does not fit this vhred version ({e})") from None
 
@@ -180,6 +257,7 @@ def load_model(path: str, device="cpu"):
         sp = load_tokenizer(model_bytes=tokenizer_bytes(state))
     except (RuntimeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
+    _check_shapes(state["model"], cfg, sp.get_piece_size(), path)
     model = VHRED(cfg.arch, sp.get_piece_size())
     model.blank_ids = [i for i in range(sp.get_piece_size()) if sp.id_to_piece(i) == "\u2581"]   # "▁" alone
     try:
@@ -188,6 +266,20 @@ def load_model(path: str, device="cpu"):
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
     return model.to(device).eval(), cfg, sp
+
+
+def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:
+    """Compare the weights' shapes with those the config describes, on the meta device (no
+    memory): a config that claims emb_dim=2^31-1 beside small weights is refused before the
+    model would be allocated."""
+    from .model import VHRED
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in VHRED(cfg.arch, vocab).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    if want != have:
+        diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({_short(diff[0])}: {have.get(diff[0], 'missing')} vs {want.get(diff[0], 'none')})")
 
 
 # --- what the integrity checks cost: python -m vhred.checkpoint [config] [--cache FOLDER] -------
@@ -240,15 +332,45 @@ def measure_cache(folder: str, repeat: int = 5) -> dict:
             "verify_s": _median_seconds(lambda: cache.intact(folder, CACHE_FILES, log=lambda *_: None), repeat)}
 
 
-if __name__ == "__main__":
+def main(argv=None):
+    """python -m vhred.checkpoint upgrade OLD [--out NEW] | [config] [--cache FOLDER] (timings)."""
+    import sys
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return (_upgrade_main if argv[:1] == ["upgrade"] else _measure_main)(argv)
+
+
+def _upgrade_main(argv):
+    import argparse
+
+    from .cli import command, program
+
+    @command
+    def run(argv):
+        p = argparse.ArgumentParser(prog=program("python -m vhred.checkpoint") + " upgrade",
+                                    description="Convert a format-1 checkpoint (vhred 0.1, no checksum) to this "
+                                                "format. Only for a file you trust: format 1 cannot be verified.")
+        p.add_argument("checkpoint", help="the format-1 .pt file (or a run folder)")
+        p.add_argument("--out", help="where the upgraded checkpoint goes (default: in place of the old one)")
+        args = p.parse_args(argv[1:])
+        out = upgrade(args.checkpoint, args.out)
+        print(f"trusted {args.checkpoint} (format 1 has no checksum to verify it); wrote {out} in format {FORMAT}")
+    return run(argv)
+
+
+def _measure_main(argv):
     import argparse
     import json
     parser = argparse.ArgumentParser(prog="python -m vhred.checkpoint",
-                                     description="Time the integrity checks: checkpoint save/load and the data cache.")
+                                     description="Time the integrity checks: checkpoint save/load and the data cache. "
+                                                 "`upgrade FILE` converts a format-1 checkpoint you trust.")
     parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml")
     parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(json.dumps(measure(args.config), indent=1))
     if args.cache:
         print(json.dumps(measure_cache(args.cache), indent=1))
+
+
+if __name__ == "__main__":
+    main()

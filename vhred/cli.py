@@ -7,7 +7,13 @@ Exit codes: 2 for a user error (bad flag, config, data, checkpoint), 1 for an op
 error (disk full, permissions: the message names the file), 130 for Ctrl-C.
 """
 import functools
+import json
+import math
+import os
+import re
+import stat
 import sys
+from contextlib import contextmanager
 
 from .errors import InputError, UserError
 
@@ -20,17 +26,103 @@ def program(module_form: str) -> str:
 
 
 def text_lines(path: str) -> list[str]:
-    """The lines of a UTF-8 text file a command reads; a missing or non-UTF-8 file is one line."""
+    """The lines of a UTF-8 text file a command reads; a missing, non-UTF-8, non-regular
+    (/dev/zero) or too large file, or one with a line over MAX_LINE_BYTES, is one line."""
+    from .limits import MAX_LINE_BYTES, readable_file
+    readable_file(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+            lines = f.read().splitlines()
+        for n, line in enumerate(lines, 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise InputError(f"{path}: line {n} is longer than {MAX_LINE_BYTES // 2 ** 20} MB")
+        return lines
     except FileNotFoundError:
         raise InputError(f"{path} not found") from None
     except UnicodeDecodeError:
         raise InputError(f"{path} is not UTF-8 text") from None
 
 
+def json_safe(obj):
+    """obj with every non-finite float as None (JSON has no NaN or Infinity: a bare NaN breaks
+    every parser) and lone surrogates as U+FFFD (they cannot be written as UTF-8)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return re.sub("[\ud800-\udfff]", "\ufffd", obj)
+    if isinstance(obj, dict):
+        return {json_safe(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_line(obj) -> str:
+    """One line of JSON that any parser reads (see json_safe)."""
+    return json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False)
+
+
+@contextmanager
+def output_file(path: str, encoding: str = "utf-8"):
+    """An output file written in place of path only when everything was written: a temporary
+    <path>.tmp<pid> renamed over it at the end, removed on any error or Ctrl-C. A path that
+    exists and is not a regular file (/dev/full, a FIFO, a folder) is refused before anything
+    is written: renaming over it would replace the device with a file."""
+    check_output(path)
+    _remove_stale(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding=encoding) as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def check_output(path: str) -> None:
+    """Refuse an output path that exists and is not a regular file, or whose folder is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise InputError(f"cannot write {path} ({e.strerror or e})") from None
+    except ValueError:   # a NUL character in the path
+        raise InputError(f"{path!r} is not a usable file name") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} exists and is not a regular file; give the path of a file to write")
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise InputError(f"cannot write {path}: the folder {folder} does not exist")
+
+
+def _remove_stale(path: str):
+    """Remove <path>.tmp<pid> files of writers that were killed (SIGKILL leaves no time to clean)."""
+    folder, base = os.path.dirname(path) or ".", os.path.basename(path)
+    for name in os.listdir(folder):
+        m = re.fullmatch(re.escape(base) + r"\.tmp(\d*)", name)
+        if m and not _alive(int(m.group(1) or 0)):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def fail(message: str, code: int = 2):
+    message = message.replace("\0", "\\0")   # a NUL byte printed raw corrupts terminals and logs
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
 
@@ -48,4 +140,15 @@ def command(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except BrokenPipeError:   # `vhred ... | head`: the reader left; nothing more to say
+            _quiet_stdout()
+            sys.exit(141)
     return main
+
+
+def _quiet_stdout():
+    """After a broken pipe, point stdout at /dev/null so Python's exit flush does not fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -159,17 +159,51 @@ def _unique_keys_loader():
     return Loader
 
 
+def _check_yaml_shape(text: str) -> None:
+    """Refuse anchors and aliases and deep nesting by reading the parser's events, before anything
+    is built: an alias can make a 357-byte file expand to gigabytes ("billion laughs"), and a
+    document nested 100,000 deep overflows the recursive builder. A config needs neither."""
+    import yaml
+    from .limits import MAX_YAML_DEPTH
+    import numpy as np
+    raw = np.frombuffer(text.encode("utf-8", "replace"), dtype=np.uint8)
+    step = np.isin(raw, (ord("["), ord("{"))).astype(np.int32) - np.isin(raw, (ord("]"), ord("}")))
+    # flow brackets first, counted plainly (quotes ignored): PyYAML's scanner is quadratic in their depth
+    if len(raw) and int(np.cumsum(step).max()) > MAX_YAML_DEPTH:
+        raise ConfigError(f"nested more than {MAX_YAML_DEPTH} levels deep ([ and {{); a config is flat `key: value` lines")
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            line = event.start_mark.line + 1
+            raise ConfigError(f"line {line}: YAML anchors and aliases (&name, *name) are not accepted in a config; "
+                              "write the values out")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(f"line {event.start_mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep; "
+                                  "a config is flat `key: value` lines")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def _read_yaml(path: str) -> dict:
     import yaml   # only the command line needs it
+    from .limits import MAX_CONFIG_BYTES
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
+    if not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is not a regular file of at most {MAX_CONFIG_BYTES // 1024} KB")
     try:
         with open(path, encoding="utf-8") as f:
-            values = yaml.load(f, Loader=_unique_keys_loader()) or {}
+            text = f.read()
+        _check_yaml_shape(text)
+        values = yaml.load(text, Loader=_unique_keys_loader()) or {}
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path} should hold `key: value` lines")
     return values
@@ -199,6 +233,11 @@ POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
                 "eval_batches", "seed", "dropout", "word_dropout", "bow_weight")
+# Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
+# SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
+CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
+        "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
+        "z_dim": 8192, "latent_hidden": 8192}
 CHOICES = {"model": ("vhred", "hred"), "kl_schedule": ("linear", "cyclical", "constant"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 
@@ -229,6 +268,9 @@ def validate(cfg: Config) -> None:
     for key in NON_NEGATIVE:
         if _value(cfg, key) < 0:
             raise ConfigError(f"{key} must not be negative, got {_value(cfg, key)}")
+    for key, cap in CAPS.items():
+        if _value(cfg, key) > cap:
+            raise ConfigError(f"{key} may be at most {cap:,}, got {_value(cfg, key)} (see docs/limits.md)")
     for key, allowed in CHOICES.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{_value(cfg, key)}'")

@@ -145,7 +145,7 @@ def prepare(cfg: Config, log=print) -> str:
         meta = _build(cfg, src, tmp, sentences, log)
         meta.update(source=src, scan=scan, sha256=cache.digests(tmp, CACHE_FILES))   # verified at every reuse
         with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1)
+            json.dump(cache.seal(meta), f, indent=1)   # meta.json itself checksummed too
     except BaseException:   # an error or Ctrl-C leaves no half-built folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

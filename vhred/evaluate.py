@@ -23,11 +23,13 @@ into the run folder, or into an exported model folder (--tag adds a suffix).
 import argparse
 import json
 import os
+import re
 import sys
 import time
 
-from . import checkpoint, sources
-from .cli import command, program
+from . import checkpoint, limits, sources
+from .config import MAX_INT
+from .cli import command, json_line, json_safe, output_file, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
@@ -121,8 +123,10 @@ def parse_args(argv):
     p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound, 0 for no likelihood (default %(default)s)")
     args = p.parse_args(argv)
-    if args.max_contexts < 0 or args.iw_samples < 0:
-        raise InputError("--max-contexts and --iw-samples must not be negative")
+    limits.count("--max-contexts", args.max_contexts, 0, MAX_INT)
+    limits.count("--iw-samples", args.iw_samples, 0, limits.MAX_IW_SAMPLES)
+    if not re.fullmatch(r"[\w.-]{0,64}", args.tag):
+        raise InputError(f"--tag must be up to 64 letters, digits, '.', '-' or '_' (it names files), got {args.tag!r}")
     if args.protocol == "dialogwae":
         given = {a.dest for a in p._actions for flag in a.option_strings
                  for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
@@ -147,12 +151,12 @@ def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> l
     """Write the samples, the results as JSON and as Markdown; returns the three paths."""
     name = f"{results['protocol']}-{results['split']}{results['settings']['tag'] and '-' + results['settings']['tag']}"
     paths = [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
-    with open(paths[2], "w", encoding="utf-8") as f:
+    with output_file(paths[2]) as f:   # regular files, whole or not at all
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    with open(paths[0], "w") as f:
-        json.dump(results, f, indent=1)
-    with open(paths[1], "w") as f:
+            f.write(json_line(row) + "\n")
+    with output_file(paths[0]) as f:
+        json.dump(json_safe(results), f, indent=1, allow_nan=False)
+    with output_file(paths[1]) as f:
         f.write(markdown(results, title))
     return paths
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass, fields, replace
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint
-from .cli import command, program, text_lines
+from . import checkpoint, limits
+from .cli import check_output, command, json_line, output_file, program, text_lines
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
@@ -59,19 +59,22 @@ class DecodeOptions:
     rank: str = "pmi"          # order responses best first: "pmi", "ll" (vhred/scoring.py) or "none"
     seed: int = 0              # same seed, same samples
 
-    def check(self):
-        """Refuse impossible values (never replace them silently)."""
+    def check(self, widened: int = 1):
+        """Refuse impossible values (never replace them silently). widened: the factor by which
+        the chat widens num_samples (candidates() draws 2N to keep N), allowed past the cap."""
         if self.method not in ("sample", "greedy", "beam"):
             raise InputError(f"method must be sample, greedy or beam, got '{self.method}'")
-        for name in ("num_samples", "max_len", "beam"):
-            if not 1 <= getattr(self, name) <= MAX_COUNT:
-                raise InputError(f"{name} must be between 1 and {MAX_COUNT}, got {getattr(self, name)}")
-        if not 0 <= self.top_k <= MAX_COUNT or not 0 <= self.seed < 2 ** 63:
-            raise InputError("top_k must be between 0 and 1000000, seed between 0 and 2^63 - 1")
-        if not 0 <= self.min_len <= self.max_len:
-            raise InputError("min_len must be between 0 and max_len")
-        if not 0 < self.temperature < math.inf:
-            raise InputError(f"temperature must be a positive finite number, got {self.temperature}")
+        limits.count("num_samples", self.num_samples, 1, limits.MAX_SAMPLES * widened)
+        limits.count("max_len", self.max_len, 1, limits.MAX_LEN)
+        limits.count("beam", self.beam, 1, limits.MAX_BEAM)
+        if self.method == "beam" and self.num_samples * self.beam > limits.MAX_BEAM_ROWS * widened:
+            raise InputError(f"num_samples x beam may be at most {limits.MAX_BEAM_ROWS:,} (rows of one beam "
+                             f"search), got {self.num_samples} x {self.beam}")
+        limits.count("top_k", self.top_k, 0, limits.MAX_TOP_K)
+        limits.count("seed", self.seed, 0, 2 ** 63 - 1)
+        limits.count("min_len", self.min_len, 0, self.max_len)
+        if isinstance(self.temperature, bool) or not 0 < self.temperature <= 1e6:   # exact for any int; NaN fails
+            raise InputError(f"temperature must be a positive finite number up to 1e6, got {str(self.temperature)[:40]}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
@@ -79,9 +82,6 @@ class DecodeOptions:
         if self.rank not in RANKS:
             raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
         return self
-
-
-MAX_COUNT = 1_000_000   # no count of samples, tokens or beams beyond this is meant
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -291,7 +291,7 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
     of the decoding. z (C, Z), for VHRED: decode every response of context c from z[c] instead
     of sampling it from the prior (then only sampled words make them differ); a row of NaN
     leaves that context's z to the prior."""
-    opts.check()
+    opts.check(widened=2)   # candidates() draws twice what a user asked for
     device = next(model.parameters()).device
     model.eval()
     n = opts.num_samples
@@ -321,7 +321,7 @@ def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOption
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
     the best N of 2N); otherwise the N decoded. same(ids) -> text, when given, also drops
     responses whose text repeats an earlier one's (other pieces can spell the same words)."""
-    n = opts.num_samples
+    n = opts.check().num_samples
     wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
     results = generate(model, contexts, wide, z)
     if opts.dedup and same:
@@ -496,10 +496,17 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
         raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
     Z = model.cfg.z_dim
     for z in zs:
-        if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in z)):
-            raise InputError(f"a z must be a list of {Z} finite numbers (this model's z_dim)")
+        if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(map(_z_element, z))):
+            raise InputError(f"a z must be a list of {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
+                             "(this model's z_dim)")
     return torch.tensor([z if z is not None else [math.nan] * Z for z in zs], dtype=torch.float32)
+
+
+def _z_element(x) -> bool:
+    """A number a z may hold: within +-MAX_Z (a 400-digit integer or 1e300 would be inf in float32)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return False
+    return -limits.MAX_Z <= x <= limits.MAX_Z   # exact for ints of any size; False for NaN
 
 
 def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, zs=None, batch_contexts: int = 64):
@@ -529,16 +536,14 @@ def main(argv=None):
                    help='add "z": the latent of each sample (VHRED), which "z" in an input line decodes again')
     args = p.parse_args(argv)
     opts = options_from_args(args)
+    check_output(args.output)
+    contexts, zs, linenos = read_contexts(args.input)   # a bad input file is refused before the model loads
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
-    contexts, zs, linenos = read_contexts(args.input)
     z_matrix(model, zs)   # refuse a bad z before any decoding
-    tmp = args.output + ".tmp"
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
-    with open(tmp, "w", encoding="utf-8") as out:
+    with output_file(args.output) as out:   # a regular file, replaced only when complete
         for (_, responses), ctx, lineno in zip(answers, contexts, linenos):   # the generator first: it ends its bar
-            out.write(json.dumps(output_row(ctx, responses, sp, opts, args.return_z, lineno),
-                                 ensure_ascii=False) + "\n")
-    os.replace(tmp, args.output)
+            out.write(json_line(output_row(ctx, responses, sp, opts, args.return_z, lineno)) + "\n")
 
 
 def output_row(context: list[str], responses, sp, opts: DecodeOptions, with_z: bool, lineno: int | None = None) -> dict:

@@ -11,11 +11,12 @@ has). `plot` projects the posterior means of validation responses to 2-D (PCA) c
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
 import argparse
+import os
 
 import torch
 
-from . import checkpoint
-from .cli import command, program
+from . import checkpoint, limits
+from .cli import check_output, command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
@@ -58,6 +59,8 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool 
     if not spherical:
         return (1 - t) * z0 + t * z1
     n0, n1 = z0.norm(), z1.norm()
+    if min(n0, n1) < 1e-12:   # an end at the origin has no direction: the arc is the line
+        return (1 - t) * z0 + t * z1
     cos = torch.clamp(torch.dot(z0 / n0, z1 / n1), -1.0, 1.0)
     omega = torch.arccos(cos)
     if omega.abs() < 1e-6:   # (nearly) the same direction: the line is the arc
@@ -189,6 +192,23 @@ def _validation_dialogues(cfg, n: int):
     return [d for d, _ in pairs], [a for _, a in pairs]
 
 
+def check_args(args):
+    """Every count and number of the flags within its cap (vhred/limits.py), before any work."""
+    if args.what == "interpolate":
+        limits.count("--steps", args.steps, 2, limits.MAX_STEPS)
+        limits.count("--max-len", args.max_len, 1, limits.MAX_LEN)
+        limits.number("--around-mean", args.around_mean, 0, limits.MAX_AROUND_MEAN)
+        limits.count("--seed", args.seed, 0, 2 ** 63 - 1)
+    else:
+        limits.count("--dialogues", args.dialogues, 1, limits.MAX_DIALOGUES)
+        if os.path.splitext(args.out)[1].lower().lstrip(".") not in IMAGE_TYPES:
+            raise InputError(f"--out must name a picture ({', '.join('.' + t for t in IMAGE_TYPES)}), got {args.out!r}")
+        check_output(args.out)
+
+
+IMAGE_TYPES = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
 def run_plot(args):
     model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
     dialogues, acts = _validation_dialogues(cfg, args.dialogues)
@@ -201,8 +221,6 @@ def run_plot(args):
 
 
 def run_interpolate(args):
-    if args.steps < 2:
-        raise InputError("--steps must be at least 2 (the two ends)")
     model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
     context = encode_turns(sp, [spaced(t) for t in args.context], cfg.max_utt_len, cfg.max_context)
     mean, logvar = (t[0].cpu() for t in prior(model, [context]))
@@ -237,6 +255,7 @@ def main(argv=None):
     pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
     args = p.parse_args(argv)
+    check_args(args)
     args.checkpoint = args.checkpoint or newest_checkpoint()
     if args.what == "plot":
         run_plot(args)

@@ -17,12 +17,14 @@ def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
     if not os.path.isfile(path):
         raise InputError(f"{path} not found; is {run_dir} a run folder?")
     rows = []
-    with open(path) as f:
+    with open(path, "rb") as f:
         for line in f:
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue   # a line cut short by a kill
+                row = json.loads(line)
+            except (ValueError, RecursionError):
+                continue   # a line cut short by a kill, or not JSON (bytes that are not UTF-8)
+            if isinstance(row, dict):   # a line that is JSON but not a record ([1]) is no metric either
+                rows.append(row)
     return [r for r in rows if r.get("split") == "train"], [r for r in rows if r.get("split") == "val"]
 
 
@@ -87,8 +89,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         print(plot(args.run_dir))
-    except KeyError as e:
-        raise InputError(f"{args.run_dir}/metrics.jsonl lacks {e}; was it written by vhred?") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{args.run_dir}/metrics.jsonl lacks or garbles {str(e)[:60]}; was it written by vhred?") from None
 
 
 if __name__ == "__main__":

@@ -14,10 +14,10 @@ import os
 import sys
 import time
 
-from . import checkpoint
+from . import checkpoint, limits
 from .cli import command, program
+from .config import MAX_INT
 from .device import pick_device
-from .errors import InputError
 from .evaluate import split_dialogues
 from .generate import encode_turns, newest_checkpoint
 from .metrics.ranking import candidate_sets, rank_scores
@@ -36,8 +36,10 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the distractors and of z (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     args = p.parse_args(argv)
-    if args.max_contexts < 0 or not 1 <= args.distractors <= 99 or args.iw_samples < 1:
-        raise InputError("--max-contexts must not be negative, --distractors in 1..99, --iw-samples at least 1")
+    limits.count("--max-contexts", args.max_contexts, 0, MAX_INT)
+    limits.count("--distractors", args.distractors, 1, 99)
+    limits.count("--iw-samples", args.iw_samples, 1, limits.MAX_IW_SAMPLES)
+    limits.count("--seed", args.seed, 0, 2 ** 63 - 1)
     return args
 
 

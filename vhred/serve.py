@@ -17,9 +17,12 @@ groups those with the same decoding options, and decodes each group as one batch
 pass serves many clients, so throughput grows with their number.
 """
 import argparse
+import io
+import ipaddress
 import itertools
 import json
 import math
+import os
 import queue
 import sys
 import threading
@@ -31,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from .cli import command, program
+from .cli import command, json_line, program
 from .device import pick_device
 from .errors import InputError, UserError
 
@@ -51,16 +54,25 @@ class Limits:
     max_turns: int = 50        # turns in a history (the model reads the last max_context)
     max_chars: int = 2000      # characters per turn or candidate
     max_candidates: int = 50   # candidates per /score
+    max_connections: int = 64  # open connections; one more is answered 503 and closed
+    read_deadline: float = 10.0  # seconds a client has to send a whole request (and to idle between requests)
 
     def check(self):
         """Refuse impossible settings (the flags of `vhred serve` are named like the fields)."""
         for f in fields(self):
             value = getattr(self, f.name)
             least = 0 if f.name == "wait_ms" else 1e-9   # no waiting is fine; no batch is not
-            if not least <= value < math.inf:   # NaN fails too
+            if not least <= value <= LIMIT_CAPS.get(f.name, 10 ** 9):   # NaN and infinities fail too
                 raise InputError(f"--{f.name.replace('_', '-')} must be {'positive' if least else 'at least 0'}"
-                                 f" and finite, got {value}")
+                                 f" and at most {LIMIT_CAPS.get(f.name, 10 ** 9):,}, got {value}")
         return self
+
+
+# the most a server's settings may allow (docs/limits.md): beyond them one request could hold
+# the model for minutes or one client take the machine's threads
+LIMIT_CAPS = {"max_batch": 1024, "wait_ms": 1000, "timeout": 3600, "max_queue": 100_000, "max_body": 2 ** 24,
+              "max_n": 1000, "max_len": 1000, "max_beam": 100, "max_turns": 1000, "max_chars": 100_000,
+              "max_candidates": 1000, "max_connections": 4096, "read_deadline": 600}
 
 
 class HTTPError(Exception):
@@ -187,10 +199,14 @@ class Service:
         return {"scores": self._wait(("score", next(self.count)), (history, candidates))}
 
     def health(self) -> dict:
+        """What a client may know: the model's shape and the limits, never a local path or the
+        training settings (data paths, run folders)."""
         cfg = self.bot.config
         b = self.batcher
-        return {"status": "ok", "model": cfg.arch.model, "checkpoint": self.bot.checkpoint,
-                "device": self.bot.device, "config": asdict(cfg), "limits": asdict(self.limits),
+        run = os.path.basename(os.path.dirname(os.path.abspath(self.bot.checkpoint)))
+        public = {"arch": asdict(cfg.arch), "max_utt_len": cfg.max_utt_len, "max_context": cfg.max_context}
+        return {"status": "ok", "model": cfg.arch.model, "checkpoint": f"{run}/{os.path.basename(self.bot.checkpoint)}",
+                "device": self.bot.device, "config": public, "limits": asdict(self.limits),
                 "decoding": asdict(self.defaults),
                 "served": {"requests": b.requests, "batches": b.batches, "waiting": b.queue.qsize()}}
 
@@ -238,13 +254,43 @@ def _cap(name: str, value: int, cap: int):
 
 # --- HTTP -------------------------------------------------------------------------------------
 
+class DeadlineReader(io.RawIOBase):
+    """The connection's bytes, read only until the handler's deadline: the socket timeout is set to
+    the time left before every read, so a client sending 1 byte a second is cut off as surely as
+    one that sends nothing (a per-read timeout alone would wait for it forever)."""
+
+    def __init__(self, sock, handler):
+        self.sock, self.handler = sock, handler
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        left = self.handler.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request took too long to arrive")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
 class Handler(BaseHTTPRequestHandler):
-    """One connection: routes, reads and parses JSON, answers JSON. Never lets an error out."""
+    """One connection: routes, reads and parses JSON, answers JSON. Never lets an error out: every
+    refusal, whatever bytes the client sent, is a JSON 4xx (or 5xx) and no traceback."""
     protocol_version = "HTTP/1.1"   # keep-alive: a client's requests share one connection
-    timeout = 10                    # seconds a client may take to send a request (then cut off)
+    timeout = 10                    # seconds for a write to a client that does not read
     server_version = "vhred"
+    error_content_type = "application/json; charset=utf-8"
     ROUTES = {("GET", "/"): "page", ("GET", "/health"): "health",
               ("POST", "/respond"): "respond", ("POST", "/score"): "score"}
+
+    def setup(self):
+        super().setup()
+        self.deadline = time.monotonic() + self.server.service.limits.read_deadline
+        self.rfile = io.BufferedReader(DeadlineReader(self.connection, self))
+
+    def handle_one_request(self):
+        self.deadline = time.monotonic() + self.server.service.limits.read_deadline   # the whole next request
+        super().handle_one_request()
 
     def do_GET(self):
         self._route("GET")
@@ -257,9 +303,10 @@ class Handler(BaseHTTPRequestHandler):
         name = self.ROUTES.get((method, path))
         service: Service = self.server.service
         try:
+            self._check_host()
             if name is None:
                 known = any(p == path for _, p in self.ROUTES)
-                raise HTTPError(405 if known else 404, f"{method} {path}: " +
+                raise HTTPError(405 if known else 404, f"{method} {_printable(path)}: " +
                                 ("method not allowed" if known else "no such endpoint (/, /health, /respond, /score)"))
             if name == "page":
                 return self._send(200, service.page, "text/html; charset=utf-8")
@@ -270,13 +317,24 @@ class Handler(BaseHTTPRequestHandler):
             self._json(e.status, {"error": str(e)})
         except UserError as e:   # decoding options the model refuses: the caller's to fix
             self._json(400, {"error": str(e)})
+        except (OverflowError, RecursionError):   # numbers or nesting no model option can take
+            self._json(400, {"error": "a value in the request is out of range"})
         except Exception:   # a bug: logged, answered, and the server goes on
             traceback.print_exc(file=sys.stderr)
             self._json(500, {"error": "internal error (logged on the server)"})
 
+    def _check_host(self):
+        """Refuse a Host this server is not (DNS rebinding: a web page whose name now points at
+        127.0.0.1 would otherwise talk to the model)."""
+        if not host_allowed(self.headers.get("Host"), self.server.allowed_hosts, self.server.server_port):
+            raise HTTPError(421, "the Host header does not name this server; start it with --allowed-hosts NAME "
+                                 "to serve it under another name (behind a proxy)")
+
     def _body(self) -> dict:
         """The request's JSON object; a body that is too big is refused unread."""
-        if "json" not in (self.headers.get("Content-Type") or ""):
+        media = (self.headers.get("Content-Type") or "").split(";")
+        params = [p.strip().lower().replace(" ", "") for p in media[1:] if p.strip()]
+        if media[0].strip().lower() != "application/json" or any(p not in ("charset=utf-8",) for p in params):
             raise HTTPError(415, "send JSON with Content-Type: application/json")
         try:
             length = int(self.headers.get("Content-Length", ""))
@@ -285,9 +343,15 @@ class Handler(BaseHTTPRequestHandler):
         if not 0 <= length <= self.server.service.limits.max_body:
             raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
         try:
-            body = json.loads(self.rfile.read(length), parse_constant=_no_constant)
+            data = self.rfile.read(length)
+        except (TimeoutError, OSError):
+            raise HTTPError(408, "the request body did not arrive in time (is Content-Length right?)") from None
+        if len(data) < length:
+            raise HTTPError(400, "the body is shorter than its Content-Length")
+        try:
+            body = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float)
         except (ValueError, RecursionError):   # bad UTF-8, bad JSON, NaN, absurd nesting or numbers
-            raise HTTPError(400, "the body is not valid JSON") from None
+            raise HTTPError(400, "the body is not valid JSON (numbers within float range, no NaN)") from None
         if not isinstance(body, dict):
             raise HTTPError(400, "the body must be a JSON object")
         return body
@@ -295,15 +359,25 @@ class Handler(BaseHTTPRequestHandler):
     def handle(self):
         try:
             super().handle()
-        except ConnectionError:   # the client went away mid-answer: nothing to tell it
+        except (ConnectionError, TimeoutError):   # the client went away or stalled mid-answer
+            pass
+
+    def send_error(self, code, message=None, explain=None):
+        """The standard library's own refusals (a malformed request line, headers too long, an
+        unknown method) as JSON too, never its HTML page."""
+        self.close_connection = True
+        try:
+            self._json(code, {"error": _printable(message or self.responses.get(code, ("error",))[0])})
+        except OSError:
             pass
 
     def _json(self, status: int, obj: dict):
         if status >= 400:   # a refused request's body may be unread: never parse it as the next one
             self.close_connection = True
-        self._send(status, json.dumps(obj, ensure_ascii=False).encode(), "application/json; charset=utf-8")
+        self._send(status, json_line(obj).encode(), "application/json; charset=utf-8")
 
     def _send(self, status: int, data: bytes, content_type: str):
+        self.connection.settimeout(self.timeout)   # writing: a fixed timeout, whatever the read deadline left
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
@@ -324,23 +398,95 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.quiet:
             took = time.perf_counter() - self.started if hasattr(self, "started") else math.nan
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            sys.stderr.write(f"{when} {self.address_string()} {format % args} {took:.3f}s\n")
+            sys.stderr.write(_printable(f"{when} {self.address_string()} {format % args} {took:.3f}s") + "\n")
+
+
+
+def _printable(text: str) -> str:
+    """text with control characters and lone surrogates escaped, for a log line or a message."""
+    return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else ascii(c)[1:-1] for c in str(text))
+
+
+def host_allowed(host: str | None, allowed: tuple, port: int) -> bool:
+    """Is the Host header one this server answers to? An IP address (no name can be rebound to
+    it), localhost, or a name given with --allowed-hosts; its port, when given, the served one."""
+    h = (host or "").strip().lower()
+    if h.startswith("["):   # an IPv6 address: [::1]:8000
+        name, _, rest = h[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            return False
+        given_port = rest[1:]
+    else:
+        name, _, given_port = h.partition(":")
+    if not name or (given_port and given_port != str(port)):
+        return False
+    if name in allowed or name == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
 
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True       # open connections do not keep a stopping server alive
     request_queue_size = 256    # connections the kernel holds until accepted (the default 5 drops bursts)
+    allowed_hosts: tuple = ()
+
+    def __init__(self, *args, **kwargs):
+        self.open_connections = 0
+        self.count_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        """A thread per connection, up to max_connections: one more is answered 503 at once and
+        closed, so idle or slow clients cannot take the machine's threads."""
+        with self.count_lock:
+            full = self.open_connections >= self.service.limits.max_connections
+            if not full:
+                self.open_connections += 1
+        if full:
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.count_lock:
+                self.open_connections -= 1
+
+
+def _refuse_busy(sock):
+    body = b'{"error": "too many open connections; try again shortly"}'
+    try:
+        sock.settimeout(1)
+        sock.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+    except OSError:
+        pass
 
 
 def _no_constant(name: str):
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):   # 1e400: beyond float range, would become Infinity
+        raise ValueError(f"{text[:20]} is beyond float range")
+    return value
+
+
 def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
-                quiet: bool = False, defaults=None) -> ThreadingHTTPServer:
+                quiet: bool = False, defaults=None, allowed_hosts=()) -> ThreadingHTTPServer:
     """An HTTP server for bot (not yet serving: call serve_forever, then shutdown and
     server_close, then server.service.close()). Port 0 takes a free port (server.server_port).
-    defaults: the DecodeOptions of requests that leave options out (default DecodeOptions())."""
+    defaults: the DecodeOptions of requests that leave options out (default DecodeOptions()).
+    allowed_hosts: names besides IP addresses and localhost that a request's Host may give."""
     service = Service(bot, limits or Limits(), defaults)
     try:
         server = Server((host, port), Handler)
@@ -348,6 +494,7 @@ def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits |
         service.close()
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
     server.service, server.quiet = service, quiet
+    server.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
     return server
 
 
@@ -368,12 +515,18 @@ def parse_args(argv):
     p.add_argument("--timeout", type=float, default=d.timeout,
                    help="seconds before an unanswered request gets 504 (default %(default)s)")
     p.add_argument("--max-n", type=int, default=d.max_n, help="most replies one request may ask for (default %(default)s)")
+    p.add_argument("--max-connections", type=int, default=d.max_connections,
+                   help="open connections served at once; one more gets 503 (default %(default)s)")
+    p.add_argument("--allowed-hosts", nargs="+", default=[], metavar="NAME",
+                   help="host names a request's Host header may give besides IP addresses and localhost "
+                        "(the public name, behind a proxy; default: none)")
     p.add_argument("--quiet", action="store_true", help="do not log each request to stderr (default: log)")
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     pick_device(args.device)   # a wrong --device is reported before any checkpoint is looked for
-    limits = Limits(max_batch=args.max_batch, wait_ms=args.wait_ms, timeout=args.timeout, max_n=args.max_n)
+    limits = Limits(max_batch=args.max_batch, wait_ms=args.wait_ms, timeout=args.timeout, max_n=args.max_n,
+                    max_connections=args.max_connections)
     limits, defaults = limits.check(), options_from_args(args)
     if defaults.num_samples > limits.max_n or defaults.max_len > limits.max_len or defaults.beam > limits.max_beam:
         raise InputError(f"on a server --num-samples may be at most --max-n ({limits.max_n}), --max-len at most "
@@ -387,7 +540,7 @@ def main(argv=None):
     from .generate import newest_checkpoint
     args, limits, defaults = parse_args(argv)
     bot = load(args.checkpoint or newest_checkpoint(), args.device)
-    server = make_server(bot, args.host, args.port, limits, args.quiet, defaults)
+    server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
     print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)

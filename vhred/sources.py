@@ -28,6 +28,7 @@ MAX_MEMBER_BYTES = 64 << 20   # the largest DailyDialog file is 6 MB: a far larg
 
 
 from .errors import DataError  # noqa: E402  (missing, truncated or malformed data)
+from .limits import MAX_LINE_BYTES  # noqa: E402
 
 
 def normalise(text: str) -> str:
@@ -254,21 +255,35 @@ def _parse_jsonl_line(line: str):
 
 def iter_jsonl(path: str, seed: int, report=None):
     """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why)."""
+    for lineno, raw in enumerate(_bounded_lines(path), 1):
+        if raw is None or not raw.strip():
+            if raw is None and report:
+                report(lineno, f"longer than {MAX_LINE_BYTES // 2 ** 20} MB")
+            continue
+        try:
+            dialog, split = _parse_jsonl_line(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            if report:
+                report(lineno, str(e).splitlines()[0][:120])
+            continue
+        if len(dialog) < 2:
+            if report:
+                report(lineno, "fewer than two non-empty utterances")
+            continue
+        yield split or _hash_split(seed, lineno), dialog
+
+
+def _bounded_lines(path: str):
+    """The lines of a file as bytes, each read with at most MAX_LINE_BYTES in memory: a longer
+    line is skipped (None in its place), so one 200 MB line cannot take gigabytes."""
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
+        while line := f.readline(MAX_LINE_BYTES + 1):
+            if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+                yield line
                 continue
-            try:
-                dialog, split = _parse_jsonl_line(raw.decode("utf-8"))
-            except (ValueError, UnicodeDecodeError) as e:
-                if report:
-                    report(lineno, str(e).splitlines()[0][:120])
-                continue
-            if len(dialog) < 2:
-                if report:
-                    report(lineno, "fewer than two non-empty utterances")
-                continue
-            yield split or _hash_split(seed, lineno), dialog
+            while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                pass   # the rest of the long line, a megabyte at a time
+            yield None
 
 
 def scan_jsonl(path: str, seed: int) -> dict:
