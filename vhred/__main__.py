@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
     "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
+    "rate": ("vhred.rate", "blind rating: write a pack of replies (rate pack), score a rater's answers (rate score)"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),
 }
 

@@ -340,6 +340,8 @@ def _join_apostrophes(words: list[str]) -> list[str]:
     I ' m -> I 'm, don ' t -> do n't."""
     out = []
     for w in words:
+        if w[:1] == "'" and w[1:].lower() in CONTRACTIONS:   # I 'Ve -> I 've: the detokenizer knows 've only
+            w = w.lower()
         if out and out[-1] == "'" and w.lower() in CONTRACTIONS and len(out) > 1:
             out.pop()
             if w.lower() == "t" and out[-1].lower().endswith("n"):
@@ -352,9 +354,12 @@ def _join_apostrophes(words: list[str]) -> list[str]:
 
 def pretty(text: str) -> str:
     """The model's corpus-style text made readable: "I ’ m fine , it costs $ 60 ." ->
-    "I'm fine, it costs $60." (nltk's Treebank detokenizer)."""
+    "I'm fine, it costs $60." (nltk's Treebank detokenizer); a sentence mark the model glued to
+    the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
-    return TreebankWordDetokenizer().detokenize(_join_apostrophes(text.replace("’", "'").split()))
+    from .metrics.surface import unglue
+    words = _join_apostrophes(unglue(text.replace("’", "'")).split())
+    return TreebankWordDetokenizer().detokenize(words)
 
 
 def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> str:
