@@ -30,7 +30,7 @@ from . import checkpoint, sources
 from .cli import command, program
 from .dataset import DialogueData
 from .device import pick_device
-from .errors import InputError
+from .errors import InputError, UserError
 from .generate import (
     add_decode_args,
     generate_file,
@@ -41,6 +41,7 @@ from .generate import (
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
+from .metrics.surface import lexicon, surface_metrics
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
@@ -57,6 +58,25 @@ def split_dialogues(cfg, split: str) -> list[list[str]]:
         dialogues = [d for s, d in sources.iter_jsonl(path, cfg.seed) if s == split]
     dialogues = [d for d in dialogues if len(d) > 1]
     return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
+
+
+def training_text(cfg):
+    """The utterances of the checkpoint's training split, or None when that text is not on this
+    machine (never downloaded for this: a chat or server then skips what needs it)."""
+    try:
+        if cfg.data == "dailydialog" and not (os.environ.get("DAILYDIALOG_SRC") or (
+                cfg.data_source and os.path.exists(cfg.data_source)) or os.path.isdir(
+                os.path.join(cfg.data_dir, "raw", "dailydialog"))):
+            return None
+        return [u for d in split_dialogues(cfg, "train") for u in d]
+    except (UserError, OSError):
+        return None
+
+
+def training_lexicon(cfg) -> frozenset | None:
+    """Every word seen whole in the checkpoint's training text (the non-word proxy's lexicon)."""
+    text = training_text(cfg)
+    return None if text is None else lexicon(text)
 
 
 def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:
@@ -162,6 +182,7 @@ def main(argv=None):
     t0 = time.time()
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
     metrics, rows = protocol(model, cfg, sp, dialogues, opts, args.max_contexts)
+    metrics.update(surface_metrics([s for row in rows for s in row["samples"]], training_lexicon(cfg)))
     if args.max_contexts:   # both protocols have len(d) - 1 targets per dialogue
         dialogues = dialogues_of(dialogues, metrics["contexts"])
     if args.iw_samples:

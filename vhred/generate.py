@@ -32,7 +32,7 @@ from .model import VHRED
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD
 
-RANKS = ("none", "ll", "pmi")   # how candidates are ordered (see vhred/scoring.py)
+RANKS = ("none", "ll", "pmi", "mmi")   # how candidates are ordered (see vhred/scoring.py)
 CUT = " …"                      # appended to a response shown cut at the length limit
 
 
@@ -54,7 +54,9 @@ class DecodeOptions:
     top_p: float = 1.0         # keep the smallest set with probability >= top_p (nucleus)
     beam: int = 5              # beam width for method="beam"
     dedup: bool = True         # drop repeated responses of one context
-    rank: str = "pmi"          # order responses best first: "pmi", "ll" (vhred/scoring.py) or "none"
+    rank: str = "pmi"          # order responses best first: "pmi", "ll", "mmi" (vhred/scoring.py) or "none"
+    mmi_lambda: float = 1.0    # rank "mmi": log p(r|c) - lambda log p(r), per token ...
+    length_bonus: float = 0.0  # ... + gamma per token of length (Li et al. 2016)
     seed: int = 0              # same seed, same samples
 
     def check(self):
@@ -70,6 +72,8 @@ class DecodeOptions:
             raise InputError("min_len must be between 0 and max_len")
         if not 0 < self.temperature < math.inf:
             raise InputError(f"temperature must be a positive finite number, got {self.temperature}")
+        if not (0 <= self.mmi_lambda <= 2 and -1 <= self.length_bonus <= 1):
+            raise InputError("mmi_lambda must be in [0, 2] and length_bonus in [-1, 1]")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
@@ -309,7 +313,8 @@ def _rank(model, contexts, results, opts: DecodeOptions):
     """Score every candidate of every context in one batch, then order each context's best first."""
     from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
-    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed))
+    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed,
+                            opts.mmi_lambda, opts.length_bonus))
     return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
 
 
@@ -399,7 +404,12 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
                    help="order responses best first by pointwise mutual information with the context (pmi), "
-                        "by per-token log-likelihood (ll), or not (default %(default)s; see vhred/scoring.py)")
+                        "by per-token log-likelihood (ll), by the MMI family (mmi: --mmi-lambda, --length-bonus), "
+                        "or not (default %(default)s; see vhred/scoring.py)")
+    p.add_argument("--mmi-lambda", type=float, default=d.mmi_lambda,
+                   help="--rank mmi: weight of log p(r) taken off log p(r|c), per token (default %(default)s)")
+    p.add_argument("--length-bonus", type=float, default=d.length_bonus,
+                   help="--rank mmi: score added per token of a reply (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 

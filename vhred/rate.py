@@ -188,7 +188,7 @@ def training_lexicon(run: str) -> frozenset:
     from .metrics.surface import lexicon
     path = checkpoint.resolve(run)
     cfg = checkpoint.config_of(checkpoint.load(path), path)
-    return lexicon(u for d in split_dialogues(cfg, "train") for u in d)
+    return lexicon(u for d in split_dialogues(cfg, "train") for u in d)   # a missing text is an error here
 
 
 def system_proxies(systems: dict, n_contexts: int, per_context: int, run: str | None) -> dict:
