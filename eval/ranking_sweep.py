@@ -21,7 +21,8 @@ import random
 import torch
 
 from vhred import checkpoint
-from vhred.evaluate import split_dialogues, training_lexicon
+from vhred.evaluate import split_dialogues
+from vhred.lexicon import training_lexicon
 from vhred.generate import DecodeOptions, encode_turns, generate, pretty, response_text
 from vhred.metrics.bleu import multi_sample_bleu, sentence_bleu_n
 from vhred.metrics.distinct import intra_inter

@@ -30,7 +30,8 @@ from . import checkpoint, sources
 from .cli import command, program
 from .dataset import DialogueData
 from .device import pick_device
-from .errors import InputError, UserError
+from .errors import InputError
+from .lexicon import training_lexicon
 from .generate import (
     add_decode_args,
     generate_file,
@@ -41,11 +42,11 @@ from .generate import (
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
-from .metrics.surface import lexicon, surface_metrics
+from .metrics.surface import surface_metrics
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
-                      "dedup": False, "rank": "none"}
+                      "dedup": False, "clean": False, "rank": "none"}
 
 
 def split_dialogues(cfg, split: str) -> list[list[str]]:
@@ -58,25 +59,6 @@ def split_dialogues(cfg, split: str) -> list[list[str]]:
         dialogues = [d for s, d in sources.iter_jsonl(path, cfg.seed) if s == split]
     dialogues = [d for d in dialogues if len(d) > 1]
     return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
-
-
-def training_text(cfg):
-    """The utterances of the checkpoint's training split, or None when that text is not on this
-    machine (never downloaded for this: a chat or server then skips what needs it)."""
-    try:
-        if cfg.data == "dailydialog" and not (os.environ.get("DAILYDIALOG_SRC") or (
-                cfg.data_source and os.path.exists(cfg.data_source)) or os.path.isdir(
-                os.path.join(cfg.data_dir, "raw", "dailydialog"))):
-            return None
-        return [u for d in split_dialogues(cfg, "train") for u in d]
-    except (UserError, OSError):
-        return None
-
-
-def training_lexicon(cfg) -> frozenset | None:
-    """Every word seen whole in the checkpoint's training text (the non-word proxy's lexicon)."""
-    text = training_text(cfg)
-    return None if text is None else lexicon(text)
 
 
 def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:

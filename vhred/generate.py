@@ -54,6 +54,7 @@ class DecodeOptions:
     top_p: float = 1.0         # keep the smallest set with probability >= top_p (nucleus)
     beam: int = 5              # beam width for method="beam"
     dedup: bool = True         # drop repeated responses of one context
+    clean: bool = True         # drop responses with non-words, glued or repeated text, or none (below)
     rank: str = "pmi"          # order responses best first: "pmi", "ll", "mmi" (vhred/scoring.py) or "none"
     mmi_lambda: float = 1.0    # rank "mmi": log p(r|c) - lambda log p(r), per token ...
     length_bonus: float = 0.0  # ... + gamma per token of length (Li et al. 2016)
@@ -77,7 +78,7 @@ class DecodeOptions:
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
-            self.rank = RANKS[-1] if self.rank else "none"
+            self.rank = "pmi" if self.rank else "none"
         if self.rank not in RANKS:
             raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
         return self
@@ -286,17 +287,53 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
 
 
 def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
-               same=None, z=None) -> list[list[Response]]:
+               same=None, z=None, keep=None) -> list[list[Response]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
     the best N of 2N); otherwise the N decoded. same(ids) -> text, when given, also drops
-    responses whose text repeats an earlier one's (other pieces can spell the same words)."""
+    responses whose text repeats an earlier one's (other pieces can spell the same words).
+    keep(ids) -> bool (shown_filter) puts faulty responses behind all good ones. A context with
+    fewer than N good distinct ones is drawn again with 4N, then 8N (the same first draws and
+    more); only then are faulty ones shown, last, or fewer than N (shown_note says which)."""
     n = opts.num_samples
-    wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
-    results = generate(model, contexts, wide, z)
-    if opts.dedup and same:
-        results = [_dedup(row, key=same) for row in results]
-    return [r[:n] for r in results]
+    if not (opts.dedup or opts.rank != "none" or keep):
+        return generate(model, contexts, opts, z)
+    results, todo = [[] for _ in contexts], list(range(len(contexts)))
+    differ = model.latent or opts.method == "sample"   # HRED's greedy / beam draws: no new ones to find
+    for factor in (2, 4, 8) if differ and (keep or (opts.dedup and same)) else (2,):
+        wide = replace(opts, num_samples=factor * n)
+        found = generate(model, [contexts[i] for i in todo], wide, None if z is None else z[todo])
+        for i, row in zip(todo, found):
+            row = _dedup(row, key=same) if opts.dedup and same else row
+            if keep:   # good ones first, each part in its ranked order
+                row = [r for r in row if keep(r[0])] + [r for r in row if not keep(r[0])]
+            results[i] = row[:n]
+        todo = [i for i in todo if len(results[i]) < n or (keep and not keep(results[i][-1][0]))]
+        if not todo:
+            break
+    return results
+
+
+def shown_note(shown: list, n: int, keep=None) -> str:
+    """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
+    bad = sum(not keep(r[0]) for r in shown) if keep else 0
+    if len(shown) < n:
+        return f"{len(shown)} of {n} shown: the other draws repeated these"
+    if bad:
+        return f"the last {bad} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
+    return ""
+
+
+def shown_filter(sp, cfg, opts: DecodeOptions):
+    """keep(ids) for candidates(): True for a response worth showing, one without a surface fault
+    (vhred/metrics/surface.py: a non-word of the training text, glued or repeated text, nothing);
+    None when opts.clean is off. Without the training text here, words are not checked."""
+    if not opts.clean:
+        return None
+    from .lexicon import training_lexicon
+    from .metrics.surface import clean
+    known = training_lexicon(cfg)
+    return lambda ids: clean(response_text(sp, ids, opts.max_len, mark_cut=False), known)
 
 
 def _dedup(responses, key=tuple):
@@ -402,6 +439,8 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--top-p", type=float, default=d.top_p, help="sample from the nucleus of this probability (default %(default)s)")
     p.add_argument("--beam", type=int, default=d.beam, help="beam width for --method beam (default %(default)s)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
+    p.add_argument("--no-clean", dest="clean", action="store_false",
+                   help="keep responses with non-words, glued or repeated text (dropped by default)")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
                    help="order responses best first by pointwise mutual information with the context (pmi), "
                         "by per-token log-likelihood (ll), by the MMI family (mmi: --mmi-lambda, --length-bonus), "
@@ -466,11 +505,12 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
     Context turns are read as they are written: corpus text, or spaced() user text."""
     from tqdm import tqdm
     zs = zs or [None] * len(contexts)
+    keep = shown_filter(sp, cfg, opts)
     for start in tqdm(range(0, len(contexts), batch_contexts), desc="generate", unit="batch"):
         chunk = contexts[start:start + batch_contexts]
         ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
         z = z_matrix(model, zs[start:start + batch_contexts])
-        yield from zip(chunk, candidates(model, ids, opts, same=sp.decode, z=z))
+        yield from zip(chunk, candidates(model, ids, opts, same=sp.decode, z=z, keep=keep))
 
 
 @command

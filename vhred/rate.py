@@ -184,11 +184,13 @@ def write_pack(args):
 def training_lexicon(run: str) -> frozenset:
     """The words of a run's training text (its checkpoint's config says where that is)."""
     from . import checkpoint
-    from .evaluate import split_dialogues
-    from .metrics.surface import lexicon
+    from .lexicon import training_lexicon
     path = checkpoint.resolve(run)
-    cfg = checkpoint.config_of(checkpoint.load(path), path)
-    return lexicon(u for d in split_dialogues(cfg, "train") for u in d)   # a missing text is an error here
+    known = training_lexicon(checkpoint.config_of(checkpoint.load(path), path))
+    if known is None:
+        raise InputError(f"the training text of {path} is not on this machine (set DAILYDIALOG_SRC); "
+                         "or leave out --checkpoint for proxies without the non-word share")
+    return known
 
 
 def system_proxies(systems: dict, n_contexts: int, per_context: int, run: str | None) -> dict:
