@@ -16,7 +16,16 @@ from types import SimpleNamespace
 from . import checkpoint
 from .device import pick_device
 from .errors import InputError
-from .generate import DecodeOptions, candidates, encode_turns, options_from_args, response_text, spaced, z_matrix
+from .generate import (
+    DecodeOptions,
+    candidates,
+    encode_turns,
+    options_from_args,
+    response_text,
+    shown_filter,
+    spaced,
+    z_matrix,
+)
 
 __all__ = ["Bot", "Candidate", "load"]
 
@@ -51,8 +60,10 @@ class Bot:
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
-        beam, dedup, rank, seed), with the commands' defaults. Repeated replies are dropped, so
-        HRED's greedy decoding gives one; method="sample" or "beam" gives it more. The same
+        beam, dedup, clean, rank, mmi_lambda, length_bonus, seed), with the commands' defaults.
+        Repeated replies and faulty ones (non-words, glued or repeated text) are dropped and more
+        drawn, so fewer than n come back only when 8n draws hold fewer good ones; HRED's greedy
+        decoding gives one; method="sample" or "beam" gives it more. The same
         seed and history give the same replies. A reply cut at max_len ends in " …".
         z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)
         instead of drawing one from the prior: with greedy words that gives one reply, the one
@@ -107,7 +118,8 @@ class Bot:
         given z (or None) per conversation."""
         contexts = [self._context(h) for h in histories]
         z = z_matrix(self._model, zs or [None] * len(contexts))
-        results = candidates(self._model, contexts, opts, z=z)   # as the chat: the best n of 2n, best first
+        keep = shown_filter(self._sp, self.config, opts)
+        results = candidates(self._model, contexts, opts, same=self._sp.decode, z=z, keep=keep)   # as the chat
         return [[Candidate(response_text(self._sp, x[0], opts.max_len), float(x[1]),
                            None if x.z is None else x.z.tolist()) for x in r] for r in results]
 

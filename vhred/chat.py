@@ -25,6 +25,8 @@ from .generate import (
     options_from_args,
     pretty,
     response_text,
+    shown_filter,
+    shown_note,
     spaced,
 )
 
@@ -79,8 +81,12 @@ class Chat:
         opts = replace(self.opts, seed=self.opts.seed + self.turn)
         self.turn += 1
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
+        keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of 2N, best first
-                                 same=lambda ids: pretty(self.sp.decode(ids)), z=z)
+                                 same=lambda ids: pretty(self.sp.decode(ids)), z=z, keep=keep)
+        note = shown_note(responses, opts.num_samples, keep)
+        if note:
+            self.note(f"({note})")
         self.last = [self.sp.decode(r[0]) for r in responses]
         self.scores = [r[1] for r in responses]
         self.zs = [r.z for r in responses]

@@ -33,6 +33,7 @@ from .cli import command, json_line, json_safe, output_file, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
+from .lexicon import training_lexicon
 from .generate import (
     add_decode_args,
     generate_file,
@@ -44,10 +45,11 @@ from .generate import (
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
+from .metrics.surface import surface_metrics
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
-                      "dedup": False, "rank": "none"}
+                      "dedup": False, "clean": False, "rank": "none"}
 
 
 def split_dialogues(cfg, split: str) -> list[list[str]]:
@@ -202,6 +204,7 @@ def main(argv=None):
     t0 = time.time()
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
     metrics, rows = protocol(model, cfg, sp, dialogues, opts, args.max_contexts)
+    metrics.update(surface_metrics([s for row in rows for s in row["samples"]], training_lexicon(cfg)))
     if args.max_contexts:   # both protocols have len(d) - 1 targets per dialogue
         dialogues = dialogues_of(dialogues, metrics["contexts"])
     if args.iw_samples:

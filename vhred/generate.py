@@ -34,7 +34,7 @@ from .model import VHRED
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD
 
-RANKS = ("none", "ll", "pmi")   # how candidates are ordered (see vhred/scoring.py)
+RANKS = ("none", "ll", "pmi", "mmi")   # how candidates are ordered (see vhred/scoring.py)
 CUT = " …"                      # appended to a response shown cut at the length limit
 
 
@@ -56,12 +56,15 @@ class DecodeOptions:
     top_p: float = 1.0         # keep the smallest set with probability >= top_p (nucleus)
     beam: int = 5              # beam width for method="beam"
     dedup: bool = True         # drop repeated responses of one context
-    rank: str = "pmi"          # order responses best first: "pmi", "ll" (vhred/scoring.py) or "none"
+    clean: bool = True         # drop responses with non-words, glued or repeated text, or none (below)
+    rank: str = "pmi"          # order responses best first: "pmi", "ll", "mmi" (vhred/scoring.py) or "none"
+    mmi_lambda: float = 1.0    # rank "mmi": log p(r|c) - lambda log p(r), per token ...
+    length_bonus: float = 0.0  # ... + gamma per token of length (Li et al. 2016)
     seed: int = 0              # same seed, same samples
 
     def check(self, widened: int = 1):
         """Refuse impossible values (never replace them silently). widened: the factor by which
-        the chat widens num_samples (candidates() draws 2N to keep N), allowed past the cap."""
+        the chat widens num_samples (candidates() draws up to 8N to keep N), allowed past the cap."""
         if self.method not in ("sample", "greedy", "beam"):
             raise InputError(f"method must be sample, greedy or beam, got '{self.method}'")
         limits.count("num_samples", self.num_samples, 1, limits.MAX_SAMPLES * widened)
@@ -75,10 +78,12 @@ class DecodeOptions:
         limits.count("min_len", self.min_len, 0, self.max_len)
         if isinstance(self.temperature, bool) or not 0 < self.temperature <= 1e6:   # exact for any int; NaN fails
             raise InputError(f"temperature must be a positive finite number up to 1e6, got {str(self.temperature)[:40]}")
+        if not (0 <= self.mmi_lambda <= 2 and -1 <= self.length_bonus <= 1):   # NaN fails too
+            raise InputError("mmi_lambda must be in [0, 2] and length_bonus in [-1, 1]")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
-            self.rank = RANKS[-1] if self.rank else "none"
+            self.rank = "pmi" if self.rank else "none"
         if self.rank not in RANKS:
             raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
         return self
@@ -291,7 +296,7 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
     of the decoding. z (C, Z), for VHRED: decode every response of context c from z[c] instead
     of sampling it from the prior (then only sampled words make them differ); a row of NaN
     leaves that context's z to the prior."""
-    opts.check(widened=2)   # candidates() draws twice what a user asked for
+    opts.check(widened=8)   # candidates() draws up to 8 times what a user asked for
     device = next(model.parameters()).device
     model.eval()
     n = opts.num_samples
@@ -316,17 +321,53 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
 
 
 def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
-               same=None, z=None) -> list[list[Response]]:
+               same=None, z=None, keep=None) -> list[list[Response]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
     the best N of 2N); otherwise the N decoded. same(ids) -> text, when given, also drops
-    responses whose text repeats an earlier one's (other pieces can spell the same words)."""
+    responses whose text repeats an earlier one's (other pieces can spell the same words).
+    keep(ids) -> bool (shown_filter) puts faulty responses behind all good ones. A context with
+    fewer than N good distinct ones is drawn again with 4N, then 8N (the same first draws and
+    more); only then are faulty ones shown, last, or fewer than N (shown_note says which)."""
     n = opts.check().num_samples
-    wide = replace(opts, num_samples=2 * n) if opts.dedup or opts.rank != "none" else opts
-    results = generate(model, contexts, wide, z)
-    if opts.dedup and same:
-        results = [_dedup(row, key=same) for row in results]
-    return [r[:n] for r in results]
+    if not (opts.dedup or opts.rank != "none" or keep):
+        return generate(model, contexts, opts, z)
+    results, todo = [[] for _ in contexts], list(range(len(contexts)))
+    differ = model.latent or opts.method == "sample"   # HRED's greedy / beam draws: no new ones to find
+    for factor in (2, 4, 8) if differ and (keep or (opts.dedup and same)) else (2,):
+        wide = replace(opts, num_samples=factor * n)
+        found = generate(model, [contexts[i] for i in todo], wide, None if z is None else z[todo])
+        for i, row in zip(todo, found):
+            row = _dedup(row, key=same) if opts.dedup and same else row
+            if keep:   # good ones first, each part in its ranked order
+                row = [r for r in row if keep(r[0])] + [r for r in row if not keep(r[0])]
+            results[i] = row[:n]
+        todo = [i for i in todo if len(results[i]) < n or (keep and not keep(results[i][-1][0]))]
+        if not todo:
+            break
+    return results
+
+
+def shown_note(shown: list, n: int, keep=None) -> str:
+    """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
+    bad = sum(not keep(r[0]) for r in shown) if keep else 0
+    if len(shown) < n:
+        return f"{len(shown)} of {n} shown: the other draws repeated these"
+    if bad:
+        return f"the last {bad} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
+    return ""
+
+
+def shown_filter(sp, cfg, opts: DecodeOptions):
+    """keep(ids) for candidates(): True for a response worth showing, one without a surface fault
+    (vhred/metrics/surface.py: a non-word of the training text, glued or repeated text, nothing);
+    None when opts.clean is off. Without the training text here, words are not checked."""
+    if not opts.clean:
+        return None
+    from .lexicon import training_lexicon
+    from .metrics.surface import clean
+    known = training_lexicon(cfg)
+    return lambda ids: clean(response_text(sp, ids, opts.max_len, mark_cut=False), known)
 
 
 def _dedup(responses, key=tuple):
@@ -343,7 +384,8 @@ def _rank(model, contexts, results, opts: DecodeOptions):
     """Score every candidate of every context in one batch, then order each context's best first."""
     from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
-    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed))
+    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed,
+                            opts.mmi_lambda, opts.length_bonus))
     return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
 
 
@@ -374,6 +416,8 @@ def _join_apostrophes(words: list[str]) -> list[str]:
     I ' m -> I 'm, don ' t -> do n't."""
     out = []
     for w in words:
+        if w[:1] == "'" and w[1:].lower() in CONTRACTIONS:   # I 'Ve -> I 've: the detokenizer knows 've only
+            w = w.lower()
         if out and out[-1] == "'" and w.lower() in CONTRACTIONS and len(out) > 1:
             out.pop()
             if w.lower() == "t" and out[-1].lower().endswith("n"):
@@ -386,9 +430,12 @@ def _join_apostrophes(words: list[str]) -> list[str]:
 
 def pretty(text: str) -> str:
     """The model's corpus-style text made readable: "I ’ m fine , it costs $ 60 ." ->
-    "I'm fine, it costs $60." (nltk's Treebank detokenizer)."""
+    "I'm fine, it costs $60." (nltk's Treebank detokenizer); a sentence mark the model glued to
+    the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
-    return TreebankWordDetokenizer().detokenize(_join_apostrophes(text.replace("’", "'").split()))
+    from .metrics.surface import unglue
+    words = _join_apostrophes(unglue(text.replace("’", "'")).split())
+    return TreebankWordDetokenizer().detokenize(words)
 
 
 def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> str:
@@ -426,9 +473,16 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--top-p", type=float, default=d.top_p, help="sample from the nucleus of this probability (default %(default)s)")
     p.add_argument("--beam", type=int, default=d.beam, help="beam width for --method beam (default %(default)s)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
+    p.add_argument("--no-clean", dest="clean", action="store_false",
+                   help="keep responses with non-words, glued or repeated text (dropped by default)")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
                    help="order responses best first by pointwise mutual information with the context (pmi), "
-                        "by per-token log-likelihood (ll), or not (default %(default)s; see vhred/scoring.py)")
+                        "by per-token log-likelihood (ll), by the MMI family (mmi: --mmi-lambda, --length-bonus), "
+                        "or not (default %(default)s; see vhred/scoring.py)")
+    p.add_argument("--mmi-lambda", type=float, default=d.mmi_lambda,
+                   help="--rank mmi: weight of log p(r) taken off log p(r|c), per token (default %(default)s)")
+    p.add_argument("--length-bonus", type=float, default=d.length_bonus,
+                   help="--rank mmi: score added per token of a reply (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
@@ -514,12 +568,13 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
     contexts. Context turns are read as they are written: corpus text, or spaced() user text."""
     from tqdm import tqdm
     zs = zs or [None] * len(contexts)
+    keep = shown_filter(sp, cfg, opts)
     with tqdm(total=len(contexts), desc="generate", unit="context") as bar:
         for start in range(0, len(contexts), batch_contexts):
             chunk = contexts[start:start + batch_contexts]
             ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
             z = z_matrix(model, zs[start:start + batch_contexts])
-            found = candidates(model, ids, opts, same=sp.decode, z=z)
+            found = candidates(model, ids, opts, same=sp.decode, z=z, keep=keep)
             bar.update(len(chunk))   # before the yield: a caller may stop at the last context
             yield from zip(chunk, found)
 

@@ -11,6 +11,10 @@ Two kinds:
        silent partner, i.e. how likely r is with nothing to respond to. Generic replies ("I
        don't know .") are likely everywhere and lose their advantage; replies that fit this
        context gain. Per token, so long replies are not favoured for their length alone.
+  mmi  the MMI family of Li et al. (2016) that holds both: [log p(r | context) - lambda log p(r |
+       NEUTRAL)] per predicted token + gamma * (|r| + 1). lambda = 0, gamma = 0 is ll; lambda = 1,
+       gamma = 0 is pmi; gamma > 0 favours longer replies, which per-token scores otherwise leave
+       short. Chosen lambda and gamma: generate.DecodeOptions, measured in docs/rating.md.
 
 Each (context, response) pair draws its z samples from its own generator, seeded by the
 seed and the pair's tokens, so a score does not depend on what else is in the batch.
@@ -23,7 +27,8 @@ from .dataset import collate
 from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
 from .model import gaussian_log_density
 
-KINDS = ("pmi", "ll")
+KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
+FAMILY = KINDS + ("mmi",)   # and the family with lambda and gamma
 DEFAULT_KIND = "pmi"   # ranks the true response first 3x as often as ll (README, "Ranking")
 NEUTRAL: list[list[int]] = [[]]   # one empty turn
 IW_SAMPLES = 10        # K of the importance-weighted bound (VHRED): evaluation and ranking metrics
@@ -71,15 +76,17 @@ def _log_likelihood_batch(model, contexts, responses, k: int, seed: int):
 
 
 def score_ids(model, contexts: list[list[list[int]]], responses: list[list[int]], kind: str = DEFAULT_KIND,
-              k: int = IW_SAMPLES, seed: int = 0) -> list[float]:
-    """Scores of kind `kind` for (context, response) pairs given as token ids, higher is better."""
-    if kind not in KINDS:
-        raise ValueError(f"score kind must be one of {', '.join(KINDS)}, got '{kind}'")
+              k: int = IW_SAMPLES, seed: int = 0, lam: float = 1.0, gamma: float = 0.0) -> list[float]:
+    """Scores of kind `kind` for (context, response) pairs given as token ids, higher is better;
+    lam and gamma are the mmi kind's lambda and gamma (pmi is lam 1, gamma 0; ll lam 0, gamma 0)."""
+    if kind not in FAMILY:
+        raise ValueError(f"score kind must be one of {', '.join(FAMILY)}, got '{kind}'")
+    lam, gamma = {"ll": (0.0, 0.0), "pmi": (1.0, 0.0)}.get(kind, (lam, gamma))
     logp, tokens = log_likelihoods(model, contexts, responses, k, seed)
-    if kind == "pmi":
+    if lam:
         base, _ = log_likelihoods(model, [NEUTRAL] * len(responses), responses, k, seed)
-        logp = [a - b for a, b in zip(logp, base)]
-    return [lp / n for lp, n in zip(logp, tokens)]
+        logp = [a - lam * b for a, b in zip(logp, base)]
+    return [lp / n + gamma * n for lp, n in zip(logp, tokens)]
 
 
 def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str = DEFAULT_KIND,

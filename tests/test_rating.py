@@ -1,0 +1,161 @@
+"""Blind rating (vhred/rate.py), the surface-fault proxies (vhred/metrics/surface.py) and the
+text the model's pieces become (generate.pretty)."""
+import json
+import re
+
+import pytest
+
+from vhred import rate
+from vhred.generate import pretty
+from vhred.metrics import surface
+
+
+# --- the interval ---------------------------------------------------------------------------
+
+def test_wilson_matches_a_hand_computation():
+    # 8 of 10, z = 1.96: centre (0.8 + 3.8415/20) / 1.38415 = 0.71674,
+    # half 1.96 / 1.38415 * sqrt(0.8*0.2/10 + 3.8415/400) = 0.22658
+    low, high = rate.wilson(8, 10)
+    assert low == pytest.approx(0.4902, abs=2e-4) and high == pytest.approx(0.9433, abs=2e-4)
+    # 0 of 10: the interval is (0, z^2 / (n + z^2)) = (0, 3.8415 / 13.8415)
+    low, high = rate.wilson(0, 10)
+    assert low == 0 and high == pytest.approx(3.8415 / 13.8415, abs=1e-4)
+    assert rate.wilson(0, 0) == (0.0, 1.0)
+
+
+# --- packs, keys and scores -----------------------------------------------------------------
+
+CONTEXTS = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."], ["Is it far ?"]]
+
+
+def write_system(path, replies):
+    with open(path, "w") as f:
+        for ctx, samples in zip(CONTEXTS, replies):
+            f.write(json.dumps({"context": ctx, "samples": samples}) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def systems(tmp_path):
+    old = write_system(tmp_path / "old.jsonl", [["Fine.", "I'm goodest."], ["Here is the produceer.", "Sure."],
+                                                ["No.", "25.How"]])
+    new = write_system(tmp_path / "new.jsonl", [["Fine.", "Great, thanks."], ["What size?", "Sure, come in."],
+                                                ["Ten minutes' walk.", "Not far."]])
+    return old, new
+
+
+def pack(tmp_path, systems, *extra):
+    out, key = tmp_path / "pack.txt", tmp_path / "key.json"
+    rate.main(["pack", "--system", f"old={systems[0]}", "--system", f"new={systems[1]}",
+               "--out", str(out), "--key", str(key), "--per-context", "2", *extra])
+    return out.read_text(), json.loads(key.read_text())
+
+
+def test_pack_hides_the_key_and_rates_a_shared_reply_once(tmp_path, systems):
+    text, key = pack(tmp_path, systems)
+    assert "old" not in text and "new" not in text and "rank" not in text
+    ids = re.findall(r"^\[([0-9a-f]{6})\] ", text, re.M)
+    assert sorted(ids) == sorted(key["items"]) and len(ids) == 11   # 12 replies, "Fine." shared
+    shared = [e for e in key["items"].values() if len(e) == 2]
+    assert [sorted(x["system"] for x in shared[0])] == [["new", "old"]] and shared[0][0]["text"] == "Fine."
+    assert text.index("how are you") < text.index("Fine.") or text.index("coat") < text.index("Fine.")
+
+
+def test_score_round_trip(tmp_path, systems, capsys):
+    _, key = pack(tmp_path, systems)
+    good = {"Fine.", "Sure.", "Great, thanks.", "What size?", "Sure, come in.", "Ten minutes' walk.", "Not far."}
+    answers = tmp_path / "rater.txt"
+    answers.write_text("".join(f"{i} {'good' if e[0]['text'] in good else 'bad'}\n" for i, e in key["items"].items()))
+    rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["rater"] == "rater" and result["answered"] == 11
+    old, new = result["scores"]["old"], result["scores"]["new"]
+    assert (old["all"]["good"], old["all"]["of"], old["top1"]["good"], old["top1"]["of"]) == (2, 6, 1, 3)
+    assert (new["all"]["good"], new["all"]["of"], new["top1"]["good"], new["top1"]["of"]) == (6, 6, 3, 3)
+    assert (old["all"]["low"], old["all"]["high"]) == pytest.approx(rate.wilson(2, 6))
+    rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers), "--rater", "reader 1"])
+    table = capsys.readouterr().out
+    assert "rater: reader 1" in table and "| new | 100% [61, 100] (6/6) | 100% [44, 100] (3/3) |" in table
+
+
+def test_score_refuses_unknown_ids_and_bad_labels(tmp_path, systems, capsys):
+    _, key = pack(tmp_path, systems)
+    answers = tmp_path / "rater.txt"
+    for line, why in (("abcdefg good\n", "not in the key"), (f"{next(iter(key['items']))} fine\n", "expected")):
+        answers.write_text(line)
+        with pytest.raises(SystemExit) as e:
+            rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers)])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+
+
+def test_pack_refuses_systems_of_other_contexts(tmp_path, systems, capsys):
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"context": ["Something else"], "samples": ["x"]}) + "\n")
+    with pytest.raises(SystemExit):
+        rate.main(["pack", "--system", f"a={systems[0]}", "--system", f"b={other}",
+                   "--out", str(tmp_path / "p"), "--key", str(tmp_path / "k")])
+    assert "another context" in capsys.readouterr().err
+
+
+def test_pairwise_round_trip(tmp_path, systems, capsys):
+    text, key = pack(tmp_path, systems, "--pairwise")
+    assert key["kind"] == "pairwise" and len(key["items"]) == 5   # 6 rank-matched pairs, one identical
+    assert "old" not in text and "new" not in text
+    assert {i["A"] for i in key["items"].values()} == {"old", "new"}   # both orders occur (seed 0)
+    answers = tmp_path / "ab.txt"
+    answers.write_text("".join(f"{i} {'A' if item['A'] == 'new' else 'B'}\n" for i, item in key["items"].items()))
+    rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers), "--json"])
+    result = json.loads(capsys.readouterr().out)["scores"]["new vs old"]
+    assert (result["new"]["good"], result["new"]["of"], result["old"]["good"]) == (5, 5, 0)
+    assert result["new"]["low"] == pytest.approx(rate.wilson(5, 5)[0])
+
+
+def test_pack_reports_proxies_from_the_training_text(trained, tmp_path, systems):
+    _, key = pack(tmp_path, systems, "--checkpoint", trained["vhred"])
+    old = key["proxies"]["old"]
+    assert old["glued_share"] == pytest.approx(1 / 6) and old["non_word_share"] >= 2 / 6   # goodest, produceer
+    assert key["proxies"]["new"]["glued_share"] == 0
+
+
+# --- surface faults -------------------------------------------------------------------------
+
+KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How about you ? Good !",
+                         "It is 25 dollars at 9 a.m. on Stars.com"])
+
+
+@pytest.mark.parametrize("text, faults", [
+    ("I'm fine, thanks.", set()),
+    ("Here is the produceer.", {"non_word"}),
+    ("25.How about you?", {"glued"}),
+    ("It is 25 dollars at 9 a.m. on Stars.com", set()),
+    ("It is 3.5 dollars.", set()),
+    ("", {"empty"}),
+    (" …", {"empty"}),
+    ("I'd like to go to the C-in-in-in-in-int.", {"non_word", "repeated"}),
+    ("Good good good !", {"repeated"}),
+])
+def test_faults_of_hand_made_replies(text, faults):
+    found = {k for k, v in surface.faults(text, KNOWN).items() if v}
+    assert found == faults
+
+
+def test_surface_metrics_are_shares():
+    m = surface.surface_metrics(["I'm fine.", "25.How", "", "the produceer"], KNOWN)
+    assert (m["glued_share"], m["empty_share"], m["non_word_share"], m["any_fault_share"]) == (0.25, 0.25, 0.25, 0.75)
+    assert "non_word_share" not in surface.surface_metrics(["x"], None)
+
+
+# --- text out -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pieces, text", [
+    ("I 'Ve been working", "I've been working"),
+    ("I ’ m fine , don ’ t worry .", "I'm fine, don't worry."),
+    ("25.How about you ?", "25. How about you?"),
+    ("Mr.Wory , please .", "Mr. Wory, please."),
+    ("$ 10.The", "$10. The"),
+    ("See you at 9 a.m. on Stars.com .", "See you at 9 a.m. on Stars.com."),
+    ("It costs 3.5 dollars .", "It costs 3.5 dollars."),
+])
+def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
+    assert pretty(pieces) == text
+    assert not surface.glued(pretty(pieces))

@@ -1,0 +1,81 @@
+"""Surface faults of replies a reader sees at once, counted without a reader (automatic proxies
+of blind rating, vhred/rate.py):
+
+  non-word   a reply holds a word never seen whole in the training text ("produceer",
+             "thoughted", "Sriatchingta": a subword vocabulary can spell words that do not exist);
+  glued      a reply glues a sentence mark to the next word ("25.How", "Mr.Wory", "$10.The");
+  empty      a reply without a letter or digit ("", ".", " …");
+  repeated   a reply repeats a fragment three times in a row ("C-in-in-in-in-int", "the the the").
+
+Each is a share of replies (0..1). Words are runs of letters, lower-cased, so "don't" is checked
+as "don" and "t", which the training text holds whichever way it writes the apostrophe.
+"""
+import re
+
+WORD = re.compile(r"[a-z]+")
+# a word or number, a sentence mark, a word: "25.How", "it.But", "Mr.Wory"; not "a.m." (one
+# letter before the mark), "3.5" (digits after it) or a web address ("Stars.com", below)
+GLUED = re.compile(r"(?<![A-Za-z0-9.])(?:[A-Za-z]{2,}|\d+)[.!?,;:]([A-Za-z]+)")
+DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
+FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
+WORDS_AGAIN = re.compile(r"\b(\w+(?: \w+){0,3}) \1 \1\b")       # the the the, I am I am I am
+
+
+def words(text: str) -> list[str]:
+    """The words of a text as the lexicon holds them: runs of letters, lower-cased."""
+    return WORD.findall(text.lower())
+
+
+def lexicon(utterances) -> frozenset:
+    """Every word seen whole in an iterable of (training) utterances."""
+    return frozenset(w for u in utterances for w in words(u))
+
+
+def non_words(text: str, known: frozenset) -> list[str]:
+    """The words of text that the lexicon has never seen."""
+    return [w for w in words(text) if w not in known]
+
+
+def glued(text: str) -> list[str]:
+    """The places where a sentence mark is glued to the next word, e.g. ["25.How"]."""
+    return [m.group(0) for m in GLUED.finditer(text) if m.group(1).lower() not in DOMAINS]
+
+
+def unglue(text: str) -> str:
+    """A space after every glued sentence mark, as the corpus writes it: "25.How" -> "25. How"."""
+    return GLUED.sub(lambda m: m.group(0) if m.group(1).lower() in DOMAINS
+                     else m.group(0)[:m.start(1) - m.start(0)] + " " + m.group(1), text)
+
+
+def empty(text: str) -> bool:
+    return not re.search(r"[^\W_]", text)
+
+
+def repeated(text: str) -> bool:
+    """A fragment said three times in a row: within a word ("in-in-in-") or as words."""
+    frag = FRAGMENT.search(text)
+    return bool(frag and re.search(r"[A-Za-z]", frag.group(1))) or bool(WORDS_AGAIN.search(text.lower()))
+
+
+def faults(text: str, known: frozenset | None) -> dict:
+    """Which faults one reply has: {"non_word", "glued", "empty", "repeated"} -> bool
+    (no "non_word" without a lexicon)."""
+    out = {"glued": bool(glued(text)), "empty": empty(text), "repeated": repeated(text)}
+    if known is not None:
+        out["non_word"] = bool(non_words(text, known))
+    return out
+
+
+def clean(text: str, known: frozenset | None) -> bool:
+    """No fault at all: a reply worth showing."""
+    return not any(faults(text, known).values())
+
+
+def surface_metrics(replies: list[str], known: frozenset | None) -> dict:
+    """The share of replies with each fault, and with any: {"non_word_share": ..., ...}."""
+    if not replies:
+        return {}
+    rows = [faults(r, known) for r in replies]
+    out = {f"{k}_share": sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+    out["any_fault_share"] = sum(any(r.values()) for r in rows) / len(rows)
+    return out

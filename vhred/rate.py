@@ -1,0 +1,337 @@
+"""Blind rating: what people see, measured by people (or helper readers) who do not know which
+system wrote a reply.
+
+    vhred rate pack --system default=a.jsonl --system new=b.jsonl \\
+        --out rating/pack.txt --key rating/key.json [--contexts 40] [--per-context 5] [--pairwise]
+    vhred rate score --key rating/key.json --answers rater1.txt [--rater NAME]
+
+A system is a file of `vhred generate` (or the samples file of `vhred eval`): one line per
+context, {"context": [...], "samples": [best first, ...]}, so systems are checkpoints or decoding
+settings alike. Every system must answer the same contexts in the same order.
+
+pack writes two files. The pack (for the rater) lists each context once, its turns, and under it
+the replies of all systems, shuffled with the seed, each behind a random id; a reply two systems
+share is shown once. The key (never shown to the rater) maps each id to the systems and the rank
+within the context (1 = shown first), and holds each system's automatic proxies
+(vhred/metrics/surface.py) when --checkpoint names the run whose training text is the lexicon.
+The rater writes one line per id: `<id> good` or `<id> bad`; good = fluent English that fits
+the last turn as the next speaker's reply.
+
+--pairwise writes the A/B form of ACUTE-Eval (Li et al. 2019): for every context, every two
+systems and every rank up to --per-context, one pair of replies in a random order; the rater
+writes `<id> A` or `<id> B` for the better next reply. Pairs of identical replies are left out.
+
+score prints each system's good share over all its shown replies and over its top-1 replies
+(or, for pairs, each system's win rate against each other), with a 95% Wilson interval, and
+the proxies. It names the rater (--rater, default the answers file's name) in every table.
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import sys
+
+from .cli import command, program, text_lines
+from .errors import InputError
+
+Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (Wilson 1927): (low, high); (0, 1) for n = 0.
+    Unlike p +- z sqrt(p(1-p)/n) it stays inside [0, 1] and is not empty at k = 0 or k = n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# --- reading systems --------------------------------------------------------------------------
+
+def read_system(spec: str) -> tuple[str, str, list[dict]]:
+    """NAME=FILE -> (name, file, rows {"context", "samples"})."""
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise InputError(f"--system takes NAME=FILE (a `vhred generate` output), got '{spec}'")
+    rows = []
+    for lineno, line in enumerate(text_lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = isinstance(row["context"], list) and isinstance(row["samples"], list) \
+                and all(isinstance(s, str) for s in row["samples"])
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise InputError(f'{path}: line {lineno}: expected {{"context": [...], "samples": [...]}} '
+                             "as `vhred generate` writes it")
+        rows.append({"context": row["context"], "samples": row["samples"]})
+    if not rows:
+        raise InputError(f"{path} holds no contexts")
+    return name, path, rows
+
+
+def same_contexts(systems: dict, n: int) -> list[list[str]]:
+    """The first n contexts (0: all), which every system must share, in the same order."""
+    first = next(iter(systems.values()))
+    n = n or min(len(rows) for rows in systems.values())
+    for name, rows in systems.items():
+        if len(rows) < n:
+            raise InputError(f"system '{name}' answers {len(rows)} contexts, fewer than the {n} asked for")
+        for i in range(n):
+            if rows[i]["context"] != first[i]["context"]:
+                raise InputError(f"system '{name}' line {i + 1} answers another context than the first "
+                                 "system: decode every system from the same contexts file")
+    return [row["context"] for row in first[:n]]
+
+
+def new_id(rng: random.Random, taken: set) -> str:
+    while True:
+        i = f"{rng.randrange(16 ** 6):06x}"
+        if i not in taken:
+            taken.add(i)
+            return i
+
+
+def speaker_lines(context: list[str]) -> list[str]:
+    """The turns as two speakers, S1 and S2, the last turn S1's (so every reply is S2's)."""
+    n = len(context)
+    return [f"  S{1 if (n - i) % 2 else 2}: {turn}" for i, turn in enumerate(context)]
+
+
+# --- pack -------------------------------------------------------------------------------------
+
+def pack_pointwise(systems: dict, contexts, per_context: int, rng) -> tuple[list[str], dict]:
+    """(pack lines, key items {id: [{"system", "context", "rank", "text"}, ...]})."""
+    lines, items, taken = [], {}, set()
+    order = list(range(len(contexts)))
+    rng.shuffle(order)
+    for number, c in enumerate(order, 1):
+        by_text = {}   # reply text -> its id: a reply two systems share is rated once
+        for name, rows in systems.items():
+            for rank, text in enumerate(rows[c]["samples"][:per_context], 1):
+                i = by_text.setdefault(text, new_id(rng, taken))
+                items.setdefault(i, []).append({"system": name, "context": c, "rank": rank, "text": text})
+        shown = list(by_text.items())
+        rng.shuffle(shown)
+        lines += [f"== context {number} ==", *speaker_lines(contexts[c]), "  replies of S2:"]
+        lines += [f"[{i}] {text}" for text, i in shown] + [""]
+    return lines, items
+
+
+def pack_pairwise(systems: dict, contexts, per_context: int, rng) -> tuple[list[str], dict]:
+    """(pack lines, key items {id: {"context", "rank", "A", "B", "text_A", "text_B"}})."""
+    lines, items, taken, pairs = [], {}, set(), []
+    for c in range(len(contexts)):
+        for x, y in itertools.combinations(systems, 2):
+            for rank in range(1, per_context + 1):
+                a, b = systems[x][c]["samples"][rank - 1:rank], systems[y][c]["samples"][rank - 1:rank]
+                if a and b and a != b:
+                    pairs.append((c, rank, x, y))
+    rng.shuffle(pairs)
+    for c, rank, x, y in pairs:
+        if rng.random() < 0.5:
+            x, y = y, x
+        i = new_id(rng, taken)
+        ta, tb = systems[x][c]["samples"][rank - 1], systems[y][c]["samples"][rank - 1]
+        items[i] = {"context": c, "rank": rank, "A": x, "B": y, "text_A": ta, "text_B": tb}
+        lines += [f"== pair [{i}] ==", *speaker_lines(contexts[c]), f"  A (S2): {ta}", f"  B (S2): {tb}", ""]
+    return lines, items
+
+
+HEADER = {
+    "pointwise": ["# Blind rating pack: {n} replies to {c} contexts. Under each context, the replies are",
+                  "# possible next turns of S2. For each reply write one line: <id> good  or  <id> bad",
+                  "# good = fluent English AND fits the last turn as S2's next reply; bad otherwise.", ""],
+    "pairwise": ["# Blind rating pack: {n} pairs of replies to {c} contexts. For each pair write one line:",
+                 "# <id> A  or  <id> B  (the better next turn of S2: fluent English that fits the last turn).", ""],
+}
+
+
+def write_pack(args):
+    systems, sources = {}, {}
+    for spec in args.system:
+        name, path, rows = read_system(spec)
+        if name in systems:
+            raise InputError(f"two systems are named '{name}'")
+        systems[name], sources[name] = rows, path
+    if len(systems) < (2 if args.pairwise else 1):
+        raise InputError("--pairwise needs at least two --system" if args.pairwise else "give at least one --system")
+    if args.per_context < 1 or args.contexts < 0:
+        raise InputError("--per-context must be at least 1 and --contexts not negative")
+    contexts = same_contexts(systems, args.contexts)
+    rng = random.Random(args.seed)
+    kind = "pairwise" if args.pairwise else "pointwise"
+    lines, items = (pack_pairwise if args.pairwise else pack_pointwise)(systems, contexts, args.per_context, rng)
+    header = [h.format(n=len(items), c=len(contexts)) for h in HEADER[kind]]
+    key = {"kind": kind, "seed": args.seed, "per_context": args.per_context, "systems": sources,
+           "contexts": contexts, "items": items,
+           "proxies": system_proxies(systems, len(contexts), args.per_context, args.checkpoint)}
+    for path, text in ((args.out, "\n".join(header + lines)), (args.key, json.dumps(key, indent=1, ensure_ascii=False))):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(path + ".tmp", path)
+    print(f"wrote {len(items)} {'pairs' if args.pairwise else 'replies'} of {len(systems)} systems "
+          f"to {len(contexts)} contexts: {args.out} (for the rater), {args.key} (the key: keep it apart)", file=sys.stderr)
+
+
+def training_lexicon(run: str) -> frozenset:
+    """The words of a run's training text (its checkpoint's config says where that is)."""
+    from . import checkpoint
+    from .lexicon import training_lexicon
+    path = checkpoint.resolve(run)
+    known = training_lexicon(checkpoint.config_of(checkpoint.load(path), path))
+    if known is None:
+        raise InputError(f"the training text of {path} is not on this machine (set DAILYDIALOG_SRC); "
+                         "or leave out --checkpoint for proxies without the non-word share")
+    return known
+
+
+def system_proxies(systems: dict, n_contexts: int, per_context: int, run: str | None) -> dict:
+    """Each system's surface-fault shares over the replies it shows in the pack."""
+    from .metrics.surface import surface_metrics
+    known = training_lexicon(run) if run else None
+    return {name: surface_metrics([s for row in rows[:n_contexts] for s in row["samples"][:per_context]], known)
+            for name, rows in systems.items()}
+
+
+# --- score ------------------------------------------------------------------------------------
+
+def read_answers(path: str, key: dict) -> dict:
+    """{id: answer} from the rater's lines `<id> good|bad` (pointwise) or `<id> A|B` (pairwise)."""
+    allowed = {"good", "bad"} if key["kind"] == "pointwise" else {"a", "b"}
+    answers = {}
+    for lineno, line in enumerate(text_lines(path), 1):
+        parts = line.replace("[", " ").replace("]", " ").split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 2 or parts[1].lower() not in allowed:
+            raise InputError(f"{path}: line {lineno}: expected '<id> {' or '.join(sorted(allowed))}', got '{line.strip()}'")
+        if parts[0] not in key["items"]:
+            raise InputError(f"{path}: line {lineno}: id {parts[0]} is not in the key; is it the key of this pack?")
+        if parts[0] in answers and answers[parts[0]] != parts[1].lower():
+            raise InputError(f"{path}: line {lineno}: id {parts[0]} is answered twice, differently")
+        answers[parts[0]] = parts[1].lower()
+    if not answers:
+        raise InputError(f"{path} holds no answers")
+    return answers
+
+
+def share(k: int, n: int) -> dict:
+    low, high = wilson(k, n)
+    return {"good": k, "of": n, "share": k / n if n else None, "low": low, "high": high}
+
+
+def score_pointwise(key: dict, answers: dict) -> dict:
+    """{system: {"all": share, "top1": share}} over the answered replies."""
+    counts = {name: {"all": [0, 0], "top1": [0, 0]} for name in key["systems"]}
+    for i, entries in key["items"].items():
+        if i not in answers:
+            continue
+        for e in entries:
+            for part in ("all", "top1") if e["rank"] == 1 else ("all",):
+                counts[e["system"]][part][0] += answers[i] == "good"
+                counts[e["system"]][part][1] += 1
+    return {name: {part: share(*kn) for part, kn in c.items()} for name, c in counts.items()}
+
+
+def score_pairwise(key: dict, answers: dict) -> dict:
+    """{"X vs Y": {"X": wins share of X, ...}} over the answered pairs of each two systems."""
+    wins = {}
+    for i, item in key["items"].items():
+        if i in answers:
+            x, y = sorted((item["A"], item["B"]))
+            w = wins.setdefault(f"{x} vs {y}", {x: 0, y: 0})
+            w[item["A"] if answers[i] == "a" else item["B"]] += 1
+    out = {}
+    for pair, w in wins.items():
+        n = sum(w.values())
+        out[pair] = {name: share(k, n) for name, k in w.items()}
+    return out
+
+
+def pct(s: dict) -> str:
+    if not s["of"]:
+        return "-"
+    return f"{100 * s['share']:.0f}% [{100 * s['low']:.0f}, {100 * s['high']:.0f}] ({s['good']}/{s['of']})"
+
+
+def report(key: dict, answers: dict, rater: str) -> tuple[str, dict]:
+    answered, total = len(answers), len(key["items"])
+    lines = [f"rater: {rater}; {answered} of {total} items answered ({key['kind']}, "
+             f"{len(key['contexts'])} contexts); 95% Wilson intervals", ""]
+    if key["kind"] == "pointwise":
+        result = score_pointwise(key, answers)
+        lines += ["| system | good, all shown | good, top-1 |", "|---|---|---|"]
+        lines += [f"| {name} | {pct(r['all'])} | {pct(r['top1'])} |" for name, r in result.items()]
+    else:
+        result = score_pairwise(key, answers)
+        lines += ["| pair | wins of the first | wins of the second |", "|---|---|---|"]
+        for pair, r in result.items():
+            x, y = pair.split(" vs ")
+            lines.append(f"| {pair} | {x}: {pct(r[x])} | {y}: {pct(r[y])} |")
+    proxies = key.get("proxies") or {}
+    if proxies:
+        names = sorted({k for p in proxies.values() for k in p})
+        lines += ["", "automatic proxies (share of the replies in the pack):", "",
+                  "| system | " + " | ".join(n.replace("_share", "") for n in names) + " |",
+                  "|---|" + "---|" * len(names)]
+        lines += [f"| {s} | " + " | ".join(f"{100 * p[n]:.1f}%" if n in p else "-" for n in names) + " |"
+                  for s, p in proxies.items()]
+    return "\n".join(lines), {"rater": rater, "answered": answered, "items": total, "kind": key["kind"],
+                              "scores": result, "proxies": proxies}
+
+
+def read_key(path: str) -> dict:
+    try:
+        key = json.loads("\n".join(text_lines(path)))
+        assert key["kind"] in ("pointwise", "pairwise") and isinstance(key["items"], dict)
+    except (ValueError, KeyError, TypeError, AssertionError):
+        raise InputError(f"{path} is not a key written by `vhred rate pack`") from None
+    return key
+
+
+def score_answers(args):
+    key = read_key(args.key)
+    answers = read_answers(args.answers, key)
+    rater = args.rater or os.path.splitext(os.path.basename(args.answers))[0]
+    text, result = report(key, answers, rater)
+    print(json.dumps(result) if args.json else text)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.rate"),
+                                description="Blind rating of replies: write a pack, score a rater's answers.")
+    sub = p.add_subparsers(dest="action", required=True)
+    a = sub.add_parser("pack", help="write a blind rating pack and its key")
+    a.add_argument("--system", action="append", default=[], required=True,
+                   help="NAME=FILE, a `vhred generate` output; repeat for each system")
+    a.add_argument("--out", required=True, help="the pack, for the rater")
+    a.add_argument("--key", required=True, help="the key (id -> system, rank), kept apart from the rater")
+    a.add_argument("--contexts", type=int, default=0, help="the first N contexts, 0 for all (default %(default)s)")
+    a.add_argument("--per-context", type=int, default=5, help="replies per context and system (default %(default)s)")
+    a.add_argument("--pairwise", action="store_true", help="A/B pairs (ACUTE-Eval) instead of good/bad")
+    a.add_argument("--checkpoint", help="the run whose training text is the lexicon of the non-word proxy")
+    a.add_argument("--seed", type=int, default=0, help="seed of the ids and the order (default %(default)s)")
+    b = sub.add_parser("score", help="score one rater's answers against the key")
+    b.add_argument("--key", required=True, help="the key written by `rate pack`")
+    b.add_argument("--answers", required=True, help="the rater's file: `<id> good|bad` or `<id> A|B` per line")
+    b.add_argument("--rater", default="", help="who rated, shown with every figure (default: the answers file's name)")
+    b.add_argument("--json", action="store_true", help="print the result as JSON")
+    return p.parse_args(argv)
+
+
+@command
+def main(argv=None):
+    args = parse_args(argv if argv is not None else sys.argv[1:])
+    return write_pack(args) if args.action == "pack" else score_answers(args)
+
+
+if __name__ == "__main__":
+    main()
