@@ -145,7 +145,7 @@ def kl_panel(ax, kls: torch.Tensor) -> None:
     dashed line at KL_LINE."""
     per_dim = kls.mean(0)
     order = torch.argsort(per_dim, descending=True)
-    ax.bar(range(len(per_dim)), per_dim[order], label="mean KL of a dimension")
+    ax.bar(range(len(per_dim)), per_dim[order].tolist(), label="mean KL of a dimension")
     ax.axhline(KL_LINE, color="grey", lw=0.8, ls="--", label=f"{KL_LINE} nats: below it, a dimension carries next to nothing")
     ax.legend(fontsize=8)
     ax.set_title(f"KL per latent dimension, sorted ({float(per_dim.sum()):.2f} nats per response)")
