@@ -235,38 +235,52 @@ def test_no_assert_statement_checks_input_in_the_package():
     assert found == []   # python -O removes them: raise a UserError instead
 
 
-@pytest.mark.parametrize("line", ['{"context": "not a list"}', '{"context": []}', '{"context": ["hi", 3]}',
-                                  '{"context": ["hi"], "z": "nope"}', '{"context": ["hi"], "z": [1, "a"]}'])
-def test_bad_context_lines_are_refused_under_python_O(tmp_path, line):
-    path = tmp_path / "in.jsonl"
-    path.write_text(line + "\n")
-    code = ("from vhred.generate import read_contexts\nfrom vhred.errors import InputError\n"
-            "try:\n    read_contexts(__import__('sys').argv[1])\nexcept InputError as e:\n    print('refused:', e)\n")
-    r = subprocess.run([sys.executable, "-O", "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0 and "refused:" in r.stdout and "line 1: expected" in r.stdout, r.stdout + r.stderr
+BAD_CONTEXTS = ['{"context": "not a list"}', '{"context": []}', '{"context": ["hi", 3]}',
+                '{"context": ["hi"], "z": "nope"}', '{"context": ["hi"], "z": [1, "a"]}']
+CHECK_UNDER_O = """
+import sys
+from eval.distinct import read_samples
+from vhred.errors import InputError
+from vhred.generate import read_contexts
+for read, path in zip([read_contexts] * (len(sys.argv) - 2) + [read_samples], sys.argv[1:]):
+    try:
+        read(path)
+        print("accepted:", path)
+    except InputError as e:
+        print("refused:", e)
+"""
 
 
-def test_bad_sample_lines_are_refused_under_python_O(tmp_path):
-    path = tmp_path / "s.jsonl"
-    path.write_text('{"samples": ["fine"]}\n{"samples": "one string"}\n')
-    code = ("from eval.distinct import read_samples\nfrom vhred.errors import InputError\n"
-            "try:\n    read_samples(__import__('sys').argv[1])\nexcept InputError as e:\n    print('refused:', e)\n")
-    r = subprocess.run([sys.executable, "-O", "-c", code, str(path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)
-    assert "refused:" in r.stdout and "line 2: expected" in r.stdout, r.stdout + r.stderr
+def test_bad_input_lines_are_refused_under_python_O(tmp_path):
+    """python -O drops assert statements: the checks of a contexts file (vhred generate) and a
+    samples file (eval.distinct) must hold there too. One interpreter for all the files."""
+    paths = []
+    for i, line in enumerate(BAD_CONTEXTS):
+        paths.append(tmp_path / f"in{i}.jsonl")
+        paths[-1].write_text('{"context": ["fine"]}\n' + line + "\n")
+    paths.append(tmp_path / "samples.jsonl")
+    paths[-1].write_text('{"samples": ["fine"]}\n{"samples": "one string"}\n')
+    r = subprocess.run([sys.executable, "-O", "-c", CHECK_UNDER_O, *map(str, paths)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == len(paths), r.stdout + r.stderr
+    assert all(line.startswith("refused:") and ": line 2: expected" in line for line in lines), lines
 
 
 # --- replies are never empty -------------------------------------------------------------------
 
-def with_logits_raised(model, bias: dict):
-    """The model with fixed amounts added to some tokens' logits at every decoder step."""
+def with_logits_raised(model, bias: dict, first: dict | None = None):
+    """The model with fixed amounts added to some tokens' logits at every decoder step (bias),
+    and at the first step only (first: where the step's input is <bos>)."""
     real = model.decode
 
     def decode(inputs, cond, state):
         logits, state = real(inputs, cond, state)
         for token, amount in bias.items():
             logits[..., token] += amount
+        at_start = (inputs[:, -1] == BOS).unsqueeze(-1)                      # (T, 1)
+        for token, amount in (first or {}).items():
+            logits[:, -1, token] += amount * at_start.squeeze(-1)
         return logits, state
     model.decode = decode
     return model
@@ -293,11 +307,12 @@ def test_replies_are_never_empty_unless_min_len_0_asks_for_it(stops_at_once, met
 
 
 def test_a_blank_piece_is_not_a_word(trained):
-    """"▁" alone prints nothing: with it the most likely token after <eos>, the reply still gets a word."""
+    """"▁" alone prints nothing: with <eos> always the most likely token and "▁" the next at the
+    first step, the reply is "▁" and a word, never "▁" alone."""
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     blank = sp.piece_to_id("\u2581")
     assert model.blank_ids == [blank]
-    model = with_logits_raised(model, {EOS: 1e4, blank: 1e3})
+    model = with_logits_raised(model, {EOS: 1e4}, first={blank: 2e4})   # "▁" above even <eos>
     contexts = [encode_turns(sp, ["Hi !"], cfg.max_utt_len, cfg.max_context)]
     for method in ("greedy", "beam"):
         ids = generate(model, contexts, DecodeOptions(num_samples=1, method=method, rank="none"))[0][0][0]

@@ -233,8 +233,11 @@ def test_piped_turns_are_separated_and_history_says_when_empty(trained):
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_ctrl_c_ends_chat_with_130(trained):
     import signal
+    # Ctrl-C as a terminal sends it, even where the suite itself runs with SIGINT ignored (a
+    # background job of a shell): Python only handles SIGINT when it starts with it in place
     p = subprocess.Popen([sys.executable, "-m", "vhred.chat", "--checkpoint", trained["vhred"]], cwd=ROOT,
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     p.stdin.write("Hello !\n")
     p.stdin.flush()
     assert p.stdout.readline().startswith("1. ")   # the chat is up and waiting for the next line

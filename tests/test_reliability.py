@@ -76,8 +76,8 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
                                 stderr=subprocess.DEVNULL, text=True, env=env)
         # the moment is set by the run's progress, not by the clock (a busy machine only makes
         # it later): a logged step between saves or on one (save_every=5), the first before any save
-        target = saved + rng.randint(1, 9)
-        wait_until(lambda: max(logged_steps(run_dir), default=0) >= target, proc)
+        target = len(logged_steps(run_dir)) + rng.randint(1, 9)   # counted in new lines of this run
+        wait_until(lambda: len(logged_steps(run_dir)) >= target, proc)
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
         if saved:   # it resumed where the last save left it

@@ -164,9 +164,11 @@ def test_a_request_in_a_batch_gets_what_it_gets_alone(bot):
             answers = list(pool.map(lambda b: request(running.port, "POST", "/respond", b)[1], bodies))
         served = request(running.port, "GET", "/health")[1]["served"]
         assert served["requests"] == 8 and served["batches"] == 1
-        for body, out in zip(bodies, answers):
+        for body, out in zip(bodies, answers):   # the same words; numbers up to float rounding of a batch
             alone = bot.respond(body["history"], n=3, method="sample", seed=5)
-            assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in alone]
+            assert [c["text"] for c in out["candidates"]] == [c.text for c in alone]
+            for got, want in zip(out["candidates"], alone):
+                assert got["score"] == pytest.approx(want.score, abs=1e-5) and got["z"] == pytest.approx(want.z, abs=1e-5)
         assert len({json.dumps(out) for out in answers}) == 8   # eight conversations, eight answers
     finally:
         running.stop()

@@ -49,7 +49,7 @@ class DecodeOptions:
     per context."""
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
-    min_len: int = 1           # no <eos> before this many tokens: a reply is never empty (0 allows it)
+    min_len: int = 1           # no <eos> before this many printing tokens: never an empty reply (0 allows one)
     method: str = "greedy"     # "greedy" (per z for VHRED), "sample" or "beam"
     temperature: float = 1.0   # softmax temperature when sampling
     top_k: int = 0             # keep the k most likely tokens (0: all)

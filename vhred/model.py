@@ -68,7 +68,9 @@ class VHRED(nn.Module):
         self.cfg = cfg
         V, E = vocab_size, cfg.emb_dim
         self.latent = cfg.model == "vhred"
-        self.blank_ids: list[int] = []   # pieces that print nothing ("▁"), set with the tokenizer (checkpoint.load_model): no word for DecodeOptions.min_len
+        # pieces that print nothing ("▁" alone), known from the tokenizer (checkpoint.load_model):
+        # decoding does not count them towards DecodeOptions.min_len
+        self.blank_ids: list[int] = []
         Z = cfg.z_dim if self.latent else 0
         self.embed = nn.Embedding(V, E, padding_idx=PAD)
         self.drop = nn.Dropout(cfg.dropout)
