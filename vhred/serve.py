@@ -365,6 +365,8 @@ class Handler(BaseHTTPRequestHandler):
         """The standard library's own refusals (a malformed request line, headers too long, an
         unknown method) as JSON too, never its HTML page."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
+            self.request_version = self.protocol_version
         try:
             self._json(code, {"error": _printable(message or self.responses.get(code, ("error",))[0])})
         except OSError:
