@@ -240,15 +240,25 @@ def main():
     torch.set_num_threads(1)
     bot = vhred.load(args.checkpoint, device="cpu")
     limits = Limits(max_connections=64, read_deadline=10.0)
-    report = {}
-    for kind in (Stdlib, Uvicorn):
-        server = kind(bot, limits)
-        try:
-            report[kind.name] = {"cases": cases(server.port, bot.config.arch.z_dim),
-                                 "load": [load(server.port, c, args.requests) for c in args.clients]}
-        finally:
-            server.stop()
-        print(json.dumps({kind.name: report[kind.name]}, indent=1), flush=True)
+    servers = [Stdlib(bot, limits), Uvicorn(bot, limits)]
+    report = {s.name: {"load": []} for s in servers}
+    try:
+        for s in servers:
+            report[s.name]["cases"] = cases(s.port, bot.config.arch.z_dim)
+        # load: both servers up, the order alternating level by level and round by round, so a
+        # busy moment of the machine falls on both alike; each level's two rounds pooled
+        for clients in args.clients:
+            runs = {s.name: [] for s in servers}
+            for rnd in range(2):
+                for s in (servers if (rnd + clients) % 2 == 0 else servers[::-1]):
+                    runs[s.name].append(load(s.port, clients, args.requests))
+            for name, pair in runs.items():
+                report[name]["load"].append({"clients": clients, "requests": sum(r["requests"] for r in pair),
+                                             **{k: sorted(r[k] for r in pair) for k in ("req_per_s", "p50_ms", "p95_ms")}})
+    finally:
+        for s in servers:
+            s.stop()
+    print(json.dumps(report, indent=1), flush=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
 
