@@ -68,7 +68,7 @@ def test_help_lists_the_subcommands(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["chat", "--num-samples", "0"], "num_samples must be between 1"),
     (["generate", "--max-len", "-3", "--input", "x", "--output", "y"], "max_len must be between 1"),
-    (["eval", "--max-contexts", "-1"], "--max-contexts and --iw-samples must not be negative"),
+    (["eval", "--max-contexts", "-1"], "--max-contexts must be between 0 and"),
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "--max-batch", "0"], "--max-batch must be positive"),
     (["bench", "--steps", "0"], "--steps, --clients and --max-batch must be at least 1"),

@@ -197,15 +197,15 @@ def test_a_lone_surrogate_in_a_context_is_written_not_a_traceback(tmp_path, trai
 # --- 3. every count has a cap, refused at parse time -------------------------------------------------
 
 @pytest.mark.parametrize("module, argv, match", [
-    ("chat", ["--method", "beam", "--beam", "1000000"], "beam must be an integer between 1 and 100"),
-    ("generate", ["--num-samples", "500000"], "num_samples must be an integer between 1 and 1,000"),
+    ("chat", ["--method", "beam", "--beam", "1000000"], "beam must be between 1 and 100"),
+    ("generate", ["--num-samples", "500000"], "num_samples must be between 1 and 1,000"),
     ("generate", ["--num-samples", "1000000"], "got 1000000"),
-    ("generate", ["--max-len", "1000000", "--min-len", "1000000"], "max_len must be an integer between 1 and 1,000"),
+    ("generate", ["--max-len", "1000000", "--min-len", "1000000"], "max_len must be between 1 and 1,000"),
     ("generate", ["--method", "beam", "--beam", "100", "--num-samples", "100"], "num_samples x beam"),
     ("evaluate", ["--num-samples", "100000"], "num_samples must be"),
-    ("evaluate", ["--iw-samples", "1000000"], "--iw-samples must be an integer between 0 and 1,000"),
+    ("evaluate", ["--iw-samples", "1000000"], "--iw-samples must be between 0 and 1,000"),
     ("rank", ["--iw-samples", "1000000"], "--iw-samples must be"),
-    ("latent", ["interpolate", "--context", "hi", "--steps", "1000000000"], "--steps must be an integer between 2"),
+    ("latent", ["interpolate", "--context", "hi", "--steps", "1000000000"], "--steps must be between 2"),
     ("latent", ["interpolate", "--context", "hi", "--max-len", "-5"], "--max-len must be"),
     ("latent", ["interpolate", "--context", "hi", "--max-len", "0"], "--max-len must be"),
     ("latent", ["interpolate", "--context", "hi", "--around-mean", "nan"], "--around-mean must be"),
@@ -339,17 +339,27 @@ def cache_copy(tiny_cfg, tmp_path):
     lambda m: m.pop("meta_sha256"),
     lambda m: m.__setitem__("sha256", "no"),
 ])
-def test_an_edited_or_malformed_meta_json_means_a_rebuild(cache_copy, edit):
-    from vhred.dataset import CACHE_FILES, prepare
-    cfg, folder = cache_copy
+def test_an_edited_or_malformed_meta_json_is_not_intact(cache_copy, edit):
+    from vhred.dataset import CACHE_FILES
+    _, folder = cache_copy
     meta_path = os.path.join(folder, "meta.json")
     meta = json.load(open(meta_path))
+    assert cache.intact(folder, CACHE_FILES, log=print)
     edit(meta)
     json.dump(meta, open(meta_path, "w"))
     notes = []
     assert not cache.intact(folder, CACHE_FILES, log=notes.append) and "preparing it again" in notes[0]
-    assert prepare(cfg, log=notes.append) == folder   # rebuilt in place, and whole
-    assert cache.intact(folder, CACHE_FILES, log=notes.append)
+
+
+def test_an_edited_meta_json_is_rebuilt_and_training_reads_the_rebuilt_one(cache_copy):
+    from vhred.dataset import CACHE_FILES, prepare
+    cfg, folder = cache_copy
+    meta_path = os.path.join(folder, "meta.json")
+    meta = json.load(open(meta_path))
+    right = meta["vocab_size"]
+    json.dump({**meta, "vocab_size": right + 1000}, open(meta_path, "w"))
+    assert prepare(cfg, log=lambda *_: None) == folder   # rebuilt in place, and whole
+    assert cache.intact(folder, CACHE_FILES, log=print) and json.load(open(meta_path))["vocab_size"] == right
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b"\xff\xfe", b"[" * 100_000])

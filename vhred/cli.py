@@ -15,6 +15,7 @@ import stat
 import sys
 from contextlib import contextmanager
 
+from . import cache
 from .errors import InputError, UserError
 
 INVOKED_AS = None   # "vhred chat" etc. while the `vhred` command (vhred/__main__.py) runs one
@@ -102,23 +103,11 @@ def _remove_stale(path: str):
     folder, base = os.path.dirname(path) or ".", os.path.basename(path)
     for name in os.listdir(folder):
         m = re.fullmatch(re.escape(base) + r"\.tmp(\d*)", name)
-        if m and not _alive(int(m.group(1) or 0)):
+        if m and not cache._alive(int(m.group(1) or 0)):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:
                 pass
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def fail(message: str, code: int = 2):
@@ -135,14 +124,14 @@ def command(fn):
             return fn(argv)
         except UserError as e:
             fail(str(e), 2)
+        except BrokenPipeError:   # `vhred ... | head`: the reader left; nothing more to say
+            _quiet_stdout()
+            sys.exit(141)
         except OSError as e:   # disk full, permissions, a vanished file
             fail(f"{e.strerror or e} ({e.filename or 'while reading or writing files'})", 1)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
-        except BrokenPipeError:   # `vhred ... | head`: the reader left; nothing more to say
-            _quiet_stdout()
-            sys.exit(141)
     return main
 
 

@@ -32,8 +32,10 @@ MAX_YAML_DEPTH = 32               # nesting of a YAML config (ours nests 2 deep)
 
 def count(name: str, value, low: int, high: int) -> int:
     """An integer between low and high, or one line saying which range it must be in."""
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise InputError(f"{name} must be an integer between {low} and {high:,}, got {_show(value)}")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InputError(f"{name} must be an integer, got {_show(value)}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {low:,} and {high:,}, got {_show(value)}")
     return value
 
 

@@ -279,6 +279,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"   # keep-alive: a client's requests share one connection
     timeout = 10                    # seconds for a write to a client that does not read
     server_version = "vhred"
+    disable_nagle_algorithm = True  # headers and body go out at once, never waiting on a delayed ACK
     error_content_type = "application/json; charset=utf-8"
     ROUTES = {("GET", "/"): "page", ("GET", "/health"): "health",
               ("POST", "/respond"): "respond", ("POST", "/score"): "score"}
@@ -366,6 +367,10 @@ class Handler(BaseHTTPRequestHandler):
         """The standard library's own refusals (a malformed request line, headers too long, an
         unknown method) as JSON too, never its HTML page."""
         self.close_connection = True
+        if code == 501:   # a method this server has no handler for (BREW, PUT): the client's to fix
+            code, message = 405, f"method {_printable(self.command)[:20]} not allowed (GET or POST)"
+        if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
+            self.request_version = self.protocol_version
         try:
             self._json(code, {"error": _printable(message or self.responses.get(code, ("error",))[0])})
         except OSError:

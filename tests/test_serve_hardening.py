@@ -1,0 +1,173 @@
+"""vhred serve against hostile clients (issue 21): any bytes get a JSON 4xx and no traceback,
+numbers beyond float range are refused, Content-Type is exactly application/json, the Host is
+checked, /health shows no local paths, open connections are capped and a whole request has a
+deadline. A real server on 127.0.0.1, stopped at the end."""
+import http.client
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+import vhred
+from vhred.serve import Limits, host_allowed, make_server
+
+HISTORY = ["Hello, how are you?"]
+
+
+class Running:
+    def __init__(self, bot, limits: Limits, allowed_hosts=()):
+        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True, allowed_hosts=allowed_hosts)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.server.service.close()
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    running = Running(vhred.load(trained["vhred"], device="cpu"),
+                      Limits(max_body=4096, max_connections=8, read_deadline=1.0), allowed_hosts=("chat.example",))
+    yield running
+    running.stop()
+
+
+def raw_exchange(port: int, data: bytes, wait: float = 10) -> tuple[int, dict | bytes]:
+    """Send bytes as they are; (status, JSON body) of the answer (status 0: the server closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    if not reply:
+        return 0, b""
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    assert b"application/json" in head, reply
+    return status, json.loads(body)
+
+
+def post(port: int, body: bytes, content_type=b"application/json", host=None, extra=b"") -> tuple[int, dict]:
+    host = host or f"127.0.0.1:{port}".encode()
+    return raw_exchange(port, b"POST /respond HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: " + content_type +
+                        b"\r\nContent-Length: %d\r\nConnection: close\r\n" % len(body) + extra + b"\r\n" + body)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (r'{"history": ["hi"], "\ud800": 1}', 400, "unknown field"),   # JSON escapes: valid JSON, no text
+    (r'{"history": ["hi"], "method": "\ud800"}', 400, "method must be"),
+    (r'{"history": ["hi"], "rank": "\ud800\u0000"}', 400, "rank must be"),
+    ('{"history": ["hi"], "temperature": 1' + "0" * 400 + ', "method": "sample"}', 400, "temperature must be"),
+    ('{"history": ["hi"], "temperature": 1e400, "method": "sample"}', 400, "within float range"),
+    ('{"history": ["hi"], "z": [1' + "0" * 400 + "]}", 400, "finite numbers"),
+    ('{"history": ["hi"], "z": [1e300, 0, 0, 0, 0, 0, 0, 0]}', 400, "finite numbers"),
+    ('{"history": ["hi"], "n": 1' + "0" * 400 + "}", 400, "num_samples must be"),
+    ('{"history": ["hi"], "seed": -1}', 400, "seed must be"),
+])
+def test_hostile_fields_get_a_json_4xx(server, body, status, message):
+    got, out = post(server.port, body.encode())
+    assert got == status and message in out["error"], out
+    assert "\ud800" not in out["error"]
+
+
+def test_a_lone_surrogate_as_raw_bytes_gets_a_json_answer(server):
+    got, out = post(server.port, '{"history": ["hi"], "\ud800": 1}'.encode("utf-8", "surrogatepass"))
+    assert got == 400 and "unknown field" in out["error"]   # json.loads passes it through; it is answered
+
+
+def test_content_type_must_be_exactly_json(server):
+    body = b'{"history": ["hi"]}'
+    for ct in (b"text/plain; x=json", b"text/plain", b"application/jsonx", b"application/json; boundary=x"):
+        assert post(server.port, body, content_type=ct)[0] == 415
+    assert post(server.port, body, content_type=b"application/json; charset=utf-8")[0] == 200
+
+
+def test_the_host_header_is_checked(server):
+    body = b'{"history": ["hi"], "n": 1}'
+    assert post(server.port, body, host=b"evil.example")[0] == 421      # DNS rebinding
+    assert post(server.port, body, host=b"127.0.0.1:1")[0] == 421       # another port
+    assert post(server.port, body, host=b"chat.example")[0] == 200      # --allowed-hosts
+    assert post(server.port, body, host=f"localhost:{server.port}".encode())[0] == 200
+    assert raw_exchange(server.port, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 421   # none
+
+
+def test_host_rules():
+    assert host_allowed("[::1]:80", (), 80) and host_allowed("10.0.0.5", (), 80)
+    assert not host_allowed("[::1]x", (), 80) and not host_allowed("", (), 80) and not host_allowed(None, (), 80)
+    assert not host_allowed("localhost.evil.example", (), 80)
+
+
+def test_health_shows_no_local_paths_or_training_config(server):
+    status, health = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    assert status == 200
+    text = json.dumps(health)
+    assert "/tmp" not in text and "data_source" not in text and "data_dir" not in text and "out_dir" not in text
+    assert health["checkpoint"].count("/") == 1 and health["config"]["arch"]["z_dim"] == 8
+
+
+def test_a_lying_content_length_is_cut_off_at_the_deadline(server):
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 1000\r\n\r\n{\"history\"")
+        reply = s.recv(65536)
+    assert b" 408 " in reply.split(b"\r\n")[0] and b"did not arrive in time" in reply
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_client_sending_one_byte_a_second_is_dropped(server):
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        try:
+            for c in b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n":
+                s.sendall(bytes([c]))
+                time.sleep(0.2)   # each byte well within any per-read timeout
+        except OSError:
+            pass   # the server closed the connection: what is wanted
+        s.settimeout(5)
+        try:
+            while s.recv(4096):
+                pass
+        except OSError:
+            pass
+    assert time.monotonic() - t0 < 5   # the deadline is 1 s for the whole request
+
+
+def test_open_connections_are_capped(server):
+    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(8)]
+    try:
+        time.sleep(0.2)
+        status, out = raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert status == 503 and "too many open connections" in out["error"]
+    finally:
+        for s in idle:
+            s.close()
+    time.sleep(1.5)   # the idle ones are gone (closed by the clients, or by the deadline)
+    assert raw_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")[0] == 200
+
+
+@pytest.mark.parametrize("data", [
+    b"\xff\xfe\x00garbage\r\n\r\n",
+    b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n",
+    b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n",
+    b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: -1\r\n\r\n",
+    b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n",
+])
+def test_malformed_requests_get_json_answers(server, data):
+    status, out = raw_exchange(server.port, data)
+    assert 400 <= status < 500 and "error" in out
+
+
+def test_the_server_still_answers_after_all_that(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/respond", json.dumps({"history": HISTORY, "n": 2}), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["candidates"]
+    conn.close()
