@@ -189,7 +189,7 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     assert r.returncode == 0, r.stderr
     res = json.load(open(f"{trained['hred']}/results-ours-test.json"))
     assert res["metrics"]["contexts"] == 12 and 0 <= res["metrics"]["bleu-2-f1"] <= 1
-    assert res["decoding"]["rank"] == "pmi"   # the chat's defaults
+    assert res["decoding"]["rank"] == "mmi"   # the chat's defaults
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
                         "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
