@@ -13,7 +13,7 @@ from vhred import __main__ as vhred_main
 from vhred import checkpoint, cli, sources
 from vhred.errors import DataError
 
-SUBCOMMANDS = ["train", "chat", "generate", "eval", "rank", "serve", "bench", "plot", "latent"]
+SUBCOMMANDS = ["train", "chat", "generate", "eval", "rank", "serve", "bench", "plot", "latent", "rate"]
 
 
 class Parsed(Exception):

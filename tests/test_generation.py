@@ -218,7 +218,7 @@ def test_json_lines_and_hred(trained):
     rows = [json.loads(line) for line in out]
     assert code == 0 and [r["user"] for r in rows] == ["Hello !", "What time is it ?"]
     assert all(len(r["responses"]) == 1 for r in rows)   # HRED: one greedy response by default
-    assert all(len(r["scores"]) == 1 and r["score"] == "pmi" for r in rows)
+    assert all(len(r["scores"]) == 1 and r["score"] == "mmi" for r in rows)
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it

@@ -159,3 +159,37 @@ def test_surface_metrics_are_shares():
 def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
     assert pretty(pieces) == text
     assert not surface.glued(pretty(pieces))
+
+
+# --- ranking and the shown list on a trained tiny model ---------------------------------------
+
+def test_mmi_family_holds_ll_and_pmi(trained):
+    import torch
+    from vhred import checkpoint
+    from vhred.scoring import score_ids
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    ctx = [[sp.encode("Hi , how are you ?")]] * 2
+    replies = [sp.encode("Fine , thanks ."), sp.encode("I want a coat .")]
+    torch.manual_seed(0)
+    ll, pmi = score_ids(model, ctx, replies, "ll", 3), score_ids(model, ctx, replies, "pmi", 3)
+    assert score_ids(model, ctx, replies, "mmi", 3, lam=0.0) == pytest.approx(ll, abs=1e-5)
+    assert score_ids(model, ctx, replies, "mmi", 3, lam=1.0) == pytest.approx(pmi, abs=1e-5)
+    half = score_ids(model, ctx, replies, "mmi", 3, lam=0.5, gamma=0.1)
+    tokens = [len(r) + 1 for r in replies]   # words and <eos>
+    assert half == pytest.approx([(a + b) / 2 + 0.1 * n for a, b, n in zip(ll, pmi, tokens)], abs=1e-5)
+
+
+def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
+    from vhred import checkpoint
+    from vhred.generate import DecodeOptions, candidates, shown_note
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    ctx = [[sp.encode("Hi , how are you ?")]]
+    opts = DecodeOptions(num_samples=4, method="sample", rank="ll")
+    keep = lambda ids: len(ids) % 2 == 0   # "good": an even number of pieces
+    [shown] = candidates(model, ctx, opts, same=sp.decode, keep=keep)
+    assert len(shown) == 4
+    good = [keep(r[0]) for r in shown]
+    assert good == sorted(good, reverse=True)   # every good one before every faulty one
+    note = shown_note(shown, 4, keep)
+    assert (note == "") == all(good) and (all(good) or "faulty" in note)
+    assert shown_note(shown[:2], 4) == "2 of 4 shown: the other draws repeated these"

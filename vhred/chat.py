@@ -1,10 +1,11 @@
 """Talk to a trained model: python -m vhred.chat [--checkpoint runs/x/best.pt] [--num-samples 5]
 
-Each turn shows N candidate responses, best first by the ranking score (--rank, PMI by
-default: see vhred/scoring.py); the best (or the one chosen with /pick K) joins the history,
-which is the model's context. Piped input works too: one user turn per line, the candidates on
-stdout (numbered when N > 1, a blank line after each turn; or one JSON line per turn with
---json, scores included); notes go to stderr. Ctrl-C ends it with exit code 130.
+Each turn shows N candidate responses, faulty ones last, best first by the ranking score
+(--rank, MMI with lambda 0.25 by default: see vhred/scoring.py, docs/rating.md); the best
+(or the one chosen with /pick K) joins the history, which is the model's context. Piped
+input works too: one user turn per line, the candidates on stdout (numbered when N > 1, a
+blank line after each turn; or one JSON line per turn with --json, scores included); notes
+go to stderr. Ctrl-C ends it with exit code 130.
 """
 import argparse
 import sys

@@ -308,7 +308,8 @@ def score_answers(args):
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.rate"),
                                 description="Blind rating of replies: write a pack, score a rater's answers.")
-    sub = p.add_subparsers(dest="action", required=True)
+    sub = p.add_subparsers(dest="action", required=True, metavar="pack|score",
+                           help="pack: write a blind rating pack and its key; score: score one rater's answers")
     a = sub.add_parser("pack", help="write a blind rating pack and its key")
     a.add_argument("--system", action="append", default=[], required=True,
                    help="NAME=FILE, a `vhred generate` output; repeat for each system")
@@ -317,7 +318,8 @@ def parse_args(argv):
     a.add_argument("--contexts", type=int, default=0, help="the first N contexts, 0 for all (default %(default)s)")
     a.add_argument("--per-context", type=int, default=5, help="replies per context and system (default %(default)s)")
     a.add_argument("--pairwise", action="store_true", help="A/B pairs (ACUTE-Eval) instead of good/bad")
-    a.add_argument("--checkpoint", help="the run whose training text is the lexicon of the non-word proxy")
+    a.add_argument("--checkpoint", help="the run whose training text is the lexicon of the non-word proxy "
+                        "(default: none, proxies without the non-word share)")
     a.add_argument("--seed", type=int, default=0, help="seed of the ids and the order (default %(default)s)")
     b = sub.add_parser("score", help="score one rater's answers against the key")
     b.add_argument("--key", required=True, help="the key written by `rate pack`")
