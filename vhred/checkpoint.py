@@ -161,7 +161,7 @@ def as_tensor(data: bytes) -> torch.Tensor:
 
 def load_model(path: str, device="cpu"):
     """(model in eval mode, config, tokenizer) from a checkpoint file or run folder."""
-    from .model import VHRED
+    from .models import build
     from .tokenizer import load_tokenizer
     state = load(path)
     cfg = config_of(state, path)
@@ -169,7 +169,7 @@ def load_model(path: str, device="cpu"):
         sp = load_tokenizer(model_bytes=tokenizer_bytes(state))
     except (RuntimeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
-    model = VHRED(cfg.arch, sp.get_piece_size())
+    model = build(cfg.arch, sp.get_piece_size())
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, TypeError, AttributeError) as e:
@@ -198,9 +198,9 @@ def measure(config_path: str, repeat: int = 5) -> dict:
     from dataclasses import asdict
 
     from .config import load as load_config
-    from .model import VHRED
+    from .models import build
     cfg = load_config(config_path, [])
-    model = VHRED(cfg.arch, cfg.vocab_size)
+    model = build(cfg.arch, cfg.vocab_size)
     opt = torch.optim.AdamW(model.parameters())
     for p in model.parameters():   # one step, so the optimiser holds its two moments per weight
         p.grad = torch.zeros_like(p)

@@ -38,7 +38,7 @@ def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int =
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    sums = torch.zeros(2, dtype=torch.float64, device=device)              # NLL, KL
+    sums = torch.zeros(3, dtype=torch.float64, device=device)              # NLL, KL, other KL
     moments = None                                                          # n, sum, sum of squares
     tokens = targets = 0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -51,13 +51,17 @@ def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int =
             targets += len(out["nll"])
             if "kl" in out:
                 sums[1] += out["kl"].sum().double()
+            if "kl_extra" in out:   # a KL outside the per-utterance latents (VHCR's z_conv): in the ELBO
+                sums[2] += out["kl_extra"].double()
+            if "post_mean" in out:
                 moments = _add_moments(moments, out["post_mean"].double())
     model.train(was_training)
-    nll, kl = sums.tolist()
-    elbo = (nll + kl) / max(tokens, 1)
+    nll, kl, kl_extra = sums.tolist()
+    elbo = (nll + kl + kl_extra) / max(tokens, 1)
     return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
             "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
-            "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets}
+            "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets,
+            **({"kl_extra_per_utt": kl_extra / max(targets, 1)} if kl_extra else {})}
 
 
 def _add_moments(moments, x: torch.Tensor):
