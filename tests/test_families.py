@@ -163,3 +163,23 @@ def test_a_checkpoint_of_todays_format_still_answers_as_before():
     assert [r[1] for r in rows] == pytest.approx([-4.422762976752387, -4.695913632710774, -4.881067487928602])
     assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."]) == \
         pytest.approx([0.25901876177106586, 0.1969212618741122])
+
+
+@pytest.mark.slow   # subprocesses: the command as a user runs it
+def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+    table = tmp_path / "table"
+    r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "4",
+                        "--rows", "hred,dialogwae-gmp", "--max-contexts", "4", "--rank-contexts", "4",
+                        "--iw-samples", "2", "--out-dir", str(tmp_path / "runs"), "--table", str(table),
+                        f"data_dir={data_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "table.json").read_text())
+    assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp"]
+    for row in result["rows"]:
+        assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
+    md = (tmp_path / "table.md").read_text()
+    assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md

@@ -15,7 +15,7 @@ from . import cli
 
 # subcommand: (module, what it does)
 COMMANDS = {
-    "train": ("vhred.train", "train VHRED or HRED on DailyDialog or your own JSONL dialogues"),
+    "train": ("vhred.train", "train a model (VHRED, HRED, CVAE, VHCR, DialogWAE) on DailyDialog or your own JSONL dialogues"),
     "chat": ("vhred.chat", "talk to a trained model in the terminal"),
     "generate": ("vhred.generate", "decode responses for each context of a JSONL file"),
     "eval": ("vhred.evaluate", "multi-sample BLEU, distinct-n and likelihood on a split"),
@@ -23,6 +23,7 @@ COMMANDS = {
     "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
     "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
+    "compare": ("vhred.compare", "train every model family for the same steps and tabulate their test metrics"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),
 }
 

@@ -84,7 +84,7 @@ def forward_flops(arch, vocab: int, batch) -> float:
     Backward costs about twice the forward, so a training step is 3x this.
     """
     E, Hu, Hc, Hd, V, L = arch.emb_dim, arch.utt_hidden, arch.ctx_hidden, arch.dec_hidden, vocab, arch.latent_hidden
-    Z = arch.z_dim if arch.model == "vhred" else 0
+    Z = arch.z_dim if arch.model != "hred" else 0   # the latent families: VHCR and DialogWAE add a little more
     C = Hc + Z
     U, B = len(batch.lens), len(batch.turns)
     enc_tokens = int((batch.lens - 1).sum())
