@@ -101,6 +101,8 @@ def posterior_stats(model, sp, cfg, dialogues: list[list[str]], batch: int = 64)
     for i in range(0, len(wins), batch):
         b = collate(wins[i:i + batch]).to(device)
         out = model(b.tokens, b.lens, b.turns)                              # targets in window order
+        if "kl" not in out:
+            raise InputError(f"{model.cfg.model} has no Gaussian posterior and prior to plot (no KL per dimension)")
         means.append(out["post_mean"].cpu())
         kls.append(out["kl"].cpu())
     return torch.cat(means), torch.cat(kls), torch.tensor(where)
