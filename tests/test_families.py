@@ -183,3 +183,21 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
         assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
     md = (tmp_path / "table.md").read_text()
     assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md
+
+
+@pytest.mark.slow   # subprocesses under torchrun
+@pytest.mark.parametrize("family", [["model=vhcr"], ["model=dialogwae", "gmp_components=3"]])
+def test_the_families_with_their_own_wiring_train_under_torchrun(family, dailydialog_zip, data_dir, tmp_path):
+    """VHCR (a KL outside the utterance latents) and DialogWAE (a gradient penalty inside
+    forward) train data-parallel on two processes through the one trainer."""
+    import subprocess
+    import sys
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *family,
+                        f"data_dir={data_dir}", f"out_dir={tmp_path}", "name=ddp", "max_steps=6", "save_every=3"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = checkpoint.load(str(tmp_path / "ddp" / "last.pt"))
+    assert state["progress"]["step"] == 6 and state["config"]["arch"]["model"] == family[0].split("=")[1]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
