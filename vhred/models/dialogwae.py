@@ -19,8 +19,9 @@ weights (the critic's weights are held fixed in L_G, the critic reads detached c
 and the generators read a detached context as in their train_G), so the step is a simultaneous
 update of the three players (one critic update per generator update, where their code takes
 n_iters_d = 5). That keeps training, resuming and torchrun the same as for every family.
-Their BatchNorm layers are left out: a gradient penalty is defined per sample, which batch
-statistics break (Gulrajani et al. advise against BatchNorm in the critic).
+The critic has no BatchNorm (theirs has): a gradient penalty is defined per sample, which batch
+statistics break (Gulrajani et al. advise against BatchNorm in the critic); the generators keep
+theirs (decoding runs in eval mode, so each reply still depends only on its own noise).
 
 No likelihood bound with a posterior exists (q(z | c, x) is implicit), so the test bound and
 ranking use the prior as the proposal: log p(x | c) >= E log 1/K sum_k p(x | c, z_k), z_k ~ p(z | c)
@@ -36,13 +37,15 @@ from torch.func import functional_call
 from ..errors import InputError
 from .layers import GaussianNet, Hierarchical, reparameterize
 
-GP_WEIGHT = 10.0   # lambda_gp of their config
+GP_WEIGHT = 10.0          # lambda_gp of their config
+POSTERIOR_SAMPLES = 8     # draws of e that estimate E_q[z] for active units
 
 
 def generator(z_dim: int) -> nn.Module:
-    """Noise to code: three linear layers with ReLUs between (their generators, less BatchNorm)."""
-    return nn.Sequential(nn.Linear(z_dim, z_dim), nn.ReLU(), nn.Linear(z_dim, z_dim), nn.ReLU(),
-                         nn.Linear(z_dim, z_dim))
+    """Noise to code: three linear layers, BatchNorm and ReLU between (their generators). Without
+    the BatchNorm the ReLUs died in tiny runs and every response got the same code."""
+    return nn.Sequential(nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(),
+                         nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(), nn.Linear(z_dim, z_dim))
 
 
 def gradient_penalty(critic, z_prior, z_post, ctx, alpha):
@@ -113,9 +116,16 @@ class DialogWAE(Hierarchical):
         """z = G_p(e), e ~ p(e | c) from the rows' normals eps (T, noise_dim)."""
         return self.prior_generator(self.prior_noise(ctx, eps)).float()
 
-    def posterior_code(self, ctx, enc, mean_only: bool = False):
+    def posterior_code(self, ctx, enc):
+        """z_q = G_q(e), e ~ q(e | c, x): (T, Z)."""
         mean, logvar = self.posterior_net(torch.cat([ctx, enc], dim=-1))
-        return self.posterior_generator(mean if mean_only else reparameterize(mean, logvar)).float()
+        return self.posterior_generator(reparameterize(mean, logvar)).float()
+
+    def posterior_mean(self, ctx, enc, samples: int = POSTERIOR_SAMPLES):
+        """E_q[z | c, x] estimated over `samples` draws of e: the analogue of a Gaussian posterior's
+        mean, for counting active units (G_q of e's mean is not: G_q is not linear)."""
+        rep = lambda x: x.repeat(samples, 1)
+        return self.posterior_code(rep(ctx), rep(enc)).view(samples, len(ctx), -1).mean(0)
 
     def prior(self, ctx):
         raise InputError("DialogWAE's prior is implicit (noise through a generator): it has no mean and "
@@ -126,13 +136,13 @@ class DialogWAE(Hierarchical):
     def forward(self, tokens, lens, turns):
         """Training: nll of the responses decoded from z_q, and "extra", the generators' and the
         critic's losses (scaled per token like the nll). Evaluation: nll decoded from one z of the
-        prior (one sample of the bound). post_mean: G_q(mu_q), for counting active units."""
+        prior (one sample of the bound). post_mean: E_q[z] (posterior_mean), for counting active units."""
         enc, ctx, tgt_tokens, tgt_lens = self.targets(tokens, lens, turns)
         n_tokens = int(tgt_lens.sum())
         if not self.training:
             z = self.sample_prior(ctx, None)
             return {"nll": self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z)),
-                    "n_tokens": n_tokens, "post_mean": self.posterior_code(ctx, enc, mean_only=True)}
+                    "n_tokens": n_tokens, "post_mean": self.posterior_mean(ctx, enc)}
         z_q = self.posterior_code(ctx, enc)                                 # (T, Z) through everything
         out = {"nll": self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z_q)),
                "n_tokens": n_tokens, "post_mean": z_q.detach()}
