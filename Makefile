@@ -13,7 +13,7 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench bench-scale bench-serve chat serve eval gpu-check clean-venv
+.PHONY: venv train test bench bench-scale bench-serve chat serve eval compare gpu-check clean-venv
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
 	$(BIN)/python -m vhred.evaluate --checkpoint $(RUN) $(ARGS)
 	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
+
+# Every model family trained for the same steps and evaluated alike, one table in docs/ (docs/models.md)
+compare: $(STAMP)
+	$(BIN)/python -m vhred.compare $(ARGS)
 
 chat: $(STAMP)
 	$(BIN)/python -m vhred.chat $(ARGS)

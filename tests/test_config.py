@@ -20,7 +20,7 @@ def test_unknown_key_suggests_the_nearest():
 
 @pytest.mark.parametrize("override,message", [
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
-    ("emb_dim=-4", "must be positive"), ("model=gpt", "vhred or hred"), ("z_dim", "key=value"),
+    ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
     ("word_dropout=1.5", "below 1"),
 ])
 def test_bad_values_are_refused(override, message):

@@ -136,7 +136,7 @@ def test_user_errors_are_one_line(args, message):
 
 def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch):
     from vhred import train as train_mod
-    from vhred.model import VHRED
+    from vhred.models import VHRED   # the tiny config's family
     real_forward = VHRED.forward
     calls = {"n": 0}
 

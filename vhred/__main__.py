@@ -15,7 +15,7 @@ from . import cli
 
 # subcommand: (module, what it does)
 COMMANDS = {
-    "train": ("vhred.train", "train VHRED or HRED on DailyDialog or your own JSONL dialogues"),
+    "train": ("vhred.train", "train a model (VHRED, HRED, CVAE, VHCR, DialogWAE) on DailyDialog or your own JSONL dialogues"),
     "chat": ("vhred.chat", "talk to a trained model in the terminal"),
     "generate": ("vhred.generate", "decode responses for each context of a JSONL file"),
     "eval": ("vhred.evaluate", "multi-sample BLEU, distinct-n and likelihood on a split"),
@@ -25,6 +25,7 @@ COMMANDS = {
     "plot": ("vhred.plot", "draw a run's training curves to curves.png"),
     "export": ("vhred.export", "write a run as model.safetensors + config.json + tokenizer.model + model card"),
     "rate": ("vhred.rate", "blind rating: write a pack of replies (rate pack), score a rater's answers (rate score)"),
+    "compare": ("vhred.compare", "train every model family for the same steps and tabulate their test metrics"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),
     "checkpoint": ("vhred.checkpoint", "upgrade a format-1 checkpoint you trust; time the integrity checks"),
 }

@@ -44,9 +44,9 @@ def chat_latency(cfg, vocab: int, device="cpu", repeats: int = 20) -> float:
     """Median milliseconds of one chat turn on `device` (the run's): encode a 5-turn history,
     decode 10 x 30 tokens."""
     from .generate import DecodeOptions, generate
-    from .model import VHRED
+    from .models import build
     torch.manual_seed(0)
-    model = VHRED(cfg.arch, vocab).to(device).eval()   # latency depends on sizes, not on trained weights
+    model = build(cfg.arch, vocab).to(device).eval()   # latency depends on sizes, not on trained weights
     history = [torch.randint(4, vocab, (15,)).tolist() for _ in range(5)]
     # no early <eos>: full length; decoding only (ranking costs more: see the serving bench)
     opts = DecodeOptions(num_samples=10, max_len=30, min_len=30, rank="none", dedup=False)
@@ -90,7 +90,7 @@ def forward_flops(arch, vocab: int, batch) -> float:
     Backward costs about twice the forward, so a training step is 3x this.
     """
     E, Hu, Hc, Hd, V, L = arch.emb_dim, arch.utt_hidden, arch.ctx_hidden, arch.dec_hidden, vocab, arch.latent_hidden
-    Z = arch.z_dim if arch.model == "vhred" else 0
+    Z = arch.z_dim if arch.model != "hred" else 0   # the latent families: VHCR and DialogWAE add a little more
     C = Hc + Z
     U, B = len(batch.lens), len(batch.turns)
     enc_tokens = int((batch.lens - 1).sum())
@@ -262,7 +262,7 @@ def untrained_checkpoint(config: str, overrides: list[str]) -> str:
     from dataclasses import asdict
     from . import checkpoint
     from .dataset import prepare
-    from .model import VHRED
+    from .models import build
     cfg = load(config, [f"name=serve-{os.path.splitext(os.path.basename(config))[0]}", "out_dir=runs/bench", *overrides])
     folder = prepare(cfg)   # the tokenizer: a cached one when the data was prepared before
     with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
@@ -270,7 +270,7 @@ def untrained_checkpoint(config: str, overrides: list[str]) -> str:
     with open(os.path.join(folder, "meta.json")) as f:
         vocab = json.load(f)["vocab_size"]
     torch.manual_seed(cfg.seed)
-    model = VHRED(cfg.arch, vocab)
+    model = build(cfg.arch, vocab)
     path = os.path.join(cfg.out_dir, cfg.name, "untrained.pt")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     checkpoint.save({"model": model.state_dict(), "config": asdict(cfg), "tokenizer": checkpoint.as_tensor(tokenizer),

@@ -106,7 +106,7 @@ class Chat:
                 self.note(f"(unknown command /{name}; /help lists them)")
             else:
                 run(arg.strip())
-        except CommandError as e:
+        except (CommandError, InputError) as e:   # InputError: what this model cannot do (DialogWAE's /prior)
             self.note(f"({e})")
         except (ValueError, OverflowError):   # int() / float() of the argument
             self.note(f"(/{name} needs a number)")

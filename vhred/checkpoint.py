@@ -248,7 +248,7 @@ def as_tensor(data: bytes) -> torch.Tensor:
 def load_model(path: str, device="cpu"):
     """(model in eval mode, config, tokenizer) from a checkpoint file, a run folder or an
     exported model folder (read with safetensors, never torch.load)."""
-    from .model import VHRED
+    from .models import build
     from .tokenizer import load_tokenizer
     path = resolve(path)
     state = modelfolder.read(path) if os.path.isdir(path) else load(path)
@@ -258,7 +258,7 @@ def load_model(path: str, device="cpu"):
     except (RuntimeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
     _check_shapes(state["model"], cfg, sp.get_piece_size(), path)
-    model = VHRED(cfg.arch, sp.get_piece_size())
+    model = build(cfg.arch, sp.get_piece_size())
     model.blank_ids = [i for i in range(sp.get_piece_size()) if sp.id_to_piece(i) == "\u2581"]   # "▁" alone
     try:
         model.load_state_dict(state["model"])
@@ -272,9 +272,9 @@ def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:
     """Compare the weights' shapes with those the config describes, on the meta device (no
     memory): a config that claims emb_dim=2^31-1 beside small weights is refused before the
     model would be allocated."""
-    from .model import VHRED
+    from .models import build
     with torch.device("meta"):
-        want = {k: tuple(v.shape) for k, v in VHRED(cfg.arch, vocab).state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in build(cfg.arch, vocab).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in weights.items()}
     if want != have:
         diff = sorted(set(want) ^ set(have)) or [k for k in want if want[k] != have[k]]
@@ -302,9 +302,9 @@ def measure(config_path: str, repeat: int = 5) -> dict:
     from dataclasses import asdict
 
     from .config import load as load_config
-    from .model import VHRED
+    from .models import build
     cfg = load_config(config_path, [])
-    model = VHRED(cfg.arch, cfg.vocab_size)
+    model = build(cfg.arch, cfg.vocab_size)
     opt = torch.optim.AdamW(model.parameters())
     for p in model.parameters():   # one step, so the optimiser holds its two moments per weight
         p.grad = torch.zeros_like(p)

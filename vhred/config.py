@@ -23,7 +23,7 @@ MAX_INT = 2 ** 31 - 1   # sizes, steps and seeds all fit in a C int
 class ModelConfig:
     """The network and its regularisers: everything VHRED reads. Its vocabulary size is the
     tokenizer's, which travels with the checkpoint."""
-    model: str = "vhred"          # "vhred", or "hred" (the same network without the latent z)
+    model: str = "vhred"          # the family (vhred/models/): vhred, hred (no latent z), cvae, vhcr, dialogwae
     emb_dim: int = 256            # word embedding size
     utt_hidden: int = 512         # utterance-encoder GRU width, per direction
     ctx_hidden: int = 512         # context GRU width
@@ -33,7 +33,9 @@ class ModelConfig:
     tie_embeddings: bool = True   # share input embedding and output softmax weights
     dropout: float = 0.0          # dropout on embeddings and decoder outputs
     word_dropout: float = 0.25    # decoder inputs replaced by <unk> (Bowman et al. 2016; VHRED)
-    bow_weight: float = 0.0       # bag-of-words loss on z (Zhao et al. 2017); > 0 adds its head
+    bow_weight: float = 0.0       # bag-of-words loss on z (Zhao et al. 2017); > 0 adds its head (cvae: 1 unless given)
+    gmp_components: int = 1       # dialogwae: Gaussian-mixture prior components (> 1: DialogWAE-GMP; theirs 3)
+    utterance_drop: float = 0.25  # vhcr: context-RNN inputs replaced by a learned vector (Park et al. 2018)
 
 
 @dataclass
@@ -210,8 +212,11 @@ def _read_yaml(path: str) -> dict:
 
 
 def load(path: str | None, overrides: list[str]) -> Config:
-    """Config file, then `key=value` overrides; validated."""
-    cfg = from_dict(_read_yaml(path) if path else {})
+    """Config file, then `key=value` overrides, then the family's own defaults for the model
+    keys neither gave (vhred/models/: CVAE's bag-of-words loss); validated."""
+    values = _read_yaml(path) if path else {}
+    cfg = from_dict(values)
+    given = {_place(k)[1] for k in values if k != "arch"} | {_place(f"arch.{k}")[1] for k in values.get("arch") or {}}
     for item in overrides:
         key, eq, text = item.partition("=")
         key = key.lstrip("-")
@@ -219,6 +224,8 @@ def load(path: str | None, overrides: list[str]) -> Config:
             raise ConfigError(f"override '{item}' should look like key=value")
         section, name = _place(key)
         setattr(cfg.arch if section is ARCH else cfg, name, _parse_value(key, text, section[name]))
+        given.add(name)
+    _family_defaults(cfg, given)
     if not cfg.name:
         stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
         if cfg.data != "dailydialog":   # a run of your own data is named after it: <data>-<config>-<model>
@@ -228,17 +235,24 @@ def load(path: str | None, overrides: list[str]) -> Config:
     return cfg
 
 
+def _family_defaults(cfg: Config, given: set) -> None:
+    from .models import family_defaults   # the registry imports this module: looked up when used
+    for key, value in family_defaults(cfg.arch.model).items():
+        if key not in given:
+            setattr(cfg.arch, key, value)
+
+
 POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
-            "log_every", "emb_dim", "utt_hidden", "ctx_hidden", "dec_hidden", "latent_hidden")
+            "log_every", "emb_dim", "utt_hidden", "gmp_components", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
-                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight")
+                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop")
 # Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
-        "z_dim": 8192, "latent_hidden": 8192}
-CHOICES = {"model": ("vhred", "hred"), "kl_schedule": ("linear", "cyclical", "constant"),
+        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024}
+CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 
 
@@ -271,18 +285,19 @@ def validate(cfg: Config) -> None:
     for key, cap in CAPS.items():
         if _value(cfg, key) > cap:
             raise ConfigError(f"{key} may be at most {cap:,}, got {_value(cfg, key)} (see docs/limits.md)")
-    for key, allowed in CHOICES.items():
+    from .models import FAMILIES   # the registry imports this module: looked up when used
+    for key, allowed in {"model": tuple(FAMILIES), **CHOICES}.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{_value(cfg, key)}'")
     _check_relations(cfg)
 
 
 def _check_relations(cfg: Config) -> None:
-    if cfg.arch.model == "vhred" and cfg.arch.z_dim <= 0:
-        raise ConfigError("z_dim must be positive for vhred (use model=hred for no latent)")
+    if cfg.arch.model != "hred" and cfg.arch.z_dim <= 0:
+        raise ConfigError(f"z_dim must be positive for {cfg.arch.model} (use model=hred for no latent)")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
-    for key in ("dropout", "word_dropout"):
+    for key in ("dropout", "word_dropout", "utterance_drop"):
         if getattr(cfg.arch, key) >= 1:
             raise ConfigError(f"{key} must be below 1, got {getattr(cfg.arch, key)}")
     if cfg.lr <= 0:
@@ -299,7 +314,7 @@ def _check_relations(cfg: Config) -> None:
 def warnings(cfg: Config, total_steps: int) -> list[str]:
     """Likely mistakes, once the length of the run is known."""
     out = []
-    if cfg.arch.model == "vhred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total_steps:
+    if cfg.arch.model != "hred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total_steps:
         out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
                    f"({total_steps} steps): the KL weight never reaches kl_max")
     return out

@@ -30,7 +30,7 @@ from .cli import check_output, command, json_line, output_file, program, text_li
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
-from .model import VHRED
+from .models.layers import Hierarchical as Model
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD
 
@@ -138,24 +138,21 @@ def keyed_noise(seeds: list[int], z_dim: int, steps: int, device) -> tuple[torch
     return torch.stack(eps).to(device), torch.stack(u).to(device)           # (B, Z), (B, steps)
 
 
-def context_states(model: VHRED, contexts: list[list[list[int]]]) -> torch.Tensor:
+def context_states(model: Model, contexts: list[list[list[int]]]) -> torch.Tensor:
     """The context RNN's state after the last turn of each context: (C, Hc)."""
     b = collate(contexts).to(next(model.parameters()).device)
     return model.final_states(b.tokens, b.lens, b.turns)                   # (C, Hc)
 
 
-def conditions(model: VHRED, ctx: torch.Tensor, n: int, eps: torch.Tensor, z=None) -> torch.Tensor:
+def conditions(model: Model, ctx: torch.Tensor, n: int, eps: torch.Tensor, z=None) -> torch.Tensor:
     """[h, z] for n samples per context, z ~ p(z | context) with the rows' normals eps (C*n, Z),
     or each context's given z (C, Z; a row of NaN for none): (C, Hc) -> (C*n, Hc + Z)."""
     ctx = ctx.repeat_interleave(n, dim=0)                                   # (C*n, Hc)
-    if not model.latent:
-        return ctx
-    mean, logvar = model.prior(ctx)                                         # (C*n, Z) each
-    sampled = mean + torch.exp(0.5 * logvar) * eps
-    if z is not None:   # a context's given z; a row of NaN: draw it from the prior
+    sampled = model.sample_prior(ctx, eps)                                  # (C*n, Z), None without a latent
+    if z is not None and sampled is not None:   # a context's given z; a row of NaN: draw it from the prior
         given = z.to(ctx).repeat_interleave(n, dim=0)
         sampled = torch.where(torch.isnan(given), sampled, given)
-    return torch.cat([ctx, sampled], dim=-1)
+    return model.condition(ctx, sampled)
 
 
 class Response(tuple):
@@ -170,7 +167,7 @@ class Response(tuple):
 
 def _responses(ids, scores, cond, model, n: int) -> list[list[Response]]:
     """Rows of (ids, score) grouped n per context, each with the z of its row of cond."""
-    z = cond[:, cond.shape[1] - model.cfg.z_dim:].float().cpu() if model.latent else None
+    z = cond[:, cond.shape[1] - model.z_dim:].float().cpu() if model.latent else None
     rows = [Response(i, s, None if z is None else z[k]) for k, (i, s) in enumerate(zip(ids, scores))]
     return [rows[c:c + n] for c in range(0, len(rows), n)]
 
@@ -291,7 +288,7 @@ def _host_to(values: list, device, dtype=torch.long) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:
+def generate(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:
     """For each context (a list of utterances as token ids), opts.num_samples responses as
     Response (token ids, score; .z), all contexts and samples decoded as one batch. The score is
     the ranking score (opts.rank, best first) or, with rank "none", the per-token log-likelihood
@@ -304,7 +301,7 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
     n = opts.num_samples
     seeds = [row_seed(opts.seed, ctx, i) for ctx in contexts for i in range(n)]
     steps = opts.max_len + 1 if opts.method == "sample" else 0
-    eps, u = keyed_noise(seeds, model.cfg.z_dim if model.latent else 0, steps, device)
+    eps, u = keyed_noise(seeds, model.noise_dim, steps, device)
     ctx = context_states(model, contexts)                                   # (C, Hc)
     if opts.method == "beam" and not model.latent:   # one distribution per context: its n best beams
         ids, scores = beam_search(model, ctx, opts, n)
@@ -322,7 +319,7 @@ def generate(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
     return _rank(model, contexts, results, opts) if opts.rank != "none" else results
 
 
-def candidates(model: VHRED, contexts: list[list[list[int]]], opts: DecodeOptions,
+def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions,
                same=None, z=None, keep=None) -> list[list[Response]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     2N are drawn and the first N kept (so N distinct ones usually remain, and ranked, they are
@@ -550,7 +547,7 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
         return None
     if not model.latent:
         raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
-    Z = model.cfg.z_dim
+    Z = model.z_dim
     for z in zs:
         if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(map(_z_element, z))):
             raise InputError(f"a z must be a list of {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "

@@ -23,7 +23,7 @@ from . import checkpoint
 from .cli import command, program
 from .config import ModelConfig, load
 from .device import pick_device
-from .model import VHRED
+from .models import build
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "tiny.yaml")
@@ -34,7 +34,7 @@ def gru_kernels(device: torch.device) -> dict:
     from torch.profiler import ProfilerActivity, profile
     arch = ModelConfig() if device.type == "cuda" else ModelConfig(  # the reference sizes; tiny on a CPU
         emb_dim=16, utt_hidden=16, ctx_hidden=16, dec_hidden=16, z_dim=4, latent_hidden=16)
-    model = VHRED(arch, 5000).to(device)
+    model = build(arch, 5000).to(device)
     seen = {}
     for name in ("utt_rnn", "ctx_rnn", "dec_rnn"):
         getattr(model, name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: str(o[1].dtype)}))

@@ -22,7 +22,6 @@ from .device import pick_device
 from .errors import InputError
 from .generate import (DecodeOptions, context_states, encode_turns, newest_checkpoint, response_text,
                        sample_tokens, spaced)
-from .model import gaussian_kl
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
 
@@ -43,7 +42,7 @@ def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30) 
     _require_latent(model)
     ctx = context_states(model, [context])                                  # (1, Hc)
     z = z.to(ctx.device, ctx.dtype)
-    cond = torch.cat([ctx.expand(len(z), -1), z], dim=-1)                   # (K, Hc + Z)
+    cond = model.condition(ctx.expand(len(z), -1), z)                       # (K, Hc + Z)
     opts = DecodeOptions(num_samples=len(z), max_len=max_len, method="greedy")
     ids, logp = sample_tokens(model, cond, opts, None)
     return [(x, lp / (len(x) + 1)) for x, lp in zip(ids, logp.tolist())]
@@ -104,11 +103,11 @@ def posterior_stats(model, sp, cfg, dialogues: list[list[str]], batch: int = 64)
     means, kls = [], []
     for i in range(0, len(wins), batch):
         b = collate(wins[i:i + batch]).to(device)
-        enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)          # targets in window order
-        mean_p, logvar_p = model.prior(ctx)
-        mean_q, logvar_q = model.posterior(ctx, enc)
-        means.append(mean_q.cpu())
-        kls.append(gaussian_kl(mean_q, logvar_q, mean_p, logvar_p).cpu())
+        out = model(b.tokens, b.lens, b.turns)                              # targets in window order
+        if "kl" not in out:
+            raise InputError(f"{model.cfg.model} has no Gaussian posterior and prior to plot (no KL per dimension)")
+        means.append(out["post_mean"].cpu())
+        kls.append(out["kl"].cpu())
     return torch.cat(means), torch.cat(kls), torch.tensor(where)
 
 

@@ -25,7 +25,6 @@ import torch
 
 from .dataset import collate
 from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
-from .model import gaussian_log_density
 
 KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
 FAMILY = KINDS + ("mmi",)   # and the family with lambda and gamma
@@ -58,20 +57,10 @@ def _log_likelihood_batch(model, contexts, responses, k: int, seed: int):
     ctx = context_states(model, contexts)                                   # (P, Hc)
     b = collate([[r] for r in responses]).to(device)                        # P one-turn dialogues
     lens = b.lens - 1                                                       # |r| + 1: words and <eos>
-    if not model.latent:   # no latent: the likelihood is exact
-        return (-model.reconstruction_nll(b.tokens, lens, ctx)).tolist(), lens.tolist()
-    enc = model.encode_utterances(b.tokens[:, 1:], lens)                    # (P, 2*Hu)
-    mean_p, logvar_p = model.prior(ctx)                                     # (P, Z) each
-    mean_q, logvar_q = model.posterior(ctx, enc)
-    P, Z = mean_q.shape
     seeds = [row_seed(seed, c, r, i) for c, r in zip(contexts, responses) for i in range(k)]
-    eps, _ = keyed_noise(seeds, Z, 0, device)                               # (P*K, Z)
-    rep = lambda x: x.repeat_interleave(k, dim=0)                           # (P, ...) -> (P*K, ...)
-    z = rep(mean_q) + torch.exp(0.5 * rep(logvar_q)) * eps                  # (P*K, Z) z ~ q
-    nll = model.reconstruction_nll(rep(b.tokens), rep(lens), torch.cat([rep(ctx), z], dim=-1))
-    w = -nll + gaussian_log_density(z, rep(mean_p), rep(logvar_p)) \
-        - gaussian_log_density(z, rep(mean_q), rep(logvar_q))               # (P*K,) log weights
-    bound = torch.logsumexp(w.view(P, k), dim=1) - math.log(k)              # (P,)
+    eps, _ = keyed_noise(seeds, model.noise_dim, 0, device)                 # (P*K, noise)
+    w = model.response_log_weights(ctx, b.tokens, lens, eps)                # (P, K'), K' = 1 when exact
+    bound = torch.logsumexp(w, dim=1) - math.log(w.shape[1])                # (P,)
     return bound.tolist(), lens.tolist()
 
 

@@ -23,7 +23,7 @@ from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, TrainingError
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
-from .model import VHRED, objective
+from .models import build
 from .schedule import kl_weight, learning_rate
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
@@ -132,7 +132,7 @@ class Run:
     def _setup_model(self):
         """The model over the tokenizer's vocabulary, its data-parallel wrapper and the optimiser."""
         torch.manual_seed(self.cfg.seed)
-        self.model = VHRED(self.cfg.arch, self.vocab_size).to(self.device)   # saved, validated, sampled
+        self.model = build(self.cfg.arch, self.vocab_size).to(self.device)   # saved, validated, sampled
         self.net = self.model                                      # what the training step runs
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -311,7 +311,7 @@ class Run:
         tokens = max(int(self.train_data.n_tokens[indices].sum()), 1)   # all ranks' targets
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(b.tokens, b.lens, b.turns)
-            loss_sum = objective(out, beta, cfg.free_bits, cfg.arch.bow_weight, n_tokens=1)
+            loss_sum = self.model.objective(out, beta, cfg.free_bits, n_tokens=1)
         self.opt.zero_grad(set_to_none=True)
         (loss_sum * (self.world / tokens)).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

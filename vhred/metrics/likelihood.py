@@ -41,9 +41,9 @@ def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int =
     """
     device = next(model.parameters()).device
     rank, world = shard
-    z_dim = model.cfg.z_dim if model.latent else 0
-    # NLL, KL, tokens, targets, then the posterior means' count, sums and sums of squares
-    sums = torch.zeros(5 + 2 * z_dim, dtype=torch.float64, device=device)
+    z_dim = model.z_dim   # 0 for a family without a latent
+    # NLL, KL, other KL, tokens, targets, then the posterior means' count, sums and sums of squares
+    sums = torch.zeros(6 + 2 * z_dim, dtype=torch.float64, device=device)
     was_training = model.training
     model.eval()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -60,25 +60,29 @@ def elbo_metrics(model, data, batch_size: int, max_batches: int = 0, seed: int =
 def _add_batch(sums: torch.Tensor, out: dict, z_dim: int):
     """Add one batch's NLL, KL, counts and posterior-mean moments to the running sums (on the device)."""
     sums[0] += out["nll"].sum().double()
-    sums[2] += out["n_tokens"]
-    sums[3] += len(out["nll"])
+    sums[3] += out["n_tokens"]
+    sums[4] += len(out["nll"])
     if "kl" in out:
-        mean = out["post_mean"].double()                                    # (T, Z)
         sums[1] += out["kl"].sum().double()
-        sums[4] += mean.shape[0]
-        sums[5:5 + z_dim] += mean.sum(0)
-        sums[5 + z_dim:] += (mean * mean).sum(0)
+    if "kl_extra" in out:   # a KL outside the per-utterance latents (VHCR's z_conv): in the ELBO
+        sums[2] += out["kl_extra"].double()
+    if "post_mean" in out:
+        mean = out["post_mean"].double()                                    # (T, Z)
+        sums[5] += mean.shape[0]
+        sums[6:6 + z_dim] += mean.sum(0)
+        sums[6 + z_dim:] += (mean * mean).sum(0)
 
 
 def _elbo_figures(sums: torch.Tensor, z_dim: int) -> dict:
     """The figures of elbo_metrics from its sums (one device-to-host read)."""
-    nll, kl, tokens, targets, n = sums[:5].tolist()
+    nll, kl, kl_extra, tokens, targets, n = sums[:6].tolist()
     tokens, targets = int(tokens), int(targets)
-    moments = (n, sums[5:5 + z_dim].cpu(), sums[5 + z_dim:].cpu()) if z_dim else None
-    elbo = (nll + kl) / max(tokens, 1)
+    moments = (n, sums[6:6 + z_dim].cpu(), sums[6 + z_dim:].cpu()) if z_dim else None
+    elbo = (nll + kl + kl_extra) / max(tokens, 1)
     return {"elbo_per_token": elbo, "ppl": perplexity(elbo), "nll_per_token": nll / max(tokens, 1),
             "ppl_nll": perplexity(nll / max(tokens, 1)), "kl_per_utt": kl / max(targets, 1),
-            "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets}
+            "active_units": active_units_from(moments), "tokens": tokens, "utterances": targets,
+            **({"kl_extra_per_utt": kl_extra / max(targets, 1)} if kl_extra else {})}
 
 
 def active_units_from(moments, threshold: float = 0.01) -> int:

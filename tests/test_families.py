@@ -1,0 +1,203 @@
+"""The model family (vhred/models/): every family trains, saves, loads, answers, scores and
+resumes bit for bit on the tiny config; the pieces that set the families apart are checked
+against independent computations."""
+import os
+
+import pytest
+import torch
+
+import vhred
+from vhred import checkpoint
+from vhred.config import ModelConfig
+from vhred.dataset import collate
+from vhred.models import FAMILIES, build
+from vhred.train import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "format1-tiny.pt")
+TINY = dict(emb_dim=16, utt_hidden=16, ctx_hidden=16, dec_hidden=16, z_dim=4, latent_hidden=16)
+LATENT = [name for name in FAMILIES if name != "hred"]
+quiet = lambda *_: None
+
+
+def _batch(vocab=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    dialogues = [[torch.randint(4, vocab, (int(n),), generator=g).tolist() for n in lens]
+                 for lens in ([3, 5, 2], [4, 1], [6, 2, 3, 2])]
+    return collate(dialogues)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_meets_the_contract_on_a_batch(family):
+    """forward gives the terms the trainer needs, the objective is finite and reaches every
+    weight it should, and the test bound's weights are finite."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model=family, **TINY), 40)
+    b = _batch()
+    out = model(b.tokens, b.lens, b.turns)
+    first = torch.cumsum(b.turns, 0) - b.turns                             # each dialogue's first utterance
+    targets = torch.ones(len(b.lens), dtype=torch.bool).index_fill(0, first, False)
+    assert out["nll"].shape == (6,) and out["n_tokens"] == int((b.lens[targets] - 1).sum())
+    loss = model.objective(out, beta=1.0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.embed.weight.grad.abs().sum() > 0
+    w, n = model.log_weights(b.tokens, b.lens, b.turns, 3)
+    assert torch.isfinite(w).all() and w.shape[1] == 3 and n == out["n_tokens"]
+    assert model.latent == (family != "hred") and ("post_mean" in out) == model.latent
+
+
+@pytest.mark.parametrize("family", LATENT + ["hred"])
+def test_each_family_trains_resumes_bit_for_bit_loads_answers_and_scores(family, tiny_cfg):
+    """A few tiny steps; a run stopped at step 6 and resumed to 12 ends with the weights of an
+    uninterrupted 12-step run; the checkpoint loads through the API, replies and scores."""
+    common = (f"model={family}", "save_every=6", "gmp_components=3" if family == "dialogwae" else "seed=1337")
+    full = train(tiny_cfg(*common, "max_steps=12", "name=full"), log=quiet)
+    train(tiny_cfg(*common, "max_steps=6", "name=split"), log=quiet)
+    resumed = train(tiny_cfg(*common, "max_steps=12", "name=split"), log=quiet)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    bot = vhred.load(full.dir, device="cpu")
+    assert bot.config.arch.model == family
+    replies = bot.respond(["hello , how are you ?"], n=3)
+    assert 1 <= len(replies) <= 3 and all(isinstance(r.text, str) for r in replies)
+    assert all((r.z is not None) == (family != "hred") for r in replies)
+    scores = bot.score(["where is the station ?"], ["turn left .", "i like apples ."])
+    assert len(scores) == 2 and all(s == s and abs(s) < 100 for s in scores)
+    assert scores == bot.score(["where is the station ?"], ["turn left .", "i like apples ."])   # seeded
+
+
+def test_cvae_has_its_bag_of_words_loss_by_default_and_can_turn_it_off(tiny_cfg):
+    assert tiny_cfg("model=cvae").arch.bow_weight == 1.0
+    assert tiny_cfg("model=cvae", "bow_weight=0").arch.bow_weight == 0.0
+    assert tiny_cfg("model=vhred").arch.bow_weight == 0.0
+    model = build(tiny_cfg("model=cvae").arch, 40)
+    b = _batch()
+    out = model(b.tokens, b.lens, b.turns)
+    assert out["bow"] > 0
+    with_bow = model.objective(out, beta=1.0)
+    assert with_bow > model.objective({k: v for k, v in out.items() if k != "bow"}, beta=1.0)
+
+
+def test_vhcr_utterance_drop_rate_measured_on_a_batch():
+    """The share of context-RNN inputs replaced by the learned vector is the configured rate."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="vhcr", utterance_drop=0.25, **TINY), 40).train()
+    enc = torch.randn(20_000, 2 * TINY["utt_hidden"])
+    dropped = (model.drop_utterances(enc) == model.unk_utterance).all(1).float().mean().item()
+    assert abs(dropped - 0.25) < 4 * (0.25 * 0.75 / 20_000) ** 0.5        # 4 standard errors
+    assert torch.equal(model.eval().drop_utterances(enc), enc)             # never when decoding
+
+
+def test_vhcr_elbo_counts_the_conversation_kl():
+    """forward's kl_extra is KL(q(z_conv) || N(0, I)) computed here independently from the
+    posterior the model gives, and the objective adds it with the KL weight."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="vhcr", **TINY), 40).eval()
+    b = _batch()
+    enc = model.encode_utterances(b.tokens[:, 1:], b.lens - 1)
+    mean, logvar = model.conv_posterior(enc, b.turns)
+    by_hand = 0.5 * (mean ** 2 + logvar.exp() - 1 - logvar).sum()
+    out = model(b.tokens, b.lens, b.turns)
+    assert torch.isclose(out["kl_extra"], by_hand, rtol=1e-5)
+    without = {k: v for k, v in out.items() if k != "kl_extra"}
+    gap = (model.objective(out, beta=0.5) - model.objective(without, beta=0.5)) * out["n_tokens"]
+    assert torch.isclose(gap, 0.5 * by_hand, rtol=1e-4)
+
+
+def test_gradient_penalty_on_hand_made_critics():
+    """Linear critic D(v) = a . v: the gradient in z is a's first Z entries everywhere, so the
+    penalty is (||a_z|| - 1)^2. Quadratic critic D(v) = sum z^2: the gradient is 2 z_hat."""
+    from vhred.models.dialogwae import gradient_penalty
+    Z, C = 3, 2
+    critic = torch.nn.Linear(Z + C, 1, bias=False)
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[3.0, 0.0, 4.0, 7.0, -1.0]]))    # ||a_z|| = 5
+    zp, zq, ctx = torch.randn(6, Z), torch.randn(6, Z), torch.randn(6, C)
+    alpha = torch.rand(6, 1)
+    assert torch.isclose(gradient_penalty(critic, zp, zq, ctx, alpha), torch.tensor(16.0))
+    square = lambda v: (v[:, :Z] ** 2).sum(1)
+    z_hat = alpha * zp + (1 - alpha) * zq
+    want = ((2 * z_hat).norm(dim=1) - 1).pow(2).mean()
+    assert torch.isclose(gradient_penalty(square, zp, zq, ctx, alpha), want)
+
+
+def test_dialogwae_losses_reach_only_their_own_players():
+    """The generators' loss leaves the critic alone, the critic's leaves the encoders alone."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).train()
+    b = _batch()
+    out = model(b.tokens, b.lens, b.turns)
+    extra_only = {"nll": out["nll"] * 0, "n_tokens": out["n_tokens"], "extra": out["extra"]}
+    model.objective(extra_only, beta=1.0).backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if n.startswith(("utt_rnn", "ctx_rnn", "dec_")))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("critic"))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("prior_generator"))
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("prior_net"))
+
+
+def test_dialogwae_gmp_prior_samples_pick_one_component_from_the_noise():
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).eval()
+    ctx = torch.randn(2, TINY["ctx_hidden"])
+    eps = torch.randn(2, model.noise_dim)
+    assert model.noise_dim == TINY["z_dim"] + 1
+    e = model.prior_noise(ctx, eps)
+    mean, logvar, log_pi = model.prior_net(ctx)
+    matches = [[torch.allclose(e[r], mean[r, k] + torch.exp(0.5 * logvar[r, k]) * eps[r, :-1]) for k in range(3)]
+               for r in range(2)]
+    assert all(sum(row) == 1 for row in matches)
+    assert torch.equal(model.sample_prior(ctx, eps), model.sample_prior(ctx, eps))   # keyed: repeatable
+
+
+def test_a_checkpoint_of_todays_format_still_answers_as_before():
+    """format1-tiny.pt, decoded and scored by the code before vhred/models/ existed (recorded
+    2026-11-29 from commit 9fdc002): the same words and scores."""
+    from vhred.generate import DecodeOptions, encode_turns, generate
+    from vhred.scoring import score
+    model, cfg, sp = checkpoint.load_model(FIXTURE)
+    ctx = encode_turns(sp, ["hello , how are you ?"], cfg.max_utt_len, cfg.max_context)
+    rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8))[0]
+    assert [sp.decode(r[0]) for r in rows] == ["ate won .   goll?", "can'  ski-", "I caroldGWed s"]
+    assert [r[1] for r in rows] == pytest.approx([-4.422762976752387, -4.695913632710774, -4.881067487928602])
+    assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."]) == \
+        pytest.approx([0.25901876177106586, 0.1969212618741122])
+
+
+@pytest.mark.slow   # subprocesses: the command as a user runs it
+def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_dir, tmp_path):
+    import json
+    import subprocess
+    import sys
+    table = tmp_path / "table"
+    r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "4",
+                        "--rows", "hred,dialogwae-gmp", "--max-contexts", "4", "--rank-contexts", "4",
+                        "--iw-samples", "2", "--out-dir", str(tmp_path / "runs"), "--table", str(table),
+                        f"data_dir={data_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "table.json").read_text())
+    assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp"]
+    for row in result["rows"]:
+        assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
+    md = (tmp_path / "table.md").read_text()
+    assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md
+
+
+@pytest.mark.slow   # subprocesses under torchrun
+@pytest.mark.parametrize("family", [["model=vhcr"], ["model=dialogwae", "gmp_components=3"]])
+def test_the_families_with_their_own_wiring_train_under_torchrun(family, dailydialog_zip, data_dir, tmp_path):
+    """VHCR (a KL outside the utterance latents) and DialogWAE (a gradient penalty inside
+    forward) train data-parallel on two processes through the one trainer."""
+    import subprocess
+    import sys
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *family,
+                        f"data_dir={data_dir}", f"out_dir={tmp_path}", "name=ddp", "max_steps=6", "save_every=3"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-2000:]
+    state = checkpoint.load(str(tmp_path / "ddp" / "last.pt"))
+    assert state["progress"]["step"] == 6 and state["config"]["arch"]["model"] == family[0].split("=")[1]
+    assert all(torch.isfinite(v).all() for v in state["model"].values())

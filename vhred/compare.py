@@ -1,0 +1,182 @@
+"""The model family compared on equal terms: python -m vhred.compare (vhred compare, make compare)
+
+Trains every family of vhred/models/ on one config's sizes for the same number of optimiser
+steps (several side by side, one CPU thread each), then evaluates each best.pt on the test
+split the same way:
+
+  DialogWAE's protocol  BLEU recall / precision / F1, intra/inter-dist-1/2, length
+                        (vhred eval --protocol dialogwae: 10 greedy responses per prior z)
+  likelihood            the test NLL bound per token (importance-weighted, K samples; for
+                        DialogWAE the prior-proposal bound, see vhred/models/dialogwae.py), the
+                        negative ELBO, KL per utterance and active units
+  ranking               R@1 and MRR of the true response among 10, by PMI and by likelihood
+
+and writes one table, Markdown and JSON, to docs/ (the command line that made it beside it).
+A run folder that is already trained to the step budget is evaluated again, not retrained.
+`--reference RUN` adds a row for a finished run (the reference config, `make train`).
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .cli import command, program
+from .errors import InputError
+
+# row name: the settings that make it (one family each; GMP is DialogWAE with a mixture prior)
+ROWS = {
+    "hred": ["model=hred"],
+    "vhred": ["model=vhred"],
+    "cvae": ["model=cvae"],
+    "vhcr": ["model=vhcr"],
+    "dialogwae": ["model=dialogwae", "gmp_components=1"],
+    "dialogwae-gmp": ["model=dialogwae", "gmp_components=3"],
+}
+COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BLEU P"), ("bleu-f1", "BLEU F1"),
+           ("intra-dist-1", "intra-1"), ("intra-dist-2", "intra-2"), ("inter-dist-1", "inter-1"),
+           ("inter-dist-2", "inter-2"), ("length", "len"), ("pmi_r1", "R@1 pmi"), ("pmi_mrr", "MRR pmi"),
+           ("ll_r1", "R@1 ll"), ("ll_mrr", "MRR ll"), ("nll_bound", "test NLL bound/token"),
+           ("elbo", "-ELBO/token"), ("kl_per_utt", "KL/utt"), ("active_units", "active units"),
+           ("train_minutes", "train min")]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
+    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per family, the same for all (default %(default)s)")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {', '.join(ROWS)} (default: all)")
+    p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each (default %(default)s)")
+    p.add_argument("--out-dir", default="runs/compare", help="run folders (default %(default)s)")
+    p.add_argument("--max-contexts", type=int, default=0, help="evaluate on the first N test contexts, 0 for all (default %(default)s)")
+    p.add_argument("--rank-contexts", type=int, default=0, help="rank the first N test contexts, 0 for all (default %(default)s)")
+    p.add_argument("--iw-samples", type=int, default=10, help="K of the test bound and of likelihood ranking (default %(default)s)")
+    p.add_argument("--reference", default="", help="a finished run folder to add as a row of its own (default: none)")
+    p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json (default %(default)s)")
+    p.add_argument("overrides", nargs="*", help="key=value settings for every row (e.g. data_dir=...)")
+    args = p.parse_args(argv)
+    rows = args.rows.split(",")
+    if unknown := [r for r in rows if r not in ROWS]:
+        raise InputError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if args.steps < 1 or args.jobs < 1 or args.max_contexts < 0 or args.rank_contexts < 0 or args.iw_samples < 1:
+        raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts and --rank-contexts not negative")
+    if args.reference and not os.path.isdir(args.reference):
+        raise InputError(f"--reference {args.reference}: no such run folder")
+    args.rows = rows
+    return args
+
+
+def _python(module: str, *argv: str, log: str) -> float:
+    """Run `python -m module argv` with one thread, its output to `log`; seconds it took."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.time()
+    with open(log, "a") as f:
+        r = subprocess.run([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+    if r.returncode != 0:
+        raise InputError(f"python -m {module} {' '.join(argv)} failed (exit {r.returncode}); see {log}")
+    return time.time() - t0
+
+
+def train_row(args, row: str) -> dict:
+    """Train one row to the step budget (resuming a folder that has part of it)."""
+    name = f"compare-{row}"
+    os.makedirs(args.out_dir, exist_ok=True)
+    seconds = _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
+                      f"name={name}", f"out_dir={args.out_dir}", *args.overrides,
+                      log=os.path.join(args.out_dir, f"{name}.log"))
+    return {"row": row, "dir": os.path.join(args.out_dir, name), "train_minutes": seconds / 60}
+
+
+def evaluate_row(args, row: str, run_dir: str) -> dict:
+    """The test-split metrics of a run folder's best.pt, read back from the files eval and rank write."""
+    log = os.path.join(run_dir, "compare-eval.log")
+    evaluate = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--protocol", "dialogwae", "--tag", "compare",
+                "--iw-samples", str(args.iw_samples), "--device", "cpu"]
+    if args.max_contexts:
+        evaluate += ["--max-contexts", str(args.max_contexts)]
+    _python("vhred.evaluate", *evaluate, log=log)
+    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", "cpu"]
+    if args.rank_contexts:
+        rank += ["--max-contexts", str(args.rank_contexts)]
+    _python("vhred.rank", *rank, log=log)
+    with open(os.path.join(run_dir, "results-dialogwae-test-compare.json")) as f:
+        ev = json.load(f)
+    with open(os.path.join(run_dir, "rank-test.json")) as f:
+        rk = json.load(f)
+    m = ev["metrics"]
+    out = {key: m[key] for key in ("bleu-recall", "bleu-precision", "bleu-f1", "intra-dist-1", "intra-dist-2",
+                                   "inter-dist-1", "inter-dist-2", "length", "kl_per_utt", "active_units")}
+    out.update(nll_bound=m[f"iw{args.iw_samples}_nll_per_token"], elbo=m["elbo_nll_per_token"],
+               contexts=m["contexts"], rank_contexts=rk["contexts"])
+    for kind in ("pmi", "ll"):
+        out[f"{kind}_r1"], out[f"{kind}_mrr"] = rk["metrics"][kind]["recall@1"], rk["metrics"][kind]["mrr"]
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = json.load(f)
+    out["model"], out["z_dim"] = cfg["arch"]["model"], cfg["arch"]["z_dim"]
+    progress = _last_step(run_dir)
+    out["steps"] = progress
+    return {"row": row, **out}
+
+
+def _last_step(run_dir: str) -> int:
+    """The step of the run's last validation (metrics.jsonl)."""
+    step = 0
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("split") == "val":
+                step = rec["step"]
+    return step
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    cols = [(k, title) for k, title in COLUMNS if any(k in r for r in rows)]
+    lines = [f"Made {header['date']} by `{header['command']}` on {header['machine']}; "
+             f"{rows[0].get('contexts', '?')} test contexts (DialogWAE's protocol), "
+             f"{rows[0].get('rank_contexts', '?')} ranked; test NLL bound with K = {header['iw_samples']}.", "",
+             "| row | " + " | ".join(t for _, t in cols) + " |", "|---|" + "---|" * len(cols)]
+    for r in rows:
+        cells = [_cell(r.get(k)) for k, _ in cols]
+        lines.append(f"| {r['row']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(v) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def machine() -> str:
+    import torch
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
+
+
+@command
+def main(argv=None):
+    args = parse_args(argv)
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as pool:   # each training is its own one-thread process
+        trained = list(pool.map(lambda row: train_row(args, row), args.rows))
+    runs = [(t["row"], t["dir"], t["train_minutes"]) for t in trained]
+    if args.reference:
+        runs.append(("reference", args.reference.rstrip("/"), None))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        rows = list(pool.map(lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs))
+    header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
+              "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
+              "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1)}
+    os.makedirs(os.path.dirname(args.table) or ".", exist_ok=True)
+    with open(args.table + ".json", "w") as f:
+        json.dump({**header, "rows": rows}, f, indent=1)
+    with open(args.table + ".md", "w") as f:
+        f.write(markdown(rows, header))
+    print(markdown(rows, header))
+    print(f"wrote {args.table}.md and .json ({header['minutes']} minutes)", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""DialogWAE (Gu et al. 2019, "DialogWAE: Multimodal Response Generation with Conditional
+Wasserstein Auto-Encoder"), and its Gaussian-mixture prior DialogWAE-GMP (gmp_components > 1).
+
+The latent z of a response x with context c = h_{n-1} is made by generators from Gaussian noise:
+
+    posterior  e ~ N(mu_q, sigma_q^2) = GaussianNet([c; enc(x)]),  z_q = G_q(e)
+    prior      e ~ N(mu_p, sigma_p^2) = GaussianNet(c),            z_p = G_p(e)
+    GMP prior  K components (mu_k, sigma_k) and weights pi = softmax(MLP(c)); e from component k
+    decoder    p(x | c, z), started from [c; z]
+    critic     D([z; c]), a Wasserstein critic with gradient penalty (Gulrajani et al. 2017):
+               L_D = E D(z_q) - E D(z_p) + lambda (||grad D(z_hat)|| - 1)^2,
+               z_hat = a z_p + (1 - a) z_q, a ~ U(0, 1), lambda = 10 (their lambda_gp)
+    generators L_G = E D(z_p) - E D(z_q)    (the two distributions are pulled together)
+    autoencoder L_AE = -log p(x | c, z_q)
+
+Their code updates the autoencoder, then the generators, then the critic, each with its own
+optimiser. Here the three updates share the trainer's one step: each loss reaches only its own
+weights (the critic's weights are held fixed in L_G, the critic reads detached codes in L_D,
+and the generators read a detached context as in their train_G), so the step is a simultaneous
+update of the three players (one critic update per generator update, where their code takes
+n_iters_d = 5). That keeps training, resuming and torchrun the same as for every family.
+The critic has no BatchNorm (theirs has): a gradient penalty is defined per sample, which batch
+statistics break (Gulrajani et al. advise against BatchNorm in the critic); the generators keep
+theirs (decoding runs in eval mode, so each reply still depends only on its own noise).
+
+No likelihood bound with a posterior exists (q(z | c, x) is implicit), so the test bound and
+ranking use the prior as the proposal: log p(x | c) >= E log 1/K sum_k p(x | c, z_k), z_k ~ p(z | c)
+(Jensen's inequality; looser than a posterior bound). Validation reports its K = 1 value.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..errors import InputError
+from .layers import GaussianNet, Hierarchical, reparameterize
+
+GP_WEIGHT = 10.0          # lambda_gp of their config
+POSTERIOR_SAMPLES = 8     # draws of e that estimate E_q[z] for active units
+
+
+def generator(z_dim: int) -> nn.Module:
+    """Noise to code: three linear layers, BatchNorm and ReLU between (their generators). Without
+    the BatchNorm the ReLUs died in tiny runs and every response got the same code."""
+    return nn.Sequential(nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(),
+                         nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(), nn.Linear(z_dim, z_dim))
+
+
+def gradient_penalty(critic, z_prior, z_post, ctx, alpha):
+    """(||d D([z_hat; c]) / d z_hat||_2 - 1)^2 averaged over rows, z_hat = alpha z_prior + (1 - alpha) z_post.
+    z_prior, z_post (T, Z), ctx (T, C), alpha (T, 1); the result keeps the graph (the critic learns from it)."""
+    z_hat = (alpha * z_prior + (1 - alpha) * z_post).detach().requires_grad_(True)
+    score = critic(torch.cat([z_hat, ctx], dim=-1))
+    grad, = torch.autograd.grad(score.sum(), z_hat, create_graph=True)
+    return ((grad.norm(2, dim=1) - 1) ** 2).mean()
+
+
+class MixturePrior(nn.Module):
+    """K Gaussian components over the noise e, and their weights, from the context."""
+
+    def __init__(self, in_dim: int, hidden: int, z_dim: int, k: int):
+        super().__init__()
+        self.k, self.z_dim = k, z_dim
+        self.components = GaussianNet(in_dim, hidden, z_dim * k)
+        self.weights = nn.Linear(in_dim, k)
+
+    def forward(self, ctx):
+        """means, logvars (T, K, Z) and log pi (T, K)."""
+        mean, logvar = self.components(ctx)
+        shape = (len(ctx), self.k, self.z_dim)
+        return mean.view(shape), logvar.view(shape), F.log_softmax(self.weights(ctx).float(), dim=-1)
+
+
+class DialogWAE(Hierarchical):
+    latent = True
+
+    def __init__(self, cfg, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        self.z_dim = Z = cfg.z_dim
+        Hc, Hu, H = cfg.ctx_hidden, cfg.utt_hidden, cfg.latent_hidden
+        self.k = cfg.gmp_components
+        self.prior_net = MixturePrior(Hc, H, Z, self.k) if self.k > 1 else GaussianNet(Hc, H, Z)
+        self.posterior_net = GaussianNet(Hc + 2 * Hu, H, Z)
+        self.prior_generator, self.posterior_generator = generator(Z), generator(Z)
+        self.critic = nn.Sequential(nn.Linear(Z + Hc, 2 * H), nn.LeakyReLU(0.2), nn.Linear(2 * H, 2 * H),
+                                    nn.LeakyReLU(0.2), nn.Linear(2 * H, 1))
+        self.build_decoder(Hc + Z)
+        self.init_weights()
+
+    @property
+    def noise_dim(self) -> int:
+        return self.z_dim + (1 if self.k > 1 else 0)   # GMP: one more normal picks the component
+
+    # --- codes ---
+
+    def prior_noise(self, ctx, eps=None):
+        """e ~ p(e | c): from the rows' normals eps (T, noise_dim), or fresh ones. GMP picks a
+        component by the inverse CDF of pi at Phi(eps_last) (a hard choice: their sampling takes
+        a Gumbel-softmax mix; training here mixes with Gumbel-softmax too, temperature 0.1)."""
+        if self.k == 1:
+            mean, logvar = self.prior_net(ctx)
+            return reparameterize(mean, logvar) if eps is None else mean + torch.exp(0.5 * logvar) * eps
+        mean, logvar, log_pi = self.prior_net(ctx)                          # (T, K, Z), (T, K, Z), (T, K)
+        if eps is None:
+            pick = F.gumbel_softmax(log_pi, tau=0.1, hard=False).unsqueeze(-1)            # (T, K, 1)
+            return (pick * reparameterize(mean, logvar)).sum(1)
+        u = 0.5 * (1 + torch.erf(eps[:, -1:] / math.sqrt(2)))                            # (T, 1) uniform
+        k = torch.searchsorted(log_pi.exp().cumsum(-1).contiguous(), u.contiguous()).clamp(max=self.k - 1)
+        rows = torch.arange(len(ctx), device=ctx.device)
+        k = k.squeeze(1)
+        return mean[rows, k] + torch.exp(0.5 * logvar[rows, k]) * eps[:, :-1]
+
+    def sample_prior(self, ctx, eps):
+        """z = G_p(e), e ~ p(e | c) from the rows' normals eps (T, noise_dim)."""
+        return self.prior_generator(self.prior_noise(ctx, eps)).float()
+
+    def posterior_code(self, ctx, enc):
+        """z_q = G_q(e), e ~ q(e | c, x): (T, Z)."""
+        mean, logvar = self.posterior_net(torch.cat([ctx, enc], dim=-1))
+        return self.posterior_generator(reparameterize(mean, logvar)).float()
+
+    def posterior_mean(self, ctx, enc, samples: int = POSTERIOR_SAMPLES):
+        """E_q[z | c, x] estimated over `samples` draws of e: the analogue of a Gaussian posterior's
+        mean, for counting active units (G_q of e's mean is not: G_q is not linear)."""
+        rep = lambda x: x.repeat(samples, 1)
+        return self.posterior_code(rep(ctx), rep(enc)).view(samples, len(ctx), -1).mean(0)
+
+    def prior(self, ctx):
+        raise InputError("DialogWAE's prior is implicit (noise through a generator): it has no mean and "
+                         "spread to show; sample replies instead")
+
+    # --- the contract ---
+
+    def forward(self, tokens, lens, turns):
+        """Training: nll of the responses decoded from z_q, and "extra", the generators' and the
+        critic's losses (scaled per token like the nll). Evaluation: nll decoded from one z of the
+        prior (one sample of the bound). post_mean: E_q[z] (posterior_mean), for counting active units."""
+        enc, ctx, tgt_tokens, tgt_lens = self.targets(tokens, lens, turns)
+        n_tokens = int(tgt_lens.sum())
+        if not self.training:
+            z = self.sample_prior(ctx, None)
+            return {"nll": self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z)),
+                    "n_tokens": n_tokens, "post_mean": self.posterior_mean(ctx, enc)}
+        z_q = self.posterior_code(ctx, enc)                                 # (T, Z) through everything
+        out = {"nll": self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z_q)),
+               "n_tokens": n_tokens, "post_mean": z_q.detach()}
+        c, x = ctx.detach(), enc.detach()
+        z_post, z_prior = self.posterior_code(c, x), self.sample_prior(c, None)   # the generators' codes
+        frozen = {name: p.detach() for name, p in self.critic.named_parameters()}
+        critic_fixed = lambda v: functional_call(self.critic, frozen, (v,))
+        loss_g = critic_fixed(torch.cat([z_prior, c], -1)).mean() - critic_fixed(torch.cat([z_post, c], -1)).mean()
+        zp, zq = z_prior.detach(), z_post.detach()
+        w = self.critic(torch.cat([zq, c], -1)).mean() - self.critic(torch.cat([zp, c], -1)).mean()
+        gp = gradient_penalty(self.critic, zp, zq, c, torch.rand(len(c), 1, device=c.device))
+        out["extra"] = (loss_g + w + GP_WEIGHT * gp) * n_tokens
+        out["wasserstein"] = -w.detach()                                    # the critic's distance estimate
+        return out
+
+    def log_weights(self, tokens, lens, turns, k: int):
+        """(T, K) log p(w_n | c, z_k), z_k ~ p(z | c): the prior-proposal bound."""
+        enc, ctx, tgt_tokens, tgt_lens = self.targets(tokens, lens, turns)
+        weights = [-self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, self.sample_prior(ctx, None)))
+                   for _ in range(k)]
+        return torch.stack(weights, dim=1), int(tgt_lens.sum())
+
+    def response_log_weights(self, ctx, tokens, lens, eps):
+        """(P, K) log p(r | c, z_k) for z_k ~ p(z | c) from the rows' normals eps (P*K, noise_dim)."""
+        P, k = len(ctx), len(eps) // len(ctx)
+        rep = lambda x: x.repeat_interleave(k, dim=0)
+        z = self.sample_prior(rep(ctx), eps)
+        return -self.reconstruction_nll(rep(tokens), rep(lens), self.condition(rep(ctx), z)).view(P, k)

@@ -1,0 +1,308 @@
+"""The pieces every family shares: the latent-variable maths, the Gaussian heads, and the
+hierarchical encoder-decoder (utterance encoder, context RNN, decoder) the families wire a latent into.
+
+A dialogue is w_1 .. w_N utterances. The utterance encoder turns each w_n into a vector, the
+context RNN reads those vectors into states h_1 .. h_N, and utterance n is decoded from a
+condition vector: h_{n-1} for HRED, [h_{n-1}; z_n] for the latent families.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+from ..config import ModelConfig
+from ..tokenizer import PAD, UNK
+
+
+# --- the latent-variable maths -----------------------------------------------------------------
+
+def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I): a sample through which gradients reach mu and sigma."""
+    return mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)
+
+
+def gaussian_kl(mean_q, logvar_q, mean_p, logvar_p) -> torch.Tensor:
+    """KL(N(mu_q, var_q) || N(mu_p, var_p)) per dimension, for diagonal Gaussians (nats).
+
+    0.5 * (log var_p - log var_q + (var_q + (mu_q - mu_p)^2) / var_p - 1)
+    """
+    return 0.5 * (logvar_p - logvar_q
+                  + (torch.exp(logvar_q) + (mean_q - mean_p) ** 2) * torch.exp(-logvar_p) - 1.0)
+
+
+def gaussian_log_density(z, mean, logvar) -> torch.Tensor:
+    """log N(z; mu, diag(var)), summed over the last dimension."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
+
+
+class GaussianNet(nn.Module):
+    """A two-layer tanh MLP giving the mean and log-variance of a diagonal Gaussian (as in VHRED)."""
+
+    def __init__(self, in_dim: int, hidden: int, z_dim: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh())
+        self.mean = nn.Linear(hidden, z_dim)
+        self.logvar = nn.Linear(hidden, z_dim)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.mean(h).float(), self.logvar(h).float()   # the KL and z in fp32 under autocast
+
+
+def bow_head(in_dim: int, hidden: int, vocab: int) -> nn.Module:
+    """Predicts a response's words from its condition alone (Zhao et al. 2017)."""
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.Tanh(), nn.Linear(hidden, vocab))
+
+
+# --- the hierarchical encoder-decoder ---------------------------------------------------------
+
+class Hierarchical(nn.Module):
+    """Embeddings, utterance encoder, context RNN and decoder over a vocabulary of vocab_size
+    pieces; a family adds its latent pieces in its own __init__ (before init_weights) and
+    defines forward, prior sampling and its likelihood bound.
+
+    The contract every family meets (train, generate, scoring and the API rely on no more):
+      latent, z_dim          whether decoding is conditioned on a latent, and its size
+      forward(tokens, lens, turns) -> dict: nll (T,), n_tokens, and for latent families
+                             kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
+      objective(out, beta, free_bits, n_tokens) -> the loss per token the optimiser minimises
+      log_weights(tokens, lens, turns, k) -> (T, K) log importance weights of the test bound
+      final_states(tokens, lens, turns) -> (C, Hc) the state a response is decoded from
+      prior(ctx) -> mean, logvar; sample_prior(ctx, eps) -> z;  condition(ctx, z) -> cond
+      response_log_weights(ctx, tokens, lens, eps) -> (P*K,) weights of log p(r | context)
+    """
+    latent = False
+    z_dim = 0
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard normals a prior sample is made from (generation keys them per response)."""
+        return self.z_dim
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, ctx_in_extra: int = 0):
+        """The encoders; the family then adds its latent pieces, build_decoder() and
+        init_weights(), in that order (the order parameters are made in is the order their
+        initial values are drawn in)."""
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = V = vocab_size
+        E = cfg.emb_dim
+        self.embed = nn.Embedding(V, E, padding_idx=PAD)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.utt_rnn = nn.GRU(E, cfg.utt_hidden, batch_first=True, bidirectional=True)
+        self.ctx_rnn = nn.GRU(2 * cfg.utt_hidden + ctx_in_extra, cfg.ctx_hidden, batch_first=True)
+
+    def build_decoder(self, cond: int):
+        """The decoder GRU conditioned on a cond-sized vector at every step, and the output layer."""
+        cfg, V, E = self.cfg, self.vocab_size, self.cfg.emb_dim
+        self.cond_dim = cond
+        self.dec_init = nn.Linear(cond, cfg.dec_hidden)
+        self.dec_rnn = nn.GRU(E + cond, cfg.dec_hidden, batch_first=True)
+        if cfg.tie_embeddings:   # project to the embedding space, then score with the embeddings
+            self.out_proj = nn.Linear(cfg.dec_hidden, E)
+            self.lm_head = nn.Linear(E, V, bias=False)
+            self.lm_head.weight = self.embed.weight
+        else:
+            self.out_proj = nn.Identity()
+            self.lm_head = nn.Linear(cfg.dec_hidden, V, bias=False)
+
+    def init_weights(self):
+        """Orthogonal recurrent weights, Xavier elsewhere, small embeddings, zero biases."""
+        for name, p in self.named_parameters():
+            if "weight_hh" in name:
+                for w in p.data.chunk(3, 0):   # one square block per GRU gate
+                    nn.init.orthogonal_(w)
+            elif name == "embed.weight":
+                nn.init.normal_(p, std=self.cfg.emb_dim ** -0.5)
+            elif p.dim() >= 2:
+                nn.init.xavier_uniform_(p)
+            elif "bias" in name:
+                nn.init.zeros_(p)
+        with torch.no_grad():
+            self.embed.weight[PAD].zero_()
+
+    # --- encoders ---
+
+    def encode_utterances(self, tokens, lens):
+        """Bidirectional GRU over each utterance: (U, L) -> (U, 2*Hu), final states of both directions."""
+        x = self.drop(self.embed(tokens))                                   # (U, L, E)
+        _, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))            # (2, U, Hu)
+        return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
+
+    def encode_context(self, enc, turns, at_dlg, at_pos, h0=None):
+        """Context GRU over each dialogue's utterance vectors (U, D); returns its states h at
+        the (dialogue, position) pairs asked for: (T, Hc). turns, at_dlg, at_pos on the host."""
+        dev = enc.device
+        B, N = len(turns), int(turns.max())
+        dlg, pos = positions(turns)
+        h = enc.new_zeros(B, N, enc.shape[-1])
+        h[to_device(dlg, dev), to_device(pos, dev)] = enc                   # (B, N, D)
+        packing = Packing(turns, dev)
+        out, _ = run_rnn(self.ctx_rnn, packing(h), h0)                      # data: (U, Hc)
+        return out.data[to_device(packing.rows(at_dlg, at_pos), dev)]       # (T, Hc)
+
+    def context_inputs(self, enc, turns):
+        """What the context RNN reads for each utterance: its encoding (VHCR adds z_conv)."""
+        return enc
+
+    def final_states(self, tokens, lens, turns):
+        """The context state after the last turn of each dialogue: (B, Hc)."""
+        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu)
+        turns = turns.cpu()
+        return self.encode_context(self.context_inputs(enc, turns), turns,
+                                   torch.arange(len(turns)), turns - 1)
+
+    def targets(self, tokens, lens, turns):
+        """Encode the dialogues; for the T utterances with a turn before them return their
+        encodings (T, 2*Hu), contexts h_{n-1} (T, Hc), tokens (T, L) and lengths |w| + 1 (T,).
+
+        lens and turns are read on the host (a Batch keeps them there): the indices below and
+        the packing need them, and reading them back from a GPU would stall every step."""
+        lens, turns = lens.cpu(), turns.cpu()
+        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu) reads w <eos>
+        dlg, pos = positions(turns)
+        tgt = (pos > 0).nonzero().squeeze(1)                                # (T,) on the host
+        ctx = self.encode_context(self.context_inputs(enc, turns), turns, dlg[tgt], pos[tgt] - 1)
+        tgt_dev = to_device(tgt, tokens.device)
+        return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
+
+    # --- decoder ---
+
+    def decoder_state(self, cond):
+        """Initial decoder state from the condition: (T, C) -> (1, T, Hd)."""
+        return torch.tanh(self.dec_init(cond)).unsqueeze(0)
+
+    def decode(self, inputs, cond, state):
+        """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state."""
+        out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, cond), state)  # (T, S, Hd)
+        return self.lm_head(self.out_proj(self.drop(out))), state
+
+    def _decoder_input(self, inputs, cond):
+        """Every decoder step sees its word and the condition: (T, S) -> (T, S, E + C)."""
+        x = self.drop(self.embed(inputs))                                   # (T, S, E)
+        return torch.cat([x, cond.unsqueeze(1).expand(-1, x.shape[1], -1)], dim=-1)
+
+    def reconstruction_nll(self, tokens, lens, cond):
+        """-log p(w | cond) per utterance, teacher-forced. tokens (T, L) <bos> w <eos>, lens = |w| + 1.
+
+        Only real tokens reach the softmax: the packed sequence has no padding in it.
+        """
+        inputs = tokens[:, :-1]
+        if self.training and self.cfg.word_dropout > 0:   # hide words so the decoder leans on z
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
+            drop[:, 0] = False                                              # keep <bos>
+            inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
+        x = self._decoder_input(inputs, cond)                               # (T, L-1, E + C)
+        packing = Packing(lens, x.device)
+        out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
+        logits = self.lm_head(self.out_proj(self.drop(out.data)))           # (sum lens, V)
+        targets = packing(tokens[:, 1:]).data                               # (sum lens,)
+        owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
+        token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        return torch.zeros(len(lens), device=tokens.device).index_add_(0, owner, token_nll)
+
+    def bow_nll(self, cond, words):
+        """Bag-of-words loss: -sum log p_bow(w_t | h, z) over a response's words and <eos>."""
+        logp = F.log_softmax(self.bow(cond).float(), dim=-1)                # (T, V)
+        picked = logp.gather(1, words)                                      # (T, L-1)
+        return -(picked * (words != PAD)).sum()
+
+    # --- the contract's defaults (a family overrides what differs) ---
+
+    def condition(self, ctx, z):
+        """What the decoder is conditioned on: [h, z] (T, Hc + Z), or h without a latent."""
+        return ctx if z is None else torch.cat([ctx, z], dim=-1)
+
+    def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None):
+        """The training loss per predicted token (see objective())."""
+        return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0, n_tokens=None):
+    """The training loss per predicted token: (NLL + beta * KL [+ bow] [+ extra]) / tokens.
+
+    n_tokens defaults to this batch's; data-parallel ranks pass the whole batch's count.
+
+    With free bits, each latent dimension's batch-mean KL below `free_bits` nats is not
+    penalised, so the optimiser has no reason to push it to zero (Kingma et al. 2016).
+    "kl_extra" is a KL term outside the per-utterance latents (VHCR's z_conv), "extra" a loss
+    a family adds unweighted (DialogWAE's adversarial terms).
+    """
+    loss = out["nll"].sum()
+    if "kl" in out:
+        kl = out["kl"]                                                      # (T, Z)
+        if free_bits > 0:
+            kl = kl.mean(0).clamp(min=free_bits) * kl.shape[0]              # (Z,) summed over T
+        loss = loss + beta * kl.sum()
+    if "kl_extra" in out:
+        loss = loss + beta * out["kl_extra"]
+    if "bow" in out:
+        loss = loss + bow_weight * out["bow"]
+    if "extra" in out:
+        loss = loss + out["extra"]
+    return loss / max(n_tokens or out["n_tokens"], 1)
+
+
+def run_rnn(rnn: nn.GRU, x, state=None):
+    """rnn(x, state), in the autocast dtype when autocast is on, on every device.
+
+    Autocast's own RNN policy differs by device: CUDA's casts cuDNN RNNs to fp16 whatever dtype
+    was asked for (with no loss scaler, small GRU gradients underflow), and the CPU's leaves them
+    in fp32. So autocast is turned off inside, and the weights, input and state are cast to the
+    asked dtype explicitly; gradients flow back to the fp32 weights through the casts."""
+    data = x.data if isinstance(x, PackedSequence) else x
+    kind = data.device.type
+    if not torch.is_autocast_enabled(kind):
+        return rnn(x, state)
+    dtype = torch.get_autocast_dtype(kind)
+    weights = {name: w.to(dtype) for name, w in rnn.named_parameters()}
+    x = x._replace(data=data.to(dtype)) if isinstance(x, PackedSequence) else x.to(dtype)
+    with torch.autocast(kind, enabled=False):
+        return functional_call(rnn, weights, (x, None if state is None else state.to(dtype)))
+
+
+class Packing:
+    """pack_padded_sequence(x, lens, batch_first=True, enforce_sorted=False) for the tensors of
+    one batch, sorted once on the host. torch's own version copies the sort order to the GPU with
+    a blocking copy and pad_packed_sequence reads it back: two stalls per call, here none."""
+
+    def __init__(self, lens: torch.Tensor, device):
+        self.lens, self.order = torch.sort(lens.cpu(), descending=True)     # as torch sorts them
+        order = to_device(self.order, device)
+        unorder = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+        self.order_dev, self.unorder_dev = order, unorder
+
+    def __call__(self, x: torch.Tensor) -> PackedSequence:
+        p = pack_padded_sequence(x.index_select(0, self.order_dev), self.lens, batch_first=True)
+        return PackedSequence(p.data, p.batch_sizes, self.order_dev, self.unorder_dev)
+
+    def rows(self, seq: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Rows of the packed data holding sequence seq at time t (host tensors): the data holds
+        time step after time step, each with the sequences still running, longest first."""
+        steps = int(self.lens[0])
+        batch_sizes = (self.lens.unsqueeze(0) > torch.arange(steps).unsqueeze(1)).sum(1)  # (steps,)
+        offsets = torch.cumsum(batch_sizes, 0) - batch_sizes
+        rank = torch.empty_like(self.order).scatter_(0, self.order, torch.arange(len(self.order)))
+        return offsets[t] + rank[seq]
+
+
+def to_device(t: torch.Tensor, device) -> torch.Tensor:
+    """A host index tensor to the device without waiting for the device (pinned first on a
+    GPU: a copy from pageable memory would block the host until it is done)."""
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
+def positions(turns):
+    """For U flattened utterances: the dialogue of each (U,) and its position in that dialogue (U,)."""
+    dlg = torch.repeat_interleave(torch.arange(len(turns), device=turns.device), turns)
+    start = torch.cumsum(turns, 0) - turns
+    pos = torch.arange(len(dlg), device=turns.device) - start[dlg]
+    return dlg, pos
