@@ -91,12 +91,12 @@ class Bot:
 
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()
-        ranks by default: pointwise mutual information with the context (vhred/scoring.py)."""
+        ranks by default: the MMI score log p(r | history) - lambda log p(r) per token, lambda
+        = DecodeOptions.mmi_lambda (vhred/scoring.py), with seed 0."""
         self._context(history)
         _check_strings(candidates, "candidates", allow_empty=True)
         from .scoring import score   # the ranking's own scores: one implementation, not two
-        return [float(s) for s in score(self._model, self._sp, self.config, list(history), list(candidates),
-                                        kind=DecodeOptions.rank)]
+        return [float(s) for s in score(self._model, self._sp, self.config, list(history), list(candidates))]
 
     def _options(self, n: int, decoding: dict, base: DecodeOptions | None = None) -> DecodeOptions:
         """DecodeOptions for n replies: keyword options over base (default: DecodeOptions()),

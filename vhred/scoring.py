@@ -78,13 +78,17 @@ def score_ids(model, contexts: list[list[list[int]]], responses: list[list[int]]
     return [lp / n + gamma * n for lp, n in zip(logp, tokens)]
 
 
-def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str = DEFAULT_KIND,
+def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str | None = None,
           k: int = RANK_SAMPLES) -> list[float]:
     """Score candidate replies to a conversation (its turns as text, oldest first), higher is
-    better; with K = RANK_SAMPLES z samples by default, as candidates are ranked. Text is
-    written as the corpus writes it first (generate.spaced)."""
+    better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
+    length_bonus; K = RANK_SAMPLES z samples). Text is written as the corpus writes it first
+    (generate.spaced)."""
+    from .generate import DecodeOptions
+    ranking = DecodeOptions()
     context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
     responses = [sp.encode(spaced(c))[:cfg.max_utt_len] for c in candidates]
     if not responses:
         return []
-    return score_ids(model, [context] * len(responses), responses, kind, k)
+    return score_ids(model, [context] * len(responses), responses, kind or ranking.rank, k, 0,
+                     ranking.mmi_lambda, ranking.length_bonus)
