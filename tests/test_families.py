@@ -151,17 +151,17 @@ def test_dialogwae_gmp_prior_samples_pick_one_component_from_the_noise():
     assert torch.equal(model.sample_prior(ctx, eps), model.sample_prior(ctx, eps))   # keyed: repeatable
 
 
-def test_a_checkpoint_of_todays_format_still_answers_as_before():
+def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
     """format1-tiny.pt, decoded and scored by the code before vhred/models/ existed (recorded
     2026-11-29 from commit 9fdc002): the same words and scores."""
     from vhred.generate import DecodeOptions, encode_turns, generate
     from vhred.scoring import score
-    model, cfg, sp = checkpoint.load_model(FIXTURE)
+    model, cfg, sp = checkpoint.load_model(checkpoint.upgrade(FIXTURE, str(tmp_path / "upgraded.pt")))
     ctx = encode_turns(sp, ["hello , how are you ?"], cfg.max_utt_len, cfg.max_context)
-    rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8))[0]
+    rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8, min_len=0))[0]
     assert [sp.decode(r[0]) for r in rows] == ["ate won .   goll?", "can'  ski-", "I caroldGWed s"]
     assert [r[1] for r in rows] == pytest.approx([-4.422762976752387, -4.695913632710774, -4.881067487928602])
-    assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."]) == \
+    assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."], kind="pmi") == \
         pytest.approx([0.25901876177106586, 0.1969212618741122])
 
 

@@ -150,7 +150,7 @@ def test_active_units_from_running_moments_equal_the_whole_matrix():
     active units as the whole matrix of posterior means."""
     from vhred.metrics.likelihood import _add_batch, _elbo_figures
     x = torch.randn(100, 6) * torch.tensor([0.0, 0.05, 0.09, 0.11, 1.0, 2.0])
-    ranks = [torch.zeros(5 + 12, dtype=torch.float64) for _ in range(2)]
+    ranks = [torch.zeros(6 + 12, dtype=torch.float64) for _ in range(2)]
     for i, part in enumerate(x.split(17)):   # batches of a validation pass, dealt to the ranks
         out = {"nll": torch.ones(len(part)), "kl": torch.zeros(len(part), 6), "post_mean": part, "n_tokens": 3}
         _add_batch(ranks[i % 2], out, 6)

@@ -49,7 +49,7 @@ from .metrics.surface import surface_metrics
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
-                      "dedup": False, "clean": False, "rank": "none"}
+                      "min_len": 0, "dedup": False, "clean": False, "rank": "none"}   # an empty reply is a reply there
 
 
 def split_dialogues(cfg, split: str) -> list[list[str]]:
@@ -88,6 +88,9 @@ LEGEND = [
                                "importance-weighted bound, reconstruction: the decoder's term alone)"),
     ("kl_per_utt", "", "KL(posterior || prior) per utterance: how much z carries (0: the latent is unused)"),
     ("active_units", "higher", "latent dimensions whose posterior mean varies over the data (of z_dim)"),
+    ("_share", "lower", "surface faults: the share of responses with a word never seen whole in the training text "
+                        "(non_word), glued punctuation (glued), nothing printed (empty), a repeated fragment "
+                        "(repeated), or any of them (vhred/metrics/surface.py)"),
 ]
 
 

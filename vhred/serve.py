@@ -70,7 +70,7 @@ class Limits:
 
 # the most a server's settings may allow (docs/limits.md): beyond them one request could hold
 # the model for minutes or one client take the machine's threads
-LIMIT_CAPS = {"max_batch": 1024, "wait_ms": 1000, "timeout": 3600, "max_queue": 100_000, "max_body": 2 ** 24,
+LIMIT_CAPS = {"max_batch": 1024, "wait_ms": 60_000, "timeout": 3600, "max_queue": 100_000, "max_body": 2 ** 24,
               "max_n": 1000, "max_len": 1000, "max_beam": 100, "max_turns": 1000, "max_chars": 100_000,
               "max_candidates": 1000, "max_connections": 4096, "read_deadline": 600}
 
