@@ -47,7 +47,9 @@ COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BL
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
-    p.add_argument("--steps", type=int, default=1500, help="optimiser steps per family, the same for all (default %(default)s)")
+    p.add_argument("--steps", type=int, default=1000, help="optimiser steps per family, the same for all (default %(default)s)")
+    p.add_argument("--measure", type=int, default=0,
+                   help="only time N training steps of each row, one thread, and print seconds per step (to choose --steps)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {', '.join(ROWS)} (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each (default %(default)s)")
     p.add_argument("--out-dir", default="runs/compare", help="run folders (default %(default)s)")
@@ -155,9 +157,34 @@ def machine() -> str:
     return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
 
 
+def measure(args) -> dict:
+    """Seconds per optimiser step of each row on one thread (after 2 warm-up steps), in this process."""
+    import torch
+    from .config import load
+    from .train import Run
+    torch.set_num_threads(1)
+    out = {}
+    for row in args.rows:
+        cfg = load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", *args.overrides])
+        run = Run(cfg, log=lambda *_: None)
+        batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)[:args.measure + 2]
+        for idx in batches[:2]:
+            run.train_step(idx)
+        t0 = time.perf_counter()
+        for idx in batches[2:]:
+            run.train_step(idx)
+        out[row] = (time.perf_counter() - t0) / max(len(batches) - 2, 1)
+        run.close()
+        print(f"{row}: {out[row]:.3f} s/step", flush=True)
+    return out
+
+
 @command
 def main(argv=None):
     args = parse_args(argv)
+    if args.measure:
+        measure(args)
+        return
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:   # each training is its own one-thread process
         trained = list(pool.map(lambda row: train_row(args, row), args.rows))
