@@ -213,6 +213,8 @@ def test_a_lone_surrogate_in_a_context_is_written_not_a_traceback(tmp_path, trai
     ("latent", ["plot", "--dialogues", "0"], "--dialogues must be"),
     ("latent", ["plot", "--dialogues", "-5"], "--dialogues must be"),
     ("latent", ["plot", "--out", "x.txt"], "--out must name a picture"),
+    ("bench", ["--serve", "--clients", "100000"], "--clients must be between 1 and 1,024"),
+    ("bench", ["--steps", "1000000000"], "--steps must be between 1 and 100,000"),
 ])
 def test_counts_beyond_their_cap_are_refused_in_one_line_before_any_work(module, argv, match, capsys, tmp_path,
                                                                          monkeypatch):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import vhred
 from tests.conftest import ROOT
-from vhred.serve import Handler, Limits, make_server
+from vhred.serve import Limits, make_server
 
 HISTORY = ["Hello, how are you?", "Fine, thanks. And you?"]
 

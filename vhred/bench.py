@@ -32,6 +32,7 @@ import time
 
 import torch
 
+from . import limits
 from .cli import command, program
 from .config import load
 from .device import BF16_MIN_BATCH
@@ -208,6 +209,13 @@ def parse_args(argv):
     if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1 or min(args.max_batch) < 1 or args.wait_ms < 0:
         raise InputError("--steps, --clients and --max-batch must be at least 1, --seconds positive, "
                          "--wait-ms not negative")
+    # caps (docs/limits.md): a benchmark is minutes, a client a thread, a batch size a model's batch
+    limits.count("--steps", args.steps, 1, 100_000)
+    limits.number("--seconds", args.seconds, 0, 3600)
+    for name, values, cap in (("--clients", args.clients, 1024), ("--max-batch", args.max_batch, 1024),
+                              ("--batch-sizes", args.batch_sizes or [1], 65_536)):
+        for v in values:
+            limits.count(name, v, 1, cap)
     args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
     return args
 
