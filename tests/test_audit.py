@@ -311,27 +311,30 @@ def test_replies_are_never_empty_unless_min_len_0_asks_for_it(stops_at_once, met
     assert opts.min_len == 1   # the default
     replies = [ids for row in generate(model, contexts, opts) for ids, _ in row]
     assert len(replies) == 9 and all(sp.decode(ids).strip() for ids in replies)
+    assert all(len(ids) < opts.max_len for ids in replies)   # a word, then the end: not cut at the limit
     empty = [ids for row in generate(model, contexts, replace(opts, min_len=0)) for ids, _ in row]
     assert all(ids == [] for ids in empty)   # the model itself would answer "" every time
 
 
 def test_a_blank_piece_is_not_a_word(trained):
-    """"▁" alone prints nothing: with <eos> always the most likely token and "▁" the next at the
-    first step, the reply is "▁" and a word, never "▁" alone."""
+    """"▁" alone prints nothing. With "▁" the most likely token at every step and <eos> the
+    next, a reply may start with "▁" but must then print a word: never "▁" to the length limit."""
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     blank = sp.piece_to_id("\u2581")
     assert model.blank_ids == [blank]
-    model = with_logits_raised(model, {EOS: 1e4}, first={blank: 2e4})   # "▁" above even <eos>
+    model = with_logits_raised(model, {EOS: 1e4, blank: 2e4})
     contexts = [encode_turns(sp, ["Hi !"], cfg.max_utt_len, cfg.max_context)]
-    for method in ("greedy", "beam"):
-        ids = generate(model, contexts, DecodeOptions(num_samples=1, method=method, rank="none"))[0][0][0]
-        assert ids[0] == blank and len(ids) == 2 and sp.decode(ids).strip(), (method, ids)
+    for method in ("greedy", "sample", "beam"):
+        ids = generate(model, contexts, DecodeOptions(num_samples=1, method=method, rank="none", max_len=6))[0][0][0]
+        assert sp.decode(ids).strip() and any(i != blank for i in ids), (method, ids)
+        if method != "beam":   # word by word: "▁" first, as the model wants, then a word ("▁▁" is refused)
+            assert ids[0] == blank and ids[1] != blank, (method, ids)
 
 
 def test_the_api_and_the_tiny_model_give_words(trained):
     bot = vhred.load(trained["hred"], device="cpu")
     for history in (["Hi!"], ["Where is the bank?"], ["How much is it?"]):
-        assert all(c.text.strip() for c in bot.respond(history, n=3, method="sample", seed=1))
+        assert all(c.text.removesuffix(" …").strip() for c in bot.respond(history, n=3, method="sample", seed=1))
 
 
 # --- the stand-in corpus -----------------------------------------------------------------------

@@ -172,13 +172,23 @@ def _responses(ids, scores, cond, model, n: int) -> list[list[Response]]:
     return [rows[c:c + n] for c in range(0, len(rows), n)]
 
 
-def blank_tokens(model, device) -> torch.Tensor:
-    """(V,) bool: the tokens that print nothing (<eos> and the specials, and "▁" alone, whose
-    id the tokenizer gives: model.blank_ids). They do not count towards opts.min_len, so that
-    min_len = 1 means a reply a user can read, never an empty one."""
-    blank = torch.zeros(model.embed.num_embeddings, dtype=torch.bool, device=device)
-    blank[[PAD, BOS, EOS, *model.blank_ids]] = True
-    return blank
+def blank_tokens(model, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(V,) bool masks: the tokens that print nothing (<eos>, the specials and "▁" alone), and
+    the "▁" pieces alone (model.blank_ids, from the tokenizer). Blank tokens do not count
+    towards opts.min_len, so min_len = 1 means a reply a user can read, never an empty one."""
+    space = torch.zeros(model.embed.num_embeddings, dtype=torch.bool, device=device)
+    space[model.blank_ids] = True
+    blank = space.clone()
+    blank[[PAD, BOS, EOS]] = True
+    return blank, space
+
+
+def _no_empty_reply(scores, words, last, min_len: int, space) -> None:
+    """In place on (R, V) scores: a row with fewer than min_len printing tokens may not end,
+    nor put a second "▁" after a "▁" (which would only put off its first word to the end)."""
+    short = words < min_len                                                 # (R,)
+    scores[short, EOS] = float("-inf")
+    scores.masked_fill_((short & space[last])[:, None] & space[None, :], float("-inf"))
 
 
 def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
@@ -191,14 +201,14 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     out = torch.full((B, opts.max_len), PAD, dtype=torch.long, device=device)
     logp = torch.zeros(B, device=device)
     alive = torch.ones(B, dtype=torch.bool, device=device)
-    blank = blank_tokens(model, device)                                     # (V,)
+    blank, space = blank_tokens(model, device)                              # (V,) each
     words = torch.zeros(B, dtype=torch.long, device=device)                 # printing tokens so far
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (B, 1, V)
         logits = logits[:, -1].float()
         logits[:, PAD] = logits[:, BOS] = float("-inf")
         if t < opts.max_len:
-            logits[words < opts.min_len, EOS] = float("-inf")
+            _no_empty_reply(logits, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:
             nxt = torch.full((B,), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
@@ -230,14 +240,14 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     token = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
     done = [[] for _ in range(B)]                                           # (score, ids) per row
     seqs = [[] for _ in range(B * K)]                                       # each beam's words, on the host
-    blank = blank_tokens(model, device)                                     # (V,)
+    blank, space = blank_tokens(model, device)                              # (V,) each
     words = torch.zeros(B * K, dtype=torch.long, device=device)             # printing tokens so far per beam
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
         logp[:, PAD] = logp[:, BOS] = float("-inf")
         if t < opts.max_len:
-            logp[words < opts.min_len, EOS] = float("-inf")
+            _no_empty_reply(logp, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
         V = logp.shape[-1]
