@@ -89,6 +89,7 @@ class Hierarchical(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = V = vocab_size
+        self.blank_ids: list[int] = []   # ids of "▁" alone (it prints nothing): the tokenizer's, set on load
         E = cfg.emb_dim
         self.embed = nn.Embedding(V, E, padding_idx=PAD)
         self.drop = nn.Dropout(cfg.dropout)
