@@ -29,11 +29,11 @@ train: $(STAMP)
 	$(BIN)/python -m vhred.train --config $(CONFIG) data=$(DATA) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 # The tests without the subprocess ones (the commands run as a user would): a quicker loop.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 # Speed and memory figures (python -m vhred.bench --help); not part of the tests.
 bench: $(STAMP)
