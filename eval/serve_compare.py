@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import vhred
-from vhred.serve import HTTPError, Limits, Service, _finite_float, _no_constant, make_server
+from vhred.serve import HTTPError, InThread, Limits, Service, _finite_float, _no_constant
 from vhred.errors import UserError
 
 BODY = {"history": ["Hello, how are you?"], "n": 2, "max_len": 12}
@@ -29,19 +29,8 @@ BODY = {"history": ["Hello, how are you?"], "n": 2, "max_len": 12}
 
 # --- the two servers ----------------------------------------------------------------------------
 
-class Stdlib:
+class Stdlib(InThread):
     name = "stdlib (vhred serve)"
-
-    def __init__(self, bot, limits: Limits):
-        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.server.service.close()
 
 
 def starlette_app(service: Service, limits: Limits):

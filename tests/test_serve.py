@@ -5,7 +5,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,26 +14,9 @@ from hypothesis import strategies as st
 
 import vhred
 from tests.conftest import ROOT
-from vhred.serve import Limits, make_server
+from vhred.serve import InThread as Running, Limits
 
 HISTORY = ["Hello, how are you?", "Fine, thanks. And you?"]
-
-
-class Running:
-    """A server in a background thread on a free port; stop() shuts it down and frees the port."""
-
-    def __init__(self, bot, limits: Limits):
-        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.server.service.close()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +29,7 @@ def server(bot):
     # a wide wait window, so that requests sent together are seen together even on a busy machine
     running = Running(bot, Limits(max_batch=16, wait_ms=50, max_body=4096))
     yield running
-    running.stop()
+    assert running.stop()
 
 
 def request(port, method, path, body=None, raw: bytes | None = None, headers=None):
@@ -171,7 +153,7 @@ def test_a_request_in_a_batch_gets_what_it_gets_alone(bot):
                 assert got["score"] == pytest.approx(want.score, abs=1e-5) and got["z"] == pytest.approx(want.z, abs=1e-5)
         assert len({json.dumps(out) for out in answers}) == 8   # eight conversations, eight answers
     finally:
-        running.stop()
+        assert running.stop()
 
 
 def test_a_request_that_takes_too_long_is_cut_off(bot):
@@ -181,7 +163,7 @@ def test_a_request_that_takes_too_long_is_cut_off(bot):
         assert status == 504 and "no answer within" in out["error"]
         assert request(running.port, "GET", "/health")[0] == 200
     finally:
-        running.stop()
+        assert running.stop()
 
 
 def test_a_client_that_never_finishes_its_request_is_disconnected(server, monkeypatch):

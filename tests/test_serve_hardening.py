@@ -5,29 +5,14 @@ deadline. A real server on 127.0.0.1, stopped at the end."""
 import http.client
 import json
 import socket
-import threading
 import time
 
 import pytest
 
 import vhred
-from vhred.serve import Limits, host_allowed, make_server
+from vhred.serve import InThread as Running, Limits, host_allowed
 
 HISTORY = ["Hello, how are you?"]
-
-
-class Running:
-    def __init__(self, bot, limits: Limits, allowed_hosts=()):
-        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True, allowed_hosts=allowed_hosts)
-        self.port = self.server.server_port
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
-        self.server.service.close()
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +20,7 @@ def server(trained):
     running = Running(vhred.load(trained["vhred"], device="cpu"),
                       Limits(max_body=4096, max_connections=8, read_deadline=1.0), allowed_hosts=("chat.example",))
     yield running
-    running.stop()
+    assert running.stop()
 
 
 def raw_exchange(port: int, data: bytes, wait: float = 10) -> tuple[int, dict | bytes]:

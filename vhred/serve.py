@@ -503,6 +503,25 @@ def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits |
     return server
 
 
+class InThread:
+    """A server for bot on 127.0.0.1 and a free port (.port), serving in a background thread:
+    for tests and benchmarks. stop() shuts it down, frees the port and says whether the
+    thread ended."""
+
+    def __init__(self, bot, limits: Limits | None = None, allowed_hosts=()):
+        self.server = make_server(bot, "127.0.0.1", 0, limits, quiet=True, allowed_hosts=allowed_hosts)
+        self.port = self.server.server_port
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> bool:
+        self.server.shutdown()
+        self.server.server_close()
+        self.server.service.close()
+        self.thread.join(timeout=10)
+        return not self.thread.is_alive()
+
+
 def parse_args(argv):
     from .generate import add_decode_args, options_from_args
     p = argparse.ArgumentParser(prog=program("python -m vhred.serve"),
