@@ -2,11 +2,11 @@
 # The blind rating pack of docs/rating.md: bash eval/rating_pack.sh from the repository root (a vhred checkout at the
 # commit that holds this file), with RUN the trained CPU-config VHRED run folder.
 set -euo pipefail
-RUN=${RUN:-/work/main/runs/dailydialog-cpu-vhred}
-export DAILYDIALOG_SRC=${DAILYDIALOG_SRC:-/work/shared/data/dailydialog/ijcnlp_dailydialog.zip}
+RUN=${RUN:-runs/dailydialog-cpu-vhred}
+export DAILYDIALOG_SRC=${DAILYDIALOG_SRC:-../shared/data/dailydialog/ijcnlp_dailydialog.zip}
 export OMP_NUM_THREADS=1
 PY=".venv/bin/python"
-BASE=/tmp/replies/base          # vhred as at commit 9fdc002 (today's default decoding and text out)
+BASE=rating/base-9fdc002       # vhred as at commit 9fdc002 (the former default decoding and text out)
 mkdir -p "$BASE" rating
 git archive 9fdc002 vhred | tar -x -C "$BASE"
 # 40 fixed test-split contexts, none of the 200 the decoding and ranking were tuned on

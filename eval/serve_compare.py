@@ -2,8 +2,8 @@
 server (vhred/serve.py) and uvicorn (h11) + Starlette, on the hostile cases of issue 21 and on
 throughput / p95 latency. Both on 127.0.0.1, both stopped at the end; every loop is bounded.
 
-    pip install --target /tmp/uvlib uvicorn starlette      # not a dependency of vhred
-    PYTHONPATH=.:/tmp/uvlib python -m eval.serve_compare --checkpoint runs/x [--requests 64]
+    pip install --target uvlib uvicorn starlette      # not a dependency of vhred
+    PYTHONPATH=.:uvlib python -m eval.serve_compare --checkpoint runs/x [--requests 64]
 
 Both layers wrap one vhred.serve.Service (the checks of a request's fields, the batching worker),
 so the comparison is of the HTTP layer alone. The Starlette app is given the same application
