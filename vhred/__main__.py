@@ -32,7 +32,7 @@ COMMANDS = {
 
 
 def usage() -> str:
-    rows = "\n".join(f"  {name:9} {what}" for name, (_, what) in COMMANDS.items())
+    rows = "\n".join(f"  {name:10} {what}" for name, (_, what) in COMMANDS.items())
     return (f"usage: vhred <command> [options]\n\ncommands:\n{rows}\n\n"
             "`vhred <command> --help` lists a command's options.")
 
