@@ -87,6 +87,20 @@ def trained(dailydialog_zip, data_dir, tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="session")
+def vhred_model(trained):
+    """(model, config, tokenizer) of the session's tiny VHRED, loaded once."""
+    from vhred import checkpoint
+    return checkpoint.load_model(trained["vhred"])
+
+
+@pytest.fixture(scope="session")
+def hred_model(trained):
+    """(model, config, tokenizer) of the session's tiny HRED, loaded once."""
+    from vhred import checkpoint
+    return checkpoint.load_model(trained["hred"])
+
+
 def train_cli(*args):
     """The training command on the tiny config, as a user would type it."""
     return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *args]

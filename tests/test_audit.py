@@ -26,16 +26,6 @@ HISTORY = ["Hello, how are you?", "Fine, thanks. Where is the station?"]
 REPLIES = ["Go straight ahead .", "I don't know .", "It's 25 dollars , please ."]
 
 
-@pytest.fixture(scope="module")
-def hred(trained):
-    return checkpoint.load_model(trained["hred"])
-
-
-@pytest.fixture(scope="module")
-def vhred_model(trained):
-    return checkpoint.load_model(trained["vhred"])
-
-
 # --- the scores' values ------------------------------------------------------------------------
 
 def exact_log_p(model, context: list[list[int]], reply: list[int]) -> float:
@@ -61,8 +51,8 @@ def encoded(sp, cfg):
     return context, [sp.encode(spaced(r))[:cfg.max_utt_len] for r in REPLIES]
 
 
-def test_hred_ll_is_the_exact_log_likelihood_per_predicted_token(hred):
-    model, cfg, sp = hred
+def test_hred_ll_is_the_exact_log_likelihood_per_predicted_token(hred_model):
+    model, cfg, sp = hred_model
     context, replies = encoded(sp, cfg)
     ll = score_ids(model, [context] * len(replies), replies, "ll")
     want = [exact_log_p(model, context, r) / (len(r) + 1) for r in replies]   # words and <eos>
@@ -71,19 +61,19 @@ def test_hred_ll_is_the_exact_log_likelihood_per_predicted_token(hred):
     assert ll != pytest.approx([exact_log_p(model, context, r) / len(r) for r in replies], rel=1e-3)
 
 
-def test_pmi_is_ll_minus_the_neutral_contexts_ll_per_token(hred):
-    model, cfg, sp = hred
+def test_pmi_is_ll_minus_the_neutral_contexts_ll_per_token(hred_model):
+    model, cfg, sp = hred_model
     context, replies = encoded(sp, cfg)
     pmi = score_ids(model, [context] * len(replies), replies, "pmi")
     want = [(exact_log_p(model, context, r) - exact_log_p(model, NEUTRAL, r)) / (len(r) + 1) for r in replies]
     assert pmi == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 
-def test_bot_score_is_the_ranking_score_of_the_text_as_the_corpus_writes_it(trained, hred):
+def test_bot_score_is_the_ranking_score_of_the_text_as_the_corpus_writes_it(trained, hred_model):
     """For HRED the likelihoods are exact: bot.score is (log p(r|c) - lambda log p(r)) / tokens
     with the default ranking's lambda (MMI, DecodeOptions.mmi_lambda)."""
     from vhred.generate import DecodeOptions
-    model, cfg, sp = hred
+    model, cfg, sp = hred_model
     context, replies = encoded(sp, cfg)
     bot = vhred.load(trained["hred"], device="cpu")
     lam = DecodeOptions.mmi_lambda

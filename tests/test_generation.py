@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import checkpoint
 from vhred.chat import pretty, spaced
 from vhred.generate import (
     DecodeOptions,
@@ -18,16 +17,6 @@ from vhred.generate import (
     response_text,
 )
 from vhred.scoring import RANK_SAMPLES, score, score_ids
-
-
-@pytest.fixture(scope="module")
-def vhred_model(trained):
-    return checkpoint.load_model(trained["vhred"])
-
-
-@pytest.fixture(scope="module")
-def hred_model(trained):
-    return checkpoint.load_model(trained["hred"])
 
 
 def contexts(sp, cfg):

@@ -8,11 +8,6 @@ from vhred.errors import InputError
 from vhred.generate import encode_turns
 
 
-@pytest.fixture(scope="module")
-def vhred_model(trained):
-    return checkpoint.load_model(trained["vhred"])
-
-
 def test_decoding_a_given_z_is_deterministic_and_z_matters(vhred_model):
     model, cfg, sp = vhred_model
     context = encode_turns(sp, ["Where is the bank ?"], cfg.max_utt_len, cfg.max_context)
