@@ -138,7 +138,8 @@ class Run:
             from torch.nn.parallel import DistributedDataParallel
             self.net = DistributedDataParallel(self.model)
             torch.manual_seed(self.cfg.seed + self.rank)   # own noise (z, word dropout) per rank
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr,
+        # a family may give parts of itself their own learning rate (lr_scale times the schedule's)
+        self.opt = torch.optim.AdamW(self.model.param_groups(), lr=self.cfg.lr,
                                      weight_decay=self.cfg.weight_decay)
 
     def _setup_folder(self):
@@ -306,7 +307,7 @@ class Run:
         cfg, step = self.cfg, self.progress.step
         lr, beta = learning_rate(step, cfg), kl_weight(step, cfg)
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         b = batch or self.make_batch(indices)
         tokens = max(int(self.train_data.n_tokens[indices].sum()), 1)   # all ranks' targets
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):

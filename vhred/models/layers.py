@@ -73,6 +73,7 @@ class Hierarchical(nn.Module):
       final_states(tokens, lens, turns) -> (C, Hc) the state a response is decoded from
       prior(ctx) -> mean, logvar; sample_prior(ctx, eps) -> z;  condition(ctx, z) -> cond
       response_log_weights(ctx, tokens, lens, eps) -> (P*K,) weights of log p(r | context)
+      param_groups() -> the optimiser's groups (one by default; "lr_scale" per group)
     """
     latent = False
     z_dim = 0
@@ -220,6 +221,11 @@ class Hierarchical(nn.Module):
     def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None):
         """The training loss per predicted token (see objective())."""
         return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens)
+
+    def param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: one, at the schedule's learning rate. A family whose
+        parts learn at other rates returns several, each with an "lr_scale"."""
+        return [{"params": list(self.parameters())}]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
