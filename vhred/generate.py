@@ -32,7 +32,7 @@ from .device import pick_device
 from .errors import CheckpointError, InputError
 from .models.layers import Hierarchical as Model
 from .sources import normalise
-from .tokenizer import BOS, EOS, PAD
+from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("none", "ll", "pmi", "mmi")   # how candidates are ordered (see vhred/scoring.py)
 CUT = " …"                      # appended to a response shown cut at the length limit
@@ -206,7 +206,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (B, 1, V)
         logits = logits[:, -1].float()
-        logits[:, PAD] = logits[:, BOS] = float("-inf")
+        logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
         if t < opts.max_len:
             _no_empty_reply(logits, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:
@@ -245,7 +245,7 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
-        logp[:, PAD] = logp[:, BOS] = float("-inf")
+        logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
         if t < opts.max_len:
             _no_empty_reply(logp, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:                                               # only <eos> is left
