@@ -359,11 +359,15 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
 
 def shown_note(shown: list, n: int, keep=None) -> str:
     """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
-    bad = sum(not keep(r[0]) for r in shown) if keep else 0
-    if len(shown) < n:
-        return f"{len(shown)} of {n} shown: the other draws repeated these"
-    if bad:
-        return f"the last {bad} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
+    return count_note(len(shown), n, sum(not keep(r[0]) for r in shown) if keep else 0)
+
+
+def count_note(shown: int, n: int, faulty: int) -> str:
+    """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them faulty."""
+    if shown < n:
+        return f"{shown} of {n} shown: the other draws repeated these"
+    if faulty:
+        return f"the last {faulty} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
     return ""
 
 
