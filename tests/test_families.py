@@ -201,3 +201,41 @@ def test_the_families_with_their_own_wiring_train_under_torchrun(family, dailydi
     state = checkpoint.load(str(tmp_path / "ddp" / "last.pt"))
     assert state["progress"]["step"] == 6 and state["config"]["arch"]["model"] == family[0].split("=")[1]
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_param_groups_hold_every_weight_once(family):
+    model = build(ModelConfig(model=family, **TINY), 40)
+    grouped = [id(p) for g in model.param_groups() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+
+
+def test_dialogwae_players_learn_at_their_own_rates(tiny_cfg):
+    """The trainer gives each group lr_scale times the schedule's rate: DialogWAE's prior at a
+    tenth, its critic at half, the autoencoder at the rate itself (and VHRED has one group)."""
+    from vhred.models import dialogwae
+    from vhred.train import Run
+    run = Run(tiny_cfg("model=dialogwae", "max_steps=3", "lr_warmup_steps=0", "lr=0.002"), log=quiet)
+    try:
+        run.train_step(run.train_data.batches(run.cfg.batch_size)[0])
+        lrs = [g["lr"] for g in run.opt.param_groups]
+        names = {id(p): n for n, p in run.model.named_parameters()}
+        heads = [{names[id(p)].split(".")[0] for p in g["params"]} for g in run.opt.param_groups]
+    finally:
+        run.close()
+    assert lrs == pytest.approx([0.002, 0.002 * dialogwae.PRIOR_LR_SCALE, 0.002 * dialogwae.CRITIC_LR_SCALE])
+    assert heads[1] == {"prior_net", "prior_generator"} and heads[2] == {"critic"}
+    assert "posterior_net" in heads[0] and "critic" not in heads[0]
+
+
+def test_dialogwae_posterior_noise_starts_small_so_the_decoder_can_read_z():
+    """The posterior's noise starts near std exp(-2) = 0.14 (POSTERIOR_LOGVAR_INIT), not 1: started
+    at 1, the decoder of the first compare table learned to ignore z."""
+    from vhred.models.dialogwae import POSTERIOR_LOGVAR_INIT
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", **TINY), 40).train()
+    assert torch.all(model.posterior_net.logvar.bias == POSTERIOR_LOGVAR_INIT) and POSTERIOR_LOGVAR_INIT <= -3
+    b = _batch()
+    enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)
+    _, logvar = model.posterior_net(torch.cat([ctx, enc], -1))
+    assert torch.exp(0.5 * logvar).mean() < 0.4

@@ -268,3 +268,19 @@ def test_a_response_cut_at_the_length_limit_is_marked(vhred_model):
     assert response_text(sp, ids, max_len=len(ids)) == "yes, it is. …"
     opts = DecodeOptions(num_samples=3, max_len=2, min_len=2, rank="none")
     assert all(response_text(sp, i, opts.max_len).endswith(" …") for i, _ in generate(model, contexts(sp, cfg), opts)[0])
+
+
+@pytest.mark.parametrize("method", ["greedy", "sample", "beam"])
+def test_unknown_word_is_never_written(vhred_model, method, monkeypatch):
+    """<unk> (a word-level vocabulary's other words) is never decoded, even where it is the
+    model's most likely token."""
+    from vhred.tokenizer import UNK
+    model, cfg, sp = vhred_model
+    decode = model.decode
+    def favour_unk(token, cond, state):
+        logits, state = decode(token, cond, state)
+        return logits.index_add(-1, torch.tensor([UNK]), torch.full((*logits.shape[:-1], 1), 100.0)), state
+    monkeypatch.setattr(model, "decode", favour_unk)
+    out = generate(model, contexts(sp, cfg), DecodeOptions(method=method, num_samples=3, dedup=False, rank="none"))
+    ids = [i for row in out for r, _ in row for i in r]
+    assert ids and UNK not in ids

@@ -139,3 +139,22 @@ def test_a_sampled_tokenizer_is_recorded_and_keys_its_cache(tmp_path):
     meta = json.load(open(os.path.join(folder, "meta.json")))
     assert meta["tokenizer_sample"]["sentences"] == 150 < meta["tokenizer_sample"]["of"]
     assert prepare(data_cfg(path, tmp_path), log=lambda *_: None) != folder
+
+
+def test_word_and_bpe_tokenizers_key_their_own_caches_and_read_whole_words(tmp_path):
+    """tokenizer=word keeps whitespace-separated words whole (a word outside its vocabulary reads
+    <unk>); bpe and word caches live apart from the unigram one, whose folder name is unchanged."""
+    from vhred.config import ConfigError, validate
+    path = tmp_path / "c.jsonl"
+    write_corpus(path, 300)
+    folders = {}
+    for kind in ("unigram", "bpe", "word"):
+        folders[kind] = prepare(data_cfg(path, tmp_path, tokenizer=kind), log=lambda *_: None)
+    assert len(set(folders.values())) == 3
+    assert folders["unigram"] == prepare(data_cfg(path, tmp_path), log=lambda *_: None)
+    sp = load_tokenizer(os.path.join(folders["word"], "tokenizer.model"))
+    text = " ".join(WORDS[:3])
+    assert sp.encode(text, out_type=str) == ["\u2581" + w for w in WORDS[:3]]
+    assert sp.encode(text + " zzzqqq")[-1] == UNK
+    with pytest.raises(ConfigError, match="tokenizer must be"):
+        validate(data_cfg(path, tmp_path, tokenizer="chars"))

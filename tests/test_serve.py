@@ -51,11 +51,16 @@ def test_respond_gives_ranked_candidates(server, bot):
     scores = [c["score"] for c in out["candidates"]]
     assert scores == sorted(scores, reverse=True)
     # the same answer as the Python API gives for the same request
-    assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z} for c in bot.respond(HISTORY, n=3, seed=5)]
-    # a candidate's z sent back gives that candidate again (greedy words)
+    api = bot.respond(HISTORY, n=3, seed=5)
+    assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z, "faulty": c.faulty} for c in api]
+    faulty = sum(c.faulty for c in api)
+    assert [c.faulty for c in api] == sorted(c.faulty for c in api)   # faulty ones last
+    assert ("note" in out) == (len(api) < 3 or faulty > 0)
+    # a candidate's z sent back gives that candidate again (greedy words), and says why only one came
     first = out["candidates"][0]
     status, again = request(server.port, "POST", "/respond", {"history": HISTORY, "n": 2, "z": first["z"]})
     assert status == 200 and [c["text"] for c in again["candidates"]] == [first["text"]]
+    assert again["note"] == "1 of 2 shown: the other draws repeated these"
     status, err = request(server.port, "POST", "/respond", {"history": HISTORY, "z": [1, 2]})
     assert status == 400 and "finite numbers" in err["error"]
 

@@ -37,10 +37,13 @@ DECODING = {f.name: f.type for f in fields(DecodeOptions) if f.name != "num_samp
 class Candidate:
     """One reply: its text, its score (higher is better; see Bot.score) and, for VHRED, the
     latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
-    that "style" for another context; None for HRED)."""
+    that "style" for another context; None for HRED). faulty: the text has a surface fault
+    (a non-word, glued or repeated text); such replies come last, only when 8n draws held
+    fewer than n good ones."""
     text: str
     score: float
     z: list[float] | None = None
+    faulty: bool = False
 
 
 class Bot:
@@ -121,7 +124,8 @@ class Bot:
         keep = shown_filter(self._sp, self.config, opts)
         results = candidates(self._model, contexts, opts, same=self._sp.decode, z=z, keep=keep)   # as the chat
         return [[Candidate(response_text(self._sp, x[0], opts.max_len), float(x[1]),
-                           None if x.z is None else x.z.tolist()) for x in r] for r in results]
+                           None if x.z is None else x.z.tolist(), bool(keep and not keep(x[0]))) for x in r]
+                for r in results]
 
     def _context(self, history: list[str]) -> list[list[int]]:
         """Token ids of the turns the model reads (the last max_context), written as the corpus is."""

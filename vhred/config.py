@@ -49,6 +49,7 @@ class Config:
     max_context: int = 10         # context turns a target sees; longer dialogues are windowed
     max_dialogues: int = 0        # >0: keep only the first N dialogues of each split (quick runs)
     tokenizer_sentences: int = 100_000  # SentencePiece trains on a seeded sample of this many training utterances
+    tokenizer: str = "unigram"    # SentencePiece's model: "unigram", "bpe", or "word" (whole words, the rest <unk>)
     # --- model ---
     arch: ModelConfig = field(default_factory=ModelConfig)
     # --- objective ---
@@ -252,7 +253,7 @@ NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", 
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
         "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024}
-CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"),
+CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 
 

@@ -127,7 +127,8 @@ def prepare(cfg: Config, log=print) -> str:
     name, src, identity = _source(cfg)
     sentences = cfg.tokenizer_sentences
     key_src = json.dumps([PREP_VERSION, identity, cfg.vocab_size, cfg.max_utt_len, cfg.max_context,
-                          cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0, sentences])
+                          cfg.max_dialogues, cfg.seed if cfg.data != "dailydialog" else 0, sentences]
+                         + ([cfg.tokenizer] if cfg.tokenizer != "unigram" else []))   # unigram caches keep their names
     key = hashlib.sha1(key_src.encode()).hexdigest()[:10]
     out = os.path.join(cfg.data_dir, "processed", f"{name}-{key}")
     cache.remove_crashed(os.path.dirname(out))
@@ -156,11 +157,12 @@ def prepare(cfg: Config, log=print) -> str:
 
 def _build(cfg: Config, src: str, tmp: str, sentences: int, log) -> dict:
     """Tokenizer, then the three window tables, each in one streaming pass over the source; meta."""
-    log(f"  tokenizer: sampling up to {sentences} training utterances (seed {TOKENIZER_SEED})")
+    log(f"  {cfg.tokenizer} tokenizer: sampling up to {sentences} training utterances (seed {TOKENIZER_SEED})")
     train = _dialogues(cfg.data, src, cfg.seed, cfg.max_dialogues, splits=("train",))
     tok_path = os.path.join(tmp, "tokenizer.model")
     try:
-        sample = train_tokenizer((u for _, d in train for u in d), cfg.vocab_size, tok_path, sentences)
+        sample = train_tokenizer((u for _, d in train for u in d), cfg.vocab_size, tok_path, sentences,
+                                 model_type=cfg.tokenizer)
     except RuntimeError as e:   # SentencePiece's refusal, e.g. fewer pieces than the text has characters
         why = str(e).rsplit("] ", 1)[-1].split(" Increase")[0]
         raise sources.DataError(f"SentencePiece cannot build a vocabulary of vocab_size={cfg.vocab_size} "

@@ -32,7 +32,7 @@ from .device import pick_device
 from .errors import CheckpointError, InputError
 from .models.layers import Hierarchical as Model
 from .sources import normalise
-from .tokenizer import BOS, EOS, PAD
+from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("none", "ll", "pmi", "mmi")   # how candidates are ordered (see vhred/scoring.py)
 CUT = " …"                      # appended to a response shown cut at the length limit
@@ -206,7 +206,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (B, 1, V)
         logits = logits[:, -1].float()
-        logits[:, PAD] = logits[:, BOS] = float("-inf")
+        logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
         if t < opts.max_len:
             _no_empty_reply(logits, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:
@@ -245,7 +245,7 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
-        logp[:, PAD] = logp[:, BOS] = float("-inf")
+        logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
         if t < opts.max_len:
             _no_empty_reply(logp, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:                                               # only <eos> is left
@@ -359,11 +359,15 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
 
 def shown_note(shown: list, n: int, keep=None) -> str:
     """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
-    bad = sum(not keep(r[0]) for r in shown) if keep else 0
-    if len(shown) < n:
-        return f"{len(shown)} of {n} shown: the other draws repeated these"
-    if bad:
-        return f"the last {bad} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
+    return count_note(len(shown), n, sum(not keep(r[0]) for r in shown) if keep else 0)
+
+
+def count_note(shown: int, n: int, faulty: int) -> str:
+    """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them faulty."""
+    if shown < n:
+        return f"{shown} of {n} shown: the other draws repeated these"
+    if faulty:
+        return f"the last {faulty} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
     return ""
 
 

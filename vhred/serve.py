@@ -188,8 +188,10 @@ class Service:
         _cap("n", opts.num_samples, lim.max_n)
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
+        from .generate import count_note
         candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
-        return {"candidates": [asdict(c) for c in candidates]}
+        note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates))
+        return {"candidates": [asdict(c) for c in candidates], **({"note": note} if note else {})}
 
     def score(self, body: dict) -> dict:
         _only(body, {"history", "candidates"})

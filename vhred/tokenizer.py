@@ -40,8 +40,10 @@ def sample_utterances(utterances, n: int, seed: int = TOKENIZER_SEED) -> tuple[l
 
 
 def train_tokenizer(utterances, vocab_size: int, path: str, max_sentences: int = TOKENIZER_SENTENCES,
-                    seed: int = TOKENIZER_SEED) -> dict:
-    """Train a unigram SentencePiece model on a sample of an iterator of strings; write it to path.
+                    seed: int = TOKENIZER_SEED, model_type: str = "unigram") -> dict:
+    """Train a SentencePiece model (unigram, bpe or word) on a sample of an iterator of strings;
+    write it to path. "word" keeps the vocab_size most frequent whitespace-separated words (text
+    spaced as DailyDialog writes it, as vhred spaces a user's text); any other word reads <unk>.
 
     Returns what it was trained on: {"sentences": sampled, "of": seen, "seed": seed}.
     """
@@ -49,7 +51,7 @@ def train_tokenizer(utterances, vocab_size: int, path: str, max_sentences: int =
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sample), model_writer=model, vocab_size=vocab_size,
-        model_type="unigram", character_coverage=1.0,
+        model_type=model_type, character_coverage=1.0,
         pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
         hard_vocab_limit=False,             # a small corpus gets a smaller vocabulary, not an error
         input_sentence_size=max_sentences,  # already sampled: SentencePiece keeps all of it

@@ -1,0 +1,85 @@
+"""Does DialogWAE's decoder read z, and does its prior follow? (docs/models.md, "DialogWAE")
+
+    python -m eval.dialogwae_codes --steps 300 [--noise-logvar -4] [--prior-rate 0.1] [--critic-rate 0.5] [key=value ...]
+
+Trains DialogWAE on the CPU config (or --config) for --steps steps in a fresh run folder, and
+every --every steps prints, for the first 64 validation windows:
+
+  post spread   the posterior codes' std across responses, and across two draws of its noise
+                (equal: the code says nothing about the response)
+  prior spread  the prior codes' std across contexts and draws (near 0: the generator collapsed)
+  NLL/token     of the responses decoded from their own z_q, from another response's z_q
+                (shuffled), and from a prior z: own < shuffled means the decoder reads z;
+                prior near own means the prior finds the posterior's codes
+
+--noise-logvar, --prior-rate and --critic-rate replace the family's constants
+(POSTERIOR_LOGVAR_INIT, PRIOR_LR_SCALE, CRITIC_LR_SCALE) for this run, to repeat the variants
+docs/models.md reports (0 / 1 / 1: everything at one rate, the noise at std 1).
+"""
+import argparse
+import time
+
+import torch
+
+from vhred import config
+from vhred.models import dialogwae
+from vhred.train import Run
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m eval.dialogwae_codes", description=__doc__.split("\n\n")[1])
+    p.add_argument("--config", default="configs/dailydialog-cpu.yaml")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=25)
+    p.add_argument("--noise-logvar", type=float, default=dialogwae.POSTERIOR_LOGVAR_INIT)
+    p.add_argument("--prior-rate", type=float, default=dialogwae.PRIOR_LR_SCALE)
+    p.add_argument("--critic-rate", type=float, default=dialogwae.CRITIC_LR_SCALE)
+    p.add_argument("--out-dir", default="runs/dialogwae-codes")
+    p.add_argument("overrides", nargs="*", help="key=value settings (e.g. data_dir=...)")
+    return p.parse_args(argv)
+
+
+def nll_per_token(model, ctx, tokens, lens, z) -> float:
+    return (model.reconstruction_nll(tokens, lens, model.condition(ctx, z)).sum() / lens.sum()).item()
+
+
+@torch.no_grad()
+def measure(model, batch) -> str:
+    model.eval()
+    enc, ctx, tokens, lens = model.targets(batch.tokens, batch.lens, batch.turns)
+    z_q, z_q2 = model.posterior_code(ctx, enc), model.posterior_code(ctx, enc)
+    z_p = model.sample_prior(ctx, None)
+    other = z_q[torch.randperm(len(z_q), generator=torch.Generator().manual_seed(0))]
+    model.train()
+    noise = (z_q - z_q2).std(0).mean() / 2 ** 0.5   # one draw's std, from the difference of two
+    return (f"post spread {z_q.std(0).mean():.3f} (noise {noise:.3f}) | prior spread {z_p.std(0).mean():.3f} | "
+            f"NLL/token own z_q {nll_per_token(model, ctx, tokens, lens, z_q):.3f}, "
+            f"shuffled {nll_per_token(model, ctx, tokens, lens, other):.3f}, "
+            f"prior z {nll_per_token(model, ctx, tokens, lens, z_p):.3f}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dialogwae.POSTERIOR_LOGVAR_INIT = args.noise_logvar
+    dialogwae.PRIOR_LR_SCALE, dialogwae.CRITIC_LR_SCALE = args.prior_rate, args.critic_rate
+    name = f"codes-{args.noise_logvar:g}-{args.prior_rate:g}-{args.critic_rate:g}-{int(time.time())}"
+    cfg = config.load(args.config, ["model=dialogwae", f"out_dir={args.out_dir}", f"name={name}",
+                                    f"max_steps={args.steps}", "save_every=1000000", *args.overrides])
+    run = Run(cfg, log=lambda *_: None)
+    batch = run.val_data.batch(list(range(64)))
+    t0, epoch = time.time(), 0
+    try:
+        while run.progress.step < args.steps:
+            for indices in run.train_data.batches(cfg.batch_size, cfg.seed, epoch):
+                run.train_step(indices)
+                if run.progress.step % args.every == 0:
+                    print(f"step {run.progress.step} ({time.time() - t0:.0f} s): {measure(run.model, batch)}", flush=True)
+                if run.progress.step >= args.steps:
+                    break
+            epoch += 1
+    finally:
+        run.close()
+
+
+if __name__ == "__main__":
+    main()
