@@ -83,7 +83,7 @@ class Chat:
         self.turn += 1
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         keep = shown_filter(self.sp, self.cfg, opts)
-        [responses] = candidates(self.model, [context], opts,   # the best N of 2N, best first
+        [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
                                  same=lambda ids: pretty(self.sp.decode(ids)), z=z, keep=keep)
         note = shown_note(responses, opts.num_samples, keep)
         if note:
