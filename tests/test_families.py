@@ -153,14 +153,15 @@ def test_dialogwae_gmp_prior_samples_pick_one_component_from_the_noise():
 
 def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
     """format1-tiny.pt, decoded and scored by the code before vhred/models/ existed (recorded
-    2026-11-29 from commit 9fdc002): the same words and scores."""
+    2026-11-29 from commit 9fdc002): the same scores, and the same words but where <unk>, never
+    decoded since tokenizer=word came (this untrained model gives it mass), shifts a draw."""
     from vhred.generate import DecodeOptions, encode_turns, generate
     from vhred.scoring import score
     model, cfg, sp = checkpoint.load_model(checkpoint.upgrade(FIXTURE, str(tmp_path / "upgraded.pt")))
     ctx = encode_turns(sp, ["hello , how are you ?"], cfg.max_utt_len, cfg.max_context)
     rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8, min_len=0))[0]
-    assert [sp.decode(r[0]) for r in rows] == ["ate won .   goll?", "can'  ski-", "I caroldGWed s"]
-    assert [r[1] for r in rows] == pytest.approx([-4.422762976752387, -4.695913632710774, -4.881067487928602])
+    assert [sp.decode(r[0]) for r in rows] == ["ate won .   gou?", "can'  ski We", "I carrieGWed s"]
+    assert [r[1] for r in rows] == pytest.approx([-4.2463662889268665, -4.619231541951497, -4.793761359320746])
     assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."], kind="pmi") == \
         pytest.approx([0.25901876177106586, 0.1969212618741122])
 

@@ -257,15 +257,16 @@ def test_detokenisation_round_trips(readable, corpus):
 
 def test_the_corpus_split_contractions_read_well():
     assert pretty("I ’ m sure it ' s fine , don ' t worry . I can ' t") == "I'm sure it's fine, don't worry. I can't"
-    assert pretty("time . You") == "time. You" and pretty("$ 60") == "$60"
+    assert pretty("time . You") == "Time. You" and pretty("$ 60") == "$60"
+    assert pretty("that ' s a good idea .") == "That's a good idea."
     assert spaced("I’m here") == "I'm here"
 
 
 def test_a_response_cut_at_the_length_limit_is_marked(vhred_model):
     model, cfg, sp = vhred_model
     ids = sp.encode("yes , it is .")
-    assert response_text(sp, ids, max_len=len(ids) + 1) == "yes, it is."
-    assert response_text(sp, ids, max_len=len(ids)) == "yes, it is. …"
+    assert response_text(sp, ids, max_len=len(ids) + 1) == "Yes, it is."
+    assert response_text(sp, ids, max_len=len(ids)) == "Yes, it is. …"
     opts = DecodeOptions(num_samples=3, max_len=2, min_len=2, rank="none")
     assert all(response_text(sp, i, opts.max_len).endswith(" …") for i, _ in generate(model, contexts(sp, cfg), opts)[0])
 

@@ -455,7 +455,8 @@ def pretty(text: str) -> str:
     from nltk.tokenize.treebank import TreebankWordDetokenizer
     from .metrics.surface import unglue
     words = _join_apostrophes(unglue(text.replace("’", "'")).split())
-    return TreebankWordDetokenizer().detokenize(words)
+    text = TreebankWordDetokenizer().detokenize(words)
+    return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
 
 
 def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> str:
@@ -596,7 +597,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             chunk = contexts[start:start + batch_contexts]
             ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
             z = z_matrix(model, zs[start:start + batch_contexts])
-            found = candidates(model, ids, opts, same=sp.decode, z=z, keep=keep)
+            found = candidates(model, ids, opts, same=lambda r: pretty(sp.decode(r)), z=z, keep=keep)   # as the chat
             bar.update(len(chunk))   # before the yield: a caller may stop at the last context
             yield from zip(chunk, found)
 
