@@ -14,12 +14,13 @@ PYTHONPATH=$PWD $PY -m eval.rating_contexts --checkpoint "$RUN" --contexts 40 --
 # (a) today's default at 9fdc002: greedy per z, 10 drawn, repeats dropped, ranked by PMI, best 5
 PYTHONPATH=$BASE $PY -m vhred.generate --checkpoint "$RUN" --input rating/contexts.jsonl \
     --output rating/sys-a.jsonl --num-samples 5
-# (b) the new default (DecodeOptions at this commit: greedy per z, faulty last, MMI lambda 0.25)
+# (b) the default of the first round (greedy per z, faulty last, MMI lambda 0.25, 2 draws per shown reply;
+#     today's default draws 8, docs/rating.md)
 PYTHONPATH=$PWD $PY -m vhred.generate --checkpoint "$RUN" --input rating/contexts.jsonl \
-    --output rating/sys-b.jsonl --num-samples 5
+    --output rating/sys-b.jsonl --num-samples 5 --draws 2
 # (c) nucleus sampling T 0.7, p 0.9 with the filter and ranking of (b), or $SYSTEM_C
 PYTHONPATH=$PWD $PY -m vhred.generate --checkpoint "$RUN" --input rating/contexts.jsonl \
-    --output rating/sys-c.jsonl --num-samples 5 ${SYSTEM_C:---method sample --temperature 0.7 --top-p 0.9}
+    --output rating/sys-c.jsonl --num-samples 5 --draws 2 ${SYSTEM_C:---method sample --temperature 0.7 --top-p 0.9}
 PYTHONPATH=$PWD $PY -m vhred.rate pack --system a=rating/sys-a.jsonl --system b=rating/sys-b.jsonl \
     --system c=rating/sys-c.jsonl --out rating/pack.txt --key rating/key.json --per-context 5 \
     --checkpoint "$RUN" --seed 0
