@@ -299,3 +299,12 @@ def test_the_shown_list_is_the_best_n_of_draws_times_n(vhred_model):
         assert [[ids for ids, _ in row] for row in shown] == [[ids for ids, _ in row[:3]] for row in pool]
     with pytest.raises(InputError, match="draws"):
         DecodeOptions(draws=9).check()
+
+
+def test_replies_that_differ_only_in_case_or_punctuation_are_one(vhred_model):
+    """same_reply, the repeat key of the chat, generate and the API, reads the words alone."""
+    from vhred.generate import same_reply
+    model, cfg, sp = vhred_model
+    key = same_reply(sp)
+    assert key(sp.encode("single , please .")) == key(sp.encode("Single please")) == "single please"
+    assert key(sp.encode("I'm fine .")) == "i'm fine" != key(sp.encode("I'm not fine ."))

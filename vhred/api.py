@@ -21,7 +21,7 @@ from .generate import (
     candidates,
     encode_turns,
     options_from_args,
-    pretty,
+    same_reply,
     response_text,
     shown_filter,
     spaced,
@@ -123,7 +123,7 @@ class Bot:
         contexts = [self._context(h) for h in histories]
         z = z_matrix(self._model, zs or [None] * len(contexts))
         keep = shown_filter(self._sp, self.config, opts)
-        results = candidates(self._model, contexts, opts, same=lambda r: pretty(self._sp.decode(r)), z=z, keep=keep)   # as the chat
+        results = candidates(self._model, contexts, opts, same=same_reply(self._sp), z=z, keep=keep)   # as the chat
         return [[Candidate(response_text(self._sp, x[0], opts.max_len), float(x[1]),
                            None if x.z is None else x.z.tolist(), bool(keep and not keep(x[0]))) for x in r]
                 for r in results]

@@ -26,6 +26,7 @@ from .generate import (
     options_from_args,
     pretty,
     response_text,
+    same_reply,
     shown_filter,
     shown_note,
     spaced,
@@ -84,7 +85,7 @@ class Chat:
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
-                                 same=lambda ids: pretty(self.sp.decode(ids)), z=z, keep=keep)
+                                 same=same_reply(self.sp), z=z, keep=keep)
         note = shown_note(responses, opts.num_samples, keep)
         if note:
             self.note(f"({note})")

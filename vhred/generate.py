@@ -390,6 +390,15 @@ def shown_filter(sp, cfg, opts: DecodeOptions):
     return lambda ids: clean(response_text(sp, ids, opts.max_len, mark_cut=False), known)
 
 
+def same_reply(sp):
+    """same(ids) for candidates(): the words a reader sees, case and punctuation aside, so that
+    "Single, please." and "Single please." count as one reply (one without words: its text)."""
+    def key(ids):
+        text = pretty(sp.decode(ids))
+        return " ".join(re.findall(r"[\w']+", text.lower())) or text
+    return key
+
+
 def _dedup(responses, key=tuple):
     """Drop repeated responses of one context (the same key(ids)), keeping the first of each."""
     seen, kept = set(), []
@@ -597,7 +606,7 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             chunk = contexts[start:start + batch_contexts]
             ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
             z = z_matrix(model, zs[start:start + batch_contexts])
-            found = candidates(model, ids, opts, same=lambda r: pretty(sp.decode(r)), z=z, keep=keep)   # as the chat
+            found = candidates(model, ids, opts, same=same_reply(sp), z=z, keep=keep)   # as the chat
             bar.update(len(chunk))   # before the yield: a caller may stop at the last context
             yield from zip(chunk, found)
 
