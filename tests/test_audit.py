@@ -71,13 +71,14 @@ def test_pmi_is_ll_minus_the_neutral_contexts_ll_per_token(hred_model):
 
 def test_bot_score_is_the_ranking_score_of_the_text_as_the_corpus_writes_it(trained, hred_model):
     """For HRED the likelihoods are exact: bot.score is (log p(r|c) - lambda log p(r)) / tokens
-    with the default ranking's lambda (MMI, DecodeOptions.mmi_lambda)."""
+    + gamma tokens with the default ranking's lambda and gamma (MMI, DecodeOptions)."""
     from vhred.generate import DecodeOptions
     model, cfg, sp = hred_model
     context, replies = encoded(sp, cfg)
     bot = vhred.load(trained["hred"], device="cpu")
-    lam = DecodeOptions.mmi_lambda
-    want = [(exact_log_p(model, context, r) - lam * exact_log_p(model, NEUTRAL, r)) / (len(r) + 1) for r in replies]
+    lam, gamma = DecodeOptions.mmi_lambda, DecodeOptions.length_bonus
+    want = [(exact_log_p(model, context, r) - lam * exact_log_p(model, NEUTRAL, r)) / (len(r) + 1) + gamma * (len(r) + 1)
+            for r in replies]
     assert bot.score(HISTORY, REPLIES) == pytest.approx(want, rel=1e-4, abs=1e-5)
 
 

@@ -193,3 +193,53 @@ def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
     note = shown_note(shown, 4, keep)
     assert (note == "") == all(good) and (all(good) or "faulty" in note)
     assert shown_note(shown[:2], 4) == "2 of 4 shown: the other draws repeated these"
+
+
+# --- which ranking score the readers' labels favour (eval/rated_ranking.py) -------------------
+
+def test_rated_ranking_accuracy_of_hand_made_pairs():
+    from eval.rated_ranking import accuracy, mmi
+    short_good = {"lpc": -6.0, "lpn": -8.0, "n": 3}    # ll -2.0 per token
+    long_bad = {"lpc": -15.0, "lpn": -30.0, "n": 10}   # ll -1.5: more likely per token, longer
+    half = {"lpc": -10.0, "lpn": -10.0, "n": 5}        # ll -2.0, rated good by one reader of two
+    ctx = [[(short_good, 1.0), (long_bad, 0.0), (half, 0.5)]]
+    # pairs (weight): good/bad (1), good/half (0.5), bad/half (0.5); ll orders bad > good = half > ...
+    # ll: good/bad wrong, good/half tied (0.5 credit), half/bad wrong -> 0.25 / 2
+    assert accuracy(ctx, mmi(0, 0)) == pytest.approx(0.25 / 2)
+    # shorter first: all three in the readers' order
+    assert accuracy(ctx, lambda r: -r["n"]) == 1.0
+    # pmi: good (2/3 = 0.667) > bad (15/10 = 1.5)? pmi good = (-6 + 8) / 3, bad = (-15 + 30) / 10
+    assert mmi(1, 0)(short_good) == pytest.approx(2 / 3) and mmi(1, 0)(long_bad) == pytest.approx(1.5)
+    assert mmi(0.5, -0.1)(half) == pytest.approx((-10 + 5) / 5 - 0.5)
+    assert accuracy([[(short_good, 1.0), (half, 1.0)]], mmi(0, 0)) != accuracy([[(short_good, 1.0)]], mmi(0, 0))
+
+
+def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
+    """A round whose readers kept each context's shortest draws: "shorter first" orders every
+    differently judged pair as they did."""
+    import sys
+    from eval import rated_ranking
+    from vhred import checkpoint
+    from vhred.generate import DecodeOptions, encode_turns, generate, response_text, spaced
+    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
+    items, answers = {}, []
+    for c, ctx in enumerate(contexts):
+        ids = encode_turns(sp, [spaced(t) for t in ctx], cfg.max_utt_len, cfg.max_context)
+        replies = {response_text(sp, r[0], 30): len(r[0]) for r in generate(model, [ids], DecodeOptions(
+            num_samples=8, rank="none", dedup=False))[0]}
+        shortest = min(replies.values())
+        for i, (text, n) in enumerate(replies.items()):
+            items[f"{c}{i:05d}"] = [{"system": "x", "context": c, "rank": i + 1, "text": text}]
+            answers.append(f"{c}{i:05d} {'good' if n == shortest else 'bad'}")
+    (tmp_path / "contexts.jsonl").write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    (tmp_path / "key.json").write_text(json.dumps({"kind": "pointwise", "contexts": contexts, "items": items}))
+    (tmp_path / "rater1.txt").write_text("\n".join(answers) + "\n")
+    monkeypatch.setattr(sys, "argv", ["rated_ranking", "--checkpoint", trained["vhred"], "--round", str(tmp_path),
+                                      "--systems", "x", "--draws", "8"])
+    rated_ranking.main()
+    out = capsys.readouterr().out
+    assert f"{len(items)} rated replies of 2 contexts, {len(items)} of them among the 8 draws" in out
+    if any(a.endswith("bad") for a in answers):
+        assert "| shorter first | 1.000 |" in out
+    assert out.count("| mmi lambda") == len(rated_ranking.LAMBDAS) * len(rated_ranking.GAMMAS)

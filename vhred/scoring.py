@@ -13,8 +13,9 @@ Two kinds:
        context gain. Per token, so long replies are not favoured for their length alone.
   mmi  the MMI family of Li et al. (2016) that holds both: [log p(r | context) - lambda log p(r |
        NEUTRAL)] per predicted token + gamma * (|r| + 1). lambda = 0, gamma = 0 is ll; lambda = 1,
-       gamma = 0 is pmi; gamma > 0 favours longer replies, which per-token scores otherwise leave
-       short. Chosen lambda and gamma: generate.DecodeOptions, measured in docs/rating.md.
+       gamma = 0 is pmi; gamma > 0 favours longer replies, gamma < 0 shorter ones (per-token
+       scores leave length out). Chosen lambda and gamma: generate.DecodeOptions, measured in
+       docs/rating.md.
 
 Each (context, response) pair draws its z samples from its own generator, seeded by the
 seed and the pair's tokens, so a score does not depend on what else is in the batch.
