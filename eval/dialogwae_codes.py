@@ -1,6 +1,7 @@
 """Does DialogWAE's decoder read z, and does its prior follow? (docs/models.md, "DialogWAE")
 
     python -m eval.dialogwae_codes --steps 300 [--noise-logvar -4] [--prior-rate 0.1] [--critic-rate 0.5] [key=value ...]
+    python -m eval.dialogwae_codes --checkpoint RUN      # the same measures of a trained DialogWAE, once
 
 Trains DialogWAE on the CPU config (or --config) for --steps steps in a fresh run folder, and
 every --every steps prints, for the first 64 validation windows:
@@ -11,17 +12,23 @@ every --every steps prints, for the first 64 validation windows:
   NLL/token     of the responses decoded from their own z_q, from another response's z_q
                 (shuffled), and from a prior z: own < shuffled means the decoder reads z;
                 prior near own means the prior finds the posterior's codes
+  mixture       DialogWAE-GMP: the entropy of the component weights (ln K: all equal), the
+                components' mean std, and the mean distance between component means (near 0
+                with std near 1: the mixture has not left its starting point)
 
 --noise-logvar, --prior-rate and --critic-rate replace the family's constants
 (POSTERIOR_LOGVAR_INIT, PRIOR_LR_SCALE, CRITIC_LR_SCALE) for this run, to repeat the variants
 docs/models.md reports (0 / 1 / 1: everything at one rate, the noise at std 1).
 """
 import argparse
+import math
 import time
 
 import torch
 
-from vhred import config
+from vhred import checkpoint, config
+from vhred.dataset import DialogueData, prepare
+from vhred.errors import InputError
 from vhred.models import dialogwae
 from vhred.train import Run
 
@@ -35,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--prior-rate", type=float, default=dialogwae.PRIOR_LR_SCALE)
     p.add_argument("--critic-rate", type=float, default=dialogwae.CRITIC_LR_SCALE)
     p.add_argument("--out-dir", default="runs/dialogwae-codes")
+    p.add_argument("--checkpoint", default="", help="measure this trained DialogWAE (a run folder or .pt) instead of training one")
     p.add_argument("overrides", nargs="*", help="key=value settings (e.g. data_dir=...)")
     return p.parse_args(argv)
 
@@ -55,11 +63,34 @@ def measure(model, batch) -> str:
     return (f"post spread {z_q.std(0).mean():.3f} (noise {noise:.3f}) | prior spread {z_p.std(0).mean():.3f} | "
             f"NLL/token own z_q {nll_per_token(model, ctx, tokens, lens, z_q):.3f}, "
             f"shuffled {nll_per_token(model, ctx, tokens, lens, other):.3f}, "
-            f"prior z {nll_per_token(model, ctx, tokens, lens, z_p):.3f}")
+            f"prior z {nll_per_token(model, ctx, tokens, lens, z_p):.3f}{mixture(model, ctx)}")
+
+
+@torch.no_grad()
+def mixture(model, ctx) -> str:
+    """GMP's prior components at these contexts ("" for one component)."""
+    if model.k == 1:
+        return ""
+    mean, logvar, log_pi = model.prior_net(ctx)                             # (T, K, Z), (T, K, Z), (T, K)
+    entropy = -(log_pi.exp() * log_pi).sum(-1).mean()
+    gaps = [(mean[:, i] - mean[:, j]).norm(dim=-1).mean() for i in range(model.k) for j in range(i)]
+    return (f" | mixture entropy {entropy:.3f} (ln K {math.log(model.k):.3f}), component std "
+            f"{torch.exp(0.5 * logvar).mean():.3f}, distance between means {sum(gaps) / len(gaps):.3f}")
+
+
+def measure_checkpoint(path: str):
+    """The measures of a trained DialogWAE on the first 64 validation windows of its data."""
+    model, cfg, _ = checkpoint.load_model(path)
+    if cfg.arch.model != "dialogwae":
+        raise InputError(f"{path} is a {cfg.arch.model} model; this diagnostic reads DialogWAE")
+    batch = DialogueData(prepare(cfg, log=lambda *_: None), "validation").batch(list(range(64)))
+    print(f"{path}: {measure(model, batch)}")
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.checkpoint:
+        return measure_checkpoint(args.checkpoint)
     dialogwae.POSTERIOR_LOGVAR_INIT = args.noise_logvar
     dialogwae.PRIOR_LR_SCALE, dialogwae.CRITIC_LR_SCALE = args.prior_rate, args.critic_rate
     name = f"codes-{args.noise_logvar:g}-{args.prior_rate:g}-{args.critic_rate:g}-{int(time.time())}"

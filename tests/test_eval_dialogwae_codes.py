@@ -12,3 +12,30 @@ def test_the_codes_diagnostic_trains_and_prints_its_measures(dailydialog_zip, da
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["step 2", "step 4"]
     assert all("post spread" in line and "prior z" in line for line in lines)
+
+
+def test_the_mixture_measures_of_a_prior_at_its_start():
+    """Equal weights and one mean for every component: entropy ln K, distance 0."""
+    import math
+    import torch
+    from vhred.config import ModelConfig
+    from vhred.models import build
+    model = build(ModelConfig(model="dialogwae", gmp_components=3, emb_dim=8, utt_hidden=8, ctx_hidden=8,
+                              dec_hidden=8, z_dim=4, latent_hidden=8), 40).eval()
+    with torch.no_grad():
+        for layer in (model.prior_net.weights, model.prior_net.components.mean, model.prior_net.components.logvar):
+            layer.weight.zero_()
+            layer.bias.zero_()
+    line = dialogwae_codes.mixture(model, torch.randn(5, 8))
+    assert f"mixture entropy {math.log(3):.3f}" in line and "component std 1.000" in line
+    assert "distance between means 0.000" in line
+    model.k = 1
+    assert dialogwae_codes.mixture(model, torch.randn(5, 8)) == ""
+
+
+def test_the_codes_of_a_trained_checkpoint(tiny_cfg, capsys):
+    from vhred.train import train
+    run = train(tiny_cfg("model=dialogwae", "gmp_components=3", "max_steps=4"), log=lambda *_: None).dir
+    dialogwae_codes.main(["--checkpoint", run])
+    out = capsys.readouterr().out
+    assert "post spread" in out and "prior z" in out and "mixture entropy" in out
