@@ -2,6 +2,7 @@
 schedules, early stopping, data parallelism."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +76,23 @@ def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     train(tiny_cfg("max_steps=3", "name=shape"), log=quiet)
     with pytest.raises(CheckpointError, match="other z_dim"):
         train(tiny_cfg("max_steps=3", "name=shape", "z_dim=4"), log=quiet)
+
+
+def test_resume_survives_a_copied_source_but_not_other_data(tiny_cfg, dailydialog_zip, tmp_path, monkeypatch):
+    """The source copied elsewhere (or re-downloaded, or touched) is prepared into a new data
+    folder with the same files: the run resumes. Other data in the same run folder is refused."""
+    first = train(tiny_cfg("max_steps=3", "name=moved"), log=quiet)
+    copy = tmp_path / "elsewhere" / "ijcnlp_dailydialog.zip"
+    copy.parent.mkdir()
+    shutil.copy(dailydialog_zip, copy)
+    os.utime(copy, (1e9, 1e9))
+    monkeypatch.setenv("DAILYDIALOG_SRC", str(copy))
+    lines = []
+    resumed = train(tiny_cfg("max_steps=5", "name=moved"), log=lines.append)
+    assert resumed.data_folder != first.data_folder and resumed.progress.step == 5
+    assert any("resuming" in line and "at step 3" in line for line in lines)
+    with pytest.raises(CheckpointError, match="other data"):
+        train(tiny_cfg("max_steps=7", "name=moved", "max_dialogues=7"), log=quiet)
 
 
 def wait_for_step(path, step, proc, timeout=120):

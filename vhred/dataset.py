@@ -122,6 +122,17 @@ class WindowWriter:
         self.sink.close()
 
 
+def processed_digests(folder: str) -> dict | None:
+    """The SHA-256 of a processed data folder's files as its meta.json records them, or None
+    when the folder or its record is missing: what the data is, wherever its source lay."""
+    try:
+        with open(os.path.join(folder, "meta.json")) as f:
+            digests = json.load(f).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return digests if isinstance(digests, dict) and digests else None
+
+
 def prepare(cfg: Config, log=print) -> str:
     """Build (or reuse) the processed data for cfg; return its folder."""
     name, src, identity = _source(cfg)

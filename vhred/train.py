@@ -18,7 +18,7 @@ import torch
 
 from . import checkpoint, config, distributed
 from .cli import command, program
-from .dataset import DialogueData, prepare
+from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, TrainingError
 from .memory import keep_freed_memory
@@ -170,7 +170,7 @@ class Run:
     def _check_same_run(self, state: dict):
         saved = checkpoint.config_of(state, os.path.join(self.dir, "last.pt"))
         changed = [k for k, v in asdict(self.cfg.arch).items() if getattr(saved.arch, k) != v]
-        if checkpoint.tokenizer_bytes(state) != self.tokenizer or state.get("data", self._data_id()) != self._data_id():
+        if checkpoint.tokenizer_bytes(state) != self.tokenizer or not self._same_data(state.get("data", self._data_id())):
             changed.append("data")
         if changed:
             raise CheckpointError(f"{self.dir} holds a run with other {', '.join(changed)}; pass "
@@ -210,6 +210,15 @@ class Run:
 
     def _data_id(self) -> str:
         return os.path.basename(os.path.normpath(self.data_folder))
+
+    def _same_data(self, saved_id: str) -> bool:
+        """Whether a checkpoint's processed data is this run's: the same folder, or one whose files
+        are the same. A source copied, re-downloaded or touched gets a new folder (its identity
+        holds its modification time) with the same content, and the run still resumes."""
+        if saved_id == self._data_id():
+            return True
+        saved = processed_digests(os.path.join(os.path.dirname(os.path.normpath(self.data_folder)), saved_id))
+        return saved is not None and saved == processed_digests(self.data_folder)
 
     # --- files ---
 
