@@ -184,6 +184,18 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
         assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
     md = (tmp_path / "table.md").read_text()
     assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md
+    assert result["trained_earlier"] == [] and "earlier run" not in md
+    # again: the row is at its budget, so it is evaluated, not trained, and its minutes are the first run's
+    r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "4",
+                        "--rows", "hred", "--max-contexts", "4", "--rank-contexts", "4", "--iw-samples", "2",
+                        "--out-dir", str(tmp_path / "runs"), "--table", str(table), f"data_dir={data_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
+    assert r.returncode == 0, r.stderr[-2000:]
+    again = json.loads((tmp_path / "table.json").read_text())
+    vals = [json.loads(line) for line in open(tmp_path / "runs" / "compare-hred" / "metrics.jsonl")]
+    first = next(v for v in vals if v["split"] == "val" and v["step"] == 4)
+    assert again["trained_earlier"] == ["hred"] and again["rows"][0]["train_minutes"] == first["wall_s"] / 60
+    assert "evaluated again: hred" in (tmp_path / "table.md").read_text()
 
 
 @pytest.mark.slow   # subprocesses under torchrun

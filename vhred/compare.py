@@ -83,13 +83,29 @@ def _python(module: str, *argv: str, log: str) -> float:
 
 
 def train_row(args, row: str) -> dict:
-    """Train one row to the step budget (resuming a folder that has part of it)."""
+    """Train one row to the step budget (resuming a folder that has part of it). A folder already
+    at the budget is not trained again: its minutes are those its metrics.jsonl recorded then."""
     name = f"compare-{row}"
+    run_dir = os.path.join(args.out_dir, name)
     os.makedirs(args.out_dir, exist_ok=True)
+    earlier = recorded_minutes(run_dir, args.steps)
     seconds = _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
                       f"name={name}", f"out_dir={args.out_dir}", *args.overrides,
                       log=os.path.join(args.out_dir, f"{name}.log"))
-    return {"row": row, "dir": os.path.join(args.out_dir, name), "train_minutes": seconds / 60}
+    return {"row": row, "dir": run_dir, "train_minutes": seconds / 60 if earlier is None else earlier,
+            "trained_earlier": earlier is not None}
+
+
+def recorded_minutes(run_dir: str, steps: int) -> float | None:
+    """The training minutes of a run folder whose validation at `steps` is recorded (the wall time
+    of the process that reached it, from its start), or None when it has not got that far."""
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return None
+    done = [r for r in records if r.get("split") == "val" and r.get("step") == steps]
+    return done[0]["wall_s"] / 60 if done else None
 
 
 def evaluate_row(args, row: str, run_dir: str) -> dict:
@@ -138,7 +154,9 @@ def markdown(rows: list[dict], header: dict) -> str:
     cols = [(k, title) for k, title in COLUMNS if any(k in r for r in rows)]
     lines = [f"Made {header['date']} by `{header['command']}` on {header['machine']}; "
              f"{rows[0].get('contexts', '?')} test contexts (DialogWAE's protocol), "
-             f"{rows[0].get('rank_contexts', '?')} ranked; test NLL bound with K = {header['iw_samples']}.", "",
+             f"{rows[0].get('rank_contexts', '?')} ranked; test NLL bound with K = {header['iw_samples']}."
+             + (f" Trained by an earlier run of the command and evaluated again: {', '.join(header['trained_earlier'])}"
+                " (their train minutes are those their metrics.jsonl recorded)." if header.get("trained_earlier") else ""), "",
              "| row | " + " | ".join(t for _, t in cols) + " |", "|---|" + "---|" * len(cols)]
     for r in rows:
         cells = [_cell(r.get(k)) for k, _ in cols]
@@ -189,13 +207,14 @@ def main(argv=None):
     with ThreadPoolExecutor(args.jobs) as pool:   # each training is its own one-thread process
         trained = list(pool.map(lambda row: train_row(args, row), args.rows))
     runs = [(t["row"], t["dir"], t["train_minutes"]) for t in trained]
+    earlier = [t["row"] for t in trained if t["trained_earlier"]]
     if args.reference:
         runs.append(("reference", args.reference.rstrip("/"), None))
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs))
     header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
               "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
-              "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1)}
+              "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1), "trained_earlier": earlier}
     os.makedirs(os.path.dirname(args.table) or ".", exist_ok=True)
     with open(args.table + ".json", "w") as f:
         json.dump({**header, "rows": rows}, f, indent=1)
