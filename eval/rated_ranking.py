@@ -20,6 +20,7 @@ import os
 
 from vhred import checkpoint
 from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, same_reply, spaced
+from vhred.rate import read_answers, read_key
 from vhred.scoring import NEUTRAL, RANK_SAMPLES, log_likelihoods
 
 LAMBDAS = (0.0, 0.25, 0.5, 1.0)
@@ -31,16 +32,14 @@ def rated(rounds: list[str], systems: set[str], contexts: list[list[str]]) -> di
     index = {tuple(c): i for i, c in enumerate(contexts)}
     labels = collections.defaultdict(list)
     for d in rounds:
-        key = json.load(open(os.path.join(d, "key.json"), encoding="utf-8"))
+        key = read_key(os.path.join(d, "key.json"))
         for name in sorted(os.listdir(d)):
             if not (name.startswith("rater") and name.endswith(".txt")):
                 continue
-            for line in open(os.path.join(d, name), encoding="utf-8"):
-                parts = line.split()
-                items = key["items"].get(parts[0], []) if len(parts) == 2 else []
-                item = next((it for it in items if it["system"] in systems), None)
+            for item_id, answer in read_answers(os.path.join(d, name), key).items():
+                item = next((it for it in key["items"][item_id] if it["system"] in systems), None)
                 if item and tuple(key["contexts"][item["context"]]) in index:
-                    labels[(index[tuple(key["contexts"][item["context"]])], item["text"])].append(parts[1] == "good")
+                    labels[(index[tuple(key["contexts"][item["context"]])], item["text"])].append(answer == "good")
     return labels
 
 
