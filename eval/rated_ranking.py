@@ -43,9 +43,10 @@ def rated(rounds: list[str], systems: set[str], contexts: list[list[str]]) -> di
     return labels
 
 
-def draws(model, cfg, sp, contexts: list[list[str]], n: int) -> list[list[dict]]:
-    """Each context's n greedy draws: reply ids, log p(r | c), log p(r | neutral), tokens."""
-    opts = DecodeOptions(num_samples=n, rank="none", dedup=False)
+def draws(model, cfg, sp, contexts: list[list[str]], n: int, method: str = "greedy") -> list[list[dict]]:
+    """Each context's n draws (greedy or beam words per z, the shipped seeds): reply ids,
+    log p(r | c), log p(r | neutral), tokens."""
+    opts = DecodeOptions(num_samples=n, rank="none", dedup=False, method=method)
     out = []
     for ctx in contexts:
         ids = encode_turns(sp, [spaced(t) for t in ctx], cfg.max_utt_len, cfg.max_context)

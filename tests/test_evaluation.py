@@ -201,7 +201,8 @@ def test_rank_command(trained, dailydialog_zip, monkeypatch):
 def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["hred"], "--max-contexts", "12",
-                        "--num-samples", "3", "--iw-samples", "2", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
+                        "--num-samples", "3", "--iw-samples", "2", "--device", "cpu", "--method", "greedy"],
+                       cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     res = json.load(open(f"{trained['hred']}/results-ours-test.json"))
     m = res["metrics"]
@@ -213,7 +214,7 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     for n in (1, 2):
         p, rc = m[f"bleu-{n}-precision"], m[f"bleu-{n}-recall"]
         assert p == pytest.approx(rc) and m[f"bleu-{n}-f1"] == pytest.approx(p if p else 0.0)
-    assert res["decoding"]["rank"] == "mmi"   # the chat's defaults
+    assert res["decoding"]["rank"] == "mmi" and res["decoding"]["method"] == "greedy"   # the chat's ranking, as asked
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
                         "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

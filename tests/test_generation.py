@@ -206,14 +206,17 @@ def test_json_lines_and_hred(trained):
     code, out, err = chat(["Hello !", "What time is it ?"], "--checkpoint", trained["hred"], "--json")
     rows = [json.loads(line) for line in out]
     assert code == 0 and [r["user"] for r in rows] == ["Hello !", "What time is it ?"]
-    assert all(len(r["responses"]) == 1 for r in rows)   # HRED: one greedy response by default
-    assert all(len(r["scores"]) == 1 and r["score"] == "mmi" for r in rows)
+    # HRED by default: the best of its beams, distinct, ranked; with greedy words its one reply
+    assert all(1 <= len(r["responses"]) == len(set(r["responses"])) == len(r["scores"]) and r["score"] == "mmi"
+               for r in rows)
+    code, out, _ = chat(["Hello !"], "--checkpoint", trained["hred"], "--json", "--method", "greedy")
+    assert code == 0 and len(json.loads(out[0])["responses"]) == 1
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_piped_turns_are_separated_and_history_says_when_empty(trained):
     code, out, err = chat(["/history", "Hello !", "Where is the bank ?"], "--checkpoint", trained["vhred"],
-                          "--num-samples", "2")
+                          "--num-samples", "2", "--method", "greedy")   # two distinct replies from the tiny model
     assert code == 0 and "(the history is empty" in err
     blocks = "\n".join(out).strip("\n").split("\n\n")   # one block of candidates per turn
     assert len(blocks) == 2 and all(b.startswith("1. ") for b in blocks)

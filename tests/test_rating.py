@@ -227,7 +227,7 @@ def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
     for c, ctx in enumerate(contexts):
         ids = encode_turns(sp, [spaced(t) for t in ctx], cfg.max_utt_len, cfg.max_context)
         replies = {response_text(sp, r[0], 30): len(r[0]) for r in generate(model, [ids], DecodeOptions(
-            num_samples=8, rank="none", dedup=False))[0]}
+            num_samples=8, rank="none", dedup=False, method="greedy"))[0]}
         shortest = min(replies.values())
         for i, (text, n) in enumerate(replies.items()):
             items[f"{c}{i:05d}"] = [{"system": "x", "context": c, "rank": i + 1, "text": text}]
@@ -243,3 +243,53 @@ def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
     if any(a.endswith("bad") for a in answers):
         assert "| shorter first | 1.000 |" in out
     assert out.count("| mmi lambda") == len(rated_ranking.LAMBDAS) * len(rated_ranking.GAMMAS)
+
+
+# --- what a perfect ranking of a model's draws could show (eval/candidate_ceiling.py) ----------
+
+def test_candidate_ceiling_of_hand_made_labels():
+    from eval.candidate_ceiling import report, shares
+    reply = lambda n, good, faulty=False: {"lpc": -2.0 * n, "lpn": -3.0 * n, "n": n, "faulty": faulty, "good": good}
+    # context 1: 7 replies, 6 good -> ceiling 5 of 5; context 2: one good of three -> 1 of 5, top-1 yes;
+    # context 3: none good -> 0
+    ctxs = [[reply(3, True)] * 6 + [reply(9, False)],
+            [reply(2, False, faulty=True), reply(4, True), reply(8, False)],
+            [reply(5, False), reply(6, False)]]
+    lines = report("x", "r", ctxs)
+    assert "12 distinct replies (4.0 a context), 7 good (58%)" in lines[0]
+    assert "| ceiling (a perfect ranking) | 67% | 40% |" in lines       # (5/5 + 1/5 + 0) / 3
+    # shortest first, faulty last: context 2 puts the 4-token good reply first
+    assert shares(ctxs, lambda r: (not r["faulty"], -r["n"])) == (pytest.approx(2 / 3), pytest.approx((5 / 5 + 1 / 5) / 3))
+    assert "0: 1, 1: 1, 2: 0, 3: 0, 4: 0, 5: 1" in lines[-1]
+
+
+def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
+    """pool -> rate pack -> answers -> ceiling: every distinct draw is packed, and a reader who keeps
+    only each context's shortest replies gives a top-1 ceiling of 100% that "shortest first" reaches."""
+    from eval import candidate_ceiling
+    from vhred.generate import reply_key
+    contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
+    (tmp_path / "contexts.jsonl").write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    sys_file = tmp_path / "sys-g.jsonl"
+    candidate_ceiling.main(["pool", "--checkpoint", trained["vhred"], "--contexts", str(tmp_path / "contexts.jsonl"),
+                            "--draws", "8", "--out", str(sys_file)])
+    rows = [json.loads(line) for line in sys_file.read_text().splitlines()]
+    assert [r["context"] for r in rows] == contexts
+    for r in rows:
+        assert 1 <= len(r["samples"]) <= 8 and len(r["samples"]) == len(r["lpc"]) == len(r["n"]) == len(r["faulty"])
+        assert len({reply_key(s) for s in r["samples"]}) == len(r["samples"])   # repeats dropped
+    rate.main(["pack", "--system", f"g={sys_file}", "--out", str(tmp_path / "pack.txt"),
+               "--key", str(tmp_path / "key.json"), "--per-context", "1000"])
+    key = json.loads((tmp_path / "key.json").read_text())
+    assert len(key["items"]) == sum(len(r["samples"]) for r in rows)
+    shortest = [min(r["n"]) for r in rows]
+    length = {(c, t): n for c, r in enumerate(rows) for t, n in zip(r["samples"], r["n"])}
+    (tmp_path / "rater1.txt").write_text("".join(
+        f"{i} {'good' if length[(e[0]['context'], e[0]['text'])] == shortest[e[0]['context']] else 'bad'}\n"
+        for i, e in key["items"].items()))
+    candidate_ceiling.main(["ceiling", "--key", str(tmp_path / "key.json"), "--answers", str(tmp_path / "rater1.txt"),
+                            "--system", f"g={sys_file}"])
+    out = capsys.readouterr().out
+    assert "| ceiling (a perfect ranking) | 100% |" in out
+    if not any(f for r in rows for f in r["faulty"]):
+        assert "| shortest first | 100% |" in out

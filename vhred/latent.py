@@ -5,8 +5,8 @@ real responses put their posterior means.
     python -m vhred.latent plot --checkpoint runs/x [--color act|length|question] [--out latent.png]
 
 `interpolate` takes two candidates of the prior for one context (or the prior mean +- k sigma
-along a random direction, --around-mean K) and decodes evenly spaced points between them with
-greedy words, linearly or spherically (slerp, which keeps points at the norm a Gaussian sample
+along a random direction, --around-mean K) and decodes evenly spaced points between them as the
+chat decodes each z (beam search, width 5), linearly or spherically (slerp, which keeps points at the norm a Gaussian sample
 has). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
@@ -20,7 +20,7 @@ from .cli import check_output, command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import (DecodeOptions, context_states, encode_turns, newest_checkpoint, response_text,
+from .generate import (DecodeOptions, beam_search, context_states, encode_turns, newest_checkpoint, response_text,
                        sample_tokens, spaced)
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
@@ -36,14 +36,19 @@ def prior(model, contexts: list[list[list[int]]]) -> tuple[torch.Tensor, torch.T
 
 
 @torch.inference_mode()
-def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30) -> list[tuple[list[int], float]]:
-    """Greedy words for each row of z (K, Z) under one context: K (ids, log-likelihood per token).
-    The same z and context always give the same response."""
+def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30,
+           method: str = DecodeOptions.method) -> list[tuple[list[int], float]]:
+    """One reply for each row of z (K, Z) under one context, decoded as the chat decodes each z
+    (beam search by default, or greedy words): K (ids, log-likelihood per token). The same z and
+    context always give the same response."""
     _require_latent(model)
     ctx = context_states(model, [context])                                  # (1, Hc)
     z = z.to(ctx.device, ctx.dtype)
     cond = model.condition(ctx.expand(len(z), -1), z)                       # (K, Hc + Z)
-    opts = DecodeOptions(num_samples=len(z), max_len=max_len, method="greedy")
+    opts = DecodeOptions(num_samples=len(z), max_len=max_len, method=method)
+    if method == "beam":
+        ids, scores = beam_search(model, cond, opts, 1)
+        return [(x[0], s[0]) for x, s in zip(ids, scores)]
     ids, logp = sample_tokens(model, cond, opts, None)
     return [(x, lp / (len(x) + 1)) for x, lp in zip(ids, logp.tolist())]
 

@@ -1,0 +1,139 @@
+"""How good can the shown list get from what a model draws? (docs/rating.md, sixth round)
+
+    python -m eval.candidate_ceiling pool --checkpoint RUN --contexts contexts.jsonl --method greedy|beam \\
+        [--draws 40] --out sys-X.jsonl
+    python -m eval.candidate_ceiling ceiling --key key.json --answers rater1.txt [--answers rater2.txt ...] \\
+        --system X=sys-X.jsonl [--system ...]
+
+`pool` writes every distinct reply among the chat's draws for each context (the --draws it makes
+for five shown replies, decoded with the shipped seeds; repeats by the words a reader sees
+dropped), with the numbers ranking uses: log p(r | c), log p(r | neutral), tokens and whether the
+shown-list filter finds a fault. `vhred rate pack --per-context 1000` then packs all of them for
+blind readers. `ceiling` reads the readers' labels and says, per system and reader:
+- how many of the drawn replies are good,
+- the ceiling: the good share of the top-1 and of the five shown that a perfect ranking of these
+  draws would reach (a context with G good replies gives min(G, 5) of 5),
+- what the shipped ranking (MMI, faulty last) and other scores reach from the same draws.
+No ranking or decoding choice on these draws can beat the ceiling: it is what the model offers.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+from vhred import checkpoint
+from vhred.generate import DecodeOptions, response_text, reply_key, shown_filter
+from vhred.rate import read_answers, read_key
+
+from eval.rated_ranking import GAMMAS, LAMBDAS, draws
+
+SHOWN = 5
+
+
+def pool(args):
+    model, cfg, sp = checkpoint.load_model(args.checkpoint)
+    keep = shown_filter(sp, cfg, DecodeOptions())
+    contexts = [json.loads(line)["context"] for line in open(args.contexts, encoding="utf-8")]
+    with open(args.out, "w", encoding="utf-8") as out:
+        for ctx, rows in zip(contexts, draws(model, cfg, sp, contexts, args.draws, args.method)):
+            seen = {}
+            for r in rows:
+                text = response_text(sp, r["ids"], cfg.max_utt_len)
+                seen.setdefault(reply_key(text), dict(r, text=text, faulty=not keep(r["ids"])))
+            kept = list(seen.values())
+            out.write(json.dumps({"context": ctx, "samples": [r["text"] for r in kept],
+                                  **{f: [r[f] for r in kept] for f in ("lpc", "lpn", "n", "faulty")}}) + "\n")
+
+
+def mmi(lam: float, gamma: float):
+    """The shipped ranking's score (vhred/scoring.py score_ids), faulty replies last."""
+    return lambda r: (not r["faulty"], (r["lpc"] - lam * r["lpn"]) / r["n"] + gamma * r["n"])
+
+
+SCORES = {
+    "shipped: mmi lambda 0.25 gamma -0.1": mmi(0.25, -0.1),
+    "ll (lambda 0, gamma 0)": mmi(0.0, 0.0),
+    "pmi (lambda 1, gamma 0)": mmi(1.0, 0.0),
+    "shortest first": lambda r: (not r["faulty"], -r["n"]),
+}
+
+
+def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
+    """Each context's replies of one system with the reader's label (good True), unrated left out."""
+    by_text = {}
+    for item_id, answer in answers.items():
+        for it in key["items"][item_id]:
+            if it["system"] == name:
+                by_text[(it["context"], it["text"])] = answer == "good"
+    index = {tuple(c): i for i, c in enumerate(key["contexts"])}
+    out = []
+    for row in system_rows:
+        c = index.get(tuple(row["context"]))
+        if c is None:
+            continue
+        fields = ("lpc", "lpn", "n", "faulty") if "lpc" in row else ()
+        out.append([dict({f: row[f][i] for f in fields}, text=t, good=by_text[(c, t)])
+                    for i, t in enumerate(row["samples"]) if (c, t) in by_text])
+    return out
+
+
+def shares(contexts: list[list[dict]], order) -> tuple[float, float]:
+    """Good share of the top-1 and of the first five, replies sorted best first by order."""
+    top1, top5 = [], []
+    for replies in contexts:
+        ranked = sorted(replies, key=order, reverse=True)[:SHOWN]
+        top1.append(ranked[0]["good"])
+        top5.append(sum(r["good"] for r in ranked) / SHOWN)
+    return statistics.mean(top1), statistics.mean(top5)
+
+
+def report(name: str, rater: str, contexts: list[list[dict]], grid: bool = False) -> list[str]:
+    good = [sum(r["good"] for r in replies) for replies in contexts]
+    drawn = sum(len(replies) for replies in contexts)
+    lines = [f"### system {name}, {rater}: {len(contexts)} contexts, {drawn} distinct replies "
+             f"({drawn / len(contexts):.1f} a context), {sum(good)} good ({sum(good) / drawn:.0%})"]
+    if "lpc" not in contexts[0][0]:   # not written by pool (the human replies): no ranking to replay
+        return lines + [""]
+    scores = dict(SCORES, **({f"mmi lambda {lam} gamma {g}": mmi(lam, g) for lam in LAMBDAS for g in GAMMAS}
+                             if grid else {}))
+    lines += ["", "| ranking | top-1 good | five shown good |", "|---|---|---|",
+             f"| ceiling (a perfect ranking) | {statistics.mean(g > 0 for g in good):.0%} | "
+             f"{statistics.mean(min(g, SHOWN) / SHOWN for g in good):.0%} |"]
+    for label, order in scores.items():
+        t1, t5 = shares(contexts, order)
+        lines.append(f"| {label} | {t1:.0%} | {t5:.0%} |")
+    return lines + [f"\ncontexts by good replies among the draws: "
+                    + ", ".join(f"{k}: {sum(min(g, SHOWN) == k for g in good)}" for k in range(SHOWN + 1))
+                    + f" (5 = five or more)\n"]
+
+
+def ceiling(args):
+    key = read_key(args.key)
+    systems = [spec.split("=", 1) for spec in args.system]
+    for path in args.answers:
+        answers = read_answers(path, key)
+        for name, file in systems:
+            rows = [json.loads(line) for line in open(file, encoding="utf-8")]
+            print("\n".join(report(name, path, labelled(rows, key, answers, name), args.grid)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("pool", help="every distinct reply of the chat's draws, with ranking numbers")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--contexts", required=True, help="contexts.jsonl of eval/rating_contexts.py")
+    a.add_argument("--method", choices=["greedy", "beam"], default="greedy")
+    a.add_argument("--draws", type=int, default=40, help="draws per context (default %(default)s: the chat's for 5)")
+    a.add_argument("--out", required=True)
+    b = sub.add_parser("ceiling", help="the readers' good shares: ceiling and rankings")
+    b.add_argument("--key", required=True)
+    b.add_argument("--answers", action="append", required=True)
+    b.add_argument("--system", action="append", required=True, help="NAME=FILE written by pool (or any system file)")
+    b.add_argument("--grid", action="store_true", help="also every MMI lambda and gamma of eval/rated_ranking.py")
+    args = p.parse_args(argv)
+    pool(args) if args.cmd == "pool" else ceiling(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
