@@ -71,7 +71,7 @@ def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> li
         c = index.get(tuple(row["context"]))
         if c is None:
             continue
-        fields = ("lpc", "lpn", "n", "faulty") if "lpc" in row else ()
+        fields = [f for f in ("lpc", "lpn", "n", "faulty", "lbw") if f in row]   # lbw: eval/backward_ranking.py
         out.append([dict({f: row[f][i] for f in fields}, text=t, good=by_text[(c, t)])
                     for i, t in enumerate(row["samples"]) if (c, t) in by_text])
     return out

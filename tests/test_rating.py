@@ -293,3 +293,30 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     assert "| ceiling (a perfect ranking) | 100% |" in out
     if not any(f for r in rows for f in r["faulty"]):
         assert "| shortest first | 100% |" in out
+
+
+def test_backward_ranking_reverses_dialogues_and_adds_the_backward_score(trained, dailydialog_zip, tmp_path,
+                                                                         monkeypatch, capsys):
+    """`reverse` writes every dialogue with its turns reversed, splits kept; `rank` with mu 0 is the
+    shipped score, and mu moves the order by log p(c_last | r) of the backward model."""
+    from eval import backward_ranking, candidate_ceiling
+    from vhred.sources import read_dailydialog
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    backward_ranking.main(["reverse", "--out", str(tmp_path / "rev.jsonl")])
+    rows = [json.loads(line) for line in (tmp_path / "rev.jsonl").read_text().splitlines()]
+    original = read_dailydialog(dailydialog_zip)
+    assert [r["dialog"][::-1] for r in rows if r["split"] == "test"] == original["test"]
+    assert len(rows) == sum(len(v) for v in original.values())
+    # a scored reply: mu 0 is the shipped MMI score with faulty ones last
+    r = {"lpc": -6.0, "lpn": -9.0, "n": 3, "faulty": False, "lbw": -20.0}
+    assert backward_ranking.score(0.0, -0.1)(r) == candidate_ceiling.mmi(0.25, -0.1)(r)
+    assert backward_ranking.score(0.5, -0.1)(r)[1] == pytest.approx((-6 + 0.25 * 9) / 3 - 0.3 - 10)
+    # log p(c_last | r) under a model: the turn to answer read as the target, the reply as context
+    pool = [{"context": ["Can I help you ?"], "samples": ["Yes.", "I want a coat."]}]
+    (lbw,) = backward_ranking.backward_scores(trained["hred"], pool)
+    from vhred import checkpoint
+    from vhred.generate import spaced
+    from vhred.scoring import log_likelihoods
+    model, cfg, sp = checkpoint.load_model(trained["hred"])
+    expect, _ = log_likelihoods(model, [[sp.encode(spaced("I want a coat."))]], [sp.encode(spaced("Can I help you ?"))], 1, 0)
+    assert lbw[1] == pytest.approx(expect[0]) and lbw[0] != lbw[1]
