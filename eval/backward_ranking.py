@@ -20,11 +20,11 @@ import os
 import statistics
 
 from vhred import checkpoint
-from vhred.generate import spaced
+from vhred.generate import DecodeOptions, spaced
 from vhred.rate import read_answers, read_key
 from vhred.scoring import RANK_SAMPLES, log_likelihoods
 
-from eval.candidate_ceiling import labelled, shares
+from eval.candidate_ceiling import labelled, mmi, shares
 
 MUS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 GAMMAS = (0.0, -0.1, -0.3)
@@ -42,8 +42,10 @@ def backward_scores(run: str, rows: list[dict]) -> list[list[float]]:
     return out
 
 
-def score(mu: float, gamma: float, lam: float = 0.25):
-    return lambda r: (not r["faulty"], (r["lpc"] - lam * r["lpn"]) / r["n"] + gamma * r["n"] + mu * r["lbw"])
+def score(mu: float, gamma: float, lam: float = DecodeOptions.mmi_lambda):
+    """The shipped MMI score (faulty replies last) + mu log p(c_last | r)."""
+    base = mmi(lam, gamma)
+    return lambda r: (base(r)[0], base(r)[1] + mu * r["lbw"])
 
 
 def reverse(out: str):

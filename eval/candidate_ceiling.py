@@ -25,6 +25,7 @@ from vhred import checkpoint
 from vhred.generate import DecodeOptions, response_text, reply_key, shown_filter
 from vhred.rate import read_answers, read_key
 
+from eval import rated_ranking
 from eval.rated_ranking import GAMMAS, LAMBDAS, draws
 
 SHOWN = 5
@@ -46,12 +47,14 @@ def pool(args):
 
 
 def mmi(lam: float, gamma: float):
-    """The shipped ranking's score (vhred/scoring.py score_ids), faulty replies last."""
-    return lambda r: (not r["faulty"], (r["lpc"] - lam * r["lpn"]) / r["n"] + gamma * r["n"])
+    """The ranking's MMI score (vhred/scoring.py score_ids), faulty replies last (the shown list's order)."""
+    score = rated_ranking.mmi(lam, gamma)
+    return lambda r: (not r["faulty"], score(r))
 
 
+SHIPPED = DecodeOptions()
 SCORES = {
-    "shipped: mmi lambda 0.25 gamma -0.1": mmi(0.25, -0.1),
+    f"shipped: mmi lambda {SHIPPED.mmi_lambda} gamma {SHIPPED.length_bonus}": mmi(SHIPPED.mmi_lambda, SHIPPED.length_bonus),
     "ll (lambda 0, gamma 0)": mmi(0.0, 0.0),
     "pmi (lambda 1, gamma 0)": mmi(1.0, 0.0),
     "shortest first": lambda r: (not r["faulty"], -r["n"]),
