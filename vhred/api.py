@@ -67,8 +67,8 @@ class Bot:
         beam, dedup, clean, rank, mmi_lambda, length_bonus, seed), with the commands' defaults.
         Repeated replies and faulty ones (non-words, glued or repeated text) are dropped and more
         drawn, so fewer than n come back only when 8n draws hold fewer good ones; HRED's greedy
-        decoding gives one; its beam search (the default) or method="sample" gives it more. The same
-        seed and history give the same replies. A reply cut at max_len ends in " …".
+        decoding gives one; its beam search (the default) or method="sample" gives it more.
+        The same seed and history give the same replies. A reply cut at max_len ends in " …".
         z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)
         instead of drawing one from the prior: with beam search or greedy words that gives one
         reply, the one the candidate had for its own context."""
@@ -77,8 +77,8 @@ class Bot:
     def interpolate(self, history: list[str], z0: list[float], z1: list[float], steps: int = 7,
                     spherical: bool = True, max_len: int = DecodeOptions.max_len) -> list[Candidate]:
         """Replies to history decoded as respond() decodes each z (beam search) from `steps` evenly
-        spaced z's between z0 and z1 (two Candidates' .z, say), both ends included, in order: what moving through the
-        latent space does to the reply. spherical: along the great circle (slerp), which keeps
+        spaced z's between z0 and z1 (two Candidates' .z, say), both ends included, in order:
+        what moving through the latent space does to the reply. spherical: along the great circle (slerp), which keeps
         the points as far from the mean as Gaussian samples are; else a straight line."""
         import torch
 

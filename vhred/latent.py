@@ -6,8 +6,8 @@ real responses put their posterior means.
 
 `interpolate` takes two candidates of the prior for one context (or the prior mean +- k sigma
 along a random direction, --around-mean K) and decodes evenly spaced points between them as the
-chat decodes each z (beam search, width 5), linearly or spherically (slerp, which keeps points at the norm a Gaussian sample
-has). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
+chat decodes each z (beam search, width 5), linearly or spherically (slerp, which keeps points at
+the norm a Gaussian sample has). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
 import argparse
@@ -20,8 +20,8 @@ from .cli import check_output, command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import (DecodeOptions, beam_search, context_states, encode_turns, newest_checkpoint, response_text,
-                       sample_tokens, spaced)
+from .generate import (DecodeOptions, beam_search, context_states, encode_turns, newest_checkpoint,
+                       response_text, sample_tokens, spaced)
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
 
