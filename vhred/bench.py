@@ -201,6 +201,8 @@ def parse_args(argv):
                    help="--serve: the server's --wait-ms (default %(default)s)")
     p.add_argument("--rank", choices=["pmi", "ll", "none"],
                    help="--serve: the requests' ranking (default: the server's, DecodeOptions.rank)")
+    p.add_argument("--method", choices=["beam", "greedy", "sample"],
+                   help="--serve: the requests' decoding (default: the server's, DecodeOptions.method)")
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
     args = p.parse_args(argv)
@@ -350,8 +352,9 @@ def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
 
 
 def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None, wait_ms: float,
-                batchings: list[int]) -> list[dict]:
-    body = {"history": SERVE_HISTORY, "n": 5, **({"rank": rank} if rank else {})}
+                batchings: list[int], method: str | None = None) -> list[dict]:
+    body = {"history": SERVE_HISTORY, "n": 5, **({"rank": rank} if rank else {}),
+            **({"method": method} if method else {})}
     rows = []
     for max_batch in batchings:
         with Server(ckpt, max_batch, wait_ms) as server:
@@ -385,15 +388,16 @@ def _serve_row(r: dict) -> str:
 
 def serve_main(args):
     ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides)
-    print(f"serving {ckpt}; rank {args.rank or 'default'}; {args.seconds:g} s per measurement, "
+    print(f"serving {ckpt}; rank {args.rank or 'default'}, method {args.method or 'default'}; "
+          f"{args.seconds:g} s per measurement, "
           f"{torch.get_num_threads()} threads")
     print("| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
-    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch)
+    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch, args.method)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "rank": args.rank,
-                   "results": rows}, f, indent=1)
+                   "method": args.method, "results": rows}, f, indent=1)
     for r in rows:
         base = next(b for b in rows if b["max_batch"] == r["max_batch"] and b["clients"] == min(args.clients))
         if r is not base:
