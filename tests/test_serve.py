@@ -193,3 +193,24 @@ def test_the_serve_command_serves_and_stops(trained):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow   # a server process
+def test_bench_serve_sends_the_decoding_asked_for(trained, monkeypatch):
+    """`vhred bench --serve --method M` puts M in every request, and the server decodes with it:
+    HRED's greedy words give one reply, its beam search the n best beams."""
+    from vhred import bench
+    sent = []
+    real_post = bench.post_json
+
+    def post(conn, path, body):
+        answer = real_post(conn, path, body)
+        sent.append((body.get("method"), len(answer["candidates"])))
+        return answer
+
+    monkeypatch.setattr(bench, "post_json", post)
+    for method in ("greedy", "beam"):
+        rows = bench.serve_bench(trained["hred"], [1], 0.5, None, 5.0, [1], method)
+        assert rows[0]["errors"] == 0 and rows[0]["requests"] >= 1
+    assert {m for m, _ in sent} == {"greedy", "beam"}
+    assert all(n == 1 for m, n in sent if m == "greedy") and any(n > 1 for m, n in sent if m == "beam")
