@@ -11,8 +11,8 @@ gives the likelihood of the turn it answers. A reply that fits the last turn mak
 likely; one that would fit anything ("OK.") or another turn does not.
 
 Each DIR holds a round written by eval/candidate_ceiling.py pool and rated (key.json,
-rater*.txt, sys-NAME.jsonl). For each mu, the top-1 and five-shown good shares the score reaches
-from the rated draws, per reader, beside the ceiling (eval/candidate_ceiling.py).
+rater*.txt, sys-NAME.jsonl). For each mu and gamma, the top-1 and five-shown good shares the score
+reaches from the rated draws, the mean over the readers (the ceiling: eval/candidate_ceiling.py).
 """
 import argparse
 import json
@@ -45,7 +45,11 @@ def backward_scores(run: str, rows: list[dict]) -> list[list[float]]:
 def score(mu: float, gamma: float, lam: float = DecodeOptions.mmi_lambda):
     """The shipped MMI score (faulty replies last) + mu log p(c_last | r)."""
     base = mmi(lam, gamma)
-    return lambda r: (base(r)[0], base(r)[1] + mu * r["lbw"])
+
+    def order(r):
+        clean, shipped = base(r)
+        return clean, shipped + mu * r["lbw"]
+    return order
 
 
 def reverse(out: str):

@@ -107,16 +107,16 @@ def report(name: str, rater: str, contexts: list[list[dict]], grid: bool = False
         lines.append(f"| {label} | {t1:.0%} | {t5:.0%} |")
     return lines + [f"\ncontexts by good replies among the draws: "
                     + ", ".join(f"{k}: {sum(min(g, SHOWN) == k for g in good)}" for k in range(SHOWN + 1))
-                    + f" (5 = five or more)\n"]
+                    + " (5 = five or more)\n"]
 
 
 def ceiling(args):
     key = read_key(args.key)
-    systems = [spec.split("=", 1) for spec in args.system]
+    systems = {name: [json.loads(line) for line in open(file, encoding="utf-8")]
+               for name, file in (spec.split("=", 1) for spec in args.system)}
     for path in args.answers:
         answers = read_answers(path, key)
-        for name, file in systems:
-            rows = [json.loads(line) for line in open(file, encoding="utf-8")]
+        for name, rows in systems.items():
             print("\n".join(report(name, path, labelled(rows, key, answers, name), args.grid)))
 
 
