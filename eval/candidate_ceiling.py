@@ -61,6 +61,25 @@ SCORES = {
 }
 
 
+CRITIC = {
+    "critic (vhred/critic.py)": lambda r: (not r["faulty"], r["crit"]),
+    "critic, shipped mmi to break ties": lambda r: (not r["faulty"], r["crit"] + 0.1 * SCORES[next(iter(SCORES))](r)[1]),
+}
+
+
+def critic_scores(run: str, rows: list[dict]) -> None:
+    """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it."""
+    from vhred import critic
+    from vhred.generate import encode_turns, spaced
+    model_cfg = checkpoint.load_model(run)
+    _, cfg, sp = model_cfg
+    judge = critic.load(run)
+    for row in rows:
+        ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
+        replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
+        row["crit"] = critic.scores(judge, [ctx] * len(replies), replies)
+
+
 def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
     """Each context's replies of one system with the reader's label (good True), unrated left out."""
     by_text = {}
@@ -74,7 +93,7 @@ def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> li
         c = index.get(tuple(row["context"]))
         if c is None:
             continue
-        fields = [f for f in ("lpc", "lpn", "n", "faulty", "lbw") if f in row]   # lbw: eval/backward_ranking.py
+        fields = [f for f in ("lpc", "lpn", "n", "faulty", "lbw", "crit") if f in row]   # lbw: eval/backward_ranking.py
         out.append([dict({f: row[f][i] for f in fields}, text=t, good=by_text[(c, t)])
                     for i, t in enumerate(row["samples"]) if (c, t) in by_text])
     return out
@@ -97,7 +116,7 @@ def report(name: str, rater: str, contexts: list[list[dict]], grid: bool = False
              f"({drawn / len(contexts):.1f} a context), {sum(good)} good ({sum(good) / drawn:.0%})"]
     if "lpc" not in contexts[0][0]:   # not written by pool (the human replies): no ranking to replay
         return lines + [""]
-    scores = dict(SCORES, **({f"mmi lambda {lam} gamma {g}": mmi(lam, g) for lam in LAMBDAS for g in GAMMAS}
+    scores = dict(SCORES, **(CRITIC if "crit" in contexts[0][0] else {}), **({f"mmi lambda {lam} gamma {g}": mmi(lam, g) for lam in LAMBDAS for g in GAMMAS}
                              if grid else {}))
     lines += ["", "| ranking | top-1 good | five shown good |", "|---|---|---|",
              f"| ceiling (a perfect ranking) | {statistics.mean(g > 0 for g in good):.0%} | "
@@ -114,6 +133,10 @@ def ceiling(args):
     key = read_key(args.key)
     systems = {name: [json.loads(line) for line in open(file, encoding="utf-8")]
                for name, file in (spec.split("=", 1) for spec in args.system)}
+    if args.critic:
+        for rows in systems.values():
+            if "lpc" in rows[0]:
+                critic_scores(args.critic, rows)
     for path in args.answers:
         answers = read_answers(path, key)
         for name, rows in systems.items():
@@ -134,6 +157,7 @@ def main(argv=None):
     b.add_argument("--answers", action="append", required=True)
     b.add_argument("--system", action="append", required=True, help="NAME=FILE written by pool (or any system file)")
     b.add_argument("--grid", action="store_true", help="also every MMI lambda and gamma of eval/rated_ranking.py")
+    b.add_argument("--critic", help="a run folder with critic.pt: also rank by the reply critic")
     args = p.parse_args(argv)
     pool(args) if args.cmd == "pool" else ceiling(args)
 

@@ -50,22 +50,23 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     """respond() ranks by the default ranking score (MMI, lambda DecodeOptions.mmi_lambda) with
     K = 3 z samples and seed 0 (scoring.RANK_SAMPLES), and score() gives a text that same score of
     its tokens: the same numbers, not merely numbers."""
-    from vhred.generate import DecodeOptions, candidates, response_text, same_reply, shown_filter, spaced
+    from vhred.generate import DecodeOptions, candidates, ranking, response_text, same_reply, shown_filter, spaced
     from vhred.scoring import RANK_SAMPLES, score_ids
     model, sp, cfg, opts = bot._model, bot._sp, bot.config, DecodeOptions(num_samples=5, seed=0)
+    assert ranking(model, opts) == "mmi"   # rank "auto" of a model without a reply critic
     context = bot._context(HISTORY)
     decoded = candidates(model, [context], opts, same=same_reply(sp), keep=shown_filter(sp, cfg, opts))[0]   # as respond()
     texts = [response_text(sp, r[0], opts.max_len) for r in decoded]
     assert [(c.text, c.score) for c in bot.respond(HISTORY, n=5, seed=0)] == [(t, r[1]) for t, r in zip(texts, decoded)]
     ids = [r[0] for r in decoded]
-    assert [r[1] for r in decoded] == pytest.approx(score_ids(model, [context] * len(ids), ids, opts.rank, RANK_SAMPLES, 0,
+    assert [r[1] for r in decoded] == pytest.approx(score_ids(model, [context] * len(ids), ids, "mmi", RANK_SAMPLES, 0,
                                                                   opts.mmi_lambda, opts.length_bonus),
                                                     rel=1e-4, abs=1e-5)
     texts = texts + ["Tell me more about the weather."]
     text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
     scores = bot.score(HISTORY, texts)
     assert all(isinstance(s, float) for s in scores)
-    assert scores == pytest.approx(score_ids(model, [context] * len(texts), text_ids, opts.rank, RANK_SAMPLES, 0,
+    assert scores == pytest.approx(score_ids(model, [context] * len(texts), text_ids, "mmi", RANK_SAMPLES, 0,
                                                              opts.mmi_lambda, opts.length_bonus),
                                    rel=1e-4, abs=1e-5)
     for t, r in zip(texts, decoded):   # a reply whose text reads back as its tokens: respond's own score

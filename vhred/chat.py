@@ -1,7 +1,8 @@
 """Talk to a trained model: python -m vhred.chat [--checkpoint runs/x/best.pt] [--num-samples 5]
 
 Each turn shows N candidate responses, faulty ones last, best first by the ranking score
-(--rank, MMI with lambda 0.25 by default: see vhred/scoring.py, docs/rating.md); the best
+(--rank: the run's reply critic when it has one, else MMI with lambda 0.25; vhred/critic.py,
+vhred/scoring.py, docs/rating.md); the best
 (or the one chosen with /pick K) joins the history, which is the model's context. Piped
 input works too: one user turn per line, the candidates on stdout (numbered when N > 1, a
 blank line after each turn; or one JSON line per turn with --json, scores included); notes
@@ -25,6 +26,7 @@ from .generate import (
     newest_checkpoint,
     options_from_args,
     pretty,
+    ranking,
     response_text,
     same_reply,
     shown_filter,
@@ -230,10 +232,11 @@ def main(argv=None):
         raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {opts.num_samples}")
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)
     if interactive:
-        print(banner(path, cfg, opts), file=sys.stderr)
+        print(banner(path, cfg, opts, ranking(model, opts)), file=sys.stderr)
     try:
         for line in read_lines(interactive):
             if not chat_turn(chat, line.strip(), args.json, interactive):
@@ -247,10 +250,12 @@ def main(argv=None):
         sys.exit(130)
 
 
-def banner(path: str, cfg, opts) -> str:
-    """The first line of an interactive chat: which model it is and where it was loaded from."""
-    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn. "
-            "/help for commands, Ctrl-D to leave.")
+def banner(path: str, cfg, opts, ranked_by: str = "mmi") -> str:
+    """The first line of an interactive chat: which model it is, where it was loaded from, and
+    what orders its candidates."""
+    by = {"critic": "its reply critic", "none": "decoding order"}.get(ranked_by, ranked_by)
+    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn, "
+            f"ranked by {by}. /help for commands, Ctrl-D to leave.")
 
 
 def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
@@ -262,7 +267,7 @@ def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
     responses = chat.respond(line)
     if as_json:
         row = {"user": line, "responses": responses, "scores": [round(s, 4) for s in chat.scores],
-               "score": chat.opts.rank if chat.opts.rank != "none" else "ll_decode"}
+               "score": ranking(chat.model, chat.opts) if chat.opts.rank != "none" else "ll_decode"}
         print(json_line(row), flush=True)   # never a bare NaN: any JSON parser reads it
         return True
     if len(responses) == 1:

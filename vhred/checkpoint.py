@@ -265,7 +265,12 @@ def load_model(path: str, device="cpu"):
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
-    return model.to(device).eval(), cfg, sp
+    from . import critic
+    model = model.to(device).eval()
+    judge = critic.load(path)
+    # kept outside the model's modules: its state_dict (what export and training save) stays the model's
+    model.__dict__["critic"] = judge.to(device) if judge is not None else None
+    return model, cfg, sp
 
 
 def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:

@@ -40,6 +40,7 @@ from .generate import (
     newest_checkpoint,
     options_from_args,
     pretty,
+    ranking,
     response_text,
 )
 from .metrics import dialogwae
@@ -203,6 +204,8 @@ def main(argv=None):
     opts = options_from_args(args)
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    if opts.rank != "none":
+        opts.rank = ranking(model, opts)   # the report names the ranking used, "auto" resolved
     dialogues = split_dialogues(cfg, args.split)
     t0 = time.time()
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours

@@ -34,7 +34,7 @@ from .models.layers import Hierarchical as Model
 from .sources import normalise
 from .tokenizer import BOS, EOS, PAD, UNK
 
-RANKS = ("none", "ll", "pmi", "mmi")   # how candidates are ordered (see vhred/scoring.py)
+RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
 CUT = " …"                      # appended to a response shown cut at the length limit
 
 
@@ -42,8 +42,9 @@ CUT = " …"                      # appended to a response shown cut at the leng
 class DecodeOptions:
     """How responses are decoded: the one source of defaults for chat, generate, eval and the API.
 
-    By default: beam search (width 5) per sampled z, faulty ones last, ranked by the MMI family
-    with lambda 0.25 and a length cost (gamma -0.1 per token). VHRED's candidates still differ,
+    By default: beam search (width 5) per sampled z, faulty ones last, ranked by the run's reply
+    critic when it has one (vhred/critic.py, trained on blind readers' labels), else by the MMI
+    family with lambda 0.25 and a length cost (gamma -0.1 per token). VHRED's candidates still differ,
     because each has its own z from the prior (the paper and DialogWAE decode each z
     deterministically too). Each choice was rated blind on held-out contexts (docs/rating.md):
     - beam per z over greedy words per z: of every distinct reply in the chat's 40 draws, 15-20%
@@ -51,7 +52,8 @@ class DecodeOptions:
     - 8 draws per reply shown (the best 5 of 40): 20% good against 12% for the best 5 of 10;
     - gamma -0.1: 20-22% good against 12-15% at gamma 0; shorter replies go wrong less often
       (a stronger cost, -0.5, rates a few points higher but shows two-word replies: "OK.", "Yes.");
-    - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse.
+    - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse;
+    - the critic over MMI: ninth round (docs/rating.md).
     Greedy words (`method="greedy"`) decode twice as fast. HRED has one distribution per
     context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
@@ -64,7 +66,8 @@ class DecodeOptions:
     beam: int = 5              # beam width for method="beam"
     dedup: bool = True         # drop repeated responses of one context
     clean: bool = True         # drop responses with non-words, glued or repeated text, or none (below)
-    rank: str = "mmi"          # order responses best first: "pmi", "ll", "mmi" (vhred/scoring.py) or "none"
+    rank: str = "auto"         # order best first: "critic" when the model has one, else "mmi" (auto);
+                               # "critic", "mmi", "pmi", "ll" (vhred/scoring.py) or "none"
     mmi_lambda: float = 0.25   # rank "mmi": log p(r|c) - lambda log p(r), per token ...
     length_bonus: float = -0.1 # ... + gamma per token of length (Li et al. 2016); < 0 favours short replies
     draws: int = 8             # decoded per reply shown, 1 to 8: the best num_samples of draws x num_samples
@@ -418,9 +421,37 @@ def _rank(model, contexts, results, opts: DecodeOptions):
     """Score every candidate of every context in one batch, then order each context's best first."""
     from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
-    scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], opts.rank, RANK_SAMPLES, opts.seed,
-                            opts.mmi_lambda, opts.length_bonus))
+    kind = ranking(model, opts)
+    if kind == "critic":
+        scores = iter(critic_scores(model, [c for c, _ in pairs], [r for _, r in pairs], opts))
+    else:
+        scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], kind, RANK_SAMPLES,
+                                opts.seed, opts.mmi_lambda, opts.length_bonus))
     return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
+
+
+def ranking(model: Model, opts: DecodeOptions) -> str:
+    """The score candidates are ordered by: opts.rank, "auto" being the model's reply critic when
+    its folder holds one (checkpoint.load_model attaches it), else "mmi". Asking for "critic" of
+    a model without one is refused, before any decoding."""
+    has_critic = getattr(model, "critic", None) is not None
+    if opts.rank == "auto":
+        return "critic" if has_critic else "mmi"
+    if opts.rank == "critic" and not has_critic:
+        raise InputError("this model has no reply critic (critic.safetensors in its folder): train one with "
+                         "`vhred critic --checkpoint RUN --ratings DIR ...`, or rank by mmi")
+    return opts.rank
+
+
+def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[float]:
+    """Rank "critic": the reply critic's logit (vhred/critic.py) + critic.MMI_WEIGHT x the MMI
+    score (opts' lambda and gamma) of each (context, reply) pair."""
+    from . import critic
+    from .scoring import RANK_SAMPLES, score_ids
+    ranking(model, DecodeOptions(rank="critic"))
+    judged = critic.scores(model.critic, contexts, replies)
+    mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
+    return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
 
 
 # --- text in, text out -----------------------------------------------------------------------
@@ -511,9 +542,10 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--no-clean", dest="clean", action="store_false",
                    help="keep responses with non-words, glued or repeated text (dropped by default)")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
-                   help="order responses best first by pointwise mutual information with the context (pmi), "
-                        "by per-token log-likelihood (ll), by the MMI family (mmi: --mmi-lambda, --length-bonus), "
-                        "or not (default %(default)s; see vhred/scoring.py)")
+                   help="order responses best first by the run's reply critic (critic: `vhred critic`), by "
+                        "pointwise mutual information with the context (pmi), by per-token log-likelihood (ll), by "
+                        "the MMI family (mmi: --mmi-lambda, --length-bonus), or not; auto: critic when the run has "
+                        "one, else mmi (default %(default)s; see vhred/scoring.py, vhred/critic.py)")
     p.add_argument("--mmi-lambda", type=float, default=d.mmi_lambda,
                    help="--rank mmi: weight of log p(r) taken off log p(r|c), per token (default %(default)s)")
     p.add_argument("--length-bonus", type=float, default=d.length_bonus,
@@ -631,7 +663,8 @@ def main(argv=None):
     check_output(args.output)
     contexts, zs, linenos = read_contexts(args.input)   # a bad input file is refused before the model loads
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device))
-    z_matrix(model, zs)   # refuse a bad z before any decoding
+    z_matrix(model, zs)   # refuse a bad z or ranking before any decoding
+    ranking(model, opts)
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with output_file(args.output) as out:   # a regular file, replaced only when complete
         for (_, responses), ctx, lineno in zip(answers, contexts, linenos):   # the generator first: it ends its bar

@@ -34,7 +34,7 @@ NEUTRAL: list[list[int]] = [[]]   # one empty turn
 IW_SAMPLES = 10        # K of the importance-weighted bound (VHRED): evaluation and ranking metrics
 RANK_SAMPLES = 3       # K when ranking candidates (chat, generate, the API, serving): the true response
                        # first among 10 for 52% of 300 test contexts against 55% with K = 10, 5x faster
-                       # (vhred rank --iw-samples 3|10, this session's CPU-config VHRED; README "Serving")
+                       # (vhred rank --iw-samples 3|10, the CPU-config VHRED; README "Serving")
 BATCH_PAIRS = 8        # pairs per forward pass (each runs K times: 80 rows); 64 pairs was 1.5-2.6x
                        # slower on a CPU (8 contexts x 10 candidates: 23-35 s against 13-15 s, reference sizes)
 
@@ -83,13 +83,15 @@ def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str |
           k: int = RANK_SAMPLES) -> list[float]:
     """Score candidate replies to a conversation (its turns as text, oldest first), higher is
     better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
-    length_bonus; K = RANK_SAMPLES z samples). Text is written as the corpus writes it first
-    (generate.spaced)."""
-    from .generate import DecodeOptions
-    ranking = DecodeOptions()
+    length_bonus; K = RANK_SAMPLES z samples; the run's reply critic under rank "auto" when it
+    has one). Text is written as the corpus writes it first (generate.spaced)."""
+    from .generate import DecodeOptions, critic_scores, ranking
+    opts = DecodeOptions()
+    kind = ranking(model, DecodeOptions(rank=kind or opts.rank))
     context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
     responses = [sp.encode(spaced(c))[:cfg.max_utt_len] for c in candidates]
     if not responses:
         return []
-    return score_ids(model, [context] * len(responses), responses, kind or ranking.rank, k, 0,
-                     ranking.mmi_lambda, ranking.length_bonus)
+    if kind == "critic":
+        return critic_scores(model, [context] * len(responses), responses, opts)
+    return score_ids(model, [context] * len(responses), responses, kind, k, 0, opts.mmi_lambda, opts.length_bonus)

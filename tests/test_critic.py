@@ -1,0 +1,169 @@
+"""The reply critic (vhred/critic.py, vhred/critic_train.py): its start from the model, its
+scores, its file, its training, and ranking by it in the commands."""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from vhred import checkpoint, critic
+from vhred.critic_train import pair_loss
+from vhred.errors import CheckpointError
+from vhred.generate import DecodeOptions, encode_turns, generate
+from vhred.scoring import RANK_SAMPLES, score_ids
+
+
+def contexts(sp, cfg):
+    turns = [["Hello , how are you ?"], ["Can I help you ?", "Yes , I want a ticket to London .", "Which day ?"]]
+    return [encode_turns(sp, t, cfg.max_utt_len, cfg.max_context) for t in turns]
+
+
+def test_the_critic_starts_from_the_models_encoders(vhred_model):
+    model, cfg, _ = vhred_model
+    judge = critic.from_model(model, cfg.arch)
+    for name, value in judge.encoder.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+    assert not any(n.startswith(("dec_", "lm_head", "prior", "posterior")) for n in judge.encoder.state_dict())
+
+
+def test_the_critic_reads_the_reply_after_the_context(vhred_model):
+    """The logit is the head on [h_before, e_reply, h_after], h_after one context-RNN step from
+    h_before over the reply's encoding: computed here by hand from the model's own pieces."""
+    model, cfg, sp = vhred_model
+    judge = critic.from_model(model, cfg.arch).eval()
+    ctx = contexts(sp, cfg)[1]
+    reply = sp.encode("Tomorrow , please .")
+    with torch.no_grad():
+        h = model.final_states(*_dialogue([ctx]))                                    # (1, Hc): the model's own
+        full = model.final_states(*_dialogue([ctx + [reply]]))                       # context read with the reply
+        e = model.encode_utterances(*_utterance(reply))                              # (1, 2*Hu)
+        want = judge.head(torch.cat([h, e, full], dim=-1)).item()
+    assert critic.scores(judge, [ctx], [reply])[0] == pytest.approx(want, abs=1e-5)
+
+
+def _dialogue(dialogues):
+    from vhred.dataset import collate
+    b = collate(dialogues)
+    return b.tokens, b.lens, b.turns
+
+
+def _utterance(ids):
+    tokens, lens, _ = _dialogue([[ids]])
+    return tokens[:, 1:], lens - 1
+
+
+def test_scores_do_not_depend_on_the_batch(vhred_model):
+    model, cfg, sp = vhred_model
+    judge = critic.from_model(model, cfg.arch)
+    ctxs = contexts(sp, cfg)
+    replies = [sp.encode("I'm fine , thanks ."), sp.encode("On Monday ."), sp.encode("Yes .")]
+    pairs = [(ctxs[0], replies[0]), (ctxs[1], replies[1]), (ctxs[1], replies[2])]
+    together = critic.scores(judge, [c for c, _ in pairs], [r for _, r in pairs])
+    alone = [critic.scores(judge, [c], [r])[0] for c, r in pairs]
+    assert together == pytest.approx(alone, abs=1e-5)
+
+
+def test_the_loss_is_ranknets_over_pairs_the_readers_told_apart(vhred_model):
+    model, cfg, sp = vhred_model
+    judge = critic.from_model(model, cfg.arch).eval()
+    ctxs = contexts(sp, cfg)
+    rows = [[(sp.encode("Fine ."), 1.0), (sp.encode("No ."), 0.5), (sp.encode("Yes ."), 0.5)],
+            [(sp.encode("Friday ."), 0.0), (sp.encode("Hello ."), 1.0)]]
+    with torch.no_grad():
+        loss = pair_loss(judge, list(zip(ctxs, rows)))
+    num = den = 0.0
+    for ctx, row in zip(ctxs, rows):
+        s = critic.scores(judge, [ctx] * len(row), [ids for ids, _ in row])
+        for i, (_, ki) in enumerate(row):
+            for j, (_, kj) in enumerate(row):
+                if ki > kj:   # the better first; equal shares (0.5, 0.5) are no pair
+                    num += (ki - kj) * math.log1p(math.exp(-(s[i] - s[j])))
+                    den += ki - kj
+    assert loss.item() == pytest.approx(num / den, abs=1e-5)
+
+
+GOOD = ["Thank you very much .", "Thanks a lot .", "Thank you , I will ."]
+BAD = ["Monday bank the the .", "Ticket ticket London .", "The bank is a ticket ."]
+
+
+def rating_round(folder, contexts):
+    """A pointwise round as `vhred rate pack` writes it, answered by a reader who keeps the thanks."""
+    folder.mkdir()
+    system = folder / "sys-a.jsonl"
+    system.write_text("".join(json.dumps({"context": c, "samples": GOOD + BAD}) + "\n" for c in contexts))
+    r = subprocess.run([sys.executable, "-m", "vhred", "rate", "pack", "--system", f"a={system}", "--out",
+                        str(folder / "pack.txt"), "--key", str(folder / "key.json"), "--per-context", "6"],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    key = json.loads((folder / "key.json").read_text())
+    (folder / "rater1.txt").write_text("".join(f"{i} {'good' if items[0]['text'] in GOOD else 'bad'}\n"
+                                               for i, items in key["items"].items()))
+    return str(folder)
+
+
+@pytest.mark.slow   # subprocesses: the commands as a user runs them
+def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    taught = rating_round(tmp_path / "round1", [["Here is your coffee ."], ["I found your bag ."], ["Happy birthday !"],
+                                                ["Can I help you ?", "Yes , a ticket please ."]])
+    held = rating_round(tmp_path / "round2", [["Your tea , sir ."], ["I fixed your car ."]])
+    r = subprocess.run([sys.executable, "-m", "vhred", "critic", "--checkpoint", str(run), "--ratings", taught,
+                        "--held-out", held, "--steps", "150", "--lr", "0.003"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    meta = critic.record(str(run))["training"]
+    assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
+    # the readers kept the thanks on other contexts too: the critic orders them first there
+    assert meta["held_out_pair_accuracy"] > max(0.9, meta["held_out_pair_accuracy_start"]), meta
+
+    src = tmp_path / "contexts.jsonl"
+    src.write_text(json.dumps({"context": ["Hi !", "Hello , what can I do for you ?"]}) + "\n")
+    out = tmp_path / "samples.jsonl"
+    cmd = [sys.executable, "-m", "vhred.generate", "--checkpoint", str(run), "--input", str(src),
+           "--output", str(out), "--num-samples", "4", "--no-clean"]   # rank auto: the run's critic
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())
+    assert row["scores"] == sorted(row["scores"], reverse=True)
+    model, cfg, sp = checkpoint.load_model(str(run))
+    ctx = encode_turns(sp, ["Hi !", "Hello , what can I do for you ?"], cfg.max_utt_len, cfg.max_context)
+    opts = DecodeOptions(num_samples=4)
+    ranked = generate(model, [ctx], opts)[0]
+    ids = [list(r[0]) for r in ranked]
+    judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + 3 x the MMI score
+    mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
+    assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
+
+    (run / critic.FILE).write_bytes(b"not safetensors")
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "critic.safetensors is unreadable" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_a_pairwise_round_is_refused(tmp_path):
+    from vhred.critic_train import rated_replies
+    from vhred.errors import InputError
+    (tmp_path / "key.json").write_text(json.dumps({"kind": "pairwise", "items": {}}))
+    with pytest.raises(InputError, match="pairwise"):
+        rated_replies(str(tmp_path))
+
+
+def test_ranking_by_a_critic_a_model_lacks_is_one_line(trained, tmp_path):
+    src = tmp_path / "contexts.jsonl"
+    src.write_text(json.dumps({"context": ["Hi !"]}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["hred"], "--input", str(src),
+                        "--output", str(tmp_path / "o.jsonl"), "--rank", "critic"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "vhred critic --checkpoint" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_an_unreadable_critic_file_is_a_checkpoint_error(tmp_path):
+    (tmp_path / critic.FILE).write_bytes(b"\0" * 16)
+    with pytest.raises(CheckpointError, match="train it again"):
+        critic.load(str(tmp_path))
+    (tmp_path / "other").mkdir()
+    assert critic.load(str(tmp_path / "other")) is None and critic.load(str(tmp_path / "other" / "best.pt")) is None

@@ -1,0 +1,175 @@
+"""Train a run's reply critic (vhred/critic.py) on blind readers' labels.
+
+    vhred critic --checkpoint runs/dailydialog-cpu-vhred --ratings eval/ratings/*/ [--held-out DIR]
+
+Each DIR is a pointwise rating round written by `vhred rate pack` and answered by readers: its
+key.json and rater*.txt files (eval/ratings/ holds the project's). Every rated reply is labelled
+with the share of its readers who kept it. The critic, started from the model's embeddings and
+encoders, learns to order the replies of one context as the readers did: a pairwise logistic
+loss over every two replies of a context that the readers judged differently (RankNet, Burges et
+al. 2005), weighted by how far apart their shares are. Rounds named with --held-out are not
+trained on: the pairwise accuracy on them (the share of such pairs put in the readers' order) is
+printed before and after. critic.safetensors is written into the run folder, where chat,
+generate, serve and the API rank by it (rank "auto", the default).
+"""
+import argparse
+import collections
+import dataclasses
+import glob
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint, limits
+from .cli import command, program
+from .config import MAX_INT
+from .critic import Critic, from_model, save
+from .errors import InputError
+
+CONTEXTS = 8        # contexts per step
+REPLIES = 12        # rated replies of each, at most, per step
+
+
+def rated_replies(folder: str) -> list[tuple[list[str], list[tuple[str, float]]]]:
+    """One rating round's (context turns, [(reply text, share of readers who kept it)]), every
+    reply its readers saw; a pairwise round has no such labels and is refused."""
+    from .rate import read_answers, read_key
+    key = read_key(os.path.join(folder, "key.json"))
+    if key["kind"] != "pointwise":
+        raise InputError(f"{folder} is a pairwise round; the critic learns from good/bad labels (pointwise rounds)")
+    raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
+    if not raters:
+        raise InputError(f"{folder} has no rater*.txt answers beside its key.json")
+    labels = collections.defaultdict(list)
+    for path in raters:
+        for item, answer in read_answers(path, key).items():
+            it = key["items"][item][0]
+            labels[(it["context"], it["text"])].append(answer == "good")
+    by_context = collections.defaultdict(list)
+    for (c, text), kept in sorted(labels.items()):
+        by_context[c].append((text, sum(kept) / len(kept)))
+    return [(key["contexts"][c], replies) for c, replies in sorted(by_context.items())]
+
+
+def encoded(rounds: list[str], sp, cfg) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:
+    """The rounds' contexts and replies as the model's token ids (text written as the corpus is)."""
+    from .generate import encode_turns, spaced
+    out = []
+    for folder in rounds:
+        for turns, replies in rated_replies(folder):
+            ctx = encode_turns(sp, [spaced(t) for t in turns], cfg.max_utt_len, cfg.max_context)
+            rows = [(sp.encode(spaced(text))[:cfg.max_utt_len], kept) for text, kept in replies]
+            if len({k for _, k in rows}) > 1:   # a context whose replies all rate alike teaches no order
+                out.append((ctx, rows))
+    return out
+
+
+def pair_loss(critic: Critic, batch) -> torch.Tensor:
+    """RankNet's loss over every two replies of a context with different shares kept:
+    softplus(-(s_better - s_worse)), weighted by the difference of their shares."""
+    contexts, replies, kept, owner = [], [], [], []
+    for i, (ctx, rows) in enumerate(batch):
+        for ids, k in rows:
+            contexts.append(ctx)
+            replies.append(ids)
+            kept.append(k)
+            owner.append(i)
+    s = critic(critic.context(contexts), replies)                          # (R,)
+    kept, owner = torch.tensor(kept, device=s.device), torch.tensor(owner, device=s.device)
+    gap = kept[:, None] - kept[None, :]                                     # (R, R): > 0 where row beats column
+    pairs = (owner[:, None] == owner[None, :]) & (gap > 0)
+    margin = s[:, None] - s[None, :]
+    return (F.softplus(-margin[pairs]) * gap[pairs]).sum() / gap[pairs].sum()
+
+
+@torch.no_grad()
+def pair_accuracy(critic: Critic, data) -> float:
+    """Of every two replies of a context the readers judged differently, the weighted share the
+    critic puts in the readers' order (0.5 is chance)."""
+    from .critic import scores
+    right = total = 0.0
+    for ctx, rows in data:
+        s = scores(critic, [ctx] * len(rows), [ids for ids, _ in rows])
+        for i, (_, ki) in enumerate(rows):
+            for j, (_, kj) in enumerate(rows):
+                if ki > kj:
+                    total += ki - kj
+                    right += (ki - kj) * (1.0 if s[i] > s[j] else 0.5 if s[i] == s[j] else 0.0)
+    return right / total if total else float("nan")
+
+
+def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, log=print) -> dict:
+    """Train a critic for a checkpoint's model on the rounds' labels; returns what critic.safetensors holds."""
+    model, cfg, sp = checkpoint.load_model(path)
+    data, held = encoded(rounds, sp, cfg), encoded(held_out, sp, cfg)
+    if not data:
+        raise InputError("the rounds hold no context whose replies the readers judged differently")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    critic = from_model(model, cfg.arch)
+    opt = torch.optim.Adam(critic.parameters(), lr=lr)
+    start_held = pair_accuracy(critic, held) if held else None
+    log(f"critic: {len(data)} contexts, {sum(len(r) for _, r in data):,} rated replies"
+        + (f"; held-out pairwise accuracy at start {start_held:.3f}" if held else ""))
+    start, loss = time.time(), torch.tensor(float("nan"))
+    for step in range(1, steps + 1):
+        critic.train()
+        batch = [data[rng.randrange(len(data))] for _ in range(CONTEXTS)]
+        batch = [(ctx, rng.sample(rows, min(len(rows), REPLIES))) for ctx, rows in batch]
+        if not any(len({k for _, k in rows}) > 1 for _, rows in batch):
+            continue
+        loss = pair_loss(critic, batch)
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(critic.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0:
+            log(f"step {step}: loss {loss.item():.3f}, {(time.time() - start) / 60:.1f} min")
+    result = {"steps": steps, "lr": lr, "seed": seed, "loss": loss.item(), "minutes": (time.time() - start) / 60,
+              "contexts": len(data), "replies": sum(len(r) for _, r in data),
+              "rounds": [os.path.normpath(r) for r in rounds], "train_pair_accuracy": pair_accuracy(critic, data)}
+    if held:
+        result.update(held_out=[os.path.normpath(r) for r in held_out], held_out_pair_accuracy_start=start_held,
+                      held_out_pair_accuracy=pair_accuracy(critic, held))
+    return {"weights": critic.state_dict(), "arch": dataclasses.asdict(cfg.arch),
+            "vocab_size": critic.encoder.vocab_size, "training": result}
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog=program("python -m vhred.critic_train"),
+                                description="Train a run's reply critic on blind readers' labels.")
+    p.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint in one; critic.safetensors is written into its folder")
+    p.add_argument("--ratings", nargs="+", required=True, metavar="DIR",
+                   help="pointwise rating rounds (key.json and rater*.txt), e.g. eval/ratings/*/")
+    p.add_argument("--held-out", nargs="*", default=[], metavar="DIR", help="rounds to measure on, not train on")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
+    p.add_argument("--lr", type=float, default=3e-5, help="Adam's learning rate (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    limits.count("--steps", args.steps, 1, MAX_INT)
+    rounds = [d for d in args.ratings if os.path.isfile(os.path.join(d, "key.json"))]
+    rounds += [os.path.dirname(k) for d in args.ratings for k in sorted(glob.glob(os.path.join(d, "*", "key.json")))]
+    if not rounds:
+        raise InputError("no rating round among --ratings: each is a folder with the key.json of `vhred rate pack`")
+    args.rounds = [r for r in rounds if os.path.normpath(r) not in {os.path.normpath(h) for h in args.held_out}]
+    return args
+
+
+@command
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    path = checkpoint.resolve(args.checkpoint)
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    state = train(path, args.rounds, args.held_out, args.steps, args.lr, args.seed,
+                  log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps({"critic": save(state, folder), **state["training"]}))
+
+
+if __name__ == "__main__":
+    main()
