@@ -13,7 +13,10 @@ ifneq ($(wildcard $(SHARED_DAILYDIALOG)),)
 export DAILYDIALOG_SRC ?= $(abspath $(SHARED_DAILYDIALOG))
 endif
 
-.PHONY: venv train test bench bench-scale bench-serve chat serve eval compare gpu-check clean-venv
+# The run `make eval` and `make critic` work on: the newest runs/*/best.pt unless RUN= is given
+RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
+
+.PHONY: venv train critic test bench bench-scale bench-serve chat serve eval compare gpu-check clean-venv
 
 venv: $(STAMP)
 
@@ -27,6 +30,12 @@ $(STAMP): pyproject.toml
 
 train: $(STAMP)
 	$(BIN)/python -m vhred.train --config $(CONFIG) data=$(DATA) $(ARGS)
+
+# The reply critic that ranks a run's candidates, trained on the blind ratings in eval/ratings/
+# (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
+critic: $(STAMP)
+	@test -n "$(RUN)" || { echo "error: no run; give RUN=runs/<name>"; exit 2; }
+	$(BIN)/python -m vhred.critic_train --checkpoint $(RUN) --ratings eval/ratings/*/ $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
@@ -48,7 +57,6 @@ bench-scale: $(STAMP)
 	$(BIN)/python -m vhred.bench_scale $(ARGS)
 
 # Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
-RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
 eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
 	$(BIN)/python -m vhred.evaluate --checkpoint $(RUN) $(ARGS)

@@ -140,6 +140,11 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
     assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
 
+    from vhred.export import export   # an exported model folder carries the critic, and ranks by it
+    export(str(run), str(tmp_path / "folder"))
+    folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
+    assert critic.scores(folder_model.critic, [ctx], ids[:1]) == pytest.approx(judged[:1], abs=1e-6)
+
     (run / critic.FILE).write_bytes(b"not safetensors")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "critic.safetensors is unreadable" in r.stderr and r.stderr.count("\n") == 1
