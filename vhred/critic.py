@@ -13,8 +13,8 @@ Why: the model's draws hold good replies (readers kept 15-20% of every distinct 
 perfect ranking would show 75-80% good in the five; docs/rating.md, sixth round), but
 log p(r | c), the MMI family and a backward model could not find them. Trained as Li et al.'s
 discriminator instead (people's replies against the model's own draws), the critic put the
-readers' bad replies first (docs/rating.md, ninth round): what tells a person's reply from the
-model's is not what makes a reader keep it.
+readers' bad replies first (docs/rating.md, "The reply critic"; eval/discriminator_critic.py):
+what tells a person's reply from the model's is not what makes a reader keep it.
 
 critic.safetensors sits in the run (or exported model) folder; checkpoint.load_model attaches it
 to the model as model.critic, and rank "auto", the default, orders candidates by it.
@@ -33,8 +33,9 @@ FILE = "critic.safetensors"   # weights, and the arch and training record as met
 # Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (generate.critic_scores).
 # The critic alone puts short safe replies first everywhere: in 40 held-out contexts (ninth round)
 # "Of course." was its first reply to 12, and 68% of its shown replies had one or two words. With
-# the MMI score weighted 3, 6 and 57% (MMI alone: 2 and 42%), and on the sixth round's rated draws
-# (a critic trained without them) the five shown rate 39% good against the critic's 39% and MMI's 28%.
+# the MMI score weighted 3: 6 and 57% (MMI alone: 2 and 42%). On the sixth round's rated draws (a
+# critic trained without them) it puts a good reply first in 50% of contexts and 39% good in the
+# five, the critic alone 48% and 39%, MMI 44% and 28%; rated blind: docs/rating.md, tenth round.
 MMI_WEIGHT = 3.0
 
 
