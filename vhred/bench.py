@@ -38,6 +38,7 @@ from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch
 from .errors import InputError
+from .generate import RANKS
 from .serve import Limits
 
 
@@ -199,7 +200,7 @@ def parse_args(argv):
                    help="--serve: the server's --max-batch settings to compare, 1 for no batching (default %(default)s)")
     p.add_argument("--wait-ms", type=float, default=Limits.wait_ms,
                    help="--serve: the server's --wait-ms (default %(default)s)")
-    p.add_argument("--rank", choices=["pmi", "ll", "none"],
+    p.add_argument("--rank", choices=RANKS,
                    help="--serve: the requests' ranking (default: the server's, DecodeOptions.rank)")
     p.add_argument("--method", choices=["beam", "greedy", "sample"],
                    help="--serve: the requests' decoding (default: the server's, DecodeOptions.method)")
