@@ -140,6 +140,18 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
     assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
 
+    import vhred   # the API's score is the same ranking score, read from text
+    from vhred.chat import banner
+    from vhred.generate import ranking, spaced
+    texts = ["Thank you very much .", "Monday bank the the ."]
+    history = encode_turns(sp, [spaced("Hi !")], cfg.max_utt_len, cfg.max_context)
+    text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
+    want = [c + critic.MMI_WEIGHT * m for c, m in zip(
+        critic.scores(model.critic, [history] * 2, text_ids),
+        score_ids(model, [history] * 2, text_ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus))]
+    assert vhred.load(str(run)).score(["Hi !"], texts) == pytest.approx(want, abs=1e-4)
+    assert ranking(model, opts) == "critic" and "ranked by its reply critic" in banner(str(run), cfg, opts, "critic")
+
     from vhred.export import export   # an exported model folder carries the critic, and ranks by it
     export(str(run), str(tmp_path / "folder"))
     folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
