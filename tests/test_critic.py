@@ -178,6 +178,15 @@ def test_ranking_by_a_critic_a_model_lacks_is_one_line(trained, tmp_path):
     assert r.returncode == 2 and "vhred critic --checkpoint" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_the_api_refuses_a_critic_the_model_lacks_before_decoding(trained):
+    import vhred
+    from vhred.errors import InputError
+    bot = vhred.load(trained["hred"])
+    with pytest.raises(InputError, match="vhred critic --checkpoint"):
+        bot.respond(["Hi !"], rank="critic")
+    assert bot.respond(["Hi !"], n=2)   # rank auto: mmi without a critic
+
+
 def test_an_unreadable_critic_file_is_a_checkpoint_error(tmp_path):
     (tmp_path / critic.FILE).write_bytes(b"\0" * 16)
     with pytest.raises(CheckpointError, match="train it again"):

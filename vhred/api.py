@@ -21,6 +21,7 @@ from .generate import (
     candidates,
     encode_turns,
     options_from_args,
+    ranking,
     same_reply,
     response_text,
     shown_filter,
@@ -115,7 +116,9 @@ class Bot:
         given = {**asdict(base or DecodeOptions()), **decoding, "num_samples": n}
         if "method" not in decoding and {"temperature", "top_k", "top_p"} & set(decoding):
             given["method"] = None   # shaped words and no method: sampling, as with the flags
-        return options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
+        opts = options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
+        ranking(self._model, opts)   # a ranking this model cannot do is refused before any decoding
+        return opts
 
     def _respond_many(self, histories: list[list[str]], opts: DecodeOptions, zs=None) -> list[list[Candidate]]:
         """Replies to several conversations with the same options, decoded as one batch; zs: a

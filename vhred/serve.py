@@ -563,12 +563,13 @@ def parse_args(argv):
 @command
 def main(argv=None):
     from .api import load
-    from .generate import newest_checkpoint
+    from .generate import newest_checkpoint, ranking
     args, limits, defaults = parse_args(argv)
     bot = load(args.checkpoint or newest_checkpoint(), args.device)
+    ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
-    print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}: "
+    print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
