@@ -193,3 +193,18 @@ def test_an_unreadable_critic_file_is_a_checkpoint_error(tmp_path):
         critic.load(str(tmp_path))
     (tmp_path / "other").mkdir()
     assert critic.load(str(tmp_path / "other")) is None and critic.load(str(tmp_path / "other" / "best.pt")) is None
+
+
+def test_the_chats_rank_command(vhred_model):
+    from vhred.chat import Chat
+    model, cfg, sp = vhred_model   # the session's tiny VHRED has no critic
+    notes = []
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2), out=notes.append, note=notes.append)
+    chat.command("/rank critic")
+    assert "vhred critic --checkpoint" in notes[-1] and chat.opts.rank == "auto"   # refused, unchanged
+    chat.command("/rank pmi")
+    assert notes[-1] == "(candidates ranked by pmi)" and chat.opts.rank == "pmi"
+    chat.command("/rank best")
+    assert "one of auto, none" in notes[-1] and chat.opts.rank == "pmi"
+    chat.command("/rank auto")
+    assert notes[-1] == "(candidates ranked by mmi)"

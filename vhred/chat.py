@@ -45,6 +45,8 @@ HELP = """commands:
   /top_p P         sample words from the nucleus of probability P
   /greedy          greedy words (twice as fast as beam search, fewer good replies)
   /beam            back to beam search (width 5)
+  /rank R          order candidates by R: auto (the run's critic if it has one, else mmi),
+                   critic, mmi, pmi, ll or none
   /seed S          seed for the next turns
   /keep K          keep the z of candidate K for the next turns (a "style"; VHRED)
   /release         back to a new z from the prior each turn
@@ -155,6 +157,14 @@ class Chat:
     def _cmd_beam(self, arg):
         self.opts.method = "beam"
         self.note(f"(beam search, width {self.opts.beam}; VHRED candidates still differ through z)")
+
+    def _cmd_rank(self, arg):
+        from .generate import RANKS
+        if arg not in RANKS:
+            raise CommandError(f"/rank takes one of {', '.join(RANKS)}")
+        ranked_by = ranking(self.model, replace(self.opts, rank=arg))   # refuses a critic the model lacks
+        self.opts.rank = arg
+        self.note(f"(candidates ranked by {ranked_by})")
 
     def _cmd_seed(self, arg):
         self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
