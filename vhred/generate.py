@@ -53,7 +53,8 @@ class DecodeOptions:
     - gamma -0.1: 20-22% good against 12-15% at gamma 0; shorter replies go wrong less often
       (a stronger cost, -0.5, rates a few points higher but shows two-word replies: "OK.", "Yes.");
     - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse;
-    - the critic over MMI: ninth round (docs/rating.md).
+    - the critic + 3 x MMI over MMI alone: 32-45% good of the five and 40-60% first against
+      34-36% and 38-40% (tenth to twelfth rounds, docs/rating.md).
     Greedy words (`method="greedy"`) decode twice as fast. HRED has one distribution per
     context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
@@ -547,9 +548,9 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
                         "the MMI family (mmi: --mmi-lambda, --length-bonus), or not; auto: critic when the run has "
                         "one, else mmi (default %(default)s; see vhred/scoring.py, vhred/critic.py)")
     p.add_argument("--mmi-lambda", type=float, default=d.mmi_lambda,
-                   help="--rank mmi: weight of log p(r) taken off log p(r|c), per token (default %(default)s)")
+                   help="--rank mmi (and critic's MMI term): weight of log p(r) taken off log p(r|c), per token (default %(default)s)")
     p.add_argument("--length-bonus", type=float, default=d.length_bonus,
-                   help="--rank mmi: score added per token of a reply; below 0 favours short ones (default %(default)s)")
+                   help="--rank mmi (and critic's MMI term): score added per token of a reply; below 0 favours short ones (default %(default)s)")
     p.add_argument("--draws", type=int, default=d.draws,
                    help="responses decoded per one shown, 1 to 8: the best N of draws x N are shown (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
