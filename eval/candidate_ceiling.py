@@ -71,13 +71,13 @@ def critic_scores(run: str, rows: list[dict]) -> None:
     """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it."""
     from vhred import critic
     from vhred.generate import encode_turns, spaced
-    model_cfg = checkpoint.load_model(run)
-    _, cfg, sp = model_cfg
-    judge = critic.load(run)
+    model, cfg, sp = checkpoint.load_model(run)   # with the run's critic attached
+    if model.critic is None:
+        sys.exit(f"{run} has no critic.safetensors; train one with `vhred critic --checkpoint {run} --ratings ...`")
     for row in rows:
         ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
         replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
-        row["crit"] = critic.scores(judge, [ctx] * len(replies), replies)
+        row["crit"] = critic.scores(model.critic, [ctx] * len(replies), replies)
 
 
 def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
