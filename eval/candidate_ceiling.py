@@ -31,7 +31,19 @@ from eval.rated_ranking import GAMMAS, LAMBDAS, draws
 SHOWN = 5
 
 
+def scaled_prior_noise(scale: float) -> None:
+    """Decode from z = mu + scale * sigma * eps instead of a full draw of the prior (a
+    temperature on the latent, as the truncation of Kingma & Dhariwal's Glow or BigGAN): every
+    row's normals eps are multiplied by scale. An experiment knob (docs/rating.md, fifteenth
+    round), not a decoding option: it did not lift the shown five."""
+    import vhred.generate as g
+    drawn = g.keyed_noise
+    g.keyed_noise = lambda *a, **k: (lambda eps, u: (eps * scale, u))(*drawn(*a, **k))
+
+
 def pool(args):
+    if args.z_scale != 1.0:
+        scaled_prior_noise(args.z_scale)
     model, cfg, sp = checkpoint.load_model(args.checkpoint)
     keep = shown_filter(sp, cfg, DecodeOptions())
     contexts = [json.loads(line)["context"] for line in open(args.contexts, encoding="utf-8")]
@@ -151,6 +163,7 @@ def main(argv=None):
     a.add_argument("--contexts", required=True, help="contexts.jsonl of eval/rating_contexts.py")
     a.add_argument("--method", choices=["greedy", "beam"], default="greedy")
     a.add_argument("--draws", type=int, default=40, help="draws per context (default %(default)s: the chat's for 5)")
+    a.add_argument("--z-scale", type=float, default=1.0, help="the prior's noise times this (default %(default)s: the chat's draws)")
     a.add_argument("--out", required=True)
     b = sub.add_parser("ceiling", help="the readers' good shares: ceiling and rankings")
     b.add_argument("--key", required=True)
