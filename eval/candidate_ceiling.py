@@ -4,6 +4,7 @@
         [--draws 40] --out sys-X.jsonl
     python -m eval.candidate_ceiling ceiling --key key.json --answers rater1.txt [--answers rater2.txt ...] \\
         --system X=sys-X.jsonl [--system ...]
+    python -m eval.candidate_ceiling replay --pool sys-X.jsonl [--pool ...] --rounds DIR... --critic RUN
 
 `pool` writes every distinct reply among the chat's draws for each context (the --draws it makes
 for five shown replies, decoded with the shipped seeds; repeats by the words a reader sees
@@ -155,6 +156,40 @@ def ceiling(args):
             print("\n".join(report(name, path, labelled(rows, key, answers, name), args.grid)))
 
 
+def replay(args):
+    """Rankings replayed on pools whose replies were rated across several rounds (a pool of 80
+    draws: the first 40 rated in one round, the replies only the other 40 found in another).
+    Every reply of every pool must carry a label; a reply's label is the share of its readers
+    who kept it. Prints the ceiling and, per pool, MMI and critic + w x MMI at each w:gamma."""
+    from vhred.critic_train import rated_replies
+    labels = {}
+    for folder in args.rounds:
+        for turns, replies in rated_replies(folder):
+            labels.update({(tuple(turns), text): kept for text, kept in replies})
+    weights = [tuple(float(x) for x in spec.split(":")) for spec in args.weights.split(",")]
+    print(f"| pool | contexts | replies a context | good | ceiling: top-1 / five | "
+          + " | ".join([f"mmi gamma {g}" for _, g in weights] + [f"critic + {w:g} x mmi gamma {g}" for w, g in weights]) + " |")
+    print("|---" * (5 + 2 * len(weights)) + "|")
+    for path in args.pool:
+        rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+        missing = sum((tuple(r["context"]), t) not in labels for r in rows for t in r["samples"])
+        if missing:
+            sys.exit(f"{path}: {missing} replies carry no label in --rounds")
+        critic_scores(args.critic, rows)
+        contexts = [[dict({f: r[f][i] for f in ("lpc", "lpn", "n", "faulty", "crit")}, text=t,
+                          good=labels[(tuple(r["context"]), t)]) for i, t in enumerate(r["samples"])] for r in rows]
+        good = [sum(x["good"] for x in c) for c in contexts]
+        cells = [f"{statistics.mean(g > 0 for g in good):.0%} / {statistics.mean(min(g, SHOWN) / SHOWN for g in good):.0%}"]
+        for _, g in weights:
+            cells.append("{:.1%} / {:.1%}".format(*shares(contexts, mmi(SHIPPED.mmi_lambda, g))))
+        for w, g in weights:
+            score = rated_ranking.mmi(SHIPPED.mmi_lambda, g)
+            cells.append("{:.1%} / {:.1%}".format(*shares(contexts, lambda x: (not x["faulty"], x["crit"] + w * score(x)))))
+        n = sum(len(c) for c in contexts)
+        print(f"| {path} | {len(contexts)} | {n / len(contexts):.1f} | {sum(good) / n:.1%} | " + " | ".join(cells) + " |")
+    print("(each cell: top-1 / five shown, good share; lambda %g)" % SHIPPED.mmi_lambda)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -171,8 +206,13 @@ def main(argv=None):
     b.add_argument("--system", action="append", required=True, help="NAME=FILE written by pool (or any system file)")
     b.add_argument("--grid", action="store_true", help="also every MMI lambda and gamma of eval/rated_ranking.py")
     b.add_argument("--critic", help="a run folder with critic.pt: also rank by the reply critic")
+    r = sub.add_parser("replay", help="rankings on pools rated across several rounds")
+    r.add_argument("--pool", action="append", required=True, help="a file written by pool, every reply rated in --rounds")
+    r.add_argument("--rounds", nargs="+", required=True, metavar="DIR", help="rating rounds (key.json and rater*.txt) that label the pools")
+    r.add_argument("--critic", required=True, help="a run folder with critic.safetensors")
+    r.add_argument("--weights", default="3:-0.1,2:-0.2", help="w:gamma pairs of critic + w x mmi (default %(default)s)")
     args = p.parse_args(argv)
-    pool(args) if args.cmd == "pool" else ceiling(args)
+    {"pool": pool, "ceiling": ceiling, "replay": replay}[args.cmd](args)
 
 
 if __name__ == "__main__":
