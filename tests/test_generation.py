@@ -291,17 +291,19 @@ def test_unknown_word_is_never_written(vhred_model, method, monkeypatch):
 
 
 def test_the_shown_list_is_the_best_n_of_draws_times_n(vhred_model):
-    """candidates() shows the first N of D x N drawn, deduplicated and ranked; D is 1 to 8."""
+    """candidates() shows the first N of D x N drawn, deduplicated and ranked; D is 1 to 16."""
     from vhred.errors import InputError
     from vhred.generate import candidates
     model, cfg, sp = vhred_model
     ctx = contexts(sp, cfg)
-    for draws in (2, 8):
+    for draws in (2, 8, 16):
         shown = candidates(model, ctx, DecodeOptions(num_samples=3, draws=draws))
         pool = generate(model, ctx, DecodeOptions(num_samples=3 * draws))
         assert [[ids for ids, _ in row] for row in shown] == [[ids for ids, _ in row[:3]] for row in pool]
     with pytest.raises(InputError, match="draws"):
-        DecodeOptions(draws=9).check()
+        DecodeOptions(draws=17).check()
+    with pytest.raises(InputError, match="draws"):
+        DecodeOptions(draws=0).check()
 
 
 def test_replies_that_differ_only_in_case_or_punctuation_are_one(vhred_model):

@@ -195,6 +195,14 @@ def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
     assert shown_note(shown[:2], 4) == "2 of 4 shown: the other draws repeated these"
 
 
+def test_the_faulty_note_counts_the_draws_made():
+    """candidates() draws max(D, 8) x N before it shows a faulty reply: the note says how many."""
+    from vhred.generate import count_note
+    assert count_note(5, 5, 2, draws=16).endswith("no more good ones in 80 draws")
+    assert count_note(5, 5, 2, draws=2).endswith("no more good ones in 40 draws")   # refilled to 8N
+    assert count_note(5, 5, 0, draws=16) == ""
+
+
 # --- which ranking score the readers' labels favour (eval/rated_ranking.py) -------------------
 
 def test_rated_ranking_accuracy_of_hand_made_pairs():

@@ -40,7 +40,7 @@ class Candidate:
     """One reply: its text, its score (higher is better; see Bot.score) and, for VHRED, the
     latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
     that "style" for another context; None for HRED). faulty: the text has a surface fault
-    (a non-word, glued or repeated text); such replies come last, only when 8n draws held
+    (a non-word, glued or repeated text); such replies come last, only when 16n draws held
     fewer than n good ones."""
     text: str
     score: float
@@ -65,9 +65,9 @@ class Bot:
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
-        beam, dedup, clean, rank, mmi_lambda, length_bonus, seed), with the commands' defaults.
+        beam, dedup, clean, rank, mmi_lambda, length_bonus, draws, seed), with the commands' defaults.
         Repeated replies and faulty ones (non-words, glued or repeated text) are dropped and more
-        drawn, so fewer than n come back only when 8n draws hold fewer good ones; HRED's greedy
+        drawn, so fewer than n come back only when 16n draws hold fewer good ones; HRED's greedy
         decoding gives one; its beam search (the default) or method="sample" gives it more.
         The same seed and history give the same replies. A reply cut at max_len ends in " …".
         z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)

@@ -91,7 +91,7 @@ class Chat:
         keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
                                  same=same_reply(self.sp), z=z, keep=keep)
-        note = shown_note(responses, opts.num_samples, keep)
+        note = shown_note(responses, opts.num_samples, keep, opts.draws)
         if note:
             self.note(f"({note})")
         self.last = [self.sp.decode(r[0]) for r in responses]

@@ -32,11 +32,13 @@ from .models.layers import Hierarchical
 FILE = "critic.safetensors"   # weights, and the arch and training record as metadata (no pickle)
 # Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (generate.critic_scores).
 # The critic alone puts short safe replies first everywhere: in 40 held-out contexts (ninth round)
-# "Of course." was its first reply to 12, and 68% of its shown replies had one or two words. With
-# the MMI score weighted 3: 6 and 57% (MMI alone: 2 and 42%). On the sixth round's rated draws (a
-# critic trained without them) it puts a good reply first in 50% of contexts and 39% good in the
-# five, the critic alone 48% and 39%, MMI 44% and 28%; rated blind: docs/rating.md, tenth round.
-MMI_WEIGHT = 3.0
+# "Of course." was its first reply to 12, and 68% of its shown replies had one or two words; with
+# the MMI score weighted 3, 6 and 57% (MMI alone: 2 and 42%). Weights 1, 2, 3, 5 and 8 were
+# replayed on 120 rated contexts of full draws (thirteenth and fifteenth rounds): 2 and 3 lead,
+# 2 with gamma -0.2 on all three sets (43-47% good in the five against 40-42% for 3 with gamma
+# -0.1); on 80 contexts no critic had seen (fourteenth and sixteenth rounds, 80 draws) 52% of the
+# five and 62% first against 47% and 64% (docs/rating.md).
+MMI_WEIGHT = 2.0
 
 
 class Critic(nn.Module):

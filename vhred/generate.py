@@ -35,6 +35,7 @@ from .sources import normalise
 from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
+MAX_DRAWS = 16   # draws per reply shown: 16N rows of the vocabulary's width at most (docs/limits.md)
 CUT = " …"                      # appended to a response shown cut at the length limit
 
 
@@ -42,19 +43,24 @@ CUT = " …"                      # appended to a response shown cut at the leng
 class DecodeOptions:
     """How responses are decoded: the one source of defaults for chat, generate, eval and the API.
 
-    By default: beam search (width 5) per sampled z, faulty ones last, ranked by the run's reply
-    critic when it has one (vhred/critic.py, trained on blind readers' labels), else by the MMI
-    family with lambda 0.25 and a length cost (gamma -0.1 per token). VHRED's candidates still differ,
-    because each has its own z from the prior (the paper and DialogWAE decode each z
-    deterministically too). Each choice was rated blind on held-out contexts (docs/rating.md):
+    By default: beam search (width 5) per sampled z, 16 drawn per reply shown, faulty ones last,
+    ranked by the run's reply critic when it has one (vhred/critic.py, trained on blind readers'
+    labels), else by the MMI family with lambda 0.25 and a length cost (gamma -0.2 per token).
+    VHRED's candidates still differ, because each has its own z from the prior (the paper and
+    DialogWAE decode each z deterministically too). Each choice was rated blind on held-out
+    contexts (docs/rating.md):
     - beam per z over greedy words per z: of every distinct reply in the chat's 40 draws, 15-20%
       good against 5-8%; the shown five 29-30% good against 20% (sixth and seventh rounds);
     - 8 draws per reply shown (the best 5 of 40): 20% good against 12% for the best 5 of 10;
-    - gamma -0.1: 20-22% good against 12-15% at gamma 0; shorter replies go wrong less often
-      (a stronger cost, -0.5, rates a few points higher but shows two-word replies: "OK.", "Yes.");
+      16 (the best 5 of 80) with the critic: 52% good in the five against 48% from 40 draws
+      (fourteenth and sixteenth rounds, 80 contexts);
+    - gamma -0.2: the critic's five 47-52% good against 45-47% at gamma -0.1, MMI's 38-39%
+      against 33-35% (same rounds), at the price of shorter replies (2.1 words against 2.5);
+      gamma 0 rated 12-15% against 20-22% at -0.1 earlier;
     - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse;
-    - the critic + 3 x MMI over MMI alone: 32-45% good of the five and 40-60% first against
-      34-36% and 38-40% (tenth to twelfth rounds, docs/rating.md).
+    - the critic + 2 x MMI over MMI alone: 52% good of the five and 62% first against 39% and
+      49% (sixteenth round); blind, 32-45% and 40-60% against 34-36% and 38-40% (tenth to
+      twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws).
     Greedy words (`method="greedy"`) decode twice as fast. HRED has one distribution per
     context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
@@ -70,13 +76,13 @@ class DecodeOptions:
     rank: str = "auto"         # order best first: "critic" when the model has one, else "mmi" (auto);
                                # "critic", "mmi", "pmi", "ll" (vhred/scoring.py) or "none"
     mmi_lambda: float = 0.25   # rank "mmi": log p(r|c) - lambda log p(r), per token ...
-    length_bonus: float = -0.1 # ... + gamma per token of length (Li et al. 2016); < 0 favours short replies
-    draws: int = 8             # decoded per reply shown, 1 to 8: the best num_samples of draws x num_samples
+    length_bonus: float = -0.2 # ... + gamma per token of length (Li et al. 2016); < 0 favours short replies
+    draws: int = 16            # decoded per reply shown, 1 to 16: the best num_samples of draws x num_samples
     seed: int = 0              # same seed, same samples
 
     def check(self, widened: int = 1):
         """Refuse impossible values (never replace them silently). widened: the factor by which
-        the chat widens num_samples (candidates() draws up to 8N to keep N), allowed past the cap."""
+        the chat widens num_samples (candidates() draws up to 16N to keep N), allowed past the cap."""
         if self.method not in ("sample", "greedy", "beam"):
             raise InputError(f"method must be sample, greedy or beam, got '{self.method}'")
         limits.count("num_samples", self.num_samples, 1, limits.MAX_SAMPLES * widened)
@@ -86,7 +92,7 @@ class DecodeOptions:
             raise InputError(f"num_samples x beam may be at most {limits.MAX_BEAM_ROWS:,} (rows of one beam "
                              f"search), got {self.num_samples} x {self.beam}")
         limits.count("top_k", self.top_k, 0, limits.MAX_TOP_K)
-        limits.count("draws", self.draws, 1, 8)   # with num_samples' cap: at most 8N rows, as widened allows
+        limits.count("draws", self.draws, 1, MAX_DRAWS)   # with num_samples' cap: at most 16N rows, as widened allows
         limits.count("seed", self.seed, 0, 2 ** 63 - 1)
         limits.count("min_len", self.min_len, 0, self.max_len)
         if isinstance(self.temperature, bool) or not 0 < self.temperature <= 1e6:   # exact for any int; NaN fails
@@ -316,7 +322,7 @@ def generate(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions,
     of the decoding. z (C, Z), for VHRED: decode every response of context c from z[c] instead
     of sampling it from the prior (then only sampled words make them differ); a row of NaN
     leaves that context's z to the prior."""
-    opts.check(widened=8)   # candidates() draws up to 8 times what a user asked for
+    opts.check(widened=MAX_DRAWS)   # candidates() draws up to MAX_DRAWS times what a user asked for
     device = next(model.parameters()).device
     model.eval()
     n = opts.num_samples
@@ -371,17 +377,19 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
     return results
 
 
-def shown_note(shown: list, n: int, keep=None) -> str:
+def shown_note(shown: list, n: int, keep=None, draws: int = DecodeOptions.draws) -> str:
     """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
-    return count_note(len(shown), n, sum(not keep(r[0]) for r in shown) if keep else 0)
+    return count_note(len(shown), n, sum(not keep(r[0]) for r in shown) if keep else 0, draws)
 
 
-def count_note(shown: int, n: int, faulty: int) -> str:
-    """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them faulty."""
+def count_note(shown: int, n: int, faulty: int, draws: int = DecodeOptions.draws) -> str:
+    """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them
+    faulty; draws per reply shown as candidates() made them (it goes on to 8 when fewer)."""
     if shown < n:
         return f"{shown} of {n} shown: the other draws repeated these"
     if faulty:
-        return f"the last {faulty} shown have faulty text (non-words, glued or repeated): no more good ones in {8 * n} draws"
+        return (f"the last {faulty} shown have faulty text (non-words, glued or repeated): "
+                f"no more good ones in {max(draws, 8) * n} draws")
     return ""
 
 
@@ -552,7 +560,7 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--length-bonus", type=float, default=d.length_bonus,
                    help="--rank mmi (and critic's MMI term): score added per token of a reply; below 0 favours short ones (default %(default)s)")
     p.add_argument("--draws", type=int, default=d.draws,
-                   help="responses decoded per one shown, 1 to 8: the best N of draws x N are shown (default %(default)s)")
+                   help="responses decoded per one shown, 1 to 16: the best N of draws x N are shown (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 

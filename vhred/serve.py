@@ -190,7 +190,7 @@ class Service:
         _cap("beam", opts.beam, lim.max_beam)
         from .generate import count_note
         candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
-        note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates))
+        note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates), opts.draws)
         return {"candidates": [asdict(c) for c in candidates], **({"note": note} if note else {})}
 
     def score(self, body: dict) -> dict:
