@@ -133,6 +133,9 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     (" …", {"empty"}),
     ("I'd like to go to the C-in-in-in-in-int.", {"non_word", "repeated"}),
     ("Good good good !", {"repeated"}),
+    ("It is at 9::30.", {"mangled"}),
+    ("$12:00.", {"mangled"}),
+    ("It is $10.50, at 10:30... Good?!", set()),
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}

@@ -5,7 +5,9 @@ of blind rating, vhred/rate.py):
              "thoughted", "Sriatchingta": a subword vocabulary can spell words that do not exist);
   glued      a reply glues a sentence mark to the next word ("25.How", "Mr.Wory", "$10.The");
   empty      a reply without a letter or digit ("", ".", " …");
-  repeated   a reply repeats a fragment three times in a row ("C-in-in-in-in-int", "the the the").
+  repeated   a reply repeats a fragment three times in a row ("C-in-in-in-in-int", "the the the");
+  mangled    a mark doubled inside a token ("9::30", "5,,000") or a money sign on a clock time
+             ("$12:00."): pieces of two formats spliced, which no one writes.
 
 Each is a share of replies (0..1). Words are runs of letters, lower-cased, so "don't" is checked
 as "don" and "t", which the training text holds whichever way it writes the apostrophe.
@@ -19,6 +21,8 @@ GLUED = re.compile(r"(?<![A-Za-z0-9.])(?:[A-Za-z]{2,}|\d+)[.!?,;:]([A-Za-z]+)")
 DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
 FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
 WORDS_AGAIN = re.compile(r"\b(\w+(?: \w+){0,3}) \1 \1\b")       # the the the, I am I am I am
+# "9::30", "5,,000", "$$10" (not "..." nor "?!"), and a price written as a time, "$12:00"
+MANGLED = re.compile(r"(?<=\w)([:;,$£€])\1+(?=\w)|[$£€¥]\d{1,2}:\d{2}\b")
 
 
 def words(text: str) -> list[str]:
@@ -58,9 +62,10 @@ def repeated(text: str) -> bool:
 
 
 def faults(text: str, known: frozenset | None) -> dict:
-    """Which faults one reply has: {"non_word", "glued", "empty", "repeated"} -> bool
+    """Which faults one reply has: {"non_word", "glued", "empty", "repeated", "mangled"} -> bool
     (no "non_word" without a lexicon)."""
-    out = {"glued": bool(glued(text)), "empty": empty(text), "repeated": repeated(text)}
+    out = {"glued": bool(glued(text)), "empty": empty(text), "repeated": repeated(text),
+           "mangled": bool(MANGLED.search(text))}
     if known is not None:
         out["non_word"] = bool(non_words(text, known))
     return out
