@@ -101,6 +101,13 @@ def hred_model(trained):
     return checkpoint.load_model(trained["hred"])
 
 
+def child_errors(r) -> str:
+    """What a failed command wrote, for an assertion's message: under torchrun a rank's own error
+    comes first and the launcher's long report last, so the head and the tail of stderr."""
+    err = r.stderr
+    return err if len(err) <= 5000 else f"{err[:3000]}\n[...]\n{err[-2000:]}"
+
+
 def train_cli(*args):
     """The training command on the tiny config, as a user would type it."""
     return [sys.executable, "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *args]

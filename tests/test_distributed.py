@@ -11,7 +11,7 @@ from vhred import checkpoint, device
 from vhred.config import ModelConfig
 from vhred.model import VHRED
 
-from .conftest import ROOT
+from .conftest import ROOT, child_errors
 
 # lr so small that no fp32 weight moves: every validation gives the same ELBO, so with patience 1
 # the run must stop after epoch 2 of 4 -- on every rank at once (HRED: no noise in the step)
@@ -32,7 +32,7 @@ def test_two_processes_stop_early_together_and_keep_the_best_of_one(dailydialog_
     env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}
     for name, nproc in (("one", 1), ("two", 2)):
         r = run_training(data_dir, tmp_path, name, nproc, env)
-        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.returncode == 0, child_errors(r)
         assert "early stop after 1 epochs" in r.stdout, r.stdout[-1000:]
     last = {n: checkpoint.load(str(tmp_path / n / "last.pt")) for n in ("one", "two")}
     assert last["one"]["progress"]["epoch"] == last["two"]["progress"]["epoch"] == 2

@@ -13,7 +13,8 @@ from vhred.dataset import collate
 from vhred.models import FAMILIES, build
 from vhred.train import train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from .conftest import ROOT, child_errors
+
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "format1-tiny.pt")
 TINY = dict(emb_dim=16, utt_hidden=16, ctx_hidden=16, dec_hidden=16, z_dim=4, latent_hidden=16)
 LATENT = [name for name in FAMILIES if name != "hred"]
@@ -177,7 +178,7 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
                         "--iw-samples", "2", "--out-dir", str(tmp_path / "runs"), "--table", str(table),
                         f"data_dir={data_dir}"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, child_errors(r)
     result = json.loads((tmp_path / "table.json").read_text())
     assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp"]
     for row in result["rows"]:
@@ -190,7 +191,7 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
                         "--rows", "hred", "--max-contexts", "4", "--rank-contexts", "4", "--iw-samples", "2",
                         "--out-dir", str(tmp_path / "runs"), "--table", str(table), f"data_dir={data_dir}"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, child_errors(r)
     again = json.loads((tmp_path / "table.json").read_text())
     vals = [json.loads(line) for line in open(tmp_path / "runs" / "compare-hred" / "metrics.jsonl")]
     first = next(v for v in vals if v["split"] == "val" and v["step"] == 4)
@@ -210,7 +211,7 @@ def test_the_families_with_their_own_wiring_train_under_torchrun(family, dailydi
                         "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), *family,
                         f"data_dir={data_dir}", f"out_dir={tmp_path}", "name=ddp", "max_steps=6", "save_every=3"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, child_errors(r)
     state = checkpoint.load(str(tmp_path / "ddp" / "last.pt"))
     assert state["progress"]["step"] == 6 and state["config"]["arch"]["model"] == family[0].split("=")[1]
     assert all(torch.isfinite(v).all() for v in state["model"].values())

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from tests.conftest import ROOT, train_cli
+from tests.conftest import ROOT, child_errors, train_cli
 from vhred import checkpoint
 from vhred import train as train_module
 from vhred.checkpoint import CheckpointError
@@ -235,7 +235,7 @@ def test_two_processes_train_like_one_with_the_same_global_batch(dailydialog_zip
     for name, nproc in (("one", 1), ("two", 2)):
         r = subprocess.run(train_cmd(data_dir, tmp_path, name, nproc), cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=240)
-        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.returncode == 0, child_errors(r)
     one, two = (checkpoint.load(str(tmp_path / n / "last.pt")) for n in ("one", "two"))
     assert one["progress"]["step"] == two["progress"]["step"] == 12
     for key, a in one["model"].items():
