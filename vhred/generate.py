@@ -53,7 +53,8 @@ class DecodeOptions:
       good against 5-8%; the shown five 29-30% good against 20% (sixth and seventh rounds);
     - 8 draws per reply shown (the best 5 of 40): 20% good against 12% for the best 5 of 10;
       16 (the best 5 of 80) with the critic: 52% good in the five against 48% from 40 draws
-      (fourteenth and sixteenth rounds, 80 contexts);
+      (fourteenth and sixteenth rounds, 80 contexts); with gamma -0.2, rated blind: 40-48% of
+      the five and 50-57% first against 30-40% and 40-50% (seventeenth, eighteenth rounds);
     - gamma -0.2: the critic's five 47-52% good against 45-47% at gamma -0.1, MMI's 38-39%
       against 33-35% (same rounds), at the price of shorter replies (2.1 words against 2.5);
       gamma 0 rated 12-15% against 20-22% at -0.1 earlier;
