@@ -148,7 +148,7 @@ def parse_args(argv):
     p.add_argument("--ratings", nargs="+", required=True, metavar="DIR",
                    help="pointwise rating rounds (key.json and rater*.txt), e.g. eval/ratings/*/")
     p.add_argument("--held-out", nargs="*", default=[], metavar="DIR", help="rounds to measure on, not train on")
-    p.add_argument("--steps", type=int, default=600, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
+    p.add_argument("--steps", type=int, default=1200, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
     p.add_argument("--lr", type=float, default=3e-5, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
