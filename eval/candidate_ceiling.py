@@ -18,6 +18,7 @@ blind readers. `ceiling` reads the readers' labels and says, per system and read
 No ranking or decoding choice on these draws can beat the ceiling: it is what the model offers.
 """
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -32,19 +33,28 @@ from eval.rated_ranking import GAMMAS, LAMBDAS, draws
 SHOWN = 5
 
 
-def scaled_prior_noise(scale: float) -> None:
+@contextlib.contextmanager
+def scaled_prior_noise(scale: float):
     """Decode from z = mu + scale * sigma * eps instead of a full draw of the prior (a
     temperature on the latent, as the truncation of Kingma & Dhariwal's Glow or BigGAN): every
-    row's normals eps are multiplied by scale. An experiment knob (docs/rating.md, fifteenth
-    round), not a decoding option: it did not lift the shown five."""
+    row's normals eps are multiplied by scale while inside. An experiment knob (docs/rating.md,
+    fifteenth round), not a decoding option: it did not lift the shown five. The ranking numbers
+    (log p by vhred/scoring.py) keep the prior's own noise."""
     import vhred.generate as g
     drawn = g.keyed_noise
     g.keyed_noise = lambda *a, **k: (lambda eps, u: (eps * scale, u))(*drawn(*a, **k))
+    try:
+        yield
+    finally:
+        g.keyed_noise = drawn
 
 
 def pool(args):
-    if args.z_scale != 1.0:
-        scaled_prior_noise(args.z_scale)
+    with scaled_prior_noise(args.z_scale):
+        write_pool(args)
+
+
+def write_pool(args):
     model, cfg, sp = checkpoint.load_model(args.checkpoint)
     keep = shown_filter(sp, cfg, DecodeOptions())
     contexts = [json.loads(line)["context"] for line in open(args.contexts, encoding="utf-8")]

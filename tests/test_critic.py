@@ -136,7 +136,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     opts = DecodeOptions(num_samples=4)
     ranked = generate(model, [ctx], opts)[0]
     ids = [list(r[0]) for r in ranked]
-    judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + 3 x the MMI score
+    judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + MMI_WEIGHT x the MMI score
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
     assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
 

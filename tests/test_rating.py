@@ -286,6 +286,13 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
                             "--draws", "8", "--out", str(sys_file)])
     rows = [json.loads(line) for line in sys_file.read_text().splitlines()]
     assert [r["context"] for r in rows] == contexts
+    import vhred.generate
+    drawn = vhred.generate.keyed_noise
+    candidate_ceiling.main(["pool", "--checkpoint", trained["vhred"], "--contexts", str(tmp_path / "contexts.jsonl"),
+                            "--draws", "8", "--z-scale", "0", "--out", str(tmp_path / "sys-0.jsonl")])
+    at_mean = [json.loads(line) for line in (tmp_path / "sys-0.jsonl").read_text().splitlines()]
+    assert [len(r["samples"]) for r in at_mean] == [1, 1]   # every z the prior's mean: one reply a context
+    assert vhred.generate.keyed_noise is drawn             # the noise is the prior's again afterwards
     for r in rows:
         assert 1 <= len(r["samples"]) <= 8 and len(r["samples"]) == len(r["lpc"]) == len(r["n"]) == len(r["faulty"])
         assert len({reply_key(s) for s in r["samples"]}) == len(r["samples"])   # repeats dropped
@@ -304,6 +311,27 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     assert "| ceiling (a perfect ranking) | 100% |" in out
     if not any(f for r in rows for f in r["faulty"]):
         assert "| shortest first | 100% |" in out
+
+    # replay: the same labels read as a round folder, rankings by a critic trained on them
+    import shutil
+    from vhred import critic_train
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    critic_train.main(["--checkpoint", str(run), "--ratings", str(tmp_path), "--steps", "2"])
+    capsys.readouterr()
+    candidate_ceiling.main(["replay", "--pool", str(sys_file), "--rounds", str(tmp_path), "--critic", str(run),
+                            "--weights", "2:-0.2"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| pool | contexts |") and "critic + 2 x mmi gamma -0.2" in table[0]
+    cells = table[2].split(" | ")
+    good = [sum(n == shortest[c] for n in r["n"]) for c, r in enumerate(rows)]   # the reader kept the shortest
+    assert cells[1] == "2" and cells[4] == f"100% / {sum(min(g, 5) / 5 for g in good) / len(good):.0%}"
+    rows[0]["samples"].append("A reply no reader saw .")
+    for f in ("lpc", "lpn", "n", "faulty"):
+        rows[0][f].append(rows[0][f][0])
+    sys_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match="1 replies carry no label"):
+        candidate_ceiling.main(["replay", "--pool", str(sys_file), "--rounds", str(tmp_path), "--critic", str(run)])
 
 
 def test_backward_ranking_reverses_dialogues_and_adds_the_backward_score(trained, dailydialog_zip, tmp_path,
