@@ -19,6 +19,7 @@ from .cli import command, json_line, program
 from .device import pick_device
 from .errors import InputError
 from .generate import (
+    RANKS,
     DecodeOptions,
     add_decode_args,
     candidates,
@@ -159,7 +160,6 @@ class Chat:
         self.note(f"(beam search, width {self.opts.beam}; VHRED candidates still differ through z)")
 
     def _cmd_rank(self, arg):
-        from .generate import RANKS
         if arg not in RANKS:
             raise CommandError(f"/rank takes one of {', '.join(RANKS)}")
         ranked_by = ranking(self.model, replace(self.opts, rank=arg))   # refuses a critic the model lacks

@@ -37,7 +37,8 @@ FILE = "critic.safetensors"   # weights, and the arch and training record as met
 # replayed on 120 rated contexts of full draws (thirteenth and fifteenth rounds): 2 and 3 lead,
 # 2 with gamma -0.2 on all three sets (43-47% good in the five against 40-42% for 3 with gamma
 # -0.1); on 80 contexts no critic had seen (fourteenth and sixteenth rounds, 80 draws) 52% of the
-# five and 62% first against 47% and 64% (docs/rating.md).
+# five and 62% first against 47% and 64% with critics of 600 steps, 52-54% and 68% against 50% and
+# 66-68% with critics of 1,200 (docs/rating.md).
 MMI_WEIGHT = 2.0
 
 

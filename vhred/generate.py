@@ -36,6 +36,7 @@ from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
 MAX_DRAWS = 16   # draws per reply shown: 16N rows of the vocabulary's width at most (docs/limits.md)
+REFILLS = (4, 8)   # draws per reply shown that candidates() goes on to when fewer than N good ones came
 CUT = " …"                      # appended to a response shown cut at the length limit
 
 
@@ -363,7 +364,7 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
     results, todo = [[] for _ in contexts], list(range(len(contexts)))
     differ = model.latent or opts.method == "sample"   # HRED's greedy / beam draws: no new ones to find
     more = differ and (keep or (opts.dedup and same))
-    factors = (opts.draws, *(f for f in (4, 8) if f > opts.draws and more)) if differ else (min(opts.draws, 2),)
+    factors = (opts.draws, *(f for f in REFILLS if f > opts.draws and more)) if differ else (min(opts.draws, 2),)
     for factor in factors:
         wide = replace(opts, num_samples=factor * n)
         found = generate(model, [contexts[i] for i in todo], wide, None if z is None else z[todo])
@@ -390,7 +391,7 @@ def count_note(shown: int, n: int, faulty: int, draws: int = DecodeOptions.draws
         return f"{shown} of {n} shown: the other draws repeated these"
     if faulty:
         return (f"the last {faulty} shown have faulty text (non-words, glued or repeated): "
-                f"no more good ones in {max(draws, 8) * n} draws")
+                f"no more good ones in {max(draws, REFILLS[-1]) * n} draws")
     return ""
 
 
