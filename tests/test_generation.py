@@ -1,5 +1,6 @@
 """Decoding and chat: seeds, diversity, decoding rules, the generate and chat commands."""
 import json
+import math
 import subprocess
 import sys
 
@@ -313,3 +314,32 @@ def test_replies_that_differ_only_in_case_or_punctuation_are_one(vhred_model):
     key = same_reply(sp)
     assert key(sp.encode("single , please .")) == key(sp.encode("Single please")) == "single please"
     assert key(sp.encode("I'm fine .")) == "i'm fine" != key(sp.encode("I'm not fine ."))
+
+
+class _TwoRowDecoder:
+    """A decoder of 6 tokens whose next-token distribution is fixed per row: row 0 (cond 0) ends
+    with probability 0.4 after each word (word 4 otherwise), row 1 (cond 1) almost never ends."""
+    embed = torch.nn.Embedding(6, 1)
+    blank_ids: list[int] = []
+
+    def decoder_state(self, cond):
+        return torch.zeros(1, len(cond), 1)
+
+    def decode(self, token, cond, state):
+        probs = torch.full((len(cond), 6), 1e-9)
+        probs[:, 4] = torch.where(cond[:, 0] == 0, 0.6, 1.0)
+        probs[:, 3] = torch.where(cond[:, 0] == 0, 0.4, 1e-30)   # 3: <eos>, never among row 1's best
+        return probs.log().unsqueeze(1), state
+
+
+def test_beam_search_keeps_a_finished_row_as_it_was_alone():
+    """A row is done once it has its n_best ended responses: the rows still searched beside it
+    (here one that runs to max_len) do not swap its answer for a cut-off one that scores better
+    per token. Row 0 alone answers [4] (mean log p (log 0.6 + log 0.4) / 2)."""
+    from vhred.generate import beam_search
+    opts = DecodeOptions(beam=2, max_len=8)
+    alone, _ = beam_search(_TwoRowDecoder(), torch.tensor([[0.0]]), opts, 1)
+    both, scores = beam_search(_TwoRowDecoder(), torch.tensor([[0.0], [1.0]]), opts, 1)
+    assert alone == [[[4]]] and both[0] == [[4]]
+    assert scores[0][0] == pytest.approx((math.log(0.6) + math.log(0.4)) / 2, abs=1e-5)
+    assert both[1] == [[4] * 8]   # the other row: max_len words, then <eos> forced

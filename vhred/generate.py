@@ -250,9 +250,12 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
 
 def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[list[list[int]]], list[list[float]]]:
     """Beam search for each row of cond (B, C): n_best responses per row, by length-normalised
-    log-likelihood. Rows are searched together, beams flattened into the batch."""
+    log-likelihood. Rows are searched together, beams flattened into the batch; a row leaves the
+    batch once it has n_best finished responses, so its result does not depend on the rows
+    searched beside it, and the steps after it cost nothing (most replies end in a few words)."""
     B, K, device = cond.shape[0], opts.beam, cond.device
-    cond_k = cond.repeat_interleave(K, 0)                                   # (B*K, C)
+    rows = list(range(B))                                                   # the rows still searched (A of them)
+    cond_k = cond.repeat_interleave(K, 0)                                   # (A*K, C)
     state = model.decoder_state(cond_k)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0                                                      # one live beam at start
@@ -263,22 +266,24 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     words = torch.zeros(B * K, dtype=torch.long, device=device)             # printing tokens so far per beam
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
-        logp = F.log_softmax(logits[:, -1].float(), -1)                     # (B*K, V)
+        logp = F.log_softmax(logits[:, -1].float(), -1)                     # (A*K, V)
         logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
         if t < opts.max_len:
             _no_empty_reply(logp, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
-        V = logp.shape[-1]
-        top, idx = (scores.view(B * K, 1) + logp).view(B, K * V).topk(2 * K, dim=-1)  # (B, 2K)
+        A, V = len(rows), logp.shape[-1]
+        top, idx = (scores.view(A * K, 1) + logp).view(A, K * V).topk(2 * K, dim=-1)  # (A, 2K)
         top, idx = top.tolist(), idx.tolist()                               # the step's one device read
-        new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, done, n_best, opts.max_len)
-        if all(len(d) >= n_best for d in done) or t == opts.max_len:
+        new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, [done[r] for r in rows], n_best, opts.max_len)
+        keep = [a for a, r in enumerate(rows) if len(done[r]) < n_best]    # rows still short of n_best
+        if not keep or t == opts.max_len:
             break
-        seqs = [seqs[p] + [w] for p, w in zip(pick, new_tok)]
-        pick, new_tok = _host_to(pick, device), _host_to(new_tok, device)
-        state, words = state[:, pick], words[pick] + (~blank[new_tok]).long()
-        scores = _host_to(new_scores, device, torch.float).view(B, K)
+        beams = [a * K + k for a in keep for k in range(K)]                 # their next beams, (A'*K,)
+        rows, seqs = [rows[a] for a in keep], [seqs[pick[i]] + [new_tok[i]] for i in beams]
+        pick, new_tok = _host_to([pick[i] for i in beams], device), _host_to([new_tok[i] for i in beams], device)
+        cond_k, state, words = cond_k[pick], state[:, pick], words[pick] + (~blank[new_tok]).long()
+        scores = _host_to([new_scores[i] for i in beams], device, torch.float).view(len(rows), K)
         token = new_tok.view(-1, 1)
     best = [sorted(d, key=lambda x: -x[0])[:n_best] for d in done]
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
