@@ -343,3 +343,17 @@ def test_beam_search_keeps_a_finished_row_as_it_was_alone():
     assert alone == [[[4]]] and both[0] == [[4]]
     assert scores[0][0] == pytest.approx((math.log(0.6) + math.log(0.4)) / 2, abs=1e-5)
     assert both[1] == [[4] * 8]   # the other row: max_len words, then <eos> forced
+
+
+def test_each_distinct_context_is_encoded_once():
+    """Ranking scores a context's 80 candidates one pair a row: its state is computed once and
+    given to each of its rows, in the rows' order."""
+    from vhred.dataset import once_per_context
+    seen = []
+    def encode(batch):
+        seen.extend(batch)
+        return torch.tensor([[float(len(c)), float(c[0][0])] for c in batch])
+    rows = [[[1, 2]], [[3]], [[1, 2]], [[3], [4]], [[3]]]
+    states = once_per_context(encode, rows, batch=2)
+    assert seen == [[[1, 2]], [[3]], [[3], [4]]]
+    assert states.tolist() == [[1, 1], [1, 3], [1, 1], [2, 3], [1, 3]]

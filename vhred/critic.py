@@ -25,7 +25,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .dataset import collate
+from .dataset import collate, once_per_context
 from .errors import CheckpointError
 from .models.layers import Hierarchical
 
@@ -82,10 +82,10 @@ def from_model(model, arch) -> Critic:
 def scores(critic: Critic, contexts: list[list[list[int]]], replies: list[list[int]], batch: int = 64) -> list[float]:
     """The critic's logit for each (context, reply) pair, higher is more like a person's reply."""
     critic.eval()
+    states = once_per_context(critic.context, contexts, batch)              # (P, Hc)
     out = []
     for s in range(0, len(replies), batch):
-        h = critic.context(contexts[s:s + batch])
-        out += critic(h, replies[s:s + batch]).float().tolist()
+        out += critic(states[s:s + batch], replies[s:s + batch]).float().tolist()
     return out
 
 

@@ -230,6 +230,17 @@ def collate(dialogues: list[list[list[int]]]) -> Batch:
                  turns=torch.tensor([len(d) for d in dialogues], dtype=torch.long))
 
 
+def once_per_context(encode, contexts: list[list[list[int]]], batch: int = 64) -> torch.Tensor:
+    """encode(contexts) -> (C, H) states, run once per distinct context and spread back to every
+    row: ranking scores each context with its 80 candidates, one pair a row. (P, H)"""
+    keys = [tuple(map(tuple, c)) for c in contexts]
+    distinct = list(dict.fromkeys(keys))
+    states = torch.cat([encode([list(map(list, c)) for c in distinct[s:s + batch]])
+                        for s in range(0, len(distinct), batch)])              # (D, H)
+    index = {key: i for i, key in enumerate(distinct)}
+    return states[torch.tensor([index[key] for key in keys], device=states.device)]
+
+
 class DialogueData:
     """One processed split: memory-mapped rows plus the lengths needed to bucket them."""
 

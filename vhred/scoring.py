@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .dataset import collate
+from .dataset import collate, once_per_context
 from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
 
 KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
@@ -44,18 +44,19 @@ def log_likelihoods(model, contexts: list[list[list[int]]], responses: list[list
                     k: int = IW_SAMPLES, seed: int = 0) -> tuple[list[float], list[int]]:
     """log p(response | context) in nats for each pair, and its predicted tokens (|r| + 1)."""
     model.eval()
+    states = once_per_context(lambda c: context_states(model, c), contexts)   # (P, Hc)
     logp, tokens = [], []
     for start in range(0, len(responses), BATCH_PAIRS):
-        c, r = contexts[start:start + BATCH_PAIRS], responses[start:start + BATCH_PAIRS]
-        lp, n = _log_likelihood_batch(model, c, r, k, seed)
+        end = start + BATCH_PAIRS
+        lp, n = _log_likelihood_batch(model, states[start:end], contexts[start:end], responses[start:end], k, seed)
         logp += lp
         tokens += n
     return logp, tokens
 
 
-def _log_likelihood_batch(model, contexts, responses, k: int, seed: int):
-    device = next(model.parameters()).device
-    ctx = context_states(model, contexts)                                   # (P, Hc)
+def _log_likelihood_batch(model, ctx, contexts, responses, k: int, seed: int):
+    """The bound for P pairs, ctx (P, Hc) their contexts' states."""
+    device = ctx.device
     b = collate([[r] for r in responses]).to(device)                        # P one-turn dialogues
     lens = b.lens - 1                                                       # |r| + 1: words and <eos>
     seeds = [row_seed(seed, c, r, i) for c, r in zip(contexts, responses) for i in range(k)]
