@@ -219,31 +219,32 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     token = torch.full((B, 1), BOS, dtype=torch.long, device=device)
     out = torch.full((B, opts.max_len), PAD, dtype=torch.long, device=device)
     logp = torch.zeros(B, device=device)
-    alive = torch.ones(B, dtype=torch.bool, device=device)
+    live = torch.arange(B, device=device)                                   # the rows not ended yet (A,)
     blank, space = blank_tokens(model, device)                              # (V,) each
-    words = torch.zeros(B, dtype=torch.long, device=device)                 # printing tokens so far
+    words = torch.zeros(B, dtype=torch.long, device=device)                 # printing tokens so far (A,)
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
-        logits, state = model.decode(token, cond, state)                    # (B, 1, V)
+        logits, state = model.decode(token, cond, state)                    # (A, 1, V)
         logits = logits[:, -1].float()
         logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
         if t < opts.max_len:
             _no_empty_reply(logits, words, token[:, 0], opts.min_len, space)
         if t == opts.max_len:
-            nxt = torch.full((B,), EOS, dtype=torch.long, device=device)
+            nxt = torch.full((len(live),), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
             nxt = logits.argmax(-1)
         else:
             scaled = logits / opts.temperature if opts.temperature != 1 else logits
             probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
-            nxt = categorical(probs, u[:, t])
-        step_logp = F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)
-        logp += step_logp * alive
+            nxt = categorical(probs, u[live, t])
+        logp[live] += F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)
         if t < opts.max_len:
-            out[:, t] = torch.where(alive & (nxt != EOS), nxt, PAD)
-        words += ~blank[nxt]
-        alive &= nxt != EOS
-        if not alive.any():
+            out[live, t] = torch.where(nxt != EOS, nxt, PAD)
+        going = nxt != EOS
+        if not going.any():
             break
+        if not going.all():   # ended rows leave the batch: the steps after cost them nothing
+            live, cond, state, words, nxt = live[going], cond[going], state[:, going], words[going], nxt[going]
+        words += ~blank[nxt]
         token = nxt[:, None]
     return [[i for i in row if i != PAD] for row in out.tolist()], logp
 
