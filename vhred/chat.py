@@ -44,7 +44,7 @@ HELP = """commands:
   /pick K          put candidate K of the last turn into the history instead of the best
   /temperature T   sample words at temperature T (default: beam search)
   /top_p P         sample words from the nucleus of probability P
-  /greedy          greedy words (twice as fast as beam search, fewer good replies)
+  /greedy          greedy words (faster than beam search, fewer good replies)
   /beam            back to beam search (width 5)
   /rank R          order candidates by R: auto (the run's critic if it has one, else mmi),
                    critic, mmi, pmi, ll or none
