@@ -63,8 +63,8 @@ class DecodeOptions:
     - the critic + 2 x MMI over MMI alone: 52% good of the five and 62% first against 39% and
       49% (sixteenth round); blind, 32-45% and 40-60% against 34-36% and 38-40% (tenth to
       twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws).
-    Greedy words (`method="greedy"`) decode 4x as fast; ranking them costs the same. HRED has one distribution per
-    context: its candidates are the n best beams."""
+    Greedy words (`method="greedy"`) decode 4x as fast; ranking them costs the same. HRED has
+    one distribution per context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
     max_len: int = 30          # tokens per response, <eos> excluded
     min_len: int = 1           # no <eos> before this many printing tokens: never an empty reply (0 allows one)
