@@ -15,11 +15,13 @@ def test_the_codes_diagnostic_trains_and_prints_its_measures(dailydialog_zip, da
 
 
 def test_the_mixture_measures_of_a_prior_at_its_start():
-    """Equal weights and one mean for every component: entropy ln K, distance 0."""
+    """Equal weights and one mean for every component: entropy ln K, distance 0, and the std a
+    log-variance of 0 gives under the noise's bound (below 1)."""
     import math
     import torch
     from vhred.config import ModelConfig
     from vhred.models import build
+    from vhred.models.dialogwae import bounded
     model = build(ModelConfig(model="dialogwae", gmp_components=3, emb_dim=8, utt_hidden=8, ctx_hidden=8,
                               dec_hidden=8, z_dim=4, latent_hidden=8), 40).eval()
     with torch.no_grad():
@@ -27,7 +29,8 @@ def test_the_mixture_measures_of_a_prior_at_its_start():
             layer.weight.zero_()
             layer.bias.zero_()
     line = dialogwae_codes.mixture(model, torch.randn(5, 8))
-    assert f"mixture entropy {math.log(3):.3f}" in line and "component std 1.000" in line
+    std = math.exp(0.5 * bounded(torch.zeros(1)).item())
+    assert f"mixture entropy {math.log(3):.3f}" in line and f"component std {std:.3f}" in line and std < 0.8
     assert "distance between means 0.000" in line
     model.k = 1
     assert dialogwae_codes.mixture(model, torch.randn(5, 8)) == ""

@@ -253,3 +253,24 @@ def test_dialogwae_posterior_noise_starts_small_so_the_decoder_can_read_z():
     enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)
     _, logvar = model.posterior_net(torch.cat([ctx, enc], -1))
     assert torch.exp(0.5 * logvar).mean() < 0.4
+
+
+def test_dialogwae_noise_stays_below_std_one_however_large_its_net_makes_it():
+    """The failure of the reference-size run: the nets' log-variances grew without bound (the
+    posterior's noise std reached 2e7), BatchNorm divided the scale out, and the codes became pure
+    noise. Whatever the nets say, the noise that reaches the generators has std at most 1, and
+    a log-variance well below the bound passes nearly unchanged."""
+    from vhred.models.dialogwae import bounded
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", **TINY), 40).train()
+    model.posterior_generator = torch.nn.Identity()       # so posterior_code returns its noise e
+    b = _batch()
+    enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)
+    with torch.no_grad():
+        for net in (model.prior_net, model.posterior_net):
+            net.logvar.bias.fill_(40.0)                   # the raw nets ask for std e^20
+        prior_e = torch.stack([model.prior_noise(ctx) for _ in range(400)])            # (400, T, Z)
+        post_e = torch.stack([model.posterior_code(ctx, enc) for _ in range(400)])
+    assert prior_e.std(0).max() < 1.15 and post_e.std(0).max() < 1.15
+    assert prior_e.std(0).mean() > 0.85            # at the bound, not far below it
+    assert abs(bounded(torch.tensor(-6.0)).item() + 6) < 0.01

@@ -51,6 +51,18 @@ POSTERIOR_SAMPLES = 8     # draws of e that estimate E_q[z] for active units
 POSTERIOR_LOGVAR_INIT = -4.0
 PRIOR_LR_SCALE = 0.1
 CRITIC_LR_SCALE = 0.5
+# The noise's log-variance is held below this (softly). Nothing else holds it: the generators'
+# BatchNorm divides out whatever scale e has, and the critic is as happy with two codes of pure
+# noise as with two informative ones. At the reference config's sizes (z 200, GRUs 300) the
+# posterior's noise std drifted to 2e7 against a spread of 2.9 in its means, so z_q said nothing
+# about the response and the decoder learned to ignore it (docs/models.md, "At DialogWAE's own
+# sizes"). With std <= 1 the means' spread decides the code.
+NOISE_LOGVAR_MAX = 0.0
+
+
+def bounded(logvar: torch.Tensor) -> torch.Tensor:
+    """logvar kept below NOISE_LOGVAR_MAX: near the identity well below it, and a gradient everywhere."""
+    return NOISE_LOGVAR_MAX - F.softplus(NOISE_LOGVAR_MAX - logvar)
 
 
 def generator(z_dim: int) -> nn.Module:
@@ -82,7 +94,7 @@ class MixturePrior(nn.Module):
         """means, logvars (T, K, Z) and log pi (T, K)."""
         mean, logvar = self.components(ctx)
         shape = (len(ctx), self.k, self.z_dim)
-        return mean.view(shape), logvar.view(shape), F.log_softmax(self.weights(ctx).float(), dim=-1)
+        return mean.view(shape), bounded(logvar).view(shape), F.log_softmax(self.weights(ctx).float(), dim=-1)
 
 
 class DialogWAE(Hierarchical):
@@ -115,6 +127,7 @@ class DialogWAE(Hierarchical):
         a Gumbel-softmax mix; training here mixes with Gumbel-softmax too, temperature 0.1)."""
         if self.k == 1:
             mean, logvar = self.prior_net(ctx)
+            logvar = bounded(logvar)
             return reparameterize(mean, logvar) if eps is None else mean + torch.exp(0.5 * logvar) * eps
         mean, logvar, log_pi = self.prior_net(ctx)                          # (T, K, Z), (T, K, Z), (T, K)
         if eps is None:
@@ -133,7 +146,7 @@ class DialogWAE(Hierarchical):
     def posterior_code(self, ctx, enc):
         """z_q = G_q(e), e ~ q(e | c, x): (T, Z)."""
         mean, logvar = self.posterior_net(torch.cat([ctx, enc], dim=-1))
-        return self.posterior_generator(reparameterize(mean, logvar)).float()
+        return self.posterior_generator(reparameterize(mean, bounded(logvar))).float()
 
     def posterior_mean(self, ctx, enc, samples: int = POSTERIOR_SAMPLES):
         """E_q[z | c, x] estimated over `samples` draws of e: the analogue of a Gaussian posterior's
