@@ -41,6 +41,7 @@ def parse_args(argv=None):
     p.add_argument("--noise-logvar", type=float, default=dialogwae.POSTERIOR_LOGVAR_INIT)
     p.add_argument("--prior-rate", type=float, default=dialogwae.PRIOR_LR_SCALE)
     p.add_argument("--critic-rate", type=float, default=dialogwae.CRITIC_LR_SCALE)
+    p.add_argument("--posterior-pull", type=float, default=dialogwae.POSTERIOR_PULL)
     p.add_argument("--out-dir", default="runs/dialogwae-codes")
     p.add_argument("--checkpoint", default="", help="measure this trained DialogWAE (a run folder or .pt) instead of training one")
     p.add_argument("overrides", nargs="*", help="key=value settings (e.g. data_dir=...)")
@@ -93,7 +94,9 @@ def main(argv=None):
         return measure_checkpoint(args.checkpoint)
     dialogwae.POSTERIOR_LOGVAR_INIT = args.noise_logvar
     dialogwae.PRIOR_LR_SCALE, dialogwae.CRITIC_LR_SCALE = args.prior_rate, args.critic_rate
-    name = f"codes-{args.noise_logvar:g}-{args.prior_rate:g}-{args.critic_rate:g}-{int(time.time())}"
+    dialogwae.POSTERIOR_PULL = args.posterior_pull
+    name = (f"codes-{args.noise_logvar:g}-{args.prior_rate:g}-{args.critic_rate:g}-{args.posterior_pull:g}"
+            f"-{int(time.time())}")
     cfg = config.load(args.config, ["model=dialogwae", f"out_dir={args.out_dir}", f"name={name}",
                                     f"max_steps={args.steps}", "save_every=1000000", *args.overrides])
     run = Run(cfg, log=lambda *_: None)
