@@ -274,3 +274,23 @@ def test_dialogwae_noise_stays_below_std_one_however_large_its_net_makes_it():
     assert prior_e.std(0).max() < 1.15 and post_e.std(0).max() < 1.15
     assert prior_e.std(0).mean() > 0.85            # at the bound, not far below it
     assert abs(bounded(torch.tensor(-6.0)).item() + 6) < 0.01
+
+
+def test_dialogwae_critic_pulls_the_posterior_with_posterior_pull_and_the_prior_fully(monkeypatch):
+    """The generators' loss reaches the posterior scaled by POSTERIOR_PULL and the prior unscaled:
+    the posterior's gradient from that loss is proportional to the weight, the prior's unchanged."""
+    from vhred.models import dialogwae
+    model = build(ModelConfig(model="dialogwae", **TINY), 40).train()
+    b = _batch()
+
+    def extra_grads(pull):
+        monkeypatch.setattr(dialogwae, "POSTERIOR_PULL", pull)
+        torch.manual_seed(3)
+        model.zero_grad()
+        model(b.tokens, b.lens, b.turns)["extra"].backward()
+        return (model.posterior_net.mean.weight.grad.clone(), model.prior_net.mean.weight.grad.clone())
+
+    post1, prior1 = extra_grads(1.0)
+    post02, prior02 = extra_grads(0.2)
+    assert post1.abs().sum() > 0 and torch.allclose(post02, 0.2 * post1, atol=1e-6)
+    assert torch.allclose(prior02, prior1, atol=1e-6)

@@ -60,8 +60,14 @@ CRITIC_LR_SCALE = 0.5
 NOISE_LOGVAR_MAX = 0.0
 # The weight of the critic's pull on the posterior, against its reconstruction gradient (both
 # reach the posterior in one AdamW step, so only their ratio matters). Their code pulls it with
-# RMSprop at 5e-5 after an SGD step at 1.0 for the reconstruction: a faint pull.
-POSTERIOR_PULL = 1.0
+# RMSprop at 5e-5 after an SGD step at 1.0 for the reconstruction: a faint pull. At full weight,
+# at the reference config's sizes, the pull won: by step 200 the posterior's codes carried nothing
+# the decoder could use (NLL/token from a response's own z_q 5.93, from another's 5.94) and by
+# epoch 4 a context's ten replies were one. At 0.2 the decoder reads z (4.94 against 5.80 at
+# step 400) and a prior z stays between the two (5.61); at 0.05 the prior could not follow
+# (7.13, worse than another response's code). Measured with `python -m eval.dialogwae_codes
+# --config configs/dailydialog.yaml --posterior-pull W` (docs/models.md).
+POSTERIOR_PULL = 0.2
 
 
 def bounded(logvar: torch.Tensor) -> torch.Tensor:
