@@ -59,15 +59,14 @@ CRITIC_LR_SCALE = 0.5
 # sizes"). With std <= 1 the means' spread decides the code.
 NOISE_LOGVAR_MAX = 0.0
 # The weight of the critic's pull on the posterior, against its reconstruction gradient (both
-# reach the posterior in one AdamW step, so only their ratio matters). Their code pulls it with
-# RMSprop at 5e-5 after an SGD step at 1.0 for the reconstruction: a faint pull. At full weight,
-# at the reference config's sizes, the pull won: by step 200 the posterior's codes carried nothing
-# the decoder could use (NLL/token from a response's own z_q 5.93, from another's 5.94) and by
-# epoch 4 a context's ten replies were one. At 0.2 the decoder reads z (4.94 against 5.80 at
-# step 400) and a prior z stays between the two (5.61); at 0.05 the prior could not follow
-# (7.13, worse than another response's code). Measured with `python -m eval.dialogwae_codes
-# --config configs/dailydialog.yaml --posterior-pull W` (docs/models.md).
-POSTERIOR_PULL = 0.2
+# reach the posterior in one AdamW step, so only their ratio matters; their code pulls it with
+# RMSprop at 5e-5 after an SGD step at 1.0 for the reconstruction). At the CPU config full weight
+# works (the decoder reads z). At the reference config's sizes neither weight tried does
+# (docs/models.md, "At DialogWAE's own sizes"): at 1.0 the codes carried nothing the decoder used
+# by step 200 (NLL/token from a response's own z_q 5.93, from another's 5.94) and a context's ten
+# replies were one by epoch 4; at 0.2 the decoder reads z (3.67 against 7.43 at epoch 4) but the
+# prior's generator shrinks to a point (code spread 0.39, 0.10, 0.09 at epochs 2-4).
+POSTERIOR_PULL = 1.0
 
 
 def bounded(logvar: torch.Tensor) -> torch.Tensor:
