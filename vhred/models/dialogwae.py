@@ -6,6 +6,7 @@ The latent z of a response x with context c = h_{n-1} is made by generators from
     posterior  e ~ N(mu_q, sigma_q^2) = GaussianNet([c; enc(x)]),  z_q = G_q(e)
     prior      e ~ N(mu_p, sigma_p^2) = GaussianNet(c),            z_p = G_p(e)
     GMP prior  K components (mu_k, sigma_k) and weights pi = softmax(MLP(c)); e from component k
+               (every log sigma^2 held softly below NOISE_LOGVAR_MAX = 0: see bounded())
     decoder    p(x | c, z), started from [c; z]
     critic     D([z; c]), a Wasserstein critic with gradient penalty (Gulrajani et al. 2017):
                L_D = E D(z_q) - E D(z_p) + lambda (||grad D(z_hat)|| - 1)^2,
