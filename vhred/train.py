@@ -332,10 +332,32 @@ class Run:
         finite = math.isfinite(total) and math.isfinite(norm)   # the same on every rank
         if finite:
             self.opt.step()
+            self.extra_steps(out)
         self.progress.step += 1
         return {"loss": total / tokens, "nll_per_token": nll / tokens,
                 "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": tokens,
                 "skipped": not finite, "stop": stops > 0}
+
+    def extra_steps(self, out: dict):
+        """The family's optimiser steps of one player alone after the main step, on the same batch
+        (Hierarchical.extra_steps): ranks average each step's gradients, as data-parallel does for
+        the main one, and a step whose gradient is not finite is skipped."""
+        steps = self.model.extra_steps(out)
+        while True:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = next(steps, None)
+            if loss is None:
+                return
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.world > 1:
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        distributed.all_reduce_(p.grad)
+                        p.grad.div_(self.world)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            if math.isfinite(float(norm)):   # one small read per extra step
+                self.opt.step()
 
     def make_batch(self, indices):
         """This rank's share of a batch, on the device (pinned first on a GPU: a non-blocking copy)."""

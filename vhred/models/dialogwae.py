@@ -68,6 +68,9 @@ NOISE_LOGVAR_MAX = 0.0
 # replies were one by epoch 4; at 0.2 the decoder reads z (3.67 against 7.43 at epoch 4) but the
 # prior's generator shrinks to a point (code spread 0.39, 0.10, 0.09 at epochs 2-4).
 POSTERIOR_PULL = 1.0
+# Critic updates per training step: the one inside the step and CRITIC_STEPS - 1 of its own after
+# it (extra_steps), each on new noise; their code takes n_iters_d = 5.
+CRITIC_STEPS = 1
 
 
 def bounded(logvar: torch.Tensor) -> torch.Tensor:
@@ -199,12 +202,27 @@ class DialogWAE(Hierarchical):
         critic_fixed = lambda v: functional_call(self.critic, frozen, (v,))
         loss_g = (critic_fixed(torch.cat([z_prior, c], -1)).mean()
                   - POSTERIOR_PULL * critic_fixed(torch.cat([z_post, c], -1)).mean())
-        zp, zq = z_prior.detach(), z_post.detach()
-        w = self.critic(torch.cat([zq, c], -1)).mean() - self.critic(torch.cat([zp, c], -1)).mean()
-        gp = gradient_penalty(self.critic, zp, zq, c, torch.rand(len(c), 1, device=c.device))
-        out["extra"] = (loss_g + w + GP_WEIGHT * gp) * n_tokens
+        w, loss_d = self.critic_loss(z_post.detach(), z_prior.detach(), c)
+        out["extra"] = (loss_g + loss_d) * n_tokens
         out["wasserstein"] = -w.detach()                                    # the critic's distance estimate
+        out["critic_inputs"] = (c, x)                                       # for extra_steps
         return out
+
+    def critic_loss(self, z_post, z_prior, ctx):
+        """The critic's estimate E D(z_q) - E D(z_p) (minus the distance) and its loss with the
+        gradient penalty; the codes come detached (only the critic learns from this)."""
+        w = self.critic(torch.cat([z_post, ctx], -1)).mean() - self.critic(torch.cat([z_prior, ctx], -1)).mean()
+        gp = gradient_penalty(self.critic, z_prior, z_post, ctx, torch.rand(len(ctx), 1, device=ctx.device))
+        return w, w + GP_WEIGHT * gp
+
+    def extra_steps(self, out):
+        """CRITIC_STEPS - 1 more critic updates on the training step's batch, each on new noise
+        (their n_iters_d), so the critic nears its optimum before the generators move again."""
+        c, x = out["critic_inputs"]
+        for _ in range(CRITIC_STEPS - 1):
+            with torch.no_grad():
+                z_post, z_prior = self.posterior_code(c, x), self.sample_prior(c, None)
+            yield self.critic_loss(z_post, z_prior, c)[1]
 
     def log_weights(self, tokens, lens, turns, k: int):
         """(T, K) log p(w_n | c, z_k), z_k ~ p(z | c): the prior-proposal bound."""

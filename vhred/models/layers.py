@@ -74,6 +74,8 @@ class Hierarchical(nn.Module):
       prior(ctx) -> mean, logvar; sample_prior(ctx, eps) -> z;  condition(ctx, z) -> cond
       response_log_weights(ctx, tokens, lens, eps) -> (P*K,) weights of log p(r | context)
       param_groups() -> the optimiser's groups (one by default; "lr_scale" per group)
+      extra_steps(out) -> losses for optimiser steps of their own after the main one (none by
+                             default), each made after the step before it
     """
     latent = False
     z_dim = 0
@@ -226,6 +228,12 @@ class Hierarchical(nn.Module):
         """The optimiser's parameter groups: one, at the schedule's learning rate. A family whose
         parts learn at other rates returns several, each with an "lr_scale"."""
         return [{"params": list(self.parameters())}]
+
+    def extra_steps(self, out: dict):
+        """Losses, yielded one at a time, for optimiser steps of their own after the training step
+        that made `out` (a player of a game trained more often than the rest, as a GAN's critic).
+        Each reaches only the weights it trains: the others get no gradient and stay. None here."""
+        return iter(())
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
