@@ -16,9 +16,9 @@ every --every steps prints, for the first 64 validation windows:
                 components' mean std, and the mean distance between component means (near 0
                 with std near 1: the mixture has not left its starting point)
 
---noise-logvar, --prior-rate, --critic-rate, --posterior-pull and --critic-steps replace the
-family's constants (POSTERIOR_LOGVAR_INIT, PRIOR_LR_SCALE, CRITIC_LR_SCALE, POSTERIOR_PULL,
-CRITIC_STEPS) for this run, to repeat the variants
+--noise-logvar, --prior-rate, --critic-rate and --posterior-pull replace the family's constants
+(POSTERIOR_LOGVAR_INIT, PRIOR_LR_SCALE, CRITIC_LR_SCALE, POSTERIOR_PULL) for this run (critic_steps=N,
+like any setting, is a key=value), to repeat the variants
 docs/models.md reports (0 / 1 / 1: everything at one rate, the noise at std 1).
 """
 import argparse
@@ -43,7 +43,6 @@ def parse_args(argv=None):
     p.add_argument("--prior-rate", type=float, default=dialogwae.PRIOR_LR_SCALE)
     p.add_argument("--critic-rate", type=float, default=dialogwae.CRITIC_LR_SCALE)
     p.add_argument("--posterior-pull", type=float, default=dialogwae.POSTERIOR_PULL)
-    p.add_argument("--critic-steps", type=int, default=dialogwae.CRITIC_STEPS)
     p.add_argument("--out-dir", default="runs/dialogwae-codes")
     p.add_argument("--checkpoint", default="", help="measure this trained DialogWAE (a run folder or .pt) instead of training one")
     p.add_argument("overrides", nargs="*", help="key=value settings (e.g. data_dir=...)")
@@ -96,9 +95,9 @@ def main(argv=None):
         return measure_checkpoint(args.checkpoint)
     dialogwae.POSTERIOR_LOGVAR_INIT = args.noise_logvar
     dialogwae.PRIOR_LR_SCALE, dialogwae.CRITIC_LR_SCALE = args.prior_rate, args.critic_rate
-    dialogwae.POSTERIOR_PULL, dialogwae.CRITIC_STEPS = args.posterior_pull, args.critic_steps
+    dialogwae.POSTERIOR_PULL = args.posterior_pull
     name = (f"codes-{args.noise_logvar:g}-{args.prior_rate:g}-{args.critic_rate:g}-{args.posterior_pull:g}"
-            f"-{args.critic_steps}-{int(time.time())}")
+            f"-{int(time.time())}")
     cfg = config.load(args.config, ["model=dialogwae", f"out_dir={args.out_dir}", f"name={name}",
                                     f"max_steps={args.steps}", "save_every=1000000", *args.overrides])
     run = Run(cfg, log=lambda *_: None)

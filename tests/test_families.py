@@ -296,17 +296,15 @@ def test_dialogwae_critic_pulls_the_posterior_with_posterior_pull_and_the_prior_
     assert torch.allclose(prior02, prior1, atol=1e-6)
 
 
-def test_dialogwae_extra_critic_steps_move_the_critic_alone_and_resume_bit_for_bit(tiny_cfg, monkeypatch):
-    """With CRITIC_STEPS = 3 a training step ends with two more critic updates (their n_iters_d):
+def test_dialogwae_extra_critic_steps_move_the_critic_alone_and_resume_bit_for_bit(tiny_cfg):
+    """With critic_steps=3 a training step ends with two more critic updates (their n_iters_d):
     the critic's optimiser state counts three steps and its weights differ from a one-step run's,
     every other weight is the one-step run's exactly; a run stopped and resumed still ends with
     an uninterrupted run's weights."""
-    from vhred.models import dialogwae
     from vhred.train import Run
 
     def one_step(critic_steps):
-        monkeypatch.setattr(dialogwae, "CRITIC_STEPS", critic_steps)
-        run = Run(tiny_cfg("model=dialogwae", "max_steps=1", f"name=steps{critic_steps}"), log=quiet)
+        run = Run(tiny_cfg("model=dialogwae", "max_steps=1", f"critic_steps={critic_steps}", f"name=steps{critic_steps}"), log=quiet)
         try:
             run.train_step(run.train_data.batches(run.cfg.batch_size)[0])
             steps = {n: int(run.opt.state[p]["step"]) for n, p in run.model.named_parameters() if p in run.opt.state}
@@ -321,7 +319,7 @@ def test_dialogwae_extra_critic_steps_move_the_critic_alone_and_resume_bit_for_b
     assert all(torch.equal(once[n], thrice[n]) for n in once if n not in critic)
     assert not any(torch.equal(once[n], thrice[n]) for n in critic if n.endswith("weight"))
 
-    common = ("model=dialogwae", "save_every=4")
+    common = ("model=dialogwae", "critic_steps=3", "save_every=4")
     full = train(tiny_cfg(*common, "max_steps=8", "name=full"), log=quiet)
     train(tiny_cfg(*common, "max_steps=4", "name=split"), log=quiet)
     resumed = train(tiny_cfg(*common, "max_steps=8", "name=split"), log=quiet)

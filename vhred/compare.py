@@ -57,6 +57,8 @@ def parse_args(argv):
     p.add_argument("--rank-contexts", type=int, default=0, help="rank the first N test contexts, 0 for all (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=10, help="K of the test bound and of likelihood ranking (default %(default)s)")
     p.add_argument("--reference", default="", help="a finished run folder to add as a row of its own (default: none)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the rows are trained and evaluated: auto (a GPU when there is one), cpu or cuda (default %(default)s)")
     p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="key=value settings for every row (e.g. data_dir=...)")
     args = p.parse_args(argv)
@@ -90,7 +92,7 @@ def train_row(args, row: str) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     earlier = recorded_minutes(run_dir, args.steps)
     seconds = _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
-                      f"name={name}", f"out_dir={args.out_dir}", *args.overrides,
+                      f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}", *args.overrides,
                       log=os.path.join(args.out_dir, f"{name}.log"))
     return {"row": row, "dir": run_dir, "train_minutes": seconds / 60 if earlier is None else earlier,
             "trained_earlier": earlier is not None}
@@ -112,11 +114,11 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     """The test-split metrics of a run folder's best.pt, read back from the files eval and rank write."""
     log = os.path.join(run_dir, "compare-eval.log")
     evaluate = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--protocol", "dialogwae", "--tag", "compare",
-                "--iw-samples", str(args.iw_samples), "--device", "cpu"]
+                "--iw-samples", str(args.iw_samples), "--device", args.device]
     if args.max_contexts:
         evaluate += ["--max-contexts", str(args.max_contexts)]
     _python("vhred.evaluate", *evaluate, log=log)
-    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", "cpu"]
+    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", args.device]
     if args.rank_contexts:
         rank += ["--max-contexts", str(args.rank_contexts)]
     _python("vhred.rank", *rank, log=log)
@@ -170,9 +172,10 @@ def _cell(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     import torch
-    return f"{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
+    gpu = f"{torch.cuda.get_device_name()} GPU, " if device != "cpu" and torch.cuda.is_available() else ""
+    return f"{gpu}{os.cpu_count()}-core {platform.machine()} CPU, torch {torch.__version__}"
 
 
 def measure(args) -> dict:
@@ -183,7 +186,8 @@ def measure(args) -> dict:
     torch.set_num_threads(1)
     out = {}
     for row in args.rows:
-        cfg = load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", *args.overrides])
+        cfg = load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", f"device={args.device}",
+                                 *args.overrides])
         run = Run(cfg, log=lambda *_: None)
         batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)[:args.measure + 2]
         for idx in batches[:2]:
@@ -212,7 +216,7 @@ def main(argv=None):
         runs.append(("reference", args.reference.rstrip("/"), None))
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs))
-    header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(),
+    header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(args.device),
               "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
               "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1), "trained_earlier": earlier}
     os.makedirs(os.path.dirname(args.table) or ".", exist_ok=True)

@@ -35,6 +35,7 @@ class ModelConfig:
     word_dropout: float = 0.25    # decoder inputs replaced by <unk> (Bowman et al. 2016; VHRED)
     bow_weight: float = 0.0       # bag-of-words loss on z (Zhao et al. 2017); > 0 adds its head (cvae: 1 unless given)
     gmp_components: int = 1       # dialogwae: Gaussian-mixture prior components (> 1: DialogWAE-GMP; theirs 3)
+    critic_steps: int = 1         # dialogwae: critic updates per training step (dialogwae: 5 unless given, as their n_iters_d)
     utterance_drop: float = 0.25  # vhcr: context-RNN inputs replaced by a learned vector (Park et al. 2018)
 
 
@@ -244,7 +245,7 @@ def _family_defaults(cfg: Config, given: set) -> None:
 
 
 POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
-            "log_every", "emb_dim", "utt_hidden", "gmp_components", "ctx_hidden", "dec_hidden", "latent_hidden")
+            "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
                 "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop")
@@ -252,7 +253,7 @@ NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", 
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
-        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024}
+        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100}
 CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 

@@ -68,9 +68,6 @@ NOISE_LOGVAR_MAX = 0.0
 # replies were one by epoch 4; at 0.2 the decoder reads z (3.67 against 7.43 at epoch 4) but the
 # prior's generator shrinks to a point (code spread 0.39, 0.10, 0.09 at epochs 2-4).
 POSTERIOR_PULL = 1.0
-# Critic updates per training step: the one inside the step and CRITIC_STEPS - 1 of its own after
-# it (extra_steps), each on new noise; their code takes n_iters_d = 5.
-CRITIC_STEPS = 1
 
 
 def bounded(logvar: torch.Tensor) -> torch.Tensor:
@@ -111,6 +108,11 @@ class MixturePrior(nn.Module):
 
 
 class DialogWAE(Hierarchical):
+    # Five critic updates per training step, as their code (n_iters_d). With one, at the
+    # reference config's sizes the decoder stopped reading z (NLL/token from a response's own code
+    # 4.94, from another's 5.10, step 400; with five 4.02 against 5.49 at step 800), and at the GPU
+    # config a context's ten replies were one (inter-dist-2 0.09; with five 0.50): docs/models.md.
+    DEFAULTS = {"critic_steps": 5}
     latent = True
 
     def __init__(self, cfg, vocab_size: int):
@@ -216,10 +218,11 @@ class DialogWAE(Hierarchical):
         return w, w + GP_WEIGHT * gp
 
     def extra_steps(self, out):
-        """CRITIC_STEPS - 1 more critic updates on the training step's batch, each on new noise
-        (their n_iters_d), so the critic nears its optimum before the generators move again."""
+        """critic_steps - 1 more critic updates on the training step's batch (the config's
+        critic_steps counts the one inside the step too; their n_iters_d), each on new noise, so
+        the critic nears its optimum before the generators move again."""
         c, x = out["critic_inputs"]
-        for _ in range(CRITIC_STEPS - 1):
+        for _ in range(self.cfg.critic_steps - 1):
             with torch.no_grad():
                 z_post, z_prior = self.posterior_code(c, x), self.sample_prior(c, None)
             yield self.critic_loss(z_post, z_prior, c)[1]
