@@ -18,9 +18,9 @@ Their code updates the autoencoder, then the generators, then the critic, each w
 optimiser. Here the three updates share the trainer's one step: each loss reaches only its own
 weights (the critic's weights are held fixed in L_G, the critic reads detached codes in L_D,
 and the generators read a detached context as in their train_G), so the step is a simultaneous
-update of the three players, each at its own learning rate (param_groups): one critic update
-per generator update at five times the prior's rate, where their code takes n_iters_d = 5 critic
-steps. That keeps training, resuming and torchrun the same as for every family.
+update of the three players, each at its own learning rate (param_groups), and the step ends
+with critic_steps - 1 updates of the critic alone on the same batch (extra_steps; 5 in all by
+default, their n_iters_d). That keeps training, resuming and torchrun the same as for every family.
 The critic has no BatchNorm (theirs has): a gradient penalty is defined per sample, which batch
 statistics break (Gulrajani et al. advise against BatchNorm in the critic); the generators keep
 theirs (decoding runs in eval mode, so each reply still depends only on its own noise).
