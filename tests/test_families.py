@@ -176,7 +176,7 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "4",
                         "--rows", "hred,dialogwae-gmp", "--max-contexts", "4", "--rank-contexts", "4",
                         "--iw-samples", "2", "--out-dir", str(tmp_path / "runs"), "--table", str(table),
-                        f"data_dir={data_dir}"],
+                        "--device", "cpu", f"data_dir={data_dir}"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
     assert r.returncode == 0, child_errors(r)
     result = json.loads((tmp_path / "table.json").read_text())
@@ -186,6 +186,8 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     md = (tmp_path / "table.md").read_text()
     assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md
     assert result["trained_earlier"] == [] and "earlier run" not in md
+    saved = json.loads((tmp_path / "runs" / "compare-hred" / "config.json").read_text())
+    assert saved["device"] == "cpu" and "GPU" not in result["machine"]      # --device reaches the trainings
     # again: the row is at its budget, so it is evaluated, not trained, and its minutes are the first run's
     r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "4",
                         "--rows", "hred", "--max-contexts", "4", "--rank-contexts", "4", "--iw-samples", "2",
