@@ -12,6 +12,8 @@ every --every steps prints, for the first 64 validation windows:
   NLL/token     of the responses decoded from their own z_q, from another response's z_q
                 (shuffled), and from a prior z: own < shuffled means the decoder reads z;
                 prior near own means the prior finds the posterior's codes
+  noise e       the noise before the generators: its std against the spread of its means
+                (std far above the spread: every code is noise)
   mixture       DialogWAE-GMP: the entropy of the component weights (ln K: all equal), the
                 components' mean std, and the mean distance between component means (near 0
                 with std near 1: the mixture has not left its starting point)
@@ -31,6 +33,7 @@ from vhred import checkpoint, config
 from vhred.dataset import DialogueData, prepare
 from vhred.errors import InputError
 from vhred.models import dialogwae
+from vhred.models.dialogwae import bounded
 from vhred.train import Run
 
 
@@ -65,7 +68,20 @@ def measure(model, batch) -> str:
     return (f"post spread {z_q.std(0).mean():.3f} (noise {noise:.3f}) | prior spread {z_p.std(0).mean():.3f} | "
             f"NLL/token own z_q {nll_per_token(model, ctx, tokens, lens, z_q):.3f}, "
             f"shuffled {nll_per_token(model, ctx, tokens, lens, other):.3f}, "
-            f"prior z {nll_per_token(model, ctx, tokens, lens, z_p):.3f}{mixture(model, ctx)}")
+            f"prior z {nll_per_token(model, ctx, tokens, lens, z_p):.3f}{noise_scale(model, ctx, enc)}{mixture(model, ctx)}")
+
+
+@torch.no_grad()
+def noise_scale(model, ctx, enc) -> str:
+    """The noise e that enters the generators: its std (after the bound) against the spread of
+    its means across responses. Std far above the spread: the codes are noise (the runaway of
+    docs/models.md); GMP's prior is read by mixture() instead."""
+    mean, logvar = model.posterior_net(torch.cat([ctx, enc], dim=-1))
+    out = f" | noise e: posterior std {torch.exp(0.5 * bounded(logvar)).mean():.3g}, means' spread {mean.std(0).mean():.3g}"
+    if model.k == 1:
+        mean, logvar = model.prior_net(ctx)
+        out += f"; prior std {torch.exp(0.5 * bounded(logvar)).mean():.3g}, means' spread {mean.std(0).mean():.3g}"
+    return out
 
 
 @torch.no_grad()

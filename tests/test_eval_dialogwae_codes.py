@@ -11,7 +11,23 @@ def test_the_codes_diagnostic_trains_and_prints_its_measures(dailydialog_zip, da
                           "--out-dir", str(tmp_path), f"data_dir={data_dir}"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(" (")[0] for line in lines] == ["step 2", "step 4"]
-    assert all("post spread" in line and "prior z" in line for line in lines)
+    assert all("post spread" in line and "prior z" in line and "prior std" in line for line in lines)
+
+
+def test_the_noise_scale_reads_the_bounded_std_against_the_means_spread():
+    """A posterior net that asks for std e^20 and gives every response the same mean reads as
+    std near 1 (the bound) against a spread of 0: the runaway the readout is for."""
+    import torch
+    from vhred.config import ModelConfig
+    from vhred.models import build
+    model = build(ModelConfig(model="dialogwae", emb_dim=8, utt_hidden=8, ctx_hidden=8, dec_hidden=8,
+                              z_dim=4, latent_hidden=8), 40).eval()
+    with torch.no_grad():
+        model.posterior_net.logvar.bias.fill_(40.0)
+        model.posterior_net.logvar.weight.zero_()
+        model.posterior_net.mean.weight.zero_()
+    line = dialogwae_codes.noise_scale(model, torch.randn(6, 8), torch.randn(6, 16))
+    assert "posterior std 1, means' spread 0" in line and "prior std" in line
 
 
 def test_the_mixture_measures_of_a_prior_at_its_start():
