@@ -51,6 +51,19 @@ def test_two_processes_stop_early_together_and_keep_the_best_of_one(dailydialog_
     assert len(last["two"]["rng"]) == 2 and not torch.equal(last["two"]["rng"][0]["cpu"], last["two"]["rng"][1]["cpu"])
 
 
+@pytest.mark.slow   # torchrun, as a user runs it
+def test_two_processes_end_extra_critic_steps_with_one_critic(dailydialog_zip, data_dir, tmp_path):
+    """DialogWAE's extra critic steps run outside data-parallel's hooks: each rank draws its own
+    noise, so without averaging their gradients the ranks' critics would part after one step."""
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "fixtures", "ranks_critic.py"), os.path.join(ROOT, "configs", "tiny.yaml"),
+           f"data_dir={data_dir}", f"out_dir={tmp_path}", "name=critic", "model=dialogwae", "critic_steps=3"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, child_errors(r)
+    assert "ranks 2 same critic True" in r.stdout, r.stdout[-1000:]
+
+
 def gru_output_dtypes(precision: str) -> dict:
     """The dtype each GRU of a tiny VHRED returns in a training forward under `precision`."""
     model = VHRED(ModelConfig(emb_dim=8, utt_hidden=8, ctx_hidden=8, dec_hidden=8, z_dim=4, latent_hidden=8), 50)
