@@ -37,6 +37,7 @@ class ModelConfig:
     gmp_components: int = 1       # dialogwae: Gaussian-mixture prior components (> 1: DialogWAE-GMP; theirs 3)
     critic_steps: int = 1         # dialogwae: critic updates per training step (dialogwae: 5 unless given, as their n_iters_d)
     utterance_drop: float = 0.25  # vhcr: context-RNN inputs replaced by a learned vector (Park et al. 2018)
+    floor: bool = False           # the context RNN also reads which of the two speakers said each turn (CVAE's, DialogWAE's floor)
 
 
 @dataclass

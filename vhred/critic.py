@@ -57,11 +57,13 @@ class Critic(nn.Module):
         b = collate(contexts).to(self.device)
         return self.encoder.final_states(b.tokens, b.lens, b.turns)
 
-    def forward(self, h: torch.Tensor, replies: list[list[int]]) -> torch.Tensor:
-        """Logits (P,) that each reply is a person's, h (P, Hc) the state of its context."""
+    def forward(self, h: torch.Tensor, replies: list[list[int]], before: list[int]) -> torch.Tensor:
+        """Logits (P,) that each reply is a person's, h (P, Hc) the state of its context and
+        before (P,) its turns (the reply is the next, spoken by whoever's turn it is)."""
         b = collate([[r] for r in replies]).to(self.device)
         e = self.encoder.encode_utterances(b.tokens[:, 1:], b.lens - 1)     # (P, 2*Hu)
-        _, after = self.encoder.ctx_rnn(e.unsqueeze(1), h.unsqueeze(0).contiguous())  # (1, P, Hc)
+        x = self.encoder.with_floor(e, torch.tensor(before, device=e.device))  # (P, 2*Hu [+ 2])
+        _, after = self.encoder.ctx_rnn(x.unsqueeze(1), h.unsqueeze(0).contiguous())  # (1, P, Hc)
         return self.head(torch.cat([h, e, after[0]], dim=-1)).squeeze(-1)  # (P,)
 
     @property
@@ -85,7 +87,8 @@ def scores(critic: Critic, contexts: list[list[list[int]]], replies: list[list[i
     states = once_per_context(critic.context, contexts, batch)              # (P, Hc)
     out = []
     for s in range(0, len(replies), batch):
-        out += critic(states[s:s + batch], replies[s:s + batch]).float().tolist()
+        before = [len(c) for c in contexts[s:s + batch]]
+        out += critic(states[s:s + batch], replies[s:s + batch], before).float().tolist()
     return out
 
 

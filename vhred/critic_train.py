@@ -80,7 +80,7 @@ def pair_loss(critic: Critic, batch) -> torch.Tensor:
             replies.append(ids)
             kept.append(k)
             owner.append(i)
-    s = critic(critic.context(contexts), replies)                          # (R,)
+    s = critic(critic.context(contexts), replies, [len(c) for c in contexts])  # (R,)
     kept, owner = torch.tensor(kept, device=s.device), torch.tensor(owner, device=s.device)
     gap = kept[:, None] - kept[None, :]                                     # (R, R): > 0 where row beats column
     pairs = (owner[:, None] == owner[None, :]) & (gap > 0)

@@ -97,7 +97,8 @@ class Hierarchical(nn.Module):
         self.embed = nn.Embedding(V, E, padding_idx=PAD)
         self.drop = nn.Dropout(cfg.dropout)
         self.utt_rnn = nn.GRU(E, cfg.utt_hidden, batch_first=True, bidirectional=True)
-        self.ctx_rnn = nn.GRU(2 * cfg.utt_hidden + ctx_in_extra, cfg.ctx_hidden, batch_first=True)
+        floor = 2 if cfg.floor else 0
+        self.ctx_rnn = nn.GRU(2 * cfg.utt_hidden + ctx_in_extra + floor, cfg.ctx_hidden, batch_first=True)
 
     def build_decoder(self, cond: int):
         """The decoder GRU conditioned on a cond-sized vector at every step, and the output layer."""
@@ -136,12 +137,24 @@ class Hierarchical(nn.Module):
         _, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))            # (2, U, Hu)
         return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
 
+    def with_floor(self, x, pos):
+        """[x; which speaker said it]: (..., D) -> (..., D + 2) with cfg.floor, x itself without.
+
+        The two speakers take turns, so a turn's speaker is its position's parity (pos counts
+        from the context's first turn). With it the context RNN knows which earlier turns were
+        the replier's own, as the floor of Zhao et al.'s (2017) and DialogWAE's context encoders
+        tells theirs; without it the RNN must count turns to know."""
+        if not self.cfg.floor:
+            return x
+        return torch.cat([x, F.one_hot(pos % 2, 2).to(x.dtype)], dim=-1)
+
     def encode_context(self, enc, turns, at_dlg, at_pos, h0=None):
         """Context GRU over each dialogue's utterance vectors (U, D); returns its states h at
         the (dialogue, position) pairs asked for: (T, Hc). turns, at_dlg, at_pos on the host."""
         dev = enc.device
         B, N = len(turns), int(turns.max())
         dlg, pos = positions(turns)
+        enc = self.with_floor(enc, to_device(pos, dev))                     # (U, D [+ 2])
         h = enc.new_zeros(B, N, enc.shape[-1])
         h[to_device(dlg, dev), to_device(pos, dev)] = enc                   # (B, N, D)
         packing = Packing(turns, dev)
