@@ -46,6 +46,27 @@ def test_the_critic_reads_the_reply_after_the_context(vhred_model):
     assert critic.scores(judge, [ctx], [reply])[0] == pytest.approx(want, abs=1e-5)
 
 
+@pytest.mark.parametrize("turns", [1, 3])
+def test_with_the_floor_the_critic_reads_the_reply_as_the_next_speakers_turn(vhred_model, turns):
+    """With floor on, h_after is the context RNN's step over the reply marked as the speaker
+    whose turn comes next: the state the model reaches reading the context with the reply."""
+    import dataclasses
+    from vhred.models import build
+    _, cfg, sp = vhred_model
+    torch.manual_seed(0)
+    model = build(dataclasses.replace(cfg.arch, floor=True), sp.get_piece_size()).eval()
+    judge = critic.from_model(model, model.cfg).eval()
+    ctx = contexts(sp, cfg)[1][-turns:]
+    reply = sp.encode("Tomorrow , please .")
+    with torch.no_grad():
+        h = model.final_states(*_dialogue([ctx]))
+        full = model.final_states(*_dialogue([ctx + [reply]]))
+        e = model.encode_utterances(*_utterance(reply))
+        want = judge.head(torch.cat([h, e, full], dim=-1)).item()
+    assert judge.encoder.ctx_rnn.input_size == 2 * cfg.arch.utt_hidden + 2
+    assert critic.scores(judge, [ctx], [reply])[0] == pytest.approx(want, abs=1e-5)
+
+
 def _dialogue(dialogues):
     from vhred.dataset import collate
     b = collate(dialogues)

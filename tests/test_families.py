@@ -28,12 +28,13 @@ def _batch(vocab=40, seed=0):
     return collate(dialogues)
 
 
+@pytest.mark.parametrize("floor", [False, True])
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_every_family_meets_the_contract_on_a_batch(family):
+def test_every_family_meets_the_contract_on_a_batch(family, floor):
     """forward gives the terms the trainer needs, the objective is finite and reaches every
     weight it should, and the test bound's weights are finite."""
     torch.manual_seed(0)
-    model = build(ModelConfig(model=family, **TINY), 40)
+    model = build(ModelConfig(model=family, floor=floor, **TINY), 40)
     b = _batch()
     out = model(b.tokens, b.lens, b.turns)
     first = torch.cumsum(b.turns, 0) - b.turns                             # each dialogue's first utterance
@@ -46,6 +47,35 @@ def test_every_family_meets_the_contract_on_a_batch(family):
     w, n = model.log_weights(b.tokens, b.lens, b.turns, 3)
     assert torch.isfinite(w).all() and w.shape[1] == 3 and n == out["n_tokens"]
     assert model.latent == (family != "hred") and ("post_mean" in out) == model.latent
+
+
+def test_the_floor_marks_each_turn_with_its_speaker_for_the_context_rnn():
+    """With floor on, the context RNN reads [enc(w_n); one-hot(n mod 2)]: the states come out
+    as the GRU run by hand over each dialogue's turns so marked, and differ from the states
+    with the two speakers swapped."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="hred", floor=True, **TINY), 40).eval()
+    b = _batch()
+    with torch.no_grad():
+        got = model.final_states(b.tokens, b.lens, b.turns)                   # (B, Hc)
+        enc = model.encode_utterances(b.tokens[:, 1:], b.lens - 1)           # (U, 2*Hu)
+        want, swapped, start = [], [], 0
+        for n in b.turns.tolist():
+            speaker = torch.arange(n) % 2
+            for who, out in ((speaker, want), (1 - speaker, swapped)):
+                x = torch.cat([enc[start:start + n], torch.nn.functional.one_hot(who, 2).float()], -1)
+                _, h = model.ctx_rnn(x.unsqueeze(0))                          # (1, 1, Hc)
+                out.append(h[0, 0])
+            start += n
+    assert torch.allclose(got, torch.stack(want), atol=1e-6)
+    assert not torch.allclose(got, torch.stack(swapped), atol=1e-3)
+
+
+def test_a_model_with_the_floor_trains_loads_and_answers(tiny_cfg):
+    run = train(tiny_cfg("floor=true", "max_steps=4", "name=floor"), log=quiet)
+    bot = vhred.load(run.dir, device="cpu")
+    assert bot.config.arch.floor and bot._model.ctx_rnn.input_size == 2 * bot.config.arch.utt_hidden + 2
+    assert 1 <= len(bot.respond(["hello , how are you ?", "fine , and you ?"], n=2)) <= 2
 
 
 @pytest.mark.parametrize("family", LATENT + ["hred"])
