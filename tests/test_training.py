@@ -1,6 +1,7 @@
 """The trainer end to end on the tiny config and a slice of DailyDialog: learning, resuming,
 schedules, early stopping, data parallelism."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -216,6 +217,14 @@ def test_constant_kl_and_learning_rate_warmup():
     assert kl_weight(0, Config(kl_schedule="constant", kl_max=0.3)) == 0.3
     cfg = Config(lr=1e-3, lr_warmup_steps=10)
     assert learning_rate(0, cfg) == 1e-4 and learning_rate(9, cfg) == 1e-3 and learning_rate(500, cfg) == 1e-3
+
+
+def test_learning_rate_decays_along_a_half_cosine_to_a_tenth():
+    cfg = Config(lr=1e-3, lr_warmup_steps=10, lr_decay_steps=100)
+    assert learning_rate(9, cfg) == 1e-3 and learning_rate(10, cfg) == pytest.approx(1e-3)
+    assert learning_rate(60, cfg) == pytest.approx((1e-3 + 1e-4) / 2)          # half way: the mean of the ends
+    assert learning_rate(35, cfg) == pytest.approx(1e-4 + 9e-4 * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(110, cfg) == pytest.approx(1e-4) and learning_rate(5000, cfg) == pytest.approx(1e-4)
 
 
 # no randomness inside the step (HRED, no word dropout), so the two runs can match closely

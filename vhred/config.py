@@ -64,6 +64,7 @@ class Config:
     batch_size: int = 32          # dialogues (windows) per batch
     lr: float = 1e-3              # AdamW peak learning rate
     lr_warmup_steps: int = 200    # linear learning-rate warm-up
+    lr_decay_steps: int = 0       # >0: after the warm-up, a cosine from lr down to lr/10 over this many steps, then lr/10
     weight_decay: float = 0.0     # AdamW weight decay
     grad_clip: float = 1.0        # max gradient norm
     epochs: int = 10              # passes over the training split
@@ -248,7 +249,7 @@ def _family_defaults(cfg: Config, given: set) -> None:
 POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
             "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
-                "lr_warmup_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
+                "lr_warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
                 "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop")
 # Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).

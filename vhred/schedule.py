@@ -1,4 +1,6 @@
 """Schedules as pure functions of the optimiser step."""
+import math
+
 from .config import Config
 
 
@@ -19,7 +21,13 @@ def kl_weight(step: int, cfg: Config) -> float:
 
 
 def learning_rate(step: int, cfg: Config) -> float:
-    """Linear warm-up to lr, then constant."""
+    """Linear warm-up to lr; then constant, or with lr_decay_steps a half cosine from lr down to
+    lr / 10 over that many steps and lr / 10 after (SGDR's curve without restarts, Loshchilov and
+    Hutter 2017): late steps move the weights less, where a constant rate let long runs come apart."""
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
-    return cfg.lr
+    if cfg.lr_decay_steps == 0:
+        return cfg.lr
+    done = min(1.0, (step - cfg.lr_warmup_steps) / cfg.lr_decay_steps)
+    floor = cfg.lr / 10
+    return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * done))
