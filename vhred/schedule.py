@@ -23,7 +23,8 @@ def kl_weight(step: int, cfg: Config) -> float:
 def learning_rate(step: int, cfg: Config) -> float:
     """Linear warm-up to lr; then constant, or with lr_decay_steps a half cosine from lr down to
     lr / 10 over that many steps and lr / 10 after (SGDR's curve without restarts, Loshchilov and
-    Hutter 2017): late steps move the weights less, where a constant rate let long runs come apart."""
+    Hutter 2017): late steps move the weights less. On the CPU config it did not beat the constant
+    rate (docs/configs.md)."""
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
     if cfg.lr_decay_steps == 0:
