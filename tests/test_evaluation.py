@@ -197,6 +197,52 @@ def test_rank_command(trained, dailydialog_zip, monkeypatch):
         assert res["metrics"][kind] == pytest.approx(want, abs=1e-9), (kind, ranks)
 
 
+def test_dialogwae_seen_targets_are_the_training_splits_own_exchanges():
+    train = [["Hi!", "Hello, how can I help?", "A table for two."], ["Good morning.", "Morning!"]]
+    pairs = dw.targets([["HI !", "hello , how can i help ?", "Two, please.", "Bye."], ["Good evening.", "x"]])
+    # compared as their tokens (case and spacing aside); the opening after no turn as well
+    assert dw.seen_in_training(train, pairs) == [True, True, False, False]
+    assert dw.seen_in_training(train, [(["A table for two."], "Hi!")]) == [False]   # the reply, after another turn
+
+
+def test_dialogwae_unseen_scores_are_the_scores_of_the_unseen_targets_alone():
+    hit, miss, ref = ["i", "am", "fine", "</s>"], ["no", "</s>"], ["i", "am", "fine", "</s>"]
+    responses, refs = [[hit, miss], [miss, miss], [hit, hit]], [ref, ref, ref]
+    u = dw.unseen_scores(responses, refs, [True, False, False])
+    alone = dw.scores(responses[1:], refs[1:])
+    assert u["unseen_contexts"] == 2 and u["unseen-bleu-f1"] == pytest.approx(alone["bleu-f1"])
+    assert u["unseen-bleu-recall"] == pytest.approx((dw.bleu(miss, ref) + dw.bleu(hit, ref)) / 2)
+    assert dw.unseen_scores(responses, refs, [True] * 3) == {"unseen_contexts": 0}
+    assert dw.bleu(ref, ref) > 1.0   # method7: an exact copy scores above 1, so recall can too
+
+
+def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
+    from eval.nearest_neighbour import Index
+    train = [["Hi!", "Hello, how can I help?", "I'd like a table for two."],
+             ["Hi!", "Good morning, sir.", "Morning."],
+             ["Where is the station?", "Two blocks north.", "Thanks."]]
+    index = Index(train, previous_weight=0.5)
+    found = index.nearest([["where is the STATION"], ["Hello, how can I help?"], [""], ["nothing alike here"]], 2)
+    assert found[0][0] == "Two blocks north." and found[1][0] == "I'd like a table for two."
+    assert found[2] == ["Hi!", "Where is the station?"]   # a first utterance: the commonest openings
+    assert len(found[3]) == 2 and len(set(found[3])) == 2   # no word in common: still k distinct replies
+    # the same last turn after different turns: the turn before decides
+    index = Index([["Is it far from here?", "Yes.", "Take a taxi."], ["Do you like tea?", "Yes.", "Me too."]], 0.5)
+    assert index.nearest([["Do you like tea?", "Yes."], ["Is it far from here?", "Yes."]], 1) == [["Me too."], ["Take a taxi."]]
+
+
+def test_nearest_neighbour_command_scores_the_tiny_split(dailydialog_zip, data_dir, tmp_path, monkeypatch, capsys):
+    from eval.nearest_neighbour import main
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    main(["--config", f"{ROOT}/configs/tiny.yaml", "--max-contexts", "40", "--out", str(tmp_path), f"data_dir={data_dir}"])
+    res = json.load(open(tmp_path / "results-dialogwae-test.json"))
+    m = res["metrics"]
+    rows = [json.loads(line) for line in open(tmp_path / "samples-dialogwae-test.jsonl")]
+    assert m["contexts"] == 40 == len(rows) and all(len(r["samples"]) == 10 for r in rows)
+    assert m["unseen_contexts"] == sum(not r["seen_in_training"] for r in rows)
+    assert 0 < m["bleu-precision"] <= m["bleu-recall"] and "unseen-bleu-f1" in capsys.readouterr().out
+
+
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
@@ -226,6 +272,7 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     dw = dw_res["metrics"]   # ten replies per context: the mean is below the max unless all tie
     p, rc = dw["bleu-precision"], dw["bleu-recall"]
     assert p <= rc and dw["bleu-f1"] == pytest.approx(2 * p * rc / (p + rc + 1e-11))
-    assert set(dw) >= {"intra-dist-1", "intra-dist-2", "inter-dist-1", "inter-dist-2", "length"}
+    assert set(dw) >= {"intra-dist-1", "intra-dist-2", "inter-dist-1", "inter-dist-2", "length", "unseen_contexts"}
+    assert dw["unseen_contexts"] == sum(not x["seen_in_training"] for x in rows)
     # HRED has no latent: the importance-weighted bound is its exact likelihood
     assert res["metrics"]["iw2_nll_per_token"] == pytest.approx(res["metrics"]["elbo_nll_per_token"], rel=1e-5)

@@ -37,6 +37,7 @@ ROWS = {
     "dialogwae-gmp": ["model=dialogwae", "gmp_components=3"],
 }
 COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BLEU P"), ("bleu-f1", "BLEU F1"),
+           ("unseen-bleu-f1", "F1 unseen"),
            ("intra-dist-1", "intra-1"), ("intra-dist-2", "intra-2"), ("inter-dist-1", "inter-1"),
            ("inter-dist-2", "inter-2"), ("length", "len"), ("pmi_r1", "R@1 pmi"), ("pmi_mrr", "MRR pmi"),
            ("ll_r1", "R@1 ll"), ("ll_mrr", "MRR ll"), ("nll_bound", "test NLL bound/token"),
@@ -130,7 +131,7 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     out = {key: m[key] for key in ("bleu-recall", "bleu-precision", "bleu-f1", "intra-dist-1", "intra-dist-2",
                                    "inter-dist-1", "inter-dist-2", "length", "kl_per_utt", "active_units")}
     out.update(nll_bound=m[f"iw{args.iw_samples}_nll_per_token"], elbo=m["elbo_nll_per_token"],
-               contexts=m["contexts"], rank_contexts=rk["contexts"])
+               contexts=m["contexts"], rank_contexts=rk["contexts"], **{"unseen-bleu-f1": m.get("unseen-bleu-f1")})
     for kind in ("pmi", "ll"):
         out[f"{kind}_r1"], out[f"{kind}_mrr"] = rk["metrics"][kind]["recall@1"], rk["metrics"][kind]["mrr"]
     with open(os.path.join(run_dir, "config.json")) as f:
