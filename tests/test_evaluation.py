@@ -217,7 +217,7 @@ def test_dialogwae_unseen_scores_are_the_scores_of_the_unseen_targets_alone():
 
 
 def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
-    from eval.nearest_neighbour import Index
+    from vhred.nearest import Index
     train = [["Hi!", "Hello, how can I help?", "I'd like a table for two."],
              ["Hi!", "Good morning, sir.", "Morning."],
              ["Where is the station?", "Two blocks north.", "Thanks."]]
@@ -232,7 +232,7 @@ def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
 
 
 def test_nearest_neighbour_command_scores_the_tiny_split(dailydialog_zip, data_dir, tmp_path, monkeypatch, capsys):
-    from eval.nearest_neighbour import main
+    from vhred.nearest import main
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
     main(["--config", f"{ROOT}/configs/tiny.yaml", "--max-contexts", "40", "--out", str(tmp_path), f"data_dir={data_dir}"])
     res = json.load(open(tmp_path / "results-dialogwae-test.json"))

@@ -210,11 +210,14 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "DAILYDIALOG_SRC": dailydialog_zip})
     assert r.returncode == 0, child_errors(r)
     result = json.loads((tmp_path / "table.json").read_text())
-    assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp"]
-    for row in result["rows"]:
+    assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp", "nearest (no model)"]
+    for row in result["rows"][:2]:
         assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
+    nearest = result["rows"][2]   # no model: BLEU and distinct on the same targets, nothing to train or rank
+    assert nearest["contexts"] == 4 and nearest["bleu-precision"] > 0 and "nll_bound" not in nearest
     md = (tmp_path / "table.md").read_text()
-    assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md
+    assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md and "F1 unseen" in md
+    assert "| nearest (no model) | – |" in md   # its steps cell
     assert result["trained_earlier"] == [] and "earlier run" not in md
     saved = json.loads((tmp_path / "runs" / "compare-hred" / "config.json").read_text())
     assert saved["device"] == "cpu" and "GPU" not in result["machine"]      # --device reaches the trainings

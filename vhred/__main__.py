@@ -19,6 +19,7 @@ COMMANDS = {
     "chat": ("vhred.chat", "talk to a trained model in the terminal"),
     "generate": ("vhred.generate", "decode responses for each context of a JSONL file"),
     "eval": ("vhred.evaluate", "multi-sample BLEU, distinct-n and likelihood on a split"),
+    "nearest": ("vhred.nearest", "the row with no model: training replies to the most similar turns, DialogWAE's protocol"),
     "rank": ("vhred.rank", "ranking: the true response among random ones, R@1/R@2/MRR per score"),
     "serve": ("vhred.serve", "HTTP JSON API and a browser chat page"),
     "bench": ("vhred.bench", "training speed and memory, or serving throughput (--serve)"),

@@ -11,7 +11,9 @@ split the same way:
                         negative ELBO, KL per utterance and active units
   ranking               R@1 and MRR of the true response among 10, by PMI and by likelihood
 
-and writes one table, Markdown and JSON, to docs/ (the command line that made it beside it).
+with a last row that has no model: the training split's replies to the most similar turns
+(vhred nearest); and BLEU F1 on the test targets the training split does not hold. It writes
+one table, Markdown and JSON, to docs/ (the command line that made it beside it).
 A run folder that is already trained to the step budget is evaluated again, not retrained.
 `--reference RUN` adds a row for a finished run (the reference config, `make train`).
 """
@@ -142,6 +144,20 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     return {"row": row, **out}
 
 
+def nearest_row(args) -> dict:
+    """The row with no model (vhred/nearest.py): what recalling the training split's replies scores."""
+    out = os.path.join(args.out_dir, "nearest")
+    os.makedirs(out, exist_ok=True)
+    extra = ["--max-contexts", str(args.max_contexts)] if args.max_contexts else []
+    _python("vhred.nearest", "--config", args.config, "--out", out, *extra, *args.overrides,
+            log=os.path.join(args.out_dir, "nearest.log"))
+    with open(os.path.join(out, "results-dialogwae-test.json")) as f:
+        m = json.load(f)["metrics"]
+    keys = ("bleu-recall", "bleu-precision", "bleu-f1", "unseen-bleu-f1", "intra-dist-1", "intra-dist-2",
+            "inter-dist-1", "inter-dist-2", "length", "contexts")
+    return {"row": "nearest (no model)", **{k: m.get(k) for k in keys}}
+
+
 def _last_step(run_dir: str) -> int:
     """The step of the run's last validation (metrics.jsonl)."""
     step = 0
@@ -217,6 +233,7 @@ def main(argv=None):
         runs.append(("reference", args.reference.rstrip("/"), None))
     with ThreadPoolExecutor(args.jobs) as pool:
         rows = list(pool.map(lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs))
+    rows.append(nearest_row(args))
     header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(args.device),
               "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
               "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1), "trained_earlier": earlier}
