@@ -18,7 +18,8 @@ found = index.nearest([r["context"] for r in rows], 10)
 seen = dialogwae.seen_in_training(train, [(r["context"], r["reference"]) for r in rows])
 with open(r_path, "w") as fr, open(m_path, "w") as fm:
     for row, nrow, near, s in zip(rows, n_rows, found, seen):
-        assert nrow["context"] == row["context"]
+        if nrow["context"] != row["context"]:
+            raise SystemExit(f"{n_path} does not answer {ctx_path} line by line: make it from that file")
         near = [pretty(x) for x in near]
         fr.write(json.dumps({"context": row["context"], "samples": near[:5], "scores": [0.0] * len(near[:5]), "seen_in_training": s}) + "\n")
         pool = list(dict.fromkeys(nrow["samples"] + near))
