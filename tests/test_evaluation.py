@@ -231,6 +231,11 @@ def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
     assert index.nearest([["Do you like tea?", "Yes."], ["Is it far from here?", "Yes."]], 1) == [["Me too."], ["Take a taxi."]]
 
 
+def test_nearest_neighbour_command_refuses_bad_counts_in_one_line():
+    r = subprocess.run([sys.executable, "-m", "vhred", "nearest", "--samples", "0"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--samples must be positive" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_nearest_neighbour_command_scores_the_tiny_split(dailydialog_zip, data_dir, tmp_path, monkeypatch, capsys):
     from vhred.nearest import main
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)

@@ -24,6 +24,7 @@ import torch
 
 from . import config
 from .cli import command, program
+from .errors import InputError
 from .evaluate import markdown, split_dialogues, write_report
 from .metrics import dialogwae
 
@@ -80,7 +81,10 @@ def parse_args(argv):
     p.add_argument("--previous-weight", type=float, default=0.5, help="weight of the turn before the last (default %(default)s)")
     p.add_argument("--out", default="runs/nearest-neighbour", help="report folder (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="config key=value, e.g. data_dir=...")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.samples < 1 or args.max_contexts < 0 or args.previous_weight < 0:
+        raise InputError("--samples must be positive, --max-contexts and --previous-weight not negative")
+    return args
 
 
 @command
