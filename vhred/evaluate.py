@@ -193,16 +193,13 @@ def ours(model, cfg, sp, dialogues, opts, max_contexts: int):
 
 def dialogwae_protocol(model, cfg, sp, dialogues, opts, max_contexts: int):
     """DialogWAE's protocol (vhred/metrics/dialogwae.py): (metrics, rows)."""
-    train = split_dialogues(cfg, "train")
-    vocab = dialogwae.vocabulary(train)
     pairs = dialogwae.targets(dialogues)[:max_contexts or None]
     responses, rows = decode(model, cfg, sp, pairs, opts)
-    hyps = [[dialogwae.response_tokens(sp.decode(r), len(r) < opts.max_len, vocab) for r in row] for row in responses]
-    refs = [dialogwae.reference_tokens(r, vocab) for _, r in pairs]
-    seen = dialogwae.seen_in_training(train, pairs)
+    texts = [[(sp.decode(r), len(r) < opts.max_len) for r in row] for row in responses]
+    metrics, seen = dialogwae.report(split_dialogues(cfg, "train"), pairs, texts)
     for row, s in zip(rows, seen):
         row["seen_in_training"] = s
-    return {"contexts": len(pairs), **dialogwae.scores(hyps, refs), **dialogwae.unseen_scores(hyps, refs, seen)}, rows
+    return metrics, rows
 
 
 @command

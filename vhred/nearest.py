@@ -96,11 +96,7 @@ def main(argv=None):
     index = Index(train, args.previous_weight)
     pairs = dialogwae.targets(split_dialogues(cfg, args.split))[:args.max_contexts or None]
     found = index.nearest([c for c, _ in pairs], args.samples)
-    vocab = dialogwae.vocabulary(train)
-    hyps = [[dialogwae.response_tokens(r, True, vocab) for r in replies] for replies in found]
-    refs = [dialogwae.reference_tokens(r, vocab) for _, r in pairs]
-    seen = dialogwae.seen_in_training(train, pairs)
-    metrics = {"contexts": len(pairs), **dialogwae.scores(hyps, refs), **dialogwae.unseen_scores(hyps, refs, seen)}
+    metrics, seen = dialogwae.report(train, pairs, [[(r, True) for r in replies] for replies in found])
     rows = [{"context": c, "reference": r, "samples": f, "seen_in_training": s} for (c, r), f, s in zip(pairs, found, seen)]
     results = {"model": "nearest-neighbour", "split": args.split, "protocol": "dialogwae", "metrics": metrics,
                "settings": {**vars(args), "tag": ""}, "seconds": time.time() - t0}

@@ -134,3 +134,14 @@ def unseen_scores(responses: list[list[list[str]]], refs: list[list[str]], seen:
         return {"unseen_contexts": 0}
     m = scores([responses[i] for i in keep], [refs[i] for i in keep])
     return {"unseen_contexts": len(keep), **{f"unseen-{k}": v for k, v in m.items() if k.startswith("bleu")}}
+
+
+def report(train_dialogues: list[list[str]], pairs: list[tuple[list[str], str]],
+           responses: list[list[tuple[str, bool]]]) -> tuple[dict, list[bool]]:
+    """Their report for pairs[c] answered by responses[c] ((text, ended) each), BLEU on the unseen
+    targets beside it; and which targets the training split holds (seen_in_training)."""
+    vocab = vocabulary(train_dialogues)
+    hyps = [[response_tokens(text, ended, vocab) for text, ended in row] for row in responses]
+    refs = [reference_tokens(r, vocab) for _, r in pairs]
+    seen = seen_in_training(train_dialogues, pairs)
+    return {"contexts": len(pairs), **scores(hyps, refs), **unseen_scores(hyps, refs, seen)}, seen
