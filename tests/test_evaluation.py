@@ -281,3 +281,25 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     assert dw["unseen_contexts"] == sum(not x["seen_in_training"] for x in rows)
     # HRED has no latent: the importance-weighted bound is its exact likelihood
     assert res["metrics"]["iw2_nll_per_token"] == pytest.approx(res["metrics"]["elbo_nll_per_token"], rel=1e-5)
+
+
+def test_z_temperature_zero_decodes_one_reply_per_context_and_one_is_the_prior(trained, capsys):
+    """eval.z_temperature: at s = 0 every reply of a context comes from the prior's mean, so the
+    ten greedy replies are one (recall = precision); at s = 1 the figures are vhred eval's own."""
+    from eval import z_temperature
+    z_temperature.main(["--checkpoint", trained["vhred"], "--scales", "0", "1", "--max-contexts", "8"])
+    table = capsys.readouterr().out.strip().splitlines()[-4:]
+    assert table[0].startswith("| s | BLEU R / P / F1")
+    rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test-zs0.jsonl")]
+    assert len(rows) == 8 and all(len(set(r["samples"])) == 1 for r in rows)
+    at0 = json.load(open(f"{trained['vhred']}/results-dialogwae-test-zs0.json"))["metrics"]
+    assert at0["bleu-recall"] == pytest.approx(at0["bleu-precision"])
+    at1 = json.load(open(f"{trained['vhred']}/results-dialogwae-test-zs1.json"))["metrics"]
+    subprocess.run([sys.executable, "-m", "vhred.evaluate", "--checkpoint", trained["vhred"], "--protocol", "dialogwae",
+                    "--iw-samples", "0", "--max-contexts", "8", "--tag", "plain", "--device", "cpu"], cwd=ROOT, check=True,
+                   capture_output=True)
+    plain = json.load(open(f"{trained['vhred']}/results-dialogwae-test-plain.json"))["metrics"]
+    assert at1["bleu-f1"] == plain["bleu-f1"] and at1["inter-dist-2"] == plain["inter-dist-2"]
+    assert table[-1].startswith("| 1 | ") and f"{at1['bleu-f1']:.3f} |" in table[-1]
+    with pytest.raises(SystemExit):
+        z_temperature.main(["--checkpoint", trained["vhred"], "--scales", "-1"])
