@@ -359,3 +359,40 @@ def test_backward_ranking_reverses_dialogues_and_adds_the_backward_score(trained
     model, cfg, sp = checkpoint.load_model(trained["hred"])
     expect, _ = log_likelihoods(model, [[sp.encode(spaced("I want a coat."))]], [sp.encode(spaced("Can I help you ?"))], 1, 0)
     assert lbw[1] == pytest.approx(expect[0]) and lbw[0] != lbw[1]
+
+
+# --- one system over several rounds (eval/pooled_rating.py) ------------------------------------
+
+def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
+    from eval import pooled_rating
+
+    def round_folder(name, system, labels):
+        """labels: per reader, per context, the good/bad of the system's replies by rank."""
+        folder = tmp_path / name
+        folder.mkdir()
+        items = {}
+        for c, ranked in enumerate(labels[0]):
+            for r in range(len(ranked)):
+                items[f"{name}{c}{r}"] = [{"system": system, "context": c, "rank": r + 1, "text": "x"}]
+            items[f"{name}{c}h"] = [{"system": "h", "context": c, "rank": 1, "text": "y"}]   # another system
+        (folder / "key.json").write_text(json.dumps({"kind": "pointwise", "items": items}))
+        for i, reader in enumerate(labels):
+            lines = [f"{name}{c}{r} {'good' if g else 'bad'}" for c, ranked in enumerate(reader) for r, g in enumerate(ranked)]
+            (folder / f"rater{i}.txt").write_text("\n".join(lines + [f"{name}{c}h good" for c in range(len(reader))]) + "\n")
+        return f"{folder}={system}"
+
+    # round a: 2 readers x 2 contexts of 3 replies; round b: 1 reader, 1 context of 2 replies
+    a = round_folder("a", "n", [[[True, False, False], [False, True, True]], [[True, True, False], [False, False, False]]])
+    b = round_folder("b", "k", [[[True, True]]])
+    pooled_rating.main(["--round", a, "--round", b, "--boot", "200"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["five"] == pytest.approx(5 / 12, abs=1e-4) and lines[0]["first"] == pytest.approx(2 / 4, abs=1e-4)
+    assert lines[1]["five"] == 1.0 and lines[1]["five_95"] == [1.0, 1.0]     # one context: nothing to resample
+    everything = lines[2]
+    assert (everything["contexts"], everything["ratings"]) == (3, 5)
+    assert everything["five"] == pytest.approx(7 / 14, abs=1e-4) and everything["first"] == pytest.approx(3 / 5, abs=1e-4)
+    assert everything["five_95"][0] <= everything["five"] <= everything["five_95"][1]
+    assert everything["five_95"][0] < everything["five_95"][1]
+    with pytest.raises(SystemExit):   # a system the key does not hold: one line, not a traceback
+        pooled_rating.main(["--round", a.replace("=n", "=q")])
+    assert "no system 'q'" in capsys.readouterr().err

@@ -1,0 +1,91 @@
+"""One system's good shares over several blind rating rounds (docs/rating.md, "All the rounds of the default")
+
+    python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
+
+Each round folder holds the key.json of `vhred rate pack` and one rater*.txt per reader. For the
+system named in each round, over every reader of every round: the good share of the replies shown
+(up to five a context) and of the first reply, with a 95% interval by the bootstrap over contexts
+(a context's readers drawn together, since two readers of one reply are not two samples of it).
+A Wilson interval over all labels would treat them as independent and come out too narrow.
+Prints one JSON line per round and one for all of them.
+"""
+import argparse
+import glob
+import json
+import os
+import random
+
+from vhred.cli import command
+from vhred.errors import InputError
+from vhred.rate import read_answers, read_key
+
+
+def context_labels(folder: str, system: str) -> dict[str, list[list[bool]]]:
+    """{context: [labels by rank, one list per reader]} for one system of one round."""
+    key = read_key(os.path.join(folder, "key.json"))
+    raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
+    if not raters:
+        raise InputError(f"{folder} has no rater*.txt: rate its pack.txt first")
+    shown = {}   # context -> [(rank, id)]
+    for item, entries in key["items"].items():
+        for e in entries:
+            if e["system"] == system:
+                shown.setdefault(e["context"], []).append((e["rank"], item))
+    if not shown:
+        raise InputError(f"{folder}: no system '{system}' in its key")
+    out = {}
+    for path in raters:
+        answers = read_answers(path, key)
+        for ctx, ranked in shown.items():
+            missing = [i for _, i in ranked if i not in answers]
+            if missing:
+                raise InputError(f"{path} does not answer {len(missing)} of the ids of system '{system}'")
+            out.setdefault(ctx, []).append([answers[i] == "good" for _, i in sorted(ranked)])
+    return out
+
+
+def shares(units: list[list[list[bool]]]) -> tuple[float, float]:
+    """Good share of all shown replies and of the first replies, over units of readers' labels."""
+    good = sum(sum(r) for u in units for r in u)
+    shown = sum(len(r) for u in units for r in u)
+    first = sum(r[0] for u in units for r in u)
+    return good / shown, first / sum(len(u) for u in units)
+
+
+def bootstrap(units, draws: int, seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95% intervals (2.5th and 97.5th percentiles) of both shares, resampling the units."""
+    rng = random.Random(seed)
+    five, first = zip(*(shares([rng.choice(units) for _ in units]) for _ in range(draws)))
+    lo, hi = int(0.025 * draws), int(0.975 * draws) - 1
+    return (sorted(five)[lo], sorted(five)[hi]), (sorted(first)[lo], sorted(first)[hi])
+
+
+def summary(name: str, units, draws: int) -> dict:
+    (five, first), (five_ci, first_ci) = shares(units), bootstrap(units, draws)
+    return {"rounds": name, "contexts": len(units), "ratings": sum(len(u) for u in units),
+            "five": round(five, 4), "five_95": [round(x, 4) for x in five_ci],
+            "first": round(first, 4), "first_95": [round(x, 4) for x in first_ci]}
+
+
+@command
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--round", action="append", required=True, metavar="DIR=SYSTEM",
+                   help="a round's folder and the system's letter in its key; repeat for each round")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
+    args = p.parse_args(argv)
+    if args.boot < 100:
+        p.error("--boot must be at least 100")
+    everything = []
+    for spec in args.round:
+        folder, sep, system = spec.rpartition("=")
+        if not sep or not folder or not system:
+            p.error(f"--round {spec}: expected DIR=SYSTEM, e.g. eval/ratings/2026-11-30-floor=n")
+        units = list(context_labels(folder, system).values())
+        everything += units
+        print(json.dumps(summary(spec, units, args.boot)))
+    print(json.dumps(summary("all", everything, args.boot)))
+
+
+if __name__ == "__main__":
+    main()
