@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, limits
+from . import checkpoint, limits, precedents
 from .cli import command, program
 from .config import MAX_INT
 from .critic import Critic, from_model, save
@@ -57,15 +57,16 @@ def rated_replies(folder: str) -> list[tuple[list[str], list[tuple[str, float]]]
     return [(key["contexts"][c], replies) for c, replies in sorted(by_context.items())]
 
 
-def encoded(rounds: list[str], sp, cfg) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:
-    """The rounds' contexts and replies as the model's token ids (text written as the corpus is)."""
+def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:
+    """The rounds' contexts and replies as the model's token ids (text written as the corpus is);
+    only the contexts whose replies the readers judged differently, unless ordered_only is False."""
     from .generate import encode_turns, spaced
     out = []
     for folder in rounds:
         for turns, replies in rated_replies(folder):
             ctx = encode_turns(sp, [spaced(t) for t in turns], cfg.max_utt_len, cfg.max_context)
             rows = [(sp.encode(spaced(text))[:cfg.max_utt_len], kept) for text, kept in replies]
-            if len({k for _, k in rows}) > 1:   # a context whose replies all rate alike teaches no order
+            if not ordered_only or len({k for _, k in rows}) > 1:   # replies that all rate alike teach no order
                 out.append((ctx, rows))
     return out
 
@@ -138,7 +139,8 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
         result.update(held_out=[os.path.normpath(r) for r in held_out], held_out_pair_accuracy_start=start_held,
                       held_out_pair_accuracy=pair_accuracy(critic, held))
     return {"weights": critic.state_dict(), "arch": dataclasses.asdict(cfg.arch),
-            "vocab_size": critic.encoder.vocab_size, "training": result}
+            "vocab_size": critic.encoder.vocab_size, "training": result,
+            "precedents": precedents.build(encoded(rounds, sp, cfg, ordered_only=False))}
 
 
 def parse_args(argv):

@@ -462,13 +462,15 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
 
 def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[float]:
     """Rank "critic": the reply critic's logit (vhred/critic.py) + critic.MMI_WEIGHT x the MMI
-    score (opts' lambda and gamma) of each (context, reply) pair."""
-    from . import critic
+    score (opts' lambda and gamma) + precedents.WEIGHT x the logit that readers keep the same
+    reply after such a turn (vhred/precedents.py; critics trained before it have none)."""
+    from . import critic, precedents
     from .scoring import RANK_SAMPLES, score_ids
     ranking(model, DecodeOptions(rank="critic"))
     judged = critic.scores(model.critic, contexts, replies)
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
-    return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
+    said = model.critic.precedents.logits(contexts, replies) if model.critic.precedents else [0.0] * len(replies)
+    return [c + critic.MMI_WEIGHT * m + precedents.WEIGHT * p for c, m, p in zip(judged, mmi, said)]
 
 
 # --- text in, text out -----------------------------------------------------------------------
