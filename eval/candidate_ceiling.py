@@ -4,7 +4,7 @@
         [--draws 40] --out sys-X.jsonl
     python -m eval.candidate_ceiling ceiling --key key.json --answers rater1.txt [--answers rater2.txt ...] \\
         --system X=sys-X.jsonl [--system ...]
-    python -m eval.candidate_ceiling replay --pool sys-X.jsonl [--pool ...] --rounds DIR... --critic RUN
+    python -m eval.candidate_ceiling replay --pool sys-X.jsonl [--pool ...] --rounds DIR... --critic RUN [--precedents 1,2,4]
 
 `pool` writes every distinct reply among the chat's draws for each context (the --draws it makes
 for five shown replies, decoded with the shipped seeds; repeats by the words a reader sees
@@ -91,7 +91,8 @@ CRITIC = {
 
 
 def critic_scores(run: str, rows: list[dict]) -> None:
-    """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it."""
+    """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it,
+    and the logit of its precedents ("prec", vhred/precedents.py; 0 for a critic without them)."""
     from vhred import critic
     from vhred.generate import encode_turns, spaced
     model, cfg, sp = checkpoint.load_model(run)   # with the run's critic attached
@@ -101,6 +102,8 @@ def critic_scores(run: str, rows: list[dict]) -> None:
         ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
         replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
         row["crit"] = critic.scores(model.critic, [ctx] * len(replies), replies)
+        said = model.critic.precedents
+        row["prec"] = said.logits([ctx] * len(replies), replies) if said else [0.0] * len(replies)
 
 
 def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
@@ -177,16 +180,19 @@ def replay(args):
         for turns, replies in rated_replies(folder):
             labels.update({(tuple(turns), text): kept for text, kept in replies})
     weights = [tuple(float(x) for x in spec.split(":")) for spec in args.weights.split(",")]
+    said = [float(x) for x in args.precedents.split(",")] if args.precedents else []
+    w0, g0 = weights[-1]
     print(f"| pool | contexts | replies a context | good | ceiling: top-1 / five | "
-          + " | ".join([f"mmi gamma {g}" for _, g in weights] + [f"critic + {w:g} x mmi gamma {g}" for w, g in weights]) + " |")
-    print("|---" * (5 + 2 * len(weights)) + "|")
+          + " | ".join([f"mmi gamma {g}" for _, g in weights] + [f"critic + {w:g} x mmi gamma {g}" for w, g in weights]
+                       + [f"critic + {w0:g} x mmi gamma {g0} + {v:g} x precedents" for v in said]) + " |")
+    print("|---" * (5 + 2 * len(weights) + len(said)) + "|")
     for path in args.pool:
         rows = [json.loads(line) for line in open(path, encoding="utf-8")]
         missing = sum((tuple(r["context"]), t) not in labels for r in rows for t in r["samples"])
         if missing:
             sys.exit(f"{path}: {missing} replies carry no label in --rounds")
         critic_scores(args.critic, rows)
-        contexts = [[dict({f: r[f][i] for f in ("lpc", "lpn", "n", "faulty", "crit")}, text=t,
+        contexts = [[dict({f: r[f][i] for f in ("lpc", "lpn", "n", "faulty", "crit", "prec")}, text=t,
                           good=labels[(tuple(r["context"]), t)]) for i, t in enumerate(r["samples"])] for r in rows]
         good = [sum(x["good"] for x in c) for c in contexts]
         cells = [f"{statistics.mean(g > 0 for g in good):.0%} / {statistics.mean(min(g, SHOWN) / SHOWN for g in good):.0%}"]
@@ -195,6 +201,10 @@ def replay(args):
         for w, g in weights:
             score = rated_ranking.mmi(SHIPPED.mmi_lambda, g)
             cells.append("{:.1%} / {:.1%}".format(*shares(contexts, lambda x: (not x["faulty"], x["crit"] + w * score(x)))))
+        score = rated_ranking.mmi(SHIPPED.mmi_lambda, g0)
+        for v in said:
+            cells.append("{:.1%} / {:.1%}".format(*shares(
+                contexts, lambda x: (not x["faulty"], x["crit"] + w0 * score(x) + v * x["prec"]))))
         n = sum(len(c) for c in contexts)
         print(f"| {path} | {len(contexts)} | {n / len(contexts):.1f} | {sum(good) / n:.1%} | " + " | ".join(cells) + " |")
     print("(each cell: top-1 / five shown, good share; lambda %g)" % SHIPPED.mmi_lambda)
@@ -221,6 +231,8 @@ def main(argv=None):
     r.add_argument("--rounds", nargs="+", required=True, metavar="DIR", help="rating rounds (key.json and rater*.txt) that label the pools")
     r.add_argument("--critic", required=True, help="a run folder with critic.safetensors")
     r.add_argument("--weights", default="3:-0.1,2:-0.2", help="w:gamma pairs of critic + w x mmi (default %(default)s)")
+    r.add_argument("--precedents", default="", metavar="V,V...",
+                   help="also critic + w x mmi (the last --weights pair) + V x the critic's precedents, each V")
     args = p.parse_args(argv)
     {"pool": pool, "ceiling": ceiling, "replay": replay}[args.cmd](args)
 

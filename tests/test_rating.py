@@ -320,10 +320,14 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     critic_train.main(["--checkpoint", str(run), "--ratings", str(tmp_path), "--steps", "2"])
     capsys.readouterr()
     candidate_ceiling.main(["replay", "--pool", str(sys_file), "--rounds", str(tmp_path), "--critic", str(run),
-                            "--weights", "2:-0.2"])
+                            "--weights", "2:-0.2", "--precedents", "0,1000"])
     table = capsys.readouterr().out.splitlines()
     assert table[0].startswith("| pool | contexts |") and "critic + 2 x mmi gamma -0.2" in table[0]
+    assert table[0].endswith("critic + 2 x mmi gamma -0.2 + 0 x precedents | critic + 2 x mmi gamma -0.2 + 1000 x precedents |")
     cells = table[2].split(" | ")
+    assert cells[-2] == cells[-3]   # no weight on the precedents: the ranking without them
+    # the precedents are these very labels: ranked by them alone, the first reply is one the reader kept
+    assert cells[-1].startswith("100.0% / ")
     good = [sum(n == shortest[c] for n in r["n"]) for c, r in enumerate(rows)]   # the reader kept the shortest
     assert cells[1] == "2" and cells[4] == f"100% / {sum(min(g, 5) / 5 for g in good) / len(good):.0%}"
     rows[0]["samples"].append("A reply no reader saw .")
