@@ -52,12 +52,12 @@ class Precedents:
         norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
         return {p: x / norm for p, x in v.items()}
 
-    def kept(self, last_turn: list[int], reply: list[int]) -> float:
-        """p(kept | reply, last turn) as the docstring above."""
+    def kept(self, last_turn: list[int], reply: list[int], q: dict | None = None) -> float:
+        """p(kept | reply, last turn) as the docstring above; q, the last turn's vector, if known."""
         rated = self.by_reply.get(tuple(reply))
         if not rated:
             return self.p0
-        q = self.vector(collections.Counter(last_turn))
+        q = q or self.vector(collections.Counter(last_turn))
         sims = sorted(((sum(q.get(p, 0.0) * x for p, x in self.vectors[t].items()), k) for t, k in rated),
                       reverse=True)[:TOP]
         w = [max(s, 0.0) ** 2 for s, _ in sims]
@@ -65,8 +65,11 @@ class Precedents:
 
     def logits(self, contexts: list[list[list[int]]], replies: list[list[int]]) -> list[float]:
         """logit p(kept) for each (context turns, reply) pair, clipped to [-6.9, 6.9]."""
-        out = []
+        out, queries = [], {}   # a context's candidates share its last turn: its vector is made once
         for ctx, reply in zip(contexts, replies):
-            p = min(max(self.kept(ctx[-1] if ctx else [], reply), 1e-3), 1 - 1e-3)
+            last = tuple(ctx[-1]) if ctx else ()
+            if last not in queries:
+                queries[last] = self.vector(collections.Counter(last))
+            p = min(max(self.kept(last, reply, queries[last]), 1e-3), 1 - 1e-3)
             out.append(math.log(p / (1 - p)))
         return out
