@@ -62,7 +62,9 @@ class DecodeOptions:
     - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse;
     - the critic + 2 x MMI over MMI alone: 52% good of the five and 62% first against 39% and
       49% (sixteenth round); blind, 32-45% and 40-60% against 34-36% and 38-40% (tenth to
-      twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws).
+      twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws);
+    - + 2 x the precedents (vhred/precedents.py): replayed, 71% first and 55% of the five against
+      62% and 52%; blind, 56-58% of the five against 54-55%, 68-70% first for both (25th round).
     Greedy words (`method="greedy"`) decode 4x as fast; ranking them costs the same. HRED has
     one distribution per context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
