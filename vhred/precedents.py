@@ -34,6 +34,8 @@ def build(data) -> dict:
 
 
 class Precedents:
+    """The stored labels, indexed by reply: critic.load builds one from critic.safetensors."""
+
     def __init__(self, stored: dict):
         turns = [collections.Counter(t) for t in stored["turns"]]
         df = collections.Counter(piece for t in turns for piece in t)
