@@ -20,6 +20,7 @@ No ranking or decoding choice on these draws can beat the ceiling: it is what th
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 
@@ -92,18 +93,22 @@ CRITIC = {
 
 def critic_scores(run: str, rows: list[dict]) -> None:
     """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it,
-    and the logit of its precedents ("prec", vhred/precedents.py; 0 for a critic without them)."""
+    and the logit of its precedents ("prec", eval/precedents.py) in the rounds the critic was
+    trained on."""
     from vhred import critic
+    from vhred.critic_train import encoded
     from vhred.generate import encode_turns, spaced
+    from eval import precedents
     model, cfg, sp = checkpoint.load_model(run)   # with the run's critic attached
     if model.critic is None:
         sys.exit(f"{run} has no critic.safetensors; train one with `vhred critic --checkpoint {run} --ratings ...`")
+    rounds = critic.record(os.path.dirname(run) if run.endswith(".pt") else run)["training"]["rounds"]
+    said = precedents.Precedents(precedents.build(encoded(rounds, sp, cfg, ordered_only=False)))
     for row in rows:
         ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
         replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
         row["crit"] = critic.scores(model.critic, [ctx] * len(replies), replies)
-        said = model.critic.precedents
-        row["prec"] = said.logits([ctx] * len(replies), replies) if said else [0.0] * len(replies)
+        row["prec"] = said.logits([ctx] * len(replies), replies)
 
 
 def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
@@ -232,7 +237,7 @@ def main(argv=None):
     r.add_argument("--critic", required=True, help="a run folder with critic.safetensors")
     r.add_argument("--weights", default="3:-0.1,2:-0.2", help="w:gamma pairs of critic + w x mmi (default %(default)s)")
     r.add_argument("--precedents", default="", metavar="V,V...",
-                   help="also critic + w x mmi (the last --weights pair) + V x the critic's precedents, each V")
+                   help="also critic + w x mmi (the last --weights pair) + V x the precedents of the critic's rounds (eval/precedents.py), each V")
     args = p.parse_args(argv)
     {"pool": pool, "ceiling": ceiling, "replay": replay}[args.cmd](args)
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import checkpoint, critic, precedents
+from vhred import checkpoint, critic
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
 from vhred.generate import DecodeOptions, encode_turns, generate
@@ -140,8 +140,6 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     meta = critic.record(str(run))["training"]
     assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
-    stored = critic.record(str(run))["precedents"]   # every rated reply of the trained rounds, none held out
-    assert len(stored["turns"]) == 4 and len(stored["replies"]) == 24
     # the readers kept the thanks on other contexts too: the critic orders them first there
     assert meta["held_out_pair_accuracy"] > max(0.9, meta["held_out_pair_accuracy_start"]), meta
 
@@ -161,9 +159,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     ids = [list(r[0]) for r in ranked]
     judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + MMI_WEIGHT x the MMI score
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
-    said = model.critic.precedents.logits([ctx] * len(ids), ids)   # + precedents.WEIGHT x the readers' verdicts
-    assert [s for _, s in ranked] == pytest.approx(
-        [c + critic.MMI_WEIGHT * m + precedents.WEIGHT * p for c, m, p in zip(judged, mmi, said)], abs=1e-4)
+    assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
 
     import vhred   # the API's score is the same ranking score, read from text
     from vhred.chat import banner
@@ -171,11 +167,9 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     texts = ["Thank you very much .", "Monday bank the the ."]
     history = encode_turns(sp, [spaced("Hi !")], cfg.max_utt_len, cfg.max_context)
     text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
-    said = model.critic.precedents.logits([history] * 2, text_ids)
-    assert said[0] > 0 > said[1]   # the readers kept the thanks and not the garble, after other turns
-    want = [c + critic.MMI_WEIGHT * m + precedents.WEIGHT * p for c, m, p in zip(
+    want = [c + critic.MMI_WEIGHT * m for c, m in zip(
         critic.scores(model.critic, [history] * 2, text_ids),
-        score_ids(model, [history] * 2, text_ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus), said)]
+        score_ids(model, [history] * 2, text_ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus))]
     assert vhred.load(str(run)).score(["Hi !"], texts) == pytest.approx(want, abs=1e-4)
     assert ranking(model, opts) == "critic" and "ranked by its reply critic" in banner(str(run), cfg, opts, "critic")
 
@@ -183,15 +177,6 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     export(str(run), str(tmp_path / "folder"))
     folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
     assert critic.scores(folder_model.critic, [ctx], ids[:1]) == pytest.approx(judged[:1], abs=1e-6)
-
-    # a critic file from before precedents (no such metadata) still loads and ranks: critic + MMI
-    from safetensors.torch import load_file, save_file
-    meta = {k: json.dumps(v) for k, v in critic.record(str(run)).items() if k != "precedents"}
-    save_file(load_file(str(run / critic.FILE)), str(run / critic.FILE), metadata=meta)
-    old_model, _, _ = checkpoint.load_model(str(run))
-    assert old_model.critic.precedents is None
-    assert vhred.load(str(run)).score(["Hi !"], texts) == pytest.approx(
-        [w - precedents.WEIGHT * p for w, p in zip(want, said)], abs=1e-4)
 
     (run / critic.FILE).write_bytes(b"not safetensors")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -244,25 +229,3 @@ def test_the_chats_rank_command(vhred_model):
     assert "one of auto, none" in notes[-1] and chat.opts.rank == "pmi"
     chat.command("/rank auto")
     assert notes[-1] == "(candidates ranked by mmi)"
-
-
-def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
-    """vhred/precedents.py against a hand computation: "OK ." kept after a request, not after a
-    question; the estimate for a new turn follows the more similar one, M pseudo-labels at p0."""
-    request, question, other = [5, 6, 7], [8, 9, 10], [11]
-    stored = precedents.build([([[1], request], [([20, 21], 1.0), ([30], 0.0)]),
-                               ([[2], question], [([20, 21], 0.0), ([30], 0.0)])])
-    bank = precedents.Precedents(stored)
-    assert bank.p0 == pytest.approx(0.25)                        # 1 kept of 4
-    # the same turn as the request: cos 1 with it, 0 with the question
-    assert bank.kept(request, [20, 21]) == pytest.approx((1.0 * 1 + 2 * 0.25) / (1 + 2))
-    assert bank.kept(question, [20, 21]) == pytest.approx((0 + 2 * 0.25) / (1 + 2))
-    # a turn sharing one of three pieces with the request: cos = 1/sqrt(3) (its pieces weigh alike)
-    half = [5, 99, 98]
-    w = bank.vector(__import__("collections").Counter(half))
-    cos = sum(w.get(p, 0) * x for p, x in bank.vectors[0].items())
-    assert bank.kept(half, [20, 21]) == pytest.approx((cos ** 2 + 2 * 0.25) / (cos ** 2 + 2))
-    assert bank.kept(other, [20, 21]) == pytest.approx(0.25)     # like neither: the prior
-    assert bank.kept(request, [40]) == 0.25                       # never rated: the prior
-    p = bank.kept(request, [20, 21])
-    assert bank.logits([[[3], request]], [[20, 21]]) == pytest.approx([math.log(p / (1 - p))])

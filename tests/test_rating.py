@@ -1,6 +1,8 @@
 """Blind rating (vhred/rate.py), the surface-fault proxies (vhred/metrics/surface.py) and the
 text the model's pieces become (generate.pretty)."""
+import collections
 import json
+import math
 import re
 
 import pytest
@@ -400,3 +402,26 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     with pytest.raises(SystemExit):   # a system the key does not hold: one line, not a traceback
         pooled_rating.main(["--round", a.replace("=n", "=q")])
     assert "no system 'q'" in capsys.readouterr().err
+
+
+def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
+    from eval import precedents
+    """eval/precedents.py against a hand computation: "OK ." kept after a request, not after a
+    question; the estimate for a new turn follows the more similar one, M pseudo-labels at p0."""
+    request, question, other = [5, 6, 7], [8, 9, 10], [11]
+    stored = precedents.build([([[1], request], [([20, 21], 1.0), ([30], 0.0)]),
+                               ([[2], question], [([20, 21], 0.0), ([30], 0.0)])])
+    bank = precedents.Precedents(stored)
+    assert bank.p0 == pytest.approx(0.25)                        # 1 kept of 4
+    # the same turn as the request: cos 1 with it, 0 with the question
+    assert bank.kept(request, [20, 21]) == pytest.approx((1.0 * 1 + 2 * 0.25) / (1 + 2))
+    assert bank.kept(question, [20, 21]) == pytest.approx((0 + 2 * 0.25) / (1 + 2))
+    # a turn sharing one of three pieces with the request: cos = 1/sqrt(3) (its pieces weigh alike)
+    half = [5, 99, 98]
+    w = bank.vector(collections.Counter(half))
+    cos = sum(w.get(p, 0) * x for p, x in bank.vectors[0].items())
+    assert bank.kept(half, [20, 21]) == pytest.approx((cos ** 2 + 2 * 0.25) / (cos ** 2 + 2))
+    assert bank.kept(other, [20, 21]) == pytest.approx(0.25)     # like neither: the prior
+    assert bank.kept(request, [40]) == 0.25                       # never rated: the prior
+    p = bank.kept(request, [20, 21])
+    assert bank.logits([[[3], request]], [[20, 21]]) == pytest.approx([math.log(p / (1 - p))])

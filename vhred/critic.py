@@ -28,7 +28,6 @@ import torch.nn as nn
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
 from .models.layers import Hierarchical
-from .precedents import Precedents
 
 FILE = "critic.safetensors"   # weights, and the arch and training record as metadata (no pickle)
 # Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (generate.critic_scores).
@@ -52,7 +51,6 @@ class Critic(nn.Module):
         self.encoder = Hierarchical(arch, vocab_size)   # embeddings, utterance and context RNNs only
         hc, hu = arch.ctx_hidden, 2 * arch.utt_hidden
         self.head = nn.Sequential(nn.Linear(2 * hc + hu, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        self.precedents = None   # the readers' labels it was trained on (vhred/precedents.py), set on load
 
     def context(self, contexts: list[list[list[int]]]) -> torch.Tensor:
         """The context RNN's state after each context's last turn: (C, Hc)."""
@@ -129,7 +127,6 @@ def load(run: str) -> Critic | None:
         meta = record(folder)
         critic = Critic(ModelConfig(**meta["arch"]), meta["vocab_size"])
         critic.load_state_dict(load_file(path))
-        critic.precedents = Precedents(meta["precedents"]) if "precedents" in meta else None   # files before them: none
     except Exception as e:   # safetensors raises errors of its own: any fault of the file is one line
         raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); train it again with "
                               f"`vhred critic --checkpoint {folder}`") from None

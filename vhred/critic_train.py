@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, limits, precedents
+from . import checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
 from .critic import Critic, from_model, save
@@ -139,8 +139,7 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
         result.update(held_out=[os.path.normpath(r) for r in held_out], held_out_pair_accuracy_start=start_held,
                       held_out_pair_accuracy=pair_accuracy(critic, held))
     return {"weights": critic.state_dict(), "arch": dataclasses.asdict(cfg.arch),
-            "vocab_size": critic.encoder.vocab_size, "training": result,
-            "precedents": precedents.build(encoded(rounds, sp, cfg, ordered_only=False))}
+            "vocab_size": critic.encoder.vocab_size, "training": result}
 
 
 def parse_args(argv):

@@ -62,9 +62,7 @@ class DecodeOptions:
     - lambda 0.25: pure likelihood (0) and pure PMI (1, the earlier default) rank worse;
     - the critic + 2 x MMI over MMI alone: 52% good of the five and 62% first against 39% and
       49% (sixteenth round); blind, 32-45% and 40-60% against 34-36% and 38-40% (tenth to
-      twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws);
-    - + 2 x the precedents (vhred/precedents.py): replayed, 71% first and 55% of the five against
-      62% and 52%; blind, 56-58% of the five against 54-55%, 68-70% first for both (25th round).
+      twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws).
     Greedy words (`method="greedy"`) decode 4x as fast; ranking them costs the same. HRED has
     one distribution per context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
@@ -464,15 +462,13 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
 
 def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[float]:
     """Rank "critic": the reply critic's logit (vhred/critic.py) + critic.MMI_WEIGHT x the MMI
-    score (opts' lambda and gamma) + precedents.WEIGHT x the logit that readers keep the same
-    reply after such a turn (vhred/precedents.py; critics trained before it have none)."""
-    from . import critic, precedents
+    score (opts' lambda and gamma) of each (context, reply) pair."""
+    from . import critic
     from .scoring import RANK_SAMPLES, score_ids
     ranking(model, DecodeOptions(rank="critic"))
     judged = critic.scores(model.critic, contexts, replies)
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
-    said = model.critic.precedents.logits(contexts, replies) if model.critic.precedents else [0.0] * len(replies)
-    return [c + critic.MMI_WEIGHT * m + precedents.WEIGHT * p for c, m, p in zip(judged, mmi, said)]
+    return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
 
 
 # --- text in, text out -----------------------------------------------------------------------

@@ -1,40 +1,42 @@
-"""Precedents: what readers said of the same reply to turns like this one.
+"""Precedents: what readers said of the same reply to turns like this one (docs/rating.md,
+"Precedents: the readers' own labels in the ranking"). An experiment, not shipped.
 
 The reply critic (vhred/critic.py) generalises from readers' labels; this is their labels as
-they are. Every rated (context, reply, share of readers who kept it) of the rounds the critic was
-trained on is kept, and a candidate reply is scored by the labels the very same reply (the same
-pieces) got after the most similar last turns:
+they are. Every rated (context, reply, share of readers who kept it) of some rounds is kept, and
+a candidate reply is scored by the labels the very same reply (the same pieces) got after the
+most similar last turns:
 
     p(kept | r, c) = (sum_i w_i kept_i + M * p0) / (sum_i w_i + M),   w_i = cos(c, c_i)^2
 
 over the TOP most similar of the rated contexts c_i whose reply was r, cos the TF-IDF cosine of
 the last turns' pieces, p0 the share kept over all rated replies and M = 2 pseudo-labels that
-pull a reply with few precedents towards it; a reply never rated gets p0. The ranking adds
-WEIGHT x logit p to the critic's score (generate.critic_scores).
+pull a reply with few precedents towards it; a reply never rated gets p0.
+`python -m eval.candidate_ceiling replay --precedents W,...` adds W x logit p to the critic's
+ranking, with the precedents of the rounds the critic was trained on.
 
 Why: most shown replies are short and recur ("OK.", "Of course.", "Yes."), and whether one
 fits depends on the turn it answers: readers kept 57% of bare acknowledgements after a
-statement and 17% after a wh-question. Replayed on rated draws no critic or precedent had seen
-(docs/rating.md, "Precedents"), the term put a good reply first in 5-9 more contexts of 100,
-with its weight chosen on other rated draws; rated blind on 40 new contexts, 2-3 points more of
-the five shown were kept, and as many first replies.
+statement and 17% after a wh-question. Replayed on rated draws no critic or precedent had seen,
+weight 2 (chosen on other rated draws) put a good reply first in 5-9 more contexts of 100; rated
+blind on 80 new contexts it made no difference (1.6 points more of the five shown, 2.5 fewer
+good first replies), so the chat's ranking does not use it.
 """
 import collections
 import math
 
 TOP = 20         # the most similar rated contexts a reply's estimate reads
 M = 2.0          # pseudo-labels at the overall share kept
-WEIGHT = 2.0     # of logit p in the ranking: of 1, 2, 4 and 8, the best first reply on the thirteenth and fifteenth rounds' draws
 
 
 def build(data) -> dict:
-    """What critic.safetensors stores: data is [(context turns as ids, [(reply ids, kept)])]."""
+    """The labels to index: data is [(context turns as ids, [(reply ids, kept)])], as
+    vhred.critic_train.encoded(rounds, sp, cfg, ordered_only=False) gives them."""
     return {"turns": [list(ctx[-1]) for ctx, _ in data],
             "replies": [[i, list(ids), kept] for i, (_, rows) in enumerate(data) for ids, kept in rows]}
 
 
 class Precedents:
-    """The stored labels, indexed by reply: critic.load builds one from critic.safetensors."""
+    """The labels of build(), indexed by reply."""
 
     def __init__(self, stored: dict):
         turns = [collections.Counter(t) for t in stored["turns"]]
