@@ -91,10 +91,10 @@ CRITIC = {
 }
 
 
-def critic_scores(run: str, rows: list[dict]) -> None:
+def critic_scores(run: str, rows: list[dict], with_precedents: bool = False) -> None:
     """Add each reply's critic logit ("crit") to pool rows, text encoded as the API encodes it,
-    and the logit of its precedents ("prec", eval/precedents.py) in the rounds the critic was
-    trained on."""
+    and with_precedents the logit of its precedents ("prec", eval/precedents.py) in the rounds
+    the critic was trained on."""
     from vhred import critic
     from vhred.critic_train import encoded
     from vhred.generate import encode_turns, spaced
@@ -102,13 +102,16 @@ def critic_scores(run: str, rows: list[dict]) -> None:
     model, cfg, sp = checkpoint.load_model(run)   # with the run's critic attached
     if model.critic is None:
         sys.exit(f"{run} has no critic.safetensors; train one with `vhred critic --checkpoint {run} --ratings ...`")
-    rounds = critic.record(os.path.dirname(run) if run.endswith(".pt") else run)["training"]["rounds"]
-    said = precedents.Precedents(precedents.build(encoded(rounds, sp, cfg, ordered_only=False)))
+    said = None
+    if with_precedents:
+        rounds = critic.record(os.path.dirname(run) if run.endswith(".pt") else run)["training"]["rounds"]
+        said = precedents.Precedents(encoded(rounds, sp, cfg, ordered_only=False))
     for row in rows:
         ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
         replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
         row["crit"] = critic.scores(model.critic, [ctx] * len(replies), replies)
-        row["prec"] = said.logits([ctx] * len(replies), replies)
+        if said:
+            row["prec"] = said.logits([ctx] * len(replies), replies)
 
 
 def labelled(system_rows: list[dict], key: dict, answers: dict, name: str) -> list[list[dict]]:
@@ -196,8 +199,8 @@ def replay(args):
         missing = sum((tuple(r["context"]), t) not in labels for r in rows for t in r["samples"])
         if missing:
             sys.exit(f"{path}: {missing} replies carry no label in --rounds")
-        critic_scores(args.critic, rows)
-        contexts = [[dict({f: r[f][i] for f in ("lpc", "lpn", "n", "faulty", "crit", "prec")}, text=t,
+        critic_scores(args.critic, rows, with_precedents=bool(said))
+        contexts = [[dict({f: r[f][i] for f in ("lpc", "lpn", "n", "faulty", "crit", "prec") if f in r}, text=t,
                           good=labels[(tuple(r["context"]), t)]) for i, t in enumerate(r["samples"])] for r in rows]
         good = [sum(x["good"] for x in c) for c in contexts]
         cells = [f"{statistics.mean(g > 0 for g in good):.0%} / {statistics.mean(min(g, SHOWN) / SHOWN for g in good):.0%}"]

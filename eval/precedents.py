@@ -28,26 +28,21 @@ TOP = 20         # the most similar rated contexts a reply's estimate reads
 M = 2.0          # pseudo-labels at the overall share kept
 
 
-def build(data) -> dict:
-    """The labels to index: data is [(context turns as ids, [(reply ids, kept)])], as
-    vhred.critic_train.encoded(rounds, sp, cfg, ordered_only=False) gives them."""
-    return {"turns": [list(ctx[-1]) for ctx, _ in data],
-            "replies": [[i, list(ids), kept] for i, (_, rows) in enumerate(data) for ids, kept in rows]}
-
-
 class Precedents:
-    """The labels of build(), indexed by reply."""
+    """Rated replies indexed by their pieces: data is [(context turns as ids, [(reply ids, kept)])],
+    as vhred.critic_train.encoded(rounds, sp, cfg, ordered_only=False) gives them."""
 
-    def __init__(self, stored: dict):
-        turns = [collections.Counter(t) for t in stored["turns"]]
+    def __init__(self, data):
+        turns = [collections.Counter(ctx[-1]) for ctx, _ in data]
         df = collections.Counter(piece for t in turns for piece in t)
         self.idf = {piece: math.log((len(turns) + 1) / (n + 1)) + 1 for piece, n in df.items()}
         self.n_turns = len(turns)
         self.vectors = [self.vector(t) for t in turns]
         self.by_reply = collections.defaultdict(list)                       # reply ids -> [(turn index, kept)]
-        for turn, ids, kept in stored["replies"]:
-            self.by_reply[tuple(ids)].append((turn, kept))
-        shares = [kept for _, _, kept in stored["replies"]]
+        for turn, (_, rows) in enumerate(data):
+            for ids, kept in rows:
+                self.by_reply[tuple(ids)].append((turn, kept))
+        shares = [kept for _, rows in data for _, kept in rows]
         self.p0 = sum(shares) / len(shares) if shares else 0.5
 
     def vector(self, pieces: collections.Counter) -> dict:

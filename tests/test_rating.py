@@ -405,13 +405,12 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
 
 
 def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
-    from eval import precedents
     """eval/precedents.py against a hand computation: "OK ." kept after a request, not after a
     question; the estimate for a new turn follows the more similar one, M pseudo-labels at p0."""
+    from eval import precedents
     request, question, other = [5, 6, 7], [8, 9, 10], [11]
-    stored = precedents.build([([[1], request], [([20, 21], 1.0), ([30], 0.0)]),
-                               ([[2], question], [([20, 21], 0.0), ([30], 0.0)])])
-    bank = precedents.Precedents(stored)
+    bank = precedents.Precedents([([[1], request], [([20, 21], 1.0), ([30], 0.0)]),
+                                  ([[2], question], [([20, 21], 0.0), ([30], 0.0)])])
     assert bank.p0 == pytest.approx(0.25)                        # 1 kept of 4
     # the same turn as the request: cos 1 with it, 0 with the question
     assert bank.kept(request, [20, 21]) == pytest.approx((1.0 * 1 + 2 * 0.25) / (1 + 2))
