@@ -38,6 +38,7 @@ class ModelConfig:
     critic_steps: int = 1         # dialogwae: critic updates per training step (dialogwae: 5 unless given, as their n_iters_d)
     utterance_drop: float = 0.25  # vhcr: context-RNN inputs replaced by a learned vector (Park et al. 2018)
     floor: bool = False           # the context RNN also reads which of the two speakers said each turn (CVAE's, DialogWAE's floor)
+    attention: int = 0            # > 0: the decoder attends over the first N pieces of the turn it answers (vhred, hred, cvae)
 
 
 @dataclass
@@ -250,12 +251,13 @@ POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "
             "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
-                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop")
+                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop", "attention")
 # Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
-        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100}
+        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100, "attention": 1001}
+ATTENDING = ("vhred", "hred", "cvae")   # the families whose context rows may carry attended words
 CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 
@@ -299,6 +301,8 @@ def validate(cfg: Config) -> None:
 def _check_relations(cfg: Config) -> None:
     if cfg.arch.model != "hred" and cfg.arch.z_dim <= 0:
         raise ConfigError(f"z_dim must be positive for {cfg.arch.model} (use model=hred for no latent)")
+    if cfg.arch.attention and cfg.arch.model not in ATTENDING:
+        raise ConfigError(f"attention is built for {', '.join(ATTENDING)}; set attention=0 for {cfg.arch.model}")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
     for key in ("dropout", "word_dropout", "utterance_drop"):

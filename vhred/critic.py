@@ -21,6 +21,7 @@ to the model as model.critic, and rank "auto", the default, orders candidates by
 """
 import json
 import os
+from dataclasses import replace
 
 import torch
 import torch.nn as nn
@@ -48,7 +49,8 @@ class Critic(nn.Module):
 
     def __init__(self, arch, vocab_size: int, hidden: int = 256):
         super().__init__()
-        self.encoder = Hierarchical(arch, vocab_size)   # embeddings, utterance and context RNNs only
+        # embeddings, utterance and context RNNs only: its context rows are h, never attended words
+        self.encoder = Hierarchical(replace(arch, attention=0), vocab_size)
         hc, hu = arch.ctx_hidden, 2 * arch.utt_hidden
         self.head = nn.Sequential(nn.Linear(2 * hc + hu, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 

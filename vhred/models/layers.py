@@ -4,6 +4,14 @@ hierarchical encoder-decoder (utterance encoder, context RNN, decoder) the famil
 A dialogue is w_1 .. w_N utterances. The utterance encoder turns each w_n into a vector, the
 context RNN reads those vectors into states h_1 .. h_N, and utterance n is decoded from a
 condition vector: h_{n-1} for HRED, [h_{n-1}; z_n] for the latent families.
+
+With `attention` = N > 0 the decoder also reads the words of the turn it answers, w_{n-1}
+(Luong et al. 2015, global attention after the RNN): the state h_{n-1} is one vector for the
+whole context, and a reply that answers a question needs that question's words. The first N
+word states of w_{n-1} travel in the context rows themselves, after h: a context row is
+[h ; memory (N x Hd) ; mask (N)], a condition row [h ; memory ; mask ; z]. So generation,
+ranking and scoring, which only index, repeat and concatenate rows, carry them unchanged;
+summary(ctx) gives h back to a prior network, split(cond) the decoder's parts.
 """
 import math
 
@@ -11,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
 from ..tokenizer import PAD, UNK
@@ -70,7 +78,7 @@ class Hierarchical(nn.Module):
                              kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
       objective(out, beta, free_bits, n_tokens) -> the loss per token the optimiser minimises
       log_weights(tokens, lens, turns, k) -> (T, K) log importance weights of the test bound
-      final_states(tokens, lens, turns) -> (C, Hc) the state a response is decoded from
+      final_states(tokens, lens, turns) -> (C, Hc [+ memory]) the state a response is decoded from
       prior(ctx) -> mean, logvar; sample_prior(ctx, eps) -> z;  condition(ctx, z) -> cond
       response_log_weights(ctx, tokens, lens, eps) -> (P*K,) weights of log p(r | context)
       param_groups() -> the optimiser's groups (one by default; "lr_scale" per group)
@@ -113,6 +121,9 @@ class Hierarchical(nn.Module):
         else:
             self.out_proj = nn.Identity()
             self.lm_head = nn.Linear(cfg.dec_hidden, V, bias=False)
+        if cfg.attention:   # the last turn's word states in the decoder's space, and Luong's W_c
+            self.mem_proj = nn.Linear(2 * cfg.utt_hidden, cfg.dec_hidden)
+            self.attn_out = nn.Linear(2 * cfg.dec_hidden, cfg.dec_hidden)
 
     def init_weights(self):
         """Orthogonal recurrent weights, Xavier elsewhere, small embeddings, zero biases."""
@@ -133,9 +144,39 @@ class Hierarchical(nn.Module):
 
     def encode_utterances(self, tokens, lens):
         """Bidirectional GRU over each utterance: (U, L) -> (U, 2*Hu), final states of both directions."""
+        return self.encode_words(tokens, lens)[0]
+
+    def encode_words(self, tokens, lens):
+        """encode_utterances(), and the GRU's state at every word: packed, data (sum lens, 2*Hu)."""
         x = self.drop(self.embed(tokens))                                   # (U, L, E)
-        _, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))            # (2, U, Hu)
-        return torch.cat([h[0], h[1]], dim=-1)                              # (U, 2*Hu)
+        words, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))        # h (2, U, Hu)
+        return torch.cat([h[0], h[1]], dim=-1), words                       # (U, 2*Hu)
+
+    def memory(self, words: PackedSequence, rows: torch.Tensor) -> torch.Tensor:
+        """The attended turn of each context row: utterances `rows` of the packed word states,
+        their first N words projected to the decoder's width, flat with their mask:
+        (R,) -> (R, N*Hd + N)."""
+        N = self.cfg.attention
+        states, lens = pad_packed_sequence(words, batch_first=True)         # (U, L, 2*Hu), (U,) host
+        states = F.pad(states[rows, :N], (0, 0, 0, max(0, N - states.shape[1])))  # (R, N, 2*Hu)
+        mem = self.mem_proj(self.drop(states))                              # (R, N, Hd)
+        mask = torch.arange(N) < lens[rows.cpu()].unsqueeze(1)               # (R, N) words that exist
+        return torch.cat([mem.flatten(1), mask.to(mem.device, mem.dtype)], dim=-1)
+
+    def summary(self, ctx):
+        """Context rows without the attended words: (T, Hc) with attention; the rows themselves
+        without (VHCR's are [h ; z_conv])."""
+        return ctx[:, :self.cfg.ctx_hidden] if self.cfg.attention else ctx
+
+    def split(self, cond):
+        """A condition row's parts: the vector every decoder step reads ([h ; z], (T, C)), and
+        with attention the attended words (T, N, Hd) and their mask (T, N); else None, None."""
+        if not self.cfg.attention:
+            return cond, None, None
+        Hc, N, Hd = self.cfg.ctx_hidden, self.cfg.attention, self.cfg.dec_hidden
+        end = Hc + N * Hd + N
+        vec = torch.cat([cond[:, :Hc], cond[:, end:]], dim=-1)
+        return vec, cond[:, Hc:Hc + N * Hd].unflatten(1, (N, Hd)), cond[:, Hc + N * Hd:end] > 0.5
 
     def with_floor(self, x, pos):
         """[x; which speaker said it]: (..., D) -> (..., D + 2) with cfg.floor, x itself without.
@@ -166,11 +207,15 @@ class Hierarchical(nn.Module):
         return enc
 
     def final_states(self, tokens, lens, turns):
-        """The context state after the last turn of each dialogue: (B, Hc)."""
-        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu)
+        """The context state after the last turn of each dialogue: (B, Hc [+ memory])."""
+        enc, words = self.encode_words(tokens[:, 1:], lens - 1)             # (U, 2*Hu)
         turns = turns.cpu()
-        return self.encode_context(self.context_inputs(enc, turns), turns,
-                                   torch.arange(len(turns)), turns - 1)
+        h = self.encode_context(self.context_inputs(enc, turns), turns, torch.arange(len(turns)), turns - 1)
+        return self.with_memory(h, words, torch.cumsum(turns, 0) - 1)     # each dialogue's last turn
+
+    def with_memory(self, h, words, rows):
+        """Context rows: h (T, Hc), and with attention the words of utterances `rows` after it."""
+        return torch.cat([h, self.memory(words, rows)], dim=-1) if self.cfg.attention else h
 
     def targets(self, tokens, lens, turns):
         """Encode the dialogues; for the T utterances with a turn before them return their
@@ -179,10 +224,11 @@ class Hierarchical(nn.Module):
         lens and turns are read on the host (a Batch keeps them there): the indices below and
         the packing need them, and reading them back from a GPU would stall every step."""
         lens, turns = lens.cpu(), turns.cpu()
-        enc = self.encode_utterances(tokens[:, 1:], lens - 1)               # (U, 2*Hu) reads w <eos>
+        enc, words = self.encode_words(tokens[:, 1:], lens - 1)             # (U, 2*Hu) reads w <eos>
         dlg, pos = positions(turns)
         tgt = (pos > 0).nonzero().squeeze(1)                                # (T,) on the host
         ctx = self.encode_context(self.context_inputs(enc, turns), turns, dlg[tgt], pos[tgt] - 1)
+        ctx = self.with_memory(ctx, words, tgt - 1)                         # the turn each target answers
         tgt_dev = to_device(tgt, tokens.device)
         return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
 
@@ -190,12 +236,25 @@ class Hierarchical(nn.Module):
 
     def decoder_state(self, cond):
         """Initial decoder state from the condition: (T, C) -> (1, T, Hd)."""
-        return torch.tanh(self.dec_init(cond)).unsqueeze(0)
+        return torch.tanh(self.dec_init(self.split(cond)[0])).unsqueeze(0)
 
     def decode(self, inputs, cond, state):
         """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state."""
-        out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, cond), state)  # (T, S, Hd)
+        vec, mem, mask = self.split(cond)
+        out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, vec), state)  # (T, S, Hd)
+        if mem is not None:
+            out = self.attend(out, mem, mask)
         return self.lm_head(self.out_proj(self.drop(out))), state
+
+    def attend(self, out, mem, mask):
+        """Luong et al.'s global attention: each decoder state s_t weighs the attended words m_j
+        by softmax_j(s_t . m_j / sqrt(Hd)) (m_j = W_m enc_j, so the score is their "general"
+        one), reads c_t = sum_j a_tj m_j and goes on as tanh(W_c [c_t ; s_t]).
+        out (T, S, Hd), mem (T, N, Hd), mask (T, N) -> (T, S, Hd)."""
+        scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, N)
+        scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
+        read = torch.softmax(scores, dim=-1).to(mem.dtype) @ mem            # (T, S, Hd)
+        return torch.tanh(self.attn_out(torch.cat([read, out.to(mem.dtype)], dim=-1)))
 
     def _decoder_input(self, inputs, cond):
         """Every decoder step sees its word and the condition: (T, S) -> (T, S, E + C)."""
@@ -212,10 +271,15 @@ class Hierarchical(nn.Module):
             drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
             drop[:, 0] = False                                              # keep <bos>
             inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
-        x = self._decoder_input(inputs, cond)                               # (T, L-1, E + C)
+        vec, mem, mask = self.split(cond)
+        x = self._decoder_input(inputs, vec)                                # (T, L-1, E + C)
         packing = Packing(lens, x.device)
         out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
-        logits = self.lm_head(self.out_proj(self.drop(out.data)))           # (sum lens, V)
+        if mem is None:
+            out = out.data
+        else:   # attention needs each response's steps together: padded, attended, packed again
+            out = packing(self.attend(pad_packed_sequence(out, batch_first=True)[0], mem, mask)).data
+        logits = self.lm_head(self.out_proj(self.drop(out)))                # (sum lens, V)
         targets = packing(tokens[:, 1:]).data                               # (sum lens,)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
@@ -223,7 +287,7 @@ class Hierarchical(nn.Module):
 
     def bow_nll(self, cond, words):
         """Bag-of-words loss: -sum log p_bow(w_t | h, z) over a response's words and <eos>."""
-        logp = F.log_softmax(self.bow(cond).float(), dim=-1)                # (T, V)
+        logp = F.log_softmax(self.bow(self.split(cond)[0]).float(), dim=-1)  # (T, V)
         picked = logp.gather(1, words)                                      # (T, L-1)
         return -(picked * (words != PAD)).sum()
 

@@ -32,11 +32,11 @@ class VHRED(Hierarchical):
 
     def prior(self, ctx):
         """p(z_n | w_<n): mean, logvar (T, Z) from the context state h_{n-1}."""
-        return self.prior_net(ctx)
+        return self.prior_net(self.summary(ctx))
 
     def posterior(self, ctx, enc):
         """q(z_n | w_<=n): mean, logvar (T, Z) from h_{n-1} and the encoding of the response w_n."""
-        return self.posterior_net(torch.cat([ctx, enc], dim=-1))
+        return self.posterior_net(torch.cat([self.summary(ctx), enc], dim=-1))
 
     def sample_prior(self, ctx, eps):
         """z ~ p(z | context) from standard normals eps (T, Z)."""
