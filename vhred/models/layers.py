@@ -251,10 +251,17 @@ class Hierarchical(nn.Module):
         by softmax_j(s_t . m_j / sqrt(Hd)) (m_j = W_m enc_j, so the score is their "general"
         one), reads c_t = sum_j a_tj m_j and goes on as tanh(W_c [c_t ; s_t]).
         out (T, S, Hd), mem (T, N, Hd), mask (T, N) -> (T, S, Hd)."""
+        return self.attended(out, self.read(out, mem, mask))
+
+    def read(self, out, mem, mask):
+        """c_t of attend(): (T, S, Hd)."""
         scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, N)
         scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
-        read = torch.softmax(scores, dim=-1).to(mem.dtype) @ mem            # (T, S, Hd)
-        return torch.tanh(self.attn_out(torch.cat([read, out.to(mem.dtype)], dim=-1)))
+        return torch.softmax(scores, dim=-1).to(mem.dtype) @ mem            # (T, S, Hd)
+
+    def attended(self, out, read):
+        """tanh(W_c [c_t ; s_t]), for any leading shape: (..., Hd) -> (..., Hd)."""
+        return torch.tanh(self.attn_out(torch.cat([read, out.to(read.dtype)], dim=-1)))
 
     def _decoder_input(self, inputs, cond):
         """Every decoder step sees its word and the condition: (T, S) -> (T, S, E + C)."""
@@ -277,8 +284,9 @@ class Hierarchical(nn.Module):
         out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
         if mem is None:
             out = out.data
-        else:   # attention needs each response's steps together: padded, attended, packed again
-            out = packing(self.attend(pad_packed_sequence(out, batch_first=True)[0], mem, mask)).data
+        else:   # the read needs each response's steps together: padded, read, packed again
+            read = packing(self.read(pad_packed_sequence(out, batch_first=True)[0], mem, mask)).data
+            out = self.attended(out.data, read)                             # (sum lens, Hd)
         logits = self.lm_head(self.out_proj(self.drop(out)))                # (sum lens, V)
         targets = packing(tokens[:, 1:]).data                               # (sum lens,)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
