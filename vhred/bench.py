@@ -89,6 +89,8 @@ def forward_flops(arch, vocab: int, batch) -> float:
     decoder: every target token: 2 * 3Hd * (E + C + Hd), C = Hc + Z, plus the output layer
              (tied: 2 * Hd * E + 2 * E * V; untied: 2 * Hd * V)
     per target utterance: the decoder's initial state and the prior / posterior MLPs
+    attention over N words: per target, the projection 2 * N * 2Hu * Hd; per decoder token, the
+             scores and the read 2 * 2 * N * Hd, and W_c 2 * 2Hd * Hd
     Backward costs about twice the forward, so a training step is 3x this.
     """
     E, Hu, Hc, Hd, V, L = arch.emb_dim, arch.utt_hidden, arch.ctx_hidden, arch.dec_hidden, vocab, arch.latent_hidden
@@ -101,6 +103,10 @@ def forward_flops(arch, vocab: int, batch) -> float:
     flops = enc_tokens * 2 * (2 * 3 * Hu * (E + Hu)) + U * 2 * 3 * Hc * (2 * Hu + Hc)
     flops += dec_tokens * (2 * 3 * Hd * (E + C + Hd) + out)
     per_target = 2 * C * Hd
+    if arch.attention:
+        N = arch.attention
+        flops += dec_tokens * (4 * N * Hd + 4 * Hd * Hd)
+        per_target += 4 * N * Hu * Hd
     if Z:
         mlp = lambda d_in: 2 * (d_in * L + L * L + 2 * L * Z)
         per_target += mlp(Hc) + mlp(Hc + 2 * Hu)
