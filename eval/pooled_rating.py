@@ -1,6 +1,7 @@
 """One system's good shares over several blind rating rounds (docs/rating.md, "All the rounds of the default")
 
     python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
+                                 [--versus SYSTEM]
 
 Each round folder holds the key.json of `vhred rate pack` and one rater*.txt per reader. For the
 system named in each round, over every reader of every round: the good share of the replies shown
@@ -8,6 +9,12 @@ system named in each round, over every reader of every round: the good share of 
 (a context's readers drawn together, since two readers of one reply are not two samples of it).
 A Wilson interval over all labels would treat them as independent and come out too narrow.
 Prints one JSON line per round and one for all of them.
+
+--versus B compares the system with system B of the same rounds, context by context: the
+difference of both shares (system - B) with its 95% interval, by the bootstrap over the contexts
+both were shown in (each context's replies of both systems, by all its readers, drawn together).
+Two systems rated on the same contexts by the same readers are compared more tightly this way
+than by two separate intervals: what makes one context hard makes it hard for both.
 """
 import argparse
 import glob
@@ -52,17 +59,24 @@ def shares(units: list[list[list[bool]]]) -> tuple[float, float]:
     return good / shown, first / sum(len(u) for u in units)
 
 
-def bootstrap(units, draws: int, seed: int = 0) -> tuple[tuple[float, float], tuple[float, float]]:
-    """95% intervals (2.5th and 97.5th percentiles) of both shares, resampling the units."""
+def difference(pairs: list[tuple]) -> tuple[float, float]:
+    """Both shares of one system minus the other's, over (its units, the other's) by context."""
+    (five_a, first_a), (five_b, first_b) = shares([a for a, _ in pairs]), shares([b for _, b in pairs])
+    return five_a - five_b, first_a - first_b
+
+
+def bootstrap(units, draws: int, seed: int = 0, stat=shares) -> tuple[tuple[float, float], tuple[float, float]]:
+    """95% intervals (2.5th and 97.5th percentiles) of both figures of stat, resampling the units."""
     rng = random.Random(seed)
-    five, first = zip(*(shares([rng.choice(units) for _ in units]) for _ in range(draws)))
+    five, first = zip(*(stat([rng.choice(units) for _ in units]) for _ in range(draws)))
     lo, hi = int(0.025 * draws), int(0.975 * draws) - 1
     return (sorted(five)[lo], sorted(five)[hi]), (sorted(first)[lo], sorted(first)[hi])
 
 
-def summary(name: str, units, draws: int) -> dict:
-    (five, first), (five_ci, first_ci) = shares(units), bootstrap(units, draws)
-    return {"rounds": name, "contexts": len(units), "ratings": sum(len(u) for u in units),
+def summary(name: str, units, draws: int, stat=shares) -> dict:
+    (five, first), (five_ci, first_ci) = stat(units), bootstrap(units, draws, stat=stat)
+    readers = [u[0] if stat is difference else u for u in units]         # a pair's readers: its first system's
+    return {"rounds": name, "contexts": len(units), "ratings": sum(len(r) for r in readers),
             "five": round(five, 4), "five_95": [round(x, 4) for x in five_ci],
             "first": round(first, 4), "first_95": [round(x, 4) for x in first_ci]}
 
@@ -73,18 +87,27 @@ def main(argv=None):
     p.add_argument("--round", action="append", required=True, metavar="DIR=SYSTEM",
                    help="a round's folder and the system's letter in its key; repeat for each round")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
+    p.add_argument("--versus", metavar="SYSTEM",
+                   help="also the difference from this system of the same rounds, paired by context")
     args = p.parse_args(argv)
     if args.boot < 100:
         p.error("--boot must be at least 100")
-    everything = []
+    everything, pairs = [], []
     for spec in args.round:
         folder, sep, system = spec.rpartition("=")
         if not sep or not folder or not system:
             p.error(f"--round {spec}: expected DIR=SYSTEM, e.g. eval/ratings/2026-11-30-floor=n")
-        units = list(context_labels(folder, system).values())
-        everything += units
-        print(json.dumps(summary(spec, units, args.boot)))
+        labels = context_labels(folder, system)
+        everything += labels.values()
+        print(json.dumps(summary(spec, list(labels.values()), args.boot)))
+        if args.versus:
+            other = context_labels(folder, args.versus)
+            pairs += [(labels[c], other[c]) for c in labels if c in other]
     print(json.dumps(summary("all", everything, args.boot)))
+    if args.versus:
+        if not pairs:
+            raise InputError(f"no context was shown with both systems and '{args.versus}'")
+        print(json.dumps({"versus": args.versus, **summary("all, minus " + args.versus, pairs, args.boot, difference)}))
 
 
 if __name__ == "__main__":

@@ -403,6 +403,13 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
         pooled_rating.main(["--round", a.replace("=n", "=q")])
     assert "no system 'q'" in capsys.readouterr().err
 
+    # paired against the human replies of round a (all good): n - h by context, over a's 2 contexts
+    pooled_rating.main(["--round", a, "--boot", "200", "--versus", "h"])
+    versus = [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1]
+    assert versus["versus"] == "h" and (versus["contexts"], versus["ratings"]) == (2, 4)
+    assert versus["five"] == pytest.approx(5 / 12 - 1, abs=1e-4) and versus["first"] == pytest.approx(2 / 4 - 1, abs=1e-4)
+    assert versus["first_95"] == [-1.0, 0.0]   # context 0 alone: 0; context 1 alone: -1
+
 
 def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
     """eval/precedents.py against a hand computation: "OK ." kept after a request, not after a
