@@ -1,7 +1,7 @@
 """One system's good shares over several blind rating rounds (docs/rating.md, "All the rounds of the default")
 
     python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
-                                 [--versus SYSTEM]
+                                 [--versus SYSTEM] [--last-turn question|other]
 
 Each round folder holds the key.json of `vhred rate pack` and one rater*.txt per reader. For the
 system named in each round, over every reader of every round: the good share of the replies shown
@@ -15,6 +15,9 @@ difference of both shares (system - B) with its 95% interval, by the bootstrap o
 both were shown in (each context's replies of both systems, by all its readers, drawn together).
 Two systems rated on the same contexts by the same readers are compared more tightly this way
 than by two separate intervals: what makes one context hard makes it hard for both.
+
+--last-turn question keeps only the contexts whose last turn ends with "?", other the rest: a
+reply to a question has to answer it, where an acknowledgement fits after most statements.
 """
 import argparse
 import glob
@@ -27,8 +30,14 @@ from vhred.errors import InputError
 from vhred.rate import read_answers, read_key
 
 
-def context_labels(folder: str, system: str) -> dict[str, list[list[bool]]]:
-    """{context: [labels by rank, one list per reader]} for one system of one round."""
+def asks(turns: list[str]) -> bool:
+    """Whether a context's last turn is a question."""
+    return turns[-1].rstrip().endswith("?")
+
+
+def context_labels(folder: str, system: str, last_turn: str = "") -> dict[str, list[list[bool]]]:
+    """{context: [labels by rank, one list per reader]} for one system of one round; with
+    last_turn "question" or "other", only the contexts whose last turn is or is not a question."""
     key = read_key(os.path.join(folder, "key.json"))
     raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
     if not raters:
@@ -40,6 +49,8 @@ def context_labels(folder: str, system: str) -> dict[str, list[list[bool]]]:
                 shown.setdefault(e["context"], []).append((e["rank"], item))
     if not shown:
         raise InputError(f"{folder}: no system '{system}' in its key")
+    if last_turn:
+        shown = {c: ranked for c, ranked in shown.items() if asks(key["contexts"][c]) == (last_turn == "question")}
     out = {}
     for path in raters:
         answers = read_answers(path, key)
@@ -89,6 +100,8 @@ def main(argv=None):
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
     p.add_argument("--versus", metavar="SYSTEM",
                    help="also the difference from this system of the same rounds, paired by context")
+    p.add_argument("--last-turn", choices=("question", "other"), default="",
+                   help="only the contexts whose last turn is a question (ends with ?), or only the others")
     args = p.parse_args(argv)
     if args.boot < 100:
         p.error("--boot must be at least 100")
@@ -97,12 +110,15 @@ def main(argv=None):
         folder, sep, system = spec.rpartition("=")
         if not sep or not folder or not system:
             p.error(f"--round {spec}: expected DIR=SYSTEM, e.g. eval/ratings/2026-11-30-floor=n")
-        labels = context_labels(folder, system)
+        labels = context_labels(folder, system, args.last_turn)
         everything += labels.values()
-        print(json.dumps(summary(spec, list(labels.values()), args.boot)))
+        if labels:   # --last-turn may leave a round none
+            print(json.dumps(summary(spec, list(labels.values()), args.boot)))
         if args.versus:
-            other = context_labels(folder, args.versus)
+            other = context_labels(folder, args.versus, args.last_turn)
             pairs += [(labels[c], other[c]) for c in labels if c in other]
+    if not everything:
+        raise InputError(f"no context of these rounds has a last turn of kind '{args.last_turn}'")
     print(json.dumps(summary("all", everything, args.boot)))
     if args.versus:
         if not pairs:

@@ -381,7 +381,8 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
             for r in range(len(ranked)):
                 items[f"{name}{c}{r}"] = [{"system": system, "context": c, "rank": r + 1, "text": "x"}]
             items[f"{name}{c}h"] = [{"system": "h", "context": c, "rank": 1, "text": "y"}]   # another system
-        (folder / "key.json").write_text(json.dumps({"kind": "pointwise", "items": items}))
+        contexts = [["Hi .", "Where is it ?" if c == 0 else "It is here ."] for c in range(len(labels[0]))]
+        (folder / "key.json").write_text(json.dumps({"kind": "pointwise", "items": items, "contexts": contexts}))
         for i, reader in enumerate(labels):
             lines = [f"{name}{c}{r} {'good' if g else 'bad'}" for c, ranked in enumerate(reader) for r, g in enumerate(ranked)]
             (folder / f"rater{i}.txt").write_text("\n".join(lines + [f"{name}{c}h good" for c in range(len(reader))]) + "\n")
@@ -409,6 +410,14 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     assert versus["versus"] == "h" and (versus["contexts"], versus["ratings"]) == (2, 4)
     assert versus["five"] == pytest.approx(5 / 12 - 1, abs=1e-4) and versus["first"] == pytest.approx(2 / 4 - 1, abs=1e-4)
     assert versus["first_95"] == [-1.0, 0.0]   # context 0 alone: 0; context 1 alone: -1
+
+    # the contexts after a question (context 0 of each round) and the others (round a's context 1)
+    pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "question"])
+    asked = [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1]
+    assert (asked["contexts"], asked["five"], asked["first"]) == (2, pytest.approx(5 / 8, abs=1e-4), 1.0)
+    pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "other"])
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2 and (lines[-1]["contexts"], lines[-1]["five"]) == (1, pytest.approx(2 / 6, abs=1e-4))
 
 
 def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
