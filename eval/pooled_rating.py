@@ -27,12 +27,7 @@ import random
 
 from vhred.cli import command
 from vhred.errors import InputError
-from vhred.rate import read_answers, read_key
-
-
-def asks(turns: list[str]) -> bool:
-    """Whether a context's last turn is a question."""
-    return turns[-1].rstrip().endswith("?")
+from vhred.rate import asks, read_answers, read_key
 
 
 def context_labels(folder: str, system: str, last_turn: str = "") -> dict[str, list[list[bool]]]:

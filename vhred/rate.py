@@ -90,6 +90,12 @@ def same_contexts(systems: dict, n: int) -> list[list[str]]:
     return [row["context"] for row in first[:n]]
 
 
+def asks(turns: list[str]) -> bool:
+    """Whether a context's last turn is a question (ends with "?"): a reply to it has to answer,
+    where an acknowledgement fits after most statements. Rounds are split by it (eval/)."""
+    return turns[-1].rstrip().endswith("?")
+
+
 def new_id(rng: random.Random, taken: set) -> str:
     while True:
         i = f"{rng.randrange(16 ** 6):06x}"
