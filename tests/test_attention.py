@@ -11,9 +11,8 @@ import vhred
 from vhred import critic
 from vhred.config import ConfigError, ModelConfig
 from vhred.models import build
-from vhred.train import train
 
-from .test_families import TINY, _batch, quiet
+from .test_families import TINY, _batch, resumes_bit_for_bit
 
 N = 5   # attended pieces: fewer than the longest test turn, so the cut is exercised too
 
@@ -107,12 +106,7 @@ def test_decoding_step_by_step_scores_a_reply_as_teacher_forcing_does(family):
 
 
 def test_a_model_with_attention_trains_resumes_bit_for_bit_loads_answers_and_scores(tiny_cfg):
-    common = ("attention=8", "save_every=4")
-    full = train(tiny_cfg(*common, "max_steps=8", "name=full"), log=quiet)
-    train(tiny_cfg(*common, "max_steps=4", "name=split"), log=quiet)
-    resumed = train(tiny_cfg(*common, "max_steps=8", "name=split"), log=quiet)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    full = resumes_bit_for_bit(tiny_cfg, ["attention=8"], 8)
     bot = vhred.load(full.dir, device="cpu")
     assert bot.config.arch.attention == 8 and hasattr(bot._model, "mem_proj")
     replies = bot.respond(["where is the station ?"], n=3)

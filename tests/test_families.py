@@ -78,16 +78,24 @@ def test_a_model_with_the_floor_trains_loads_and_answers(tiny_cfg):
     assert 1 <= len(bot.respond(["hello , how are you ?", "fine , and you ?"], n=2)) <= 2
 
 
+def resumes_bit_for_bit(tiny_cfg, overrides, steps: int):
+    """Train `steps` steps in one go, and stopped halfway then resumed: the two runs end with the
+    same weights. Returns the uninterrupted run."""
+    common = (*overrides, f"save_every={steps // 2}")
+    full = train(tiny_cfg(*common, f"max_steps={steps}", "name=full"), log=quiet)
+    train(tiny_cfg(*common, f"max_steps={steps // 2}", "name=split"), log=quiet)
+    resumed = train(tiny_cfg(*common, f"max_steps={steps}", "name=split"), log=quiet)
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    return full
+
+
 @pytest.mark.parametrize("family", LATENT + ["hred"])
 def test_each_family_trains_resumes_bit_for_bit_loads_answers_and_scores(family, tiny_cfg):
     """A few tiny steps; a run stopped at step 6 and resumed to 12 ends with the weights of an
     uninterrupted 12-step run; the checkpoint loads through the API, replies and scores."""
-    common = (f"model={family}", "save_every=6", "gmp_components=3" if family == "dialogwae" else "seed=1337")
-    full = train(tiny_cfg(*common, "max_steps=12", "name=full"), log=quiet)
-    train(tiny_cfg(*common, "max_steps=6", "name=split"), log=quiet)
-    resumed = train(tiny_cfg(*common, "max_steps=12", "name=split"), log=quiet)
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
-        assert torch.equal(a, b), name
+    common = (f"model={family}", "gmp_components=3" if family == "dialogwae" else "seed=1337")
+    full = resumes_bit_for_bit(tiny_cfg, common, 12)
     bot = vhred.load(full.dir, device="cpu")
     assert bot.config.arch.model == family
     replies = bot.respond(["hello , how are you ?"], n=3)
