@@ -41,6 +41,13 @@ def test_warmup_longer_than_training_is_a_warning():
     assert not warnings(Config(kl_warmup_steps=100, arch=ModelConfig(model="hred")), total_steps=10)
 
 
+def test_attention_longer_than_a_turn_is_a_warning():
+    assert not warnings(Config(max_utt_len=30, arch=ModelConfig(attention=31)), total_steps=10_000)
+    said = warnings(Config(max_utt_len=30, arch=ModelConfig(attention=64)), total_steps=10_000)
+    assert said == ["attention=64 is longer than a turn can be (max_utt_len=30 pieces and <eos>): "
+                    "attention=31 reads the same words in less memory"]
+
+
 def test_model_keys_plain_or_in_their_section(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("arch:\n  z_dim: 16\n  model: hred\nemb_dim: 20\nlr: 0.5\n")

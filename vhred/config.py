@@ -256,7 +256,8 @@ NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", 
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
-        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100, "attention": 1001}
+        "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100,
+        "attention": 1001}   # attention: max_utt_len's cap and <eos>
 ATTENDING = ("vhred", "hred", "cvae")   # the families whose context rows may carry attended words
 CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
@@ -325,4 +326,7 @@ def warnings(cfg: Config, total_steps: int) -> list[str]:
     if cfg.arch.model != "hred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total_steps:
         out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
                    f"({total_steps} steps): the KL weight never reaches kl_max")
+    if cfg.arch.attention > cfg.max_utt_len + 1:
+        out.append(f"attention={cfg.arch.attention} is longer than a turn can be (max_utt_len={cfg.max_utt_len} "
+                   f"pieces and <eos>): attention={cfg.max_utt_len + 1} reads the same words in less memory")
     return out
