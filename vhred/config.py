@@ -258,7 +258,6 @@ CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
         "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100,
         "attention": 1001}   # attention: max_utt_len's cap and <eos>
-ATTENDING = ("vhred", "hred", "cvae")   # the families whose context rows may carry attended words
 CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 
@@ -296,14 +295,15 @@ def validate(cfg: Config) -> None:
     for key, allowed in {"model": tuple(FAMILIES), **CHOICES}.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{_value(cfg, key)}'")
-    _check_relations(cfg)
+    _check_relations(cfg, FAMILIES)
 
 
-def _check_relations(cfg: Config) -> None:
+def _check_relations(cfg: Config, families: dict) -> None:
     if cfg.arch.model != "hred" and cfg.arch.z_dim <= 0:
         raise ConfigError(f"z_dim must be positive for {cfg.arch.model} (use model=hred for no latent)")
-    if cfg.arch.attention and cfg.arch.model not in ATTENDING:
-        raise ConfigError(f"attention is built for {', '.join(ATTENDING)}; set attention=0 for {cfg.arch.model}")
+    if cfg.arch.attention and not families[cfg.arch.model].attends:
+        takes = ", ".join(name for name, family in families.items() if family.attends)
+        raise ConfigError(f"attention is built for {takes}; set attention=0 for {cfg.arch.model}")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
     for key in ("dropout", "word_dropout", "utterance_drop"):

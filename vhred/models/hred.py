@@ -9,6 +9,7 @@ from .layers import Hierarchical
 
 
 class HRED(Hierarchical):
+    attends = True
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__(cfg, vocab_size)
