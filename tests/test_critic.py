@@ -67,6 +67,54 @@ def test_with_the_floor_the_critic_reads_the_reply_as_the_next_speakers_turn(vhr
     assert critic.scores(judge, [ctx], [reply])[0] == pytest.approx(want, abs=1e-5)
 
 
+def test_a_critic_that_reads_the_turn_matches_the_replys_words_with_its_words(vhred_model):
+    """turn = N: the head also reads [mean ; max] over the reply's words of r_i * a_i, r_i the
+    projected word state and a_i its softmax read of the answered turn's first N projected word
+    states. Computed here by hand from the utterance GRU run on each turn alone."""
+    model, cfg, sp = vhred_model
+    torch.manual_seed(0)
+    judge = critic.from_model(model, cfg.arch, turn=4).eval()
+    ctx = contexts(sp, cfg)[1]                                   # answers "Which day ?": its first 4 pieces
+    reply = sp.encode("Tomorrow , please .")
+    with torch.no_grad():
+        h = model.final_states(*_dialogue([ctx]))
+        full = model.final_states(*_dialogue([ctx + [reply]]))
+        e = model.encode_utterances(*_utterance(reply))
+        t = judge.word_proj(_word_states(model, ctx[-1]))[:4]                        # (<=4, M) the turn's words
+        r = judge.word_proj(_word_states(model, reply))                              # (Lr, M)
+        a = torch.softmax(r @ t.T / math.sqrt(critic.MATCH), dim=-1) @ t              # (Lr, M)
+        both = r * a
+        want = judge.head(torch.cat([h, e, full, both.mean(0, keepdim=True), both.amax(0, keepdim=True)], dim=-1)).item()
+    assert critic.scores(judge, [ctx], [reply])[0] == pytest.approx(want, abs=1e-5)
+    # and in a batch with longer and shorter contexts and replies, padding is never read
+    ctxs = contexts(sp, cfg)
+    replies = [sp.encode("I'm fine , thanks , and you ?"), reply, sp.encode("Yes .")]
+    pairs = [(ctxs[0], replies[0]), (ctx, reply), (ctxs[0], replies[2])]
+    together = critic.scores(judge, [c for c, _ in pairs], [r for _, r in pairs])
+    assert together == pytest.approx([critic.scores(judge, [c], [r])[0] for c, r in pairs], abs=1e-5)
+    assert together[1] == pytest.approx(want, abs=1e-5)
+
+
+def _word_states(model, ids):
+    """The utterance GRU's state at each word of one utterance, read alone: (L, 2*Hu)."""
+    from torch.nn.utils.rnn import pad_packed_sequence
+    tokens, lens = _utterance(ids)
+    _, words = model.encode_words(tokens, lens)
+    return pad_packed_sequence(words, batch_first=True)[0][0]
+
+
+def test_the_critics_file_keeps_how_many_turn_words_it_reads(vhred_model, tmp_path):
+    import dataclasses
+    model, cfg, sp = vhred_model
+    torch.manual_seed(1)
+    judge = critic.from_model(model, cfg.arch, turn=6).eval()
+    critic.save({"weights": judge.state_dict(), "arch": dataclasses.asdict(cfg.arch),
+                 "vocab_size": judge.encoder.vocab_size, "turn": 6}, str(tmp_path))
+    back = critic.load(str(tmp_path))
+    ctx, reply = contexts(sp, cfg)[1], sp.encode("On Monday .")
+    assert back.turn == 6 and critic.scores(back, [ctx], [reply]) == critic.scores(judge, [ctx], [reply])
+
+
 def _dialogue(dialogues):
     from vhred.dataset import collate
     b = collate(dialogues)

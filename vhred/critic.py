@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
-from .models.layers import Hierarchical
+from .models.layers import Hierarchical, first_words
 
 FILE = "critic.safetensors"   # weights, and the arch and training record as metadata (no pickle)
 # Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (generate.critic_scores).
@@ -41,41 +41,74 @@ FILE = "critic.safetensors"   # weights, and the arch and training record as met
 # five and 62% first against 47% and 64% with critics of 600 steps, 52-54% and 68% against 50% and
 # 66-68% with critics of 1,200 (docs/rating.md).
 MMI_WEIGHT = 2.0
+MATCH = 128   # width of the word matching of a critic that reads the answered turn (turn > 0)
 
 
 class Critic(nn.Module):
     """Hierarchical encoder (the model's shapes) + a head on [h_before, e_reply, h_after]: the
-    context state, the reply's encoding and the context state after reading the reply."""
+    context state, the reply's encoding and the context state after reading the reply.
 
-    def __init__(self, arch, vocab_size: int, hidden: int = 256):
+    With turn = N > 0 it also reads the words of the turn the reply answers: each reply word
+    attends over the first N words of that turn (both projected to MATCH dimensions), and the
+    head reads the mean and the max over the reply's words of word * what it read, the matching
+    features of Wang and Jiang's (2017) compare-aggregate models. h is one vector for the whole
+    context; whether "9:00." answers "What time ...?" is a question of two turns' words."""
+
+    def __init__(self, arch, vocab_size: int, hidden: int = 256, turn: int = 0):
         super().__init__()
         # embeddings, utterance and context RNNs only: its context rows are h, never attended words
         self.encoder = Hierarchical(replace(arch, attention=0), vocab_size)
+        self.turn = turn
         hc, hu = arch.ctx_hidden, 2 * arch.utt_hidden
-        self.head = nn.Sequential(nn.Linear(2 * hc + hu, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        if turn:
+            self.word_proj = nn.Linear(hu, MATCH)
+        self.head = nn.Sequential(nn.Linear(2 * hc + hu + (2 * MATCH if turn else 0), hidden), nn.Tanh(),
+                                  nn.Linear(hidden, 1))
 
     def context(self, contexts: list[list[list[int]]]) -> torch.Tensor:
-        """The context RNN's state after each context's last turn: (C, Hc)."""
+        """The context RNN's state after each context's last turn: (C, Hc); with turn = N, the
+        last turn's first N words after it, projected, and their mask: (C, Hc + N*MATCH + N)."""
         b = collate(contexts).to(self.device)
-        return self.encoder.final_states(b.tokens, b.lens, b.turns)
+        h, words, last = self.encoder.last_turns(b.tokens, b.lens, b.turns)  # (C, Hc)
+        if not self.turn:
+            return h
+        states, mask = first_words(words, last, self.turn)                  # (C, N, 2*Hu), (C, N)
+        return torch.cat([h, self.word_proj(states).flatten(1), mask.to(h.dtype)], dim=-1)
 
-    def forward(self, h: torch.Tensor, replies: list[list[int]], before: list[int]) -> torch.Tensor:
-        """Logits (P,) that each reply is a person's, h (P, Hc) the state of its context and
-        before (P,) its turns (the reply is the next, spoken by whoever's turn it is)."""
+    def forward(self, ctx: torch.Tensor, replies: list[list[int]], before: list[int]) -> torch.Tensor:
+        """Logits (P,) that a reader keeps each reply, ctx (P, ...) its context's row of
+        context() and before (P,) its turns (the reply is the next, spoken by whoever's turn it is)."""
+        hc = self.encoder.cfg.ctx_hidden
+        h = ctx[:, :hc]                                                     # (P, Hc)
         b = collate([[r] for r in replies]).to(self.device)
-        e = self.encoder.encode_utterances(b.tokens[:, 1:], b.lens - 1)     # (P, 2*Hu)
+        e, words = self.encoder.encode_words(b.tokens[:, 1:], b.lens - 1)   # (P, 2*Hu)
         x = self.encoder.with_floor(e, torch.tensor(before, device=e.device))  # (P, 2*Hu [+ 2])
         _, after = self.encoder.ctx_rnn(x.unsqueeze(1), h.unsqueeze(0).contiguous())  # (1, P, Hc)
-        return self.head(torch.cat([h, e, after[0]], dim=-1)).squeeze(-1)  # (P,)
+        parts = [h, e, after[0]]
+        if self.turn:
+            parts.append(self.match(ctx[:, hc:], words))
+        return self.head(torch.cat(parts, dim=-1)).squeeze(-1)             # (P,)
+
+    def match(self, turn: torch.Tensor, words) -> torch.Tensor:
+        """[mean ; max] over each reply's words of r_i * a_i, r_i the projected word and a_i its
+        attention read of the answered turn's words: turn (P, N*MATCH + N) -> (P, 2*MATCH)."""
+        N = self.turn
+        mem, mask = turn[:, :N * MATCH].unflatten(1, (N, MATCH)), turn[:, N * MATCH:] > 0.5  # (P, N, M), (P, N)
+        r, rmask = first_words(words, torch.arange(len(turn)), int(words.batch_sizes.shape[0]))  # (P, Lr, 2*Hu)
+        r = self.word_proj(r)                                               # (P, Lr, M)
+        both = r * self.encoder.read(r, mem, mask)                          # (P, Lr, M)
+        keep = rmask.unsqueeze(-1)
+        mean = (both * keep).sum(1) / rmask.sum(1, keepdim=True).clamp(min=1)
+        return torch.cat([mean, both.masked_fill(~keep, float("-inf")).amax(1)], dim=-1)
 
     @property
     def device(self):
         return self.head[0].weight.device
 
 
-def from_model(model, arch) -> Critic:
+def from_model(model, arch, turn: int = 0) -> Critic:
     """A critic whose encoder starts as the model's (each tensor whose shape fits)."""
-    critic = Critic(arch, model.vocab_size)
+    critic = Critic(arch, model.vocab_size, turn=turn)
     own = critic.encoder.state_dict()
     own.update({k: v for k, v in model.state_dict().items() if k in own and v.shape == own[k].shape})
     critic.encoder.load_state_dict(own)
@@ -127,7 +160,7 @@ def load(run: str) -> Critic | None:
         return None
     try:
         meta = record(folder)
-        critic = Critic(ModelConfig(**meta["arch"]), meta["vocab_size"])
+        critic = Critic(ModelConfig(**meta["arch"]), meta["vocab_size"], turn=meta.get("turn", 0))
         critic.load_state_dict(load_file(path))
     except Exception as e:   # safetensors raises errors of its own: any fault of the file is one line
         raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); train it again with "

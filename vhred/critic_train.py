@@ -105,7 +105,8 @@ def pair_accuracy(critic: Critic, data) -> float:
     return right / total if total else float("nan")
 
 
-def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, log=print) -> dict:
+def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, turn: int = 0,
+          log=print) -> dict:
     """Train a critic for a checkpoint's model on the rounds' labels; returns what critic.safetensors holds."""
     model, cfg, sp = checkpoint.load_model(path)
     data, held = encoded(rounds, sp, cfg), encoded(held_out, sp, cfg)
@@ -113,7 +114,7 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
         raise InputError("the rounds hold no context whose replies the readers judged differently")
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    critic = from_model(model, cfg.arch)
+    critic = from_model(model, cfg.arch, turn)
     opt = torch.optim.Adam(critic.parameters(), lr=lr)
     start_held = pair_accuracy(critic, held) if held else None
     log(f"critic: {len(data)} contexts, {sum(len(r) for _, r in data):,} rated replies"
@@ -139,7 +140,7 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
         result.update(held_out=[os.path.normpath(r) for r in held_out], held_out_pair_accuracy_start=start_held,
                       held_out_pair_accuracy=pair_accuracy(critic, held))
     return {"weights": critic.state_dict(), "arch": dataclasses.asdict(cfg.arch),
-            "vocab_size": critic.encoder.vocab_size, "training": result}
+            "vocab_size": critic.encoder.vocab_size, "turn": turn, "training": result}
 
 
 def parse_args(argv):
@@ -152,8 +153,11 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=1200, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
     p.add_argument("--lr", type=float, default=3e-5, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--turn", type=int, default=0, metavar="N",
+                   help="also match the reply's words with the first N words of the turn it answers (default %(default)s: no)")
     args = p.parse_args(argv)
     limits.count("--steps", args.steps, 1, MAX_INT)
+    limits.count("--turn", args.turn, 0, 1024)
     rounds = [d for d in args.ratings if os.path.isfile(os.path.join(d, "key.json"))]
     rounds += [os.path.dirname(k) for d in args.ratings for k in sorted(glob.glob(os.path.join(d, "*", "key.json")))]
     if not rounds:
@@ -167,7 +171,7 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     path = checkpoint.resolve(args.checkpoint)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    state = train(path, args.rounds, args.held_out, args.steps, args.lr, args.seed,
+    state = train(path, args.rounds, args.held_out, args.steps, args.lr, args.seed, args.turn,
                   log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps({"critic": save(state, folder), **state["training"]}))
 

@@ -74,6 +74,8 @@ class Hierarchical(nn.Module):
 
     The contract every family meets (train, generate, scoring and the API rely on no more):
       latent, z_dim          whether decoding is conditioned on a latent, and its size
+      attends                whether it takes attention=N (the context rows then carry the
+                             answered turn's words after h: read them through summary() and split())
       forward(tokens, lens, turns) -> dict: nll (T,), n_tokens, and for latent families
                              kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
       objective(out, beta, free_bits, n_tokens) -> the loss per token the optimiser minimises
@@ -86,6 +88,7 @@ class Hierarchical(nn.Module):
                              default), each made after the step before it
     """
     latent = False
+    attends = False
     z_dim = 0
 
     @property
@@ -156,12 +159,9 @@ class Hierarchical(nn.Module):
         """The attended turn of each context row: utterances `rows` of the packed word states,
         their first N words projected to the decoder's width, flat with their mask:
         (R,) -> (R, N*Hd + N)."""
-        N = self.cfg.attention
-        states, lens = pad_packed_sequence(words, batch_first=True)         # (U, L, 2*Hu), (U,) host
-        states = F.pad(states[rows, :N], (0, 0, 0, max(0, N - states.shape[1])))  # (R, N, 2*Hu)
+        states, mask = first_words(words, rows, self.cfg.attention)         # (R, N, 2*Hu), (R, N)
         mem = self.mem_proj(self.drop(states))                              # (R, N, Hd)
-        mask = torch.arange(N) < lens[rows.cpu()].unsqueeze(1)               # (R, N) words that exist
-        return torch.cat([mem.flatten(1), mask.to(mem.device, mem.dtype)], dim=-1)
+        return torch.cat([mem.flatten(1), mask.to(mem.dtype)], dim=-1)
 
     def summary(self, ctx):
         """Context rows without the attended words: (T, Hc) with attention; the rows themselves
@@ -208,10 +208,15 @@ class Hierarchical(nn.Module):
 
     def final_states(self, tokens, lens, turns):
         """The context state after the last turn of each dialogue: (B, Hc [+ memory])."""
+        return self.with_memory(*self.last_turns(tokens, lens, turns))
+
+    def last_turns(self, tokens, lens, turns):
+        """Each dialogue's context state after its last turn h (B, Hc), the packed word states
+        of every utterance, and which utterance is each dialogue's last (B,)."""
         enc, words = self.encode_words(tokens[:, 1:], lens - 1)             # (U, 2*Hu)
         turns = turns.cpu()
         h = self.encode_context(self.context_inputs(enc, turns), turns, torch.arange(len(turns)), turns - 1)
-        return self.with_memory(h, words, torch.cumsum(turns, 0) - 1)     # each dialogue's last turn
+        return h, words, torch.cumsum(turns, 0) - 1
 
     def with_memory(self, h, words, rows):
         """Context rows: h (T, Hc), and with attention the words of utterances `rows` after it."""
@@ -347,6 +352,15 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
     if "extra" in out:
         loss = loss + out["extra"]
     return loss / max(n_tokens or out["n_tokens"], 1)
+
+
+def first_words(words: PackedSequence, rows: torch.Tensor, n: int):
+    """The first n word states of utterances `rows` of packed word states, zero after an
+    utterance's end, and the mask of the words that exist: (R,) -> (R, n, D), (R, n)."""
+    states, lens = pad_packed_sequence(words, batch_first=True)             # (U, L, D), (U,) host
+    states = F.pad(states[rows, :n], (0, 0, 0, max(0, n - states.shape[1])))  # (R, n, D)
+    mask = torch.arange(n) < lens[rows.cpu()].unsqueeze(1)                  # (R, n)
+    return states, mask.to(states.device)
 
 
 def run_rnn(rnn: nn.GRU, x, state=None):
