@@ -95,6 +95,17 @@ def test_a_critic_that_reads_the_turn_matches_the_replys_words_with_its_words(vh
     assert together[1] == pytest.approx(want, abs=1e-5)
 
 
+def test_the_matching_projection_learns_at_its_own_rate(vhred_model):
+    """It starts random where the encoders start from the model: MATCH_LR_SCALE x lr for it alone."""
+    model, cfg, _ = vhred_model
+    judge = critic.from_model(model, cfg.arch, turn=4)
+    groups = judge.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3, 1e-3 * critic.MATCH_LR_SCALE])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in judge.word_proj.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(judge.parameters()))
+    assert [g["lr"] for g in critic.from_model(model, cfg.arch).param_groups(1e-3)] == [1e-3]
+
+
 def _word_states(model, ids):
     """The utterance GRU's state at each word of one utterance, read alone: (L, 2*Hu)."""
     from torch.nn.utils.rnn import pad_packed_sequence

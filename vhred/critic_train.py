@@ -115,7 +115,7 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
     torch.manual_seed(seed)
     rng = random.Random(seed)
     critic = from_model(model, cfg.arch, turn)
-    opt = torch.optim.Adam(critic.parameters(), lr=lr)
+    opt = torch.optim.Adam(critic.param_groups(lr))
     start_held = pair_accuracy(critic, held) if held else None
     log(f"critic: {len(data)} contexts, {sum(len(r) for _, r in data):,} rated replies"
         + (f"; held-out pairwise accuracy at start {start_held:.3f}" if held else ""))
