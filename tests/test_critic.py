@@ -124,6 +124,12 @@ def test_the_critics_file_keeps_how_many_turn_words_it_reads(vhred_model, tmp_pa
     back = critic.load(str(tmp_path))
     ctx, reply = contexts(sp, cfg)[1], sp.encode("On Monday .")
     assert back.turn == 6 and critic.scores(back, [ctx], [reply]) == critic.scores(judge, [ctx], [reply])
+    # a file of the critics before --turn (no "turn" in its record) reads h alone, as it was trained
+    old = critic.from_model(model, cfg.arch).eval()
+    critic.save({"weights": old.state_dict(), "arch": dataclasses.asdict(cfg.arch),
+                 "vocab_size": old.encoder.vocab_size}, str(tmp_path))
+    back = critic.load(str(tmp_path))
+    assert back.turn == 0 and critic.scores(back, [ctx], [reply]) == critic.scores(old, [ctx], [reply])
 
 
 def _dialogue(dialogues):
@@ -199,6 +205,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     meta = critic.record(str(run))["training"]
     assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
+    assert critic.record(str(run))["turn"] == critic.TURN == 32   # the default reads the answered turn's words
     # the readers kept the thanks on other contexts too: the critic orders them first there
     assert meta["held_out_pair_accuracy"] > max(0.9, meta["held_out_pair_accuracy_start"]), meta
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from . import checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
-from .critic import Critic, from_model, save
+from .critic import TURN, Critic, from_model, save
 from .errors import InputError
 
 CONTEXTS = 8        # contexts per step
@@ -105,7 +105,7 @@ def pair_accuracy(critic: Critic, data) -> float:
     return right / total if total else float("nan")
 
 
-def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, turn: int = 0,
+def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, turn: int = TURN,
           log=print) -> dict:
     """Train a critic for a checkpoint's model on the rounds' labels; returns what critic.safetensors holds."""
     model, cfg, sp = checkpoint.load_model(path)
@@ -153,8 +153,8 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=1200, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
     p.add_argument("--lr", type=float, default=3e-5, help="Adam's learning rate (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--turn", type=int, default=0, metavar="N",
-                   help="also match the reply's words with the first N words of the turn it answers (default %(default)s: no)")
+    p.add_argument("--turn", type=int, default=TURN, metavar="N",
+                   help="match the reply's words with the first N words of the turn it answers (default %(default)s; 0: no)")
     args = p.parse_args(argv)
     limits.count("--steps", args.steps, 1, MAX_INT)
     limits.count("--turn", args.turn, 0, 1024)
