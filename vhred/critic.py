@@ -44,7 +44,7 @@ MMI_WEIGHT = 2.0
 # The critic matches the reply with the first TURN words of the turn it answers (`vhred critic
 # --turn`; 0: it reads h alone, as critics before 2026-12-01 and their files do). Rated blind
 # against the same critic without it on 120 new contexts (thirtieth to thirty-second rounds, six
-# readers): +3 [+1, +5] points more good replies of the five shown, +2 [-3, +8] first (docs/rating.md).
+# readers): +3 [+1, +5] points more good replies of the five shown, +2 [-3, +7.5] first (docs/rating.md).
 TURN = 32
 MATCH = 128   # width of the word matching
 # The matching projection starts random, unlike the encoders it reads (the model's): at their
