@@ -200,9 +200,11 @@ def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
     ctx = encode_turns(sp, ["hello , how are you ?"], cfg.max_utt_len, cfg.max_context)
     rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8, min_len=0))[0]
     assert [sp.decode(r[0]) for r in rows] == ["ate won .   gou?", "can'  ski We", "I carrieGWed s"]
-    assert [r[1] for r in rows] == pytest.approx([-4.2463662889268665, -4.619231541951497, -4.793761359320746])
+    # float32 sums differ in their last bits between CPUs' kernels (8e-7 in the PMI on an AMD EPYC
+    # against the machine that recorded them): "as before" is to 1e-5, far below any change of the math
+    assert [r[1] for r in rows] == pytest.approx([-4.2463662889268665, -4.619231541951497, -4.793761359320746], abs=1e-5)
     assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."], kind="pmi") == \
-        pytest.approx([0.25901876177106586, 0.1969212618741122])
+        pytest.approx([0.25901876177106586, 0.1969212618741122], abs=1e-5)
 
 
 @pytest.mark.slow   # subprocesses: the command as a user runs it
