@@ -25,6 +25,7 @@ from dataclasses import replace
 
 import torch
 import torch.nn as nn
+from torch.nn.utils.rnn import pad_packed_sequence
 
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
@@ -110,7 +111,8 @@ class Critic(nn.Module):
         attention read of the answered turn's words: turn (P, N*MATCH + N) -> (P, 2*MATCH)."""
         N = self.turn
         mem, mask = turn[:, :N * MATCH].unflatten(1, (N, MATCH)), turn[:, N * MATCH:] > 0.5  # (P, N, M), (P, N)
-        r, rmask = first_words(words, torch.arange(len(turn)), int(words.batch_sizes.shape[0]))  # (P, Lr, 2*Hu)
+        r, lens = pad_packed_sequence(words, batch_first=True)              # (P, Lr, 2*Hu), (P,) host
+        rmask = (torch.arange(r.shape[1]) < lens.unsqueeze(1)).to(r.device)  # (P, Lr) words that exist
         r = self.word_proj(r)                                               # (P, Lr, M)
         both = r * self.encoder.read(r, mem, mask)                          # (P, Lr, M)
         keep = rmask.unsqueeze(-1)
