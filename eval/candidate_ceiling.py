@@ -233,7 +233,7 @@ def main(argv=None):
     b.add_argument("--answers", action="append", required=True)
     b.add_argument("--system", action="append", required=True, help="NAME=FILE written by pool (or any system file)")
     b.add_argument("--grid", action="store_true", help="also every MMI lambda and gamma of eval/rated_ranking.py")
-    b.add_argument("--critic", help="a run folder with critic.pt: also rank by the reply critic")
+    b.add_argument("--critic", help="a run folder with critic.safetensors: also rank by the reply critic")
     r = sub.add_parser("replay", help="rankings on pools rated across several rounds")
     r.add_argument("--pool", action="append", required=True, help="a file written by pool, every reply rated in --rounds")
     r.add_argument("--rounds", nargs="+", required=True, metavar="DIR", help="rating rounds (key.json and rater*.txt) that label the pools")
