@@ -74,15 +74,16 @@ def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple
 def pair_loss(critic: Critic, batch) -> torch.Tensor:
     """RankNet's loss over every two replies of a context with different shares kept:
     softplus(-(s_better - s_worse)), weighted by the difference of their shares."""
-    contexts, replies, kept, owner = [], [], [], []
-    for i, (ctx, rows) in enumerate(batch):
+    replies, kept, owner = [], [], []
+    for i, (_, rows) in enumerate(batch):
         for ids, k in rows:
-            contexts.append(ctx)
             replies.append(ids)
             kept.append(k)
             owner.append(i)
-    s = critic(critic.context(contexts), replies, [len(c) for c in contexts])  # (R,)
-    kept, owner = torch.tensor(kept, device=s.device), torch.tensor(owner, device=s.device)
+    owner = torch.tensor(owner)
+    rows = critic.context([ctx for ctx, _ in batch])[owner.to(critic.device)]  # each context read once: (R, ...)
+    s = critic(rows, replies, [len(batch[i][0]) for i in owner.tolist()])  # (R,)
+    kept, owner = torch.tensor(kept, device=s.device), owner.to(s.device)
     gap = kept[:, None] - kept[None, :]                                     # (R, R): > 0 where row beats column
     pairs = (owner[:, None] == owner[None, :]) & (gap > 0)
     margin = s[:, None] - s[None, :]
