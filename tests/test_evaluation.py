@@ -205,14 +205,17 @@ def test_dialogwae_seen_targets_are_the_training_splits_own_exchanges():
     assert dw.seen_in_training(train, [(["A table for two."], "Hi!")]) == [False]   # the reply, after another turn
 
 
-def test_dialogwae_unseen_scores_are_the_scores_of_the_unseen_targets_alone():
+def test_dialogwae_unseen_and_seen_scores_are_the_scores_of_each_part_alone():
     hit, miss, ref = ["i", "am", "fine", "</s>"], ["no", "</s>"], ["i", "am", "fine", "</s>"]
     responses, refs = [[hit, miss], [miss, miss], [hit, hit]], [ref, ref, ref]
-    u = dw.unseen_scores(responses, refs, [True, False, False])
+    u = dw.overlap_scores(responses, refs, [True, False, False])
     alone = dw.scores(responses[1:], refs[1:])
     assert u["unseen_contexts"] == 2 and u["unseen-bleu-f1"] == pytest.approx(alone["bleu-f1"])
     assert u["unseen-bleu-recall"] == pytest.approx((dw.bleu(miss, ref) + dw.bleu(hit, ref)) / 2)
-    assert dw.unseen_scores(responses, refs, [True] * 3) == {"unseen_contexts": 0}
+    assert u["seen_contexts"] == 1 and u["seen-bleu-recall"] == pytest.approx(dw.bleu(hit, ref))
+    assert u["seen-bleu-precision"] == pytest.approx((dw.bleu(hit, ref) + dw.bleu(miss, ref)) / 2)
+    assert dw.overlap_scores(responses, refs, [True] * 3)["unseen_contexts"] == 0
+    assert "unseen-bleu-f1" not in dw.overlap_scores(responses, refs, [True] * 3)
     assert dw.bleu(ref, ref) > 1.0   # method7: an exact copy scores above 1, so recall can too
 
 
@@ -245,7 +248,9 @@ def test_nearest_neighbour_command_scores_the_tiny_split(dailydialog_zip, data_d
     rows = [json.loads(line) for line in open(tmp_path / "samples-dialogwae-test.jsonl")]
     assert m["contexts"] == 40 == len(rows) and all(len(r["samples"]) == 10 for r in rows)
     assert m["unseen_contexts"] == sum(not r["seen_in_training"] for r in rows)
-    assert 0 < m["bleu-precision"] <= m["bleu-recall"] and "unseen-bleu-f1" in capsys.readouterr().out
+    assert m["seen_contexts"] == sum(r["seen_in_training"] for r in rows) == 40 - m["unseen_contexts"]
+    out = capsys.readouterr().out
+    assert 0 < m["bleu-precision"] <= m["bleu-recall"] and "unseen-bleu-f1" in out and "| seen_contexts" in out
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it

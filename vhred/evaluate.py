@@ -80,6 +80,9 @@ LEGEND = [
     ("unseen_contexts", "", "unseen contexts: targets whose reply the training split does not hold after the same turn"),
     ("unseen", "higher", "unseen: only the targets whose reply the training split does not hold after the same turn "
                          "(DialogWAE's protocol; an exact copy of a reference scores up to 1.15 under its BLEU)"),
+    ("seen_contexts", "", "seen contexts: targets whose reply the training split holds after the same turn"),
+    ("seen", "", "seen: only the targets whose reply the training split holds after the same turn, where "
+                 "recalling a training reply scores (higher is not better there)"),
     ("contexts", "", "contexts scored"),
     ("bleu", "higher", "BLEU-n: n-gram overlap of the responses with the one reference (precision: the mean over a "
                        "context's responses, recall: the best one, f1: their harmonic mean; averaged over contexts)"),
