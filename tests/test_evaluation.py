@@ -308,3 +308,47 @@ def test_z_temperature_zero_decodes_one_reply_per_context_and_one_is_the_prior(t
     assert table[-1].startswith("| 1 | ") and f"{at1['bleu-f1']:.3f} |" in table[-1]
     with pytest.raises(SystemExit):
         z_temperature.main(["--checkpoint", trained["vhred"], "--scales", "-1"])
+
+
+def test_exemplar_z_is_the_posterior_mean_of_the_training_batch(vhred_model):
+    """eval.exemplar_z reads an exemplar reply as training reads a target: its z equals the
+    posterior mean that model.targets() and model.posterior() give for the dialogue (context, reply)."""
+    import torch
+    from eval.exemplar_z import exemplar_z
+    from vhred.dataset import collate
+    model, cfg, sp = vhred_model
+    model.eval()
+    context = [sp.encode("hi , how are you ?"), sp.encode("fine , thanks . and you ?")]
+    replies = [sp.encode("not bad ."), sp.encode("i am tired , i worked all day .")]
+    z = exemplar_z(model, context, replies)
+    assert z.shape == (2, model.z_dim)
+    with torch.inference_mode():
+        for reply, row in zip(replies, z):
+            b = collate([context + [reply]])
+            enc, ctx, _, _ = model.targets(b.tokens, b.lens, b.turns)   # one row per turn after the first
+            mean, _ = model.posterior(ctx[-1:], enc[-1:])
+            assert torch.allclose(row, mean[0].float(), atol=1e-5)
+    assert not torch.allclose(z[0], z[1])   # two replies, two latents
+
+
+def test_exemplar_z_without_exemplars_shows_what_generate_shows(trained, tmp_path):
+    """--exemplars 0 pools the prior's draws alone: the chat's own five (vhred.generate), in order;
+    with exemplars, each line says which shown replies only the exemplars' z drew."""
+    from eval import exemplar_z
+    contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."], ["What time is it ?"]]
+    src = tmp_path / "contexts.jsonl"
+    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    exemplar_z.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "x0.jsonl"),
+                     "--exemplars", "0"])
+    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
+                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--device", "cpu"],
+                   cwd=ROOT, check=True, capture_output=True)
+    ours = [json.loads(line) for line in open(tmp_path / "x0.jsonl")]
+    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
+    assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
+    exemplar_z.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "x.jsonl"),
+                     "--exemplars", "6", "--show-exemplars"])
+    rows = [json.loads(line) for line in open(tmp_path / "x.jsonl")]
+    for r, c in zip(rows, contexts):
+        assert r["context"] == c and 1 <= len(r["samples"]) <= 5 and len(r["from_exemplar"]) == len(r["samples"])
+        assert len(r["exemplars"]) == 6 and 0 <= sum(r["from_exemplar"]) <= r["new_replies"] <= 6
