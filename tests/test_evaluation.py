@@ -352,3 +352,34 @@ def test_exemplar_z_without_exemplars_shows_what_generate_shows(trained, tmp_pat
     for r, c in zip(rows, contexts):
         assert r["context"] == c and 1 <= len(r["samples"]) <= 5 and len(r["from_exemplar"]) == len(r["samples"])
         assert len(r["exemplars"]) == 6 and 0 <= sum(r["from_exemplar"]) <= r["new_replies"] <= 6
+
+
+def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained, tmp_path):
+    """eval.pooled_draws: a model pooled with itself draws the same replies twice, so the shown five
+    are vhred.generate's at 8 draws per reply (half of 16) and none is the second model's alone; with
+    HRED second, each line says which replies only HRED drew; runs with different tokenizers are refused."""
+    import shutil
+    from eval import pooled_draws
+    contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."], ["What time is it ?"]]
+    src = tmp_path / "contexts.jsonl"
+    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["vhred"], "--input", str(src),
+                       "--output", str(tmp_path / "self.jsonl")])
+    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
+                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--draws", "8", "--device", "cpu"],
+                   cwd=ROOT, check=True, capture_output=True)
+    ours = [json.loads(line) for line in open(tmp_path / "self.jsonl")]
+    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
+    assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
+    assert not any(f for r in ours for f in r["from_second"])
+    pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["hred"], "--input", str(src),
+                       "--output", str(tmp_path / "mixed.jsonl")])
+    mixed = [json.loads(line) for line in open(tmp_path / "mixed.jsonl")]
+    assert [r["context"] for r in mixed] == contexts
+    assert all(1 <= len(r["samples"]) <= 5 and len(r["from_second"]) == len(r["samples"]) for r in mixed)
+    other = tmp_path / "other"
+    shutil.copytree(trained["hred"], other)
+    (other / "tokenizer.model").write_bytes(b"another tokenizer")
+    with pytest.raises(SystemExit, match="different tokenizers"):
+        pooled_draws.main(["--checkpoint", trained["vhred"], "--second", str(other), "--input", str(src),
+                           "--output", str(tmp_path / "x.jsonl")])

@@ -1,0 +1,70 @@
+"""The chat's draws shared between two models: half from each, ranked by the first model's ranking.
+
+Readers' first-reply misses are turns where none of a model's draws holds a fitting reply
+(docs/rating.md). Two models trained alike make different mistakes; half of the 80 draws from
+each, pooled, repeats dropped, faulty ones last, and ranked as the first model's chat ranks (its
+critic + 2 x MMI when its folder holds a critic), keeps the chat's budget of draws and widens
+what they hold. The two runs must share one tokenizer (runs of one config and data do).
+
+    python -m eval.pooled_draws --checkpoint RUN --second RUN2 --input contexts.jsonl --output sys-p.jsonl
+
+Writes generate's JSONL (context, samples, scores) and, per line, which shown replies only the
+second model drew ("from_second").
+"""
+import argparse
+import filecmp
+import json
+import os
+from dataclasses import replace
+
+from vhred import checkpoint
+from vhred.device import pick_device
+from vhred.errors import InputError
+from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
+                            shown_filter, spaced)
+
+
+def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions):
+    """The shown opts.num_samples replies from opts.draws x num_samples draws, half from each model,
+    and for each whether only the second model drew it."""
+    ids = encode_turns(sp, context, cfg.max_utt_len, cfg.max_context)
+    half = replace(opts, num_samples=opts.draws * opts.num_samples // 2, rank="none", dedup=False)
+    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
+    mine = _dedup(generate(first, [ids], half)[0], key=same)
+    theirs = _dedup(generate(second, [ids], half)[0], key=same)
+    pool = _dedup(mine + theirs, key=same)
+    only_second = {same(r[0]) for r in pool[len(mine):]}
+    ranked = _rank(first, [ids], [pool], opts)[0]
+    if keep:
+        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
+    shown = ranked[:opts.num_samples]
+    return shown, [same(r[0]) in only_second for r in shown]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the first model: its tokenizer, config and ranking")
+    p.add_argument("--second", required=True, help="the second model, with the same tokenizer")
+    p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')
+    p.add_argument("--output", required=True)
+    p.add_argument("--num-samples", type=int, default=5)
+    args = p.parse_args(argv)
+    if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
+                       shallow=False):
+        raise SystemExit("the two runs have different tokenizers: pool draws of runs made with one config and data")
+    first, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device("cpu"))
+    second, _, _ = checkpoint.load_model(args.second, pick_device("cpu"))
+    opts = DecodeOptions(num_samples=args.num_samples).check()
+    with open(args.output, "w") as out:
+        for line in open(args.input):
+            context = json.loads(line)["context"]
+            shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts)
+            out.write(json.dumps({"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],
+                                  "scores": [round(r[1], 4) for r in shown], "from_second": from_second}) + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:
+        raise SystemExit(str(e))
