@@ -21,12 +21,14 @@ from dataclasses import replace
 
 import torch
 
+from eval.pooled_draws import shown_of
 from vhred import checkpoint
+from vhred.cli import command
 from vhred.dataset import collate
 from vhred.device import pick_device
 from vhred.evaluate import split_dialogues
-from vhred.generate import (DecodeOptions, Response, _dedup, _rank, context_states, encode_turns, generate,
-                            response_text, same_reply, shown_filter, spaced)
+from vhred.generate import (DecodeOptions, Response, context_states, encode_turns, generate, response_text,
+                            same_reply, spaced)
 from vhred.nearest import Index
 
 
@@ -54,15 +56,13 @@ def replies_for(model, cfg, sp, index, context: list[str], opts: DecodeOptions, 
         z = exemplar_z(model, ids, ex_ids)                                  # (K, Z)
         found = generate(model, [ids] * len(z), replace(opts, num_samples=1, rank="none", dedup=False), z=z)
         pooled += [Response(r[0][0], r[0][1], r[0].z) for r in found]
-    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
-    pooled = _dedup(pooled, key=same)   # a reply the prior also drew counts as the prior's
-    new = {same(r[0]) for r in pooled[len(_dedup(prior, key=same)):]}
-    ranked = _rank(model, [ids], [pooled], opts)[0]
-    if keep:
-        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
-    return ranked[:n], exemplars, [same(r[0]) in new for r in ranked[:n]], len(new)
+    same = same_reply(sp)
+    new = {same(r[0]) for r in pooled[len(prior):]} - {same(r[0]) for r in prior}   # a reply the prior also drew is the prior's
+    shown = shown_of(model, cfg, sp, ids, pooled, opts)
+    return shown, exemplars, [same(r[0]) in new for r in shown], len(new)
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)

@@ -18,10 +18,21 @@ import os
 from dataclasses import replace
 
 from vhred import checkpoint
+from vhred.cli import command
 from vhred.device import pick_device
 from vhred.errors import InputError
 from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
                             shown_filter, spaced)
+
+
+def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions):
+    """What the chat shows from a pool of draws for one context: repeats (by the words a reader
+    sees) dropped, ranked by model's ranking, faulty ones last, the first opts.num_samples."""
+    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
+    ranked = _rank(model, [ids], [_dedup(pool, key=same)], opts)[0]
+    if keep:
+        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
+    return ranked[:opts.num_samples]
 
 
 def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions):
@@ -29,18 +40,14 @@ def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions):
     and for each whether only the second model drew it."""
     ids = encode_turns(sp, context, cfg.max_utt_len, cfg.max_context)
     half = replace(opts, num_samples=opts.draws * opts.num_samples // 2, rank="none", dedup=False)
-    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
-    mine = _dedup(generate(first, [ids], half)[0], key=same)
-    theirs = _dedup(generate(second, [ids], half)[0], key=same)
-    pool = _dedup(mine + theirs, key=same)
-    only_second = {same(r[0]) for r in pool[len(mine):]}
-    ranked = _rank(first, [ids], [pool], opts)[0]
-    if keep:
-        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
-    shown = ranked[:opts.num_samples]
-    return shown, [same(r[0]) in only_second for r in shown]
+    same = same_reply(sp)
+    mine, theirs = generate(first, [ids], half)[0], generate(second, [ids], half)[0]
+    shown = shown_of(first, cfg, sp, ids, mine + theirs, opts)
+    drawn_by_first = {same(r[0]) for r in mine}
+    return shown, [same(r[0]) not in drawn_by_first for r in shown]
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="the first model: its tokenizer, config and ranking")
@@ -51,7 +58,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
                        shallow=False):
-        raise SystemExit("the two runs have different tokenizers: pool draws of runs made with one config and data")
+        raise InputError("the two runs have different tokenizers: pool draws of runs made with one config and data")
     first, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device("cpu"))
     second, _, _ = checkpoint.load_model(args.second, pick_device("cpu"))
     opts = DecodeOptions(num_samples=args.num_samples).check()
@@ -64,7 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except InputError as e:
-        raise SystemExit(str(e))
+    main()

@@ -354,7 +354,7 @@ def test_exemplar_z_without_exemplars_shows_what_generate_shows(trained, tmp_pat
         assert len(r["exemplars"]) == 6 and 0 <= sum(r["from_exemplar"]) <= r["new_replies"] <= 6
 
 
-def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained, tmp_path):
+def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained, tmp_path, capsys):
     """eval.pooled_draws: a model pooled with itself draws the same replies twice, so the shown five
     are vhred.generate's at 8 draws per reply (half of 16) and none is the second model's alone; with
     HRED second, each line says which replies only HRED drew; runs with different tokenizers are refused."""
@@ -380,6 +380,7 @@ def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained,
     other = tmp_path / "other"
     shutil.copytree(trained["hred"], other)
     (other / "tokenizer.model").write_bytes(b"another tokenizer")
-    with pytest.raises(SystemExit, match="different tokenizers"):
+    with pytest.raises(SystemExit) as refused:
         pooled_draws.main(["--checkpoint", trained["vhred"], "--second", str(other), "--input", str(src),
                            "--output", str(tmp_path / "x.jsonl")])
+    assert refused.value.code == 2 and "different tokenizers" in capsys.readouterr().err
