@@ -27,7 +27,7 @@ from vhred.cli import command
 from vhred.dataset import collate
 from vhred.device import pick_device
 from vhred.evaluate import split_dialogues
-from vhred.generate import (DecodeOptions, Response, context_states, encode_turns, generate, response_text,
+from vhred.generate import (DecodeOptions, context_states, encode_turns, generate, response_text,
                             same_reply, spaced)
 from vhred.nearest import Index
 
@@ -55,7 +55,7 @@ def replies_for(model, cfg, sp, index, context: list[str], opts: DecodeOptions, 
         ex_ids = [sp.encode(t)[:cfg.max_utt_len] for t in exemplars]
         z = exemplar_z(model, ids, ex_ids)                                  # (K, Z)
         found = generate(model, [ids] * len(z), replace(opts, num_samples=1, rank="none", dedup=False), z=z)
-        pooled += [Response(r[0][0], r[0][1], r[0].z) for r in found]
+        pooled += [row[0] for row in found]                              # one draw per exemplar
     same = same_reply(sp)
     new = {same(r[0]) for r in pooled[len(prior):]} - {same(r[0]) for r in prior}   # a reply the prior also drew is the prior's
     shown = shown_of(model, cfg, sp, ids, pooled, opts)
