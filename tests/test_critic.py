@@ -200,11 +200,13 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
                                                 ["Can I help you ?", "Yes , a ticket please ."]])
     held = rating_round(tmp_path / "round2", [["Your tea , sir ."], ["I fixed your car ."]])
     r = subprocess.run([sys.executable, "-m", "vhred", "critic", "--checkpoint", str(run), "--ratings", taught,
-                        "--held-out", held, "--steps", "150", "--lr", "0.003"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
+                        "--held-out", held, "--steps", "150", "--lr", "0.003", "--pretrain", "20"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
+    assert "pretraining step" not in r.stderr and "held-out pairwise accuracy after pretraining" in r.stderr
     meta = critic.record(str(run))["training"]
     assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
+    assert meta["pretrain"] == 20
     assert critic.record(str(run))["turn"] == critic.TURN == 32   # the default reads the answered turn's words
     # the readers kept the thanks on other contexts too: the critic orders them first there
     assert meta["held_out_pair_accuracy"] > max(0.9, meta["held_out_pair_accuracy_start"]), meta
@@ -242,11 +244,56 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     from vhred.export import export   # an exported model folder carries the critic, and ranks by it
     export(str(run), str(tmp_path / "folder"))
     folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
-    assert critic.scores(folder_model.critic, [ctx], ids[:1]) == pytest.approx(judged[:1], abs=1e-6)
+    assert critic.scores(folder_model.critic, [ctx], ids[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
 
     (run / critic.FILE).write_bytes(b"not safetensors")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "critic.safetensors is unreadable" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_pretraining_ranks_the_reply_people_gave_above_the_turns_around_it():
+    import random
+    from vhred.critic_train import selection_batch
+    dialogue = [[1], [2], [3], [4], [5]]                     # five turns, each a one-token utterance
+    other = [[9], [8], [7]]
+    seen = set()
+    for ctx, rows in selection_batch([dialogue, other], random.Random(0), max_context=2, n=200):
+        (reply, kept), *wrong = rows
+        d = dialogue if reply in dialogue else other
+        t = d.index(reply)
+        assert kept == 1.0 and ctx == d[max(0, t - 2):t] and t >= 1
+        assert all(k == 0.0 and r != reply for r, k in wrong)
+        wrong = [r for r, _ in wrong]
+        assert wrong[0] == d[t - 1]                              # the turn itself, said back
+        near = d[t + 1:t + 2] + (d[t - 2:t - 1] if t >= 2 else [])  # the other party's next line, the same party's turn before
+        assert wrong[-len(near):] == near if near else True
+        assert len(wrong) - 1 - len(near) in (0, 1)              # and one random turn, unless it was the reply
+        seen.add(tuple(reply))
+    assert len(seen) == 6                                        # every turn but the firsts is a target
+
+
+def test_pretraining_without_the_training_split_is_one_line_that_says_how_to_do_without(vhred_model, monkeypatch):
+    from vhred.critic_train import corpus_dialogues
+    from vhred.errors import DataError
+    _, cfg, sp = vhred_model
+    assert len(corpus_dialogues(cfg, sp)) > 10
+    monkeypatch.setenv("DAILYDIALOG_SRC", "/nonexistent/ijcnlp_dailydialog.zip")
+    with pytest.raises(DataError, match=r"training split: DAILYDIALOG_SRC=/nonexistent.*\(or train without it: --pretrain 0\)$"):
+        corpus_dialogues(cfg, sp)
+
+
+def test_held_out_rounds_may_be_packs_of_a_round_as_the_trained_ones_may(tmp_path):
+    from vhred.critic_train import parse_args
+    from vhred.errors import InputError
+    for d in ("r1", "r2/p1", "r2/p2", "r3"):
+        (tmp_path / d).mkdir(parents=True)
+        (tmp_path / d / "key.json").write_text("{}")
+    args = parse_args(["--checkpoint", "x", "--ratings", *(str(tmp_path / d) for d in ("r1", "r2", "r3")),
+                       "--held-out", str(tmp_path / "r2")])
+    assert args.held_out == [str(tmp_path / "r2" / p) for p in ("p1", "p2")]
+    assert args.rounds == [str(tmp_path / "r1"), str(tmp_path / "r3")]
+    with pytest.raises(InputError, match="no rating round among --held-out"):
+        parse_args(["--checkpoint", "x", "--ratings", str(tmp_path / "r1"), "--held-out", str(tmp_path / "none")])
 
 
 def test_a_pairwise_round_is_refused(tmp_path):

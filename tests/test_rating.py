@@ -319,7 +319,7 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     from vhred import critic_train
     run = tmp_path / "run"
     shutil.copytree(trained["vhred"], run)
-    critic_train.main(["--checkpoint", str(run), "--ratings", str(tmp_path), "--steps", "2"])
+    critic_train.main(["--checkpoint", str(run), "--ratings", str(tmp_path), "--steps", "2", "--pretrain", "2"])
     capsys.readouterr()
     candidate_ceiling.main(["replay", "--pool", str(sys_file), "--rounds", str(tmp_path), "--critic", str(run),
                             "--weights", "2:-0.2", "--precedents", "0,1000"])
