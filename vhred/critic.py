@@ -5,9 +5,10 @@
 A hierarchical encoder with the model's shapes reads the context, then the reply as one more
 turn, as the discriminator of Li et al. (2017, "Adversarial learning for neural dialogue
 generation") does; a small head turns [the context state, the reply's encoding, the context
-state after the reply] into a score. It starts from the model's own embeddings and encoders and
-is trained on blind readers' good/bad labels of the model's replies (vhred rate): a reward model
-of what readers keep, used to rank the candidates the model draws.
+state after the reply] into a score. It starts from the model's own embeddings and encoders, is
+pretrained to pick people's replies out of the training split's turns, and is trained on blind
+readers' good/bad labels of the model's replies (vhred rate): a reward model of what readers
+keep, used to rank the candidates the model draws.
 
 Why: the model's draws hold good replies (readers kept 15-20% of every distinct draw, and a
 perfect ranking would show 75-80% good in the five; docs/rating.md, sixth round), but
