@@ -32,7 +32,7 @@ from . import checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, save
-from .errors import InputError
+from .errors import DataError, InputError
 
 CONTEXTS = 8        # contexts per step
 REPLIES = 12        # rated replies of each, at most, per step
@@ -100,7 +100,6 @@ def pair_loss(critic: Critic, batch) -> torch.Tensor:
 
 def corpus_dialogues(cfg, sp) -> list[list[list[int]]]:
     """The training split's dialogues of three turns or more, as the model's token ids."""
-    from .errors import DataError
     from .evaluate import split_dialogues
     from .generate import encode_turns
     try:
