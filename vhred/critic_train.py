@@ -38,9 +38,9 @@ CONTEXTS = 8        # contexts per step
 REPLIES = 12        # rated replies of each, at most, per step
 SELECTION = 16      # training-split contexts per pretraining step (--pretrain)
 # Response selection on the training split before the readers' labels (--pretrain steps). Rated
-# blind on 160 new contexts against the same critic without it, both on the same 32 rounds (forty-
-# fourth to forty-seventh rounds, eight readers): a good first reply +5.3 [-0.6, +11] points, the
-# five +0.4 [-1.9, +2.8]; pairwise accuracy on ten later rounds 0.753 against 0.729 (docs/rating.md).
+# blind on 240 new contexts against the same critic without it, both on the same 32 rounds (forty-
+# fourth to forty-ninth rounds, twelve readers): a good first reply +4.6 [+0.2, +9.4] points, the
+# five +0.7 [-1.5, +2.7]; pairwise accuracy on ten later rounds 0.753 against 0.729 (docs/rating.md).
 PRETRAIN = 1000
 
 
