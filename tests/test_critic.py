@@ -266,7 +266,7 @@ def test_pretraining_ranks_the_reply_people_gave_above_the_turns_around_it():
         wrong = [r for r, _ in wrong]
         assert wrong[0] == d[t - 1]                              # the turn itself, said back
         near = d[t + 1:t + 2] + (d[t - 2:t - 1] if t >= 2 else [])  # the other party's next line, the same party's turn before
-        assert wrong[-len(near):] == near if near else True
+        assert wrong[len(wrong) - len(near):] == near
         assert len(wrong) - 1 - len(near) in (0, 1)              # and one random turn, unless it was the reply
         seen.add(tuple(reply))
     assert len(seen) == 6                                        # every turn but the firsts is a target

@@ -214,12 +214,12 @@ def parse_args(argv):
     limits.count("--steps", args.steps, 1, MAX_INT)
     limits.count("--turn", args.turn, 0, 1024)
     limits.count("--pretrain", args.pretrain, 0, MAX_INT)
-    parsed_held = bool(args.held_out)
-    rounds, args.held_out = rating_rounds(args.ratings), rating_rounds(args.held_out)
+    rounds, held = rating_rounds(args.ratings), rating_rounds(args.held_out)
     if not rounds:
         raise InputError("no rating round among --ratings: each is a folder with the key.json of `vhred rate pack`")
-    if args.held_out == [] and parsed_held:
+    if args.held_out and not held:
         raise InputError("no rating round among --held-out: each is a folder with the key.json of `vhred rate pack`")
+    args.held_out = held
     args.rounds = [r for r in rounds if os.path.normpath(r) not in {os.path.normpath(h) for h in args.held_out}]
     return args
 
