@@ -128,3 +128,18 @@ def test_import_vhred_is_light_until_the_api_is_used():
     r = subprocess.run([sys.executable, "-c", "import sys, vhred, vhred.config; print('torch' in sys.modules)"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_load_pools_draws_with_other_runs(trained, bot):
+    """pool_with: respond's candidates come from both runs' draws, the other run's without a z,
+    and a pool copy of the run itself answers as the run alone at half the draws."""
+    pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])
+    candidates = pooled.respond(HISTORY, n=5)
+    assert 1 <= len(candidates) <= 5 and any(c.z is None for c in candidates)
+    itself = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["vhred"]])
+    assert [c.text for c in itself.respond(HISTORY, n=5, draws=8)] == [c.text for c in bot.respond(HISTORY, n=5, draws=4)]
+    for wrong in (trained["hred"], [3], None):
+        with pytest.raises(InputError, match="pool_with takes a list of run folders"):
+            vhred.load(trained["vhred"], pool_with=wrong)
+    with pytest.raises(CheckpointError):
+        vhred.load(trained["vhred"], pool_with=[os.path.join(trained["hred"], "missing")])

@@ -357,3 +357,81 @@ def test_each_distinct_context_is_encoded_once():
     states = once_per_context(encode, rows, batch=2)
     assert seen == [[[1, 2]], [[3]], [[3], [4]]]
     assert states.tolist() == [[1, 1], [1, 3], [1, 1], [2, 3], [1, 3]]
+
+
+def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, vhred_model):
+    """--pool-with: a run pooled with a copy of itself draws each reply twice (the same seeds), so
+    the shown five are its chat's from half as many draws, with the same scores and z's."""
+    from vhred import checkpoint
+    from vhred.generate import candidates, same_reply, shown_filter
+    model, cfg, sp = vhred_model
+    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["vhred"]])
+    ctx, keep = contexts(sp, cfg), shown_filter(sp, cfg, DecodeOptions())
+    both = candidates(pooled, ctx, DecodeOptions(draws=8), same=same_reply(sp), keep=keep)
+    alone = candidates(model, ctx, DecodeOptions(draws=4), same=same_reply(sp), keep=keep)
+    assert [[(r[0], round(r[1], 5)) for r in row] for row in both] == \
+        [[(r[0], round(r[1], 5)) for r in row] for row in alone]
+    assert all(torch.equal(a.z, b.z) for ra, rb in zip(both, alone) for a, b in zip(ra, rb))
+
+
+def test_draws_pooled_with_another_model_are_ranked_together(trained, vhred_model, hred_model):
+    """VHRED pooled with HRED: half of the draws are HRED's (ranked by VHRED's ranking, without a z
+    of VHRED's), the shown ones come from the two models' own draws, best first."""
+    from vhred import checkpoint
+    from vhred.generate import drawn
+    model, cfg, sp = vhred_model
+    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=10, dedup=False)
+    half = DecodeOptions(num_samples=5, dedup=False, rank="none")
+    mine, theirs = generate(model, ctx, half), generate(hred_model[0], ctx, half)
+    for row, m, t in zip(drawn(pooled, ctx, opts), mine, theirs):
+        assert sorted(r[0] for r in row) == sorted([r[0] for r in m] + [r[0] for r in t])
+        assert [r[1] for r in row] == sorted((r[1] for r in row), reverse=True)
+        assert sum(r.z is None for r in row) == 5   # HRED's five
+    # a z given is this model's own: then it draws alone
+    z = torch.zeros(len(ctx), cfg.arch.z_dim)
+    assert all(r.z is not None for row in drawn(pooled, ctx, opts, z) for r in row)
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_pool_with_on_the_commands(trained, tmp_path):
+    """generate --pool-with writes the pooled draws, ranked; --return-z with a pool is refused in one
+    line; the chat pools too."""
+    src = tmp_path / "contexts.jsonl"
+    src.write_text(json.dumps({"context": ["Where is the bank ?"]}) + "\n")
+    cmd = [sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
+           "--output", str(tmp_path / "out.jsonl"), "--pool-with", trained["hred"], "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    row = json.loads(open(tmp_path / "out.jsonl").read())
+    assert 1 <= len(row["samples"]) <= 5 and row["scores"] == sorted(row["scores"], reverse=True)
+    r = subprocess.run(cmd + ["--return-z"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--pool-with" in r.stderr and r.stderr.count("\n") == 1
+    code, out, err = chat(["Where is the bank ?"], "--checkpoint", trained["vhred"], "--pool-with", trained["hred"])
+    assert code == 0 and out[0].startswith("1. ") and "Traceback" not in err
+
+
+def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
+    from vhred import checkpoint
+    from vhred.chat import Chat
+    _, cfg, sp = vhred_model
+    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    notes = []
+    chat = Chat(pooled, cfg, sp, DecodeOptions(num_samples=5), note=notes.append)
+    chat.respond("Where is the bank ?")
+    theirs = [i for i, z in enumerate(chat.zs, 1) if z is None]
+    mine = [i for i, z in enumerate(chat.zs, 1) if z is not None]
+    assert theirs and mine   # the tiny models' shown five hold draws of both
+    chat.command(f"/keep {theirs[0]}")
+    assert chat.kept is None and "drawn by a pooled run" in notes[-1]
+    chat.command(f"/keep {mine[0]}")
+    assert torch.equal(chat.kept, chat.zs[mine[0] - 1])
+
+
+def test_a_pooled_run_of_another_tokenizer_is_refused(trained):
+    from types import SimpleNamespace
+    from vhred import checkpoint
+    from vhred.errors import CheckpointError
+    another = SimpleNamespace(serialized_model_proto=lambda: b"another tokenizer")
+    with pytest.raises(CheckpointError, match="tokenizer is not the model's"):
+        checkpoint._pool_member(trained["hred"], another, "cpu")

@@ -139,20 +139,25 @@ class Bot:
         return encode_turns(self._sp, turns, cfg.max_utt_len, cfg.max_context)
 
 
-def load(path: str | os.PathLike, device: str = "auto") -> Bot:
+def load(path: str | os.PathLike, device: str = "auto", pool_with=()) -> Bot:
     """A Bot from a run folder (its best.pt, else last.pt), a checkpoint file, or a folder that
     `vhred export` wrote (model.safetensors, config.json, tokenizer.model: read without pickle).
 
     device: "auto" (a CUDA GPU when there is one), "cpu" or "cuda". A missing, corrupt or
     foreign checkpoint raises vhred.errors.CheckpointError, a UserError whose message is one
-    line saying what to do."""
+    line saying what to do.
+
+    pool_with: other run folders (made with the same tokenizer) that draw an equal share of
+    respond()'s candidates, all ranked by this model's ranking (docs/decoding.md#pooled-draws)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"load() takes the path of a run folder or .pt file, got {type(path).__name__}")
     if not isinstance(device, str):
         raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
     where = pick_device(device)
     path = checkpoint.resolve(os.fspath(path))
-    model, cfg, sp = checkpoint.load_model(path, where)
+    if not isinstance(pool_with, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in pool_with):
+        raise InputError(f"pool_with takes a list of run folders, got {pool_with!r}")
+    model, cfg, sp = checkpoint.load_model(path, where, [os.fspath(p) for p in pool_with])
     return Bot(model, cfg, sp, path)
 
 

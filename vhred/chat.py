@@ -173,6 +173,8 @@ class Chat:
     def _cmd_keep(self, arg):
         self._need_latent()
         k = self._candidate(arg)
+        if self.zs[k - 1] is None:   # drawn by a run of --pool-with: its z is not this model's
+            raise CommandError(f"candidate {k} was drawn by a pooled run: keep one this model drew")
         self.kept = self.zs[k - 1]
         words = f"{self.opts.method} search gives one reply per turn; /temperature T for variants" \
             if self.opts.method != "sample" else "replies differ only by their sampled words"
@@ -241,12 +243,12 @@ def main(argv=None):
     if opts.num_samples > MAX_SAMPLES:   # the same cap as /samples
         raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {opts.num_samples}")
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
-    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)
     if interactive:
-        print(banner(path, cfg, opts, ranking(model, opts)), file=sys.stderr)
+        print(banner(path, cfg, opts, ranking(model, opts), args.pool_with), file=sys.stderr)
     try:
         for line in read_lines(interactive):
             if not chat_turn(chat, line.strip(), args.json, interactive):
@@ -260,11 +262,12 @@ def main(argv=None):
         sys.exit(130)
 
 
-def banner(path: str, cfg, opts, ranked_by: str = "mmi") -> str:
-    """The first line of an interactive chat: which model it is, where it was loaded from, and
-    what orders its candidates."""
+def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=()) -> str:
+    """The first line of an interactive chat: which model it is, where it was loaded from, what
+    else draws candidates and what orders them."""
     by = {"critic": "its reply critic", "none": "decoding order"}.get(ranked_by, ranked_by)
-    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn, "
+    shared = f" (drawn with {', '.join(pooled)})" if pooled else ""
+    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn{shared}, "
             f"ranked by {by}. /help for commands, Ctrl-D to leave.")
 
 

@@ -245,9 +245,10 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def load_model(path: str, device="cpu"):
+def load_model(path: str, device="cpu", pool_with=()):
     """(model in eval mode, config, tokenizer) from a checkpoint file, a run folder or an
-    exported model folder (read with safetensors, never torch.load)."""
+    exported model folder (read with safetensors, never torch.load). pool_with: other runs (of
+    the same tokenizer) whose draws join the model's in the chat's candidates (generate.drawn)."""
     from .models import build
     from .tokenizer import load_tokenizer
     path = resolve(path)
@@ -270,7 +271,18 @@ def load_model(path: str, device="cpu"):
     judge = critic.load(path)
     # kept outside the model's modules: its state_dict (what export and training save) stays the model's
     model.__dict__["critic"] = judge.to(device) if judge is not None else None
+    model.__dict__["pool"] = [_pool_member(other, sp, device) for other in pool_with]
     return model, cfg, sp
+
+
+def _pool_member(path: str, sp, device):
+    """The model of a run whose draws are pooled with another's: refused unless it spells with
+    the same tokenizer, since draws are pooled and ranked as token ids."""
+    other, _, their_sp = load_model(path, device)
+    if their_sp.serialized_model_proto() != sp.serialized_model_proto():
+        raise CheckpointError(f"{path}: its tokenizer is not the model's; pool the draws of runs made with one "
+                              f"config and data")
+    return other
 
 
 def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:

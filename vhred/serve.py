@@ -565,11 +565,12 @@ def main(argv=None):
     from .api import load
     from .generate import newest_checkpoint, ranking
     args, limits, defaults = parse_args(argv)
-    bot = load(args.checkpoint or newest_checkpoint(), args.device)
+    bot = load(args.checkpoint or newest_checkpoint(), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
-    print(f"serving {bot.config.arch.model} from {bot.checkpoint} on {bot.device}, ranked by {ranked_by}: "
+    shared = f", drawn with {', '.join(args.pool_with)}" if args.pool_with else ""
+    print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
