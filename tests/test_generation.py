@@ -388,9 +388,14 @@ def test_draws_pooled_with_another_model_are_ranked_together(trained, vhred_mode
         assert sorted(r[0] for r in row) == sorted([r[0] for r in m] + [r[0] for r in t])
         assert [r[1] for r in row] == sorted((r[1] for r in row), reverse=True)
         assert sum(r.z is None for r in row) == 5   # HRED's five
-    # a z given is this model's own: then it draws alone
+    # a z given is this model's own: then it draws alone; a context without one (NaN) still pools
     z = torch.zeros(len(ctx), cfg.arch.z_dim)
     assert all(r.z is not None for row in drawn(pooled, ctx, opts, z) for r in row)
+    z[1] = math.nan
+    mixed = drawn(pooled, ctx, opts, z)
+    for got, own in zip(mixed, [drawn(pooled, ctx[:1], opts, z[:1])[0], drawn(pooled, ctx[1:], opts)[0]]):
+        assert [r[0] for r in got] == [r[0] for r in own] and [r[1] for r in got] == pytest.approx([r[1] for r in own], abs=1e-4)
+    assert all(r.z is not None for r in mixed[0]) and sum(r.z is None for r in mixed[1]) == 5
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it
