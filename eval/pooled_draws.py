@@ -9,7 +9,10 @@ what they hold. The two runs must share one tokenizer (runs of one config and da
     python -m eval.pooled_draws --checkpoint RUN --second RUN2 --input contexts.jsonl --output sys-p.jsonl
 
 Writes generate's JSONL (context, samples, scores) and, per line, which shown replies only the
-second model drew ("from_second").
+second model drew ("from_second"). `--committee` ranks the pool by the sum of both models'
+rankings (each run's critic + 2 x MMI) instead of the first's alone. The chat's `--pool-with`
+(vhred/generate.py, drawn) shares the draws as this script does; it keeps the best-ranked spelling
+of a repeated reply where this script keeps the first drawn, as the rated rounds were made.
 """
 import argparse
 import filecmp
@@ -21,8 +24,8 @@ from vhred import checkpoint
 from vhred.cli import command
 from vhred.device import pick_device
 from vhred.errors import InputError
-from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
-                            shown_filter, spaced)
+from vhred.generate import (DecodeOptions, Response, _dedup, _rank, critic_scores, encode_turns, generate,
+                            response_text, same_reply, shown_filter, spaced)
 
 
 def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions):
@@ -35,14 +38,27 @@ def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptio
     return ranked[:opts.num_samples]
 
 
-def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions):
+def committee_shown(models, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions):
+    """shown_of, ranked by the sum of every model's ranking score (its critic + 2 x MMI)."""
+    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
+    pool = _dedup(pool, key=same)
+    replies = [r[0] for r in pool]
+    totals = [sum(s) for s in zip(*(critic_scores(m, [ids] * len(replies), replies, opts) for m in models))]
+    ranked = sorted((Response(r[0], t, r.z) for r, t in zip(pool, totals)), key=lambda x: -x[1])
+    if keep:
+        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
+    return ranked[:opts.num_samples]
+
+
+def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions, committee: bool = False):
     """The shown opts.num_samples replies from opts.draws x num_samples draws, half from each model,
-    and for each whether only the second model drew it."""
+    and for each whether only the second model drew it. committee: ranked by both models' scores."""
     ids = encode_turns(sp, context, cfg.max_utt_len, cfg.max_context)
     half = replace(opts, num_samples=opts.draws * opts.num_samples // 2, rank="none", dedup=False)
     same = same_reply(sp)
     mine, theirs = generate(first, [ids], half)[0], generate(second, [ids], half)[0]
-    shown = shown_of(first, cfg, sp, ids, mine + theirs, opts)
+    shown = (committee_shown([first, second], cfg, sp, ids, mine + theirs, opts) if committee
+             else shown_of(first, cfg, sp, ids, mine + theirs, opts))
     drawn_by_first = {same(r[0]) for r in mine}
     return shown, [same(r[0]) not in drawn_by_first for r in shown]
 
@@ -55,6 +71,8 @@ def main(argv=None):
     p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')
     p.add_argument("--output", required=True)
     p.add_argument("--num-samples", type=int, default=5)
+    p.add_argument("--committee", action="store_true",
+                   help="rank by the sum of both models' scores (critic + 2 x MMI; both runs need a critic)")
     args = p.parse_args(argv)
     if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
                        shallow=False):
@@ -65,7 +83,7 @@ def main(argv=None):
     with open(args.output, "w") as out:
         for line in open(args.input):
             context = json.loads(line)["context"]
-            shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts)
+            shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts, args.committee)
             out.write(json.dumps({"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],
                                   "scores": [round(r[1], 4) for r in shown], "from_second": from_second}) + "\n")
 
