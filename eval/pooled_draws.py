@@ -10,9 +10,9 @@ what they hold. The two runs must share one tokenizer (runs of one config and da
 
 Writes generate's JSONL (context, samples, scores) and, per line, which shown replies only the
 second model drew ("from_second"). `--committee` ranks the pool by the sum of both models'
-rankings (each run's critic + 2 x MMI) instead of the first's alone. The chat's `--pool-with`
-(vhred/generate.py, drawn) shares the draws as this script does; it keeps the best-ranked spelling
-of a repeated reply where this script keeps the first drawn, as the rated rounds were made.
+rankings (each run's critic + 2 x MMI) instead of the first's alone, as the chat's `--pool-with`
+(vhred/generate.py, drawn) now does; the chat keeps the best-ranked spelling of a repeated reply
+where this script keeps the first drawn, as the rated rounds were made.
 """
 import argparse
 import filecmp
@@ -24,27 +24,16 @@ from vhred import checkpoint
 from vhred.cli import command
 from vhred.device import pick_device
 from vhred.errors import InputError
-from vhred.generate import (DecodeOptions, Response, _dedup, _rank, critic_scores, encode_turns, generate,
-                            response_text, same_reply, shown_filter, spaced)
+from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
+                            shown_filter, spaced)
 
 
-def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions):
+def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions, judges=()):
     """What the chat shows from a pool of draws for one context: repeats (by the words a reader
-    sees) dropped, ranked by model's ranking, faulty ones last, the first opts.num_samples."""
+    sees) dropped, ranked by model's ranking (plus the judges' own, summed), faulty ones last, the
+    first opts.num_samples."""
     same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
-    ranked = _rank(model, [ids], [_dedup(pool, key=same)], opts)[0]
-    if keep:
-        ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
-    return ranked[:opts.num_samples]
-
-
-def committee_shown(models, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions):
-    """shown_of, ranked by the sum of every model's ranking score (its critic + 2 x MMI)."""
-    same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
-    pool = _dedup(pool, key=same)
-    replies = [r[0] for r in pool]
-    totals = [sum(s) for s in zip(*(critic_scores(m, [ids] * len(replies), replies, opts) for m in models))]
-    ranked = sorted((Response(r[0], t, r.z) for r, t in zip(pool, totals)), key=lambda x: -x[1])
+    ranked = _rank(model, [ids], [_dedup(pool, key=same)], opts, judges)[0]
     if keep:
         ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
     return ranked[:opts.num_samples]
@@ -57,8 +46,7 @@ def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions, comm
     half = replace(opts, num_samples=opts.draws * opts.num_samples // 2, rank="none", dedup=False)
     same = same_reply(sp)
     mine, theirs = generate(first, [ids], half)[0], generate(second, [ids], half)[0]
-    shown = (committee_shown([first, second], cfg, sp, ids, mine + theirs, opts) if committee
-             else shown_of(first, cfg, sp, ids, mine + theirs, opts))
+    shown = shown_of(first, cfg, sp, ids, mine + theirs, opts, [second] if committee else ())
     drawn_by_first = {same(r[0]) for r in mine}
     return shown, [same(r[0]) not in drawn_by_first for r in shown]
 

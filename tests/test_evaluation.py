@@ -372,6 +372,11 @@ def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained,
     chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
     assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
     assert not any(f for r in ours for f in r["from_second"])
+    pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["vhred"], "--committee", "--input",
+                       str(src), "--output", str(tmp_path / "both.jsonl")])   # two equal judges: twice the score
+    both = [json.loads(line) for line in open(tmp_path / "both.jsonl")]
+    assert [r["samples"] for r in both] == [r["samples"] for r in ours]
+    assert [s for r in both for s in r["scores"]] == pytest.approx([2 * s for r in ours for s in r["scores"]], abs=2e-4)
     pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["hred"], "--input", str(src),
                        "--output", str(tmp_path / "mixed.jsonl")])
     mixed = [json.loads(line) for line in open(tmp_path / "mixed.jsonl")]

@@ -361,7 +361,8 @@ def test_each_distinct_context_is_encoded_once():
 
 def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, vhred_model):
     """--pool-with: a run pooled with a copy of itself draws each reply twice (the same seeds), so
-    the shown five are its chat's from half as many draws, with the same scores and z's."""
+    the shown five are its chat's from half as many draws, with the same z's and twice the score
+    (each run's ranking score is added)."""
     from vhred import checkpoint
     from vhred.generate import candidates, same_reply, shown_filter
     model, cfg, sp = vhred_model
@@ -369,14 +370,14 @@ def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, 
     ctx, keep = contexts(sp, cfg), shown_filter(sp, cfg, DecodeOptions())
     both = candidates(pooled, ctx, DecodeOptions(draws=8), same=same_reply(sp), keep=keep)
     alone = candidates(model, ctx, DecodeOptions(draws=4), same=same_reply(sp), keep=keep)
-    assert [[(r[0], round(r[1], 5)) for r in row] for row in both] == \
-        [[(r[0], round(r[1], 5)) for r in row] for row in alone]
+    assert [[r[0] for r in row] for row in both] == [[r[0] for r in row] for row in alone]
+    assert [r[1] for row in both for r in row] == pytest.approx([2 * r[1] for row in alone for r in row], abs=1e-4)
     assert all(torch.equal(a.z, b.z) for ra, rb in zip(both, alone) for a, b in zip(ra, rb))
 
 
 def test_draws_pooled_with_another_model_are_ranked_together(trained, vhred_model, hred_model):
-    """VHRED pooled with HRED: half of the draws are HRED's (ranked by VHRED's ranking, without a z
-    of VHRED's), the shown ones come from the two models' own draws, best first."""
+    """VHRED pooled with HRED: half of the draws are HRED's (without a z of VHRED's), the shown ones
+    come from the two models' own draws, ranked best first by the sum of both models' scores."""
     from vhred import checkpoint
     from vhred.generate import drawn
     model, cfg, sp = vhred_model
@@ -384,10 +385,14 @@ def test_draws_pooled_with_another_model_are_ranked_together(trained, vhred_mode
     ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=10, dedup=False)
     half = DecodeOptions(num_samples=5, dedup=False, rank="none")
     mine, theirs = generate(model, ctx, half), generate(hred_model[0], ctx, half)
-    for row, m, t in zip(drawn(pooled, ctx, opts), mine, theirs):
+    for c, row, m, t in zip(ctx, drawn(pooled, ctx, opts), mine, theirs):
         assert sorted(r[0] for r in row) == sorted([r[0] for r in m] + [r[0] for r in t])
         assert [r[1] for r in row] == sorted((r[1] for r in row), reverse=True)
         assert sum(r.z is None for r in row) == 5   # HRED's five
+        ids = [r[0] for r in row]   # neither has a critic: each one's MMI score, added
+        each = [score_ids(x, [c] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
+                for x in (model, hred_model[0])]
+        assert [r[1] for r in row] == pytest.approx([a + b for a, b in zip(*each)], abs=1e-4)
     # a z given is this model's own: then it draws alone; a context without one (NaN) still pools
     z = torch.zeros(len(ctx), cfg.arch.z_dim)
     assert all(r.z is not None for row in drawn(pooled, ctx, opts, z) for r in row)
@@ -431,6 +436,17 @@ def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
     assert chat.kept is None and "drawn by a pooled run" in notes[-1]
     chat.command(f"/keep {mine[0]}")
     assert torch.equal(chat.kept, chat.zs[mine[0] - 1])
+
+
+def test_ranking_by_critic_needs_a_critic_in_every_pooled_run(trained):
+    from vhred import checkpoint
+    from vhred.errors import InputError
+    from vhred.generate import ranking
+    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    pooled.__dict__["critic"] = object()   # the first run has one, the pooled HRED not
+    assert ranking(pooled, DecodeOptions()) == "critic"   # auto: each run ranks by what it has
+    with pytest.raises(InputError, match="a run of --pool-with has no reply critic"):
+        ranking(pooled, DecodeOptions(rank="critic"))
 
 
 def test_a_pooled_run_of_another_tokenizer_is_refused(trained):

@@ -266,7 +266,7 @@ def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=()) -> str:
     """The first line of an interactive chat: which model it is, where it was loaded from, what
     else draws candidates and what orders them."""
     by = {"critic": "its reply critic", "none": "decoding order"}.get(ranked_by, ranked_by)
-    shared = f" (drawn with {', '.join(pooled)})" if pooled else ""
+    shared = f" (drawn with {', '.join(pooled)}, whose rankings join)" if pooled else ""
     return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn{shared}, "
             f"ranked by {by}. /help for commands, Ctrl-D to leave.")
 

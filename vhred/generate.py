@@ -388,10 +388,11 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
 def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:
     """generate(), or, when the model's draws are pooled with other runs' (load_model's pool_with),
     opts.num_samples drawn in equal shares by it and each of them, the model's first, pooled and
-    ranked by the model's ranking. Two models trained alike miss different turns, so the pool
-    holds more replies that fit: rated blind, +2.6 [+0.8, +4.3] points of the five shown with a
-    CVAE beside VHRED (docs/rating.md). A given z is the model's own: a context with one (a row of
-    z not NaN) draws alone, the others as they would in a batch of their own."""
+    ranked by the sum of every run's own ranking score (its critic + 2 x MMI when it has a critic).
+    Two models trained alike miss different turns and judge differently: rated blind, VHRED and
+    CVAE so, each with its critic, +3.8 [+1.1, +6.5] points of the five shown and +5.3 [+0.3,
+    +10.6] first against VHRED alone (docs/rating.md). A given z is the model's own: a context
+    with one (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
     pool = getattr(model, "pool", ())
     given = [] if z is None else (~torch.isnan(z).any(dim=1)).tolist()
     if not pool or (given and all(given)):
@@ -407,7 +408,7 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
         [[Response(r[0], r[1]) for r in row] for row in generate(m, contexts, share)] for m in pool]
     results = [[r for per_model in row for r in per_model] for row in zip(*rows)]   # (C, models x share)
     results = [_dedup(r) if opts.dedup else r for r in results]
-    return _rank(model, contexts, results, opts) if opts.rank != "none" else results
+    return _rank(model, contexts, results, opts, judges=pool) if opts.rank != "none" else results
 
 
 def shown_note(shown: list, n: int, keep=None, draws: int = DecodeOptions.draws) -> str:
@@ -459,17 +460,22 @@ def _dedup(responses, key=tuple):
     return kept
 
 
-def _rank(model, contexts, results, opts: DecodeOptions):
-    """Score every candidate of every context in one batch, then order each context's best first."""
-    from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
+def _rank(model, contexts, results, opts: DecodeOptions, judges=()):
+    """Score every candidate of every context in one batch, then order each context's best first.
+    judges: more models (a pool's runs) whose own ranking scores are added to the model's."""
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
+    contexts_of, replies = [c for c, _ in pairs], [r for _, r in pairs]
+    scores = iter([sum(s) for s in zip(*(_scores(m, contexts_of, replies, opts) for m in (model, *judges)))])
+    return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
+
+
+def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
+    """The model's ranking score (opts.rank as ranking() resolves it for this model) of each pair."""
+    from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
     kind = ranking(model, opts)
     if kind == "critic":
-        scores = iter(critic_scores(model, [c for c, _ in pairs], [r for _, r in pairs], opts))
-    else:
-        scores = iter(score_ids(model, [c for c, _ in pairs], [r for _, r in pairs], kind, RANK_SAMPLES,
-                                opts.seed, opts.mmi_lambda, opts.length_bonus))
-    return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
+        return critic_scores(model, contexts, replies, opts)
+    return score_ids(model, contexts, replies, kind, RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
 
 
 def ranking(model: Model, opts: DecodeOptions) -> str:
@@ -482,6 +488,9 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
     if opts.rank == "critic" and not has_critic:
         raise InputError("this model has no reply critic (critic.safetensors in its folder): train one with "
                          "`vhred critic --checkpoint RUN --ratings DIR ...`, or rank by mmi")
+    if opts.rank == "critic" and any(getattr(m, "critic", None) is None for m in getattr(model, "pool", ())):
+        raise InputError("a run of --pool-with has no reply critic (its own scores join the ranking): train one "
+                         "with `make critic RUN=...`, or rank by mmi")
     return opts.rank
 
 
