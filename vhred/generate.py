@@ -606,7 +606,7 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
     p.add_argument("--pool-with", action="append", default=[], metavar="RUN",
                    help="another run (of the same tokenizer; repeat for more) that draws an equal share of the "
-                        "candidates, all ranked by --checkpoint's ranking (default: none; docs/decoding.md#pooled-draws)")
+                        "candidates, all ranked by the sum of every run's ranking score (default: none; docs/decoding.md#pooled-draws)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
