@@ -389,3 +389,15 @@ def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained,
         pooled_draws.main(["--checkpoint", trained["vhred"], "--second", str(other), "--input", str(src),
                            "--output", str(tmp_path / "x.jsonl")])
     assert refused.value.code == 2 and "different tokenizers" in capsys.readouterr().err
+
+
+def test_evaluate_with_pooled_draws_names_each_runs_own_ranking(trained, dailydialog_zip, monkeypatch):
+    """vhred eval --pool-with: the replies are the pooled chat's, and with a pool the report's ranking
+    stays "auto" (each run ranks by what it has)."""
+    from vhred import evaluate
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    evaluate.main(["--checkpoint", trained["vhred"], "--pool-with", trained["hred"], "--max-contexts", "4",
+                   "--num-samples", "3", "--iw-samples", "2", "--tag", "pool", "--device", "cpu"])
+    res = json.load(open(f"{trained['vhred']}/results-ours-test-pool.json"))
+    rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-ours-test-pool.jsonl")]
+    assert res["decoding"]["rank"] == "auto" and len(rows) == 4 and all(1 <= len(r["samples"]) <= 3 for r in rows)

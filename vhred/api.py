@@ -148,7 +148,8 @@ def load(path: str | os.PathLike, device: str = "auto", pool_with=()) -> Bot:
     line saying what to do.
 
     pool_with: other run folders (made with the same tokenizer) that draw an equal share of
-    respond()'s candidates, all ranked by this model's ranking (docs/decoding.md#pooled-draws)."""
+    respond()'s candidates, all ranked by the sum of every run's own ranking score
+    (docs/decoding.md#pooled-draws)."""
     if not isinstance(path, (str, os.PathLike)):
         raise InputError(f"load() takes the path of a run folder or .pt file, got {type(path).__name__}")
     if not isinstance(device, str):

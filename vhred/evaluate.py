@@ -211,8 +211,9 @@ def main(argv=None):
     opts = options_from_args(args)
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
-    if opts.rank != "none":
-        opts.rank = ranking(model, opts)   # the report names the ranking used, "auto" resolved
+    resolved = ranking(model, opts)   # a ranking this model (or its pool) cannot do is refused first
+    if opts.rank != "none" and not args.pool_with:   # with a pool, "auto" is each run's own: kept so
+        opts.rank = resolved   # the report names the ranking used, "auto" resolved
     dialogues = split_dialogues(cfg, args.split)
     t0 = time.time()
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
