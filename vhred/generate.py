@@ -390,9 +390,9 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     opts.num_samples drawn in equal shares by it and each of them, the model's first, pooled and
     ranked by the sum of every run's own ranking score (its critic + 2 x MMI when it has a critic).
     Two models trained alike miss different turns and judge differently: rated blind, VHRED and
-    CVAE so, each with its critic, +3.8 [+1.1, +6.5] points of the five shown and +5.3 [+0.3,
-    +10.6] first against VHRED alone (docs/rating.md). A given z is the model's own: a context
-    with one (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
+    CVAE so, each with its critic, +3.75 [+1.6, +6] points of the five shown and +2.9 [-0.8, +6.9]
+    first against VHRED alone (docs/rating.md). A given z is the model's own: a context with one
+    (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
     pool = getattr(model, "pool", ())
     given = [] if z is None else (~torch.isnan(z).any(dim=1)).tolist()
     if not pool or (given and all(given)):
