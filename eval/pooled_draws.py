@@ -10,7 +10,8 @@ what they hold. The two runs must share one tokenizer (runs of one config and da
 
 Writes generate's JSONL (context, samples, scores) and, per line, which shown replies only the
 second model drew ("from_second"). `--committee` ranks the pool by the sum of both models'
-rankings (each run's critic + 2 x MMI) instead of the first's alone, as the chat's `--pool-with`
+rankings (each run's critic + 2 x MMI) instead of the first's alone (`--judge-only`: all 80 draws
+the first model's, ranked so), as the chat's `--pool-with`
 (vhred/generate.py, drawn) now does; the chat keeps the best-ranked spelling of a repeated reply
 where this script keeps the first drawn, as the rated rounds were made.
 """
@@ -39,14 +40,19 @@ def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptio
     return ranked[:opts.num_samples]
 
 
-def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions, committee: bool = False):
+def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions, committee: bool = False,
+           judge_only: bool = False):
     """The shown opts.num_samples replies from opts.draws x num_samples draws, half from each model,
-    and for each whether only the second model drew it. committee: ranked by both models' scores."""
+    and for each whether only the second model drew it. committee: ranked by both models' scores;
+    judge_only: every draw the first model's, ranked by both."""
     ids = encode_turns(sp, context, cfg.max_utt_len, cfg.max_context)
     half = replace(opts, num_samples=opts.draws * opts.num_samples // 2, rank="none", dedup=False)
     same = same_reply(sp)
-    mine, theirs = generate(first, [ids], half)[0], generate(second, [ids], half)[0]
-    shown = shown_of(first, cfg, sp, ids, mine + theirs, opts, [second] if committee else ())
+    if judge_only:
+        mine, theirs = generate(first, [ids], replace(half, num_samples=2 * half.num_samples))[0], []
+    else:
+        mine, theirs = generate(first, [ids], half)[0], generate(second, [ids], half)[0]
+    shown = shown_of(first, cfg, sp, ids, mine + theirs, opts, [second] if committee or judge_only else ())
     drawn_by_first = {same(r[0]) for r in mine}
     return shown, [same(r[0]) not in drawn_by_first for r in shown]
 
@@ -61,6 +67,8 @@ def main(argv=None):
     p.add_argument("--num-samples", type=int, default=5)
     p.add_argument("--committee", action="store_true",
                    help="rank by the sum of both models' scores (critic + 2 x MMI; both runs need a critic)")
+    p.add_argument("--judge-only", action="store_true",
+                   help="every draw from --checkpoint, ranked as --committee ranks: the second model only judges")
     args = p.parse_args(argv)
     if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
                        shallow=False):
@@ -71,7 +79,8 @@ def main(argv=None):
     with open(args.output, "w") as out:
         for line in open(args.input):
             context = json.loads(line)["context"]
-            shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts, args.committee)
+            shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts, args.committee,
+                                        args.judge_only)
             out.write(json.dumps({"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],
                                   "scores": [round(r[1], 4) for r in shown], "from_second": from_second}) + "\n")
 

@@ -390,7 +390,7 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     opts.num_samples drawn in equal shares by it and each of them, the model's first, pooled and
     ranked by the sum of every run's own ranking score (its critic + 2 x MMI when it has a critic).
     Two models trained alike miss different turns and judge differently: rated blind, VHRED and
-    CVAE so, each with its critic, +3.75 [+1.6, +6] points of the five shown and +2.9 [-0.8, +6.9]
+    CVAE so, each with its critic, +3.4 [+1.6, +5.2] points of the five shown and +1.7 [-2, +5.5]
     first against VHRED alone (docs/rating.md). A given z is the model's own: a context with one
     (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
     pool = getattr(model, "pool", ())
