@@ -438,6 +438,23 @@ def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
     assert torch.equal(chat.kept, chat.zs[mine[0] - 1])
 
 
+def test_a_pooled_run_without_a_critic_adds_its_mmi_to_the_critics_ranking(trained, hred_model):
+    """rank auto, the first run with a critic and the pooled one without: each pooled draw's score
+    is the first run's critic + 2 x MMI plus the pooled run's MMI."""
+    from vhred import checkpoint, critic
+    from vhred.generate import drawn
+    pooled, cfg, sp = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    pooled.__dict__["critic"] = critic.from_model(pooled, cfg.arch, turn=4).eval()
+    ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=6, dedup=False)
+    for c, row in zip(ctx, drawn(pooled, ctx, opts)):
+        ids = [r[0] for r in row]
+        mmi = [score_ids(m, [c] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
+               for m in (pooled, hred_model[0])]
+        judged = critic.scores(pooled.critic, [c] * len(ids), ids)
+        want = [j + critic.MMI_WEIGHT * a + b for j, a, b in zip(judged, *mmi)]
+        assert [r[1] for r in row] == pytest.approx(want, abs=1e-4)
+
+
 def test_ranking_by_critic_needs_a_critic_in_every_pooled_run(trained):
     from vhred import checkpoint
     from vhred.errors import InputError

@@ -470,9 +470,9 @@ def _rank(model, contexts, results, opts: DecodeOptions, judges=()):
 
 
 def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
-    """The model's ranking score (opts.rank as ranking() resolves it for this model) of each pair."""
+    """The model's own ranking score (opts.rank as it resolves for this model) of each pair."""
     from .scoring import RANK_SAMPLES, score_ids  # scoring builds on this module's helpers
-    kind = ranking(model, opts)
+    kind = _own_ranking(model, opts)
     if kind == "critic":
         return critic_scores(model, contexts, replies, opts)
     return score_ids(model, contexts, replies, kind, RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
@@ -481,16 +481,21 @@ def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
 def ranking(model: Model, opts: DecodeOptions) -> str:
     """The score candidates are ordered by: opts.rank, "auto" being the model's reply critic when
     its folder holds one (checkpoint.load_model attaches it), else "mmi". Asking for "critic" of
-    a model without one is refused, before any decoding."""
+    a model without one, or with a pooled run without one, is refused, before any decoding."""
+    if opts.rank == "critic" and any(getattr(m, "critic", None) is None for m in getattr(model, "pool", ())):
+        raise InputError("a run of --pool-with has no reply critic (its own scores join the ranking): train one "
+                         "with `make critic RUN=...`, or rank by mmi")
+    return _own_ranking(model, opts)
+
+
+def _own_ranking(model: Model, opts: DecodeOptions) -> str:
+    """ranking() for the model's own scores, its pool aside."""
     has_critic = getattr(model, "critic", None) is not None
     if opts.rank == "auto":
         return "critic" if has_critic else "mmi"
     if opts.rank == "critic" and not has_critic:
         raise InputError("this model has no reply critic (critic.safetensors in its folder): train one with "
                          "`vhred critic --checkpoint RUN --ratings DIR ...`, or rank by mmi")
-    if opts.rank == "critic" and any(getattr(m, "critic", None) is None for m in getattr(model, "pool", ())):
-        raise InputError("a run of --pool-with has no reply critic (its own scores join the ranking): train one "
-                         "with `make critic RUN=...`, or rank by mmi")
     return opts.rank
 
 
@@ -499,7 +504,7 @@ def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[
     score (opts' lambda and gamma) of each (context, reply) pair."""
     from . import critic
     from .scoring import RANK_SAMPLES, score_ids
-    ranking(model, DecodeOptions(rank="critic"))
+    _own_ranking(model, DecodeOptions(rank="critic"))
     judged = critic.scores(model.critic, contexts, replies)
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
     return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
