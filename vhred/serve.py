@@ -569,7 +569,7 @@ def main(argv=None):
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
-    shared = f", drawn with {', '.join(args.pool_with)}" if args.pool_with else ""
+    shared = f", drawn with {', '.join(args.pool_with)} (every run's ranking score added)" if args.pool_with else ""
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
