@@ -394,8 +394,10 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     first against VHRED alone (docs/rating.md). A given z is the model's own: a context with one
     (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
     pool = getattr(model, "pool", ())
+    if not pool:
+        return generate(model, contexts, opts, z)
     given = [] if z is None else (~torch.isnan(z).any(dim=1)).tolist()
-    if not pool or (given and all(given)):
+    if given and all(given):
         return generate(model, contexts, opts, z)
     if any(given):   # a served batch may mix requests with a z and without
         alone = [i for i, g in enumerate(given) if g]
