@@ -75,9 +75,30 @@ def test_score_round_trip(tmp_path, systems, capsys):
     assert (old["all"]["good"], old["all"]["of"], old["top1"]["good"], old["top1"]["of"]) == (2, 6, 1, 3)
     assert (new["all"]["good"], new["all"]["of"], new["top1"]["good"], new["top1"]["of"]) == (6, 6, 3, 3)
     assert (old["all"]["low"], old["all"]["high"]) == pytest.approx(rate.wilson(2, 6))
+    # split by the last turn: "how are you ?" asks (wh), "I want a coat ." does not, "Is it far ?" is yes-no
+    split = {k: (v["all"]["good"], v["all"]["of"], v["top1"]["good"], v["top1"]["of"]) for k, v in old["by_last_turn"].items()}
+    assert split == {"wh": (1, 2, 1, 1), "other": (1, 2, 0, 1), "yes-no": (0, 2, 0, 1)}
     rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers), "--rater", "reader 1"])
     table = capsys.readouterr().out
     assert "rater: reader 1" in table and "| new | 100% [61, 100] (6/6) | 100% [44, 100] (3/3) |" in table
+    assert "| system | wh (1): all shown | top-1 | yes-no (1): all shown | top-1 | other (1): all shown | top-1 |" in table
+    assert "| old | 50% [9, 91] (1/2) | 100% [21, 100] (1/1) | 0% [0, 66] (0/2) | 0% [0, 79] (0/1) |" in table
+
+
+@pytest.mark.parametrize("turn, kind", [
+    ("Where is the toilet ?", "wh"),
+    ("Can you tell me where it is ?", "wh"),               # asks where, politely
+    ("Why ? anything special there ?", "wh"),              # one of two questions asks why
+    ("Not bad.It really is great to see you again.Where have you been ?", "wh"),
+    ("Is it far ?", "yes-no"),
+    ("Why don ’ t you sit down and relax ?", "yes-no"),    # a suggestion, in DailyDialog's spelling
+    ("How about a cup of tea ?", "yes-no"),
+    ("What a bummer ! You set me up ?", "yes-no"),         # the wh-word is in the exclamation
+    ("I see . What time is it", "other"),                  # no question mark: not asked
+    ("Thanks .", "other"),
+])
+def test_turn_kind_of_hand_made_turns(turn, kind):
+    assert rate.turn_kind(["Hello .", turn]) == kind
 
 
 def test_score_refuses_unknown_ids_and_bad_labels(tmp_path, systems, capsys):
@@ -418,6 +439,11 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "other"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(lines) == 2 and (lines[-1]["contexts"], lines[-1]["five"]) == (1, pytest.approx(2 / 6, abs=1e-4))
+    pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "wh"])   # "Where is it ?"
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1] == asked
+    with pytest.raises(SystemExit):   # no yes-no question among them: said in one line
+        pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "yes-no"])
+    assert "no context of these rounds has a last turn of kind 'yes-no'" in capsys.readouterr().err
 
 
 def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():

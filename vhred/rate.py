@@ -31,6 +31,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 
 from .cli import command, program, text_lines
@@ -94,6 +95,35 @@ def asks(turns: list[str]) -> bool:
     """Whether a context's last turn is a question (ends with "?"): a reply to it has to answer,
     where an acknowledgement fits after most statements. Rounds are split by it (eval/)."""
     return turns[-1].rstrip().endswith("?")
+
+
+WH_WORD = re.compile(r"\b(what|where|when|why|who|whom|whose|which|how)\b", re.IGNORECASE)
+# wh-words that make a suggestion, not a request for something: "Why don't we ...?", "How about tea?"
+SUGGESTION = re.compile(r"\b(why don't|why not|how about|what about)\b", re.IGNORECASE)
+TURN_KINDS = ("wh", "yes-no", "other")
+
+
+def turn_kind(turns: list[str]) -> str:
+    """What the last turn asks for: "wh" when it is a question and one of its questions asks what,
+    where, when, why, who, which or how ("Where is the toilet?", "Can you tell me where it is?",
+    not "How about tea?"): a reply must say something, and "Yes." or "OK." does not; "yes-no" for
+    the other questions, which a short "Yes." can answer; "other" when it is not a question."""
+    if not asks(turns):
+        return "other"
+    text = re.sub(r"\s*['\u2019]\s*", "'", turns[-1])             # DailyDialog's "don ’ t" -> "don't"
+    questions = [q for q in re.findall(r"[^.!?]*[.!?]+", text) if q.rstrip().endswith("?")]
+    if any(WH_WORD.search(q) and not SUGGESTION.search(q) for q in questions):
+        return "wh"
+    return "yes-no"
+
+
+LAST_TURN_KINDS = ("question", *TURN_KINDS)
+
+
+def last_turn_is(turns: list[str], kind: str) -> bool:
+    """Whether a context's last turn is of kind "question" (any), "wh", "yes-no" or "other" (not a
+    question): the --last-turn filter of eval/rating_contexts.py and eval/pooled_rating.py."""
+    return asks(turns) if kind == "question" else turn_kind(turns) == kind
 
 
 def new_id(rng: random.Random, taken: set) -> str:
@@ -235,16 +265,25 @@ def share(k: int, n: int) -> dict:
 
 
 def score_pointwise(key: dict, answers: dict) -> dict:
-    """{system: {"all": share, "top1": share}} over the answered replies."""
-    counts = {name: {"all": [0, 0], "top1": [0, 0]} for name in key["systems"]}
+    """{system: {"all": share, "top1": share, "by_last_turn": {kind: {"all": share, "top1": share}}}}
+    over the answered replies; by_last_turn splits them by what the context's last turn asks for
+    (turn_kind), the kinds of the pack's contexts only."""
+    kinds = [turn_kind(c) for c in key["contexts"]]
+    counts = {name: {part: [0, 0] for part in ("all", "top1", *(f"{k} {p}" for k in TURN_KINDS for p in ("all", "top1")))}
+              for name in key["systems"]}
     for i, entries in key["items"].items():
         if i not in answers:
             continue
         for e in entries:
+            kind = kinds[e["context"]]
             for part in ("all", "top1") if e["rank"] == 1 else ("all",):
-                counts[e["system"]][part][0] += answers[i] == "good"
-                counts[e["system"]][part][1] += 1
-    return {name: {part: share(*kn) for part, kn in c.items()} for name, c in counts.items()}
+                for name in (part, f"{kind} {part}"):
+                    counts[e["system"]][name][0] += answers[i] == "good"
+                    counts[e["system"]][name][1] += 1
+    return {name: {"all": share(*c["all"]), "top1": share(*c["top1"]),
+                   "by_last_turn": {k: {p: share(*c[f"{k} {p}"]) for p in ("all", "top1")}
+                                    for k in TURN_KINDS if k in kinds}}
+            for name, c in counts.items()}
 
 
 def score_pairwise(key: dict, answers: dict) -> dict:
@@ -276,6 +315,7 @@ def report(key: dict, answers: dict, rater: str) -> tuple[str, dict]:
         result = score_pointwise(key, answers)
         lines += ["| system | good, all shown | good, top-1 |", "|---|---|---|"]
         lines += [f"| {name} | {pct(r['all'])} | {pct(r['top1'])} |" for name, r in result.items()]
+        lines += by_last_turn(key, result)
     else:
         result = score_pairwise(key, answers)
         lines += ["| pair | wins of the first | wins of the second |", "|---|---|---|"]
@@ -292,6 +332,23 @@ def report(key: dict, answers: dict, rater: str) -> tuple[str, dict]:
                   for s, p in proxies.items()]
     return "\n".join(lines), {"rater": rater, "answered": answered, "items": total, "kind": key["kind"],
                               "scores": result, "proxies": proxies}
+
+
+def by_last_turn(key: dict, result: dict) -> list[str]:
+    """The pointwise table again, split by what the last turn asks for (turn_kind): replies to
+    wh-questions are kept far less often than the others, which a share over all hides."""
+    kinds = list(next(iter(result.values()))["by_last_turn"]) if result else []
+    if len(kinds) < 2:
+        return []
+    count = {k: sum(turn_kind(c) == k for c in key["contexts"]) for k in kinds}
+    lines = ["", "by what the last turn asks for (wh: what, where, when, why, who, which, how; "
+             "yes-no: another question; other: not a question):", "",
+             "| system | " + " | ".join(f"{k} ({count[k]}): all shown | top-1" for k in kinds) + " |",
+             "|---|" + "---|---|" * len(kinds)]
+    for name, r in result.items():
+        parts = [f"{pct(r['by_last_turn'][k]['all'])} | {pct(r['by_last_turn'][k]['top1'])}" for k in kinds]
+        lines.append(f"| {name} | " + " | ".join(parts) + " |")
+    return lines
 
 
 def read_key(path: str) -> dict:
