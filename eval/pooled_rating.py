@@ -1,7 +1,7 @@
 """One system's good shares over several blind rating rounds (docs/rating.md, "All the rounds of the default")
 
     python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
-                                 [--versus SYSTEM] [--last-turn question|wh|yes-no|other]
+                                 [--versus SYSTEM] [--last-turn question|wh|yes-no|other ...]
 
 Each round folder holds the key.json of `vhred rate pack` and one rater*.txt per reader. For the
 system named in each round, over every reader of every round: the good share of the replies shown
@@ -19,7 +19,8 @@ than by two separate intervals: what makes one context hard makes it hard for bo
 --last-turn question keeps only the contexts whose last turn ends with "?", other the rest: a
 reply to a question has to answer it, where an acknowledgement fits after most statements. wh
 keeps the questions that ask what, where, when, why, who, which or how, yes-no the other
-questions (vhred.rate.turn_kind): "Yes." can answer the second kind, never the first.
+questions (vhred.rate.turn_kind): "Yes." can answer the second kind, never the first. Repeated,
+it keeps the contexts of any kind named (--last-turn yes-no --last-turn other: all but wh).
 """
 import argparse
 import glob
@@ -32,9 +33,9 @@ from vhred.errors import InputError
 from vhred.rate import LAST_TURN_KINDS, last_turn_is, read_answers, read_key
 
 
-def context_labels(folder: str, system: str, last_turn: str = "") -> dict[str, list[list[bool]]]:
+def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[list[bool]]]:
     """{context: [labels by rank, one list per reader]} for one system of one round; with
-    last_turn one of LAST_TURN_KINDS, only the contexts whose last turn is of that kind."""
+    last_turn a few of LAST_TURN_KINDS, only the contexts whose last turn is of one of those kinds."""
     key = read_key(os.path.join(folder, "key.json"))
     raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
     if not raters:
@@ -47,7 +48,7 @@ def context_labels(folder: str, system: str, last_turn: str = "") -> dict[str, l
     if not shown:
         raise InputError(f"{folder}: no system '{system}' in its key")
     if last_turn:
-        shown = {c: ranked for c, ranked in shown.items() if last_turn_is(key["contexts"][c], last_turn)}
+        shown = {c: ranked for c, ranked in shown.items() if any(last_turn_is(key["contexts"][c], k) for k in last_turn)}
     out = {}
     for path in raters:
         answers = read_answers(path, key)
@@ -97,8 +98,9 @@ def main(argv=None):
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
     p.add_argument("--versus", metavar="SYSTEM",
                    help="also the difference from this system of the same rounds, paired by context")
-    p.add_argument("--last-turn", choices=LAST_TURN_KINDS, default="",
-                   help="only the contexts whose last turn is of this kind (vhred.rate.turn_kind)")
+    p.add_argument("--last-turn", choices=LAST_TURN_KINDS, action="append", default=[],
+                   help="only the contexts whose last turn is of this kind (vhred.rate.turn_kind); repeat "
+                        "for several")
     args = p.parse_args(argv)
     if args.boot < 100:
         p.error("--boot must be at least 100")
@@ -115,7 +117,7 @@ def main(argv=None):
             other = context_labels(folder, args.versus, args.last_turn)
             pairs += [(labels[c], other[c]) for c in labels if c in other]
     if not everything:
-        raise InputError(f"no context of these rounds has a last turn of kind '{args.last_turn}'")
+        raise InputError(f"no context of these rounds has a last turn of kind '{' or '.join(args.last_turn)}'")
     print(json.dumps(summary("all", everything, args.boot)))
     if args.versus:
         if not pairs:

@@ -441,6 +441,8 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     assert len(lines) == 2 and (lines[-1]["contexts"], lines[-1]["five"]) == (1, pytest.approx(2 / 6, abs=1e-4))
     pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "wh"])   # "Where is it ?"
     assert [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1] == asked
+    pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "wh", "--last-turn", "other"])
+    assert [json.loads(x) for x in capsys.readouterr().out.splitlines()][-1]["contexts"] == 3   # all of them
     with pytest.raises(SystemExit):   # no yes-no question among them: said in one line
         pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "yes-no"])
     assert "no context of these rounds has a last turn of kind 'yes-no'" in capsys.readouterr().err
