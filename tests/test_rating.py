@@ -94,6 +94,8 @@ def test_score_round_trip(tmp_path, systems, capsys):
     ("Why don ’ t you sit down and relax ?", "yes-no"),    # a suggestion, in DailyDialog's spelling
     ("How about a cup of tea ?", "yes-no"),
     ("What a bummer ! You set me up ?", "yes-no"),         # the wh-word is in the exclamation
+    ("Did he leave when you left ?", "yes-no"),            # "when" opens no clause of the question
+    ("Aside from yourself , who else plays ?", "wh"),
     ("I see . What time is it", "other"),                  # no question mark: not asked
     ("Thanks .", "other"),
 ])

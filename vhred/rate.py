@@ -97,7 +97,12 @@ def asks(turns: list[str]) -> bool:
     return turns[-1].rstrip().endswith("?")
 
 
-WH_WORD = re.compile(r"\b(what|where|when|why|who|whom|whose|which|how)\b", re.IGNORECASE)
+WH_WORD = r"(what|where|when|why|who|whom|whose|which|how)"
+# a question that asks for something: a clause of it opens with a wh-word ("Where is it?", "Aside
+# from you, who plays?"), or a wh-word follows "tell me", "know", "ask" ("Do you know where it is?");
+# "Did he leave when you left?" asks yes or no
+ASKS_FOR = re.compile(r"(^|,)\W*((and|but|so|then|well|oh|ok|okay|now|yes|no|sorry|hey|hi|hello)\W+)*" + WH_WORD
+                      + r"\b|\b(tell me|tell us|know|ask|wonder|any idea)\W+" + WH_WORD + r"\b", re.IGNORECASE)
 # wh-words that make a suggestion, not a request for something: "Why don't we ...?", "How about tea?"
 SUGGESTION = re.compile(r"\b(why don't|why not|how about|what about)\b", re.IGNORECASE)
 TURN_KINDS = ("wh", "yes-no", "other")
@@ -105,14 +110,15 @@ TURN_KINDS = ("wh", "yes-no", "other")
 
 def turn_kind(turns: list[str]) -> str:
     """What the last turn asks for: "wh" when it is a question and one of its questions asks what,
-    where, when, why, who, which or how ("Where is the toilet?", "Can you tell me where it is?",
-    not "How about tea?"): a reply must say something, and "Yes." or "OK." does not; "yes-no" for
-    the other questions, which a short "Yes." can answer; "other" when it is not a question."""
+    where, when, why, who, which or how (ASKS_FOR: "Where is the toilet?", "Can you tell me where
+    it is?", not "How about tea?"): a reply must say something, and "Yes." or "OK." does not;
+    "yes-no" for the other questions, which a short "Yes." can answer; "other" when it is not a
+    question."""
     if not asks(turns):
         return "other"
     text = re.sub(r"\s*['\u2019]\s*", "'", turns[-1])             # DailyDialog's "don ’ t" -> "don't"
     questions = [q for q in re.findall(r"[^.!?]*[.!?]+", text) if q.rstrip().endswith("?")]
-    if any(WH_WORD.search(q) and not SUGGESTION.search(q) for q in questions):
+    if any(ASKS_FOR.search(q.strip()) and not SUGGESTION.search(q) for q in questions):
         return "wh"
     return "yes-no"
 
