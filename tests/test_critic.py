@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import checkpoint, critic
+from vhred import answers, checkpoint, critic
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
 from vhred.generate import DecodeOptions, encode_turns, generate
@@ -227,7 +227,12 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     ids = [list(r[0]) for r in ranked]
     judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + MMI_WEIGHT x the MMI score
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
-    assert [s for _, s in ranked] == pytest.approx([c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)], abs=1e-4)
+    # with the pretraining, the command also wrote the answer table of the training split: + its score
+    # after this wh-question ("what can I do")
+    assert model.answers is not None and os.path.isfile(run / "answers.json")
+    told = [answers.score(model.answers.table, ["Hello , what can I do for you ?"], sp.decode(i)) for i in ids]
+    assert [s for _, s in ranked] == pytest.approx(
+        [c + critic.MMI_WEIGHT * m + opts.answer_weight * a for c, m, a in zip(judged, mmi, told)], abs=1e-4)
 
     import vhred   # the API's score is the same ranking score, read from text
     from vhred.chat import banner

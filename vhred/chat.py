@@ -248,7 +248,7 @@ def main(argv=None):
     interactive = sys.stdin.isatty()
     chat = Chat(model, cfg, sp, opts)
     if interactive:
-        print(banner(path, cfg, opts, ranking(model, opts), args.pool_with), file=sys.stderr)
+        print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None), file=sys.stderr)
     try:
         for line in read_lines(interactive):
             if not chat_turn(chat, line.strip(), args.json, interactive):
@@ -262,10 +262,13 @@ def main(argv=None):
         sys.exit(130)
 
 
-def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=()) -> str:
+def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: bool = False) -> str:
     """The first line of an interactive chat: which model it is, where it was loaded from, what
-    else draws candidates and what orders them."""
+    else draws candidates and what orders them (answers: with the run's answer score after a
+    wh-question, vhred/answers.py)."""
     by = {"critic": "its reply critic", "none": "decoding order"}.get(ranked_by, ranked_by)
+    if answers and ranked_by in ("critic", "mmi") and opts.answer_weight:
+        by += " and what answers a wh-question"
     shared = f" (drawn with {', '.join(pooled)}, whose rankings join)" if pooled else ""
     return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn{shared}, "
             f"ranked by {by}. /help for commands, Ctrl-D to leave.")

@@ -266,11 +266,12 @@ def load_model(path: str, device="cpu", pool_with=()):
     except (RuntimeError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
-    from . import critic
+    from . import answers, critic
     model = model.to(device).eval()
-    judge = critic.load(path)
+    judge, table = critic.load(path), answers.load(path)
     # kept outside the model's modules: its state_dict (what export and training save) stays the model's
     model.__dict__["critic"] = judge.to(device) if judge is not None else None
+    model.__dict__["answers"] = answers.Scorer(table, sp) if table is not None else None
     model.__dict__["pool"] = [_pool_member(other, sp, device) for other in pool_with]
     return model, cfg, sp
 

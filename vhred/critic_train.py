@@ -12,7 +12,8 @@ loss over every two replies of a context that the readers judged differently (Ra
 al. 2005), weighted by how far apart their shares are. Rounds named with --held-out are not
 trained on: the pairwise accuracy on them (the share of such pairs put in the readers' order) is
 printed before and after. critic.safetensors is written into the run folder, where chat,
-generate, serve and the API rank by it (rank "auto", the default).
+generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
+answer table of the same training split (answers.json, vhred/answers.py).
 """
 import argparse
 import collections
@@ -28,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import checkpoint, limits
+from . import answers, checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, save
@@ -238,7 +239,10 @@ def main(argv=None):
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     state = train(path, args.rounds, args.held_out, args.steps, args.lr, args.seed, args.turn,
                   log=lambda m: print(m, file=sys.stderr, flush=True), pretrain=args.pretrain)
-    print(json.dumps({"critic": save(state, folder), **state["training"]}))
+    written = {"critic": save(state, folder)}
+    if args.pretrain:   # the training split is at hand: its answer table ranks beside the critic
+        written["answers"] = answers.save(answers.from_run(path), folder)
+    print(json.dumps({**written, **state["training"]}))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 RUN is a run folder (its best.pt, else last.pt) or a .pt checkpoint. DIR receives
 model.safetensors, config.json and tokenizer.model (the format: vhred/modelfolder.py), the run's
-reply critic (critic.safetensors, vhred/critic.py) when it has one, and a
+reply critic (critic.safetensors, vhred/critic.py) and answer table (answers.json,
+vhred/answers.py) when it has them, and a
 README.md model card: the data, the config, the run's validation figures (metrics.jsonl) and how
 to load it. vhred.load(DIR) and every --checkpoint read the folder; the optimiser is left out.
 """
@@ -16,11 +17,12 @@ import os
 import shutil
 from dataclasses import asdict
 
-from . import checkpoint, critic, modelfolder
+from . import answers, checkpoint, critic, modelfolder
 from .cli import command, program
 from .errors import InputError
 
 CARD = "README.md"
+RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
 VAL_FIGURES = ("elbo_per_token", "ppl", "nll_per_token", "kl_per_utt", "active_units")
 
 
@@ -42,11 +44,11 @@ def export(run: str, folder: str) -> str:
               "exported_from": {"checkpoint": os.path.basename(source),
                                 "date": datetime.date.today().isoformat()}}
     modelfolder.write(folder, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
-    run_critic = os.path.join(os.path.dirname(source), critic.FILE)
-    if os.path.isfile(run_critic):   # the run's ranking travels with it (rank "auto")
-        shutil.copyfile(run_critic, os.path.join(folder, critic.FILE))
-    elif os.path.isfile(os.path.join(folder, critic.FILE)):   # an earlier export's, not this run's
-        os.remove(os.path.join(folder, critic.FILE))
+    for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
+        if os.path.isfile(os.path.join(os.path.dirname(source), name)):
+            shutil.copyfile(os.path.join(os.path.dirname(source), name), os.path.join(folder, name))
+        elif os.path.isfile(os.path.join(folder, name)):   # an earlier export's, not this run's
+            os.remove(os.path.join(folder, name))
     with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
         f.write(model_card(folder, header, val_records(os.path.dirname(source))))
     return source
@@ -58,7 +60,7 @@ def _check_target(folder: str) -> None:
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
     if os.path.isdir(folder):
-        others = sorted(n for n in set(os.listdir(folder)) - {*modelfolder.FILES, CARD, critic.FILE}
+        others = sorted(n for n in set(os.listdir(folder)) - {*modelfolder.FILES, CARD, *RANKING_FILES}
                         if not n.startswith(("results-", "samples-", "rank-")))
         if others:
             raise InputError(f"{folder} already holds other files ({', '.join(others[:3])}); "

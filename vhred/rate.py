@@ -97,7 +97,8 @@ def asks(turns: list[str]) -> bool:
     return turns[-1].rstrip().endswith("?")
 
 
-WH_WORD = r"(what|where|when|why|who|whom|whose|which|how)"
+WH_WORDS = ("what", "where", "when", "why", "who", "whom", "whose", "which", "how")
+WH_WORD = "(" + "|".join(WH_WORDS) + ")"
 # a question that asks for something: a clause of it opens with a wh-word ("Where is it?", "Aside
 # from you, who plays?"), or a wh-word follows "tell me", "know", "ask" ("Do you know where it is?");
 # "Did he leave when you left?" asks yes or no
