@@ -129,3 +129,20 @@ def test_the_chat_banner_says_when_the_answer_score_ranks(vhred_model):
     assert "ranked by mmi." in banner("run", cfg, DecodeOptions(), "mmi", (), False)
     assert "ranked by mmi." in banner("run", cfg, DecodeOptions(answer_weight=0), "mmi", (), True)
     assert "ranked by ll." in banner("run", cfg, DecodeOptions(), "ll", (), True)
+
+
+def test_the_api_scores_as_the_ranking_ranks(trained, tmp_path):
+    import vhred
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    answers.save(answers.build(PAIRS), str(run))
+    bot = vhred.load(str(run))
+    texts = ["Ten minutes .", "Yes ."]
+    scored = bot.score(["How long is it ?"], texts)
+    model, cfg, sp = checkpoint.load_model(str(run))
+    ctx = encode_turns(sp, ["How long is it ?"], cfg.max_utt_len, cfg.max_context)
+    ids = [sp.encode(t)[:cfg.max_utt_len] for t in texts]
+    assert scored == pytest.approx(_scores(model, [ctx] * 2, ids, DecodeOptions(rank="mmi")), abs=1e-5)
+    table = answers.load(str(run))
+    without = _scores(model, [ctx] * 2, ids, DecodeOptions(rank="mmi", answer_weight=0))
+    assert [s - w for s, w in zip(scored, without)] == pytest.approx([answers.score(table, ["How long is it ?"], t) for t in texts], abs=1e-5)

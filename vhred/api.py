@@ -65,7 +65,7 @@ class Bot:
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
-        beam, dedup, clean, rank, mmi_lambda, length_bonus, draws, seed), with the commands' defaults.
+        beam, dedup, clean, rank, mmi_lambda, length_bonus, answer_weight, draws, seed), with the commands' defaults.
         Repeated replies and faulty ones (non-words, glued or repeated text) are dropped and more
         drawn, so fewer than n come back only when 16n draws hold fewer good ones; HRED's greedy
         decoding gives one; its beam search (the default) or method="sample" gives it more.
@@ -96,8 +96,9 @@ class Bot:
 
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()
-        ranks by default: the MMI score log p(r | history) - lambda log p(r) per token, lambda
-        = DecodeOptions.mmi_lambda (vhred/scoring.py), with seed 0."""
+        ranks by default (vhred/scoring.py score): the run's reply critic + 2 x the MMI score, or
+        the MMI score alone without a critic, plus the answer score after a wh-question when the
+        run has an answer table (vhred/answers.py); z samples with seed 0."""
         self._context(history)
         _check_strings(candidates, "candidates", allow_empty=True)
         from .scoring import score   # the ranking's own scores: one implementation, not two

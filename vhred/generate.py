@@ -486,10 +486,16 @@ def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
         scores = critic_scores(model, contexts, replies, opts)
     else:
         scores = score_ids(model, contexts, replies, kind, RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
+    return plus_answers(model, contexts, replies, kind, opts, scores)
+
+
+def plus_answers(model, contexts, replies, kind: str, opts: DecodeOptions, scores: list[float]) -> list[float]:
+    """Rankings "critic" and "mmi" with opts.answer_weight x the answer score after a wh-question
+    added, when the run has an answer table (vhred/answers.py); other scores as they are."""
     table = getattr(model, "answers", None)
-    if kind in ("critic", "mmi") and table is not None and opts.answer_weight:
-        scores = [s + opts.answer_weight * a for s, a in zip(scores, table.scores(contexts, replies))]
-    return scores
+    if kind not in ("critic", "mmi") or table is None or not opts.answer_weight:
+        return scores
+    return [s + opts.answer_weight * a for s, a in zip(scores, table.scores(contexts, replies))]
 
 
 def ranking(model: Model, opts: DecodeOptions) -> str:
