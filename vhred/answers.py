@@ -18,8 +18,8 @@ or the wh-word alone ("how") when the phrase was asked fewer than MIN_ASKED time
 answer score is the largest pmi of its words, and 0 when no word is typical of the answers or the
 last turn asks no wh-question (vhred.rate.turn_kind). The ranking adds it to a run's score
 (generate._scores: rank "critic" and "mmi", + DecodeOptions.answer_weight x the score). Words
-are lowercased; numbers become <num>, clock times <time>. Rated blind on 160 new contexts ending
-in a wh-question (eight readers, docs/rating.md): a good first reply +5.3 [+0.3, +10.6] points.
+are lowercased; numbers become <num>, clock times <time>. Rated blind on 240 new contexts ending
+in a wh-question (twelve readers, docs/rating.md): a good first reply +4.2 [+0.4, +8.1] points.
 """
 import argparse
 import collections
@@ -86,16 +86,22 @@ def build(pairs) -> dict:
     return {"asked": dict(asked), "pmi": table}
 
 
-def score(table: dict, context: list[str], reply: str) -> float:
-    """The reply's answer score: the largest pmi of its words for the wh-phrase the last turn asks,
-    0 when it asks none or no word is typical of its answers."""
-    phrases = wh_phrases(context[-1]) if context else None
+def typical(table: dict, turn: str) -> dict:
+    """{word: pmi} of the answers to the wh-phrase a turn asks ({} when it asks none)."""
+    phrases = wh_phrases(turn)
     if not phrases:
-        return 0.0
+        return {}
     word, phrase = phrases
-    f = phrase if table["asked"].get(phrase, 0) >= MIN_ASKED else word
-    pmi = table["pmi"].get(f, {})
-    return max((pmi.get(w, 0.0) for w in answer_words(reply)), default=0.0)
+    return table["pmi"].get(phrase if table["asked"].get(phrase, 0) >= MIN_ASKED else word, {})
+
+
+def score(table: dict, context: list[str], reply: str, pmi: dict | None = None) -> float:
+    """The reply's answer score: the largest pmi of its words for the wh-phrase the last turn asks,
+    0 when it asks none or no word is typical of its answers (pmi: typical() of the last turn,
+    when the caller has it)."""
+    if pmi is None:
+        pmi = typical(table, context[-1]) if context else {}
+    return max((pmi.get(w, 0.0) for w in answer_words(reply)), default=0.0) if pmi else 0.0
 
 
 class Scorer:
@@ -106,8 +112,14 @@ class Scorer:
         self.table, self.sp = table, sp
 
     def scores(self, contexts: list[list[list[int]]], replies: list[list[int]]) -> list[float]:
-        return [score(self.table, [self.sp.decode(c[-1])] if c else [], self.sp.decode(r))
-                for c, r in zip(contexts, replies)]
+        words = {}   # last turn's ids -> typical(): once per context, not once per candidate
+        out = []
+        for c, r in zip(contexts, replies):
+            last = tuple(c[-1]) if c else ()
+            if last not in words:
+                words[last] = typical(self.table, self.sp.decode(list(last))) if last else {}
+            out.append(score(self.table, [], self.sp.decode(r), words[last]) if words[last] else 0.0)
+        return out
 
 
 def save(table: dict, folder: str) -> str:

@@ -63,9 +63,9 @@ class DecodeOptions:
     - the critic + 2 x MMI over MMI alone: 52% good of the five and 62% first against 39% and
       49% (sixteenth round); blind, 32-45% and 40-60% against 34-36% and 38-40% (tenth to
       twelfth rounds, critic + 3 x MMI, gamma -0.1, 40 draws);
-    - + 1 x the answer score after a wh-question: on 160 contexts ending in one, a good first
-      reply +5.3 [+0.3, +10.6] points, the five +1.9 [+0.2, +3.6]; 3 x was no better (sixty-
-      second and sixty-third rounds).
+    - + 1 x the answer score after a wh-question: on 240 contexts ending in one, a good first
+      reply +4.2 [+0.4, +8.1] points, the five +1.2 [-0.2, +2.6]; 3 x was no better (sixty-
+      second to sixty-fourth rounds).
     Greedy words (`method="greedy"`) decode 4x as fast; ranking them costs the same. HRED has
     one distribution per context: its candidates are the n best beams."""
     num_samples: int = 5       # responses per context
