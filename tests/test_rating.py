@@ -161,6 +161,10 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("It is at 9::30.", {"mangled"}),
     ("$12:00.", {"mangled"}),
     ("It is $10.50, at 10:30... Good?!", set()),
+    ("25:30.", {"mangled"}),                 # no clock shows it
+    ("It is 9:75.", {"mangled"}),
+    ("It is 24:00, at 0:59.", set()),
+    ("It is at 12:05.", set()),
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}

@@ -6,8 +6,10 @@ of blind rating, vhred/rate.py):
   glued      a reply glues a sentence mark to the next word ("25.How", "Mr.Wory", "$10.The");
   empty      a reply without a letter or digit ("", ".", " …");
   repeated   a reply repeats a fragment three times in a row ("C-in-in-in-in-int", "the the the");
-  mangled    a mark doubled inside a token ("9::30", "5,,000") or a money sign on a clock time
-             ("$12:00."): pieces of two formats spliced, which no one writes.
+  mangled    a mark doubled inside a token ("9::30", "5,,000"), a money sign on a clock time
+             ("$12:00."), or a clock time no clock shows ("25:30", "9:75"): pieces of two formats
+             spliced, which no one writes (the training split's 87,171 turns hold one such time,
+             a score, "99:80").
 
 Each is a share of replies (0..1). Words are runs of letters, lower-cased, so "don't" is checked
 as "don" and "t", which the training text holds whichever way it writes the apostrophe.
@@ -21,8 +23,10 @@ GLUED = re.compile(r"(?<![A-Za-z0-9.])(?:[A-Za-z]{2,}|\d+)[.!?,;:]([A-Za-z]+)")
 DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
 FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
 WORDS_AGAIN = re.compile(r"\b(\w+(?: \w+){0,3}) \1 \1\b")       # the the the, I am I am I am
-# "9::30", "5,,000", "$$10" (not "..." nor "?!"), and a price written as a time, "$12:00"
-MANGLED = re.compile(r"(?<=\w)([:;,$£€])\1+(?=\w)|[$£€¥]\d{1,2}:\d{2}\b")
+# "9::30", "5,,000", "$$10" (not "..." nor "?!"), a price written as a time, "$12:00", and an
+# hour past 24 or minutes past 59, "25:30", "9:75"
+MANGLED = re.compile(r"(?<=\w)([:;,$£€])\1+(?=\w)|[$£€¥]\d{1,2}:\d{2}\b"
+                     r"|(?<![\d:.])(?:2[5-9]|[3-9]\d):\d{2}(?![\d:])|(?<![\d:.])\d{1,2}:[6-9]\d(?![\d:])")
 
 
 def words(text: str) -> list[str]:
