@@ -95,12 +95,14 @@ def typical(table: dict, turn: str) -> dict:
     return table["pmi"].get(phrase if table["asked"].get(phrase, 0) >= MIN_ASKED else word, {})
 
 
-def score(table: dict, context: list[str], reply: str, pmi: dict | None = None) -> float:
+def score(table: dict, context: list[str], reply: str) -> float:
     """The reply's answer score: the largest pmi of its words for the wh-phrase the last turn asks,
-    0 when it asks none or no word is typical of its answers (pmi: typical() of the last turn,
-    when the caller has it)."""
-    if pmi is None:
-        pmi = typical(table, context[-1]) if context else {}
+    0 when it asks none or no word is typical of its answers."""
+    return best(typical(table, context[-1]) if context else {}, reply)
+
+
+def best(pmi: dict, reply: str) -> float:
+    """The largest pmi of the reply's words (typical() of the turn it answers), 0 for none."""
     return max((pmi.get(w, 0.0) for w in answer_words(reply)), default=0.0) if pmi else 0.0
 
 
@@ -118,7 +120,7 @@ class Scorer:
             last = tuple(c[-1]) if c else ()
             if last not in words:
                 words[last] = typical(self.table, self.sp.decode(list(last))) if last else {}
-            out.append(score(self.table, [], self.sp.decode(r), words[last]) if words[last] else 0.0)
+            out.append(best(words[last], self.sp.decode(r)) if words[last] else 0.0)
         return out
 
 
