@@ -31,11 +31,11 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python -m vhred.train --config $(CONFIG) data=$(DATA) $(ARGS)
 
-# The reply critic that ranks a run's candidates, trained on the blind ratings in eval/ratings/
-# (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
+# The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated
+# critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
 critic: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run; give RUN=runs/<name>"; exit 2; }
-	$(BIN)/python -m vhred.critic_train --checkpoint $(RUN) --ratings eval/ratings/*/ $(ARGS)
+	$(BIN)/python -m vhred.critic_train --checkpoint $(RUN) --ratings $$(cat eval/critic_rounds.txt) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2

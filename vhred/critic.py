@@ -1,6 +1,6 @@
 """The reply critic: would a reader keep this reply to this context?
 
-    vhred critic --checkpoint RUN --ratings eval/ratings/*/     (trains one: vhred/critic_train.py)
+    vhred critic --checkpoint RUN --ratings $(cat eval/critic_rounds.txt)     (trains one: vhred/critic_train.py)
 
 A hierarchical encoder with the model's shapes reads the context, then the reply as one more
 turn, as the discriminator of Li et al. (2017, "Adversarial learning for neural dialogue

@@ -1,6 +1,9 @@
 """Train a run's reply critic (vhred/critic.py) on blind readers' labels.
 
-    vhred critic --checkpoint runs/dailydialog-cpu-vhred --ratings eval/ratings/*/ [--held-out DIR]
+    vhred critic --checkpoint runs/dailydialog-cpu-vhred --ratings $(cat eval/critic_rounds.txt) [--held-out DIR]
+
+(eval/critic_rounds.txt: the 32 rounds the rated critics learned from, as `make critic` trains;
+`--ratings eval/ratings/*/` takes every round.)
 
 Each DIR is a pointwise rating round written by `vhred rate pack` and answered by readers: its
 key.json and rater*.txt files (eval/ratings/ holds the project's). Every rated reply is labelled
