@@ -108,6 +108,11 @@ def test_the_ranking_adds_the_weighted_answer_score(trained, tmp_path):
     (run / answers.FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="answers.json is unreadable"):
         checkpoint.load_model(str(run))
+    for bad in ([], {"asked": {}}, {"asked": {"how": 3}, "pmi": {"how": {"weeks": "1.5"}}},
+                {"asked": {"how": "3"}, "pmi": {}}, {"asked": {}, "pmi": {"how": [1.5]}}):
+        (run / answers.FILE).write_text(json.dumps(bad))   # would fail mid-ranking: refused on load
+        with pytest.raises(CheckpointError, match="is not a table of vhred.answers"):
+            checkpoint.load_model(str(run))
 
 
 def test_the_command_counts_the_runs_training_split(trained, tmp_path, dailydialog_zip):

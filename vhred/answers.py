@@ -142,7 +142,7 @@ def load(run: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
-        ok = isinstance(table.get("asked"), dict) and isinstance(table.get("pmi"), dict)
+        ok = _well_formed(table)
     except (OSError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path} is unreadable ({e}): rebuild it with `vhred answers "
                               f"--checkpoint {folder}`") from None
@@ -150,6 +150,15 @@ def load(run: str) -> dict | None:
         raise CheckpointError(f"{path} is not a table of vhred.answers: rebuild it with `vhred answers "
                               f"--checkpoint {folder}`")
     return table
+
+
+def _well_formed(table) -> bool:
+    """{"asked": {phrase: count}, "pmi": {phrase: {word: number}}}, as build() writes it: anything
+    else would fail mid-ranking, so it is refused on load."""
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return (isinstance(table, dict) and isinstance(table.get("asked"), dict) and isinstance(table.get("pmi"), dict)
+            and all(number(n) for n in table["asked"].values())
+            and all(isinstance(p, dict) and all(number(v) for v in p.values()) for p in table["pmi"].values()))
 
 
 def from_run(path: str) -> dict:
