@@ -126,6 +126,14 @@ def test_the_command_counts_the_runs_training_split(trained, tmp_path, dailydial
     assert table["asked"]["what"] > 0 and any(table["pmi"].values())
     assert f"{run / answers.FILE}: " in r.stdout
 
+    from vhred.export import export   # an exported model folder: its config.json, and a broken table rebuilt
+    export(str(run), str(tmp_path / "folder"))
+    (tmp_path / "folder" / answers.FILE).write_text("{not json")
+    r = subprocess.run([sys.executable, "-m", "vhred.answers", "--checkpoint", str(tmp_path / "folder")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "folder" / answers.FILE).read_text()) == table
+
 
 def test_the_chat_banner_says_when_the_answer_score_ranks(vhred_model):
     from vhred.chat import banner

@@ -167,7 +167,7 @@ def from_run(path: str) -> dict:
     from .evaluate import split_dialogues
     from .metrics.protocol import context_pairs
     path = checkpoint.resolve(path)
-    cfg = checkpoint.config_of(checkpoint.load(path), path)
+    cfg = checkpoint.config_at(path)   # a .pt file or an exported model folder
     try:
         dialogues = split_dialogues(cfg, "train")
     except (DataError, OSError) as e:

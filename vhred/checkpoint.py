@@ -225,6 +225,14 @@ def _feed(h, obj) -> None:
         h.update(f"V{obj!r}".encode())
 
 
+def config_at(path: str):
+    """The config of a resolved checkpoint: a .pt file's, or an exported model folder's config.json
+    (without reading its weights)."""
+    if os.path.isdir(path):
+        return config_of({"config": modelfolder.read_config(path)["config"]}, path)
+    return config_of(load(path), path)
+
+
 def config_of(state: dict, path: str = "checkpoint"):
     if not isinstance(state["config"], dict):
         raise CheckpointError(f"{path}: its config is not a mapping; the checkpoint is not vhred's")
