@@ -159,3 +159,21 @@ def test_the_api_scores_as_the_ranking_ranks(trained, tmp_path):
     table = answers.load(str(run))
     without = _scores(model, [ctx] * 2, ids, DecodeOptions(rank="mmi", answer_weight=0))
     assert [s - w for s, w in zip(scored, without)] == pytest.approx([answers.score(table, ["How long is it ?"], t) for t in texts], abs=1e-5)
+
+
+@pytest.mark.slow   # a server process
+def test_the_servers_start_line_says_when_the_answer_score_ranks(trained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    answers.save(answers.build(PAIRS), str(run))
+    lines = []
+    for extra in ([], ["--answer-weight", "0"]):
+        proc = subprocess.Popen([sys.executable, "-m", "vhred", "serve", "--checkpoint", str(run), "--port", "0",
+                                 "--quiet", *extra], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            lines.append(proc.stderr.readline())
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    assert "ranked by mmi + the answer score after a wh-question: http://127.0.0.1:" in lines[0]
+    assert "ranked by mmi: http://127.0.0.1:" in lines[1]

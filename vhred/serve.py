@@ -570,6 +570,8 @@ def main(argv=None):
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
     shared = f", drawn with {', '.join(args.pool_with)} (every run's ranking score added)" if args.pool_with else ""
+    if bot._model.answers is not None and ranked_by in ("critic", "mmi") and defaults.answer_weight:
+        ranked_by += " + the answer score after a wh-question"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
