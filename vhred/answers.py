@@ -30,7 +30,7 @@ import re
 
 from .cli import command, program
 from .errors import CheckpointError, DataError
-from .rate import ASKS_FOR, SUGGESTION, WH_WORDS
+from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 
 FILE = "answers.json"
 MIN_ASKED = 20     # a wh-phrase asked fewer times in the training split falls back to its wh-word
@@ -51,10 +51,8 @@ def answer_words(text: str) -> set[str]:
 def wh_phrases(turn: str) -> tuple[str, str] | None:
     """(wh-word, wh-word and the word after it) of the last question of a turn that asks one
     ("how long will it take?" -> ("how", "how long")), or None."""
-    text = re.sub(r"\s*['\u2019]\s*", "'", turn.lower())
-    for q in reversed(re.findall(r"[^.!?]*[.!?]+", text)):
-        q = q.strip()
-        m = ASKS_FOR.search(q) if q.endswith("?") and not SUGGESTION.search(q) else None
+    for q in reversed(questions(turn.lower())):
+        m = ASKS_FOR.search(q) if not SUGGESTION.search(q) else None
         if m:
             word = next(g for g in reversed(m.groups()) if g in WH_WORDS)
             after = re.findall(r"[a-z']+", q[m.end():])

@@ -117,11 +117,16 @@ def turn_kind(turns: list[str]) -> str:
     question."""
     if not asks(turns):
         return "other"
-    text = re.sub(r"\s*['\u2019]\s*", "'", turns[-1])             # DailyDialog's "don ’ t" -> "don't"
-    questions = [q for q in re.findall(r"[^.!?]*[.!?]+", text) if q.rstrip().endswith("?")]
-    if any(ASKS_FOR.search(q.strip()) and not SUGGESTION.search(q) for q in questions):
+    if any(ASKS_FOR.search(q) and not SUGGESTION.search(q) for q in questions(turns[-1])):
         return "wh"
     return "yes-no"
+
+
+def questions(turn: str) -> list[str]:
+    """A turn's questions (its sentences that end in "?"), stripped, with DailyDialog's spaced
+    apostrophes joined ("don ’ t" -> "don't") as the patterns above expect."""
+    text = re.sub(r"\s*['\u2019]\s*", "'", turn)
+    return [q.strip() for q in re.findall(r"[^.!?]*[.!?]+", text) if q.rstrip().endswith("?")]
 
 
 LAST_TURN_KINDS = ("question", *TURN_KINDS)
