@@ -21,7 +21,7 @@ def test_unknown_key_suggests_the_nearest():
 @pytest.mark.parametrize("override,message", [
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
     ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
-    ("word_dropout=1.5", "below 1"),
+    ("word_dropout=1.5", "below 1"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
 ])
 def test_bad_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):

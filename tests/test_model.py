@@ -138,6 +138,18 @@ def test_objective_is_per_token_and_free_bits_floor_each_dimension():
     assert torch.isclose(objective(out, beta=0.0, bow_weight=0.5), torch.tensor((8 + 2) / 4))
 
 
+def test_a_target_of_weight_k_counts_as_k_copies_of_it():
+    """config.wh_reply_weight: weights (1, 3) give the loss of the batch with the second target
+    three times over, free bits on the batch mean included."""
+    out = {"nll": torch.tensor([3.0, 5.0]), "n_tokens": 4, "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0]])}
+    copies = {"nll": torch.tensor([3.0, 5.0, 5.0, 5.0]), "n_tokens": 4,
+              "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0], [0.3, 4.0], [0.3, 4.0]])}
+    for beta, free_bits in ((0.5, 0.0), (1.0, 0.5), (1.0, 3.5)):
+        weighted = objective(out, beta, free_bits, weights=torch.tensor([1.0, 3.0]))
+        assert torch.isclose(weighted, objective(copies, beta, free_bits)), (beta, free_bits)
+    assert torch.equal(objective(out, 1.0, 0.5, weights=torch.ones(2)), objective(out, 1.0, 0.5))
+
+
 def test_active_units_counts_dimensions_whose_posterior_mean_varies():
     means = torch.zeros(100, 3)
     means[:, 0] = torch.linspace(-1, 1, 100)   # variance ~0.34

@@ -42,6 +42,28 @@ def test_tiny_run_learns_and_writes_its_run_folder(tiny_cfg):
     assert model.lm_head.out_features == sp.get_piece_size() and cfg.arch.z_dim == 8
 
 
+def test_replies_to_wh_questions_weigh_more_in_the_loss(tiny_cfg, monkeypatch):
+    """wh_reply_weight=4: each target that answers a wh-question gets weight 4 in the training
+    step's objective, the others 1; at the default 1 no weights are made at all."""
+    from vhred.dataset import collate
+    from vhred.models import VHRED   # the tiny config's family
+    from vhred.tokenizer import load_tokenizer
+    seen = []
+    real = VHRED.objective
+    monkeypatch.setattr(VHRED, "objective", lambda self, out, *a, weights=None, **k: (
+        seen.append(weights), real(self, out, *a, weights=weights, **k))[1])
+    run = train(tiny_cfg("max_steps=3", "wh_reply_weight=4", "name=wh"), log=quiet)
+    assert len(seen) == 3 and all(w is not None and set(w.tolist()) <= {1.0, 4.0} for w in seen)
+    assert any(4.0 in w.tolist() for w in seen)   # the tiny slice asks wh-questions
+    sp = load_tokenizer(model_bytes=run.tokenizer)
+    b = collate([[sp.encode(t) for t in d] for d in (["Where is the bank ?", "Over there .", "Thanks ."],
+                                                      ["Hello .", "What time is it ?", "Ten ."])])
+    assert run.wh_replies(b).tolist() == [4.0, 1.0, 1.0, 4.0]   # targets in order: each answers the turn before
+    seen.clear()
+    plain = train(tiny_cfg("max_steps=2", "name=plain"), log=quiet)
+    assert plain.wh_replies is None and seen == [None, None]
+
+
 def test_hred_trains_too(tiny_cfg):
     run = train(tiny_cfg("model=hred", "max_steps=12"), log=quiet)
     assert run.progress.step == 12 and not hasattr(run.model, "prior_net")

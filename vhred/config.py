@@ -61,6 +61,8 @@ class Config:
     kl_cycle_steps: int = 0       # cyclical: steps per cycle (0: the warm-up takes half a cycle)
     kl_max: float = 1.0           # final KL weight (beta)
     free_bits: float = 0.0        # nats per latent dimension not penalised (Kingma et al. 2016)
+    wh_reply_weight: float = 1.0  # loss weight of each reply to a wh-question (what, where, when, why, who, which,
+                                  # how: rate.turn_kind); above 1 the model learns to answer them at the rest's cost
     # --- training ---
     batch_size: int = 32          # dialogues (windows) per batch
     lr: float = 1e-3              # AdamW peak learning rate
@@ -247,7 +249,7 @@ def _family_defaults(cfg: Config, given: set) -> None:
             setattr(cfg.arch, key, value)
 
 
-POSITIVE = ("vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
+POSITIVE = ("wh_reply_weight", "vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
             "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden")
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
@@ -257,7 +259,7 @@ NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", 
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
         "batch_size": 65_536, "emb_dim": 8192, "utt_hidden": 8192, "ctx_hidden": 8192, "dec_hidden": 8192,
         "z_dim": 8192, "latent_hidden": 8192, "gmp_components": 1024, "critic_steps": 100,
-        "attention": 1001}   # attention: max_utt_len's cap and <eos>
+        "attention": 1001, "wh_reply_weight": 100}   # attention: max_utt_len's cap and <eos>
 CHOICES = {"kl_schedule": ("linear", "cyclical", "constant"), "tokenizer": ("unigram", "bpe", "word"),
            "device": ("auto", "cpu", "cuda"), "precision": ("auto", "fp32", "bf16")}
 

@@ -202,17 +202,21 @@ class Batch:
     tokens: (U, L) <bos> w_1 .. w_l <eos> <pad>.. for all U utterances
     lens:   (U,)   l + 2, the unpadded length of each row of tokens
     turns:  (B,)   utterances per dialogue; sum(turns) == U
+    weights: (T,)  the loss weight of each target (every utterance but a dialogue's first), when
+                   the training weighs them (train.WhReplies); None: all 1
     """
     tokens: torch.Tensor
     lens: torch.Tensor
     turns: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         """The tokens to the device (to a GPU through pinned memory, so a non-blocking copy
         overlaps compute); lens and turns stay on the host, where packing and indexing read them."""
         pin = non_blocking and torch.device(device).type == "cuda"
         tokens = (self.tokens.pin_memory() if pin else self.tokens).to(device, non_blocking=non_blocking)
-        return Batch(tokens, self.lens, self.turns)
+        weights = None if self.weights is None else self.weights.to(device, non_blocking=non_blocking)
+        return Batch(tokens, self.lens, self.turns, weights)
 
     @property
     def target_tokens(self) -> int:

@@ -121,6 +121,7 @@ class Run:
         self.val_data = DialogueData(self.data_folder, "validation")
         with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
+        self.wh_replies = WhReplies(self.tokenizer, cfg.wh_reply_weight) if cfg.wh_reply_weight != 1 else None
         with open(os.path.join(self.data_folder, "meta.json")) as f:
             meta = json.load(f)
         cfg.data_source = os.path.abspath(meta["source"])   # saved in config and checkpoints: eval reads the same data
@@ -321,7 +322,7 @@ class Run:
         tokens = max(int(self.train_data.n_tokens[indices].sum()), 1)   # all ranks' targets
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(b.tokens, b.lens, b.turns)
-            loss_sum = self.model.objective(out, beta, cfg.free_bits, n_tokens=1)
+            loss_sum = self.model.objective(out, beta, cfg.free_bits, n_tokens=1, weights=b.weights)
         self.opt.zero_grad(set_to_none=True)
         (loss_sum * (self.world / tokens)).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -360,8 +361,12 @@ class Run:
                 self.opt.step()
 
     def make_batch(self, indices):
-        """This rank's share of a batch, on the device (pinned first on a GPU: a non-blocking copy)."""
-        return self.train_data.batch(indices[self.rank::self.world]).to(self.device, non_blocking=True)
+        """This rank's share of a batch, on the device (pinned first on a GPU: a non-blocking copy),
+        with its targets' loss weights when replies to wh-questions weigh more."""
+        b = self.train_data.batch(indices[self.rank::self.world])
+        if self.wh_replies:
+            b.weights = self.wh_replies(b)
+        return b.to(self.device, non_blocking=True)
 
     @property
     def patience_out(self) -> bool:
@@ -445,6 +450,34 @@ class Run:
             self.tb.close()
         if self.lock:
             self.lock.close()
+
+
+class WhReplies:
+    """The loss weights of a batch's targets (config.wh_reply_weight): `weight` for a reply to a
+    turn that asks a wh-question (rate.turn_kind: what, where, when, why, who, which, how), 1 for
+    the others. Blind readers keep a good first reply after one wh-question in five, against two
+    turns in three otherwise (docs/rating.md): the model seldom draws a fitting answer to them."""
+
+    def __init__(self, tokenizer: bytes, weight: float):
+        from .tokenizer import load_tokenizer
+        self.sp, self.weight, self.seen = load_tokenizer(model_bytes=tokenizer), weight, {}
+
+    def __call__(self, batch) -> torch.Tensor:
+        """(T,) on the host, in the targets' order (Hierarchical.targets): each utterance after a
+        dialogue's first, weighed by the turn before it."""
+        start = torch.cumsum(batch.turns, 0) - batch.turns                 # each dialogue's first row (B,)
+        first = torch.zeros(len(batch.lens), dtype=torch.bool)
+        first[start] = True
+        answered = (~first).nonzero().squeeze(1) - 1                        # the row each target answers (T,)
+        return torch.tensor([self.weight if self._asks_wh(batch.tokens[u, 1:batch.lens[u] - 1]) else 1.0
+                             for u in answered.tolist()])
+
+    def _asks_wh(self, ids: torch.Tensor) -> bool:
+        key = tuple(ids.tolist())
+        if key not in self.seen:   # a turn recurs in every window that holds it: read once
+            from .rate import turn_kind
+            self.seen[key] = turn_kind([self.sp.decode(list(key))]) == "wh"
+        return self.seen[key]
 
 
 def tensorboard_writer_class():

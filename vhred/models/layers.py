@@ -78,7 +78,7 @@ class Hierarchical(nn.Module):
                              answered turn's words after h: read them through summary() and split())
       forward(tokens, lens, turns) -> dict: nll (T,), n_tokens, and for latent families
                              kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
-      objective(out, beta, free_bits, n_tokens) -> the loss per token the optimiser minimises
+      objective(out, beta, free_bits, n_tokens, weights) -> the loss per token the optimiser minimises
       log_weights(tokens, lens, turns, k) -> (T, K) log importance weights of the test bound
       final_states(tokens, lens, turns) -> (C, Hc [+ memory]) the state a response is decoded from
       prior(ctx) -> mean, logvar; sample_prior(ctx, eps) -> z;  condition(ctx, z) -> cond
@@ -310,9 +310,9 @@ class Hierarchical(nn.Module):
         """What the decoder is conditioned on: [h, z] (T, Hc + Z), or h without a latent."""
         return ctx if z is None else torch.cat([ctx, z], dim=-1)
 
-    def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None):
+    def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None, weights=None):
         """The training loss per predicted token (see objective())."""
-        return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens)
+        return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens, weights)
 
     def param_groups(self) -> list[dict]:
         """The optimiser's parameter groups: one, at the schedule's learning rate. A family whose
@@ -329,21 +329,26 @@ class Hierarchical(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0, n_tokens=None):
+def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0, n_tokens=None,
+              weights=None):
     """The training loss per predicted token: (NLL + beta * KL [+ bow] [+ extra]) / tokens.
 
     n_tokens defaults to this batch's; data-parallel ranks pass the whole batch's count.
+    weights (T,), when given, weigh each target's NLL and KL (config.wh_reply_weight): a target
+    of weight 4 counts as four copies of it.
 
     With free bits, each latent dimension's batch-mean KL below `free_bits` nats is not
     penalised, so the optimiser has no reason to push it to zero (Kingma et al. 2016).
     "kl_extra" is a KL term outside the per-utterance latents (VHCR's z_conv), "extra" a loss
     a family adds unweighted (DialogWAE's adversarial terms).
     """
-    loss = out["nll"].sum()
+    nll = out["nll"] if weights is None else out["nll"] * weights           # (T,)
+    loss = nll.sum()
     if "kl" in out:
-        kl = out["kl"]                                                      # (T, Z)
-        if free_bits > 0:
-            kl = kl.mean(0).clamp(min=free_bits) * kl.shape[0]              # (Z,) summed over T
+        kl = out["kl"] if weights is None else out["kl"] * weights[:, None]  # (T, Z)
+        if free_bits > 0:   # on the (weighted) batch mean of each dimension
+            count = kl.shape[0] if weights is None else weights.sum()
+            kl = (kl.sum(0) / count).clamp(min=free_bits) * count           # (Z,) summed over T
         loss = loss + beta * kl.sum()
     if "kl_extra" in out:
         loss = loss + beta * out["kl_extra"]
