@@ -465,10 +465,9 @@ class WhReplies:
     def __call__(self, batch) -> torch.Tensor:
         """(T,) on the host, in the targets' order (Hierarchical.targets): each utterance after a
         dialogue's first, weighed by the turn before it."""
-        start = torch.cumsum(batch.turns, 0) - batch.turns                 # each dialogue's first row (B,)
-        first = torch.zeros(len(batch.lens), dtype=torch.bool)
-        first[start] = True
-        answered = (~first).nonzero().squeeze(1) - 1                        # the row each target answers (T,)
+        from .models.layers import positions
+        _, pos = positions(batch.turns)                                     # place in its dialogue (U,)
+        answered = (pos > 0).nonzero().squeeze(1) - 1                       # the row each target answers (T,)
         return torch.tensor([self.weight if self._asks_wh(batch.tokens[u, 1:batch.lens[u] - 1]) else 1.0
                              for u in answered.tolist()])
 
