@@ -24,6 +24,7 @@ from .errors import CheckpointError, ConfigError, TrainingError
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
 from .models import build
+from .models.layers import positions
 from .schedule import kl_weight, learning_rate
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
@@ -465,7 +466,6 @@ class WhReplies:
     def __call__(self, batch) -> torch.Tensor:
         """(T,) on the host, in the targets' order (Hierarchical.targets): each utterance after a
         dialogue's first, weighed by the turn before it."""
-        from .models.layers import positions
         _, pos = positions(batch.turns)                                     # place in its dialogue (U,)
         answered = (pos > 0).nonzero().squeeze(1) - 1                       # the row each target answers (T,)
         return torch.tensor([self.weight if self._asks_wh(batch.tokens[u, 1:batch.lens[u] - 1]) else 1.0
