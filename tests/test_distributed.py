@@ -1,6 +1,7 @@
 """Multi-process training and the GPU path: ranks that decide together, GRUs in the asked dtype, bench counting."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -49,6 +50,21 @@ def test_two_processes_stop_early_together_and_keep_the_best_of_one(dailydialog_
     assert [v["elbo_per_token"] for v in val["two"]] == pytest.approx([v["elbo_per_token"] for v in val["one"]], rel=1e-9)
     # every rank's generator states travel with last.pt, so a resume continues each rank's stream
     assert len(last["two"]["rng"]) == 2 and not torch.equal(last["two"]["rng"][0]["cpu"], last["two"]["rng"][1]["cpu"])
+
+
+@pytest.mark.slow   # torchrun, as a user runs it
+def test_no_rank_tears_down_while_rank_0_still_writes(dailydialog_zip, data_dir, tmp_path):
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "tests", "fixtures", "ranks_teardown.py"), "--config", os.path.join(ROOT, "configs", "tiny.yaml"),
+           f"data_dir={data_dir}", f"out_dir={tmp_path}", "name=teardown", "model=hred", "max_dialogues=24", "epochs=1"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-1500:] + child_errors(r)
+    # the ranks share stdout: one's line may run into the other's, so no line anchors
+    saved = [float(t) for t in re.findall(r"saved last.pt (\d+\.\d{6})", r.stdout)]
+    cleanups = dict(re.findall(r"cleanup rank (\d) (\d+\.\d{6})", r.stdout))
+    assert saved and set(cleanups) == {"0", "1"}, r.stdout[-1000:]
+    assert float(cleanups["1"]) > saved[-1], f"rank 1 tore down {saved[-1] - float(cleanups['1']):.3f} s before rank 0's last write ended"
 
 
 @pytest.mark.slow   # torchrun, as a user runs it

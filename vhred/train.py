@@ -546,6 +546,9 @@ def train(cfg: config.Config, log=print) -> Run:
     stop = Stop()
     try:
         run.train(stop)
+        # every rank tears down together: one that destroyed its process group while rank 0 still
+        # wrote last.pt sometimes aborted at exit (gloo). Not after an error, where peers may never come.
+        distributed.barrier()
     finally:
         stop.restore()
         run.close()
