@@ -546,8 +546,9 @@ def train(cfg: config.Config, log=print) -> Run:
     stop = Stop()
     try:
         run.train(stop)
-        # every rank tears down together: one that destroyed its process group while rank 0 still
-        # wrote last.pt sometimes aborted at exit (gloo). Not after an error, where peers may never come.
+        # every rank tears down together, as PyTorch asks of destroy_process_group (without the wait
+        # rank 1 destroyed its group while rank 0 still wrote last.pt). Not after an error, where
+        # peers may never come.
         distributed.barrier()
     finally:
         stop.restore()
