@@ -9,6 +9,7 @@ the answered turn's own exchange (the same turn followed by the same reply) is n
     python eval/ratings/2026-12-02-retnref/retnref.py train --config configs/dailydialog-cpu.yaml name=dailydialog-cpu-retnref attention=20 epochs=8
     python eval/ratings/2026-12-02-retnref/retnref.py generate --checkpoint runs/dailydialog-cpu-retnref --input C --output O
 """
+import json
 import math
 import os
 import sys
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".."))   # the repository root
 from vhred import config, dataset, models  # noqa: E402
-from vhred.models.layers import first_words, to_device  # noqa: E402
+from vhred.models.layers import first_words, positions, to_device  # noqa: E402
 from vhred.models.vhred import VHRED  # noqa: E402
 from vhred.tokenizer import BOS, EOS, PAD  # noqa: E402
 
@@ -101,7 +102,6 @@ class RetVHRED(VHRED):
         return [host[i, 1:int(lens[r]) - 1].tolist() for i, r in enumerate(rows.tolist())]
 
     def targets(self, tokens, lens, turns):
-        from vhred.models.layers import positions
         lens, turns = lens.cpu(), turns.cpu()
         enc, words = self.encode_words(tokens[:, 1:], lens - 1)
         dlg, pos = positions(turns)
@@ -122,7 +122,6 @@ def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
     cfg = config.load(cfg_path, list(overrides))
     folder = dataset.prepare(cfg, log=lambda *_: None)
     windows = dataset.DialogueData(folder, "train").ds["ids"]
-    import json
     vocab = json.load(open(os.path.join(folder, "meta.json")))["vocab_size"]
     t0 = time.time()
     r = Retriever(windows, vocab)
