@@ -38,6 +38,9 @@ def main():
     tuned = set(random.Random(SWEEP_SEED).sample(range(len(pairs)), min(SWEEP_CONTEXTS, len(pairs))))
     free = [i for i in range(len(pairs)) if i not in tuned and tuple(pairs[i][0]) not in seen
             and (not args.last_turn or last_turn_is(pairs[i][0], args.last_turn))]
+    if args.contexts > len(free):
+        raise SystemExit(f"only {len(free)} test contexts{' of that kind' if args.last_turn else ''} are left once the "
+                         f"sweep's and the --exclude files' are left out: ask for --contexts {len(free)} or fewer")
     for i in sorted(random.Random(args.seed).sample(free, args.contexts)):
         print(json.dumps({"context": pairs[i][0], "reference": pairs[i][1]}, ensure_ascii=False))
 

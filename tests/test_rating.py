@@ -394,6 +394,23 @@ def test_backward_ranking_reverses_dialogues_and_adds_the_backward_score(trained
     assert lbw[1] == pytest.approx(expect[0]) and lbw[0] != lbw[1]
 
 
+def test_rating_contexts_says_how_many_are_left_when_asked_for_more(trained, monkeypatch, capsys):
+    """Asked for more unused contexts than the test split has left, the command says how many
+    remain in one line; asked for that many it writes them."""
+    import sys
+    from eval import rating_contexts
+    monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", "100000"])
+    with pytest.raises(SystemExit) as stop:
+        rating_contexts.main()
+    left = int(re.search(r"only (\d+) test contexts are left", str(stop.value)).group(1))
+    assert 0 < left < 100000 and f"--contexts {left} or fewer" in str(stop.value)
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", str(left)])
+    rating_contexts.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == left and all(r["context"] and r["reference"] for r in rows)
+
+
 # --- one system over several rounds (eval/pooled_rating.py) ------------------------------------
 
 def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):

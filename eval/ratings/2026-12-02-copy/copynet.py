@@ -13,6 +13,7 @@ b starts at 2 (p_gen about 0.88), so training starts from generation and learns 
 
     python eval/ratings/2026-12-02-copy/copynet.py train --config configs/dailydialog-cpu.yaml name=dailydialog-cpu-copy attention=20 epochs=8
     python eval/ratings/2026-12-02-copy/copynet.py generate --checkpoint runs/dailydialog-cpu-copy --input C --output O
+    python eval/ratings/2026-12-02-copy/copynet.py generate --checkpoint runs/dailydialog-cpu-vhred --pool-with runs/dailydialog-cpu-copy --input C --output O
     python eval/ratings/2026-12-02-copy/copynet.py retrieved --run runs/dailydialog-cpu-copy --input C --output O
 """
 import importlib.util
@@ -138,10 +139,18 @@ class CopyVHRED(retnref.RetVHRED):
         return torch.zeros(len(lens), device=tokens.device).index_add_(0, owner, token_nll)
 
 
+class EitherVHRED(retnref.VHRED):
+    """The family "vhred" while this script runs: this round's model for a run with attention (the copy
+    run), the package's own for one without (the shipped run), so that one process can pool their draws
+    (generate --checkpoint runs/dailydialog-cpu-vhred --pool-with runs/dailydialog-cpu-copy)."""
+    def __new__(cls, cfg, vocab_size: int):
+        return CopyVHRED(cfg, vocab_size) if cfg.attention else retnref.VHRED(cfg, vocab_size)
+
+
 def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
     retnref.install(cfg_path, overrides)
     CopyVHRED.retriever = retnref.RetVHRED.retriever
-    models.FAMILIES["vhred"] = CopyVHRED
+    models.FAMILIES["vhred"] = EitherVHRED
 
 
 if __name__ == "__main__":
