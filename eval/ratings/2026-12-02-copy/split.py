@@ -23,9 +23,10 @@ opts = ap.parse_args()
 
 _, cfg, _ = checkpoint.load_model(checkpoint.resolve(opts.run))
 train = split_dialogues(cfg, "train")
-rows = []   # (seen, {system: (five, first)})
+rows, names = [], {}   # (seen, {system: (five, first)}); the systems in the packs' order
 for d in opts.dirs:
     key = read_key(f"{d}/key.json")
+    names.update(dict.fromkeys(key["systems"]))
     refs = {json.dumps(r["context"]): r["reference"] for r in map(json.loads, open(f"{d}/contexts.jsonl"))}
     answers = [read_answers(f, key) for f in sorted(glob.glob(f"{d}/rater*.txt"))]
     shown = collections.defaultdict(lambda: collections.defaultdict(dict))   # context -> system -> rank -> kept
@@ -38,7 +39,6 @@ for d in opts.dirs:
     for s, systems in zip(seen, shown.values()):
         rows.append((s, {name: (sum(r.values()) / len(r), r[1]) for name, r in systems.items()}))
 
-names = sorted({n for _, r in rows for n in r})
 for group, want in (("seen", True), ("unseen", False)):
     part = [r for s, r in rows if s == want]
     print(f"{group}: {len(part)} contexts")
