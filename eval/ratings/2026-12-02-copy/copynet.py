@@ -28,8 +28,8 @@ from torch.nn.utils.rnn import pad_packed_sequence
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", ".."))   # the repository root
 from vhred import models  # noqa: E402
-from vhred.models.layers import Packing, first_words, run_rnn, to_device  # noqa: E402
-from vhred.tokenizer import BOS, EOS, PAD, UNK  # noqa: E402
+from vhred.models.layers import Packing, run_rnn, to_device  # noqa: E402
+from vhred.tokenizer import EOS, PAD, UNK  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("retnref", os.path.join(HERE, "..", "2026-12-02-retnref", "retnref.py"))
 retnref = importlib.util.module_from_spec(_spec)
@@ -58,41 +58,19 @@ class CopyVHRED(retnref.RetVHRED):
         end = Hc + M * Hd + M
         return cond[:, end:end + M].round().long()
 
-    def memory2(self, words, rows, retrieved, device, tokens=None):
+    def memory2(self, words, rows, retrieved, tokens):
+        """retnref's memory, then the piece each attended state reads: (R, 2N*Hd + 2N) -> (R, 2N*Hd + 4N)."""
         N = self.cfg.attention
-        s1, m1 = first_words(words, rows, N)                                # (R, N, 2Hu)
-        width = max(len(r) for r in retrieved) + 2
-        rt = torch.tensor([[BOS, *r, EOS] + [PAD] * (width - len(r) - 2) for r in retrieved], dtype=torch.long)
-        rl = torch.tensor([len(r) + 2 for r in retrieved], dtype=torch.long)
-        _, wr = self.encode_words(to_device(rt, device)[:, 1:], rl - 1)
-        s2, m2 = first_words(wr, torch.arange(len(retrieved)), N)           # (R, N, 2Hu)
-        mem = self.mem_proj(self.drop(torch.cat([s1, s2], 1)))              # (R, 2N, Hd)
-        mask = torch.cat([m1, m2], 1)
-        ids = torch.cat([self._first_ids(tokens[to_device(rows, tokens.device)], N),
-                         self._first_ids(to_device(rt, device), N)], 1)    # (R, 2N): w_1.. <eos> as the states
-        return torch.cat([mem.flatten(1), mask.to(mem.dtype), ids.to(mem.dtype)], dim=-1)
+        own = self._first_ids(tokens[to_device(rows, tokens.device)], N)   # (R, N): w_1.. <eos>, as the states
+        got = torch.tensor([([*r, EOS] + [PAD] * N)[:N] for r in retrieved], device=tokens.device)  # (R, N)
+        mem = super().memory2(words, rows, retrieved, tokens)
+        return torch.cat([mem, torch.cat([own, got], 1).to(mem.dtype)], dim=-1)
 
     @staticmethod
     def _first_ids(tok, n):
         """The ids the first n word states read (after <bos>), PAD past the end: (R, L) -> (R, n)."""
         ids = tok[:, 1:1 + n]
         return F.pad(ids, (0, n - ids.shape[1]), value=PAD)
-
-    def targets(self, tokens, lens, turns):
-        lens, turns = lens.cpu(), turns.cpu()
-        enc, words = self.encode_words(tokens[:, 1:], lens - 1)
-        dlg, pos = retnref.positions(turns)
-        tgt = (pos > 0).nonzero().squeeze(1)
-        ctx = self.encode_context(self.context_inputs(enc, turns), turns, dlg[tgt], pos[tgt] - 1)
-        ret = self.retriever.replies(self._ids(tokens, lens, tgt - 1), self._ids(tokens, lens, tgt))
-        ctx = torch.cat([ctx, self.memory2(words, tgt - 1, ret, tokens.device, tokens)], dim=-1)
-        tgt_dev = to_device(tgt, tokens.device)
-        return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
-
-    def final_states(self, tokens, lens, turns):
-        h, words, last = self.last_turns(tokens, lens, turns)
-        ret = self.retriever.replies(self._ids(tokens, lens.cpu(), last))
-        return torch.cat([h, self.memory2(words, last, ret, tokens.device, tokens)], dim=-1)
 
     def weights(self, out, mem, mask):
         """a_tj: (T, S, Hd), (T, M, Hd), (T, M) -> (T, S, M)."""
@@ -155,12 +133,7 @@ def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
 
 if __name__ == "__main__":
     what, argv = sys.argv[1], sys.argv[2:]
-    if what == "train":
-        cfg_path = argv[argv.index("--config") + 1]
-        install(cfg_path, [a for a in argv if "=" in a and a.split("=")[0] in ("data_dir",)])
-        from vhred import train
-        train.main(argv)
-    elif what == "retrieved":   # the reply each context's last turn retrieves: retrieved --run R --input C --output O
+    if what == "retrieved":   # the reply each context's last turn retrieves: retrieved --run R --input C --output O
         install()
         import json
         import sentencepiece
@@ -173,6 +146,4 @@ if __name__ == "__main__":
             for r, ids in zip(rows, got):
                 f.write(json.dumps({"context": r["context"], "retrieved": sp.decode(ids)}) + "\n")
     else:
-        install()
-        from vhred import evaluate, generate
-        {"generate": generate.main, "evaluate": evaluate.main}[what](argv)
+        retnref.main(what, argv, install)

@@ -83,9 +83,9 @@ class RetVHRED(VHRED):
         vec = torch.cat([cond[:, :Hc], cond[:, end:]], dim=-1)
         return vec, cond[:, Hc:Hc + N * Hd].unflatten(1, (N, Hd)), cond[:, Hc + N * Hd:end] > 0.5
 
-    def memory2(self, words, rows, retrieved, device):
+    def memory2(self, words, rows, retrieved, tokens):
         """[answered turn's first N word states ; the retrieved reply's first N], projected, with masks."""
-        N = self.cfg.attention
+        N, device = self.cfg.attention, tokens.device
         s1, m1 = first_words(words, rows, N)                                # (R, N, 2Hu)
         width = max(len(r) for r in retrieved) + 2
         rt = torch.tensor([[BOS, *r, EOS] + [PAD] * (width - len(r) - 2) for r in retrieved], dtype=torch.long)
@@ -108,14 +108,14 @@ class RetVHRED(VHRED):
         tgt = (pos > 0).nonzero().squeeze(1)
         ctx = self.encode_context(self.context_inputs(enc, turns), turns, dlg[tgt], pos[tgt] - 1)
         ret = self.retriever.replies(self._ids(tokens, lens, tgt - 1), self._ids(tokens, lens, tgt))
-        ctx = torch.cat([ctx, self.memory2(words, tgt - 1, ret, tokens.device)], dim=-1)
+        ctx = torch.cat([ctx, self.memory2(words, tgt - 1, ret, tokens)], dim=-1)
         tgt_dev = to_device(tgt, tokens.device)
         return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
 
     def final_states(self, tokens, lens, turns):
         h, words, last = self.last_turns(tokens, lens, turns)
         ret = self.retriever.replies(self._ids(tokens, lens.cpu(), last))
-        return torch.cat([h, self.memory2(words, last, ret, tokens.device)], dim=-1)
+        return torch.cat([h, self.memory2(words, last, ret, tokens)], dim=-1)
 
 
 def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
@@ -133,18 +133,18 @@ def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
     models.FAMILIES["vhred"] = RetVHRED
 
 
-if __name__ == "__main__":
-    what, argv = sys.argv[1], sys.argv[2:]
+def main(what, argv, install_fn=install):
+    """train, generate or evaluate with the package patched by install_fn (copynet.py reuses it)."""
     if what == "train":
         cfg_path = argv[argv.index("--config") + 1]
-        install(cfg_path, [a for a in argv if "=" in a and a.split("=")[0] in ("data_dir",)])
+        install_fn(cfg_path, [a for a in argv if "=" in a and a.split("=")[0] in ("data_dir",)])
         from vhred import train
         train.main(argv)
-    elif what == "generate":
-        install()
-        from vhred import generate
-        generate.main(argv)
-    elif what == "evaluate":
-        install()
-        from vhred import evaluate
-        evaluate.main(argv)
+    else:
+        install_fn()
+        from vhred import evaluate, generate
+        {"generate": generate.main, "evaluate": evaluate.main}[what](argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
