@@ -411,6 +411,22 @@ def test_rating_contexts_says_how_many_are_left_when_asked_for_more(trained, mon
     assert len(rows) == left and all(r["context"] and r["reference"] for r in rows)
 
 
+def test_rating_contexts_draws_from_the_validation_split_when_asked(trained, monkeypatch, capsys):
+    import sys
+    from eval import rating_contexts
+    from vhred import checkpoint
+    from vhred.evaluate import split_dialogues
+    from vhred.metrics.protocol import context_pairs
+    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    pairs = {split: {(tuple(c), r) for c, r in context_pairs(split_dialogues(cfg, split), cfg.max_context)}
+             for split in ("test", "validation")}
+    monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", "5",
+                                      "--split", "validation"])
+    rating_contexts.main()
+    rows = {(tuple(r["context"]), r["reference"]) for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert len(rows) == 5 and rows <= pairs["validation"] and not rows & pairs["test"]
+
+
 # --- one system over several rounds (eval/pooled_rating.py) ------------------------------------
 
 def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
