@@ -260,9 +260,13 @@ class Hierarchical(nn.Module):
 
     def read(self, out, mem, mask):
         """c_t of attend(): (T, S, Hd)."""
+        return self.attention_weights(out, mem, mask).to(mem.dtype) @ mem   # (T, S, Hd)
+
+    def attention_weights(self, out, mem, mask):
+        """a_tj of attend(), in fp32: (T, S, Hd), (T, N, Hd), (T, N) -> (T, S, N)."""
         scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, N)
         scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
-        return torch.softmax(scores, dim=-1).to(mem.dtype) @ mem            # (T, S, Hd)
+        return torch.softmax(scores, dim=-1)
 
     def attended(self, out, read):
         """tanh(W_c [c_t ; s_t]), for any leading shape: (..., Hd) -> (..., Hd)."""
@@ -278,11 +282,7 @@ class Hierarchical(nn.Module):
 
         Only real tokens reach the softmax: the packed sequence has no padding in it.
         """
-        inputs = tokens[:, :-1]
-        if self.training and self.cfg.word_dropout > 0:   # hide words so the decoder leans on z
-            drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
-            drop[:, 0] = False                                              # keep <bos>
-            inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
+        inputs = self.decoder_inputs(tokens)
         vec, mem, mask = self.split(cond)
         x = self._decoder_input(inputs, vec)                                # (T, L-1, E + C)
         packing = Packing(lens, x.device)
@@ -297,6 +297,15 @@ class Hierarchical(nn.Module):
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
         return torch.zeros(len(lens), device=tokens.device).index_add_(0, owner, token_nll)
+
+    def decoder_inputs(self, tokens):
+        """The teacher-forced inputs <bos> w (T, L-1), with word dropout in training."""
+        inputs = tokens[:, :-1]
+        if self.training and self.cfg.word_dropout > 0:   # hide words so the decoder leans on z
+            drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
+            drop[:, 0] = False                                              # keep <bos>
+            inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
+        return inputs
 
     def bow_nll(self, cond, words):
         """Bag-of-words loss: -sum log p_bow(w_t | h, z) over a response's words and <eos>."""

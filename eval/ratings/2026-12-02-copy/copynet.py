@@ -29,7 +29,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "..", ".."))   # the repository root
 from vhred import models  # noqa: E402
 from vhred.models.layers import Packing, run_rnn, to_device  # noqa: E402
-from vhred.tokenizer import EOS, PAD, UNK  # noqa: E402
+from vhred.tokenizer import EOS, PAD  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("retnref", os.path.join(HERE, "..", "2026-12-02-retnref", "retnref.py"))
 retnref = importlib.util.module_from_spec(_spec)
@@ -72,11 +72,6 @@ class CopyVHRED(retnref.RetVHRED):
         ids = tok[:, 1:1 + n]
         return F.pad(ids, (0, n - ids.shape[1]), value=PAD)
 
-    def weights(self, out, mem, mask):
-        """a_tj: (T, S, Hd), (T, M, Hd), (T, M) -> (T, S, M)."""
-        scores = out @ mem.transpose(1, 2) / mem.shape[-1] ** 0.5
-        return torch.softmax(scores.float().masked_fill(~mask.unsqueeze(1), float("-inf")), dim=-1)
-
     def mixture(self, out, read):
         """The step's generation logits and p_gen: out, read (..., Hd) -> (..., V), (..., 1)."""
         logits = self.lm_head(self.out_proj(self.drop(self.attended(out, read))))
@@ -86,7 +81,7 @@ class CopyVHRED(retnref.RetVHRED):
         """Log-probabilities of the mixture, in place of logits (log_softmax leaves them as they are)."""
         vec, mem, mask = self.split(cond)
         out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, vec), state)  # (T, S, Hd)
-        a = self.weights(out, mem, mask)                                    # (T, S, M)
+        a = self.attention_weights(out, mem, mask)                          # (T, S, M)
         logits, gen = self.mixture(out, a.to(mem.dtype) @ mem)              # (T, S, V), (T, S, 1)
         ids = self.copy_ids(cond).unsqueeze(1).expand(-1, out.shape[1], -1)
         copy = torch.zeros_like(logits, dtype=torch.float).scatter_add_(2, ids, a)  # (T, S, V)
@@ -95,16 +90,12 @@ class CopyVHRED(retnref.RetVHRED):
 
     def reconstruction_nll(self, tokens, lens, cond):
         """-log p(w | cond) per utterance under the mixture, teacher-forced (see the base's)."""
-        inputs = tokens[:, :-1]
-        if self.training and self.cfg.word_dropout > 0:
-            drop = torch.rand(inputs.shape, device=inputs.device) < self.cfg.word_dropout
-            drop[:, 0] = False
-            inputs = inputs.masked_fill(drop & (inputs != PAD), UNK)
+        inputs = self.decoder_inputs(tokens)
         vec, mem, mask = self.split(cond)
         x = self._decoder_input(inputs, vec)
         packing = Packing(lens, x.device)
         out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))
-        a = self.weights(pad_packed_sequence(out, batch_first=True)[0], mem, mask)  # (T, S, M)
+        a = self.attention_weights(pad_packed_sequence(out, batch_first=True)[0], mem, mask)  # (T, S, M)
         read = packing(a.to(mem.dtype) @ mem).data                          # (sum lens, Hd)
         a = packing(a).data                                                 # (sum lens, M)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
@@ -127,7 +118,6 @@ class EitherVHRED(retnref.VHRED):
 
 def install(cfg_path="configs/dailydialog-cpu.yaml", overrides=()):
     retnref.install(cfg_path, overrides)
-    CopyVHRED.retriever = retnref.RetVHRED.retriever
     models.FAMILIES["vhred"] = EitherVHRED
 
 
