@@ -53,7 +53,7 @@ def test_the_read_is_luongs_global_attention_computed_by_hand():
     out, mem = torch.randn(T, S, Hd, generator=g), torch.randn(T, N, Hd, generator=g)
     mask = torch.arange(N) < torch.tensor([[1], [3], [5]])                 # (T, N)
     with torch.no_grad():
-        got = model.attend(out, mem, mask)
+        got = model.attended(out, model.attention_weights(out, mem, mask) @ mem)
         for t in range(T):
             n = int(mask[t].sum())
             for s in range(S):

@@ -39,6 +39,9 @@ class ModelConfig:
     utterance_drop: float = 0.25  # vhcr: context-RNN inputs replaced by a learned vector (Park et al. 2018)
     floor: bool = False           # the context RNN also reads which of the two speakers said each turn (CVAE's, DialogWAE's floor)
     attention: int = 0            # > 0: the decoder attends over the first N pieces of the turn it answers (vhred, hred, cvae)
+    retrieve: bool = False        # with attention: it also attends over the first N pieces of the training split's reply
+                                  # to the turn most like the answered one (retrieve-and-refine, vhred/models/retrieval.py)
+    copy: bool = False            # with attention: each step may copy an attended piece (a pointer-generator)
 
 
 @dataclass
@@ -306,6 +309,9 @@ def _check_relations(cfg: Config, families: dict) -> None:
     if cfg.arch.attention and not families[cfg.arch.model].attends:
         takes = ", ".join(name for name, family in families.items() if family.attends)
         raise ConfigError(f"attention is built for {takes}; set attention=0 for {cfg.arch.model}")
+    for key in ("retrieve", "copy"):
+        if getattr(cfg.arch, key) and not cfg.arch.attention:
+            raise ConfigError(f"{key}=true works through attention: add attention=20 (the first pieces it reads)")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
     for key in ("dropout", "word_dropout", "utterance_drop"):

@@ -134,11 +134,16 @@ class Run:
     def _setup_model(self):
         """The model over the tokenizer's vocabulary, its data-parallel wrapper and the optimiser."""
         torch.manual_seed(self.cfg.seed)
-        self.model = build(self.cfg.arch, self.vocab_size).to(self.device)   # saved, validated, sampled
+        self.model = build(self.cfg.arch, self.vocab_size)                 # saved, validated, sampled
+        line = self.model.index_training_split(self.train_data.ds["ids"])
+        if line:
+            self.log(line)
+        self.model = self.model.to(self.device)
         self.net = self.model                                      # what the training step runs
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            self.net = DistributedDataParallel(self.model)
+            # buffers (a retrieval index) are built alike on every rank and never change: not re-sent each step
+            self.net = DistributedDataParallel(self.model, broadcast_buffers=False)
             torch.manual_seed(self.cfg.seed + self.rank)   # own noise (z, word dropout) per rank
         # a family may give parts of itself their own learning rate (lr_scale times the schedule's)
         self.opt = torch.optim.AdamW(self.model.param_groups(), lr=self.cfg.lr,

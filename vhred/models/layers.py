@@ -12,6 +12,16 @@ word states of w_{n-1} travel in the context rows themselves, after h: a context
 [h ; memory (N x Hd) ; mask (N)], a condition row [h ; memory ; mask ; z]. So generation,
 ranking and scoring, which only index, repeat and concatenate rows, carry them unchanged;
 summary(ctx) gives h back to a prior network, split(cond) the decoder's parts.
+
+With `retrieve` the decoder attends over M = 2N words: the answered turn's first N and the first N
+of a retrieved reply, the training split's reply to the turn most like it (retrieve-and-refine,
+Weston et al. 2018; retrieval.py). With `copy` each step may also copy one of the attended pieces
+(a pointer-generator, See et al. 2017), and a row carries the M piece ids after the mask:
+
+    p_gen       = sigmoid(w . [s_t ; c_t] + b)                  how much step t generates
+    p(w_t = v)  = p_gen * softmax(W o_t)_v + (1 - p_gen) * sum_{j: x_j = v} a_tj
+
+b starts at 2 (p_gen about 0.88), so training starts from generating and learns where to copy.
 """
 import math
 
@@ -22,7 +32,10 @@ from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..config import ModelConfig
-from ..tokenizer import PAD, UNK
+from ..tokenizer import BOS, EOS, PAD, UNK
+from .retrieval import RetrievalIndex
+
+EPS = 1e-10   # added to the copy mixture's probabilities before the log (a piece neither made nor copied)
 
 
 # --- the latent-variable maths -----------------------------------------------------------------
@@ -110,6 +123,13 @@ class Hierarchical(nn.Module):
         self.utt_rnn = nn.GRU(E, cfg.utt_hidden, batch_first=True, bidirectional=True)
         floor = 2 if cfg.floor else 0
         self.ctx_rnn = nn.GRU(2 * cfg.utt_hidden + ctx_in_extra + floor, cfg.ctx_hidden, batch_first=True)
+        if cfg.retrieve:   # the training split's exchanges, filled by index_training_split() or a load
+            self.retrieval = RetrievalIndex(V)
+
+    @property
+    def slots(self) -> int:
+        """Attended words per context row: the answered turn's N, and N of a retrieved reply."""
+        return self.cfg.attention * (2 if self.cfg.retrieve else 1)
 
     def build_decoder(self, cond: int):
         """The decoder GRU conditioned on a cond-sized vector at every step, and the output layer."""
@@ -127,11 +147,16 @@ class Hierarchical(nn.Module):
         if cfg.attention:   # the last turn's word states in the decoder's space, and Luong's W_c
             self.mem_proj = nn.Linear(2 * cfg.utt_hidden, cfg.dec_hidden)
             self.attn_out = nn.Linear(2 * cfg.dec_hidden, cfg.dec_hidden)
+        if cfg.copy:   # p_gen from [s_t ; c_t]; made drawing nothing (init_weights sets it), so the
+            # other weights and the training's random draws are those of the same seed without copy
+            self.copy_gate = nn.utils.skip_init(nn.Linear, 2 * cfg.dec_hidden, 1)
 
     def init_weights(self):
         """Orthogonal recurrent weights, Xavier elsewhere, small embeddings, zero biases."""
         for name, p in self.named_parameters():
-            if "weight_hh" in name:
+            if name.startswith("copy_gate."):
+                continue   # set below, drawing nothing: the other weights' draws stay as without copy
+            elif "weight_hh" in name:
                 for w in p.data.chunk(3, 0):   # one square block per GRU gate
                     nn.init.orthogonal_(w)
             elif name == "embed.weight":
@@ -142,6 +167,16 @@ class Hierarchical(nn.Module):
                 nn.init.zeros_(p)
         with torch.no_grad():
             self.embed.weight[PAD].zero_()
+        if self.cfg.copy:   # p_gen = sigmoid(2) at first, whatever the state
+            nn.init.zeros_(self.copy_gate.weight)
+            nn.init.constant_(self.copy_gate.bias, 2.0)
+
+    def index_training_split(self, windows) -> str | None:
+        """Keep what the model reads of its training split when it answers (with retrieve, the
+        exchanges; nothing otherwise), before training; a line for the log, or None."""
+        if self.cfg.retrieve:
+            return f"retrieval: {self.retrieval.fill(windows):,} exchanges of the training split indexed"
+        return None
 
     # --- encoders ---
 
@@ -155,13 +190,35 @@ class Hierarchical(nn.Module):
         words, h = run_rnn(self.utt_rnn, Packing(lens, x.device)(x))        # h (2, U, Hu)
         return torch.cat([h[0], h[1]], dim=-1), words                       # (U, 2*Hu)
 
-    def memory(self, words: PackedSequence, rows: torch.Tensor) -> torch.Tensor:
-        """The attended turn of each context row: utterances `rows` of the packed word states,
-        their first N words projected to the decoder's width, flat with their mask:
-        (R,) -> (R, N*Hd + N)."""
-        states, mask = first_words(words, rows, self.cfg.attention)         # (R, N, 2*Hu), (R, N)
-        mem = self.mem_proj(self.drop(states))                              # (R, N, Hd)
-        return torch.cat([mem.flatten(1), mask.to(mem.dtype)], dim=-1)
+    def memory(self, words: PackedSequence, rows: torch.Tensor, tokens, lens, replies_of=None) -> torch.Tensor:
+        """The attended words of each context row, flat: the first N words of utterances `rows`
+        of the packed word states (and with retrieve the first N of the reply each retrieves),
+        projected to the decoder's width, their mask (and with copy their piece ids):
+        (R,) -> (R, M*Hd + M [+ M]). tokens (U, L), lens (U,) host: the batch's utterances;
+        replies_of (R,): in training, the reply each row's turn is followed by (never retrieved)."""
+        N = self.cfg.attention
+        states, mask = first_words(words, rows, N)                          # (R, N, 2*Hu), (R, N)
+        ids = first_ids(tokens[to_device(rows, tokens.device)], N)          # (R, N)
+        if self.cfg.retrieve:
+            learned = None if replies_of is None else piece_ids(tokens, lens, replies_of)
+            got = self.retrieval.replies(piece_ids(tokens, lens, rows), learned)
+            more = self.read_replies(got, tokens.device)
+            states, mask, ids = (torch.cat(pair, 1) for pair in zip((states, mask, ids), more))  # M = 2N
+        mem = self.mem_proj(self.drop(states))                              # (R, M, Hd)
+        parts = [mem.flatten(1), mask.to(mem.dtype)]
+        if self.cfg.copy:   # in fp32 with the row: ids above 256 do not survive bf16
+            parts = [p.float() for p in parts] + [ids.float()]
+        return torch.cat(parts, dim=-1)
+
+    def read_replies(self, replies: list[list[int]], device):
+        """Retrieved replies (ids) through the utterance encoder: their first N word states, mask
+        and piece ids, as for the answered turn: (R, N, 2*Hu), (R, N), (R, N)."""
+        N, width = self.cfg.attention, max(len(r) for r in replies) + 2
+        tokens = torch.tensor([[BOS, *r, EOS] + [PAD] * (width - len(r) - 2) for r in replies])
+        lens = torch.tensor([len(r) + 2 for r in replies])
+        _, words = self.encode_words(to_device(tokens, device)[:, 1:], lens - 1)
+        states, mask = first_words(words, torch.arange(len(replies)), N)
+        return states, mask, first_ids(to_device(tokens, device), N)
 
     def summary(self, ctx):
         """Context rows without the attended words: (T, Hc) with attention; the rows themselves
@@ -170,13 +227,19 @@ class Hierarchical(nn.Module):
 
     def split(self, cond):
         """A condition row's parts: the vector every decoder step reads ([h ; z], (T, C)), and
-        with attention the attended words (T, N, Hd) and their mask (T, N); else None, None."""
+        with attention the attended words (T, M, Hd) and their mask (T, M); else None, None."""
         if not self.cfg.attention:
             return cond, None, None
-        Hc, N, Hd = self.cfg.ctx_hidden, self.cfg.attention, self.cfg.dec_hidden
-        end = Hc + N * Hd + N
+        Hc, M, Hd = self.cfg.ctx_hidden, self.slots, self.cfg.dec_hidden
+        mem_end = Hc + M * Hd
+        end = mem_end + M + (M if self.cfg.copy else 0)
         vec = torch.cat([cond[:, :Hc], cond[:, end:]], dim=-1)
-        return vec, cond[:, Hc:Hc + N * Hd].unflatten(1, (N, Hd)), cond[:, Hc + N * Hd:end] > 0.5
+        return vec, cond[:, Hc:mem_end].unflatten(1, (M, Hd)), cond[:, mem_end:mem_end + M] > 0.5
+
+    def copy_ids(self, cond):
+        """With copy, the piece id each attended word reads: (T, C) -> (T, M)."""
+        start = self.cfg.ctx_hidden + self.slots * (self.cfg.dec_hidden + 1)
+        return cond[:, start:start + self.slots].round().long()
 
     def with_floor(self, x, pos):
         """[x; which speaker said it]: (..., D) -> (..., D + 2) with cfg.floor, x itself without.
@@ -208,7 +271,8 @@ class Hierarchical(nn.Module):
 
     def final_states(self, tokens, lens, turns):
         """The context state after the last turn of each dialogue: (B, Hc [+ memory])."""
-        return self.with_memory(*self.last_turns(tokens, lens, turns))
+        h, words, last = self.last_turns(tokens, lens, turns)
+        return self.with_memory(h, words, last, tokens, lens.cpu())
 
     def last_turns(self, tokens, lens, turns):
         """Each dialogue's context state after its last turn h (B, Hc), the packed word states
@@ -218,9 +282,12 @@ class Hierarchical(nn.Module):
         h = self.encode_context(self.context_inputs(enc, turns), turns, torch.arange(len(turns)), turns - 1)
         return h, words, torch.cumsum(turns, 0) - 1
 
-    def with_memory(self, h, words, rows):
-        """Context rows: h (T, Hc), and with attention the words of utterances `rows` after it."""
-        return torch.cat([h, self.memory(words, rows)], dim=-1) if self.cfg.attention else h
+    def with_memory(self, h, words, rows, tokens, lens, replies_of=None):
+        """Context rows: h (T, Hc), and with attention the words of utterances `rows` after it
+        (see memory())."""
+        if not self.cfg.attention:
+            return h
+        return torch.cat([h, self.memory(words, rows, tokens, lens, replies_of)], dim=-1)
 
     def targets(self, tokens, lens, turns):
         """Encode the dialogues; for the T utterances with a turn before them return their
@@ -233,7 +300,7 @@ class Hierarchical(nn.Module):
         dlg, pos = positions(turns)
         tgt = (pos > 0).nonzero().squeeze(1)                                # (T,) on the host
         ctx = self.encode_context(self.context_inputs(enc, turns), turns, dlg[tgt], pos[tgt] - 1)
-        ctx = self.with_memory(ctx, words, tgt - 1)                         # the turn each target answers
+        ctx = self.with_memory(ctx, words, tgt - 1, tokens, lens, tgt)      # the turn each target answers
         tgt_dev = to_device(tgt, tokens.device)
         return enc[tgt_dev], ctx, tokens[tgt_dev], lens[tgt] - 1
 
@@ -247,29 +314,39 @@ class Hierarchical(nn.Module):
         """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state."""
         vec, mem, mask = self.split(cond)
         out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, vec), state)  # (T, S, Hd)
-        if mem is not None:
-            out = self.attend(out, mem, mask)
-        return self.lm_head(self.out_proj(self.drop(out))), state
+        if mem is None:
+            return self.lm_head(self.out_proj(self.drop(out))), state
+        a = self.attention_weights(out, mem, mask)                          # (T, S, M)
+        read = a.to(mem.dtype) @ mem                                        # (T, S, Hd)
+        logits = self.lm_head(self.out_proj(self.drop(self.attended(out, read))))  # (T, S, V)
+        if not self.cfg.copy:
+            return logits, state
+        # with copy: log-probabilities of the mixture in place of logits (log_softmax keeps them)
+        ids = self.copy_ids(cond).unsqueeze(1).expand(-1, out.shape[1], -1)  # (T, S, M)
+        copied = torch.zeros_like(logits, dtype=torch.float).scatter_add_(2, ids, a)  # (T, S, V)
+        gen = self.p_gen(out, read)                                         # (T, S, 1)
+        return torch.log(gen * torch.softmax(logits.float(), -1) + (1 - gen) * copied + EPS), state
 
-    def attend(self, out, mem, mask):
-        """Luong et al.'s global attention: each decoder state s_t weighs the attended words m_j
-        by softmax_j(s_t . m_j / sqrt(Hd)) (m_j = W_m enc_j, so the score is their "general"
-        one), reads c_t = sum_j a_tj m_j and goes on as tanh(W_c [c_t ; s_t]).
-        out (T, S, Hd), mem (T, N, Hd), mask (T, N) -> (T, S, Hd)."""
-        return self.attended(out, self.read(out, mem, mask))
+    def p_gen(self, out, read):
+        """How much a step generates rather than copies: sigmoid(w . [s_t ; c_t] + b), fp32:
+        (..., Hd), (..., Hd) -> (..., 1)."""
+        return torch.sigmoid(self.copy_gate(torch.cat([out, read.to(out.dtype)], dim=-1)).float())
 
     def read(self, out, mem, mask):
-        """c_t of attend(): (T, S, Hd)."""
+        """c_t of attention_weights(): (T, S, Hd)."""
         return self.attention_weights(out, mem, mask).to(mem.dtype) @ mem   # (T, S, Hd)
 
     def attention_weights(self, out, mem, mask):
-        """a_tj of attend(), in fp32: (T, S, Hd), (T, N, Hd), (T, N) -> (T, S, N)."""
+        """Luong et al.'s global attention: each decoder state s_t weighs the attended words m_j
+        by a_tj = softmax_j(s_t . m_j / sqrt(Hd)) (m_j = W_m enc_j, so the score is their
+        "general" one), reads c_t = sum_j a_tj m_j and goes on as attended(): tanh(W_c [c_t ; s_t]).
+        The weights, in fp32: out (T, S, Hd), mem (T, M, Hd), mask (T, M) -> (T, S, M)."""
         scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, N)
         scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
         return torch.softmax(scores, dim=-1)
 
     def attended(self, out, read):
-        """tanh(W_c [c_t ; s_t]), for any leading shape: (..., Hd) -> (..., Hd)."""
+        """tanh(W_c [c_t ; s_t]) of the read c_t, for any leading shape: (..., Hd) -> (..., Hd)."""
         return torch.tanh(self.attn_out(torch.cat([read, out.to(read.dtype)], dim=-1)))
 
     def _decoder_input(self, inputs, cond):
@@ -287,15 +364,19 @@ class Hierarchical(nn.Module):
         x = self._decoder_input(inputs, vec)                                # (T, L-1, E + C)
         packing = Packing(lens, x.device)
         out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
-        if mem is None:
-            out = out.data
-        else:   # the read needs each response's steps together: padded, read, packed again
-            read = packing(self.read(pad_packed_sequence(out, batch_first=True)[0], mem, mask)).data
-            out = self.attended(out.data, read)                             # (sum lens, Hd)
-        logits = self.lm_head(self.out_proj(self.drop(out)))                # (sum lens, V)
+        steps = out.data                                                    # (sum lens, Hd)
+        if mem is not None:   # the read needs each response's steps together: padded, read, packed again
+            a = self.attention_weights(pad_packed_sequence(out, batch_first=True)[0], mem, mask)  # (T, S, M)
+            read = packing(a.to(mem.dtype) @ mem).data                      # (sum lens, Hd)
+            out = self.attended(steps, read)                                # (sum lens, Hd)
+        logits = self.lm_head(self.out_proj(self.drop(out if mem is not None else steps)))  # (sum lens, V)
         targets = packing(tokens[:, 1:]).data                               # (sum lens,)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
+        if self.cfg.copy:   # -log(p_gen p_vocab + (1 - p_gen) p_copy) of each target piece
+            copied = (packing(a).data * (self.copy_ids(cond)[owner] == targets.unsqueeze(1))).sum(1)
+            gen = self.p_gen(steps, read).squeeze(1)
+            token_nll = -torch.log(gen * torch.exp(-token_nll) + (1 - gen) * copied + EPS)
         return torch.zeros(len(lens), device=tokens.device).index_add_(0, owner, token_nll)
 
     def decoder_inputs(self, tokens):
@@ -366,6 +447,19 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
     if "extra" in out:
         loss = loss + out["extra"]
     return loss / max(n_tokens or out["n_tokens"], 1)
+
+
+def piece_ids(tokens: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor) -> list[list[int]]:
+    """The words of utterances `rows` as lists of ids, without <bos> and <eos>: tokens (U, L)
+    <bos> w <eos>, lens (U,) on the host."""
+    host = tokens[to_device(rows, tokens.device)].cpu()
+    return [host[i, 1:int(lens[r]) - 1].tolist() for i, r in enumerate(rows.tolist())]
+
+
+def first_ids(tokens: torch.Tensor, n: int) -> torch.Tensor:
+    """The ids the first n word states read (the utterance encoder reads w <eos> after <bos>),
+    PAD past the end: (R, L) -> (R, n)."""
+    return F.pad(tokens[:, 1:1 + n], (0, max(0, n - tokens.shape[1] + 1)), value=PAD)
 
 
 def first_words(words: PackedSequence, rows: torch.Tensor, n: int):

@@ -1,0 +1,137 @@
+"""The training split's exchanges, searched by the turn they answer: the memory of retrieve-and-refine
+(Weston, Dinan and Miller 2018), `retrieve=true`.
+
+An exchange is a turn and the reply that followed it, as piece ids. A query turn is matched to the
+exchanges' turns by TF-IDF cosine over piece ids,
+
+    idf(w) = log(P / df(w)),   v(turn)_w = count(w in turn) * idf(w) / ||.||,   score = v(query) . v(turn_i)
+
+and the reply of the best match is what the decoder reads beside the turn it answers. In training,
+the exchange being learned (the same turn followed by the same reply) is never handed back: the
+next best match is, so the model learns to use a neighbour's reply, not to copy the answer.
+
+The exchanges are buffers of the model: every checkpoint, resumed run and exported model folder
+holds them, so a model answers the same wherever it is loaded. Their sizes depend on the data, so a
+model built from its config alone holds none until it loads its weights (or fill() is called).
+"""
+import math
+from collections import Counter
+
+import torch
+from torch import nn
+
+TOP_K = 3   # matches kept per query: training skips the exchange it learns, which is among them
+
+
+class RetrievalIndex(nn.Module):
+    def __init__(self, vocab_size: int):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.id_dtype = torch.int16 if vocab_size <= 2 ** 15 else torch.int32   # half the bytes in a checkpoint
+        for name in ("turn_ids", "turn_ends", "reply_ids", "reply_ends"):   # flat ids and end offsets
+            self.register_buffer(name, torch.zeros(0, dtype=self.id_dtype if name.endswith("ids") else torch.int32))
+        self._reset()
+
+    def _reset(self):
+        """Forget what was derived from the buffers (the TF-IDF matrix, the matches found)."""
+        self._pairs = self._matrix = self._idf = None
+        self._found: dict[tuple, list[int]] = {}
+
+    def fill(self, windows) -> int:
+        """Index the unique (turn, reply) exchanges of dialogue windows (lists of utterances of
+        piece ids), in the order they first occur; returns how many there are."""
+        pairs = list(dict.fromkeys((tuple(w[i]), tuple(w[i + 1])) for w in windows for i in range(len(w) - 1)))
+        for side, name in ((0, "turn"), (1, "reply")):
+            seqs = [p[side] for p in pairs]
+            setattr(self, f"{name}_ids", torch.tensor([t for s in seqs for t in s], dtype=self.id_dtype))
+            setattr(self, f"{name}_ends", torch.tensor(_cumsum(len(s) for s in seqs), dtype=torch.int32))
+        self._reset()
+        return len(pairs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """The buffers take the saved sizes (a fresh model's are empty), then the saved values."""
+        for name, buf in self._buffers.items():
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and buf is not None and saved.shape != buf.shape:
+                self._buffers[name] = torch.zeros(saved.shape, dtype=buf.dtype, device=buf.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._reset()
+
+    def __len__(self) -> int:
+        return len(self.turn_ends)
+
+    def pairs(self) -> list[tuple[tuple, tuple]]:
+        """The exchanges as (turn, reply) tuples of ids."""
+        if self._pairs is None:
+            turns = _unflatten(self.turn_ids, self.turn_ends)
+            replies = _unflatten(self.reply_ids, self.reply_ends)
+            self._pairs = list(zip(turns, replies))
+        return self._pairs
+
+    def _vector(self, turn) -> dict[int, float]:
+        """v(turn): TF-IDF weights of its pieces, unit length."""
+        v = {t: c * float(self._idf[t]) for t, c in Counter(turn).items() if 0 <= t < self.vocab_size}
+        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
+        return {t: x / norm for t, x in v.items()}
+
+    def _build(self):
+        """idf and the (P, V) sparse matrix of the exchanges' turn vectors, once per load."""
+        pairs, V = self.pairs(), self.vocab_size
+        df = Counter(t for turn, _ in pairs for t in set(turn))
+        self._idf = torch.zeros(V)
+        for t, n in df.items():
+            if 0 <= t < V:
+                self._idf[t] = math.log(len(pairs) / n)
+        rows, cols, vals = [], [], []
+        for i, (turn, _) in enumerate(pairs):
+            v = self._vector(turn)
+            rows += [i] * len(v)
+            cols += list(v)
+            vals += list(v.values())
+        self._matrix = torch.sparse_coo_tensor([rows, cols], vals, (len(pairs), V),
+                                               check_invariants=False).coalesce()   # ids checked in _vector()
+
+    def _search(self, turns: list[tuple]):
+        """Find the TOP_K best exchanges of each turn not yet searched, in chunks of 512 queries."""
+        todo = list(dict.fromkeys(t for t in turns if t not in self._found))
+        if not todo:
+            return
+        if self._matrix is None:
+            self._build()
+        for s in range(0, len(todo), 512):
+            chunk = todo[s:s + 512]
+            q = torch.zeros(self.vocab_size, len(chunk))                     # (V, Q)
+            for j, turn in enumerate(chunk):
+                for t, x in self._vector(turn).items():
+                    q[t, j] = x
+            scores = torch.sparse.mm(self._matrix, q)                       # (P, Q)
+            top = scores.topk(min(TOP_K, len(self)), dim=0).indices.T.tolist()  # (Q, k)
+            self._found.update(zip(chunk, top))
+
+    def replies(self, turns: list[list[int]], learned: list[list[int]] | None = None) -> list[list[int]]:
+        """The reply of the best-matching exchange for each turn: ids, [] with an empty index.
+        learned (training): the reply each turn is followed by, whose exchange is skipped."""
+        if not len(self):
+            return [[] for _ in turns]
+        keys = [tuple(t) for t in turns]
+        self._search(keys)
+        pairs, out = self.pairs(), []
+        for i, key in enumerate(keys):
+            own = (key, tuple(learned[i])) if learned is not None else None
+            found = self._found[key]
+            pick = next((p for p in found if pairs[p] != own), found[0])
+            out.append(list(pairs[pick][1]))
+        return out
+
+
+def _cumsum(lengths) -> list[int]:
+    out, total = [], 0
+    for n in lengths:
+        total += n
+        out.append(total)
+    return out
+
+
+def _unflatten(ids: torch.Tensor, ends: torch.Tensor) -> list[tuple]:
+    flat, ends = ids.tolist(), ends.tolist()
+    return [tuple(flat[a:b]) for a, b in zip([0] + ends[:-1], ends)]
