@@ -151,3 +151,18 @@ def test_gpu_check_runs_its_checks_on_the_cpu(dailydialog_zip, data_dir, tmp_pat
     report = json.load(open(tmp_path / "gpu-check.json"))
     assert set(report["gru"]["output_dtypes"].values()) == {"torch.bfloat16"}
     assert report["resume"]["rerun_max_abs_diff"] == report["resume"]["resumed_max_abs_diff"] == 0.0
+
+
+@pytest.mark.slow   # torchrun, as a user runs it
+def test_two_processes_train_a_model_that_retrieves_and_copies(dailydialog_zip, data_dir, tmp_path):
+    """Each rank indexes the training split alike; the index is never re-sent (broadcast_buffers
+    off) and the run's checkpoint holds it."""
+    env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "vhred.train", "--config", os.path.join(ROOT, "configs", "tiny.yaml"), f"data_dir={data_dir}",
+           f"out_dir={tmp_path}", "name=copy", "max_dialogues=24", "max_steps=4", "attention=8", "retrieve=true", "copy=true"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, child_errors(r)
+    assert r.stdout.count("exchanges of the training split indexed") == 1, r.stdout[-1000:]   # rank 0 logs
+    state = checkpoint.load(str(tmp_path / "copy" / "last.pt"))
+    assert len(state["model"]["retrieval.turn_ends"]) > 20 and state["progress"]["step"] == 4

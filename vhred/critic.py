@@ -69,7 +69,7 @@ class Critic(nn.Module):
     def __init__(self, arch, vocab_size: int, hidden: int = 256, turn: int = 0):
         super().__init__()
         # embeddings, utterance and context RNNs only: its context rows are h, never attended words
-        self.encoder = Hierarchical(replace(arch, attention=0), vocab_size)
+        self.encoder = Hierarchical(replace(arch, attention=0, retrieve=False, copy=False), vocab_size)
         self.turn = turn
         hc, hu = arch.ctx_hidden, 2 * arch.utt_hidden
         if turn:
