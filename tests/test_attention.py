@@ -85,11 +85,15 @@ def test_padding_past_a_turns_end_is_never_read():
         assert torch.allclose(first, logits, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", ["vhred", "hred", "cvae"])
-def test_decoding_step_by_step_scores_a_reply_as_teacher_forcing_does(family):
+@pytest.mark.parametrize("family,opts", [("vhred", {}), ("hred", {}), ("cvae", {}),
+                                         ("vhred", {"retrieve": True, "copy": True}), ("hred", {"copy": True}),
+                                         ("cvae", {"retrieve": True})])
+def test_decoding_step_by_step_scores_a_reply_as_teacher_forcing_does(family, opts):
     """Generation (decode one step at a time) and training/ranking (reconstruction_nll over the
-    packed reply) give the same log-likelihood."""
-    model, b = _model(family), _batch()
+    packed reply) give the same log-likelihood, also with a retrieved reply and copying."""
+    torch.manual_seed(0)
+    model, b = build(ModelConfig(model=family, attention=N, **opts, **TINY), 40).eval(), _batch()
+    model.index_training_split([[[20, 21, 5], [8, 9, 30]], [[6, 7], [22, 23]]])
     with torch.no_grad():
         ctx = model.final_states(b.tokens, b.lens, b.turns)               # (3, ...)
         z = torch.randn(len(ctx), model.z_dim) if model.latent else None

@@ -128,26 +128,6 @@ def test_a_model_that_only_copies_says_nothing_it_cannot_copy():
             assert likely <= attended and likely
 
 
-@pytest.mark.parametrize("opts", [dict(retrieve=True, copy=True), dict(retrieve=False, copy=True),
-                                  dict(retrieve=True, copy=False)])
-def test_decoding_step_by_step_scores_a_reply_as_teacher_forcing_does(opts):
-    model, b = _model(**opts), _batch()
-    with torch.no_grad():
-        if opts["copy"]:
-            model.copy_gate.bias.fill_(0.0)
-        ctx = model.final_states(b.tokens, b.lens, b.turns)
-        cond = model.condition(ctx, torch.randn(len(ctx), model.z_dim))
-        reply = torch.tensor([[1, 20, 21, 22, 23, 24, 25, 2], [1, 30, 2, 0, 0, 0, 0, 0], [1, 8, 9, 2, 0, 0, 0, 0]])
-        lens = torch.tensor([7, 2, 3])
-        nll = model.reconstruction_nll(reply, lens, cond)
-        state, total = model.decoder_state(cond), torch.zeros(3)
-        for t in range(7):
-            logits, state = model.decode(reply[:, t:t + 1], cond, state)
-            step = -torch.log_softmax(logits[:, 0], -1).gather(1, reply[:, t + 1:t + 2]).squeeze(1)
-            total += step * (t < lens)
-    assert torch.allclose(nll, total, atol=1e-4)
-
-
 def test_copy_starts_from_generating_and_leaves_the_other_weights_as_without_it():
     """p_gen = sigmoid(2) at first, and the copy gate draws no random numbers at initialisation."""
     with_copy = _model(seed=3)
