@@ -75,21 +75,22 @@ class RetrievalIndex(nn.Module):
         return {t: x / norm for t, x in v.items()}
 
     def _build(self):
-        """idf and the (P, V) sparse matrix of the exchanges' turn vectors, once per load."""
-        pairs, V = self.pairs(), self.vocab_size
-        df = Counter(t for turn, _ in pairs for t in set(turn))
-        self._idf = torch.zeros(V)
-        for t, n in df.items():
-            if 0 <= t < V:
-                self._idf[t] = math.log(len(pairs) / n)
-        rows, cols, vals = [], [], []
-        for i, (turn, _) in enumerate(pairs):
-            v = self._vector(turn)
-            rows += [i] * len(v)
-            cols += list(v)
-            vals += list(v.values())
-        self._matrix = torch.sparse_coo_tensor([rows, cols], vals, (len(pairs), V),
-                                               check_invariants=False).coalesce()   # ids checked in _vector()
+        """idf and the (P, V) sparse matrix of the exchanges' unit turn vectors, once per load (in
+        float64, as _vector() computes a query's, then float32)."""
+        P, V = len(self), self.vocab_size
+        ends = self.turn_ends.long()
+        row = torch.repeat_interleave(torch.arange(P), torch.diff(ends, prepend=ends.new_zeros(1)))
+        col = self.turn_ids.long()
+        keep = (col >= 0) & (col < V)                                       # a corrupt id reads as absent
+        tf = torch.sparse_coo_tensor(torch.stack([row[keep], col[keep]]), torch.ones(int(keep.sum()), dtype=torch.float64),
+                                     (P, V), check_invariants=False).coalesce()   # counts of each piece in each turn
+        (r, c), counts = tf.indices(), tf.values()
+        df = torch.bincount(c, minlength=V)                                 # turns holding each piece
+        self._idf = torch.where(df > 0, torch.log(P / df.clamp(min=1).double()), 0.0).float()
+        vals = counts * self._idf.double()[c]
+        norm = torch.zeros(P, dtype=torch.float64).index_add_(0, r, vals * vals).sqrt()
+        vals = vals / torch.where(norm > 0, norm, 1.0)[r]
+        self._matrix = torch.sparse_coo_tensor(tf.indices(), vals.float(), (P, V), check_invariants=False).coalesce()
 
     def _search(self, turns: list[tuple]):
         """Find the TOP_K best exchanges of each turn not yet searched, in chunks of 512 queries."""
