@@ -311,7 +311,8 @@ class Hierarchical(nn.Module):
         return torch.tanh(self.dec_init(self.split(cond)[0])).unsqueeze(0)
 
     def decode(self, inputs, cond, state):
-        """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state."""
+        """One or more decoder steps. inputs (T, S) ids, cond (T, C) -> logits (T, S, V), state
+        (with copy, the mixture's log-probabilities)."""
         vec, mem, mask = self.split(cond)
         out, state = run_rnn(self.dec_rnn, self._decoder_input(inputs, vec), state)  # (T, S, Hd)
         if mem is None:
@@ -341,7 +342,7 @@ class Hierarchical(nn.Module):
         by a_tj = softmax_j(s_t . m_j / sqrt(Hd)) (m_j = W_m enc_j, so the score is their
         "general" one), reads c_t = sum_j a_tj m_j and goes on as attended(): tanh(W_c [c_t ; s_t]).
         The weights, in fp32: out (T, S, Hd), mem (T, M, Hd), mask (T, M) -> (T, S, M)."""
-        scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, N)
+        scores = out @ mem.transpose(1, 2) / math.sqrt(mem.shape[-1])      # (T, S, M)
         scores = scores.float().masked_fill(~mask.unsqueeze(1), float("-inf"))
         return torch.softmax(scores, dim=-1)
 
@@ -364,12 +365,12 @@ class Hierarchical(nn.Module):
         x = self._decoder_input(inputs, vec)                                # (T, L-1, E + C)
         packing = Packing(lens, x.device)
         out, _ = run_rnn(self.dec_rnn, packing(x), self.decoder_state(cond))  # data: (sum lens, Hd)
-        steps = out.data                                                    # (sum lens, Hd)
+        steps = hidden = out.data                                           # (sum lens, Hd)
         if mem is not None:   # the read needs each response's steps together: padded, read, packed again
             a = self.attention_weights(pad_packed_sequence(out, batch_first=True)[0], mem, mask)  # (T, S, M)
             read = packing(a.to(mem.dtype) @ mem).data                      # (sum lens, Hd)
-            out = self.attended(steps, read)                                # (sum lens, Hd)
-        logits = self.lm_head(self.out_proj(self.drop(out if mem is not None else steps)))  # (sum lens, V)
+            hidden = self.attended(steps, read)                             # (sum lens, Hd)
+        logits = self.lm_head(self.out_proj(self.drop(hidden)))             # (sum lens, V)
         targets = packing(tokens[:, 1:]).data                               # (sum lens,)
         owner = packing(torch.arange(len(lens), device=tokens.device).unsqueeze(1).expand_as(inputs)).data
         token_nll = F.cross_entropy(logits.float(), targets, reduction="none")
