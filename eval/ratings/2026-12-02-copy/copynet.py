@@ -11,6 +11,10 @@ may also copy one of those 2N pieces:
 
 b starts at 2 (p_gen about 0.88), so training starts from generation and learns where to copy.
 
+The package now has this model as options of its own (`attention=20 retrieve=true copy=true`,
+vhred/models/layers.py and retrieval.py; ../2026-12-02-copy-option/ checks that they give this
+script's replies). The script stays to reproduce the seventieth to seventy-second rounds.
+
     python eval/ratings/2026-12-02-copy/copynet.py train --config configs/dailydialog-cpu.yaml name=dailydialog-cpu-copy attention=20 epochs=8
     python eval/ratings/2026-12-02-copy/copynet.py generate --checkpoint runs/dailydialog-cpu-copy --input C --output O
     python eval/ratings/2026-12-02-copy/copynet.py generate --checkpoint runs/dailydialog-cpu-vhred --pool-with runs/dailydialog-cpu-copy --input C --output O
