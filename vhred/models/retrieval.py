@@ -16,6 +16,7 @@ model built from its config alone holds none until it loads its weights (or fill
 """
 import math
 from collections import Counter
+from itertools import accumulate
 
 import torch
 from torch import nn
@@ -44,7 +45,7 @@ class RetrievalIndex(nn.Module):
         for side, name in ((0, "turn"), (1, "reply")):
             seqs = [p[side] for p in pairs]
             setattr(self, f"{name}_ids", torch.tensor([t for s in seqs for t in s], dtype=self.id_dtype))
-            setattr(self, f"{name}_ends", torch.tensor(_cumsum(len(s) for s in seqs), dtype=torch.int32))
+            setattr(self, f"{name}_ends", torch.tensor(list(accumulate(len(s) for s in seqs)), dtype=torch.int32))
         self._reset()
         return len(pairs)
 
@@ -123,14 +124,6 @@ class RetrievalIndex(nn.Module):
             pick = next((p for p in found if pairs[p] != own), found[0])
             out.append(list(pairs[pick][1]))
         return out
-
-
-def _cumsum(lengths) -> list[int]:
-    out, total = [], 0
-    for n in lengths:
-        total += n
-        out.append(total)
-    return out
 
 
 def _unflatten(ids: torch.Tensor, ends: torch.Tensor) -> list[tuple]:
