@@ -66,6 +66,18 @@ def test_training_never_retrieves_the_exchange_it_learns():
     assert index.replies([[5, 6, 7]], learned=[[10, 11, 12]]) == [[8, 9]]
 
 
+def test_the_matches_kept_are_bounded_and_forgetting_them_changes_no_answer(monkeypatch):
+    from vhred.models import retrieval
+    index = RetrievalIndex(40)
+    index.fill(WINDOWS)
+    want = index.replies([[21], [30, 6], [22]])
+    monkeypatch.setattr(retrieval, "CACHE_LIMIT", 2)
+    again = RetrievalIndex(40)
+    again.fill(WINDOWS)
+    assert [again.replies([t])[0] for t in ([21], [30, 6], [22])] == want
+    assert len(again._found) <= 2
+
+
 def test_each_row_carries_the_retrieved_replys_words_and_every_attended_pieces_id():
     """After the answered turn's N word states: the retrieved reply's N (the utterance GRU run
     on it alone, projected), both masks, then the 2N piece ids (PAD past each end)."""

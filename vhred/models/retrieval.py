@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 TOP_K = 3   # matches kept per query: training skips the exchange it learns, which is among them
+CACHE_LIMIT = 1_000_000   # turns whose matches are kept (training's are about 100k)
 
 
 class RetrievalIndex(nn.Module):
@@ -69,44 +70,39 @@ class RetrievalIndex(nn.Module):
             self._pairs = list(zip(turns, replies))
         return self._pairs
 
-    def _vector(self, turn) -> dict[int, float]:
-        """v(turn): TF-IDF weights of its pieces, unit length."""
-        v = {t: c * float(self._idf[t]) for t, c in Counter(turn).items() if 0 <= t < self.vocab_size}
-        norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
-        return {t: x / norm for t, x in v.items()}
-
-    def _build(self):
-        """idf and the (P, V) sparse matrix of the exchanges' unit turn vectors, once per load (in
-        float64, as _vector() computes a query's, then float32)."""
-        P, V = len(self), self.vocab_size
-        ends = self.turn_ends.long()
+    def _unit_vectors(self, ids: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """v(turn) of each turn of flat ids with end offsets: TF-IDF weights of its pieces, unit
+        length, computed in float64: (sum lens,), (P,) -> sparse (P, V) float32."""
+        P, V = len(ends), self.vocab_size
+        ends = ends.long()
         row = torch.repeat_interleave(torch.arange(P), torch.diff(ends, prepend=ends.new_zeros(1)))
-        col = self.turn_ids.long()
+        col = ids.long()
         keep = (col >= 0) & (col < V)                                       # a corrupt id reads as absent
         tf = torch.sparse_coo_tensor(torch.stack([row[keep], col[keep]]), torch.ones(int(keep.sum()), dtype=torch.float64),
                                      (P, V), check_invariants=False).coalesce()   # counts of each piece in each turn
-        (r, c), counts = tf.indices(), tf.values()
-        df = torch.bincount(c, minlength=V)                                 # turns holding each piece
-        self._idf = torch.where(df > 0, torch.log(P / df.clamp(min=1).double()), 0.0).float()
-        vals = counts * self._idf.double()[c]
+        (r, c), vals = tf.indices(), tf.values()
+        if self._idf is None:   # the exchanges' own turns: df, then idf
+            df = torch.bincount(c, minlength=V)                             # turns holding each piece
+            self._idf = torch.where(df > 0, torch.log(P / df.clamp(min=1).double()), 0.0).float()
+        vals = vals * self._idf.double()[c]
         norm = torch.zeros(P, dtype=torch.float64).index_add_(0, r, vals * vals).sqrt()
         vals = vals / torch.where(norm > 0, norm, 1.0)[r]
-        self._matrix = torch.sparse_coo_tensor(tf.indices(), vals.float(), (P, V), check_invariants=False).coalesce()
+        return torch.sparse_coo_tensor(tf.indices(), vals.float(), (P, V), check_invariants=False).coalesce()
 
     def _search(self, turns: list[tuple]):
         """Find the TOP_K best exchanges of each turn not yet searched, in chunks of 512 queries."""
         todo = list(dict.fromkeys(t for t in turns if t not in self._found))
         if not todo:
             return
-        if self._matrix is None:
-            self._build()
+        if self._matrix is None:   # the exchanges' turn vectors, once per load
+            self._matrix = self._unit_vectors(self.turn_ids, self.turn_ends)     # (P, V)
+        if len(self._found) + len(todo) > CACHE_LIMIT:   # a long-running server meets new turns forever
+            self._found.clear()
         for s in range(0, len(todo), 512):
             chunk = todo[s:s + 512]
-            q = torch.zeros(self.vocab_size, len(chunk))                     # (V, Q)
-            for j, turn in enumerate(chunk):
-                for t, x in self._vector(turn).items():
-                    q[t, j] = x
-            scores = torch.sparse.mm(self._matrix, q)                       # (P, Q)
+            q = self._unit_vectors(torch.tensor([t for turn in chunk for t in turn], dtype=torch.long),
+                                   torch.tensor(list(accumulate(len(t) for t in chunk))))   # (Q, V)
+            scores = torch.sparse.mm(self._matrix, q.to_dense().T)              # (P, Q)
             top = scores.topk(min(TOP_K, len(self)), dim=0).indices.T.tolist()  # (Q, k)
             self._found.update(zip(chunk, top))
 
