@@ -350,11 +350,11 @@ def test_the_chats_rank_command(vhred_model):
 
 
 def test_the_rounds_make_critic_learns_from_are_rated_rounds_of_the_repository():
-    """eval/critic_rounds.txt names the 32 rounds the rated critics learned from; `make critic`
+    """eval/critic_rounds.txt names the 38 rounds the rated critic learned from; `make critic`
     reads it, so every folder must be a pointwise round with its readers' answers."""
     from vhred.critic_train import rated_replies, rating_rounds
     folders = open(os.path.join(ROOT, "eval", "critic_rounds.txt")).read().split()
-    assert len(folders) == 32 and all(os.path.isdir(os.path.join(ROOT, f)) for f in folders)
+    assert len(folders) == 38 and all(os.path.isdir(os.path.join(ROOT, f)) for f in folders)
     rounds = rating_rounds([os.path.join(ROOT, f) for f in folders])
-    assert len(rounds) == 61 and all(rated_replies(r) for r in rounds)
+    assert len(rounds) == 79 and all(rated_replies(r) for r in rounds)
     assert "$$(cat eval/critic_rounds.txt)" in open(os.path.join(ROOT, "Makefile")).read()
