@@ -2,7 +2,7 @@
 
     vhred critic --checkpoint runs/dailydialog-cpu-vhred --ratings $(cat eval/critic_rounds.txt) [--held-out DIR]
 
-(eval/critic_rounds.txt: the 38 rounds the shipped critic learned from, as `make critic` trains;
+(eval/critic_rounds.txt: the 38 rounds the last rated critic learned from, as `make critic` trains;
 `--ratings eval/ratings/*/` takes every round.)
 
 Each DIR is a pointwise rating round written by `vhred rate pack` and answered by readers: its
