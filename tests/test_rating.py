@@ -427,6 +427,43 @@ def test_rating_contexts_draws_from_the_validation_split_when_asked(trained, mon
     assert len(rows) == 5 and rows <= pairs["validation"] and not rows & pairs["test"]
 
 
+def test_rating_contexts_draws_a_mix_of_last_turns_shuffled(trained, monkeypatch, capsys):
+    """--mix wh=A,yes-no=B,other=C: exactly so many of each kind of last turn (vhred.rate.turn_kind),
+    in an order that is not grouped by kind; asked for more of a kind than are left, one line
+    says how many of that kind remain."""
+    import sys
+    from collections import Counter
+    from eval import rating_contexts
+    from vhred import checkpoint
+    from vhred.evaluate import split_dialogues
+    from vhred.metrics.protocol import context_pairs
+    from vhred.rate import turn_kind
+    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    pairs = context_pairs(split_dialogues(cfg, "validation"), cfg.max_context)
+    have = Counter(turn_kind(c) for c, _ in pairs)
+    want = {k: min(3, have[k]) for k in ("wh", "yes-no", "other") if have[k]}
+    assert len(want) >= 2   # the tiny data holds at least two kinds, or the mix tests nothing
+    mix = ",".join(f"{k}={n}" for k, n in want.items())
+    args = ["rating_contexts", "--checkpoint", trained["vhred"], "--split", "validation", "--seed", "3"]
+    monkeypatch.setattr(sys, "argv", args + ["--mix", mix])
+    rating_contexts.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = [turn_kind(r["context"]) for r in rows]
+    assert Counter(kinds) == Counter(want)
+    assert kinds != sorted(kinds, key=list(want).index)   # shuffled: packs cut from the file hold every kind
+    assert {(tuple(c), r) for c, r in pairs} >= {(tuple(r["context"]), r["reference"]) for r in rows}
+    other = "other" if "other" in want else next(iter(want))
+    monkeypatch.setattr(sys, "argv", args + ["--mix", f"{other}={have[other] + 1}"])
+    with pytest.raises(SystemExit) as stop:
+        rating_contexts.main()
+    assert f"only {have[other]} validation contexts of kind {other} are left" in str(stop.value)
+    assert f"--mix {other}={have[other]} or fewer" in str(stop.value)
+    monkeypatch.setattr(sys, "argv", args + ["--mix", "question=2"])
+    with pytest.raises(SystemExit) as stop:
+        rating_contexts.main()
+    assert "not 'question=2'" in str(stop.value)
+
+
 # --- one system over several rounds (eval/pooled_rating.py) ------------------------------------
 
 def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
