@@ -24,7 +24,7 @@ import random
 from vhred import checkpoint
 from vhred.evaluate import split_dialogues
 from vhred.metrics.protocol import context_pairs
-from vhred.rate import LAST_TURN_KINDS, TURN_KINDS, last_turn_is
+from vhred.rate import LAST_TURN_KINDS, TURN_KINDS, last_turn_is, turn_kind
 
 SWEEP_SEED, SWEEP_CONTEXTS = 0, 200
 
@@ -74,8 +74,9 @@ def main():
             and (not args.last_turn or last_turn_is(pairs[i][0], args.last_turn))]
     rng = random.Random(args.seed)
     if args.mix:
+        kind_of = {i: turn_kind(pairs[i][0]) for i in free}   # once per context, not once per kind asked for
         chosen = [i for k, n in args.mix.items()
-                  for i in draw([i for i in free if last_turn_is(pairs[i][0], k)], n, rng, args.split,
+                  for i in draw([i for i in free if kind_of[i] == k], n, rng, args.split,
                                 f" of kind {k}", f"--mix {k}={{n}}")]
         rng.shuffle(chosen)
     else:
