@@ -41,7 +41,8 @@ FILE = "critic.safetensors"   # weights, and the arch and training record as met
 # 2 with gamma -0.2 on all three sets (43-47% good in the five against 40-42% for 3 with gamma
 # -0.1); on 80 contexts no critic had seen (fourteenth and sixteenth rounds, 80 draws) 52% of the
 # five and 62% first against 47% and 64% with critics of 600 steps, 52-54% and 68% against 50% and
-# 66-68% with critics of 1,200 (docs/rating.md).
+# 66-68% with critics of 1,200 (docs/rating.md). With the critic of 38 rounds, weight 1 rated the
+# same as 2 on 240 validation contexts (seventy-ninth round: -0.6 [-3.8, +2.3] points first).
 MMI_WEIGHT = 2.0
 # The critic matches the reply with the first TURN words of the turn it answers (`vhred critic
 # --turn`; 0: it reads h alone, as critics before 2026-12-01 and their files do). Rated blind
