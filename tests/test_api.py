@@ -40,8 +40,14 @@ def test_same_seed_same_replies_other_seed_other_replies(bot):
 
 
 def test_decoding_options_reach_the_decoder(bot, trained):
-    short = bot.respond(["Hello!"], n=3, method="sample", max_len=2, dedup=False, seed=1)
-    assert all(len(c.text.split()) <= 3 for c in short)   # two tokens, and the cut mark
+    short = bot.respond(["Hello!"], n=5, method="sample", max_len=2, seed=1)
+    full = bot.respond(["Hello!"], n=5, method="sample", seed=1)
+    assert any(c.text.endswith(" …") for c in short)   # cut at two pieces, and marked so
+    assert all(c.text.endswith(" …") or len(bot._sp.encode(c.text)) <= 2 for c in short)
+    assert max(len(c.text) for c in full) > max(len(c.text) for c in short)
+    same = bot.respond(["Hello!"], n=8, method="greedy", z=full[0].z, rank="none", dedup=False)   # one z: one reply
+    assert len(same) == 8 and len({c.text for c in same}) == 1
+    assert len(bot.respond(["Hello!"], n=8, method="greedy", z=full[0].z, rank="none")) == 1
     hred = vhred.load(trained["hred"])
     assert len(hred.respond(HISTORY, n=3, method="beam")) == 3   # HRED's n best beams
 

@@ -13,7 +13,7 @@ from vhred import __main__ as vhred_main
 from vhred import checkpoint, cli, sources
 from vhred.errors import DataError
 
-SUBCOMMANDS = ["train", "chat", "generate", "eval", "rank", "serve", "bench", "plot", "latent", "rate"]
+SUBCOMMANDS = list(vhred_main.COMMANDS)   # every subcommand, so a new one cannot be left out
 
 
 class Parsed(Exception):

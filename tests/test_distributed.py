@@ -102,14 +102,12 @@ def test_grus_run_in_the_configured_dtype():
 
 
 def test_auto_precision_takes_native_bf16_only(monkeypatch):
-    asked = {}
-
-    def bf16_supported(including_emulation=True):
-        asked["emulation"] = including_emulation
-        return not including_emulation or True
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", bf16_supported)
     cuda = torch.device("cuda")
-    assert device.use_bf16("auto", cuda, device.BF16_MIN_BATCH) and asked["emulation"] is False
+    emulated = lambda including_emulation=True: including_emulation   # a V100 or T4: bf16 by emulation only
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", emulated)
+    assert not device.use_bf16("auto", cuda, device.BF16_MIN_BATCH)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)   # an A100, H100
+    assert device.use_bf16("auto", cuda, device.BF16_MIN_BATCH)
     assert not device.use_bf16("auto", cuda, device.BF16_MIN_BATCH - 1)   # small batches: fp32 measured faster
     assert not device.use_bf16("auto", torch.device("cpu"), 10 ** 6)
     assert device.use_bf16("bf16", torch.device("cpu"), 1) and not device.use_bf16("fp32", cuda, 10 ** 6)

@@ -280,8 +280,8 @@ def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
     rated_ranking.main()
     out = capsys.readouterr().out
     assert f"{len(items)} rated replies of 2 contexts, {len(items)} of them among the 8 draws" in out
-    if any(a.endswith("bad") for a in answers):
-        assert "| shorter first | 1.000 |" in out
+    assert any(a.endswith("bad") for a in answers)   # pairs judged differently, for the ranking to order
+    assert "| shorter first | 1.000 |" in out
     assert out.count("| mmi lambda") == len(rated_ranking.LAMBDAS) * len(rated_ranking.GAMMAS)
 
 
@@ -305,7 +305,8 @@ def test_candidate_ceiling_of_hand_made_labels():
 
 def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     """pool -> rate pack -> answers -> ceiling: every distinct draw is packed, and a reader who keeps
-    only each context's shortest replies gives a top-1 ceiling of 100% that "shortest first" reaches."""
+    only each context's shortest replies without a surface fault (the shortest of all where every
+    draw has one) gives a top-1 ceiling of 100% that "shortest first" (faulty last) reaches."""
     from eval import candidate_ceiling
     from vhred.generate import reply_key
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
@@ -329,7 +330,7 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
                "--key", str(tmp_path / "key.json"), "--per-context", "1000"])
     key = json.loads((tmp_path / "key.json").read_text())
     assert len(key["items"]) == sum(len(r["samples"]) for r in rows)
-    shortest = [min(r["n"]) for r in rows]
+    shortest = [min([n for n, f in zip(r["n"], r["faulty"]) if not f] or r["n"]) for r in rows]
     length = {(c, t): n for c, r in enumerate(rows) for t, n in zip(r["samples"], r["n"])}
     (tmp_path / "rater1.txt").write_text("".join(
         f"{i} {'good' if length[(e[0]['context'], e[0]['text'])] == shortest[e[0]['context']] else 'bad'}\n"
@@ -338,8 +339,7 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
                             "--system", f"g={sys_file}"])
     out = capsys.readouterr().out
     assert "| ceiling (a perfect ranking) | 100% |" in out
-    if not any(f for r in rows for f in r["faulty"]):
-        assert "| shortest first | 100% |" in out
+    assert "| shortest first | 100% |" in out
 
     # replay: the same labels read as a round folder, rankings by a critic trained on them
     import shutil

@@ -374,19 +374,26 @@ def test_a_meta_json_that_is_not_an_object_means_a_rebuild(cache_copy, raw):
 
 # --- 7. smaller -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("garbage", [b"\xff\xfe{\n", b"[1]\n", b'"text"\n', b'{"split": "train", "step": "x"}\n'])
-def test_plot_reads_a_metrics_file_with_garbage_lines(trained, tmp_path, garbage, capsys):
+@pytest.mark.parametrize("garbage, skipped", [(b"\xff\xfe{\n", True), (b"[1]\n", True), (b'"text"\n', True),
+                                               (b'{"split": "train", "step": "x"}\n', False)])
+def test_plot_reads_a_metrics_file_with_garbage_lines(trained, tmp_path, garbage, skipped, capsys):
+    """Lines that are no record (cut short, not UTF-8, not an object) are skipped and the curves
+    drawn anew; a record of the wrong kind is refused in one line, no traceback."""
     from vhred import plot
     run = tmp_path / "run"
     shutil.copytree(trained["vhred"], run)
+    (run / "curves.png").unlink(missing_ok=True)   # training drew one: only a new one shows that plot wrote
     with open(run / "metrics.jsonl", "ab") as f:
         f.write(garbage)
-    try:
+    if skipped:
         plot.main([str(run)])
-        assert (run / "curves.png").exists()
-    except SystemExit as e:   # a record of the wrong kind: one line, no traceback
+        assert (run / "curves.png").stat().st_size > 0
+    else:
+        with pytest.raises(SystemExit) as e:
+            plot.main([str(run)])
         err = capsys.readouterr().err
-        assert e.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert e.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert not (run / "curves.png").exists()
 
 
 def test_chat_reset_forgets_the_kept_z(trained):

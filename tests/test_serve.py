@@ -218,9 +218,10 @@ def test_bench_serve_sends_the_decoding_asked_for(trained, monkeypatch):
 
 def test_a_pooled_server_answers_as_its_bot_whatever_the_batch(trained):
     """vhred serve --pool-with: a request without a z gets the pooled bot's replies even when it is
-    batched with one that gives a z (which draws from the first model alone)."""
+    batched with one that gives a z (which draws from the first model alone). The server waits for
+    both (max_batch=2, a long wait_ms): one batch, checked by its count."""
     pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])
-    running = Running(pooled, Limits(max_batch=16, wait_ms=200, max_body=4096))
+    running = Running(pooled, Limits(max_batch=2, wait_ms=30_000, max_body=4096))
     try:
         alone = pooled.respond(HISTORY, n=3, seed=1)
         z = next(c.z for c in pooled.respond(HISTORY, n=5) if c.z is not None)
@@ -229,6 +230,8 @@ def test_a_pooled_server_answers_as_its_bot_whatever_the_batch(trained):
             kept = ex.submit(request, running.port, "POST", "/respond", {"history": HISTORY, "n": 3, "seed": 1, "z": z})
             (s1, out), (s2, with_z) = plain.result(), kept.result()
         assert s1 == s2 == 200
+        served = request(running.port, "GET", "/health")[1]["served"]
+        assert served["requests"] == 2 and served["batches"] == 1
         assert out["candidates"] == [{"text": c.text, "score": c.score, "z": c.z, "faulty": c.faulty} for c in alone]
         assert with_z["candidates"] and all(c["z"] is not None for c in with_z["candidates"])
     finally:

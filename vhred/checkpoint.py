@@ -389,11 +389,13 @@ def _upgrade_main(argv):
 def _measure_main(argv):
     import argparse
     import json
-    parser = argparse.ArgumentParser(prog="python -m vhred.checkpoint",
+    from .cli import program
+    parser = argparse.ArgumentParser(prog=program("python -m vhred.checkpoint"),
                                      description="Time the integrity checks: checkpoint save/load and the data cache. "
                                                  "`upgrade FILE` converts a format-1 checkpoint you trust.")
-    parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml")
-    parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of")
+    parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml",
+                        help="the config whose model size is timed (default %(default)s)")
+    parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of (default: none)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     print(json.dumps(measure(args.config), indent=1))

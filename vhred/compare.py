@@ -52,7 +52,7 @@ def parse_args(argv):
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps per family, the same for all (default %(default)s)")
     p.add_argument("--measure", type=int, default=0,
-                   help="only time N training steps of each row, one thread, and print seconds per step (to choose --steps)")
+                   help="only time N training steps of each row, one thread, and print seconds per step (to choose --steps; default 0: train)")
     p.add_argument("--rows", default=",".join(ROWS), help=f"rows to train, of {', '.join(ROWS)} (default: all)")
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each (default %(default)s)")
     p.add_argument("--out-dir", default="runs/compare", help="run folders (default %(default)s)")

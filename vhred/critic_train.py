@@ -205,13 +205,14 @@ def parse_args(argv):
     p.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint in one; critic.safetensors is written into its folder")
     p.add_argument("--ratings", nargs="+", required=True, metavar="DIR",
                    help="pointwise rating rounds (key.json and rater*.txt), e.g. eval/ratings/*/")
-    p.add_argument("--held-out", nargs="*", default=[], metavar="DIR", help="rounds to measure on, not train on")
+    p.add_argument("--held-out", nargs="*", default=[], metavar="DIR", help="rounds to measure on, not train on (default: none)")
     p.add_argument("--steps", type=int, default=1200, help="optimiser steps of %d contexts (default %%(default)s)" % CONTEXTS)
     p.add_argument("--pretrain", type=int, default=PRETRAIN, metavar="STEPS",
                    help="first, STEPS steps of %d contexts of response selection on the model's training split "
                         "(default %%(default)s; 0: none)" % SELECTION)
     p.add_argument("--lr", type=float, default=3e-5, help="Adam's learning rate (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the critic's initial weights and the order it reads contexts in (default %(default)s)")
     p.add_argument("--turn", type=int, default=TURN, metavar="N",
                    help="match the reply's words with the first N words of the turn it answers (default %(default)s; 0: no)")
     args = p.parse_args(argv)

@@ -75,8 +75,9 @@ class Index:
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.nearest"), description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="its data settings (default %(default)s)")
-    p.add_argument("--split", default="test", choices=["test", "validation"])
-    p.add_argument("--max-contexts", type=int, default=0, help="score the first N targets (0: all)")
+    p.add_argument("--split", default="test", choices=["test", "validation"],
+                   help="the split whose targets are scored (default %(default)s)")
+    p.add_argument("--max-contexts", type=int, default=0, help="score the first N targets (default 0: all)")
     p.add_argument("--samples", type=int, default=dialogwae.SAMPLES, help="responses per context (default %(default)s)")
     p.add_argument("--previous-weight", type=float, default=0.5, help="weight of the turn before the last (default %(default)s)")
     p.add_argument("--out", default="runs/nearest-neighbour", help="report folder (default %(default)s)")
