@@ -78,7 +78,22 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     for t, r in zip(texts, decoded):   # a reply whose text reads back as its tokens: respond's own score
         if sp.encode(spaced(t)) == r[0]:
             assert bot.score(HISTORY, [t])[0] == pytest.approx(r[1], rel=1e-4, abs=1e-5)
-    assert bot.score(HISTORY, []) == []
+
+
+def test_a_pooled_bot_scores_as_it_ranks(bot, trained):
+    """With pool_with, score() is the sum of every run's own score, the number respond() ranks by."""
+    from vhred.generate import DecodeOptions, candidates, same_reply, shown_filter
+    from vhred.scoring import RANK_SAMPLES, score_ids
+    hred = vhred.load(trained["hred"], device="cpu")
+    pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])
+    texts = ["I am fine, thank you.", "Turn left at the bank."]
+    both = [a + b for a, b in zip(bot.score(HISTORY, texts), hred.score(HISTORY, texts))]
+    assert pooled.score(HISTORY, texts) == pytest.approx(both, rel=1e-5, abs=1e-5)
+    model, sp, cfg, opts = pooled._model, pooled._sp, pooled.config, DecodeOptions(num_samples=5, seed=0)
+    decoded = candidates(model, [pooled._context(HISTORY)], opts, same=same_reply(sp), keep=shown_filter(sp, cfg, opts))[0]
+    ids, ctx = [r[0] for r in decoded], [pooled._context(HISTORY)] * len(decoded)
+    each = [score_ids(m._model, ctx, ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus) for m in (bot, hred)]
+    assert [r[1] for r in decoded] == pytest.approx([a + b for a, b in zip(*each)], rel=1e-4, abs=1e-5)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -89,6 +104,7 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     (lambda b: b.respond(["hi"], n=2.5), "n must be an int"),
     (lambda b: b.respond(["hi"], temprature=0.5), "unknown decoding option 'temprature'"),
     (lambda b: b.respond(["hi"], temperature="hot"), "temperature must be a float"),
+    (lambda b: b.respond(["hi"], temperature=0.5, method="beam"), 'shape sampled words: add method="sample"'),
     (lambda b: b.respond(["hi"], top_p=0.0, method="sample"), "top_p must be in (0, 1]"),
     (lambda b: b.respond(["hi"], max_len=-1), "max_len must be between 1"),
     (lambda b: b.respond(["hi"], dedup=1), "dedup must be a bool"),

@@ -155,3 +155,7 @@ def test_the_api_interpolates_from_one_candidate_to_another(trained):
     assert path[0].z == pytest.approx(a.z, abs=1e-6) and path[-1].z == pytest.approx(b.z, abs=1e-5)
     with pytest.raises(InputError, match="steps must be"):
         bot.interpolate(history, a.z, b.z, steps=1)
+    with pytest.raises(InputError, match="interpolate needs two z's"):   # None draws from the prior in respond only
+        bot.interpolate(history, None, b.z)
+    with pytest.raises(InputError, match="spherical must be a bool"):   # "no" would be read as yes
+        bot.interpolate(history, a.z, b.z, spherical="no")

@@ -88,6 +88,8 @@ def test_score_and_health_and_page(server, bot):
     ("/respond", {"history": ["hi"], "n": "5"}, 400, "n must be an int"),
     ("/respond", {"history": ["hi"], "n": 0}, 400, "n must be at least 1"),
     ("/respond", {"history": ["hi"], "n": 21}, 400, "n may be at most 20"),
+    ("/respond", {"history": ["hi"], "n": 1001}, 400, "n may be at most 20"),   # the server's cap, not the flag's
+    ("/respond", {"history": ["hi"], "temperature": 0.5, "method": "beam"}, 400, 'add method=\"sample\"'),
     ("/respond", {"history": ["hi"], "max_len": 500}, 400, "max_len may be at most 100"),
     ("/respond", {"history": ["hi"], "temperature": -1, "method": "sample"}, 400, "temperature must be a positive"),
     ("/respond", {"history": ["hi"] * 51}, 400, "turns in history may be at most 50"),
@@ -236,3 +238,17 @@ def test_a_pooled_server_answers_as_its_bot_whatever_the_batch(trained):
         assert with_z["candidates"] and all(c["z"] is not None for c in with_z["candidates"])
     finally:
         assert running.stop()
+
+
+@pytest.mark.parametrize("host, port, hint", [
+    ("192.0.2.1", 0, "give --host an address of this machine"),   # TEST-NET: no interface of ours has it
+    ("127.0.0.1", "taken", "pick another --port"),
+])
+def test_a_server_that_cannot_listen_says_which_flag_to_change(bot, host, port, hint):
+    from vhred.errors import InputError
+    from vhred.serve import make_server
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(InputError, match=hint):
+            make_server(bot, host, taken.getsockname()[1] if port == "taken" else port, quiet=True)

@@ -52,7 +52,7 @@ def post(port: int, body: bytes, content_type=b"application/json", host=None, ex
     ('{"history": ["hi"], "temperature": 1e400, "method": "sample"}', 400, "within float range"),
     ('{"history": ["hi"], "z": [1' + "0" * 400 + "]}", 400, "finite numbers"),
     ('{"history": ["hi"], "z": [1e300, 0, 0, 0, 0, 0, 0, 0]}', 400, "finite numbers"),
-    ('{"history": ["hi"], "n": 1' + "0" * 400 + "}", 400, "num_samples must be"),
+    ('{"history": ["hi"], "n": 1' + "0" * 400 + "}", 400, "n may be at most 20 on this server, got 1000"),
     ('{"history": ["hi"], "seed": -1}', 400, "seed must be"),
 ])
 def test_hostile_fields_get_a_json_4xx(server, body, status, message):
@@ -150,6 +150,19 @@ def test_open_connections_are_capped(server):
 def test_malformed_requests_get_json_answers(server, data):
     status, out = raw_exchange(server.port, data)
     assert 400 <= status < 500 and "error" in out
+
+
+@pytest.mark.parametrize("lengths, status, message", [
+    ([b"-5"], 400, "Content-Length must be a count of bytes"),     # not "over the limit"
+    ([b"+2"], 400, "Content-Length must be a count of bytes"),
+    ([b"2", b"30"], 400, "more than one Content-Length"),          # two framings of one body: refused
+    ([b"2", b"2"], 400, "missing field 'history'"),                 # the same one twice frames it one way
+])
+def test_content_length_frames_the_body_one_way(server, lengths, status, message):
+    data = (b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + b"".join(b"Content-Length: " + n + b"\r\n" for n in lengths) + b"Connection: close\r\n\r\n{}")
+    got, out = raw_exchange(server.port, data)
+    assert got == status and message in out["error"]
 
 
 def test_the_server_still_answers_after_all_that(server):

@@ -37,7 +37,7 @@ DECODING = {f.name: f.type for f in fields(DecodeOptions) if f.name != "num_samp
 
 @dataclass(frozen=True)
 class Candidate:
-    """One reply: its text, its score (higher is better; see Bot.score) and, for VHRED, the
+    """One reply: its text, its score (higher is better; from respond, see Bot.score) and, for VHRED, the
     latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
     that "style" for another context; None for HRED). faulty: the text has a surface fault
     (a non-word, glued or repeated text); such replies come last, only when 16n draws held
@@ -80,12 +80,16 @@ class Bot:
         """Replies to history decoded as respond() decodes each z (beam search) from `steps` evenly
         spaced z's between z0 and z1 (two Candidates' .z, say), both ends included, in order:
         what moving through the latent space does to the reply. spherical: along the great circle (slerp), which keeps
-        the points as far from the mean as Gaussian samples are; else a straight line."""
+        the points as far from the mean as Gaussian samples are; else a straight line. Each
+        Candidate's score is its decoding's log-likelihood per token given its z, not a ranking score."""
         import torch
 
         from .latent import decode, interpolate
         if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 1000:
             raise InputError(f"steps must be an integer between 2 and 1000, got {steps!r}")
+        if z0 is None or z1 is None:   # respond's None (draw from the prior) is no end of a path
+            raise InputError("interpolate needs two z's, each z_dim numbers (a Candidate's .z), got None")
+        _check_type("spherical", spherical, bool)
         z_matrix(self._model, [z0, z1])   # both checked: z_dim finite numbers, a VHRED model
         path = interpolate(torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32),
                            steps, spherical)
@@ -117,7 +121,7 @@ class Bot:
         given = {**asdict(base or DecodeOptions()), **decoding, "num_samples": n}
         if "method" not in decoding and {"temperature", "top_k", "top_p"} & set(decoding):
             given["method"] = None   # shaped words and no method: sampling, as with the flags
-        opts = options_from_args(SimpleNamespace(**given))   # the flags' rules, word for word
+        opts = options_from_args(SimpleNamespace(**given), keywords=True)   # the flags' rules, word for word
         ranking(self._model, opts)   # a ranking this model cannot do is refused before any decoding
         return opts
 

@@ -473,9 +473,14 @@ def _rank(model, contexts, results, opts: DecodeOptions, judges=()):
     """Score every candidate of every context in one batch, then order each context's best first.
     judges: more models (a pool's runs) whose own ranking scores are added to the model's."""
     pairs = [(c, ids) for c, r in zip(contexts, results) for ids, _ in r]
-    contexts_of, replies = [c for c, _ in pairs], [r for _, r in pairs]
-    scores = iter([sum(s) for s in zip(*(_scores(m, contexts_of, replies, opts) for m in (model, *judges)))])
+    scores = iter(ranking_scores(model, [c for c, _ in pairs], [r for _, r in pairs], opts, judges))
     return [sorted([Response(x[0], next(scores), x.z) for x in r], key=lambda x: -x[1]) for r in results]
+
+
+def ranking_scores(model, contexts, replies, opts: DecodeOptions, judges=()) -> list[float]:
+    """The score candidates are ranked by, of each (context, reply) pair: the model's own (_scores)
+    plus that of each judge (a pool's other runs)."""
+    return [sum(s) for s in zip(*(_scores(m, contexts, replies, opts) for m in (model, *judges)))]
 
 
 def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
@@ -638,13 +643,15 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
-def options_from_args(args) -> DecodeOptions:
-    """DecodeOptions from the flags of add_decode_args, checked."""
+def options_from_args(args, keywords: bool = False) -> DecodeOptions:
+    """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
+    keyword options (and the server's fields) instead of the flags."""
     shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0
     args.method = args.method or ("sample" if shaped else DecodeOptions.method)
     opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
     if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
-        raise InputError("--temperature, --top-k and --top-p shape sampled words: add --method sample")
+        raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else
+                         "--temperature, --top-k and --top-p shape sampled words: add --method sample")
     return opts
 
 

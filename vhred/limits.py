@@ -33,9 +33,9 @@ MAX_YAML_DEPTH = 32               # nesting of a YAML config (ours nests 2 deep)
 def count(name: str, value, low: int, high: int) -> int:
     """An integer between low and high, or one line saying which range it must be in."""
     if not isinstance(value, int) or isinstance(value, bool):
-        raise InputError(f"{name} must be an integer, got {_show(value)}")
+        raise InputError(f"{name} must be an integer, got {shown(value)}")
     if not low <= value <= high:
-        raise InputError(f"{name} must be between {low:,} and {high:,}, got {_show(value)}")
+        raise InputError(f"{name} must be between {low:,} and {high:,}, got {shown(value)}")
     return value
 
 
@@ -47,11 +47,12 @@ def number(name: str, value, low: float, high: float) -> float:
     elif ok:
         ok = math.isfinite(value) and low <= value <= high
     if not ok:
-        raise InputError(f"{name} must be a number between {low:g} and {high:g}, got {_show(value)}")
+        raise InputError(f"{name} must be a number between {low:g} and {high:g}, got {shown(value)}")
     return float(value)
 
 
-def _show(value) -> str:
+def shown(value) -> str:
+    """A value as an error line quotes it: its repr, cut at 40 characters."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 

@@ -80,23 +80,17 @@ def score_ids(model, contexts: list[list[list[int]]], responses: list[list[int]]
     return [lp / n + gamma * n for lp, n in zip(logp, tokens)]
 
 
-def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str | None = None,
-          k: int = RANK_SAMPLES) -> list[float]:
+def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str | None = None) -> list[float]:
     """Score candidate replies to a conversation (its turns as text, oldest first), higher is
     better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
-    length_bonus; K = RANK_SAMPLES z samples; the run's reply critic under rank "auto" when it
-    has one; the answer score after a wh-question when it has an answer table). Text is written
-    as the corpus writes it first (generate.spaced)."""
-    from .generate import DecodeOptions, critic_scores, plus_answers, ranking
-    opts = DecodeOptions()
-    kind = ranking(model, DecodeOptions(rank=kind or opts.rank))
+    length_bonus; K = RANK_SAMPLES z samples, seed 0; the run's reply critic under rank "auto"
+    when it has one; the answer score after a wh-question when it has an answer table; with a
+    pool, the sum of every run's). Text is written as the corpus writes it first (generate.spaced)."""
+    from .generate import DecodeOptions, ranking, ranking_scores
+    opts = DecodeOptions(rank=kind or DecodeOptions.rank)
+    ranking(model, opts)   # a ranking this model (or a run of its pool) cannot do is refused
     context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
     responses = [sp.encode(spaced(c))[:cfg.max_utt_len] for c in candidates]
     if not responses:
         return []
-    contexts = [context] * len(responses)
-    if kind == "critic":
-        scores = critic_scores(model, contexts, responses, opts)
-    else:
-        scores = score_ids(model, contexts, responses, kind, k, 0, opts.mmi_lambda, opts.length_bonus)
-    return plus_answers(model, contexts, responses, kind, opts, scores)
+    return ranking_scores(model, [context] * len(responses), responses, opts, getattr(model, "pool", ()))

@@ -182,10 +182,11 @@ class Service:
         z = body.get("z")
         z_matrix(self.bot._model, [z])   # a z of the wrong kind is the request's error, not the batch's
         n = body.get("n", self.defaults.num_samples)
+        if isinstance(n, int) and not isinstance(n, bool):
+            _cap("n", n, self.limits.max_n)   # before the general check, which names the flag's own cap
         decoding = {k: v for k, v in body.items() if k in DECODING}
         opts = self.bot._options(n, decoding, self.defaults)   # checked as the commands' flags are
         lim = self.limits
-        _cap("n", opts.num_samples, lim.max_n)
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
         from .generate import count_note
@@ -251,7 +252,8 @@ def _strings(body: dict, name: str, max_chars: int, allow_empty: bool) -> list[s
 
 def _cap(name: str, value: int, cap: int):
     if value > cap:
-        raise HTTPError(400, f"{name} may be at most {cap} on this server, got {value}")
+        from .limits import shown
+        raise HTTPError(400, f"{name} may be at most {cap} on this server, got {shown(value)}")
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -339,11 +341,18 @@ class Handler(BaseHTTPRequestHandler):
         params = [p.strip().lower().replace(" ", "") for p in media[1:] if p.strip()]
         if media[0].strip().lower() != "application/json" or any(p not in ("charset=utf-8",) for p in params):
             raise HTTPError(415, "send JSON with Content-Type: application/json")
+        given = self.headers.get_all("Content-Length") or []
+        if len(set(given)) > 1:   # which one frames the body is ambiguous (request smuggling): refuse
+            raise HTTPError(400, "the request has more than one Content-Length")
         try:
-            length = int(self.headers.get("Content-Length", ""))
+            length = int(given[0]) if given else None
         except ValueError:
-            raise HTTPError(411, "a Content-Length header is required") from None
-        if not 0 <= length <= self.server.service.limits.max_body:
+            length = -1
+        if length is None:
+            raise HTTPError(411, "a Content-Length header is required")
+        if length < 0 or not given[0].strip().isdigit():
+            raise HTTPError(400, f"Content-Length must be a count of bytes, got {given[0][:20]!r}")
+        if length > self.server.service.limits.max_body:
             raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
         try:
             data = self.rfile.read(length)
@@ -403,9 +412,9 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format, *args):
         """One line per request: UTC time, client, request, status and size, seconds it took."""
         if not self.server.quiet:
-            took = time.perf_counter() - self.started if hasattr(self, "started") else math.nan
+            took = f" {time.perf_counter() - self.started:.3f}s" if hasattr(self, "started") else ""   # no request line
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            sys.stderr.write(_printable(f"{when} {self.address_string()} {format % args} {took:.3f}s") + "\n")
+            sys.stderr.write(_printable(f"{when} {self.address_string()} {format % args}{took}") + "\n")
 
 
 
@@ -499,7 +508,10 @@ def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits |
         server = Server((host, port), Handler)
     except OSError as e:
         service.close()
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
+        import errno
+        fix = "pick another --port" if e.errno in (errno.EADDRINUSE, errno.EACCES) else \
+            "give --host an address of this machine (default 127.0.0.1)"
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror or e}); {fix}") from None
     server.service, server.quiet = service, quiet
     server.allowed_hosts = tuple(h.lower() for h in allowed_hosts)
     return server
