@@ -35,6 +35,17 @@ def test_wrong_type_in_yaml(tmp_path):
         load(str(f), [])
 
 
+def test_a_float_in_yaml_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-3 as a string; as an override it is a float, and so in a file."""
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 1e-3\nweight_decay: 5E-2\n")
+    cfg = load(str(f), [])
+    assert (cfg.lr, cfg.weight_decay) == (0.001, 0.05) and load(None, ["lr=1e-3"]).lr == 0.001
+    f.write_text("lr: e-3\n")
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        load(str(f), [])
+
+
 def test_warmup_longer_than_training_is_a_warning():
     assert warnings(Config(kl_warmup_steps=100), total_steps=10)
     assert not warnings(Config(kl_warmup_steps=100), total_steps=1000)

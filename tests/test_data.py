@@ -95,6 +95,25 @@ def test_jsonl_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
     assert again[-1] == "validation"                                        # an explicit split wins
 
 
+def test_jsonl_as_editors_save_it_and_a_file_of_one_split(tmp_path):
+    """A UTF-8 byte-order mark (Windows Notepad) is read past; UTF-16 and a file without a
+    validation split are refused in one line that says what to do."""
+    from vhred.errors import DataError
+    lines = [json.dumps({"dialog": [f"hello {i}", f"hi there {i}"]}) for i in range(40)]
+    plain, bom = tmp_path / "plain.jsonl", tmp_path / "bom.jsonl"
+    plain.write_text("\n".join(lines) + "\n")
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    assert list(sources.iter_jsonl(str(bom), seed=1)) == list(sources.iter_jsonl(str(plain), seed=1))
+    wide = tmp_path / "wide.jsonl"
+    wide.write_text("\n".join(lines) + "\n", encoding="utf-16")
+    with pytest.raises(DataError, match="is UTF-16 text: save it as UTF-8"):
+        sources.scan_jsonl(str(wide), seed=1)
+    train_only = tmp_path / "train.jsonl"
+    train_only.write_text("".join(json.dumps({"dialog": ["a", "b"], "split": "train"}) + "\n" for _ in range(5)))
+    with pytest.raises(DataError, match='found .*: mark some lines "split": "validation", or leave "split" out'):
+        sources.scan_jsonl(str(train_only), seed=1)
+
+
 def test_jsonl_trains_the_same_way(tmp_path, tiny_cfg):
     path = tmp_path / "mine.jsonl"
     rng = np.random.default_rng(0)

@@ -152,6 +152,21 @@ def test_beam_dedup_and_rank(vhred_model, hred_model):
     assert DecodeOptions(rank=True).check().rank == "pmi" and DecodeOptions(rank=False).check().rank == "none"
 
 
+def test_a_model_whose_words_are_nan_is_one_line_error_not_an_index_error(vhred_model, monkeypatch):
+    """Finite weights can still give NaN probabilities (a run that diverged writes last.pt):
+    beam search then finishes no reply, which is said in one line."""
+    from vhred.errors import CheckpointError
+    model, cfg, sp = vhred_model
+    real = type(model).decode
+
+    def nan_words(self, *args):
+        logits, state = real(self, *args)
+        return logits * float("nan"), state
+    monkeypatch.setattr(type(model), "decode", nan_words)
+    with pytest.raises(CheckpointError, match="word probabilities are not finite .*lower lr="):
+        generate(model, contexts(sp, cfg), DecodeOptions(num_samples=2, rank="none"))
+
+
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_generate_command_on_a_file(trained, tmp_path):
     src = tmp_path / "contexts.jsonl"

@@ -168,6 +168,7 @@ def test_ctrl_c_saves_and_exits_cleanly(cli_args, tmp_path):
     (["--config", "configs/nope.yaml"], "config file configs/nope.yaml not found"),
     (["--config", "configs/tiny.yaml", "z_dimm=3"], "did you mean z_dim"),
     (["--config", "configs/tiny.yaml", "data=missing.jsonl"], "data file missing.jsonl not found"),
+    (["--config", "configs/tiny.yaml", "data=configs"], "data file configs is a folder (give data=dailydialog or a path"),
 ])
 def test_user_errors_are_one_line(args, message):
     r = subprocess.run([sys.executable, "-m", "vhred.train", *args], cwd=ROOT, capture_output=True, text=True)
@@ -200,6 +201,28 @@ def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch)
     monkeypatch.setattr(train_mod, "MAX_BAD_STEPS", 4)
     with pytest.raises(train_mod.TrainingError, match="NaN/inf for 4 steps in a row .*no checkpoint was written yet"):
         train(tiny_cfg("max_steps=12", "name=broken"), log=quiet)   # broken from the first step: nothing saved
+
+
+def test_a_run_whose_validation_is_never_finite_ends_in_an_error_not_done(tiny_cfg, monkeypatch):
+    """Skipped steps that never come 4 in a row, and a validation ELBO that is NaN every time: no
+    best.pt is written, so the run ends in one line saying it diverged, not "done ... best.pt"."""
+    from vhred import train as train_mod
+    from vhred.models import VHRED   # the tiny config's family
+    real_forward = VHRED.forward
+    calls = {"n": 0}
+
+    def diverging(self, *args):
+        out = real_forward(self, *args)
+        calls["n"] += 1
+        if not self.training or calls["n"] % 2:
+            out["nll"] = out["nll"] * float("nan")
+        return out
+    monkeypatch.setattr(VHRED, "forward", diverging)
+    monkeypatch.setattr(train_mod, "MAX_BAD_STEPS", 4)
+    cfg = tiny_cfg("max_steps=12", "name=diverged", "lr=0.5")
+    with pytest.raises(train_mod.TrainingError, match=r"the run diverged: .* no best.pt was written; lower lr= \(now 0.5\)"):
+        train(cfg, log=quiet)
+    assert not os.path.exists(os.path.join(cfg.out_dir, "diverged", "best.pt"))
 
 
 def test_a_second_trainer_on_the_same_run_folder_is_refused(tiny_cfg, tmp_path):

@@ -8,6 +8,7 @@ with the same ones. In files and overrides a model key may be written plainly (`
 The final dict is saved beside the run and inside every checkpoint.
 """
 import difflib
+import re
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -117,6 +118,8 @@ def _parse_value(key: str, text: str, kind: type):
 def _check_type(key: str, value, kind: type):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)   # YAML writes 1 for 1.0
+    if kind is float and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
+        return float(value)   # YAML 1.1 reads 1e-3 (no dot) as a string
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {kind.__name__}, got {value!r}")
     return value

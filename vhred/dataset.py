@@ -59,7 +59,7 @@ def _source(cfg: Config) -> tuple[str, str, str]:
     elif os.path.isfile(cfg.data):
         name, src = os.path.splitext(os.path.basename(cfg.data))[0], cfg.data
     else:
-        raise sources.DataError(f"data file {cfg.data} not found (give data=dailydialog or a path to a .jsonl file)")
+        raise sources.no_data_file(cfg.data)
     st = os.stat(src)
     return name, src, f"{os.path.abspath(src)}:{st.st_size}:{int(st.st_mtime)}"
 

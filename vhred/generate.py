@@ -293,6 +293,9 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         cond_k, state, words = cond_k[pick], state[:, pick], words[pick] + (~blank[new_tok]).long()
         scores = _host_to([new_scores[i] for i in beams], device, torch.float).view(len(rows), K)
         token = new_tok.view(-1, 1)
+    if not all(done) or any(math.isnan(s) for d in done for s, _ in d):   # NaN words: nothing, or NaN-scored replies
+        raise CheckpointError("the model's word probabilities are not finite (NaN): its checkpoint is from a run "
+                              "that diverged; train it again with a lower lr=")
     best = [sorted(d, key=lambda x: -x[0])[:n_best] for d in done]
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
 

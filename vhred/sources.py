@@ -261,7 +261,7 @@ def iter_jsonl(path: str, seed: int, report=None):
                 report(lineno, f"longer than {MAX_LINE_BYTES // 2 ** 20} MB")
             continue
         try:
-            dialog, split = _parse_jsonl_line(raw.decode("utf-8"))
+            dialog, split = _parse_jsonl_line(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))   # a BOM (Notepad) first
         except (ValueError, UnicodeDecodeError) as e:
             if report:
                 report(lineno, str(e).splitlines()[0][:120])
@@ -286,10 +286,19 @@ def _bounded_lines(path: str):
             yield None
 
 
+def no_data_file(path: str) -> DataError:
+    """The error for a data= that is no file: missing, or a folder."""
+    what = "is a folder" if os.path.isdir(path) else "not found"
+    return DataError(f"data file {path} {what} (give data=dailydialog or a path to a .jsonl file)")
+
+
 def scan_jsonl(path: str, seed: int) -> dict:
     """Count dialogues per split and report malformed lines, before anything is built."""
     if not os.path.isfile(path):
-        raise DataError(f"data file {path} not found (give data=dailydialog or a path to a .jsonl file)")
+        raise no_data_file(path)
+    with open(path, "rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError(f"{path} is UTF-16 text: save it as UTF-8 (one JSON object a line)")
     bad, skipped = [], 0   # the first ten bad lines are shown; the rest only counted
     counts = dict.fromkeys(SPLITS, 0)
 
@@ -306,6 +315,8 @@ def scan_jsonl(path: str, seed: int) -> dict:
     if skipped > 10:
         print(f"{path}: ... and {skipped - 10} more skipped lines", file=sys.stderr)
     if counts["train"] == 0 or counts["validation"] == 0:
+        hint = ('mark some lines "split": "validation", or leave "split" out of every line for a seeded '
+                '90/5/5 split' if any(counts.values()) else "no line held a dialogue; see the skipped lines above")
         raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
-                        f"({skipped} lines skipped)")
+                        f"({skipped} lines skipped): {hint}")
     return {"dialogues": counts, "skipped_lines": skipped}

@@ -573,6 +573,10 @@ def _finish(run: Run):
     p = run.progress
     if run.stopped:
         run.log(f"stopped at step {p.step}; saved {run.dir}/last.pt. Run the same command to resume.")
+    elif not math.isfinite(p.best):   # no validation came out finite, so no best.pt was written
+        raise TrainingError(f"the run diverged: no validation ELBO was finite ({p.skipped_total} of {p.step} steps "
+                            f"skipped as NaN/inf) and no best.pt was written; lower lr= (now {run.cfg.lr:g}) "
+                            f"or check the data")
     else:
         early = f"early stop after {run.cfg.patience} epochs without improvement; " if run.patience_out else ""
         run.log(f"done at step {p.step}: {early}best validation ELBO/token {p.best:.3f} "
