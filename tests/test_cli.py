@@ -75,6 +75,11 @@ def test_help_lists_the_subcommands(capsys):
     (["serve", "--device", "tpu"], "device must be auto, cpu or cuda"),
     (["serve", "--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run not found"),
     (["chta"], "unknown command 'chta' (did you mean chat?)"),
+    (["checkpoint", os.path.join(ROOT, "vhred")], "/vhred is not a regular file"),   # a folder, not a config: one line
+    (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", "/nonexistent"],
+     "--cache /nonexistent is not a prepared data folder"),
+    (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),
+    (["generate", "--input", "README.md", "--output", ""], "'' is not a file name"),
 ])
 def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "INVOKED_AS", None)
@@ -82,6 +87,13 @@ def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatc
         vhred_main.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+
+
+def test_an_output_file_that_cannot_be_created_names_the_path_asked_for():
+    from vhred.errors import InputError
+    with pytest.raises(InputError, match=r"cannot write /proc/x.jsonl \("):   # not its .tmp<pid>
+        with cli.output_file("/proc/x.jsonl") as f:
+            f.write("x")
 
 
 def test_the_console_script_is_declared_and_importable():

@@ -271,6 +271,7 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
         p, rc = m[f"bleu-{n}-precision"], m[f"bleu-{n}-recall"]
         assert p == pytest.approx(rc) and m[f"bleu-{n}-f1"] == pytest.approx(p if p else 0.0)
     assert res["decoding"]["rank"] == "mmi" and res["decoding"]["method"] == "greedy"   # the chat's ranking, as asked
+    assert '"rank": "mmi"' in r.stdout.split("Decoding: ")[1] and '"rank": "auto"' in r.stdout   # the report names it
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
                         "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -185,6 +185,18 @@ def test_generate_command_on_a_file(trained, tmp_path):
     assert r.returncode == 2 and "line 1" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_a_contexts_file_as_editors_save_it_and_a_bad_z_named_by_its_line(trained, tmp_path, capsys):
+    from vhred import generate as gen
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + b'{"context": ["Hello !"]}\n')   # a byte-order mark (Notepad)
+    gen.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out), "--draws", "1"])
+    assert json.loads(out.read_text())["context"] == ["Hello !"]
+    src.write_text('{"context": ["Hi"]}\n{"context": ["Hi"], "z": [1, 2]}\n')
+    with pytest.raises(SystemExit):
+        gen.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out)])
+    assert f"{src}: line 2: a z must be a list of" in capsys.readouterr().err
+
+
 def chat(lines, *args):
     r = subprocess.run([sys.executable, "-m", "vhred.chat", *args], cwd=ROOT, capture_output=True,
                        text=True, input="\n".join(lines) + "\n", timeout=120)
@@ -219,8 +231,9 @@ def test_a_piped_conversation(trained):
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_json_lines_and_hred(trained):
-    code, out, err = chat(["Hello !", "What time is it ?"], "--checkpoint", trained["hred"], "--json")
-    rows = [json.loads(line) for line in out]
+    code, out, err = chat(["Hello !", "/history", "What time is it ?"], "--checkpoint", trained["hred"], "--json")
+    rows = [json.loads(line) for line in out]   # /history's lines go to stderr: stdout is JSON only
+    assert "you: Hello!" in err
     assert code == 0 and [r["user"] for r in rows] == ["Hello !", "What time is it ?"]
     # HRED by default: the best of its beams, distinct, ranked; with greedy words its one reply
     assert all(1 <= len(r["responses"]) == len(set(r["responses"])) == len(r["scores"]) and r["score"] == "mmi"
@@ -234,6 +247,9 @@ def test_piped_turns_are_separated_and_history_says_when_empty(trained):
     code, out, err = chat(["/history", "Hello !", "Where is the bank ?"], "--checkpoint", trained["vhred"],
                           "--num-samples", "2", "--method", "greedy")   # two distinct replies from the tiny model
     assert code == 0 and "(the history is empty" in err
+    code, _, err = chat(["/samples 100", "Hello !", "/samples 1"], "--checkpoint", trained["vhred"], "--num-samples", "1",
+                        "--beam", "21")   # 100 x 21 beams: over the cap of one search
+    assert code == 0 and "(num_samples x beam may be at most 2,000" in err and "(showing 1 candidate per turn)" in err
     blocks = "\n".join(out).strip("\n").split("\n\n")   # one block of candidates per turn
     assert len(blocks) == 2 and all(b.startswith("1. ") for b in blocks)
 

@@ -122,6 +122,28 @@ def test_pack_refuses_systems_of_other_contexts(tmp_path, systems, capsys):
     assert "another context" in capsys.readouterr().err
 
 
+def test_pack_never_writes_over_its_key_its_inputs_or_another_packs_key(tmp_path, systems, capsys):
+    before = pack(tmp_path, systems)
+    assert pack(tmp_path, systems) == before   # the same command again: the same pack and key
+    refused = {"--seed 7": "holds the key of another pack", "--out KEY": "--out and --key are both",
+               "--out OLD": "is a --system file", "--key NEW": "is a --system file"}
+    for extra, message in refused.items():
+        flag, value = extra.split()
+        value = {"KEY": tmp_path / "key.json", "OLD": systems[0], "NEW": systems[1]}.get(value, value)
+        with pytest.raises(SystemExit):
+            pack(tmp_path, systems, flag, str(value))
+        assert message in capsys.readouterr().err
+    assert (tmp_path / "pack.txt").read_text() == before[0] and json.loads((tmp_path / "key.json").read_text()) == before[1]
+    assert (tmp_path / "old.jsonl").read_text().startswith('{"context"')   # the inputs untouched
+    with pytest.raises(SystemExit):
+        rate.main(["score", "--key", str(tmp_path / "nokey.json"), "--answers", str(tmp_path / "pack.txt")])
+    assert "key " + str(tmp_path / "nokey.json") + " not found" in capsys.readouterr().err
+    (tmp_path / "bad.json").write_text('{"kind": "pointwise", "items": {"x": [{"system": "a"}]}}')
+    with pytest.raises(SystemExit):
+        rate.main(["score", "--key", str(tmp_path / "bad.json"), "--answers", str(tmp_path / "pack.txt")])
+    assert "is not a key written by `vhred rate pack`" in capsys.readouterr().err
+
+
 def test_pairwise_round_trip(tmp_path, systems, capsys):
     text, key = pack(tmp_path, systems, "--pairwise")
     assert key["kind"] == "pairwise" and len(key["items"]) == 5   # 6 rank-matched pairs, one identical

@@ -133,8 +133,14 @@ class Chat:
             self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
 
     def _cmd_samples(self, arg):
-        self.opts.num_samples = _bounded(int(arg), 1, MAX_SAMPLES, "samples")
-        self.note(f"(showing {self.opts.num_samples} candidates per turn)")
+        self._set(num_samples=_bounded(int(arg), 1, MAX_SAMPLES, "samples"))
+        n = self.opts.num_samples
+        self.note(f"(showing {n} candidate{'s' if n > 1 else ''} per turn)")
+
+    def _set(self, **changes):
+        """Change decoding options only to a whole that decodes (n x beam within its cap, say):
+        a value refused here is a note; one refused at the next turn would end the chat."""
+        self.opts = replace(self.opts, **changes).check()
 
     def _cmd_pick(self, arg):
         k = self._candidate(arg)
@@ -156,7 +162,7 @@ class Chat:
         self.note("(greedy words; VHRED candidates still differ through z)")
 
     def _cmd_beam(self, arg):
-        self.opts.method = "beam"
+        self._set(method="beam")
         self.note(f"(beam search, width {self.opts.beam}; VHRED candidates still differ through z)")
 
     def _cmd_rank(self, arg):
@@ -203,7 +209,7 @@ class Chat:
 
     def _candidate(self, arg) -> int:
         if not self.last:
-            raise CommandError("nothing to pick yet")
+            raise CommandError("no candidates yet: say something first")
         return _bounded(int(arg), 1, len(self.last), "the candidate")
 
     def _need_latent(self):
@@ -237,7 +243,7 @@ def read_lines(interactive: bool):
 def main(argv=None):
     p = argparse.ArgumentParser(prog=program("python -m vhred.chat"), description="Chat with a trained VHRED / HRED model.")
     add_decode_args(p)
-    p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout")
+    p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout (/history and /prior on stderr)")
     args = p.parse_args(argv)
     opts = options_from_args(args)
     if opts.num_samples > MAX_SAMPLES:   # the same cap as /samples
@@ -246,7 +252,8 @@ def main(argv=None):
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
     interactive = sys.stdin.isatty()
-    chat = Chat(model, cfg, sp, opts)
+    told = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # --json: stdout holds turns only
+    chat = Chat(model, cfg, sp, opts, out=told)
     if interactive:
         print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None), file=sys.stderr)
     try:

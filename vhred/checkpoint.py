@@ -11,7 +11,7 @@ import torch
 
 from . import modelfolder
 from .config import ARCH, ConfigError, from_dict, validate
-from .errors import CheckpointError
+from .errors import CheckpointError, InputError
 
 # Format 2: the config nested ({"arch": {...}, ...}), the run's position as one "progress"
 # dict, a SHA-256 "checksum" over everything else. Format 1 (vhred 0.1 before the
@@ -82,6 +82,8 @@ def resolve(path: str) -> str:
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
         raise CheckpointError(f"{path} holds no best.pt or last.pt; train first (make train DATA=dailydialog)")
+    if os.path.exists(path) and not os.path.isfile(path):   # /dev/null, a FIFO: there, but no file to load
+        raise CheckpointError(f"checkpoint {path} is not a regular file; pass the path of a run's best.pt")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} not found; train first (make train DATA=dailydialog) "
                               "or pass the path of a run's best.pt")
@@ -127,6 +129,9 @@ def upgrade(path: str, out: str | None = None) -> str:
                               "nothing to upgrade")
     state = upgrade_from_1(state)
     check_contents(state, path)
+    if out:
+        from .cli import check_output
+        check_output(out)   # a folder, or a folder that is not there: one line before anything is written
     save(state, out or path)
     return out or path
 
@@ -387,6 +392,11 @@ def _upgrade_main(argv):
 
 
 def _measure_main(argv):
+    from .cli import command
+    return command(_measure)(argv)   # a wrong config or cache folder: one line, not a traceback
+
+
+def _measure(argv):
     import argparse
     import json
     from .cli import program
@@ -397,6 +407,9 @@ def _measure_main(argv):
                         help="the config whose model size is timed (default %(default)s)")
     parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of (default: none)")
     args = parser.parse_args(argv)
+    if args.cache and not os.path.isfile(os.path.join(args.cache, "tokenizer.model")):
+        raise InputError(f"--cache {args.cache} is not a prepared data folder (data/processed/<name>, "
+                         "with its tokenizer.model)")
     torch.set_num_threads(1)
     print(json.dumps(measure(args.config), indent=1))
     if args.cache:

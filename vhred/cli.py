@@ -32,7 +32,7 @@ def text_lines(path: str) -> list[str]:
     from .limits import MAX_LINE_BYTES, readable_file
     readable_file(path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # -sig: a byte-order mark (Notepad) is read past
             lines = f.read().splitlines()
         for n, line in enumerate(lines, 1):
             if len(line) > MAX_LINE_BYTES:
@@ -73,7 +73,11 @@ def output_file(path: str, encoding: str = "utf-8"):
     _remove_stale(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w", encoding=encoding) as f:
+        try:
+            f = open(tmp, "w", encoding=encoding)
+        except OSError as e:   # a folder one may not write in (/sys, /proc): name the path asked for
+            raise InputError(f"cannot write {path} ({e.strerror or e})") from None
+        with f:
             yield f
         os.replace(tmp, path)
     finally:
@@ -83,6 +87,8 @@ def output_file(path: str, encoding: str = "utf-8"):
 
 def check_output(path: str) -> None:
     """Refuse an output path that exists and is not a regular file, or whose folder is missing."""
+    if not path or path.endswith(os.sep):
+        raise InputError(f"{path!r} is not a file name; give the path of a file to write")
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -120,6 +120,8 @@ def markdown(results: dict, title: str) -> str:
         if meaning and meaning not in meanings:
             meanings.append(meaning)
     lines += ["", *(f"- {m}" for m in meanings), "", f"Settings: {json.dumps(results['settings'])}"]
+    if "decoding" in results:   # the options as decoded: "auto" resolved to the ranking used
+        lines.append(f"Decoding: {json.dumps(results['decoding'])}")
     return "\n".join(lines) + "\n"
 
 

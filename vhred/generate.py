@@ -702,6 +702,15 @@ def context_line_error(line: str) -> str | None:
     return None
 
 
+def _decodes(model, z) -> bool:
+    """Whether this one z (or None) is one the model can decode from."""
+    try:
+        z_matrix(model, [z])
+        return True
+    except InputError:
+        return False
+
+
 def z_matrix(model, zs: list) -> torch.Tensor | None:
     """Given z's (lists of floats, or None) as a (C, Z) tensor, NaN rows where none is given;
     None when no z is given. Refused for HRED and for lists of the wrong length."""
@@ -758,7 +767,11 @@ def main(argv=None):
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
     model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device),
                                            args.pool_with)
-    z_matrix(model, zs)   # refuse a bad z or ranking before any decoding
+    try:
+        z_matrix(model, zs)   # refuse a bad z or ranking before any decoding
+    except InputError as e:   # name the first line whose z it is
+        bad = next((n for n, z in zip(linenos, zs) if not _decodes(model, z)), None)
+        raise InputError(f"{args.input}: line {bad}: {e}" if bad else str(e)) from None
     ranking(model, opts)
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with output_file(args.output) as out:   # a regular file, replaced only when complete

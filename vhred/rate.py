@@ -34,7 +34,7 @@ import random
 import re
 import sys
 
-from .cli import command, program, text_lines
+from .cli import command, output_file, program, text_lines
 from .errors import InputError
 
 Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
@@ -220,13 +220,30 @@ def write_pack(args):
     key = {"kind": kind, "seed": args.seed, "per_context": args.per_context, "systems": sources,
            "contexts": contexts, "items": items,
            "proxies": system_proxies(systems, len(contexts), args.per_context, args.checkpoint)}
-    for path, text in ((args.out, "\n".join(header + lines)), (args.key, json.dumps(key, indent=1, ensure_ascii=False))):
+    key_text = json.dumps(key, indent=1, ensure_ascii=False) + "\n"
+    check_pack_paths(args.out, args.key, sources.values(), key_text)
+    for path, text in ((args.out, "\n".join(header + lines) + "\n"), (args.key, key_text)):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(path + ".tmp", path)
+        with output_file(path) as f:
+            f.write(text)
     print(f"wrote {len(items)} {'pairs' if args.pairwise else 'replies'} of {len(systems)} systems "
           f"to {len(contexts)} contexts: {args.out} (for the rater), {args.key} (the key: keep it apart)", file=sys.stderr)
+
+
+def check_pack_paths(out: str, key: str, inputs, key_text: str) -> None:
+    """Refuse to write a pack over its key or its inputs, or a key over another pack's: the
+    answers to that pack could never be scored again."""
+    same = lambda a, b: os.path.realpath(a) == os.path.realpath(b)
+    if same(out, key):
+        raise InputError(f"--out and --key are both {out}: the key must be kept apart from the pack")
+    for path in (out, key):
+        if any(same(path, i) for i in inputs):
+            raise InputError(f"{path} is a --system file: write the pack and key elsewhere")
+    if os.path.isfile(key):
+        with open(key, encoding="utf-8", errors="replace") as f:
+            if f.read() != key_text:
+                raise InputError(f"{key} holds the key of another pack (answers to it would no longer score): "
+                                 "remove it, or give another --key")
 
 
 def training_lexicon(run: str) -> frozenset:
@@ -364,9 +381,12 @@ def by_last_turn(key: dict, result: dict) -> list[str]:
 
 
 def read_key(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise InputError(f"key {path} not found (`vhred rate pack` writes it beside the pack)")
     try:
         key = json.loads("\n".join(text_lines(path)))
-        ok = key["kind"] in ("pointwise", "pairwise") and isinstance(key["items"], dict)
+        ok = key["kind"] in ("pointwise", "pairwise") and isinstance(key["items"], dict) \
+            and isinstance(key["contexts"], list)
     except (ValueError, KeyError, TypeError):
         ok = False
     if not ok:   # an explicit check: asserts vanish under python -O
