@@ -151,6 +151,17 @@ def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(traine
     export.export(trained["hred"], again)   # an earlier export: replaced
     assert json.load(open(os.path.join(again, "config.json")))["model_type"] == "hred"
     assert vhred.load(again).config.arch.model == "hred"
+    notes = tmp_path / "notes"   # a README.md alone is a user's, not an export's model card
+    notes.mkdir()
+    (notes / "README.md").write_text("my notes")
+    with pytest.raises(InputError, match="already holds other files \\(README.md\\)"):
+        export.export(trained["hred"], str(notes))
+    assert (notes / "README.md").read_text() == "my notes"
+    (tmp_path / "again" / "results-ours-test.json").write_text("{}")   # measured of the HRED export
+    export.export(trained["hred"], again)   # the same weights again: what was measured of them stays
+    with pytest.raises(InputError, match="holds an export of other weights and what was measured of them"):
+        export.export(trained["vhred"], again)
+    assert vhred.load(again).config.arch.model == "hred"
 
 
 def test_untie_stores_shared_tensors_once():

@@ -218,6 +218,17 @@ def test_bench_serve_sends_the_decoding_asked_for(trained, monkeypatch):
     assert all(n == 1 for m, n in sent if m == "greedy") and any(n > 1 for m, n in sent if m == "beam")
 
 
+def test_bench_serve_says_in_one_line_what_the_server_refused(trained):
+    """A server that cannot start (a wrong --checkpoint) or refuses the benchmark's requests
+    (--rank critic of a model without a critic) ends vhred bench --serve with one line."""
+    from vhred import bench
+    from vhred.errors import InputError
+    with pytest.raises(InputError, match="vhred serve did not start: checkpoint /nonexistent/run not found"):
+        bench.serve_bench("/nonexistent/run", [1], 0.5, None, 5.0, [1], None)
+    with pytest.raises(InputError, match="the server refused the benchmark's /respond: this model has no reply critic"):
+        bench.serve_bench(trained["hred"], [1], 0.5, "critic", 5.0, [1], None)
+
+
 def test_a_pooled_server_answers_as_its_bot_whatever_the_batch(trained):
     """vhred serve --pool-with: a request without a z gets the pooled bot's replies even when it is
     batched with one that gives a z (which draws from the first model alone). The server waits for

@@ -226,6 +226,8 @@ def parse_args(argv):
         for v in values:
             limits.count(name, v, 1, cap)
     args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
+    if os.path.isdir(args.out):   # found before the benchmark runs, not after
+        raise InputError(f"--out {args.out} is a folder; give the path of a .json file")
     return args
 
 
@@ -255,7 +257,7 @@ def main(argv=None):
     for r in rows:
         gpu = (f"{r['gpu_peak_MB']:7.0f} {r['gpu_busy']:5.0%} {r['launches_per_step']:6.0f}" if "gpu_busy" in r
                else f"{'-':>7} {'-':>5} {'-':>6}")
-        print(f"{r['config']:32} {r['batch_size']:5d} {r['params_M']:6.1f}M {r['precision']:>4} "
+        print(f"{r['config']:32} {r['batch_size']:5d} {r['params_M']:6.2f}M {r['precision']:>4} "
               f"{r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} {r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} "
               f"{r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} {r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu}")
     print(f"machine: {machine}; precision=auto picks bf16 from batch {BF16_MIN_BATCH} on a bf16 GPU, "
@@ -305,9 +307,10 @@ class Server:
     def __enter__(self):
         self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
         line = self.proc.stderr.readline()   # "serving ... on cpu: http://127.0.0.1:PORT/ ..."
-        if "http://" not in line:
+        if "http://" not in line:   # its own one-line error (a wrong --checkpoint), said as ours
             self.proc.kill()
-            raise RuntimeError(f"vhred serve did not start: {line.strip() or self.proc.wait()}")
+            said = line.strip().removeprefix("error: ") or f"exit code {self.proc.wait()}"
+            raise InputError(f"vhred serve did not start: {said}")
         self.port = int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
         # the server's later messages (tracebacks) pass through, and never fill the pipe
         threading.Thread(target=lambda: [sys.stderr.write(x) for x in self.proc.stderr], daemon=True).start()
@@ -322,6 +325,8 @@ def post_json(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
     conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
     resp = conn.getresponse()
     data = json.loads(resp.read())
+    if 400 <= resp.status < 500:   # what the flags asked for is refused (--rank critic without a critic)
+        raise InputError(f"the server refused the benchmark's {path}: {data.get('error', data)}")
     if resp.status != 200:
         raise RuntimeError(f"{path}: {resp.status} {data}")
     return data

@@ -19,7 +19,7 @@ from dataclasses import asdict
 
 from . import answers, checkpoint, critic, modelfolder
 from .cli import command, program
-from .errors import InputError
+from .errors import CheckpointError, InputError
 
 CARD = "README.md"
 RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
@@ -31,8 +31,8 @@ def export(run: str, folder: str) -> str:
     source = checkpoint.resolve(run)
     if modelfolder.is_model_folder(source):
         raise InputError(f"{run} is already an exported model folder; copy it instead")
-    _check_target(folder)
     state = checkpoint.load(source)
+    _check_target(folder, state)
     cfg = checkpoint.config_of(state, source)
     model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
     progress = state.get("progress", {})
@@ -54,17 +54,35 @@ def export(run: str, folder: str) -> str:
     return source
 
 
-def _check_target(folder: str) -> None:
+def _check_target(folder: str, state: dict) -> None:
     """DIR is new, empty, or an earlier export (whose files are replaced; results the commands
-    wrote into it stay): never a run folder or anything else."""
+    wrote into it stay when it was exported from the same weights): never a run folder, a folder
+    of other files, or an export of other weights with their results beside it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
-    if os.path.isdir(folder):
-        others = sorted(n for n in set(os.listdir(folder)) - {*modelfolder.FILES, CARD, *RANKING_FILES}
-                        if not n.startswith(("results-", "samples-", "rank-")))
-        if others:
-            raise InputError(f"{folder} already holds other files ({', '.join(others[:3])}); "
-                             "export into a new or empty folder")
+    if not os.path.isdir(folder) or not os.listdir(folder):
+        return
+    names = set(os.listdir(folder))
+    others = sorted(n for n in names - {*modelfolder.FILES, CARD, *RANKING_FILES}
+                    if not n.startswith(("results-", "samples-", "rank-")))
+    if others or not modelfolder.is_model_folder(folder):   # a README.md alone is someone's, not an export's
+        shown = others or sorted(names)
+        raise InputError(f"{folder} already holds other files ({', '.join(shown[:3])}); "
+                         "export into a new or empty folder")
+    results = sorted(n for n in names if n.startswith(("results-", "samples-", "rank-")))
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    if results and _trained(folder) != (config.get("name"), state.get("progress", {}).get("step")):
+        raise InputError(f"{folder} holds an export of other weights and what was measured of them "
+                         f"({results[0]}, ...): export into a new folder, or remove those files first")
+
+
+def _trained(folder: str) -> tuple:
+    """(run name, step) of the weights an earlier export holds; Nones when its config cannot say."""
+    try:
+        header = modelfolder.read_config(folder)
+        return header["config"].get("name"), header.get("trained", {}).get("step")
+    except (CheckpointError, OSError, AttributeError):
+        return None, None
 
 
 def val_records(run_dir: str) -> list[dict]:

@@ -83,8 +83,11 @@ def parse_args(argv):
     p.add_argument("--out", default="runs/nearest-neighbour", help="report folder (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="config key=value, e.g. data_dir=...")
     args = p.parse_args(argv)
-    if args.samples < 1 or args.max_contexts < 0 or args.previous_weight < 0:
-        raise InputError("--samples must be positive, --max-contexts and --previous-weight not negative")
+    if args.samples < 1 or args.max_contexts < 0 or not 0 <= args.previous_weight < math.inf:   # NaN fails too
+        raise InputError("--samples must be positive, --max-contexts not negative and --previous-weight a finite "
+                         "number, not negative")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):   # found before the minute of scoring
+        raise InputError(f"--out {args.out} is a file; give a folder for the report")
     return args
 
 

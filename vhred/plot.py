@@ -89,6 +89,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         print(plot(args.run_dir))
+    except InputError:   # already one line that says what to do (no metrics.jsonl)
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise InputError(f"{args.run_dir}/metrics.jsonl lacks or garbles {str(e)[:60]}; was it written by vhred?") from None
 
