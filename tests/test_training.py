@@ -93,6 +93,9 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cfg):
     assert resumed.progress.step == 40
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+    walls = [json.loads(line)["wall_s"] for line in open(os.path.join(resumed.dir, "metrics.jsonl"))]
+    saved = checkpoint.load(os.path.join(resumed.dir, "last.pt"))["progress"]["wall_s"]
+    assert walls == sorted(walls) and 0 < walls[-1] <= saved   # a resumed run's clock goes on from its last.pt
 
 
 def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):

@@ -187,6 +187,8 @@ def _check_progress(progress, path: str) -> None:
         low = -1 if key == "last_val_step" else 0
         if key == "best":
             ok = isinstance(value, float) and (math.isfinite(value) or value == math.inf) and value >= 0
+        elif key == "wall_s":
+            ok = isinstance(value, float) and 0 <= value < math.inf
         elif key in (*PROGRESS_INTS, "last_val_step"):
             ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_INT
         else:

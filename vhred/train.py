@@ -46,6 +46,7 @@ class Progress:
     last_val_step: int = -1     # step of the latest validation
     bad_steps: int = 0          # non-finite steps in a row
     skipped_total: int = 0      # non-finite steps in all
+    wall_s: float = 0.0         # seconds of wall time the run has taken, over every process that ran it
 
 
 def lock_run_dir(path: str):
@@ -191,6 +192,7 @@ class Run:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optim"])
             self.progress = Progress(**state["progress"])
+            self.started = time.time() - self.progress.wall_s   # a resumed run's clock goes on
         except (RuntimeError, ValueError, TypeError, KeyError) as e:
             raise CheckpointError(f"{self.dir}/last.pt does not fit this run ({str(e).splitlines()[0][:120]}); "
                                   "remove it to start over") from None
@@ -239,6 +241,7 @@ class Run:
         rng = self._rng_states() if resumable else None   # a collective: every rank takes part
         if not self.is_rank0:
             return
+        self.progress.wall_s = round(time.time() - self.started, 1)
         state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
                  "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
@@ -249,7 +252,7 @@ class Run:
     def log_metrics(self, record: dict):
         if not self.is_rank0:
             return
-        record["wall_s"] = round(time.time() - self.started, 1)   # since this process started
+        record["wall_s"] = round(time.time() - self.started, 1)   # since the run started, resumes included
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb:
@@ -273,9 +276,9 @@ class Run:
             raise TrainingError(f"the weights became NaN/inf again after {MAX_ROLLBACKS} roll-backs "
                                 f"(step {p.step}); {last} holds the last good state: lower lr= or check the data")
         self.log(f"warning: step {p.step}: weights not finite; rolling back to {last}")
-        skipped = p.skipped_total
+        skipped, started = p.skipped_total, self.started
         self._restore(checkpoint.load(last))
-        self.progress.skipped_total = skipped
+        self.progress.skipped_total, self.started = skipped, started   # the replayed steps took time too
         raise RolledBack
 
     def count_step(self, skipped: bool):
