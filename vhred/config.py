@@ -8,9 +8,9 @@ with the same ones. In files and overrides a model key may be written plainly (`
 The final dict is saved beside the run and inside every checkpoint.
 """
 import difflib
-import re
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError

@@ -342,16 +342,13 @@ class Handler(BaseHTTPRequestHandler):
         if media[0].strip().lower() != "application/json" or any(p not in ("charset=utf-8",) for p in params):
             raise HTTPError(415, "send JSON with Content-Type: application/json")
         given = self.headers.get_all("Content-Length") or []
+        if not given:
+            raise HTTPError(411, "a Content-Length header is required")
         if len(set(given)) > 1:   # which one frames the body is ambiguous (request smuggling): refuse
             raise HTTPError(400, "the request has more than one Content-Length")
-        try:
-            length = int(given[0]) if given else None
-        except ValueError:
-            length = -1
-        if length is None:
-            raise HTTPError(411, "a Content-Length header is required")
-        if length < 0 or not given[0].strip().isdigit():
+        if not given[0].strip().isascii() or not given[0].strip().isdecimal():   # "-5", "+2", "²": no count of bytes
             raise HTTPError(400, f"Content-Length must be a count of bytes, got {given[0][:20]!r}")
+        length = int(given[0])
         if length > self.server.service.limits.max_body:
             raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
         try:
