@@ -243,9 +243,9 @@ def test_nearest_neighbour_command_scores_the_tiny_split(dailydialog_zip, data_d
     from vhred.nearest import main
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
     main(["--config", f"{ROOT}/configs/tiny.yaml", "--max-contexts", "40", "--out", str(tmp_path), f"data_dir={data_dir}"])
-    res = json.load(open(tmp_path / "results-dialogwae-test.json"))
+    res = json.load(open(tmp_path / "results-dialogwae-test-first40.json"))
     m = res["metrics"]
-    rows = [json.loads(line) for line in open(tmp_path / "samples-dialogwae-test.jsonl")]
+    rows = [json.loads(line) for line in open(tmp_path / "samples-dialogwae-test-first40.jsonl")]
     assert m["contexts"] == 40 == len(rows) and all(len(r["samples"]) == 10 for r in rows)
     assert m["unseen_contexts"] == sum(not r["seen_in_training"] for r in rows)
     assert m["seen_contexts"] == sum(r["seen_in_training"] for r in rows) == 40 - m["unseen_contexts"]
@@ -260,10 +260,10 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
                         "--num-samples", "3", "--iw-samples", "2", "--device", "cpu", "--method", "greedy"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    res = json.load(open(f"{trained['hred']}/results-ours-test.json"))
+    res = json.load(open(f"{trained['hred']}/results-ours-test-first12.json"))
     m = res["metrics"]
     assert m["contexts"] == 12
-    hred_rows = [json.loads(line) for line in open(f"{trained['hred']}/samples-ours-test.jsonl")]
+    hred_rows = [json.loads(line) for line in open(f"{trained['hred']}/samples-ours-test-first12.jsonl")]
     # HRED's greedy reply is one per context once repeats are dropped: its mean BLEU (precision)
     # is its max BLEU (recall), and F1 their harmonic mean
     assert len(hred_rows) == 12 and all(len(row["samples"]) == 1 for row in hred_rows)
@@ -275,10 +275,10 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     r = subprocess.run([sys.executable, "-m", "eval.evaluate", "--checkpoint", trained["vhred"], "--max-contexts", "12",
                         "--protocol", "dialogwae", "--iw-samples", "0", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    dw_res = json.load(open(f"{trained['vhred']}/results-dialogwae-test.json"))
+    dw_res = json.load(open(f"{trained['vhred']}/results-dialogwae-test-first12.json"))
     assert dw_res["decoding"] | {"seed": 0} == {**dw_res["decoding"], "num_samples": 10, "method": "greedy",
                                                 "max_len": 40, "dedup": False, "rank": "none"}
-    rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test.jsonl")]
+    rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test-first12.jsonl")]
     assert len(rows) == 12 and rows[0]["context"] == [""] and all(len(x["samples"]) == 10 for x in rows)
     dw = dw_res["metrics"]   # ten replies per context: the mean is below the max unless all tie
     p, rc = dw["bleu-precision"], dw["bleu-recall"]

@@ -146,12 +146,13 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
 
 def nearest_row(args) -> dict:
     """The row with no model (vhred/nearest.py): what recalling the training split's replies scores."""
+    from .evaluate import report_name
     out = os.path.join(args.out_dir, "nearest")
     os.makedirs(out, exist_ok=True)
     extra = ["--max-contexts", str(args.max_contexts)] if args.max_contexts else []
     _python("vhred.nearest", "--config", args.config, "--out", out, *extra, *args.overrides,
             log=os.path.join(args.out_dir, "nearest.log"))
-    with open(os.path.join(out, "results-dialogwae-test.json")) as f:
+    with open(os.path.join(out, f"results-{report_name('dialogwae', 'test', '', args.max_contexts)}.json")) as f:
         m = json.load(f)["metrics"]
     keys = ("bleu-recall", "bleu-precision", "bleu-f1", "unseen-bleu-f1", "intra-dist-1", "intra-dist-2",
             "inter-dist-1", "inter-dist-2", "length", "contexts")

@@ -161,9 +161,17 @@ def dialogues_of(dialogues, n_pairs: int):
     return used
 
 
+def report_name(protocol: str, split: str, tag: str = "", max_contexts: int = 0) -> str:
+    """<protocol>-<split>, then the --tag, or without one first<N> for --max-contexts N: a quick
+    check on a few contexts never replaces a whole split's figures."""
+    tag = tag or (f"first{max_contexts}" if max_contexts else "")
+    return f"{protocol}-{split}{tag and '-' + tag}"
+
+
 def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> list[str]:
-    """Write the samples, the results as JSON and as Markdown; returns the three paths."""
-    name = f"{results['protocol']}-{results['split']}{results['settings']['tag'] and '-' + results['settings']['tag']}"
+    """Write the samples, the results as JSON and as Markdown (named by report_name); returns the three paths."""
+    settings = results["settings"]
+    name = report_name(results["protocol"], results["split"], settings["tag"], settings.get("max_contexts", 0))
     paths = [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
     with output_file(paths[2]) as f:   # regular files, whole or not at all
         for row in rows:
