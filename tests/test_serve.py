@@ -76,6 +76,25 @@ def test_score_and_health_and_page(server, bot):
     assert "http://" not in page and "https://" not in page   # nothing fetched from elsewhere
 
 
+def test_the_page_runs_only_its_own_script_and_no_other_site_frames_it(server):
+    """The Content-Security-Policy names the page's one inline script by its SHA-256: an injected
+    script would not run, and frame-ancestors keeps other sites from framing ?say= links."""
+    import base64
+    import hashlib
+    import re
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    page, policy = resp.read(), resp.getheader("Content-Security-Policy")
+    conn.close()
+    scripts = re.findall(rb"<script>(.*?)</script>", page, re.S)
+    assert len(scripts) == 1 and b"<script " not in page   # one inline script, no external one
+    digest = base64.b64encode(hashlib.sha256(scripts[0]).digest()).decode()
+    rules = dict(r.strip().split(" ", 1) for r in policy.split(";"))
+    assert rules["script-src"] == f"'sha256-{digest}'" and rules["default-src"] == "'none'"
+    assert rules["frame-ancestors"] == "'none'" and rules["connect-src"] == "'self'" and "unsafe" not in rules["script-src"]
+
+
 @pytest.mark.parametrize("path, body, status, message", [
     ("/respond", b"{not json", 400, "not valid JSON"),
     ("/respond", b"[1, 2]", 400, "must be a JSON object"),

@@ -173,6 +173,7 @@ class Service:
         self.batcher = Batcher(bot, limits)
         self.count = itertools.count()   # score requests are never batched: a key each
         self.page = files("vhred").joinpath("static", "chat.html").read_bytes()
+        self.page_policy = page_policy(self.page)
 
     def respond(self, body: dict) -> dict:
         from .api import DECODING
@@ -248,6 +249,18 @@ def _strings(body: dict, name: str, max_chars: int, allow_empty: bool) -> list[s
     if any(len(t) > max_chars for t in items):
         raise HTTPError(400, f"each of '{name}' may have at most {max_chars} characters")
     return items
+
+
+def page_policy(page: bytes) -> str:
+    """The chat page's Content-Security-Policy: its own inline script (by its hash) and style, requests
+    to this server, nothing else; no other site may frame it (its ?say= would post for them)."""
+    import base64
+    import hashlib
+    import re
+    script = re.search(rb"<script>(.*?)</script>", page, re.S).group(1)
+    digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
+    return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
+            "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
 
 def _cap(name: str, value: int, cap: int):
@@ -396,7 +409,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Content-Type-Options", "nosniff")
         if content_type.startswith("text/html"):   # the page talks to this server only
-            self.send_header("Content-Security-Policy", "default-src 'self' 'unsafe-inline'")
+            self.send_header("Content-Security-Policy", self.server.service.page_policy)
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()

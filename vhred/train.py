@@ -582,8 +582,8 @@ def _finish(run: Run):
                             f"or check the data")
     else:
         early = f"early stop after {run.cfg.patience} epochs without improvement; " if run.patience_out else ""
-        run.log(f"done at step {p.step}: {early}best validation ELBO/token {p.best:.3f} "
-                f"(epoch {p.best_epoch}); {run.dir}/best.pt")
+        when = f"epoch {p.best_epoch}" if p.best_epoch else "in the first epoch"   # best_epoch: epochs completed
+        run.log(f"done at step {p.step}: {early}best validation ELBO/token {p.best:.3f} ({when}); {run.dir}/best.pt")
 
 
 @command
