@@ -100,12 +100,14 @@ def test_server_log_lines_carry_time_and_duration(logging_server, capsys):
     assert re.fullmatch(stamp + r'"POST /respond HTTP/1\.1" 200 - (\d+\.\d{3})s', lines[0]), lines
     assert re.fullmatch(stamp + r'"GET /\?say=Hi&say=Hello!&say=How\+are\+you%3F HTTP/1\.1" 200 - \d+\.\d{3}s', lines[1])
     assert 'getAll("say")' in page   # several ?say= turns: the page reads all of them
-    assert "replies asked for" in page   # and says why fewer rows than asked are shown
+    assert "data.note" in page   # and shows the server's line on why fewer rows than asked came
 
 
 def test_chat_page_opens_on_several_say_turns():
     """The page's own script, run by node against a stub page: three ?say= turns become the
-    history sent to /respond (the last one answered), and a short answer gets its note."""
+    history sent to /respond (the last one answered; only the model's max_context of them, the
+    server's own method), a short answer shows the server's note, and a second Send while the
+    first is answered sends nothing."""
     import os
     import shutil
     import subprocess
@@ -114,18 +116,23 @@ def test_chat_page_opens_on_several_say_turns():
         pytest.skip("node is not installed")
     html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
     script = html.split("<script>")[1].split("</script>")[0]
-    harness = STUB_PAGE + script + "\nsetTimeout(() => console.log(JSON.stringify({sent, status: els.status.textContent})), 50);\n"
+    harness = STUB_PAGE + script + """
+setTimeout(() => { els.text.value = "And you?"; els.form.onsubmit({preventDefault() {}}); }, 5);   // while thinking
+setTimeout(() => console.log(JSON.stringify({sent, status: els.status.textContent})), 80);
+"""
     r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
-    assert result["sent"] == [{"history": ["Hi", "Hello!", "How are you?"], "n": 5, "method": "greedy"}]
-    assert result["status"].startswith("1 of the 5 replies asked for")
+    assert result["sent"] == [{"history": ["Hello!", "How are you?"], "n": 5}]   # max_context 2, one request
+    assert result["status"] == "1 of 5 shown: the other draws repeated these"
 
 
 # A page of stub elements and a fetch that records /respond bodies and answers with one candidate.
 STUB_PAGE = r"""
 const els = {};
-function el(id) { return els[id] || (els[id] = {id, value: id === "n" ? "5" : id === "method" ? "greedy" : "",
+function el(id) { return els[id] || (els[id] = {id, value: id === "n" ? "5" : "", disabled: false,
+  options: ["1", "3", "5", "8"].map((value) => ({value, disabled: false})), get selectedOptions() {
+    return this.options.filter((o) => o.value === this.value); },
   textContent: "", children: [], replaceChildren() { this.children = []; }, append(...c) { this.children.push(...c); },
   focus() {}, requestSubmit() { this.onsubmit({preventDefault() {}}); }}); }
 globalThis.document = {getElementById: el, createElement: () => ({append() {}})};
@@ -133,7 +140,10 @@ globalThis.location = {search: "?say=Hi&say=Hello!&say=How+are+you%3F"};
 const sent = [];
 globalThis.fetch = async (path, init) => {
   if (path === "/respond") sent.push(JSON.parse(init.body));
-  const body = path === "/respond" ? {candidates: [{text: "Fine.", score: 1.5}]} : {model: "vhred", checkpoint: "a/b", device: "cpu"};
+  const body = path === "/respond" ? {candidates: [{text: "Fine.", score: 1.5}], note: "1 of 5 shown: the other draws repeated these"}
+    : {model: "vhred", checkpoint: "a/b", device: "cpu", config: {max_context: 2}, limits: {max_n: 20},
+       decoding: {num_samples: 5}};
+  await new Promise((done) => setTimeout(done, path === "/respond" ? 20 : 0));   // an answer takes a while
   return {ok: true, status: 200, json: async () => body};
 };
 """
