@@ -229,6 +229,23 @@ def test_a_piped_conversation(trained):
     assert all("▁" not in line and "</s>" not in line for line in out)
 
 
+@pytest.mark.slow   # a subprocess under a terminal: the chat as a user at a keyboard runs it
+def test_json_from_a_terminal_keeps_the_prompt_off_stdout(trained):
+    """With stdin a terminal, the chat prompts ("you> "); under --json the prompt goes to stderr,
+    so stdout redirected to a file holds only JSON lines."""
+    import os
+    import pty
+    master, slave = pty.openpty()
+    os.write(master, b"Hello !\n\x04")   # a turn, then Ctrl-D: the terminal holds them until read
+    r = subprocess.run([sys.executable, "-m", "vhred.chat", "--checkpoint", trained["vhred"], "--json",
+                        "--num-samples", "2", "--draws", "1"], cwd=ROOT, stdin=slave, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(slave)
+    os.close(master)
+    assert r.returncode == 0 and "you> " in r.stderr and "you> " not in r.stdout
+    assert [json.loads(line)["user"] for line in r.stdout.splitlines()] == ["Hello !"]
+
+
 @pytest.mark.slow   # a subprocess: a command as a user runs it
 def test_json_lines_and_hred(trained):
     code, out, err = chat(["Hello !", "/history", "What time is it ?"], "--checkpoint", trained["hred"], "--json")

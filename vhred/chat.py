@@ -223,8 +223,9 @@ def _bounded(value, lo, hi, name):
     return value
 
 
-def read_lines(interactive: bool):
-    """User turns: from the terminal with a prompt and line editing, or from a pipe."""
+def read_lines(interactive: bool, prompt_on_stdout: bool = True):
+    """User turns: from the terminal with a prompt and line editing, or from a pipe. The prompt
+    goes to stderr when stdout must hold only replies (--json, or stdout sent to a file)."""
     if hasattr(sys.stdin, "reconfigure"):   # bytes that are not UTF-8 read as U+FFFD: no crash, no raw bytes echoed
         sys.stdin.reconfigure(errors="replace")
     if interactive:
@@ -233,7 +234,11 @@ def read_lines(interactive: bool):
         except ImportError:
             pass
         while True:
-            yield input("you> ")
+            if prompt_on_stdout:
+                yield input("you> ")
+            else:
+                print("you> ", end="", file=sys.stderr, flush=True)
+                yield input()
     else:
         for line in sys.stdin:
             yield line.rstrip("\n")
@@ -257,7 +262,7 @@ def main(argv=None):
     if interactive:
         print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None), file=sys.stderr)
     try:
-        for line in read_lines(interactive):
+        for line in read_lines(interactive, prompt_on_stdout=not args.json and sys.stdout.isatty()):
             if not chat_turn(chat, line.strip(), args.json, interactive):
                 break
     except EOFError:
