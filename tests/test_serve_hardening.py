@@ -76,16 +76,17 @@ def test_content_type_must_be_exactly_json(server):
 def test_the_host_header_is_checked(server):
     body = b'{"history": ["hi"], "n": 1}'
     assert post(server.port, body, host=b"evil.example")[0] == 421      # DNS rebinding
-    assert post(server.port, body, host=b"127.0.0.1:1")[0] == 421       # another port
+    assert post(server.port, body, host=b"evil.example:%d" % server.port)[0] == 421   # the name decides
+    assert post(server.port, body, host=b"127.0.0.1:9000")[0] == 200    # a forwarded port (ssh -L, docker -p)
     assert post(server.port, body, host=b"chat.example")[0] == 200      # --allowed-hosts
     assert post(server.port, body, host=f"localhost:{server.port}".encode())[0] == 200
     assert raw_exchange(server.port, b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")[0] == 421   # none
 
 
 def test_host_rules():
-    assert host_allowed("[::1]:80", (), 80) and host_allowed("10.0.0.5", (), 80)
-    assert not host_allowed("[::1]x", (), 80) and not host_allowed("", (), 80) and not host_allowed(None, (), 80)
-    assert not host_allowed("localhost.evil.example", (), 80)
+    assert host_allowed("[::1]:80", ()) and host_allowed("10.0.0.5", ()) and host_allowed("chat.example:443", ("chat.example",))
+    assert not host_allowed("[::1]x", ()) and not host_allowed("", ()) and not host_allowed(None, ())
+    assert not host_allowed("localhost.evil.example", ()) and not host_allowed("localhost:x", ())
 
 
 def test_health_shows_no_local_paths_or_training_config(server):

@@ -344,7 +344,7 @@ class Handler(BaseHTTPRequestHandler):
     def _check_host(self):
         """Refuse a Host this server is not (DNS rebinding: a web page whose name now points at
         127.0.0.1 would otherwise talk to the model)."""
-        if not host_allowed(self.headers.get("Host"), self.server.allowed_hosts, self.server.server_port):
+        if not host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             raise HTTPError(421, "the Host header does not name this server; start it with --allowed-hosts NAME "
                                  "to serve it under another name (behind a proxy)")
 
@@ -433,9 +433,11 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else ascii(c)[1:-1] for c in str(text))
 
 
-def host_allowed(host: str | None, allowed: tuple, port: int) -> bool:
+def host_allowed(host: str | None, allowed: tuple) -> bool:
     """Is the Host header one this server answers to? An IP address (no name can be rebound to
-    it), localhost, or a name given with --allowed-hosts; its port, when given, the served one."""
+    it), localhost, or a name given with --allowed-hosts, with any port: the name is what keeps a
+    DNS-rebinding page out, and a forwarded port (ssh -L 9000:localhost:8000, docker -p) names
+    another port than the one served."""
     h = (host or "").strip().lower()
     if h.startswith("["):   # an IPv6 address: [::1]:8000
         name, _, rest = h[1:].partition("]")
@@ -444,7 +446,7 @@ def host_allowed(host: str | None, allowed: tuple, port: int) -> bool:
         given_port = rest[1:]
     else:
         name, _, given_port = h.partition(":")
-    if not name or (given_port and given_port != str(port)):
+    if not name or (given_port and not (given_port.isascii() and given_port.isdecimal() and len(given_port) <= 5)):
         return False
     if name in allowed or name == "localhost":
         return True
