@@ -98,6 +98,17 @@ def test_resume_continues_and_matches_an_uninterrupted_run(tiny_cfg):
     assert walls == sorted(walls) and 0 < walls[-1] <= saved   # a resumed run's clock goes on from its last.pt
 
 
+def test_resume_reads_the_data_where_the_run_read_it_without_the_environment(tiny_cfg, monkeypatch):
+    """The README's "run the same command again" in a new shell: $DAILYDIALOG_SRC is gone, and
+    the run folder's config.json says where its data came from."""
+    train(tiny_cfg("max_steps=3", "name=again"), log=quiet)
+    monkeypatch.delenv("DAILYDIALOG_SRC")
+    monkeypatch.setattr("vhred.sources.download", lambda *a, **k: pytest.fail("it went to the network"))
+    lines = []
+    assert train(tiny_cfg("max_steps=6", "name=again"), log=lines.append).progress.step == 6
+    assert any("resuming" in line and "at step 3" in line for line in lines)
+
+
 def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     train(tiny_cfg("max_steps=3", "name=shape"), log=quiet)
     with pytest.raises(CheckpointError, match="other z_dim"):

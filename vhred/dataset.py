@@ -55,7 +55,7 @@ def encode_windows(batch: dict, sp, max_utt_len: int, max_context: int) -> dict:
 def _source(cfg: Config) -> tuple[str, str, str]:
     """(short name, path, identity) of the data source; the identity changes when the data does."""
     if cfg.data == "dailydialog":
-        name, src = "dailydialog", sources.find_dailydialog(cfg.data_dir)
+        name, src = "dailydialog", sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)
     elif os.path.isfile(cfg.data):
         name, src = os.path.splitext(os.path.basename(cfg.data))[0], cfg.data
     else:

@@ -116,6 +116,7 @@ class Run:
     def _setup_data(self):
         """Prepare (rank 0) or read (the others) the processed data; warn about the schedule."""
         cfg = self.cfg
+        cfg.data_source = cfg.data_source or self._remembered_source()   # a resumed run reads where it read
         folder = prepare(cfg, log=self.log) if self.is_rank0 else None
         distributed.barrier()
         self.data_folder = folder or prepare(cfg, log=self.log)
@@ -131,6 +132,16 @@ class Run:
         total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
         for w in config.warnings(cfg, total):
             self.log(f"warning: {w}")
+
+    def _remembered_source(self) -> str:
+        """Where this run folder's earlier process read its data ("" for a new run): resuming
+        then needs no $DAILYDIALOG_SRC, as evaluation does not."""
+        try:
+            with open(os.path.join(self.dir, "config.json"), encoding="utf-8") as f:
+                source = json.load(f).get("data_source", "")
+        except (OSError, ValueError, AttributeError):
+            return ""
+        return source if isinstance(source, str) else ""
 
     def _setup_model(self):
         """The model over the tokenizer's vocabulary, its data-parallel wrapper and the optimiser."""
