@@ -17,6 +17,8 @@ groups those with the same decoding options, and decodes each group as one batch
 pass serves many clients, so throughput grows with their number.
 """
 import argparse
+import base64
+import hashlib
 import io
 import ipaddress
 import itertools
@@ -24,6 +26,7 @@ import json
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -254,9 +257,6 @@ def _strings(body: dict, name: str, max_chars: int, allow_empty: bool) -> list[s
 def page_policy(page: bytes) -> str:
     """The chat page's Content-Security-Policy: its own inline script (by its hash) and style, requests
     to this server, nothing else; no other site may frame it (its ?say= would post for them)."""
-    import base64
-    import hashlib
-    import re
     script = re.search(rb"<script>(.*?)</script>", page, re.S).group(1)
     digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
     return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
