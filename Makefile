@@ -16,7 +16,22 @@ endif
 # The run `make eval` and `make critic` work on: the newest runs/*/best.pt unless RUN= is given
 RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
 
-.PHONY: venv train critic test bench bench-scale bench-serve chat serve eval compare gpu-check clean-venv
+.PHONY: help venv train critic test test-fast bench bench-scale bench-serve chat serve eval compare gpu-check clean-venv
+.DEFAULT_GOAL := help
+
+# `make` alone lists the targets; each one that needs the environment creates it first.
+help:
+	@echo "make train DATA=dailydialog     train the reference VHRED (CONFIG=configs/dailydialog-cpu.yaml: the CPU config)"
+	@echo "make train DATA=my.jsonl        train on your own conversations (docs/data.md); ARGS=\"key=value ...\" for any setting"
+	@echo "make critic RUN=runs/<name>     the reply critic that ranks a run's candidates (docs/rating.md)"
+	@echo "make chat ARGS=\"--checkpoint runs/<name>\"   talk to a run in the terminal"
+	@echo "make serve                      the HTTP API and chat page on http://127.0.0.1:8000/ (docs/serving.md)"
+	@echo "make eval RUN=runs/<name>       evaluate a run on the test split (docs/evaluation.md)"
+	@echo "make compare                    every model family for the same steps, one table (docs/models.md)"
+	@echo "make test / make test-fast      the test suite / without the end-to-end command tests"
+	@echo "make bench / bench-serve / bench-scale   speed and memory figures (docs/benchmarks.md)"
+	@echo "make gpu-check                  on a GPU machine: the device checks (docs/gpu.md)"
+	@echo "make venv / make clean-venv     create / remove the virtual environment .venv"
 
 venv: $(STAMP)
 
@@ -29,13 +44,13 @@ $(STAMP): pyproject.toml
 	touch $@
 
 train: $(STAMP)
-	$(BIN)/python -m vhred.train --config $(CONFIG) data=$(DATA) $(ARGS)
+	$(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS)
 
 # The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated
 # critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
 critic: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run; give RUN=runs/<name>"; exit 2; }
-	$(BIN)/python -m vhred.critic_train --checkpoint $(RUN) --ratings $$(cat eval/critic_rounds.txt) $(ARGS)
+	$(BIN)/python -m vhred.critic_train --checkpoint "$(RUN)" --ratings $$(cat eval/critic_rounds.txt) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
@@ -59,7 +74,7 @@ bench-scale: $(STAMP)
 # Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
 eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
-	$(BIN)/python -m vhred.evaluate --checkpoint $(RUN) $(ARGS)
+	$(BIN)/python -m vhred.evaluate --checkpoint "$(RUN)" $(ARGS)
 	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
 
 # Every model family trained for the same steps and evaluated alike, one table in docs/ (docs/models.md)

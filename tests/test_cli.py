@@ -151,6 +151,14 @@ def test_a_run_of_your_own_data_is_named_after_it():
     assert load(tiny, ["data=somewhere/my-chats.jsonl"]).name == "my-chats-tiny-vhred"
     assert load(tiny, ["data=my.jsonl", "model=hred"]).name == "my-tiny-hred"
     assert load(tiny, ["data=my.jsonl", "name=mine"]).name == "mine"
+    assert load(tiny, ["data=/home/me/my chats.jsonl"]).name == "my-chats-tiny-vhred"   # no space in the folder
+
+
+def test_make_passes_a_data_path_with_a_space_as_one_argument():
+    import subprocess
+    out = subprocess.run(["make", "-n", "train", "DATA=/tmp/my chats.jsonl", "CONFIG=configs/tiny.yaml"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert '"data=/tmp/my chats.jsonl"' in out, out
 
 
 def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monkeypatch):

@@ -243,6 +243,7 @@ def load(path: str | None, overrides: list[str]) -> Config:
         stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
         if cfg.data != "dailydialog":   # a run of your own data is named after it: <data>-<config>-<model>
             stem = f"{os.path.splitext(os.path.basename(cfg.data))[0]}-{stem}"
+        stem = "-".join(stem.split())   # "my chats.jsonl": runs/my-chats-..., a folder name a shell takes unquoted
         cfg.name = stem if stem.endswith(cfg.arch.model) else f"{stem}-{cfg.arch.model}"
     validate(cfg)
     return cfg
