@@ -80,3 +80,13 @@ def test_every_shipped_config_loads():
     for path in glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
         cfg = load(path, [])
         assert cfg.arch.model in ("vhred", "hred") and cfg.name
+
+
+def test_a_shipped_config_is_found_from_outside_the_checkout(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert load("configs/tiny.yaml", []).name == "tiny-vhred"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yaml").write_text("epochs: 7\n")   # one here wins over the checkout's
+    assert load("configs/tiny.yaml", []).epochs == 7
+    with pytest.raises(ConfigError, match="not found"):
+        load("configs/no-such.yaml", [])

@@ -201,9 +201,19 @@ def _check_yaml_shape(text: str) -> None:
             depth -= 1
 
 
+def _find(path: str) -> str:
+    """path as given, or, for a relative one not found here (a command run outside the checkout),
+    the same path in the checkout vhred runs from: `--config configs/tiny.yaml` works anywhere."""
+    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
+    if os.path.exists(path) or os.path.isabs(path) or not os.path.exists(checkout):
+        return path
+    return checkout
+
+
 def _read_yaml(path: str) -> dict:
     import yaml   # only the command line needs it
     from .limits import MAX_CONFIG_BYTES
+    path = _find(path)
     if not os.path.exists(path):
         raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
     if not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
