@@ -17,6 +17,7 @@ import vhred
 from tests.conftest import ROOT, STANDIN
 from vhred import cache, checkpoint, sources
 from vhred.checkpoint import CheckpointError
+from vhred.errors import DataError
 from vhred.dataset import CACHE_FILES, DialogueData, prepare
 from vhred.generate import DecodeOptions, encode_turns, generate, spaced
 from vhred.scoring import NEUTRAL, score_ids
@@ -216,6 +217,32 @@ def test_a_jsonl_run_evaluates_from_its_remembered_path_after_the_working_folder
     assert cfg.data == "talk.jsonl" and cfg.data_source == str(data / "talk.jsonl")
     monkeypatch.chdir(tmp_path)   # talk.jsonl is not here: the remembered absolute path is used
     assert split_dialogues(cfg, "test") == [[f"hello {i} .", f"hi {i} !", "bye ."] for i in range(35, 40)]
+    (tmp_path / "talk.jsonl").write_text(lines[0] + "\n")   # another file of the same name here: not read
+    assert split_dialogues(cfg, "test") == [[f"hello {i} .", f"hi {i} !", "bye ."] for i in range(35, 40)]
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    os.replace(data / "talk.jsonl", moved / "talk.jsonl")   # the file moved: data= from here finds it, checked
+    monkeypatch.chdir(moved)
+    assert split_dialogues(cfg, "test") == [[f"hello {i} .", f"hi {i} !", "bye ."] for i in range(35, 40)]
+    with open(moved / "talk.jsonl", "a") as f:   # edited after training: its split is no longer training's
+        f.write(json.dumps({"dialog": ["one more", "line"]}) + "\n")
+    with pytest.raises(DataError, match="talk.jsonl is not the file this model trained on .* restore the file"):
+        split_dialogues(cfg, "test")
+    os.remove(moved / "talk.jsonl")
+    with pytest.raises(DataError, match=f"{data}/talk.jsonl, the file this model trained on, is not here: put it back"):
+        split_dialogues(cfg, "test")
+
+
+def test_a_split_without_dialogues_is_one_line_that_names_another(tiny_cfg, tmp_path):
+    """Own data with no test lines: eval and rank said ZeroDivisionError and IndexError."""
+    from vhred.evaluate import split_dialogues
+    path = tmp_path / "notest.jsonl"
+    path.write_text("".join(json.dumps({"dialog": ["hi", "yo"], "split": s}) + "\n" for s in ["train", "validation"]))
+    cfg = replace(tiny_cfg(f"data={path}"), data_source=str(path))
+    assert split_dialogues(cfg, "validation") == [["hi", "yo"]]
+    with pytest.raises(DataError, match='notest.jsonl holds no test dialogues .*: use --split validation, or give some '
+                                        'lines "split": "test"'):
+        split_dialogues(cfg, "test")
 
 
 # --- input checks are errors, not asserts ------------------------------------------------------

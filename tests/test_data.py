@@ -112,6 +112,19 @@ def test_jsonl_as_editors_save_it_and_a_file_of_one_split(tmp_path):
     train_only.write_text("".join(json.dumps({"dialog": ["a", "b"], "split": "train"}) + "\n" for _ in range(5)))
     with pytest.raises(DataError, match='found .*: mark some lines "split": "validation", or leave "split" out'):
         sources.scan_jsonl(str(train_only), seed=1)
+    few = tmp_path / "few.jsonl"   # no "split" field: the seeded 90/5/5 rule put none of 3 in validation
+    few.write_text("".join(json.dumps({"dialog": [f"hi {i}", "yes"]}) + "\n" for i in range(3)))
+    assert "validation" not in {s for s, _ in sources.iter_jsonl(str(few), seed=1)}
+    with pytest.raises(DataError, match=r'\(0 lines skipped\): the seeded 90/5/5 split of 3 dialogues put none in '
+                                        r'validation: add dialogues .* or mark some lines "split": "validation"'):
+        sources.scan_jsonl(str(few), seed=1)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match=r"\(0 lines skipped\): the file holds no dialogues: write one JSON object a line"):
+        sources.scan_jsonl(str(empty), seed=1)
+    empty.write_text("{}\n")
+    with pytest.raises(DataError, match=r"\(1 line skipped\): no line held a dialogue; see the skipped lines above"):
+        sources.scan_jsonl(str(empty), seed=1)
 
 
 def test_jsonl_trains_the_same_way(tmp_path, tiny_cfg):

@@ -51,6 +51,7 @@ class Config:
     data: str = "dailydialog"     # "dailydialog", or a path to a .jsonl of {"dialog": [...]} lines
     data_dir: str = "data"        # downloads, processed caches
     data_source: str = ""         # set by training: the absolute path the data was read from (eval reads it again)
+    data_sha256: str = ""         # set by training on a JSONL file: its SHA-256 (eval refuses the file once edited)
     vocab_size: int = 8000        # SentencePiece vocabulary asked for (a small corpus may give fewer)
     max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
     max_context: int = 10         # context turns a target sees; longer dialogues are windowed

@@ -54,15 +54,42 @@ DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max
 
 
 def split_dialogues(cfg, split: str) -> list[list[str]]:
-    """The dialogues of a split of the checkpoint's own data source."""
+    """The dialogues of a split of the checkpoint's own data source, as training split it."""
     if cfg.data == "dailydialog":
         src = sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
         dialogues = sources.read_dailydialog(src)[split]
     else:
-        path = cfg.data if os.path.isfile(cfg.data) or not cfg.data_source else cfg.data_source
-        dialogues = [d for s, d in sources.iter_jsonl(path, cfg.seed) if s == split]
+        src = trained_jsonl(cfg)
+        dialogues = [d for s, d in sources.iter_jsonl(src, cfg.seed) if s == split]
     dialogues = [d for d in dialogues if len(d) > 1]
+    if not dialogues:
+        other = "--split validation" if split == "test" else "a file with dialogues in every split"
+        raise sources.DataError(f"{src} holds no {split} dialogues of two turns or more: use {other}, "
+                                f'or give some lines "split": "{split}" and train again')
     return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
+
+
+_CHECKED: dict = {}   # (path, size, mtime) -> its SHA-256: one read per file and process
+
+
+def trained_jsonl(cfg) -> str:
+    """The JSONL file the checkpoint trained on: where training read it (data_source), else data=
+    from here; refused when its bytes differ from training's, since the seeded 90/5/5 split follows
+    line numbers and an edited file would score training dialogues as held-out ones."""
+    path = cfg.data_source if os.path.isfile(cfg.data_source) else cfg.data
+    if not os.path.isfile(path):
+        raise sources.DataError(f"{cfg.data_source or cfg.data}, the file this model trained on, is not here: put it "
+                                f"back, or run from the folder where data={cfg.data} names it")
+    if cfg.data_sha256:   # checkpoints from before it was recorded are taken as they are
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _CHECKED:
+            _CHECKED[key] = sources.file_sha256(path)
+        if _CHECKED[key] != cfg.data_sha256:
+            raise sources.DataError(f"{path} is not the file this model trained on (it changed since: its SHA-256 "
+                                    "differs), and its split would now mix training dialogues into the held-out "
+                                    "ones; restore the file as it was, or train again on it")
+    return path
 
 
 def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:

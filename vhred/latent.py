@@ -135,7 +135,8 @@ def colour_by(kind: str, dialogues, where: torch.Tensor, acts=None) -> tuple[lis
         return ["question" if "?" in t else "no question" for t in texts], "has a question mark"
     if kind == "act":
         if acts is None:
-            raise InputError("--color act needs DailyDialog's act labels: use it with a DailyDialog checkpoint")
+            raise InputError("--color act needs DailyDialog's act labels, which this model's data lacks: "
+                             "use --color question or --color length")
         return [ACTS.get(acts[d][n], "?") if len(acts[d]) == len(dialogues[d]) else "?"
                 for d, n in where.tolist()], "dialogue act (DailyDialog)"
     raise InputError(f"--color must be act, length or question, got '{kind}'")
@@ -217,7 +218,8 @@ def run_plot(args):
     model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
     dialogues, acts = _validation_dialogues(cfg, args.dialogues)
     means, kls, where = posterior_stats(model, sp, cfg, dialogues)
-    values, legend = colour_by(args.color, dialogues, where, acts)
+    kind = args.color or ("act" if acts is not None else "question")   # own data has no act labels
+    values, legend = colour_by(kind, dialogues, where, acts)
     active = int((means.double().var(0) > 0.01).sum())
     title = (f"{checkpoint.resolve(args.checkpoint)}: {len(means)} validation responses, "
              f"{active} of {means.shape[1]} dimensions active")
@@ -255,7 +257,8 @@ def main(argv=None):
     it.add_argument("--max-len", type=int, default=30, help="tokens per response (default %(default)s)")
     it.add_argument("--seed", type=int, default=0, help="which two ends (default %(default)s)")
     pl = sub.choices["plot"]
-    pl.add_argument("--color", default="act", help="act, length or question (default %(default)s)")
+    pl.add_argument("--color", default=None, help="act, length or question (default: act on DailyDialog, "
+                                                  "question on your own data)")
     pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
     args = p.parse_args(argv)

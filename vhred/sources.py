@@ -253,8 +253,9 @@ def _parse_jsonl_line(line: str):
     return [u for u in (normalise(u) for u in dialog) if u], split
 
 
-def iter_jsonl(path: str, seed: int, report=None):
-    """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why)."""
+def iter_jsonl(path: str, seed: int, report=None, marked=None):
+    """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why),
+    and marked (a dict), when given, counts the dialogues whose line names its split."""
     for lineno, raw in enumerate(_bounded_lines(path), 1):
         if raw is None or not raw.strip():
             if raw is None and report:
@@ -270,7 +271,20 @@ def iter_jsonl(path: str, seed: int, report=None):
             if report:
                 report(lineno, "fewer than two non-empty utterances")
             continue
+        if split and marked is not None:
+            marked[split] = marked.get(split, 0) + 1
         yield split or _hash_split(seed, lineno), dialog
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read a megabyte at a time: what a JSONL source was when a
+    model trained on it (its 90/5/5 split follows line numbers, so any edit can move dialogues
+    between splits)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _bounded_lines(path: str):
@@ -292,6 +306,19 @@ def no_data_file(path: str) -> DataError:
     return DataError(f"data file {path} {what} (give data=dailydialog or a path to a .jsonl file)")
 
 
+def _split_hint(counts: dict, marked: dict, skipped: int) -> str:
+    """What to do when the train or validation split of a JSONL file came out empty."""
+    if not any(counts.values()):
+        return ("no line held a dialogue; see the skipped lines above" if skipped else
+                'the file holds no dialogues: write one JSON object a line, {"dialog": ["turn", "reply", ...]}')
+    empty = "train" if counts["train"] == 0 else "validation"
+    n = sum(counts.values())
+    if not marked:   # every split came from the seeded 90/5/5 rule
+        return (f"the seeded 90/5/5 split of {n} dialogue{'' if n == 1 else 's'} put none in {empty}: add dialogues "
+                f'(a few hundred fill every split) or mark some lines "split": "{empty}"')
+    return (f'mark some lines "split": "{empty}", or leave "split" out of every line for a seeded 90/5/5 split')
+
+
 def scan_jsonl(path: str, seed: int) -> dict:
     """Count dialogues per split and report malformed lines, before anything is built."""
     if not os.path.isfile(path):
@@ -300,7 +327,7 @@ def scan_jsonl(path: str, seed: int) -> dict:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
             raise DataError(f"{path} is UTF-16 text: save it as UTF-8 (one JSON object a line)")
     bad, skipped = [], 0   # the first ten bad lines are shown; the rest only counted
-    counts = dict.fromkeys(SPLITS, 0)
+    counts, marked = dict.fromkeys(SPLITS, 0), {}
 
     def report(lineno, why):
         nonlocal skipped
@@ -308,15 +335,13 @@ def scan_jsonl(path: str, seed: int) -> dict:
         if len(bad) < 10:
             bad.append((lineno, why))
 
-    for split, _ in iter_jsonl(path, seed, report=report):
+    for split, _ in iter_jsonl(path, seed, report=report, marked=marked):
         counts[split] += 1
     for lineno, why in bad:
         print(f"{path}: line {lineno}: skipped: {why}", file=sys.stderr)
     if skipped > 10:
         print(f"{path}: ... and {skipped - 10} more skipped lines", file=sys.stderr)
     if counts["train"] == 0 or counts["validation"] == 0:
-        hint = ('mark some lines "split": "validation", or leave "split" out of every line for a seeded '
-                '90/5/5 split' if any(counts.values()) else "no line held a dialogue; see the skipped lines above")
         raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
-                        f"({skipped} lines skipped): {hint}")
+                        f"({skipped} line{'' if skipped == 1 else 's'} skipped): {_split_hint(counts, marked, skipped)}")
     return {"dialogues": counts, "skipped_lines": skipped}
