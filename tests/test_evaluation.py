@@ -1,6 +1,7 @@
 """Metrics on hand-worked strings, against nltk, and the evaluation command on a tiny model."""
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -47,7 +48,7 @@ def test_bleu_matches_nltk_and_a_hand_computed_case():
     same = tokenize("where is the bank ?")
     assert corpus_bleu_n([same], [[same]])["bleu-4"] == pytest.approx(1.0)
     assert sentence_bleu_n(same, [same], 4) == pytest.approx(1.0) and sentence_bleu_n([], [same], 2) == 0.0
-    assert dialogwae_bleu(same, [same]) > 1.0   # the published protocol's smoothing overshoots
+    assert dialogwae_bleu(same, [same]) == pytest.approx(1.1539, abs=1e-4)   # the published smoothing overshoots
 
 
 def test_multi_sample_precision_recall_f1():
@@ -112,6 +113,18 @@ def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip,
 
 
 # --- DialogWAE's protocol, rule by rule (vhred/metrics/dialogwae.py) ---
+
+def test_dialogwae_protocol_keeps_the_decoding_flags_given_and_refuses_abbreviated_ones(capsys):
+    from vhred.evaluate import legend, parse_args
+    args = parse_args(["--protocol", "dialogwae", "--num-samples", "5"])
+    assert (args.num_samples, args.method, args.max_len) == (5, "greedy", dw.MAX_TOKENS)
+    assert parse_args(["--protocol", "dialogwae"]).num_samples == dw.SAMPLES
+    with pytest.raises(SystemExit):   # --num for --num-samples was read, then silently replaced by 10
+        parse_args(["--protocol", "dialogwae", "--num", "5"])
+    assert "unrecognized arguments: --num 5" in capsys.readouterr().err
+    assert "words before </s>" in legend("length")[1] and "in tokens" in legend("mean_length")[1]
+    assert "within each response" in legend("intra-dist-1")[1]
+
 
 def test_dialogwae_tokens_vocabulary_and_end_token():
     assert dw.tokenize("I'm FINE?! $60.") == ["i", "'", "m", "fine", "?!", "$", "60", "."]
@@ -178,6 +191,8 @@ def test_rank_command(trained, dailydialog_zip, monkeypatch):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["contexts"] == 8 and set(res["metrics"]) == {"pmi", "ll"}
+    with open(os.path.join(trained["vhred"], "rank-test-first8.json")) as f:   # never over a split's rank-test.json
+        assert json.load(f)["metrics"] == res["metrics"]
     # the same ranks worked out here, pair by pair, from vhred.scoring's scores (K = 2, seed 0)
     from vhred.evaluate import split_dialogues
     from vhred.generate import encode_turns

@@ -113,6 +113,40 @@ def test_score_refuses_unknown_ids_and_bad_labels(tmp_path, systems, capsys):
         assert e.value.code == 2 and why in capsys.readouterr().err
 
 
+def test_answers_to_one_pack_are_refused_by_the_key_of_another_of_the_same_shape(tmp_path, systems, capsys):
+    """Two packs of other replies to the same contexts, same seed: their ids were the same, so a
+    rater's answers to one scored against the other's key credited the wrong systems."""
+    _, first = pack(tmp_path, systems)
+    other = tmp_path / "other"
+    other.mkdir()
+    swapped = [write_system(other / f"{n}.jsonl", [[r + " ." for r in rows] for rows in replies])
+               for n, replies in (("c", [["Yes."], ["No."], ["Maybe."]]), ("d", [["Hi."], ["Ok."], ["Bye."]]))]
+    _, second = pack(other, swapped, "--per-context", "1")
+    assert not set(first["items"]) & set(second["items"])
+    answers = tmp_path / "rater.txt"
+    answers.write_text("".join(f"{i} good\n" for i in first["items"]))
+    with pytest.raises(SystemExit) as e:
+        rate.main(["score", "--key", str(other / "key.json"), "--answers", str(answers)])
+    assert e.value.code == 2 and "is not in the key; is it the key of this pack?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mend", [lambda k: k.update(systems=["a"]), lambda k: k.update(kind="pairwise"),
+                                  lambda k: k.update(items={"abcdef": 3}),
+                                  lambda k: next(iter(k["items"].values()))[0].update(context=99),
+                                  lambda k: next(iter(k["items"].values()))[0].update(system="nobody")])
+def test_a_key_broken_inside_is_one_line(tmp_path, systems, capsys, mend):
+    _, key = pack(tmp_path, systems)
+    mend(key)
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps(key))
+    (tmp_path / "rater.txt").write_text("")
+    capsys.readouterr()   # the pack's own line
+    with pytest.raises(SystemExit) as e:
+        rate.main(["score", "--key", str(broken), "--answers", str(tmp_path / "rater.txt")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "is not a key written by `vhred rate pack`" in err and err.count("\n") == 1
+
+
 def test_pack_refuses_systems_of_other_contexts(tmp_path, systems, capsys):
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"context": ["Something else"], "samples": ["x"]}) + "\n")
@@ -167,7 +201,8 @@ def test_pack_reports_proxies_from_the_training_text(trained, tmp_path, systems)
 # --- surface faults -------------------------------------------------------------------------
 
 KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How about you ? Good !",
-                         "It is 25 dollars at 9 a.m. on Stars.com"])
+                         "It is 25 dollars at 9 a.m. on Stars.com", "Visit www.amazon.com , she has a Ph.D",
+                         "That is it . Then go . It costs $ 10"])
 
 
 @pytest.mark.parametrize("text, faults", [
@@ -187,6 +222,11 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("It is 9:75.", {"mangled"}),
     ("It is 24:00, at 0:59.", set()),
     ("It is at 12:05.", set()),
+    ("Visit www.amazon.com", set()),         # a web address, its first dot too
+    ("She has a Ph.D", set()),
+    ("It is Stars.com.Then it is", set()),   # read as a web address: not counted
+    ("That is it.Then go", {"glued"}),
+    ("It costs $$10", {"mangled"}),
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}

@@ -121,13 +121,14 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     if args.max_contexts:
         evaluate += ["--max-contexts", str(args.max_contexts)]
     _python("vhred.evaluate", *evaluate, log=log)
-    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", args.device]
+    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", args.device,
+            "--tag", "compare"]
     if args.rank_contexts:
         rank += ["--max-contexts", str(args.rank_contexts)]
     _python("vhred.rank", *rank, log=log)
     with open(os.path.join(run_dir, "results-dialogwae-test-compare.json")) as f:
         ev = json.load(f)
-    with open(os.path.join(run_dir, "rank-test.json")) as f:
+    with open(os.path.join(run_dir, "rank-test-compare.json")) as f:
         rk = json.load(f)
     m = ev["metrics"]
     out = {key: m[key] for key in ("bleu-recall", "bleu-precision", "bleu-f1", "intra-dist-1", "intra-dist-2",

@@ -115,8 +115,10 @@ LEGEND = [
                        "context's responses, recall: the best one, f1: their harmonic mean; averaged over contexts)"),
     ("distinct", "higher", "distinct-n: distinct n-grams / all n-grams (intra: among a context's responses, inter: "
                            "over all responses, response: within each response); higher is more varied"),
-    ("-dist-", "higher", "DialogWAE's distinct-n, its formulas (intra: per context, inter: over all responses)"),
-    ("length", "", "mean response length in tokens"),
+    ("-dist-", "higher", "DialogWAE's distinct-n, its formulas (intra: within each response, averaged over the "
+                         "responses; inter: over one context's responses, averaged over the contexts)"),
+    ("mean_length", "", "mean response length in tokens"),
+    ("length", "", "DialogWAE's length: mean response length in words before </s>"),
     ("ppl", "lower", "perplexity: exp of the NLL bound per token"),
     ("nll_per_token", "lower", "negative log-likelihood per token in nats (elbo: the ELBO's bound, iwK: the tighter "
                                "importance-weighted bound, reconstruction: the decoder's term alone)"),
@@ -153,7 +155,8 @@ def markdown(results: dict, title: str) -> str:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.evaluate"),
+    # no abbreviated flags: --protocol dialogwae keeps the decoding flags given, found by their full names
+    p = argparse.ArgumentParser(prog=program("python -m vhred.evaluate"), allow_abbrev=False,
                                 description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
     add_decode_args(p)
     p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
@@ -166,8 +169,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     limits.count("--max-contexts", args.max_contexts, 0, MAX_INT)
     limits.count("--iw-samples", args.iw_samples, 0, limits.MAX_IW_SAMPLES)
-    if not re.fullmatch(r"[\w.-]{0,64}", args.tag):
-        raise InputError(f"--tag must be up to 64 letters, digits, '.', '-' or '_' (it names files), got {args.tag!r}")
+    check_tag(args.tag)
     if args.protocol == "dialogwae":
         given = {a.dest for a in p._actions for flag in a.option_strings
                  for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
@@ -186,6 +188,11 @@ def dialogues_of(dialogues, n_pairs: int):
         used.append(d)
         count += len(d) - 1
     return used
+
+
+def check_tag(tag: str) -> None:
+    if not re.fullmatch(r"[\w.-]{0,64}", tag):
+        raise InputError(f"--tag must be up to 64 letters, digits, '.', '-' or '_' (it names files), got {tag!r}")
 
 
 def report_name(protocol: str, split: str, tag: str = "", max_contexts: int = 0) -> str:

@@ -5,8 +5,8 @@
 For every context of the split (each utterance with a turn before it, up to max_context turns),
 the candidates are the true response and 9 responses of other dialogues (seeded); each score of
 vhred/scoring.py ranks them. Prints recall@1, recall@2 and MRR per score as JSON and writes
-rank-<split>.json into the run folder. The metric itself is vhred.metrics.ranking;
-`python -m eval.rank` and `vhred rank` are this command.
+rank-<split>[-<tag>].json into the run folder (--max-contexts N tags it first<N>). The metric
+itself is vhred.metrics.ranking; `python -m eval.rank` and `vhred rank` are this command.
 """
 import argparse
 import json
@@ -18,7 +18,7 @@ from . import checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
 from .device import pick_device
-from .evaluate import split_dialogues
+from .evaluate import check_tag, report_name, split_dialogues
 from .generate import encode_turns, newest_checkpoint
 from .metrics.ranking import candidate_sets, rank_scores
 from .scoring import IW_SAMPLES, KINDS
@@ -31,6 +31,8 @@ def parse_args(argv):
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="the split whose contexts are ranked (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="only the first N contexts, 0 for all (default %(default)s)")
+    p.add_argument("--tag", default="", help="suffix of the result file's name (default: none, or first<N> "
+                                             "with --max-contexts N, so a quick check never replaces a split's figures)")
     p.add_argument("--distractors", type=int, default=9, help="random responses beside the true one (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=IW_SAMPLES, help="K of VHRED's likelihood bound (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the distractors and of z (default %(default)s)")
@@ -40,6 +42,7 @@ def parse_args(argv):
     limits.count("--distractors", args.distractors, 1, 99)
     limits.count("--iw-samples", args.iw_samples, 1, limits.MAX_IW_SAMPLES)
     limits.count("--seed", args.seed, 0, 2 ** 63 - 1)
+    check_tag(args.tag)
     return args
 
 
@@ -69,7 +72,8 @@ def main(argv=None):
     result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-    with open(os.path.join(checkpoint.results_folder(path), f"rank-{args.split}.json"), "w") as f:
+    name = report_name("rank", args.split, args.tag, args.max_contexts)
+    with open(os.path.join(checkpoint.results_folder(path), f"{name}.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(json.dumps(result))
 

@@ -26,6 +26,7 @@ score prints each system's good share over all its shown replies and over its to
 the proxies. It names the rater (--rater, default the answers file's name) in every table.
 """
 import argparse
+import hashlib
 import itertools
 import json
 import math
@@ -201,6 +202,15 @@ HEADER = {
 }
 
 
+def pack_seed(seed: int, systems: dict, contexts: list) -> str:
+    """The seed of a pack's ids and order: --seed and what the pack shows, so the same command
+    gives the same pack, and packs of other replies get other ids (answers to one then cannot be
+    scored against another's key without an error)."""
+    shown = {name: [r["samples"] for r in rows[:len(contexts)]] for name, rows in systems.items()}
+    text = json.dumps([seed, contexts, shown], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def write_pack(args):
     systems, sources = {}, {}
     for spec in args.system:
@@ -213,7 +223,7 @@ def write_pack(args):
     if args.per_context < 1 or args.contexts < 0:
         raise InputError("--per-context must be at least 1 and --contexts not negative")
     contexts = same_contexts(systems, args.contexts)
-    rng = random.Random(args.seed)
+    rng = random.Random(pack_seed(args.seed, systems, contexts))
     kind = "pairwise" if args.pairwise else "pointwise"
     lines, items = (pack_pairwise if args.pairwise else pack_pointwise)(systems, contexts, args.per_context, rng)
     header = [h.format(n=len(items), c=len(contexts)) for h in HEADER[kind]]
@@ -298,8 +308,9 @@ def score_pointwise(key: dict, answers: dict) -> dict:
     over the answered replies; by_last_turn splits them by what the context's last turn asks for
     (turn_kind), the kinds of the pack's contexts only."""
     kinds = [turn_kind(c) for c in key["contexts"]]
+    names = key.get("systems") or sorted({e["system"] for entries in key["items"].values() for e in entries})
     counts = {name: {part: [0, 0] for part in ("all", "top1", *(f"{k} {p}" for k in TURN_KINDS for p in ("all", "top1")))}
-              for name in key["systems"]}
+              for name in names}
     for i, entries in key["items"].items():
         if i not in answers:
             continue
@@ -385,13 +396,29 @@ def read_key(path: str) -> dict:
         raise InputError(f"key {path} not found (`vhred rate pack` writes it beside the pack)")
     try:
         key = json.loads("\n".join(text_lines(path)))
-        ok = key["kind"] in ("pointwise", "pairwise") and isinstance(key["items"], dict) \
-            and isinstance(key["contexts"], list)
-    except (ValueError, KeyError, TypeError):
+        ok = _key_is_whole(key)
+    except (ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:   # an explicit check: asserts vanish under python -O
         raise InputError(f"{path} is not a key written by `vhred rate pack`")
     return key
+
+
+def _key_is_whole(key) -> bool:
+    """Whether a key holds every field scoring reads, of the types it reads them as."""
+    if not (isinstance(key, dict) and key.get("kind") in ("pointwise", "pairwise")
+            and isinstance(key.get("items"), dict) and isinstance(key.get("contexts"), list)
+            and isinstance(key.get("systems", {}), dict)):
+        return False
+    n = len(key["contexts"])
+    is_index = lambda v: isinstance(v, int) and not isinstance(v, bool)
+    in_pack = lambda e: is_index(e.get("context")) and 0 <= e["context"] < n and is_index(e.get("rank"))
+    named = (lambda s: s in key["systems"]) if "systems" in key else (lambda s: isinstance(s, str))
+    if key["kind"] == "pointwise":
+        return all(isinstance(v, list) and all(isinstance(e, dict) and in_pack(e) and named(e.get("system")) for e in v)
+                   for v in key["items"].values())
+    return all(isinstance(v, dict) and in_pack(v) and isinstance(v.get("A"), str) and isinstance(v.get("B"), str)
+               for v in key["items"].values())
 
 
 def score_answers(args):

@@ -5,7 +5,7 @@ for empty n-gram counts), corpus and sentence level alike, so identical strings 
 
 The DialogWAE code (Gu et al., 2019, after Zhao et al., 2017) scores samples with sentence BLEU,
 weights (1/3, 1/3, 1/3) and smoothing method 7; `dialogwae_bleu` reproduces it for comparisons
-with published figures. Method 7 can exceed 1 (identical 5-token strings score 1.117), so we
+with published figures. Method 7 can exceed 1 (identical strings of 5 tokens or more score 1.154), so we
 report it beside our own numbers, never instead of them.
 """
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu

@@ -21,11 +21,13 @@ WORD = re.compile(r"[a-z]+")
 # letter before the mark), "3.5" (digits after it) or a web address ("Stars.com", below)
 GLUED = re.compile(r"(?<![A-Za-z0-9.])(?:[A-Za-z]{2,}|\d+)[.!?,;:]([A-Za-z]+)")
 DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
+ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b", re.I)   # www.amazon.com, Stars.com/x
+ABBREVIATIONS = {"ph.d"}   # written with a mark inside: "Ph.D student"
 FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
 WORDS_AGAIN = re.compile(r"\b(\w+(?: \w+){0,3}) \1 \1\b")       # the the the, I am I am I am
 # "9::30", "5,,000", "$$10" (not "..." nor "?!"), a price written as a time, "$12:00", and an
 # hour past 24 or minutes past 59, "25:30", "9:75"
-MANGLED = re.compile(r"(?<=\w)([:;,$£€])\1+(?=\w)|[$£€¥]\d{1,2}:\d{2}\b"
+MANGLED = re.compile(r"(?<=\w)([:;,])\1+(?=\w)|([$£€])\2+(?=\d)|[$£€¥]\d{1,2}:\d{2}\b"
                      r"|(?<![\d:.])(?:2[5-9]|[3-9]\d):\d{2}(?![\d:])|(?<![\d:.])\d{1,2}:[6-9]\d(?![\d:])")
 
 
@@ -44,15 +46,24 @@ def non_words(text: str, known: frozenset) -> list[str]:
     return [w for w in words(text) if w not in known]
 
 
+def _is_glued(m: re.Match) -> bool:
+    """A GLUED match that is no web address ("www.amazon.com") or abbreviation ("Ph.D")."""
+    if m.group(0).lower() in ABBREVIATIONS:
+        return False
+    start = m.string.rfind(" ", 0, m.start()) + 1   # the whole token the match lies in
+    end = m.string.find(" ", m.end())
+    return not ADDRESS.search(m.string[start:end if end >= 0 else len(m.string)])
+
+
 def glued(text: str) -> list[str]:
     """The places where a sentence mark is glued to the next word, e.g. ["25.How"]."""
-    return [m.group(0) for m in GLUED.finditer(text) if m.group(1).lower() not in DOMAINS]
+    return [m.group(0) for m in GLUED.finditer(text) if _is_glued(m)]
 
 
 def unglue(text: str) -> str:
     """A space after every glued sentence mark, as the corpus writes it: "25.How" -> "25. How"."""
-    return GLUED.sub(lambda m: m.group(0) if m.group(1).lower() in DOMAINS
-                     else m.group(0)[:m.start(1) - m.start(0)] + " " + m.group(1), text)
+    return GLUED.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + " " + m.group(1) if _is_glued(m)
+                     else m.group(0), text)
 
 
 def empty(text: str) -> bool:
