@@ -66,7 +66,7 @@ def test_help_lists_the_subcommands(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["chat", "--num-samples", "0"], "num_samples must be between 1"),
+    (["chat", "--num-samples", "0"], "--num-samples must be between 1 and 100 in the chat, got 0"),
     (["generate", "--max-len", "-3", "--input", "x", "--output", "y"], "max_len must be between 1"),
     (["eval", "--max-contexts", "-1"], "--max-contexts must be between 0 and"),
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),

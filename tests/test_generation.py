@@ -1,6 +1,7 @@
 """Decoding and chat: seeds, diversity, decoding rules, the generate and chat commands."""
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -227,6 +228,16 @@ def test_a_piped_conversation(trained):
     assert len(history) == 4 and history[0].startswith("you: I love it 😀")   # only after /reset
     assert not any("never read" in line for line in out)
     assert all("▁" not in line and "</s>" not in line for line in out)
+
+
+@pytest.mark.slow   # a subprocess: a command as a user runs it
+def test_a_pipe_reads_numbered_replies_when_fewer_than_asked_are_shown(trained):
+    """/keep holds z, so the draws repeat and fewer than N are shown: the one left was printed bare."""
+    code, out, err = chat(["Hi , how are you ?", "/keep 1", "Where are you going ?"],
+                          "--checkpoint", trained["vhred"], "--num-samples", "3")
+    assert code == 0 and "shown" in err, err
+    replies = [line for line in out if line and not line.startswith("(")]
+    assert replies and all(re.match(r"\d\. ", line) for line in replies), out
 
 
 @pytest.mark.slow   # a subprocess under a terminal: the chat as a user at a keyboard runs it

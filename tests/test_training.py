@@ -338,3 +338,13 @@ def test_patience_zero_trains_every_epoch(tiny_cfg, monkeypatch):
     monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([4.0, 5.0, 6.0]))
     run = train(tiny_cfg("epochs=3", "max_dialogues=40"), log=lambda *_: None)
     assert (run.progress.epoch, run.progress.best_epoch) == (3, 1)
+
+
+def test_a_run_stopped_before_its_first_log_line_ends_without_a_curves_warning(tmp_path):
+    """It said "warning: no training curves (... not found; is ... a run folder?)" of a run folder."""
+    from types import SimpleNamespace
+    from vhred.train import Progress, _finish
+    logs = []
+    run = SimpleNamespace(dir=str(tmp_path), log=logs.append, stopped=True, progress=Progress(step=13))
+    _finish(run)
+    assert logs == [f"stopped at step 13; saved {tmp_path}/last.pt. Run the same command to resume."]

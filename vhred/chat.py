@@ -250,9 +250,9 @@ def main(argv=None):
     add_decode_args(p)
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout (/history and /prior on stderr)")
     args = p.parse_args(argv)
+    if not 1 <= args.num_samples <= MAX_SAMPLES:   # the same cap as /samples, said before the general one
+        raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {args.num_samples}")
     opts = options_from_args(args)
-    if opts.num_samples > MAX_SAMPLES:   # the same cap as /samples
-        raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {opts.num_samples}")
     path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
@@ -298,7 +298,7 @@ def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
                "score": ranking(chat.model, chat.opts) if chat.opts.rank != "none" else "ll_decode"}
         print(json_line(row), flush=True)   # never a bare NaN: any JSON parser reads it
         return True
-    if len(responses) == 1:
+    if chat.opts.num_samples == 1 and responses:   # numbered by what was asked, so a pipe reads one format whatever is shown
         print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
     else:
         for i, r in enumerate(responses, 1):

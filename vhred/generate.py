@@ -624,7 +624,8 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--beam", type=int, default=d.beam, help="beam width for --method beam (default %(default)s)")
     p.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep repeated responses of a context")
     p.add_argument("--no-clean", dest="clean", action="store_false",
-                   help="keep responses with non-words, glued or repeated text (dropped by default)")
+                   help="rank responses with non-words, glued or repeated text like the others (by default "
+                        "more draws replace them, and any still shown come after every clean one)")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
                    help="order responses best first by the run's reply critic (critic: `vhred critic`), by "
                         "pointwise mutual information with the context (pmi), by per-token log-likelihood (ll), by "

@@ -581,11 +581,12 @@ def train(cfg: config.Config, log=print) -> Run:
 
 
 def _finish(run: Run):
-    try:
-        from .plot import plot
-        run.log(f"training curves: {plot(run.dir)}")
-    except Exception as e:   # a missing plot must never cost a finished run
-        run.log(f"warning: no training curves ({e})")
+    if os.path.exists(os.path.join(run.dir, "metrics.jsonl")):   # none yet: stopped before its first log line
+        try:
+            from .plot import plot
+            run.log(f"training curves: {plot(run.dir)}")
+        except Exception as e:   # a missing plot must never cost a finished run
+            run.log(f"warning: no training curves ({e})")
     p = run.progress
     if run.stopped:
         run.log(f"stopped at step {p.step}; saved {run.dir}/last.pt. Run the same command to resume.")
