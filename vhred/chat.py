@@ -298,7 +298,7 @@ def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
                "score": ranking(chat.model, chat.opts) if chat.opts.rank != "none" else "ll_decode"}
         print(json_line(row), flush=True)   # never a bare NaN: any JSON parser reads it
         return True
-    if chat.opts.num_samples == 1 and responses:   # numbered by what was asked, so a pipe reads one format whatever is shown
+    if chat.opts.num_samples == 1 and responses:   # numbered by what was asked: a pipe reads one format
         print(responses[0] if not interactive else f"bot> {responses[0]}", flush=True)
     else:
         for i, r in enumerate(responses, 1):

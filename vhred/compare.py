@@ -121,8 +121,8 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     if args.max_contexts:
         evaluate += ["--max-contexts", str(args.max_contexts)]
     _python("vhred.evaluate", *evaluate, log=log)
-    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples), "--device", args.device,
-            "--tag", "compare"]
+    rank = ["--checkpoint", os.path.join(run_dir, "best.pt"), "--iw-samples", str(args.iw_samples),
+            "--device", args.device, "--tag", "compare"]
     if args.rank_contexts:
         rank += ["--max-contexts", str(args.rank_contexts)]
     _python("vhred.rank", *rank, log=log)

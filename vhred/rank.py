@@ -31,8 +31,8 @@ def parse_args(argv):
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="the split whose contexts are ranked (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="only the first N contexts, 0 for all (default %(default)s)")
-    p.add_argument("--tag", default="", help="suffix of the result file's name (default: none, or first<N> "
-                                             "with --max-contexts N, so a quick check never replaces a split's figures)")
+    p.add_argument("--tag", default="", help="suffix of the result file's name (default: none, or first<N> with "
+                                             "--max-contexts N: a quick check never replaces a split's figures)")
     p.add_argument("--distractors", type=int, default=9, help="random responses beside the true one (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=IW_SAMPLES, help="K of VHRED's likelihood bound (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the distractors and of z (default %(default)s)")

@@ -342,6 +342,7 @@ def scan_jsonl(path: str, seed: int) -> dict:
     if skipped > 10:
         print(f"{path}: ... and {skipped - 10} more skipped lines", file=sys.stderr)
     if counts["train"] == 0 or counts["validation"] == 0:
+        lines = f"{skipped} line{'' if skipped == 1 else 's'}"
         raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
-                        f"({skipped} line{'' if skipped == 1 else 's'} skipped): {_split_hint(counts, marked, skipped)}")
+                        f"({lines} skipped): {_split_hint(counts, marked, skipped)}")
     return {"dialogues": counts, "skipped_lines": skipped}
