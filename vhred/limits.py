@@ -12,7 +12,7 @@ import stat
 from .errors import InputError
 
 # decoding (flags of chat/generate/eval/serve, Bot.respond, POST /respond)
-MAX_SAMPLES = 1000        # responses per context (the chat draws 2N to keep N distinct)
+MAX_SAMPLES = 1000        # responses per context (the chat draws 16N by default to pick N distinct ones)
 MAX_LEN = 1000            # tokens per response (min_len too)
 MAX_BEAM = 100            # beam width
 MAX_BEAM_ROWS = 2000      # samples x beam width: rows of one beam search (x 2 in the chat)
