@@ -241,6 +241,7 @@ def test_the_config_refuses_non_finite_and_out_of_range_numbers(override):
     ("lr: 0.1\n5: 3\n", "unknown config key '5'"),
     ("lr: 0.1\nbatch_size: 4\nlr: 0.2\n", "key 'lr' is given twice \\(lines 1 and 3\\)"),
     ("arch:\n  z_dim: 3\n  z_dim: 4\n", "key 'z_dim' is given twice"),
+    ("arch:\n  z_dim: 3\nz_dim: 4\n", "key 'z_dim' is given twice, at the top level and under arch"),
     ("lr: .nan\n", "lr must be a finite number"),
     ('name: "a\\0b"\n', "NUL"),
     (b"name: caf\xe9\n", "not UTF-8"),

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, child_errors, train_cli
-from vhred import checkpoint
+from vhred import checkpoint, config
 from vhred import train as train_module
 from vhred.checkpoint import CheckpointError
 from vhred.config import Config
+from vhred.errors import ConfigError
 from vhred.schedule import kl_weight, learning_rate
 from vhred.train import train
 
@@ -113,6 +114,27 @@ def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     train(tiny_cfg("max_steps=3", "name=shape"), log=quiet)
     with pytest.raises(CheckpointError, match="other z_dim"):
         train(tiny_cfg("max_steps=3", "name=shape", "z_dim=4"), log=quiet)
+    for other in ("batch_size=3", "seed=7"):   # its saved epoch and batch would point elsewhere in the data
+        with pytest.raises(CheckpointError, match=f"other {other.split('=')[0]}; pass name=<new name>"):
+            train(tiny_cfg("max_steps=6", "name=shape", other), log=quiet)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grad_clip=0", "grad_clip must be positive"),
+    ("tokenizer_sentences=100", "tokenizer_sentences must be above 100"),
+    ("gmp_components=3", "gmp_components is a setting of model=dialogwae, which model=vhred does not read"),
+    ("utterance_drop=0.5", "utterance_drop is a setting of model=vhcr"),
+    ("critic_steps=5", "critic_steps is a setting of model=dialogwae"),
+])
+def test_settings_that_would_do_nothing_are_refused_at_start(override, message):
+    with pytest.raises(ConfigError, match=message):
+        config.load("configs/tiny.yaml", [override])
+
+
+def test_a_familys_own_settings_are_taken_with_its_model_given_in_any_order():
+    cfg = config.load("configs/tiny.yaml", ["gmp_components=3", "critic_steps=2", "model=dialogwae"])
+    assert (cfg.arch.gmp_components, cfg.arch.critic_steps) == (3, 2)
+    assert config.load("configs/tiny.yaml", ["model=vhcr", "utterance_drop=0.5"]).arch.utterance_drop == 0.5
 
 
 def test_resume_survives_a_copied_source_but_not_other_data(tiny_cfg, dailydialog_zip, tmp_path, monkeypatch):

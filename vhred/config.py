@@ -152,7 +152,10 @@ def from_dict(values: dict) -> Config:
     top, arch = {}, {}
     for key, value in [*flat.items(), *((f"arch.{k}", v) for k, v in nested.items())]:
         section, name = _place(key)
-        (arch if section is ARCH else top)[name] = _check_type(name, value, section[name])
+        into = arch if section is ARCH else top
+        if name in into:   # z_dim at the top level and under arch: which one was meant?
+            raise ConfigError(f"key '{name}' is given twice, at the top level and under arch: keep one")
+        into[name] = _check_type(name, value, section[name])
     return Config(**top, arch=ModelConfig(**arch))
 
 
@@ -250,6 +253,7 @@ def load(path: str | None, overrides: list[str]) -> Config:
         setattr(cfg.arch if section is ARCH else cfg, name, _parse_value(key, text, section[name]))
         given.add(name)
     _family_defaults(cfg, given)
+    _check_family_keys(cfg, given)
     if not cfg.name:
         stem = os.path.splitext(os.path.basename(path))[0] if path else "run"
         if cfg.data != "dailydialog":   # a run of your own data is named after it: <data>-<config>-<model>
@@ -260,6 +264,17 @@ def load(path: str | None, overrides: list[str]) -> Config:
     return cfg
 
 
+# model keys only one family reads: given to another, they would be saved and silently ignored
+FAMILY_KEYS = {"gmp_components": "dialogwae", "critic_steps": "dialogwae", "utterance_drop": "vhcr"}
+
+
+def _check_family_keys(cfg: Config, given: set) -> None:
+    for key, family in FAMILY_KEYS.items():
+        if key in given and cfg.arch.model != family:
+            raise ConfigError(f"{key} is a setting of model={family}, which model={cfg.arch.model} does not read: "
+                              f"add model={family}, or leave {key} out")
+
+
 def _family_defaults(cfg: Config, given: set) -> None:
     from .models import family_defaults   # the registry imports this module: looked up when used
     for key, value in family_defaults(cfg.arch.model).items():
@@ -268,9 +283,10 @@ def _family_defaults(cfg: Config, given: set) -> None:
 
 
 POSITIVE = ("wh_reply_weight", "vocab_size", "tokenizer_sentences", "max_utt_len", "max_context", "batch_size", "epochs", "save_every",
-            "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden")
+            "log_every", "emb_dim", "utt_hidden", "gmp_components", "critic_steps", "ctx_hidden", "dec_hidden", "latent_hidden",
+            "grad_clip")   # a norm of 0 scales every gradient to 0: the weights would never move
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
-                "lr_warmup_steps", "lr_decay_steps", "weight_decay", "grad_clip", "max_steps", "patience", "eval_every",
+                "lr_warmup_steps", "lr_decay_steps", "weight_decay", "max_steps", "patience", "eval_every",
                 "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop", "attention")
 # Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
@@ -329,6 +345,9 @@ def _check_relations(cfg: Config, families: dict) -> None:
             raise ConfigError(f"{key}=true works through attention: add attention=20 (the first pieces it reads)")
     if cfg.vocab_size < 16:
         raise ConfigError("vocab_size must be at least 16")
+    if cfg.tokenizer_sentences <= 100:
+        raise ConfigError(f"tokenizer_sentences must be above 100 (SentencePiece samples no fewer), "
+                          f"got {cfg.tokenizer_sentences}")
     for key in ("dropout", "word_dropout", "utterance_drop"):
         if getattr(cfg.arch, key) >= 1:
             raise ConfigError(f"{key} must be below 1, got {getattr(cfg.arch, key)}")

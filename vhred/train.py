@@ -191,6 +191,8 @@ class Run:
     def _check_same_run(self, state: dict):
         saved = checkpoint.config_of(state, os.path.join(self.dir, "last.pt"))
         changed = [k for k, v in asdict(self.cfg.arch).items() if getattr(saved.arch, k) != v]
+        # the saved position in the data (epoch, batch) means another order under another batch size or seed
+        changed += [k for k in ("batch_size", "seed") if getattr(saved, k) != getattr(self.cfg, k)]
         if checkpoint.tokenizer_bytes(state) != self.tokenizer or not self._same_data(state.get("data", self._data_id())):
             changed.append("data")
         if changed:
@@ -613,8 +615,10 @@ def main(argv=None):
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
         kept = f"; {last} is intact" if os.path.isfile(last) else ""   # never claim one that is not there
         raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
-    except KeyboardInterrupt:   # a second Ctrl-C: no save, but no half-written file either
-        print("interrupted; the last checkpoint is intact", file=sys.stderr)
+    except KeyboardInterrupt:   # a second Ctrl-C, or one while the data is prepared: no half-written file
+        last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
+        print(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint",
+              file=sys.stderr)
         sys.exit(130)
     if run.stopped:
         sys.exit(128 + (run.signum or signal.SIGINT))   # the shell's code for a signalled end
