@@ -119,6 +119,22 @@ class FullDisk(io.FileIO):
         return super().write(b)
 
 
+def test_a_full_disk_while_a_new_run_writes_its_tokenizer_leaves_no_torn_file(tiny_cfg, monkeypatch, capsys):
+    """It said "No space left on device (data/processed/.../tokenizer.model)", the source, and left
+    a truncated tokenizer.model in the run folder."""
+    import builtins
+    from vhred import train as train_mod
+    cfg = tiny_cfg("max_steps=2", "name=tokfull")
+    small = type("Small", (FullDisk,), {"room": 100})
+    monkeypatch.setattr(train_mod, "open", lambda path, mode="r", *a, **k: small(path, mode) if "w" in mode
+                        else builtins.open(path, mode, *a, **k), raising=False)
+    code, err = one_line_exit(train_mod.main, ["--config", TINY, f"data_dir={cfg.data_dir}", f"out_dir={cfg.out_dir}",
+                                               "name=tokfull", "max_steps=2"], capsys)
+    run = os.path.join(cfg.out_dir, "tokfull")
+    assert code == 1 and f"No space left on device ({run}/tokenizer.model)" in err, err
+    assert not [n for n in os.listdir(run) if n.startswith("tokenizer.model")]
+
+
 def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_cfg, monkeypatch, capsys):
     from vhred import train as train_mod
     cfg = tiny_cfg("max_steps=10", "name=disk")

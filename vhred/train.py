@@ -8,7 +8,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -184,9 +183,8 @@ class Run:
             self.log(f"resuming {self.dir} at step {p.step} (epoch {p.epoch + 1}, batch {p.batch_pos})")
         if not self.is_rank0:
             return
-        shutil.copyfile(os.path.join(self.data_folder, "tokenizer.model"), os.path.join(self.dir, "tokenizer.model"))
-        with open(os.path.join(self.dir, "config.json"), "w") as f:
-            json.dump(asdict(self.cfg), f, indent=1)
+        _write_whole(os.path.join(self.dir, "tokenizer.model"), self.tokenizer)
+        _write_whole(os.path.join(self.dir, "config.json"), json.dumps(asdict(self.cfg), indent=1).encode())
 
     def _check_same_run(self, state: dict):
         saved = checkpoint.config_of(state, os.path.join(self.dir, "last.pt"))
@@ -552,6 +550,21 @@ def prefetch(make, items: list, depth: int = 2):
                 q.get(timeout=0.01)
             except queue.Empty:
                 pass
+
+
+def _write_whole(path: str, data: bytes) -> None:
+    """data in place of path only once all of it is written (a full disk leaves no torn file), an
+    error naming path, the file that could not be written."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):
