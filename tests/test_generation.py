@@ -62,6 +62,8 @@ def test_top_k_one_equals_greedy(vhred_model):
     greedy = texts(sp, generate(model, ctx, DecodeOptions(num_samples=4, method="greedy", dedup=False, seed=3, rank="none")))
     top1 = texts(sp, generate(model, ctx, sampled(num_samples=4, top_k=1, temperature=1.7, seed=3)))
     assert greedy == top1
+    for tiny in ({"temperature": 1e-300}, {"top_p": 1e-300}):   # in range, below float32: was NaN, then a crash
+        assert texts(sp, generate(model, ctx, sampled(num_samples=4, seed=3, **tiny))) == greedy
 
 
 def test_top_p_keeps_the_nucleus_of_a_hand_made_distribution():

@@ -201,6 +201,27 @@ def test_a_client_that_never_finishes_its_request_is_disconnected(server, monkey
         assert time.monotonic() - t0 < 5
 
 
+def test_a_stopping_server_answers_the_requests_it_took_and_refuses_new_ones(bot, monkeypatch):
+    """Connection threads are daemons: the process could end while an answer was half written,
+    and a request taken after the stop marker waited for a worker that had gone."""
+    import threading
+    from vhred.serve import HTTPError
+    running = Running(bot, Limits(max_batch=1, wait_ms=0))
+    service, started = running.server.service, threading.Event()
+    real = service.respond
+    monkeypatch.setattr(service, "respond", lambda body: (started.set(), time.sleep(1.0), real(body))[2])
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(request, running.port, "POST", "/respond", {"history": HISTORY, "n": 2})
+        assert started.wait(30)
+        t0 = time.monotonic()
+        assert running.stop() and running.server.answering == 0
+        assert time.monotonic() - t0 > 0.5   # it waited for the answer being made
+        status, body = answer.result(timeout=5)
+    assert status == 503 and "the server is stopping" in body["error"]   # taken after the stop: refused whole
+    with pytest.raises(HTTPError, match="stopping"):
+        service.batcher.submit(("respond", 0), ())
+
+
 @pytest.mark.slow   # a subprocess: the command as a user runs it
 def test_the_serve_command_serves_and_stops(trained):
     proc = subprocess.Popen([sys.executable, "-m", "vhred", "serve", "--checkpoint", trained["vhred"],
@@ -212,8 +233,9 @@ def test_the_serve_command_serves_and_stops(trained):
         assert request(port, "GET", "/health")[1]["status"] == "ok"
         assert request(port, "POST", "/respond", {"history": ["Hi!"], "n": 2})[0] == 200
     finally:
-        proc.terminate()
+        proc.terminate()   # SIGTERM, as systemd and docker stop a service: a clean stop, as Ctrl-C
         proc.wait(timeout=30)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
 
 
 @pytest.mark.slow   # a server process

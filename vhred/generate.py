@@ -127,8 +127,17 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = F.softmax(sorted_logits, dim=-1)
         # drop a token when the tokens before it already reach top_p; the top token always stays
         drop = torch.cumsum(probs, dim=-1) - probs >= top_p
+        drop[:, 0] = False   # also when top_p is below float32's smallest number and reads as 0
         logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
     return logits
+
+
+def tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / temperature, shifted to a max of 0 first and divided by no less than float32's
+    smallest normal number: a tiny temperature gives 0 for the best token and very negative or
+    -inf for the rest (greedy), never inf - inf or 0 / 0 = NaN. (B, V)"""
+    t = max(temperature, torch.finfo(logits.dtype).tiny)
+    return (logits - logits.max(-1, keepdim=True).values) / t
 
 
 def categorical(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -240,7 +249,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
         elif opts.method == "greedy":
             nxt = logits.argmax(-1)
         else:
-            scaled = logits / opts.temperature if opts.temperature != 1 else logits
+            scaled = logits if opts.temperature == 1 else tempered(logits, opts.temperature)
             probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
             nxt = categorical(probs, u[live, t])
         logp[live] += F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)

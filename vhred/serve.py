@@ -27,11 +27,13 @@ import math
 import os
 import queue
 import re
+import signal
 import sys
 import threading
 import time
 import traceback
 from concurrent.futures import Future, TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import asdict, astuple, dataclass, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
@@ -102,19 +104,25 @@ class Batcher:
         self.bot, self.limits = bot, limits
         self.queue: queue.Queue = queue.Queue(limits.max_queue)
         self.requests = self.batches = 0   # answered so far: requests / batches is the mean batch
+        self.closing, self.closing_lock = False, threading.Lock()
         self.worker = threading.Thread(target=self._loop, name="vhred-model", daemon=True)
         self.worker.start()
 
     def submit(self, key: tuple, args: tuple) -> Future:
         job = Job(key, args, Future())
-        try:
-            self.queue.put_nowait(job)
-        except queue.Full:
-            raise HTTPError(503, "the server is busy; try again shortly") from None
+        with self.closing_lock:   # never queued behind the stop marker, where no one would answer it
+            if self.closing:
+                raise HTTPError(503, "the server is stopping; try again when it is back")
+            try:
+                self.queue.put_nowait(job)
+            except queue.Full:
+                raise HTTPError(503, "the server is busy; try again shortly") from None
         return job.future
 
     def close(self):
-        self.queue.put(None)   # the worker finishes what it holds, then stops
+        with self.closing_lock:
+            self.closing = True
+            self.queue.put(None)   # the worker finishes what it holds, then stops
         self.worker.join(timeout=60)
 
     def _loop(self):
@@ -314,7 +322,8 @@ class Handler(BaseHTTPRequestHandler):
         self._route("GET")
 
     def do_POST(self):
-        self._route("POST")
+        with self.server.busy():   # a stopping server waits for this answer to be written whole
+            self._route("POST")
 
     def _route(self, method: str):
         path = urlsplit(self.path).path
@@ -463,9 +472,31 @@ class Server(ThreadingHTTPServer):
     allowed_hosts: tuple = ()
 
     def __init__(self, *args, **kwargs):
-        self.open_connections = 0
+        self.open_connections = self.answering = 0
         self.count_lock = threading.Lock()
+        self.idle = threading.Condition(self.count_lock)
         super().__init__(*args, **kwargs)
+
+    @contextmanager
+    def busy(self):
+        """Counts the requests being answered: connection threads are daemons, so a stopping
+        process would otherwise end in the middle of writing one."""
+        with self.count_lock:
+            self.answering += 1
+        try:
+            yield
+        finally:
+            with self.count_lock:
+                self.answering -= 1
+                self.idle.notify_all()
+
+    def stop(self, timeout: float = 30) -> None:
+        """Stop accepting, answer every request already taken (or refuse it with a 503), then
+        wait up to timeout seconds for the answers to be written."""
+        self.server_close()
+        self.service.close()
+        with self.count_lock:
+            self.idle.wait_for(lambda: self.answering == 0, timeout)
 
     def process_request(self, request, client_address):
         """A thread per connection, up to max_connections: one more is answered 503 at once and
@@ -509,10 +540,14 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt   # serve_forever ends; main's finally answers the requests already taken
+
+
 def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                 quiet: bool = False, defaults=None, allowed_hosts=()) -> ThreadingHTTPServer:
     """An HTTP server for bot (not yet serving: call serve_forever, then shutdown and
-    server_close, then server.service.close()). Port 0 takes a free port (server.server_port).
+    server.stop(), which answers the requests already taken). Port 0 takes a free port (server.server_port).
     defaults: the DecodeOptions of requests that leave options out (default DecodeOptions()).
     allowed_hosts: names besides IP addresses and localhost that a request's Host may give."""
     service = Service(bot, limits or Limits(), defaults)
@@ -542,8 +577,7 @@ class InThread:
 
     def stop(self) -> bool:
         self.server.shutdown()
-        self.server.server_close()
-        self.server.service.close()
+        self.server.stop()
         self.thread.join(timeout=10)
         return not self.thread.is_alive()
 
@@ -598,11 +632,11 @@ def main(argv=None):
         ranked_by += " + the answer score after a wh-question"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    signal.signal(signal.SIGTERM, _interrupt)   # as Ctrl-C: what systemd, docker and kill send
     try:
         server.serve_forever()
     finally:
-        server.server_close()
-        server.service.close()
+        server.stop()
 
 
 if __name__ == "__main__":
