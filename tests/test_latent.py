@@ -30,6 +30,14 @@ def test_interpolation_endpoints_and_spherical_norms():
     arc = latent.interpolate(z0, z1, 5, spherical=True)
     assert torch.allclose(arc.norm(dim=1), torch.linspace(3, 1, 5), atol=1e-5)   # norms move linearly
     assert arc.norm(dim=1)[2] > line.norm(dim=1)[2]                               # the line cuts inside
+    torch.manual_seed(0)
+    a = torch.randn(64)
+    for b in (-2 * a, -2 * a + 1e-4 * torch.randn(64)):   # opposite ends: the arc blew up to norms near 6,000
+        arc = latent.interpolate(a, b, 5, spherical=True)
+        assert torch.allclose(arc.norm(dim=1), torch.linspace(float(a.norm()), float(b.norm()), 5), rtol=1e-4)
+        assert torch.equal(arc[0], a) and torch.equal(arc[-1], b)
+    quarter = latent.interpolate(z0, z1, 3, spherical=True)[1]   # halfway along a right angle: 45 degrees
+    assert torch.allclose(quarter / quarter.norm(), torch.tensor([1.0, 1.0, 0.0]) / 2 ** 0.5, atol=1e-6)
 
 
 def test_interpolated_ends_decode_to_the_ends_own_responses(vhred_model):
@@ -64,6 +72,13 @@ def test_hred_has_no_latent_to_show(trained):
     model, cfg, sp = checkpoint.load_model(trained["hred"])
     with pytest.raises(InputError, match="no latent variable"):
         latent.prior(model, [[[5, 6]]])
+    from vhred.chat import Chat
+    from vhred.generate import DecodeOptions
+    notes = []
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2), out=notes.append, note=notes.append)
+    for command in ("/keep 1", "/prior", "/release"):   # /release said "(a new z from the prior ... again)"
+        chat.command(command)
+    assert notes == ["(this is an HRED model: it has no latent z)"] * 3
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it
@@ -143,6 +158,10 @@ def test_generate_returns_z_and_decodes_from_it(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     again = json.loads(out.read_text())
     assert again["samples"] == [row["samples"][-1]] and again["z"] == [row["z"][-1]]
+    src.write_text(json.dumps({"context": ["Hello , how are you ?"]}) + "\n")
+    hred = [a if a != trained["vhred"] else trained["hred"] for a in cmd]   # it wrote no "z" and said nothing
+    r = subprocess.run(hred, cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "--return-z: this checkpoint is an HRED model" in r.stderr
 
 
 def test_the_api_interpolates_from_one_candidate_to_another(trained):
@@ -159,3 +178,14 @@ def test_the_api_interpolates_from_one_candidate_to_another(trained):
         bot.interpolate(history, None, b.z)
     with pytest.raises(InputError, match="spherical must be a bool"):   # "no" would be read as yes
         bot.interpolate(history, a.z, b.z, spherical="no")
+
+
+def test_a_plot_of_one_response_is_one_line(trained, tmp_path, monkeypatch):
+    """One point has one principal component: it was an IndexError deep in the plot."""
+    import argparse
+    monkeypatch.setattr(latent, "_validation_dialogues", lambda cfg, n: ([["Hi .", "Hello ."]], None))
+    args = argparse.Namespace(checkpoint=trained["vhred"], device="cpu", dialogues=1, color=None,
+                              out=str(tmp_path / "one.png"))
+    with pytest.raises(InputError, match="at least 2 validation responses, and 1 dialogue\\(s\\) gave 1: raise --dialogues"):
+        latent.run_plot(args)
+    assert not (tmp_path / "one.png").exists()

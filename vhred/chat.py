@@ -187,6 +187,7 @@ class Chat:
         self.note(f"(keeping the z of candidate {k} for the next turns: {words}; /release to let go)")
 
     def _cmd_release(self, arg):
+        self._need_latent()
         self.kept = None
         self.note("(a new z from the prior for each candidate again)")
 

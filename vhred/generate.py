@@ -783,6 +783,8 @@ def main(argv=None):
         bad = next((n for n, z in zip(linenos, zs) if not _decodes(model, z)), None)
         raise InputError(f"{args.input}: line {bad}: {e}" if bad else str(e)) from None
     ranking(model, opts)
+    if args.return_z and not model.latent:
+        raise InputError("--return-z: this checkpoint is an HRED model, it has no latent variable z")
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with output_file(args.output) as out:   # a regular file, replaced only when complete
         for (_, responses), ctx, lineno in zip(answers, contexts, linenos):   # the generator first: it ends its bar

@@ -11,6 +11,7 @@ the norm a Gaussian sample has). `plot` projects the posterior means of validati
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
 import argparse
+import math
 import os
 
 import torch
@@ -65,12 +66,22 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool 
     n0, n1 = z0.norm(), z1.norm()
     if min(n0, n1) < 1e-12:   # an end at the origin has no direction: the arc is the line
         return (1 - t) * z0 + t * z1
-    cos = torch.clamp(torch.dot(z0 / n0, z1 / n1), -1.0, 1.0)
-    omega = torch.arccos(cos)
-    if omega.abs() < 1e-6:   # (nearly) the same direction: the line is the arc
-        return (1 - t) * z0 + t * z1
-    direction = (torch.sin((1 - t) * omega) * z0 / n0 + torch.sin(t * omega) * z1 / n1) / torch.sin(omega)
-    return direction * ((1 - t) * n0 + t * n1)
+    u0, u1, t = (z0 / n0).double(), (z1 / n1).double(), t.double()
+    # the angle from the chord and its complement: exact also for (nearly) opposite ends, where
+    # arccos of a dot product near -1 loses every digit and sin(omega) ~ 0 blows the path up
+    omega = 2 * torch.atan2((u0 - u1).norm(), (u0 + u1).norm())
+    if omega < 1e-6:   # (nearly) the same direction: the line is the arc
+        return (1 - t.to(z0.dtype)) * z0 + t.to(z0.dtype) * z1
+    if math.pi - omega < 1e-6:   # opposite ends: every great circle joins them; one through a perpendicular
+        other = torch.zeros_like(u0)
+        other[int(u0.abs().argmin())] = 1.0
+        u1 = u1 + 1e-3 * (other - torch.dot(other, u0) * u0)   # a nudge off the antipode picks that circle
+        omega = 2 * torch.atan2((u0 - u1).norm(), (u0 + u1).norm())
+    direction = torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1          # (steps, Z)
+    direction = direction / direction.norm(dim=1, keepdim=True)   # unit along the arc, to rounding
+    path = (direction * ((1 - t) * n0.double() + t * n1.double())).to(z0.dtype)
+    path[0], path[-1] = z0, z1   # the ends exactly: they decode to the two replies
+    return path
 
 
 def endpoints(mean: torch.Tensor, logvar: torch.Tensor, seed: int, around_mean: float = 0.0):
@@ -218,6 +229,9 @@ def run_plot(args):
     model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
     dialogues, acts = _validation_dialogues(cfg, args.dialogues)
     means, kls, where = posterior_stats(model, sp, cfg, dialogues)
+    if len(means) < 2:   # one point has no spread to project
+        raise InputError(f"the plot needs at least 2 validation responses, and {len(dialogues)} dialogue(s) gave "
+                         f"{len(means)}: raise --dialogues")
     kind = args.color or ("act" if acts is not None else "question")   # own data has no act labels
     values, legend = colour_by(kind, dialogues, where, acts)
     active = int((means.double().var(0) > 0.01).sum())
@@ -257,7 +271,7 @@ def main(argv=None):
     it.add_argument("--max-len", type=int, default=30, help="tokens per response (default %(default)s)")
     it.add_argument("--seed", type=int, default=0, help="which two ends (default %(default)s)")
     pl = sub.choices["plot"]
-    pl.add_argument("--color", default=None, help="act, length or question (default: act on DailyDialog, "
+    pl.add_argument("--color", default=None, choices=["act", "length", "question"], help="act, length or question (default: act on DailyDialog, "
                                                   "question on your own data)")
     pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
