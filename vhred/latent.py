@@ -271,8 +271,8 @@ def main(argv=None):
     it.add_argument("--max-len", type=int, default=30, help="tokens per response (default %(default)s)")
     it.add_argument("--seed", type=int, default=0, help="which two ends (default %(default)s)")
     pl = sub.choices["plot"]
-    pl.add_argument("--color", default=None, choices=["act", "length", "question"], help="act, length or question (default: act on DailyDialog, "
-                                                  "question on your own data)")
+    pl.add_argument("--color", default=None, choices=["act", "length", "question"],
+                    help="act, length or question (default: act on DailyDialog, question on your own data)")
     pl.add_argument("--dialogues", type=int, default=1000, help="validation dialogues to read (default %(default)s)")
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
     args = p.parse_args(argv)
