@@ -370,3 +370,13 @@ def test_dialogwae_extra_critic_steps_move_the_critic_alone_and_resume_bit_for_b
     resumed = train(tiny_cfg(*common, "max_steps=8", "name=split"), log=quiet)
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_compare_gives_a_familys_own_settings_to_its_rows_only():
+    """compare's key=value settings go to every row: critic_steps=5 would now be refused by the
+    HRED row's training (a family's own setting given to another), so each row gets what it reads."""
+    from vhred.compare import row_overrides
+    given = ["critic_steps=5", "utterance_drop=0.5", "lr=0.002", "data_dir=x"]
+    assert row_overrides(given, "dialogwae-gmp") == ["critic_steps=5", "lr=0.002", "data_dir=x"]
+    assert row_overrides(given, "vhcr") == ["utterance_drop=0.5", "lr=0.002", "data_dir=x"]
+    assert row_overrides(given, "hred") == row_overrides(given, None) == ["lr=0.002", "data_dir=x"]

@@ -63,7 +63,8 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the rows are trained and evaluated: auto (a GPU when there is one), cpu or cuda (default %(default)s)")
     p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json (default %(default)s)")
-    p.add_argument("overrides", nargs="*", help="key=value settings for every row (e.g. data_dir=...)")
+    p.add_argument("overrides", nargs="*", help="key=value settings for every row that reads them (e.g. data_dir=...; "
+                                                "critic_steps=5 goes to the DialogWAE rows only)")
     args = p.parse_args(argv)
     rows = args.rows.split(",")
     if unknown := [r for r in rows if r not in ROWS]:
@@ -87,6 +88,14 @@ def _python(module: str, *argv: str, log: str) -> float:
     return time.time() - t0
 
 
+def row_overrides(overrides: list[str], row: str | None) -> list[str]:
+    """The key=value settings given for every row that this row's family reads: one family's own
+    setting (critic_steps=5 for DialogWAE) is left out of the others' runs, which would refuse it."""
+    from .config import FAMILY_KEYS
+    model = next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
+    return [o for o in overrides if FAMILY_KEYS.get(o.split("=", 1)[0].lstrip("-").removeprefix("arch."), model) == model]
+
+
 def train_row(args, row: str) -> dict:
     """Train one row to the step budget (resuming a folder that has part of it). A folder already
     at the budget is not trained again: its minutes are those its metrics.jsonl recorded then."""
@@ -95,8 +104,8 @@ def train_row(args, row: str) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     earlier = recorded_minutes(run_dir, args.steps)
     seconds = _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
-                      f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}", *args.overrides,
-                      log=os.path.join(args.out_dir, f"{name}.log"))
+                      f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}",
+                      *row_overrides(args.overrides, row), log=os.path.join(args.out_dir, f"{name}.log"))
     return {"row": row, "dir": run_dir, "train_minutes": seconds / 60 if earlier is None else earlier,
             "trained_earlier": earlier is not None}
 
@@ -151,7 +160,7 @@ def nearest_row(args) -> dict:
     out = os.path.join(args.out_dir, "nearest")
     os.makedirs(out, exist_ok=True)
     extra = ["--max-contexts", str(args.max_contexts)] if args.max_contexts else []
-    _python("vhred.nearest", "--config", args.config, "--out", out, *extra, *args.overrides,
+    _python("vhred.nearest", "--config", args.config, "--out", out, *extra, *row_overrides(args.overrides, None),
             log=os.path.join(args.out_dir, "nearest.log"))
     with open(os.path.join(out, f"results-{report_name('dialogwae', 'test', '', args.max_contexts)}.json")) as f:
         m = json.load(f)["metrics"]
@@ -206,7 +215,7 @@ def measure(args) -> dict:
     out = {}
     for row in args.rows:
         cfg = load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", f"device={args.device}",
-                                 *args.overrides])
+                                 *row_overrides(args.overrides, row)])
         run = Run(cfg, log=lambda *_: None)
         batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)[:args.measure + 2]
         for idx in batches[:2]:
