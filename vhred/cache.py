@@ -13,16 +13,18 @@ import re
 import shutil
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's bytes, read 1 MB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def digests(folder: str, files) -> dict:
-    """SHA-256 of each file (a path inside folder), read 1 MB at a time: {path: hex digest}."""
-    out = {}
-    for rel in files:
-        h = hashlib.sha256()
-        with open(os.path.join(folder, rel), "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        out[rel] = h.hexdigest()
-    return out
+    """SHA-256 of each file (a path inside folder): {path: hex digest}."""
+    return {rel: file_sha256(os.path.join(folder, rel)) for rel in files}
 
 
 def intact(folder: str, files, log=print) -> bool:

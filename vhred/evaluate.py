@@ -27,7 +27,7 @@ import re
 import sys
 import time
 
-from . import checkpoint, limits, sources
+from . import cache, checkpoint, limits, sources
 from .config import MAX_INT
 from .cli import command, json_line, json_safe, output_file, program
 from .dataset import DialogueData
@@ -84,7 +84,7 @@ def trained_jsonl(cfg) -> str:
         st = os.stat(path)
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
         if key not in _CHECKED:
-            _CHECKED[key] = sources.file_sha256(path)
+            _CHECKED[key] = cache.file_sha256(path)
         if _CHECKED[key] != cfg.data_sha256:
             raise sources.DataError(f"{path} is not the file this model trained on (it changed since: its SHA-256 "
                                     "differs), and its split would now mix training dialogues into the held-out "

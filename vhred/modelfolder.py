@@ -10,12 +10,12 @@
 `vhred export` (vhred/export.py) writes one from a checkpoint; checkpoint.load_model reads one
 wherever a checkpoint is accepted. Reading never calls torch.load.
 """
-import hashlib
 import json
 import os
 
 import torch
 
+from .cache import file_sha256
 from .errors import CheckpointError
 
 FORMAT, VERSION = "vhred-model-folder", 1
@@ -37,14 +37,6 @@ def _tagged(config_path: str) -> bool:
             return json.load(f).get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write(folder: str, weights: dict, header: dict, tokenizer: bytes) -> None:

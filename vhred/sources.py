@@ -255,7 +255,7 @@ def _parse_jsonl_line(line: str):
 
 def iter_jsonl(path: str, seed: int, report=None, marked=None):
     """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why),
-    and marked (a dict), when given, counts the dialogues whose line names its split."""
+    and marked (a set), when given, collects the splits that lines name themselves."""
     for lineno, raw in enumerate(_bounded_lines(path), 1):
         if raw is None or not raw.strip():
             if raw is None and report:
@@ -272,19 +272,8 @@ def iter_jsonl(path: str, seed: int, report=None, marked=None):
                 report(lineno, "fewer than two non-empty utterances")
             continue
         if split and marked is not None:
-            marked[split] = marked.get(split, 0) + 1
+            marked.add(split)
         yield split or _hash_split(seed, lineno), dialog
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file's bytes, read a megabyte at a time: what a JSONL source was when a
-    model trained on it (its 90/5/5 split follows line numbers, so any edit can move dialogues
-    between splits)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _bounded_lines(path: str):
@@ -306,7 +295,7 @@ def no_data_file(path: str) -> DataError:
     return DataError(f"data file {path} {what} (give data=dailydialog or a path to a .jsonl file)")
 
 
-def _split_hint(counts: dict, marked: dict, skipped: int) -> str:
+def _split_hint(counts: dict, marked: set, skipped: int) -> str:
     """What to do when the train or validation split of a JSONL file came out empty."""
     if not any(counts.values()):
         return ("no line held a dialogue; see the skipped lines above" if skipped else
@@ -327,7 +316,7 @@ def scan_jsonl(path: str, seed: int) -> dict:
         if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
             raise DataError(f"{path} is UTF-16 text: save it as UTF-8 (one JSON object a line)")
     bad, skipped = [], 0   # the first ten bad lines are shown; the rest only counted
-    counts, marked = dict.fromkeys(SPLITS, 0), {}
+    counts, marked = dict.fromkeys(SPLITS, 0), set()
 
     def report(lineno, why):
         nonlocal skipped

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from . import checkpoint, config, distributed, sources
+from . import cache, checkpoint, config, distributed
 from .cli import command, program
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
@@ -128,7 +128,7 @@ class Run:
             meta = json.load(f)
         cfg.data_source = os.path.abspath(meta["source"])   # saved in config and checkpoints: eval reads the same data
         if cfg.data != "dailydialog":   # its split follows line numbers: eval checks the file is the one trained on
-            cfg.data_sha256 = sources.file_sha256(cfg.data_source)
+            cfg.data_sha256 = cache.file_sha256(cfg.data_source)
         self.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than vocab_size asked for
         total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
         for w in config.warnings(cfg, total):
