@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import sys
+import time
 from contextlib import contextmanager
 
 from . import cache
@@ -116,9 +117,24 @@ def _remove_stale(path: str):
                 pass
 
 
+def say(message: str):
+    """A last line on stderr. Under torchrun every process meets the same bad setting or file:
+    the others wait before they print, and torchrun, which stops them all once one has failed,
+    stops them first when process 0 failed too. One line, not one a process; and a line of
+    theirs alone is still printed, marked with its rank."""
+    rank = os.environ.get("RANK", "0")
+    if rank != "0":
+        try:
+            time.sleep(2)   # torchrun looks at its processes every 0.1 s
+        except KeyboardInterrupt:
+            pass
+        message = f"[rank {rank}] {message}"
+    print(message, file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = 2):
     message = message.replace("\0", "\\0")   # a NUL byte printed raw corrupts terminals and logs
-    print(f"error: {message}", file=sys.stderr)
+    say(f"error: {message}")
     sys.exit(code)
 
 
@@ -136,7 +152,7 @@ def command(fn):
         except OSError as e:   # disk full, permissions, a vanished file
             fail(f"{e.strerror or e} ({e.filename or 'while reading or writing files'})", 1)
         except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+            say("interrupted")
             sys.exit(130)
     return main
 

@@ -11,6 +11,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
 
 def setup(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, this rank's device); starts the process group under torchrun."""
@@ -57,6 +59,26 @@ def gather_objects(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def run_on_rank0(fn):
+    """fn() on rank 0 while the others wait; its result there, None on the others. When fn fails,
+    the others exit quietly with the code rank 0 will (2 for a user's mistake, else 1), rather
+    than each print a traceback of the connection rank 0 closed as it exited."""
+    if not dist.is_initialized():
+        return fn()
+    outcome, result = [0], None
+    if dist.get_rank() == 0:
+        try:
+            result = fn()
+        except BaseException as e:
+            outcome = [2 if isinstance(e, UserError) else 1]
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[0]:
+        raise SystemExit(outcome[0])
+    return result
 
 
 def barrier():

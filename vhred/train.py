@@ -11,15 +11,16 @@ import os
 import signal
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import command, program
+from .cli import command, program, say
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
-from .errors import CheckpointError, ConfigError, TrainingError
+from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
 from .models import build
@@ -96,6 +97,9 @@ class Run:
         keep_freed_memory()   # no page faults on every step's large buffers (see memory.py)
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
         self.is_rank0 = self.rank == 0   # only rank 0 writes files and logs
+        if cfg.batch_size < self.world:   # every rank takes a share of each batch: none would be trained on
+            raise ConfigError(f"batch_size={cfg.batch_size} is smaller than the {self.world} processes, "
+                              f"each of which takes a share of every batch; give batch_size={self.world} or more")
         self.log = log if self.is_rank0 else (lambda *_: None)
         self.bf16 = use_bf16(cfg.precision, self.device, cfg.batch_size // self.world)
         use_tf32_for_training(self.device)
@@ -107,7 +111,7 @@ class Run:
         self.rollbacks = 0   # roll-backs since the last good save of last.pt (not in Progress: it survives them)
         self._setup_data()
         self._setup_model()
-        self.lock = self._setup_folder() if self.is_rank0 else None
+        self.lock = distributed.run_on_rank0(self._setup_folder)
         if cfg.tensorboard and self.is_rank0:
             self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"))
         self._resume()
@@ -116,11 +120,13 @@ class Run:
         """Prepare (rank 0) or read (the others) the processed data; warn about the schedule."""
         cfg = self.cfg
         cfg.data_source = cfg.data_source or self._remembered_source()   # a resumed run reads where it read
-        folder = prepare(cfg, log=self.log) if self.is_rank0 else None
-        distributed.barrier()
-        self.data_folder = folder or prepare(cfg, log=self.log)
+        folder = distributed.run_on_rank0(lambda: prepare(cfg, log=self.log))
+        self.data_folder = folder or prepare(cfg, log=self.log)   # the others read what rank 0 prepared
         self.train_data = DialogueData(self.data_folder, "train")
         self.val_data = DialogueData(self.data_folder, "validation")
+        if len(self.train_data) < self.world:
+            raise DataError(f"the training split has {len(self.train_data)} windows, fewer than the {self.world} "
+                            f"processes; train on more dialogues or with fewer processes")
         with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
         self.wh_replies = WhReplies(self.tokenizer, cfg.wh_reply_weight) if cfg.wh_reply_weight != 1 else None
@@ -155,8 +161,12 @@ class Run:
         self.net = self.model                                      # what the training step runs
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            # buffers (a retrieval index) are built alike on every rank and never change: not re-sent each step
-            self.net = DistributedDataParallel(self.model, broadcast_buffers=False)
+            # buffers (a retrieval index) are built alike on every rank and never change: never sent.
+            # Its successor, forward_sync_buffers=False, still sends them at the start, which gloo
+            # refuses for the index's int16 buffers ("Invalid scalar type"): the deprecated flag, quietly.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+                self.net = DistributedDataParallel(self.model, broadcast_buffers=False)
             torch.manual_seed(self.cfg.seed + self.rank)   # own noise (z, word dropout) per rank
         # a family may give parts of itself their own learning rate (lr_scale times the schedule's)
         self.opt = torch.optim.AdamW(self.model.param_groups(), lr=self.cfg.lr,
@@ -630,8 +640,7 @@ def main(argv=None):
         raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
     except KeyboardInterrupt:   # a second Ctrl-C, or one while the data is prepared: no half-written file
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
-        print(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint",
-              file=sys.stderr)
+        say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
         sys.exit(130)
     if run.stopped:
         sys.exit(128 + (run.signum or signal.SIGINT))   # the shell's code for a signalled end
