@@ -30,11 +30,11 @@ from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate
 
 
 def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions, judges=()):
-    """What the chat shows from a pool of draws for one context: repeats (by the words a reader
-    sees) dropped, ranked by model's ranking (plus the judges' own, summed), faulty ones last, the
-    first opts.num_samples."""
+    """What the chat shows from a pool of draws for one context, as vhred.generate.candidates
+    makes it: repeats dropped, ranked by model's ranking (plus the judges' own, summed), of two
+    spellings of the same words the better ranked kept, faulty ones last, the first opts.num_samples."""
     same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
-    ranked = _rank(model, [ids], [_dedup(pool, key=same)], opts, judges)[0]
+    ranked = _dedup(_rank(model, [ids], [_dedup(pool)], opts, judges)[0], key=same)
     if keep:
         ranked = [r for r in ranked if keep(r[0])] + [r for r in ranked if not keep(r[0])]
     return ranked[:opts.num_samples]
