@@ -49,7 +49,7 @@ train: $(STAMP)
 # The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated
 # critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
 critic: $(STAMP)
-	@test -n "$(RUN)" || { echo "error: no run; give RUN=runs/<name>"; exit 2; }
+	@test -n "$(RUN)" || { echo "error: no runs/*/best.pt found; train one with make train DATA=dailydialog, or give RUN=runs/<name>" >&2; exit 2; }
 	$(BIN)/python -m vhred.critic_train --checkpoint "$(RUN)" --ratings $$(cat eval/critic_rounds.txt) $(ARGS)
 
 test: $(STAMP)
@@ -73,7 +73,7 @@ bench-scale: $(STAMP)
 
 # Full evaluation of a run on the test split: make eval RUN=runs/dailydialog-cpu-vhred
 eval: $(STAMP)
-	@test -n "$(RUN)" || { echo "error: no run to evaluate; give RUN=runs/<name>"; exit 2; }
+	@test -n "$(RUN)" || { echo "error: no runs/*/best.pt found; train one with make train DATA=dailydialog, or give RUN=runs/<name>" >&2; exit 2; }
 	$(BIN)/python -m vhred.evaluate --checkpoint "$(RUN)" $(ARGS)
 	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
 

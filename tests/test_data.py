@@ -1,7 +1,9 @@
 """Sources, preparation and batching on the DailyDialog archive (or the stand-in corpus in its layout)
 and small hand-made files."""
+import io
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -65,6 +67,42 @@ def test_offline_without_a_local_copy_says_where_to_put_the_archive(tmp_path, mo
     with pytest.raises(DataError, match=r"put ijcnlp_dailydialog.zip in .*raw/dailydialog/"):
         sources.find_dailydialog(str(tmp_path), url="http://127.0.0.1:9/ijcnlp_dailydialog.zip")
     assert not os.path.exists(tmp_path / "raw")   # no partial file, no empty folder left behind
+
+
+class _CutShortResponse(io.BytesIO):
+    """What urlopen gives when the server promised `promised` bytes and sent fewer; `then`, raised
+    at the second read, stands for a Ctrl-C in the middle."""
+    def __init__(self, body: bytes, promised: int, then=None):
+        super().__init__(body)
+        self.headers, self.then, self.reads = {"Content-Length": str(promised)}, then, 0
+
+    def read(self, n=-1):
+        self.reads += 1
+        if self.then and self.reads == 2:
+            raise self.then
+        return super().read(n)
+
+
+@pytest.mark.parametrize("then", [None, KeyboardInterrupt()])
+def test_a_download_cut_short_leaves_nothing_a_later_run_would_read(tmp_path, monkeypatch, then):
+    monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
+    monkeypatch.setattr(sources.urllib.request, "urlopen",
+                        lambda url, timeout: _CutShortResponse(b"PK" + bytes(1 << 17), 5_000_000, then))
+    with pytest.raises(KeyboardInterrupt if then else DataError, match=None if then else "closed after 131074 of 5000000"):
+        sources.find_dailydialog(str(tmp_path))
+    assert not os.path.exists(tmp_path / "raw")   # neither a .part nor an archive taken for whole
+
+
+def test_a_partial_download_left_by_a_kill_is_fetched_again_and_a_damaged_copy_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
+    local = tmp_path / "raw" / "dailydialog"
+    local.mkdir(parents=True)
+    (local / "ijcnlp_dailydialog.zip.part").write_bytes(b"PK")   # SIGKILL gives no time to clean
+    with pytest.raises(DataError, match="could not download"):   # fetched again, not read as the data
+        sources.find_dailydialog(str(tmp_path), url="http://127.0.0.1:9/ijcnlp_dailydialog.zip")
+    (local / "ijcnlp_dailydialog.zip").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(DataError, match=re.escape(str(local / "ijcnlp_dailydialog.zip")) + " is not a readable zip"):
+        sources.read_dailydialog(sources.find_dailydialog(str(tmp_path)))
 
 
 def test_missing_dailydialog_src_is_a_clear_error(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@
 Every source ends as three splits of dialogues; a dialogue is a list of utterance strings.
 """
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -51,8 +52,8 @@ def find_dailydialog(data_dir: str, url: str = DAILYDIALOG_URL, remembered: str 
     if remembered and os.path.exists(remembered):
         return remembered
     local = os.path.join(data_dir, "raw", "dailydialog")
-    if os.path.isdir(local) and os.listdir(local):
-        return os.path.abspath(local)
+    if os.path.isdir(local) and any(not name.endswith(".part") for name in os.listdir(local)):
+        return os.path.abspath(local)   # a .part file alone is a download cut short: fetched again
     return os.path.abspath(download(url, os.path.join(local, DAILYDIALOG_ARCHIVE)))
 
 
@@ -71,7 +72,7 @@ def download(url: str, dest: str) -> str:
     download leaves no folder behind that it created."""
     from tqdm import tqdm
     made = _makedirs(os.path.dirname(dest))
-    tmp = dest + ".part"
+    tmp, whole = dest + ".part", False
     try:
         with urllib.request.urlopen(url, timeout=30) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0) or None
@@ -79,18 +80,29 @@ def download(url: str, dest: str) -> str:
                 while chunk := resp.read(1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
-    except OSError as e:   # URLError, timeouts and disk errors are all OSErrors
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        for folder in made:   # deepest first; one that is no longer empty stays
-            try:
-                os.rmdir(folder)
-            except OSError:
-                break
+            if total and out.tell() != total:   # a connection closed early ends the reads as the end does
+                raise OSError(f"the connection closed after {out.tell()} of {total} bytes")
+        whole = True
+    except (OSError, http.client.HTTPException) as e:   # URLError, timeouts, disk errors, a cut-short read
         raise DataError(f"could not download {url} ({getattr(e, 'reason', e)}); without internet, put "
                         f"{DAILYDIALOG_ARCHIVE} in {os.path.dirname(dest)}/ or set DAILYDIALOG_SRC=<path>") from None
+    finally:
+        if not whole:   # failed, or Ctrl-C: nothing left that a later run would take for the data
+            _discard(tmp, made)
     os.replace(tmp, dest)
     return dest
+
+
+def _discard(tmp: str, made: list[str]):
+    """Remove a download's partial file and the folders it created (deepest first; one that is
+    no longer empty stays)."""
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    for folder in made:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            break
 
 
 def _members(src):
@@ -130,7 +142,8 @@ def _read_member(archive, info, src) -> bytes:
 
 
 def _label(src) -> str:
-    return src if isinstance(src, str) else "an archive inside the DailyDialog zip"
+    """The path a message names: a file's or folder's, or a nested archive's within it."""
+    return src if isinstance(src, str) else getattr(src, "name", "an archive inside the DailyDialog zip")
 
 
 def _split_bytes(src, depth: int = 0, kind: str = "") -> dict:
@@ -143,10 +156,12 @@ def _split_bytes(src, depth: int = 0, kind: str = "") -> dict:
             if base == f"dialogues{kind}_{split}.txt":
                 found[split] = read()
             elif base in (f"{split}.zip", DAILYDIALOG_ARCHIVE):
-                nested.append(read)
+                nested.append((name, read))
     if len(found) < len(SPLITS) and depth < 2:
-        for read in nested:
-            for split, data in _split_bytes(io.BytesIO(read()), depth + 1, kind).items():
+        for name, read in nested:
+            inner = io.BytesIO(read())
+            inner.name = os.path.join(_label(src), name)   # a damaged one is named in the message
+            for split, data in _split_bytes(inner, depth + 1, kind).items():
                 found.setdefault(split, data)
     return found
 
