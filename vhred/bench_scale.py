@@ -22,6 +22,10 @@ import time
 
 import numpy as np
 
+from . import limits
+from .cli import command, program
+from .errors import InputError
+
 DAILYDIALOG_DIALOGUES = 13118   # train + validation + test: the unit of scale
 
 
@@ -111,6 +115,8 @@ def child(kind: str, config: str, steps: int, overrides: list[str]) -> dict:
     cmd = [sys.executable, "-m", "vhred.bench_scale", "--child", kind, "--config", config,
            "--steps", str(steps), *overrides]
     r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if r.returncode == 2:   # a mistake of the user's, which the child has said in its one line
+        sys.exit(2)
     if r.returncode != 0:
         sys.exit(f"error: {kind} child failed ({r.returncode}): {' '.join(cmd)}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -146,9 +152,24 @@ def print_table(rows: list[dict]):
               f"{r['peak_anon_MB']:13.0f} {tps}")
 
 
+def check_args(args):
+    """Every mistake in the flags, settings or source said before a corpus is written."""
+    from .config import load
+    for scale in args.scales:
+        limits.number("--scales", scale, 0, 1000)   # 1000 DailyDialogs: about 13 million dialogues
+        if scale * DAILYDIALOG_DIALOGUES < 1:
+            raise InputError(f"--scales {scale:g} is less than one dialogue; give 0.001 or more")
+    limits.count("--steps", args.steps, 0, 100_000)
+    load(args.config, args.overrides)
+    if not os.path.exists(args.dailydialog):
+        raise InputError(f"{args.dailydialog} does not exist: give DailyDialog's archive or folder with --dailydialog")
+
+
+@command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scales", nargs="+", type=float, default=[1, 10, 100])
+    p = argparse.ArgumentParser(prog=program("python -m vhred.bench_scale"), description=__doc__.splitlines()[0])
+    p.add_argument("--scales", nargs="+", type=float, default=[1, 10, 100],
+                   help="corpus sizes in DailyDialogs, each a row (default %(default)s)")
     p.add_argument("--dailydialog", default=os.environ.get("DAILYDIALOG_SRC"),
                    help="DailyDialog archive or folder the corpora are drawn from (default $DAILYDIALOG_SRC)")
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml",
@@ -167,6 +188,7 @@ def main(argv=None):
         return
     if not args.dailydialog:
         p.error("no DailyDialog to draw from: set DAILYDIALOG_SRC or give --dailydialog")
+    check_args(args)
     os.makedirs(args.workdir, exist_ok=True)
     rows = [one_scale(args, s) for s in args.scales]
     import torch

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import re
+import signal
 import stat
 import sys
 import time
@@ -115,6 +116,16 @@ def _remove_stale(path: str):
                 os.remove(os.path.join(folder, name))
             except OSError:
                 pass
+
+
+def sigterm_as_ctrl_c():
+    """SIGTERM (kill, systemd, docker, timeout, a cancelled CI job) ends the command as Ctrl-C
+    does: its finally blocks run, so the servers and child processes it started stop too."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def say(message: str):

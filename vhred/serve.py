@@ -27,7 +27,6 @@ import math
 import os
 import queue
 import re
-import signal
 import sys
 import threading
 import time
@@ -39,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from .cli import command, json_line, program
+from .cli import command, json_line, program, sigterm_as_ctrl_c
 from .device import pick_device
 from .errors import InputError, UserError
 
@@ -540,10 +539,6 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt   # serve_forever ends; main's finally answers the requests already taken
-
-
 def make_server(bot, host: str = "127.0.0.1", port: int = 8000, limits: Limits | None = None,
                 quiet: bool = False, defaults=None, allowed_hosts=()) -> ThreadingHTTPServer:
     """An HTTP server for bot (not yet serving: call serve_forever, then shutdown and
@@ -632,7 +627,7 @@ def main(argv=None):
         ranked_by += " + the answer score after a wh-question"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)   # as Ctrl-C: what systemd, docker and kill send
+    sigterm_as_ctrl_c()   # serve_forever ends; the finally below answers the requests already taken
     try:
         server.serve_forever()
     finally:
