@@ -133,7 +133,7 @@ def say(message: str):
     the others wait before they print, and torchrun, which stops them all once one has failed,
     stops them first when process 0 failed too. One line, not one a process; and a line of
     theirs alone is still printed, marked with its rank."""
-    rank = os.environ.get("RANK", "0")
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"   # torchrun sets both
     if rank != "0":
         try:
             time.sleep(2)   # torchrun looks at its processes every 0.1 s
