@@ -296,6 +296,10 @@ def test_evaluate_command_writes_its_report(trained, dailydialog_zip, monkeypatc
     rows = [json.loads(line) for line in open(f"{trained['vhred']}/samples-dialogwae-test-first12.jsonl")]
     assert len(rows) == 12 and rows[0]["context"] == [""] and all(len(x["samples"]) == 10 for x in rows)
     dw = dw_res["metrics"]   # ten replies per context: the mean is below the max unless all tie
+    # the surface faults are the shown text's, where glued marks are mended; the model's own are flagged
+    flags = [g for x in rows for g in x["glued"]]
+    assert len(flags) == 120 and dw["glued_before_text_out_share"] == pytest.approx(sum(flags) / 120)
+    assert dw["glued_share"] == 0
     p, rc = dw["bleu-precision"], dw["bleu-recall"]
     assert p <= rc and dw["bleu-f1"] == pytest.approx(2 * p * rc / (p + rc + 1e-11))
     assert set(dw) >= {"intra-dist-1", "intra-dist-2", "inter-dist-1", "inter-dist-2", "length", "unseen_contexts"}

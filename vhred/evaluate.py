@@ -15,9 +15,11 @@ Responses are decoded with the flags of vhred.generate, whose defaults are what 
 
 The likelihood side (skipped with --iw-samples 0) reports the negative ELBO per token, the
 importance-weighted bound with K samples, KL per utterance and active units on the dialogues
-that hold the scored targets. Metrics are computed on the model's own text; the samples file
-holds contexts, reference and responses as readable text (vhred.generate.pretty), with a "cut" flag for responses that reached
-the length limit. Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
+that hold the scored targets. BLEU, distinct-n and length are computed on the model's own text,
+the surface faults on the text shown (glued_before_text_out_share: how often the model glued a
+sentence mark that the text out mended); the samples file holds contexts, reference and responses
+as readable text (vhred.generate.pretty), with flags for responses that reached the length limit
+("cut") and that the model glued ("glued"). Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
 into the run folder, or into an exported model folder (--tag adds a suffix).
 """
 import argparse
@@ -46,7 +48,7 @@ from .generate import (
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
-from .metrics.surface import surface_metrics
+from .metrics.surface import glued, surface_metrics
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
@@ -124,9 +126,13 @@ LEGEND = [
                                "importance-weighted bound, reconstruction: the decoder's term alone)"),
     ("kl_per_utt", "", "KL(posterior || prior) per utterance: how much z carries (0: the latent is unused)"),
     ("active_units", "higher", "latent dimensions whose posterior mean varies over the data (of z_dim)"),
-    ("_share", "lower", "surface faults: the share of responses with a word never seen whole in the training text "
-                        "(non_word), glued punctuation (glued), nothing printed (empty), a repeated fragment "
-                        "(repeated), or any of them (vhred/metrics/surface.py)"),
+    ("glued_before_text_out", "lower", "responses in which the model glued a sentence mark to the next word "
+                                       "(\"25.How\"): the text out mends them (\"25. How\"), so glued_share, "
+                                       "measured on the shown text, is 0"),
+    ("_share", "lower", "surface faults of the shown text: the share of responses with a word never seen whole in "
+                        "the training text (non_word), glued punctuation (glued), nothing printed (empty), a "
+                        "repeated fragment (repeated), a mangled number or mark (mangled), or any of them "
+                        "(vhred/metrics/surface.py)"),
 ]
 
 
@@ -226,7 +232,8 @@ def decode(model, cfg, sp, pairs, opts):
         responses.append(ids)
         rows.append({"context": [pretty(t) for t in ctx], "reference": pretty(ref),   # readable, as the samples
                      "samples": [response_text(sp, r, opts.max_len, mark_cut=False) for r in ids],
-                     "cut": [len(r) >= opts.max_len for r in ids], "scores": [round(x, 4) for x in scores]})
+                     "cut": [len(r) >= opts.max_len for r in ids], "scores": [round(x, 4) for x in scores],
+                     "glued": [bool(glued(sp.decode(r))) for r in ids]})   # as the model wrote it, before the mending
     return responses, rows
 
 
@@ -263,6 +270,8 @@ def main(argv=None):
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
     metrics, rows = protocol(model, cfg, sp, dialogues, opts, args.max_contexts)
     metrics.update(surface_metrics([s for row in rows for s in row["samples"]], training_lexicon(cfg)))
+    mended = [g for row in rows for g in row["glued"]]
+    metrics["glued_before_text_out_share"] = sum(mended) / max(len(mended), 1)
     if args.max_contexts:   # both protocols have len(d) - 1 targets per dialogue
         dialogues = dialogues_of(dialogues, metrics["contexts"])
     if args.iw_samples:
