@@ -76,6 +76,8 @@ def test_help_lists_the_subcommands(capsys):
     (["bench", "--clients", "4", "--seconds", "3"], "--clients, --seconds apply only with --serve"),
     (["bench", "--serve", "--wait-ms", "nan"], "--wait-ms must be a number of milliseconds, got nan"),
     (["bench", "precision=bf16", "--precisions", "fp32"], "give --precisions or precision=, not both"),
+    (["compare", "model=cvae"], "each row trains its own family (--rows): leave model= out"),
+    (["compare", "--measure", "-1"], "--measure not negative"),
     (["nearest", "--previous-weight", "nan"], "--previous-weight a finite number"),
     (["nearest", "--out", os.path.join(ROOT, "README.md")], "/README.md is a file; give a folder for the report"),
     (["plot", os.path.join(ROOT, "vhred")], "/vhred/metrics.jsonl not found; is " + ROOT + "/vhred a run folder?"),

@@ -223,6 +223,8 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     assert [row["row"] for row in result["rows"]] == ["hred", "dialogwae-gmp", "nearest (no model)"]
     for row in result["rows"][:2]:
         assert row["steps"] == 4 and row["contexts"] == 4 and 0 <= row["bleu-f1"] <= 1 and row["nll_bound"] > 0
+        assert row["kl_per_utt"] is None   # HRED has no latent, DialogWAE no KL in closed form: "–", not 0.000
+    assert result["rows"][0]["active_units"] is None and result["rows"][1]["active_units"] >= 0
     nearest = result["rows"][2]   # no model: BLEU and distinct on the same targets, nothing to train or rank
     assert nearest["contexts"] == 4 and nearest["bleu-precision"] > 0 and "nll_bound" not in nearest
     md = (tmp_path / "table.md").read_text()
@@ -380,3 +382,4 @@ def test_compare_gives_a_familys_own_settings_to_its_rows_only():
     assert row_overrides(given, "dialogwae-gmp") == ["critic_steps=5", "lr=0.002", "data_dir=x"]
     assert row_overrides(given, "vhcr") == ["utterance_drop=0.5", "lr=0.002", "data_dir=x"]
     assert row_overrides(given, "hred") == row_overrides(given, None) == ["lr=0.002", "data_dir=x"]
+    assert row_overrides(["bow_weight=1"], "cvae") == ["bow_weight=1"] and not row_overrides(["bow_weight=1"], "dialogwae")

@@ -125,10 +125,14 @@ def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     ("gmp_components=3", "gmp_components is a setting of model=dialogwae, which model=vhred does not read"),
     ("utterance_drop=0.5", "utterance_drop is a setting of model=vhcr"),
     ("critic_steps=5", "critic_steps is a setting of model=dialogwae"),
+    ("model=hred bow_weight=1", "model=hred has no bag-of-words head"),
+    ("model=dialogwae bow_weight=0.5", "model=dialogwae has no bag-of-words head"),
 ])
 def test_settings_that_would_do_nothing_are_refused_at_start(override, message):
     with pytest.raises(ConfigError, match=message):
-        config.load("configs/tiny.yaml", [override])
+        config.load("configs/tiny.yaml", override.split())
+    # 0, which a config file may give every family, is no setting to refuse
+    assert config.load("configs/dailydialog-cpu.yaml", ["model=hred", "bow_weight=0"]).arch.bow_weight == 0
 
 
 def test_a_familys_own_settings_are_taken_with_its_model_given_in_any_order():

@@ -69,8 +69,12 @@ def parse_args(argv):
     rows = args.rows.split(",")
     if unknown := [r for r in rows if r not in ROWS]:
         raise InputError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
-    if args.steps < 1 or args.jobs < 1 or args.max_contexts < 0 or args.rank_contexts < 0 or args.iw_samples < 1:
-        raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts and --rank-contexts not negative")
+    if (args.steps < 1 or args.jobs < 1 or args.max_contexts < 0 or args.rank_contexts < 0 or args.iw_samples < 1
+            or args.measure < 0):
+        raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts, --rank-contexts and "
+                         "--measure not negative")
+    if any(_key(o) == "model" for o in args.overrides):   # a row named vhred would train another family
+        raise InputError("each row trains its own family (--rows): leave model= out")
     if args.reference and not os.path.isdir(args.reference):
         raise InputError(f"--reference {args.reference}: no such run folder")
     args.rows = rows
@@ -90,10 +94,18 @@ def _python(module: str, *argv: str, log: str) -> float:
 
 def row_overrides(overrides: list[str], row: str | None) -> list[str]:
     """The key=value settings given for every row that this row's family reads: one family's own
-    setting (critic_steps=5 for DialogWAE) is left out of the others' runs, which would refuse it."""
-    from .config import FAMILY_KEYS
+    setting (critic_steps=5 for DialogWAE, bow_weight=1 for the Gaussian ones) is left out of the
+    others' runs, which would refuse it."""
+    from .config import FAMILY_KEYS, NO_BOW_HEAD
     model = next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
-    return [o for o in overrides if FAMILY_KEYS.get(o.split("=", 1)[0].lstrip("-").removeprefix("arch."), model) == model]
+
+    def read(key: str) -> bool:
+        return model not in NO_BOW_HEAD if key == "bow_weight" else FAMILY_KEYS.get(key, model) == model
+    return [o for o in overrides if read(_key(o))]
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("-").removeprefix("arch.")
 
 
 def train_row(args, row: str) -> dict:
@@ -149,6 +161,12 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = json.load(f)
     out["model"], out["z_dim"] = cfg["arch"]["model"], cfg["arch"]["z_dim"]
+    from .models import FAMILIES
+    family = FAMILIES[out["model"]]   # a figure the family has not got is "–" in the table, not 0.000
+    if not family.kl:
+        out["kl_per_utt"] = None
+    if not family.latent:
+        out["active_units"] = None
     progress = _last_step(run_dir)
     out["steps"] = progress
     return {"row": row, **out}

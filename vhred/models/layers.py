@@ -101,6 +101,7 @@ class Hierarchical(nn.Module):
                              default), each made after the step before it
     """
     latent = False
+    kl = False   # a KL term in closed form (the Gaussian families'): kl_per_utt means something
     attends = False
     z_dim = 0
 

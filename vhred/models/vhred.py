@@ -14,6 +14,7 @@ from .layers import GaussianNet, Hierarchical, bow_head, gaussian_kl, gaussian_l
 
 class VHRED(Hierarchical):
     latent = True
+    kl = True
     attends = True
 
     def __init__(self, cfg, vocab_size: int):
