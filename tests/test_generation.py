@@ -4,6 +4,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -298,6 +299,20 @@ def test_ctrl_c_ends_chat_with_130(trained):
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and "Traceback" not in err
+
+
+@pytest.mark.slow   # subprocesses: the commands as a user starts them
+@pytest.mark.parametrize("command", [["vhred.chat"], ["vhred", "chat"]])
+def test_ctrl_c_while_the_chat_starts_is_one_line_too(trained, command):
+    """A Ctrl-C in the seconds torch takes to import, before the command's own handling starts."""
+    import signal
+    p = subprocess.Popen([sys.executable, "-m", *command, "--checkpoint", trained["vhred"]], cwd=ROOT,
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.3)   # python itself is up (its SIGINT handler in place); torch is not yet
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err == "interrupted\n", err
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it

@@ -9,9 +9,10 @@ only when it runs: `vhred serve` never pays for matplotlib, `vhred --help` for t
 """
 import difflib
 import importlib
+import signal
 import sys
 
-from . import cli
+from . import _interrupted_while_starting, cli
 
 # subcommand: (module, what it does)
 COMMANDS = {
@@ -61,6 +62,10 @@ def main(argv=None):
         hint = f" (did you mean {close[0]}?)" if close else f"; one of {', '.join(COMMANDS)}"
         cli.fail(f"unknown command '{name}'{hint}")
     cli.INVOKED_AS = f"vhred {name}"   # what the subcommand's --help and usage lines show
+    # importing torch takes seconds: a Ctrl-C meanwhile ends it quietly (a KeyboardInterrupt inside
+    # numpy's import comes out as an ImportError); the command's main then handles its own
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

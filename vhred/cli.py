@@ -153,6 +153,9 @@ def command(fn):
     """Wrap a command's main(argv) so expected errors end it with one line, never a traceback."""
     @functools.wraps(fn)
     def main(argv=None):
+        from . import _interrupted_while_starting
+        if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:   # started: Ctrl-C is ours to handle
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return fn(argv)
         except UserError as e:
