@@ -9,7 +9,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from vhred import sources
+from vhred import cache, sources
 from vhred.dataset import DialogueData, prepare, windows
 from vhred.sources import DataError
 from vhred.tokenizer import load_tokenizer
@@ -177,6 +177,15 @@ def test_jsonl_trains_the_same_way(tmp_path, tiny_cfg):
     folder = prepare(cfg, log=lambda *_: None)
     meta = json.load(open(os.path.join(folder, "meta.json")))
     assert sum(meta["dialogues"].values()) == 300 and meta["dialogues"]["train"] > 240
+    assert meta["source_sha256"] == cache.file_sha256(str(path))
+    # the lines shuffled, the size and time kept (cp -p, rsync -a): the line-number split moves, so
+    # the cache of the old order must not be taken for it
+    stat = os.stat(path)
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[150:] + lines[:150]))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    again = prepare(cfg, log=lambda *_: None)
+    assert again != folder and json.load(open(os.path.join(again, "meta.json")))["source_sha256"] == cache.file_sha256(str(path))
 
 
 def test_prepare_caches_and_tokenizer_round_trips(tiny_cfg, dd):

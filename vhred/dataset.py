@@ -60,7 +60,9 @@ def _source(cfg: Config) -> tuple[str, str, str]:
         name, src = os.path.splitext(os.path.basename(cfg.data))[0], cfg.data
     else:
         raise sources.no_data_file(cfg.data)
-    st = os.stat(src)
+    if cfg.data != "dailydialog":   # a JSONL file by its contents: an edit that keeps size and time
+        return name, src, f"{os.path.abspath(src)}:sha256:{cache.file_sha256(src)}"   # (cp -p) is one too
+    st = os.stat(src)   # the official archive, which nobody edits
     return name, src, f"{os.path.abspath(src)}:{st.st_size}:{int(st.st_mtime)}"
 
 
@@ -156,6 +158,8 @@ def prepare(cfg: Config, log=print) -> str:
     try:
         meta = _build(cfg, src, tmp, sentences, log)
         meta.update(source=src, scan=scan, sha256=cache.digests(tmp, CACHE_FILES))   # verified at every reuse
+        if cfg.data != "dailydialog":
+            meta["source_sha256"] = identity.rsplit(":", 1)[1]   # the file these windows came from
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(cache.seal(meta), f, indent=1)   # meta.json itself checksummed too
     except BaseException:   # an error or Ctrl-C leaves no half-built folder behind

@@ -134,7 +134,7 @@ class Run:
             meta = json.load(f)
         cfg.data_source = os.path.abspath(meta["source"])   # saved in config and checkpoints: eval reads the same data
         if cfg.data != "dailydialog":   # its split follows line numbers: eval checks the file is the one trained on
-            cfg.data_sha256 = cache.file_sha256(cfg.data_source)
+            cfg.data_sha256 = meta.get("source_sha256") or cache.file_sha256(cfg.data_source)   # the data trained on
         self.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than vocab_size asked for
         total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
         for w in config.warnings(cfg, total):
