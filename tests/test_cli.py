@@ -84,7 +84,8 @@ def test_help_lists_the_subcommands(capsys):
     (["serve", "--device", "tpu"], "device must be auto, cpu or cuda"),
     (["serve", "--checkpoint", "/nonexistent/run"], "checkpoint /nonexistent/run not found"),
     (["chta"], "unknown command 'chta' (did you mean chat?)"),
-    (["checkpoint", os.path.join(ROOT, "vhred")], "/vhred is not a regular file"),   # a folder, not a config: one line
+    (["checkpoint", os.path.join(ROOT, "vhred")], "/vhred is a run or checkpoint; this command times a config's model"),
+    (["checkpoint", "runs/x/best.pt"], "`vhred checkpoint upgrade runs/x/best.pt` converts a format-1 checkpoint"),
     (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", "/nonexistent"],
      "--cache /nonexistent is not a prepared data folder"),
     (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),

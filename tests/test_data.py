@@ -202,6 +202,17 @@ def test_prepare_caches_and_tokenizer_round_trips(tiny_cfg, dd):
     assert train.n_turns.max() <= cfg.max_context + 1
 
 
+def test_checkpoint_cache_timing_says_whether_the_cache_is_intact(tiny_cfg, tmp_path):
+    import shutil
+    from vhred.checkpoint import measure_cache
+    from vhred.dataset import CACHE_FILES
+    folder = shutil.copytree(prepare(tiny_cfg(), log=lambda *_: None), tmp_path / "cache")
+    assert measure_cache(str(folder), repeat=1)["intact"] is True
+    with open(folder / CACHE_FILES[0], "r+b") as f:   # cut short, as a full disk or a killed copy leaves it
+        f.truncate(100)
+    assert measure_cache(str(folder), repeat=1)["intact"] is False
+
+
 def test_bucketed_batches_cover_every_window_once_and_pad_little(tiny_cfg):
     train = DialogueData(prepare(tiny_cfg(), log=lambda *_: None), "train")
     a = train.batches(8, seed=3, epoch=0)

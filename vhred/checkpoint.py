@@ -364,7 +364,8 @@ def measure_cache(folder: str, repeat: int = 5) -> dict:
     from . import cache
     from .dataset import CACHE_FILES
     size = sum(os.path.getsize(os.path.join(folder, rel)) for rel in CACHE_FILES)
-    return {"folder": folder, "mb": size / 2 ** 20,
+    intact = cache.intact(folder, CACHE_FILES, log=lambda *_: None)   # a broken one's time is that of giving up
+    return {"folder": folder, "mb": size / 2 ** 20, "intact": intact,
             "verify_s": _median_seconds(lambda: cache.intact(folder, CACHE_FILES, log=lambda *_: None), repeat)}
 
 
@@ -403,12 +404,16 @@ def _measure(argv):
     import json
     from .cli import program
     parser = argparse.ArgumentParser(prog=program("python -m vhred.checkpoint"),
+                                     usage="%(prog)s [config] [--cache FOLDER] | %(prog)s upgrade FILE [--out NEW]",
                                      description="Time the integrity checks: checkpoint save/load and the data cache. "
                                                  "`upgrade FILE` converts a format-1 checkpoint you trust.")
     parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml",
                         help="the config whose model size is timed (default %(default)s)")
     parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of (default: none)")
     args = parser.parse_args(argv)
+    if os.path.isdir(args.config) or args.config.endswith((".pt", ".safetensors")):   # a run or checkpoint, not a config
+        raise InputError(f"{args.config} is a run or checkpoint; this command times a config's model "
+                         f"(configs/*.yaml), and `vhred checkpoint upgrade {args.config}` converts a format-1 checkpoint")
     if args.cache and not os.path.isfile(os.path.join(args.cache, "tokenizer.model")):
         raise InputError(f"--cache {args.cache} is not a prepared data folder (data/processed/<name>, "
                          "with its tokenizer.model)")

@@ -171,8 +171,9 @@ def parse_dailydialog_text(data: bytes, split: str) -> list[list[str]]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"dialogues_{split}.txt is not UTF-8 text (byte {e.start}); "
-                        "this is not the official DailyDialog file") from None
+        raise DataError(f"dialogues_{split}.txt is not UTF-8 text (byte {e.start}), so not the official "
+                        f"DailyDialog file: fetch {DAILYDIALOG_ARCHIVE} again, or bring edited dialogues as "
+                        "JSONL (docs/data.md)") from None
     dialogues = []
     for line in text.splitlines():
         utts = [normalise(u) for u in line.split("__eou__")]
