@@ -138,10 +138,11 @@ def test_the_command_counts_the_runs_training_split(trained, tmp_path, dailydial
 def test_the_chat_banner_says_when_the_answer_score_ranks(vhred_model):
     from vhred.chat import banner
     _, cfg, _ = vhred_model
-    assert "ranked by its reply critic and what answers a wh-question." in banner("run", cfg, DecodeOptions(), "critic", (), True)
-    assert "ranked by mmi." in banner("run", cfg, DecodeOptions(), "mmi", (), False)
-    assert "ranked by mmi." in banner("run", cfg, DecodeOptions(answer_weight=0), "mmi", (), True)
-    assert "ranked by ll." in banner("run", cfg, DecodeOptions(), "ll", (), True)
+    assert "ranked by its reply critic and what answers a wh-question, best first" in banner("run", cfg, DecodeOptions(), "critic", (), True)
+    assert "ranked by the MMI score, best first" in banner("run", cfg, DecodeOptions(), "mmi", (), False)
+    assert "ranked by the MMI score, best first" in banner("run", cfg, DecodeOptions(answer_weight=0), "mmi", (), True)
+    assert "ranked by likelihood, best first" in banner("run", cfg, DecodeOptions(), "ll", (), True)
+    assert "1 candidate per turn" in banner("run", cfg, DecodeOptions(num_samples=1), "ll")
 
 
 def test_the_api_scores_as_the_ranking_ranks(trained, tmp_path):

@@ -344,11 +344,11 @@ def test_the_chats_rank_command(vhred_model):
     chat.command("/rank critic")
     assert "vhred critic --checkpoint" in notes[-1] and chat.opts.rank == "auto"   # refused, unchanged
     chat.command("/rank pmi")
-    assert notes[-1] == "(candidates ranked by pmi)" and chat.opts.rank == "pmi"
+    assert notes[-1] == "(candidates ranked by PMI (log p(r | c) - log p(r)))" and chat.opts.rank == "pmi"
     chat.command("/rank best")
     assert "one of auto, none" in notes[-1] and chat.opts.rank == "pmi"
     chat.command("/rank auto")
-    assert notes[-1] == "(candidates ranked by mmi)"
+    assert notes[-1] == "(candidates ranked by the MMI score)"
 
 
 def test_the_rounds_make_critic_learns_from_are_rated_rounds_of_the_repository():

@@ -211,7 +211,7 @@ def chat(lines, *args):
 def test_a_piped_conversation(trained):
     long_line = "tell me more " * 400   # 5,200 characters
     code, out, err = chat(["Hi , how are you ?", "Fine . Where are you going ?", "/samples 3", "",
-                           "/reset", "I love it 😀🎉 ünïcödé", long_line, "/history", "/quit", "never read"],
+                           "/reset", "I love it 😀🎉 ünïcödé", long_line, "/history", "😀😀 🎉", "/quit", "never read"],
                           "--checkpoint", trained["vhred"], "--num-samples", "2", "--top-p", "0.95")
     assert code == 0 and "Traceback" not in err
     turns, current = [], None
@@ -222,11 +222,12 @@ def test_a_piped_conversation(trained):
         if line[:1].isdigit():
             assert line.startswith(f"{len(current) + 1}. ")
             current.append(line)
-    assert len(turns) == 4
+    assert len(turns) == 5
     assert all(1 <= len(t) <= 2 for t in turns[:2]) and all(1 <= len(t) <= 3 for t in turns[2:])
     assert any(len(t) == 3 for t in turns[2:])           # /samples 3 took effect
     assert "(showing 3 candidates per turn)" in err and "(conversation reset)" in err
     assert "the model reads the first" in err   # the long line was cut, with a note
+    assert err.count("outside the model's vocabulary") == 1   # the turn of emoji only, not the one with words
     history = [line for line in out if line.startswith(("you: ", "bot: "))]
     assert len(history) == 4 and history[0].startswith("you: I love it 😀")   # only after /reset
     assert not any("never read" in line for line in out)

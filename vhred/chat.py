@@ -84,6 +84,9 @@ class Chat:
         pieces = self.sp.encode(turn)
         if len(pieces) > self.cfg.max_utt_len:
             self.note(f"(your turn was {len(pieces)} tokens; the model reads the first {self.cfg.max_utt_len})")
+        if pieces and 2 * sum(p == self.sp.unk_id() for p in pieces) >= len(pieces):   # emoji, another script
+            self.note("(most of your turn is outside the model's vocabulary; it reads those parts as unknown "
+                      "words, so the replies answer little of it)")
         self.history.append(turn)
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
         opts = replace(self.opts, seed=self.opts.seed + self.turn)
@@ -170,7 +173,7 @@ class Chat:
             raise CommandError(f"/rank takes one of {', '.join(RANKS)}")
         ranked_by = ranking(self.model, replace(self.opts, rank=arg))   # refuses a critic the model lacks
         self.opts.rank = arg
-        self.note(f"(candidates ranked by {ranked_by})")
+        self.note(f"(candidates ranked by {RANKED_BY.get(ranked_by, ranked_by)})")
 
     def _cmd_seed(self, arg):
         self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
@@ -279,12 +282,19 @@ def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: boo
     """The first line of an interactive chat: which model it is, where it was loaded from, what
     else draws candidates and what orders them (answers: with the run's answer score after a
     wh-question, vhred/answers.py)."""
-    by = {"critic": "its reply critic", "none": "decoding order"}.get(ranked_by, ranked_by)
+    by = RANKED_BY.get(ranked_by, ranked_by)
     if answers and ranked_by in ("critic", "mmi") and opts.answer_weight:
         by += " and what answers a wh-question"
     shared = f" (drawn with {', '.join(pooled)}, whose rankings join)" if pooled else ""
-    return (f"vhred chat: {cfg.arch.model} from {path}, {opts.num_samples} candidates per turn{shared}, "
-            f"ranked by {by}. /help for commands, Ctrl-D to leave.")
+    n = opts.num_samples
+    return (f"vhred chat: {cfg.arch.model} from {path}, {n} candidate{'s' if n != 1 else ''} per turn{shared}, "
+            f"ranked by {by}, best first: the first joins the conversation (/pick K for another). "
+            f"/help for commands, Ctrl-D to leave.")
+
+
+# what each --rank orders the candidates by, in the words the banner and /rank use
+RANKED_BY = {"critic": "its reply critic", "none": "decoding order", "mmi": "the MMI score",
+             "pmi": "PMI (log p(r | c) - log p(r))", "ll": "likelihood"}
 
 
 def chat_turn(chat: Chat, line: str, as_json: bool, interactive: bool) -> bool:
