@@ -56,6 +56,11 @@ def test_model_card_shows_the_runs_best_validation_figures(trained, exported):
     row = next(line for line in card.splitlines() if line.startswith("| best |"))
     assert row.startswith(f"| best | {best['step']} | {best['elbo_per_token']:.3f} | {best['ppl']:.3f} |")
     assert "DailyDialog" in card and 'vhred.load("vhred")' in card
+    cfg = json.load(open(os.path.join(trained["vhred"], "config.json")))   # the schedule as schedule.py applies it
+    assert export.kl_schedule(cfg) in card
+    assert export.kl_schedule({**cfg, "kl_schedule": "cyclical", "kl_cycle_steps": 0, "kl_warmup_steps": 100,
+                               "kl_max": 1.0, "free_bits": 0.05}) == \
+        "KL weight cyclical: each 200 steps rises over 100 to 1.0, free bits 0.05 nats a dimension"
 
 
 @pytest.mark.parametrize("kind", ["vhred", "hred"])

@@ -40,8 +40,8 @@ class Candidate:
     """One reply: its text, its score (higher is better; from respond, see Bot.score) and, for VHRED, the
     latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
     that "style" for another context; None for HRED). faulty: the text has a surface fault
-    (a non-word, glued or repeated text); such replies come last, only when 16n draws held
-    fewer than n good ones."""
+    (a non-word, glued or repeated text); such replies come last, only when the draws (16n by
+    default) held fewer than n good ones; not checked (False) under clean=False."""
     text: str
     score: float
     z: list[float] | None = None
@@ -66,9 +66,11 @@ class Bot:
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
         beam, dedup, clean, rank, mmi_lambda, length_bonus, answer_weight, draws, seed), with the commands' defaults.
-        Repeated replies and faulty ones (non-words, glued or repeated text) are dropped and more
-        drawn, so fewer than n come back only when 16n draws hold fewer good ones; HRED's greedy
-        decoding gives one; its beam search (the default) or method="sample" gives it more.
+        Repeated replies are dropped and faulty ones (non-words, glued or repeated text) put last,
+        more being drawn first: a faulty one comes back only when the draws (draws x n, 16n by
+        default, at least 8n) hold fewer than n good ones, and fewer than n replies only when they
+        hold fewer distinct ones; HRED's greedy decoding gives one; its beam search (the default)
+        or method="sample" gives it more. With clean=False nothing is checked: faulty is False.
         The same seed and history give the same replies. A reply cut at max_len ends in " …".
         z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)
         instead of drawing one from the prior: with beam search or greedy words that gives one

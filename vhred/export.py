@@ -116,7 +116,7 @@ def model_card(folder: str, header: dict, vals: list[dict]) -> str:
              f"- Data: {data}; utterances cut to {cfg['max_utt_len']} tokens, {cfg['max_context']} context turns.",
              "- Model: " + ", ".join(f"{k}={v}" for k, v in arch.items()) + ".",
              f"- Training: {cfg['epochs']} epochs (max_steps {cfg['max_steps']}), batch {cfg['batch_size']}, "
-             f"lr {cfg['lr']}, KL {cfg['kl_schedule']} over {cfg['kl_warmup_steps']} steps to {cfg['kl_max']}, "
+             f"lr {cfg['lr']}, {kl_schedule(cfg)}, "
              f"seed {cfg['seed']}. The full config is config.json's \"config\".", ""]
     lines += validation_table(vals)
     name = os.path.basename(os.path.normpath(folder))
@@ -143,6 +143,18 @@ def validation_table(vals: list[dict]) -> list[str]:
                   "(VHRED); active_units: latent dimensions the model uses.", ""]
 
 
+def kl_schedule(cfg: dict) -> str:
+    """The KL weight's schedule in words, as vhred/schedule.py applies it, with free bits."""
+    warmup = cfg["kl_warmup_steps"]
+    if cfg["kl_schedule"] == "constant" or not warmup:
+        how = f"KL weight {cfg['kl_max']}"
+    elif cfg["kl_schedule"] == "cyclical":
+        how = f"KL weight cyclical: each {cfg['kl_cycle_steps'] or 2 * warmup} steps rises over {warmup} to {cfg['kl_max']}"
+    else:
+        how = f"KL weight rising over {warmup} steps to {cfg['kl_max']}"
+    return how + (f", free bits {cfg['free_bits']} nats a dimension" if cfg.get("free_bits") else "")
+
+
 @command
 def main(argv=None):
     p = argparse.ArgumentParser(prog=program("python -m vhred.export"),
@@ -152,7 +164,8 @@ def main(argv=None):
     p.add_argument("dir", help="the folder to write (new, empty, or an earlier export to replace)")
     args = p.parse_args(argv)
     source = export(args.run, args.dir)
-    print(f"exported {source} to {args.dir}: {', '.join((*modelfolder.FILES, CARD))}")
+    ranking = [f for f in RANKING_FILES if os.path.isfile(os.path.join(args.dir, f))]
+    print(f"exported {source} to {args.dir}: {', '.join((*modelfolder.FILES, CARD, *ranking))}")
 
 
 if __name__ == "__main__":
