@@ -227,6 +227,10 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("It is Stars.com.Then it is", set()),   # read as a web address: not counted
     ("That is it.Then go", {"glued"}),
     ("It costs $$10", {"mangled"}),
+    ("Good) good) good)", {"repeated"}),     # a mark glued to each of the words
+    ("Good, good, good.", set()),            # the last one differs: said so, not stuck
+    ("It is good)))", {"mangled"}),          # a bracket run
+    ("It is (good)", set()),
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}
