@@ -229,7 +229,7 @@ def _bounded(value, lo, hi, name):
 
 def read_lines(interactive: bool, prompt_on_stdout: bool = True):
     """User turns: from the terminal with a prompt and line editing, or from a pipe. The prompt
-    goes to stderr when stdout must hold only replies (--json, or stdout sent to a file)."""
+    goes to stderr when stdout must hold only replies (stdout sent to a file or a pipe)."""
     if hasattr(sys.stdin, "reconfigure"):   # bytes that are not UTF-8 read as U+FFFD: no crash, no raw bytes echoed
         sys.stdin.reconfigure(errors="replace")
     if interactive:
@@ -266,7 +266,9 @@ def main(argv=None):
     if interactive:
         print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None), file=sys.stderr)
     try:
-        for line in read_lines(interactive, prompt_on_stdout=not args.json and sys.stdout.isatty()):
+        # the prompt goes where readline can redraw it while a line is edited: the terminal, when
+        # stdout is one (--json included: a person reads it there); else stderr, so a file gets replies only
+        for line in read_lines(interactive, prompt_on_stdout=sys.stdout.isatty()):
             if not chat_turn(chat, line.strip(), args.json, interactive):
                 break
     except EOFError:
