@@ -135,8 +135,11 @@ def test_keep_holds_a_candidates_z_across_turns_and_release_lets_go(vhred_model)
     chat.command("/prior")
     assert shown and "prior for the next reply" in shown[-1] and "z is kept" in shown[-1]
     chat.command("/release")
+    assert notes[-1] == "(a new z from the prior for each candidate again)"
     chat.respond("Goodbye .")
     assert not any(torch.equal(z, kept) for z in chat.zs)
+    chat.command("/release")   # nothing kept now: said so, not released again
+    assert notes[-1].startswith("(no z is kept")
     chat.command("/keep 9")
     assert "the candidate must be between 1" in notes[-1]
 

@@ -191,6 +191,9 @@ class Chat:
 
     def _cmd_release(self, arg):
         self._need_latent()
+        if self.kept is None:
+            self.note("(no z is kept: each candidate already draws its own; /keep K keeps one)")
+            return
         self.kept = None
         self.note("(a new z from the prior for each candidate again)")
 
