@@ -62,7 +62,8 @@ def parse_args(argv):
     p.add_argument("--reference", default="", help="a finished run folder to add as a row of its own (default: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the rows are trained and evaluated: auto (a GPU when there is one), cpu or cuda (default %(default)s)")
-    p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json (default %(default)s)")
+    p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json, from the folder the command runs in "
+                        "(default %(default)s: the checkout's docs page when run from its top)")
     p.add_argument("overrides", nargs="*", help="key=value settings for every row that reads them (e.g. data_dir=...; "
                                                 "critic_steps=5 goes to the DialogWAE rows only)")
     args = p.parse_args(argv)
