@@ -127,6 +127,24 @@ setTimeout(() => console.log(JSON.stringify({sent, status: els.status.textConten
     assert result["status"] == "1 of 5 shown: the other draws repeated these"
 
 
+def test_chat_page_asks_for_a_count_the_server_allows():
+    """A server with --max-n 4 and --num-samples 4: the page's menu (1, 3, 5, 8) falls back to
+    the most it allows, 3, rather than to a count it does not offer (sent as n 0, refused)."""
+    import os
+    import shutil
+    import subprocess
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
+    script = html.split("<script>")[1].split("</script>")[0]
+    page = STUB_PAGE.replace("limits: {max_n: 20}", "limits: {max_n: 4}").replace("num_samples: 5", "num_samples: 4")
+    harness = page + script + "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"
+    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [{"history": ["Hello!", "How are you?"], "n": 3}]
+
+
 # A page of stub elements and a fetch that records /respond bodies and answers with one candidate.
 STUB_PAGE = r"""
 const els = {};
