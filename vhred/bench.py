@@ -34,7 +34,7 @@ import time
 import torch
 
 from . import limits
-from .cli import command, program, sigterm_as_ctrl_c
+from .cli import check_output, command, output_file, program, sigterm_as_ctrl_c
 from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch
@@ -245,6 +245,15 @@ def parse_args(argv):
     args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
     if os.path.isdir(args.out):   # found before the benchmark runs, not after
         raise InputError(f"--out {args.out} is a folder; give the path of a .json file")
+    if args.configs != p.get_default("configs") and not all(args.configs):
+        raise InputError("--configs takes config files (configs/*.yaml); an empty one names none")
+    folder = os.path.dirname(args.out) or "."
+    try:   # the report's folder now: a path that cannot be written would lose the figures at the end
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"--out {args.out}: its folder {folder} cannot be made ({e.strerror or e}); "
+                         f"give another path") from None
+    check_output(args.out)
     return args
 
 
@@ -267,8 +276,7 @@ def main(argv=None):
         rows.append({**json.loads(r.stdout.strip().splitlines()[-1]), "overrides": " ".join(extra)})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    with output_file(args.out) as f:   # whole or not at all
         json.dump({"machine": machine, "results": rows}, f, indent=1)
     print(f"{'config':32} {'batch':>5} {'params':>7} {'prec':>4} {'tok/s':>8} {'step s':>7} {'pad mem':>7} "
           f"{'epoch s':>8} {'RSS MB':>7} {'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6} {'GPU MB':>7} {'busy':>5} {'launch':>6}")
@@ -453,8 +461,7 @@ def serve_main(args):
               "| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
     rows = serve_bench(ckpt, args.clients, args.seconds, args.rank, args.wait_ms, args.max_batch, args.method, header)
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
+    with output_file(args.out) as f:
         json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "rank": args.rank,
                    "method": args.method, "results": rows}, f, indent=1)
     for r in rows:

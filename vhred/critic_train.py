@@ -36,7 +36,7 @@ from . import answers, checkpoint, limits
 from .cli import command, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, save
-from .errors import DataError, InputError
+from .errors import DataError, InputError, TrainingError
 
 CONTEXTS = 8        # contexts per step
 REPLIES = 12        # rated replies of each, at most, per step
@@ -219,6 +219,9 @@ def parse_args(argv):
     limits.count("--steps", args.steps, 1, MAX_INT)
     limits.count("--turn", args.turn, 0, 1024)
     limits.count("--pretrain", args.pretrain, 0, MAX_INT)
+    limits.number("--lr", args.lr, 0, 1)
+    if args.lr == 0:
+        raise InputError("--lr must be above 0: at 0 the critic would not learn")
     rounds, held = rating_rounds(args.ratings), rating_rounds(args.held_out)
     if not rounds:
         raise InputError("no rating round among --ratings: each is a folder with the key.json of `vhred rate pack`")
@@ -243,6 +246,9 @@ def main(argv=None):
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     state = train(path, args.rounds, args.held_out, args.steps, args.lr, args.seed, args.turn,
                   log=lambda m: print(m, file=sys.stderr, flush=True), pretrain=args.pretrain)
+    if not all(torch.isfinite(w).all() for w in state["weights"].values()):   # the run's critic stays as it was
+        raise TrainingError(f"the critic's weights became NaN/inf; nothing was written to {folder}: "
+                            f"lower --lr (now {args.lr:g})")
     written = {"critic": save(state, folder)}
     if args.pretrain:   # the training split is at hand: its answer table ranks beside the critic
         written["answers"] = answers.save(answers.from_run(path), folder)

@@ -163,6 +163,8 @@ def main(argv=None):
     p.add_argument("run", help="a run folder (its best.pt, else last.pt) or a .pt checkpoint")
     p.add_argument("dir", help="the folder to write (new, empty, or an earlier export to replace)")
     args = p.parse_args(argv)
+    if not args.dir.strip():
+        raise InputError("the folder to write is empty; give one, e.g. exported/my-model")
     source = export(args.run, args.dir)
     ranking = [f for f in RANKING_FILES if os.path.isfile(os.path.join(args.dir, f))]
     print(f"exported {source} to {args.dir}: {', '.join((*modelfolder.FILES, CARD, *ranking))}")
