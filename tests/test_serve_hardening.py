@@ -172,3 +172,18 @@ def test_the_server_still_answers_after_all_that(server):
     resp = conn.getresponse()
     assert resp.status == 200 and json.loads(resp.read())["candidates"]
     conn.close()
+
+
+def test_a_connection_failing_at_its_socket_is_no_traceback(capsys):
+    """A socket closed under a connection thread (a client gone, or the process ending as a
+    thread starts; seen once as EBADF while a stopped server's process exited) prints nothing;
+    any other error in a connection thread is still printed."""
+    from vhred.serve import Server
+    handle_error = Server.handle_error
+    for error in (OSError(9, "Bad file descriptor"), ValueError("a bug")):
+        try:
+            raise error
+        except Exception:
+            handle_error(Server.__new__(Server), None, ("127.0.0.1", 1))
+    err = capsys.readouterr().err
+    assert "Bad file descriptor" not in err and "ValueError: a bug" in err

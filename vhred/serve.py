@@ -510,6 +510,14 @@ class Server(ThreadingHTTPServer):
             return
         super().process_request(request, client_address)
 
+    def handle_error(self, request, client_address):
+        """A connection that fails at the socket (the client gone, or its socket closed under a
+        thread that was starting as the process ended) is no bug: no traceback. Anything else is
+        printed, as socketserver does."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
