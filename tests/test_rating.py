@@ -253,6 +253,8 @@ def test_surface_metrics_are_shares():
     ("$ 10.The", "$10. The"),
     ("See you at 9 a.m. on Stars.com .", "See you at 9 a.m. on Stars.com."),
     ("It costs 3.5 dollars .", "It costs 3.5 dollars."),
+    ("Let ' s Ill , ll .", "Let's Ill, ll."),   # a mark the detokenizer's joining glued, mended after it
+    ("It costs 5,000 dollars .", "It costs 5,000 dollars."),
 ])
 def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
     assert pretty(pieces) == text

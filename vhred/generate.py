@@ -593,7 +593,7 @@ def pretty(text: str) -> str:
     from nltk.tokenize.treebank import TreebankWordDetokenizer
     from .metrics.surface import unglue
     words = _join_apostrophes(unglue(text.replace("’", "'")).split())
-    text = TreebankWordDetokenizer().detokenize(words)
+    text = unglue(TreebankWordDetokenizer().detokenize(words))   # and what the joining glued ("ll,ll")
     return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
 
 
