@@ -18,6 +18,7 @@ import shutil
 from dataclasses import asdict
 
 from . import answers, checkpoint, critic, modelfolder
+from .schedule import kl_cycle
 from .cli import command, program
 from .errors import CheckpointError, InputError
 
@@ -149,7 +150,8 @@ def kl_schedule(cfg: dict) -> str:
     if cfg["kl_schedule"] == "constant" or not warmup:
         how = f"KL weight {cfg['kl_max']}"
     elif cfg["kl_schedule"] == "cyclical":
-        how = f"KL weight cyclical: each {cfg['kl_cycle_steps'] or 2 * warmup} steps rises over {warmup} to {cfg['kl_max']}"
+        cycle = kl_cycle(cfg["kl_cycle_steps"], warmup)
+        how = f"KL weight cyclical: each {cycle} steps rises over {warmup} to {cfg['kl_max']}"
     else:
         how = f"KL weight rising over {warmup} steps to {cfg['kl_max']}"
     return how + (f", free bits {cfg['free_bits']} nats a dimension" if cfg.get("free_bits") else "")

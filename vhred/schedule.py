@@ -15,9 +15,13 @@ def kl_weight(step: int, cfg: Config) -> float:
     if cfg.kl_schedule == "constant" or cfg.kl_warmup_steps == 0:
         return cfg.kl_max
     if cfg.kl_schedule == "cyclical":
-        cycle = cfg.kl_cycle_steps or 2 * cfg.kl_warmup_steps
-        step = step % cycle
+        step = step % kl_cycle(cfg.kl_cycle_steps, cfg.kl_warmup_steps)
     return cfg.kl_max * min(1.0, step / cfg.kl_warmup_steps)
+
+
+def kl_cycle(kl_cycle_steps: int, kl_warmup_steps: int) -> int:
+    """Steps in one cyclical KL cycle: kl_cycle_steps, or by default twice the warm-up."""
+    return kl_cycle_steps or 2 * kl_warmup_steps
 
 
 def learning_rate(step: int, cfg: Config) -> float:
