@@ -112,6 +112,34 @@ def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip,
     assert iw_nll(model, data, k=20, batch_size=8) <= elbo + 1e-6
 
 
+def test_importance_weighted_nll_is_minus_log_mean_weight_per_token(monkeypatch):
+    """iw_nll = -sum_n log(1/K sum_k w_nk) / tokens, on weights given by hand."""
+    import torch
+    from vhred.metrics import likelihood
+    weights = [torch.tensor([[-2.0, -3.0, -7.0], [-1.0, -1.0, -1.0]]), torch.tensor([[-4.0, -0.5, -9.0]])]
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.calls = iter(weights)
+
+        def log_weights(self, tokens, lens, turns, k):
+            assert k == 3
+            return next(self.calls), 5
+
+    class Batch:
+        tokens = lens = turns = None
+        to = lambda self, device: self
+
+    class Data:
+        batches = lambda self, batch_size, shuffle: [[0], [1]]
+        batch = lambda self, idx: Batch()
+
+    expected = -sum(math.log(sum(math.exp(v) for v in row) / 3) for w in weights for row in w.tolist()) / 10
+    assert likelihood.iw_nll(Model(), Data(), k=3, batch_size=2) == pytest.approx(expected, rel=1e-6)
+
+
 # --- DialogWAE's protocol, rule by rule (vhred/metrics/dialogwae.py) ---
 
 def test_dialogwae_protocol_keeps_the_decoding_flags_given_and_refuses_abbreviated_ones(capsys):

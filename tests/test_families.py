@@ -1,6 +1,7 @@
 """The model family (vhred/models/): every family trains, saves, loads, answers, scores and
 resumes bit for bit on the tiny config; the pieces that set the families apart are checked
 against independent computations."""
+import math
 import os
 
 import pytest
@@ -113,7 +114,7 @@ def test_cvae_has_its_bag_of_words_loss_by_default_and_can_turn_it_off(tiny_cfg)
     model = build(tiny_cfg("model=cvae").arch, 40)
     b = _batch()
     out = model(b.tokens, b.lens, b.turns)
-    assert out["bow"] > 0
+    assert out["bow"].shape == out["nll"].shape and (out["bow"] > 0).all()   # one loss per target
     with_bow = model.objective(out, beta=1.0)
     assert with_bow > model.objective({k: v for k, v in out.items() if k != "bow"}, beta=1.0)
 
@@ -176,18 +177,86 @@ def test_dialogwae_losses_reach_only_their_own_players():
     assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("prior_net"))
 
 
+@pytest.mark.parametrize("family", ["vhred", "cvae", "vhcr"])
+def test_importance_weights_match_a_computation_by_hand(family):
+    """log w_k = log p(r | c, z_k) + log p(z_k | c) - log q(z_k | c, r) with z_k ~ q per target,
+    and for VHCR summed per dialogue with log p(z_conv) - log q(z_conv | dialogue): rebuilt from
+    the model's networks with torch.distributions on the same noise."""
+    from torch.distributions import Normal
+    torch.manual_seed(0)
+    model = build(ModelConfig(model=family, **TINY), 40).eval()
+    b, k = _batch(), 3
+    log_density = lambda z, mean, logvar: Normal(mean, torch.exp(0.5 * logvar)).log_prob(z).sum(-1)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        w, n = model.log_weights(b.tokens, b.lens, b.turns, k)
+        torch.manual_seed(5)
+        expected = []
+        for _ in range(k):
+            if family == "vhcr":
+                enc, ctx, tgt, tgt_lens, (z_conv, mean_c, logvar_c), dlg = model.encode_all(
+                    b.tokens, b.lens, b.turns, sample=True)
+            else:
+                enc, ctx, tgt, tgt_lens = model.targets(b.tokens, b.lens, b.turns)
+            mean_p, logvar_p = model.prior(ctx)
+            mean_q, logvar_q = model.posterior(ctx, enc)
+            z = mean_q + torch.exp(0.5 * logvar_q) * torch.randn_like(mean_q)
+            per = (-model.reconstruction_nll(tgt, tgt_lens, model.condition(ctx, z))
+                   + log_density(z, mean_p, logvar_p) - log_density(z, mean_q, logvar_q))
+            if family == "vhcr":
+                zeros = torch.zeros_like(z_conv)
+                conv = log_density(z_conv, zeros, zeros) - log_density(z_conv, mean_c, logvar_c)
+                per = torch.stack([conv[d] + per[dlg == d].sum() for d in range(len(conv))])
+            expected.append(per)
+    assert torch.allclose(w, torch.stack(expected, 1), atol=1e-4)
+    assert n == int(tgt_lens.sum())
+
+
 def test_dialogwae_gmp_prior_samples_pick_one_component_from_the_noise():
+    """The last normal picks component k where pi's cumulative sum first reaches Phi(eps_last):
+    computed here by hand, row by row, and over many rows in the shares pi gives."""
     torch.manual_seed(0)
     model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).eval()
-    ctx = torch.randn(2, TINY["ctx_hidden"])
-    eps = torch.randn(2, model.noise_dim)
     assert model.noise_dim == TINY["z_dim"] + 1
-    e = model.prior_noise(ctx, eps)
-    mean, logvar, log_pi = model.prior_net(ctx)
-    matches = [[torch.allclose(e[r], mean[r, k] + torch.exp(0.5 * logvar[r, k]) * eps[r, :-1]) for k in range(3)]
-               for r in range(2)]
-    assert all(sum(row) == 1 for row in matches)
-    assert torch.equal(model.sample_prior(ctx, eps), model.sample_prior(ctx, eps))   # keyed: repeatable
+    n = 20000
+    ctx = torch.randn(1, TINY["ctx_hidden"]).expand(n, -1)                # one context, many draws
+    eps = torch.randn(n, model.noise_dim)
+    with torch.no_grad():
+        e = model.prior_noise(ctx, eps)
+        mean, logvar, log_pi = model.prior_net(ctx[:1])
+    pi = log_pi[0].exp().tolist()
+    cdf = [sum(pi[:j + 1]) for j in range(3)]
+    picked = []
+    for r in range(0, n, 97):   # by hand, on every 97th row
+        u = 0.5 * (1 + math.erf(eps[r, -1].item() / math.sqrt(2)))
+        k = next((j for j in range(3) if u <= cdf[j]), 2)
+        assert torch.allclose(e[r], mean[0, k] + torch.exp(0.5 * logvar[0, k]) * eps[r, :-1], atol=1e-6), r
+        picked.append(k)
+    assert len(set(picked)) > 1
+    # over all rows: each component's share within 4 standard errors of its weight
+    which = torch.stack([torch.isclose(e, mean[0, k] + torch.exp(0.5 * logvar[0, k]) * eps[:, :-1], atol=1e-6).all(1)
+                         for k in range(3)], 1)                          # (n, 3)
+    assert (which.sum(1) == 1).all()
+    for k in range(3):
+        assert abs(which[:, k].float().mean().item() - pi[k]) < 4 * math.sqrt(pi[k] * (1 - pi[k]) / n), k
+    assert torch.equal(model.sample_prior(ctx[:2], eps[:2]), model.sample_prior(ctx[:2], eps[:2]))   # keyed
+
+
+def test_dialogwae_gmp_bounds_draw_one_component_as_decoding_does():
+    """Out of training, a prior draw without given noise takes fresh normals down the same hard
+    path (the validation and test bounds score the prior that decodes); training mixes."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).eval()
+    ctx = torch.randn(6, TINY["ctx_hidden"])
+    with torch.no_grad():
+        torch.manual_seed(1)
+        fresh = model.prior_noise(ctx)
+        torch.manual_seed(1)
+        given = model.prior_noise(ctx, torch.randn(6, model.noise_dim))
+        assert torch.equal(fresh, given)
+        model.train()
+        torch.manual_seed(1)
+        assert not torch.allclose(model.prior_noise(ctx), given)
 
 
 def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
@@ -247,10 +316,11 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
 
 
 @pytest.mark.slow   # subprocesses under torchrun
-@pytest.mark.parametrize("family", [["model=vhcr"], ["model=dialogwae", "gmp_components=3"]])
+@pytest.mark.parametrize("family", [["model=vhcr", "free_bits=0.05"], ["model=dialogwae", "gmp_components=3"]])
 def test_the_families_with_their_own_wiring_train_under_torchrun(family, dailydialog_zip, data_dir, tmp_path):
-    """VHCR (a KL outside the utterance latents) and DialogWAE (a gradient penalty inside
-    forward) train data-parallel on two processes through the one trainer."""
+    """VHCR (a KL outside the utterance latents, and free bits decided on both ranks' KL) and
+    DialogWAE (a gradient penalty inside forward) train data-parallel on two processes through
+    the one trainer."""
     import subprocess
     import sys
     env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1"}

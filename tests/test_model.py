@@ -134,19 +134,39 @@ def test_objective_is_per_token_and_free_bits_floor_each_dimension():
     assert torch.isclose(objective(out, beta=0.5), torch.tensor(2.8))
     # batch-mean KL per dim is (0.2, 3.0); free bits 1.0 lifts the first to 1.0: sum = 2 * (1 + 3)
     assert torch.isclose(objective(out, beta=1.0, free_bits=1.0), torch.tensor((8 + 8) / 4))
-    out["bow"] = torch.tensor(4.0)
+    out["bow"] = torch.tensor([1.0, 3.0])   # per target
     assert torch.isclose(objective(out, beta=0.0, bow_weight=0.5), torch.tensor((8 + 2) / 4))
+
+
+def test_free_bits_under_data_parallelism_give_one_process_gradient():
+    """Each rank floors its share of the batch by the whole batch's mean: one dimension at
+    KL (0, 0, 0.08, 0.08) has batch mean 0.04 < 0.05, so one process gives it no gradient; a rank
+    that floored its own mean (0.08 on the second) would."""
+    kl = torch.tensor([[0.0, 1.0], [0.0, 2.0], [0.08, 3.0], [0.08, 4.0]], requires_grad=True)
+    nll = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    loss = lambda rows, reduce=None: objective({"nll": nll[rows], "kl": kl[rows], "n_tokens": 1}, 1.0, 0.05,
+                                               n_tokens=1, reduce=reduce)
+    one, = torch.autograd.grad(loss(slice(None)), kl)
+    assert one.tolist() == [[0.0, 1.0]] * 4
+    shares = (slice(0, 2), slice(2, 4))
+    detached = [torch.cat([kl[r].sum(0).detach(), torch.tensor([2.0])]) for r in shares]
+    sums = [loss(r, reduce=lambda t, other=detached[1 - i]: t.add_(other)) for i, r in enumerate(shares)]
+    two, = torch.autograd.grad(sums[0] + sums[1], kl)   # DDP sums each rank's gradient
+    assert torch.equal(two, one)
+    assert torch.isclose(sums[0] + sums[1], loss(slice(None)))
 
 
 def test_a_target_of_weight_k_counts_as_k_copies_of_it():
     """config.wh_reply_weight: weights (1, 3) give the loss of the batch with the second target
-    three times over, free bits on the batch mean included."""
-    out = {"nll": torch.tensor([3.0, 5.0]), "n_tokens": 4, "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0]])}
+    three times over, free bits on the batch mean and the bag-of-words loss included."""
+    out = {"nll": torch.tensor([3.0, 5.0]), "n_tokens": 4, "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0]]),
+           "bow": torch.tensor([10.0, 20.0])}
     copies = {"nll": torch.tensor([3.0, 5.0, 5.0, 5.0]), "n_tokens": 4,
-              "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0], [0.3, 4.0], [0.3, 4.0]])}
-    for beta, free_bits in ((0.5, 0.0), (1.0, 0.5), (1.0, 3.5)):
-        weighted = objective(out, beta, free_bits, weights=torch.tensor([1.0, 3.0]))
-        assert torch.isclose(weighted, objective(copies, beta, free_bits)), (beta, free_bits)
+              "kl": torch.tensor([[0.1, 2.0], [0.3, 4.0], [0.3, 4.0], [0.3, 4.0]]),
+              "bow": torch.tensor([10.0, 20.0, 20.0, 20.0])}
+    for beta, free_bits, bow_weight in ((0.5, 0.0, 0.0), (1.0, 0.5, 1.0), (1.0, 3.5, 0.5)):
+        weighted = objective(out, beta, free_bits, bow_weight, weights=torch.tensor([1.0, 3.0]))
+        assert torch.isclose(weighted, objective(copies, beta, free_bits, bow_weight)), (beta, free_bits)
     assert torch.equal(objective(out, 1.0, 0.5, weights=torch.ones(2)), objective(out, 1.0, 0.5))
 
 

@@ -354,7 +354,8 @@ class Run:
         tokens = max(int(self.train_data.n_tokens[indices].sum()), 1)   # all ranks' targets
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = self.net(b.tokens, b.lens, b.turns)
-            loss_sum = self.model.objective(out, beta, cfg.free_bits, n_tokens=1, weights=b.weights)
+            loss_sum = self.model.objective(out, beta, cfg.free_bits, n_tokens=1, weights=b.weights,
+                                            reduce=distributed.all_reduce_)
         self.opt.zero_grad(set_to_none=True)
         (loss_sum * (self.world / tokens)).backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -139,12 +139,15 @@ class DialogWAE(Hierarchical):
     def prior_noise(self, ctx, eps=None):
         """e ~ p(e | c): from the rows' normals eps (T, noise_dim), or fresh ones. GMP picks a
         component by the inverse CDF of pi at Phi(eps_last) (a hard choice: their sampling takes
-        a Gumbel-softmax mix; training here mixes with Gumbel-softmax too, temperature 0.1)."""
+        a Gumbel-softmax mix; training here mixes with Gumbel-softmax too, temperature 0.1; out of
+        training fresh normals take the hard choice too, so the bounds score the prior that decodes)."""
         if self.k == 1:
             mean, logvar = self.prior_net(ctx)
             logvar = bounded(logvar)
             return reparameterize(mean, logvar) if eps is None else mean + torch.exp(0.5 * logvar) * eps
         mean, logvar, log_pi = self.prior_net(ctx)                          # (T, K, Z), (T, K, Z), (T, K)
+        if eps is None and not self.training:   # bounds and validation draw as decoding does: one component
+            eps = torch.randn(len(ctx), self.noise_dim, device=ctx.device, dtype=mean.dtype)
         if eps is None:
             pick = F.gumbel_softmax(log_pi, tau=0.1, hard=False).unsqueeze(-1)            # (T, K, 1)
             return (pick * reparameterize(mean, logvar)).sum(1)

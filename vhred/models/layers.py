@@ -391,10 +391,11 @@ class Hierarchical(nn.Module):
         return inputs
 
     def bow_nll(self, cond, words):
-        """Bag-of-words loss: -sum log p_bow(w_t | h, z) over a response's words and <eos>."""
+        """Bag-of-words loss per target (T,): -sum log p_bow(w_t | h, z) over a response's words
+        and <eos>."""
         logp = F.log_softmax(self.bow(self.split(cond)[0]).float(), dim=-1)  # (T, V)
         picked = logp.gather(1, words)                                      # (T, L-1)
-        return -(picked * (words != PAD)).sum()
+        return -(picked * (words != PAD)).sum(1)
 
     # --- the contract's defaults (a family overrides what differs) ---
 
@@ -402,9 +403,9 @@ class Hierarchical(nn.Module):
         """What the decoder is conditioned on: [h, z] (T, Hc + Z), or h without a latent."""
         return ctx if z is None else torch.cat([ctx, z], dim=-1)
 
-    def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None, weights=None):
+    def objective(self, out: dict, beta: float, free_bits: float = 0.0, n_tokens=None, weights=None, reduce=None):
         """The training loss per predicted token (see objective())."""
-        return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens, weights)
+        return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens, weights, reduce)
 
     def param_groups(self) -> list[dict]:
         """The optimiser's parameter groups: one, at the schedule's learning rate. A family whose
@@ -422,15 +423,18 @@ class Hierarchical(nn.Module):
 
 
 def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float = 0.0, n_tokens=None,
-              weights=None):
+              weights=None, reduce=None):
     """The training loss per predicted token: (NLL + beta * KL [+ bow] [+ extra]) / tokens.
 
     n_tokens defaults to this batch's; data-parallel ranks pass the whole batch's count.
-    weights (T,), when given, weigh each target's NLL and KL (config.wh_reply_weight): a target
-    of weight 4 counts as four copies of it.
+    weights (T,), when given, weigh each target's NLL, KL and bag-of-words loss
+    (config.wh_reply_weight): a target of weight 4 counts as four copies of it.
 
     With free bits, each latent dimension's batch-mean KL below `free_bits` nats is not
-    penalised, so the optimiser has no reason to push it to zero (Kingma et al. 2016).
+    penalised, so the optimiser has no reason to push it to zero (Kingma et al. 2016). Under
+    data parallelism `reduce` sums a tensor over the ranks in place, so which dimensions are
+    below the floor is decided on the whole batch's mean, as one process decides it; each rank's
+    share then sums to one process's loss and gradient.
     "kl_extra" is a KL term outside the per-utterance latents (VHCR's z_conv), "extra" a loss
     a family adds unweighted (DialogWAE's adversarial terms).
     """
@@ -439,16 +443,28 @@ def objective(out: dict, beta: float, free_bits: float = 0.0, bow_weight: float 
     if "kl" in out:
         kl = out["kl"] if weights is None else out["kl"] * weights[:, None]  # (T, Z)
         if free_bits > 0:   # on the (weighted) batch mean of each dimension
-            count = kl.shape[0] if weights is None else weights.sum()
-            kl = (kl.sum(0) / count).clamp(min=free_bits) * count           # (Z,) summed over T
+            kl = floored(kl, free_bits, kl.new_tensor(kl.shape[0]) if weights is None else weights.sum(), reduce)
         loss = loss + beta * kl.sum()
     if "kl_extra" in out:
         loss = loss + beta * out["kl_extra"]
     if "bow" in out:
-        loss = loss + bow_weight * out["bow"]
+        bow = out["bow"] if weights is None else out["bow"] * weights       # (T,)
+        loss = loss + bow_weight * bow.sum()
     if "extra" in out:
         loss = loss + out["extra"]
     return loss / max(n_tokens or out["n_tokens"], 1)
+
+
+def floored(kl, free_bits: float, count, reduce=None):
+    """Free bits: each dimension's KL summed over the targets (Z,), held at free_bits nats a
+    target where the batch mean is below that, so it gets no gradient there. kl (T, Z) and count
+    (this rank's targets, weighted) are this rank's; reduce, when given, sums over the ranks."""
+    total = kl.sum(0)                                                       # (Z,)
+    whole = torch.cat([total.detach(), count.detach().reshape(1).to(total.dtype)])   # (Z + 1,)
+    if reduce is not None:
+        reduce(whole)                                                       # all ranks' sums and count
+    below = whole[:-1] / whole[-1] < free_bits                              # (Z,) on the whole batch
+    return torch.where(below, free_bits * count, total)
 
 
 def piece_ids(tokens: torch.Tensor, lens: torch.Tensor, rows: torch.Tensor) -> list[list[int]]:
