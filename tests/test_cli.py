@@ -71,6 +71,9 @@ def test_help_lists_the_subcommands(capsys):
     (["eval", "--max-contexts", "-1"], "--max-contexts must be between 0 and"),
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "--max-batch", "0"], "--max-batch must be positive"),
+    (["serve", "--allowed-hosts", "*"], "--allowed-hosts takes host names (letters, digits, '.', '-'; no port, no wildcard), got '*'"),
+    (["serve", "--allowed-hosts", "vhred.example.org", ""], "got ''; IP addresses and localhost are always allowed"),
+    (["serve", "--allowed-hosts", "example.org:8000"], "no port"),
     (["bench", "--steps", "0"], "--steps, --clients and --max-batch must be at least 1"),
     (["bench", "--out", os.path.join(ROOT, "vhred")], "/vhred is a folder; give the path of a .json file"),
     (["bench", "--clients", "4", "--seconds", "3"], "--clients, --seconds apply only with --serve"),
@@ -95,6 +98,10 @@ def test_help_lists_the_subcommands(capsys):
      "--cache /nonexistent is not a prepared data folder"),
     (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),
     (["generate", "--input", "README.md", "--output", ""], "'' is not a file name"),
+    *[([*cmd, "--checkpoint", ""], "--checkpoint is empty; give a run folder")   # an unset $RUN: not the newest run
+      for cmd in (["chat"], ["eval"], ["rank"], ["serve"], ["latent", "plot"],
+                  ["generate", "--input", os.path.join(ROOT, "eval", "ratings", "2026-12-01-families", "contexts.jsonl"),
+                   "--output", "/tmp/vhred-never-written.jsonl"])],
 ])
 def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "INVOKED_AS", None)

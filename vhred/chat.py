@@ -23,8 +23,8 @@ from .generate import (
     DecodeOptions,
     add_decode_args,
     candidates,
+    chosen_checkpoint,
     encode_turns,
-    newest_checkpoint,
     options_from_args,
     pretty,
     ranking,
@@ -260,7 +260,7 @@ def main(argv=None):
     if not 1 <= args.num_samples <= MAX_SAMPLES:   # the same cap as /samples, said before the general one
         raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {args.num_samples}")
     opts = options_from_args(args)
-    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
     interactive = sys.stdin.isatty()

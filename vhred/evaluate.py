@@ -38,8 +38,8 @@ from .errors import InputError
 from .lexicon import training_lexicon
 from .generate import (
     add_decode_args,
+    chosen_checkpoint,
     generate_file,
-    newest_checkpoint,
     options_from_args,
     pretty,
     ranking,
@@ -260,7 +260,7 @@ def dialogwae_protocol(model, cfg, sp, dialogues, opts, max_contexts: int):
 def main(argv=None):
     args = parse_args(argv)
     opts = options_from_args(args)
-    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     resolved = ranking(model, opts)   # a ranking this model (or its pool) cannot do is refused first
     if opts.rank != "none" and not args.pool_with:   # with a pool, "auto" is each run's own: kept so

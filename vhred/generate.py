@@ -617,6 +617,17 @@ def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
     return found[-1]
 
 
+def chosen_checkpoint(given: str | None) -> str:
+    """--checkpoint as given, or the newest run when it was not given. An empty value (an unset
+    shell variable) is refused, not read as "not given": that would pick another model."""
+    if given is None:
+        return newest_checkpoint()
+    if not given.strip():
+        raise CheckpointError("--checkpoint is empty; give a run folder, a .pt file or an exported model folder "
+                              "(or leave the flag out for the newest runs/*/best.pt)")
+    return given
+
+
 def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     """The decoding flags of chat, generate and eval, their defaults read from DecodeOptions."""
     d = DecodeOptions(num_samples=num_samples or DecodeOptions.num_samples)
@@ -775,7 +786,7 @@ def main(argv=None):
     contexts, zs, linenos = read_contexts(args.input)   # a bad input file is refused before the model loads
     if args.return_z and args.pool_with:
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
-    model, cfg, sp = checkpoint.load_model(args.checkpoint or newest_checkpoint(), pick_device(args.device),
+    model, cfg, sp = checkpoint.load_model(chosen_checkpoint(args.checkpoint), pick_device(args.device),
                                            args.pool_with)
     try:
         z_matrix(model, zs)   # refuse a bad z or ranking before any decoding

@@ -21,7 +21,7 @@ from .cli import check_output, command, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import (DecodeOptions, beam_search, context_states, encode_turns, newest_checkpoint,
+from .generate import (DecodeOptions, beam_search, chosen_checkpoint, context_states, encode_turns,
                        response_text, sample_tokens, spaced)
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
@@ -277,7 +277,7 @@ def main(argv=None):
     pl.add_argument("--out", default="latent.png", help="the picture (default %(default)s)")
     args = p.parse_args(argv)
     check_args(args)
-    args.checkpoint = args.checkpoint or newest_checkpoint()
+    args.checkpoint = chosen_checkpoint(args.checkpoint)
     if args.what == "plot":
         run_plot(args)
     else:

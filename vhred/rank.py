@@ -19,7 +19,7 @@ from .cli import command, program
 from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name, split_dialogues
-from .generate import encode_turns, newest_checkpoint
+from .generate import chosen_checkpoint, encode_turns
 from .metrics.ranking import candidate_sets, rank_scores
 from .scoring import IW_SAMPLES, KINDS
 
@@ -58,7 +58,7 @@ def progress(done: int, total: int):
 @command
 def main(argv=None):
     args = parse_args(argv)
-    path = checkpoint.resolve(args.checkpoint or newest_checkpoint())
+    path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
     triples = context_triples(split_dialogues(cfg, args.split), cfg.max_context)
     sets = candidate_sets(triples, args.distractors, args.seed)   # drawn from the whole split

@@ -441,6 +441,9 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else ascii(c)[1:-1] for c in str(text))
 
 
+HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
 def host_allowed(host: str | None, allowed: tuple) -> bool:
     """Is the Host header one this server answers to? An IP address (no name can be rebound to
     it), localhost, or a name given with --allowed-hosts, with any port: the name is what keeps a
@@ -611,6 +614,10 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
+    for name in args.allowed_hosts:   # a wildcard would let any site's page reach the server (DNS rebinding)
+        if not HOST_NAME.fullmatch(name):
+            raise InputError(f"--allowed-hosts takes host names (letters, digits, '.', '-'; no port, no wildcard), "
+                             f"got {name!r}; IP addresses and localhost are always allowed")
     pick_device(args.device)   # a wrong --device is reported before any checkpoint is looked for
     limits = Limits(max_batch=args.max_batch, wait_ms=args.wait_ms, timeout=args.timeout, max_n=args.max_n,
                     max_connections=args.max_connections)
@@ -624,9 +631,9 @@ def parse_args(argv):
 @command
 def main(argv=None):
     from .api import load
-    from .generate import newest_checkpoint, ranking
+    from .generate import chosen_checkpoint, ranking
     args, limits, defaults = parse_args(argv)
-    bot = load(args.checkpoint or newest_checkpoint(), args.device, pool_with=args.pool_with)
+    bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
