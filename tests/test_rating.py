@@ -156,6 +156,14 @@ def test_pack_refuses_systems_of_other_contexts(tmp_path, systems, capsys):
     assert "another context" in capsys.readouterr().err
 
 
+def test_pack_refuses_an_empty_checkpoint_and_writes_nothing(tmp_path, systems, capsys):
+    with pytest.raises(SystemExit):
+        rate.main(["pack", "--system", f"a={systems[0]}", "--checkpoint", "",
+                   "--out", str(tmp_path / "p"), "--key", str(tmp_path / "k")])
+    assert "--checkpoint is empty" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists() and not (tmp_path / "k").exists()
+
+
 def test_pack_never_writes_over_its_key_its_inputs_or_another_packs_key(tmp_path, systems, capsys):
     before = pack(tmp_path, systems)
     assert pack(tmp_path, systems) == before   # the same command again: the same pack and key

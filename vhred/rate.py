@@ -271,6 +271,9 @@ def training_lexicon(run: str) -> frozenset:
 def system_proxies(systems: dict, n_contexts: int, per_context: int, run: str | None) -> dict:
     """Each system's surface-fault shares over the replies it shows in the pack."""
     from .metrics.surface import surface_metrics
+    if run is not None and not run.strip():   # an unset shell variable: say so, not drop the proxy
+        raise InputError("--checkpoint is empty; give the run whose training text is the lexicon, or leave the "
+                         "flag out for proxies without the non-word share")
     known = training_lexicon(run) if run else None
     return {name: surface_metrics([s for row in rows[:n_contexts] for s in row["samples"][:per_context]], known)
             for name, rows in systems.items()}
