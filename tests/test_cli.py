@@ -86,6 +86,8 @@ def test_help_lists_the_subcommands(capsys):
     (["bench", "--configs", ""], "--configs takes config files"),
     (["bench", "--out", os.path.join(ROOT, "README.md", "b.json")], "/README.md cannot be made"),
     (["compare", "--measure", "-1"], "--measure not negative"),
+    (["compare", "--rows", "hred,vhred,hred"], "--rows names hred more than once; give each row once"),
+    (["compare", "--reference", ""], "--reference is empty; give a finished run folder"),
     (["nearest", "--previous-weight", "nan"], "--previous-weight a finite number"),
     (["nearest", "--out", os.path.join(ROOT, "README.md")], "/README.md is a file; give a folder for the report"),
     (["plot", os.path.join(ROOT, "vhred")], "/vhred/metrics.jsonl not found; is " + ROOT + "/vhred a run folder?"),

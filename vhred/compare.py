@@ -59,7 +59,7 @@ def parse_args(argv):
     p.add_argument("--max-contexts", type=int, default=0, help="evaluate on the first N test contexts, 0 for all (default %(default)s)")
     p.add_argument("--rank-contexts", type=int, default=0, help="rank the first N test contexts, 0 for all (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=10, help="K of the test bound and of likelihood ranking (default %(default)s)")
-    p.add_argument("--reference", default="", help="a finished run folder to add as a row of its own (default: none)")
+    p.add_argument("--reference", help="a finished run folder to add as a row of its own (default: none)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the rows are trained and evaluated: auto (a GPU when there is one), cpu or cuda (default %(default)s)")
     p.add_argument("--table", default="docs/models-compare", help="the table's path without .md/.json, from the folder the command runs in "
@@ -70,13 +70,17 @@ def parse_args(argv):
     rows = args.rows.split(",")
     if unknown := [r for r in rows if r not in ROWS]:
         raise InputError(f"unknown row(s) {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    if twice := sorted({r for r in rows if rows.count(r) > 1}):   # both would train into one run folder
+        raise InputError(f"--rows names {', '.join(twice)} more than once; give each row once")
     if (args.steps < 1 or args.jobs < 1 or args.max_contexts < 0 or args.rank_contexts < 0 or args.iw_samples < 1
             or args.measure < 0):
         raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts, --rank-contexts and "
                          "--measure not negative")
     if any(_key(o) == "model" for o in args.overrides):   # a row named vhred would train another family
         raise InputError("each row trains its own family (--rows): leave model= out")
-    if args.reference and not os.path.isdir(args.reference):
+    if args.reference is not None and not args.reference.strip():
+        raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
+    if args.reference is not None and not os.path.isdir(args.reference):
         raise InputError(f"--reference {args.reference}: no such run folder")
     args.rows = rows
     return args
