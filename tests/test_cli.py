@@ -71,6 +71,7 @@ def test_help_lists_the_subcommands(capsys):
     (["eval", "--max-contexts", "-1"], "--max-contexts must be between 0 and"),
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "--max-batch", "0"], "--max-batch must be positive"),
+    (["serve", "--host", ""], "--host is empty; give the address to listen on"),   # '' would be every interface
     (["serve", "--allowed-hosts", "*"], "--allowed-hosts takes host names (letters, digits, '.', '-'; no port, no wildcard), got '*'"),
     (["serve", "--allowed-hosts", "vhred.example.org", ""], "got ''; IP addresses and localhost are always allowed"),
     (["serve", "--allowed-hosts", "example.org:8000"], "no port"),
