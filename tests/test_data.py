@@ -121,12 +121,14 @@ def test_windows_make_every_later_utterance_a_target_once():
 def test_jsonl_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
     path = tmp_path / "mine.jsonl"
     good = [json.dumps({"dialog": [f"hello {i}", f"hi there {i}", "bye"]}) for i in range(40)]
-    lines = good[:3] + ["{not json"] + good[3:6] + ['{"dialog": "just a string"}', json.dumps({"dialog": ["one"]})] \
+    lines = good[:3] + ['{"dialog": ["cut short'] + good[3:6] + ['{"dialog": "just a string"}', json.dumps({"dialog": ["one"]})] \
         + good[6:] + [json.dumps({"dialog": ["a", "b"], "split": "validation"})]
     path.write_text("\n".join(lines) + "\n")
     scan = sources.scan_jsonl(str(path), seed=1)
     err = capsys.readouterr().err
     assert "mine.jsonl: line 4: skipped" in err and "line 8: skipped" in err and "line 9: skipped" in err
+    # the JSON error's position within the line, never json's "line 2" (the line's own newline)
+    assert "not valid JSON: Unterminated string at column 13" in err and "line 2" not in err
     assert scan["skipped_lines"] == 3 and sum(scan["dialogues"].values()) == 41
     again = [s for s, _ in sources.iter_jsonl(str(path), seed=1)]
     assert again == [s for s, _ in sources.iter_jsonl(str(path), seed=1)]   # seeded split repeats

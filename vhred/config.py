@@ -54,7 +54,7 @@ class Config:
     data_sha256: str = ""         # set by training on a JSONL file: its SHA-256 (eval refuses the file once edited)
     vocab_size: int = 8000        # SentencePiece vocabulary asked for (a small corpus may give fewer)
     max_utt_len: int = 30         # tokens kept per utterance (longer ones are truncated)
-    max_context: int = 10         # context turns a target sees; longer dialogues are windowed
+    max_context: int = 10         # context turns a target sees at most (windows overlap by one: docs/data.md)
     max_dialogues: int = 0        # >0: keep only the first N dialogues of each split (quick runs)
     tokenizer_sentences: int = 100_000  # SentencePiece trains on a seeded sample of this many training utterances
     tokenizer: str = "unigram"    # SentencePiece's model: "unigram", "bpe", or "word" (whole words, the rest <unk>)

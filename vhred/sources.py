@@ -253,9 +253,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def _parse_jsonl_line(line: str):
     """(dialogue, split or None), or raise ValueError saying what is wrong."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.rstrip("\r\n"))
     except RecursionError:   # [[[[...]]]] nested deeper than Python's parser goes
         raise ValueError("JSON nested too deeply") from None
+    except json.JSONDecodeError as e:   # the column within this line: its "line 1" says nothing
+        raise ValueError(f"not valid JSON: {e.msg.split(' starting at')[0]} at column {e.colno}") from None
     if not isinstance(obj, dict) or "dialog" not in obj:
         raise ValueError('expected an object with a "dialog" list')
     dialog = obj["dialog"]
