@@ -47,6 +47,19 @@ COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BL
            ("train_minutes", "train min")]
 
 
+def check_table(table: str) -> None:
+    """Refuse a --table the table could not be written to: empty, a folder, under a file."""
+    if not table.strip() or table.endswith(("/", os.sep)) or os.path.isdir(table):
+        raise InputError(f"--table {table!r} is not a table's path; give one without .md/.json "
+                         "(e.g. docs/models-compare)")
+    folder = os.path.dirname(table)
+    if folder and os.path.exists(folder) and not os.path.isdir(folder):
+        raise InputError(f"--table {table}: {folder} is a file, not a folder")
+    for path in (table + ".md", table + ".json"):
+        if os.path.exists(path) and not os.path.isfile(path):
+            raise InputError(f"--table {table}: {path} exists and is not a regular file")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
@@ -78,6 +91,7 @@ def parse_args(argv):
                          "--measure not negative")
     if any(_key(o) == "model" for o in args.overrides):   # a row named vhred would train another family
         raise InputError("each row trains its own family (--rows): leave model= out")
+    check_table(args.table)   # before an hour of training, not after it
     if args.reference is not None and not args.reference.strip():
         raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
     if args.reference is not None and not os.path.isdir(args.reference):
