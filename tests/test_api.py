@@ -68,8 +68,10 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     assert [r[1] for r in decoded] == pytest.approx(score_ids(model, [context] * len(ids), ids, "mmi", RANK_SAMPLES, 0,
                                                                   opts.mmi_lambda, opts.length_bonus),
                                                     rel=1e-4, abs=1e-5)
-    texts = texts + ["Tell me more about the weather."]
-    text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
+    long = "Tell me more about the weather, the trains, the hotel, the museum and the restaurant near the station."
+    texts = texts + ["Tell me more about the weather.", long]
+    text_ids = [sp.encode(spaced(t)) for t in texts]   # whole, as respond() scores its replies
+    assert len(text_ids[-1]) > cfg.max_utt_len
     scores = bot.score(HISTORY, texts)
     assert all(isinstance(s, float) for s in scores)
     assert scores == pytest.approx(score_ids(model, [context] * len(texts), text_ids, "mmi", RANK_SAMPLES, 0,

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -410,16 +411,90 @@ class _TwoRowDecoder:
 
 
 def test_beam_search_keeps_a_finished_row_as_it_was_alone():
-    """A row is done once it has its n_best ended responses: the rows still searched beside it
+    """A row is done once it has its K ended responses: the rows still searched beside it
     (here one that runs to max_len) do not swap its answer for a cut-off one that scores better
-    per token. Row 0 alone answers [4] (mean log p (log 0.6 + log 0.4) / 2)."""
+    per token. Row 0 alone ends [4] and [4, 4] by its third step, and answers the better per
+    token, [4, 4] (mean log p (2 log 0.6 + log 0.4) / 3)."""
     from vhred.generate import beam_search
     opts = DecodeOptions(beam=2, max_len=8)
     alone, _ = beam_search(_TwoRowDecoder(), torch.tensor([[0.0]]), opts, 1)
     both, scores = beam_search(_TwoRowDecoder(), torch.tensor([[0.0], [1.0]]), opts, 1)
-    assert alone == [[[4]]] and both[0] == [[4]]
-    assert scores[0][0] == pytest.approx((math.log(0.6) + math.log(0.4)) / 2, abs=1e-5)
+    assert alone == [[[4, 4]]] and both[0] == [[4, 4]]
+    assert scores[0][0] == pytest.approx((2 * math.log(0.6) + math.log(0.4)) / 3, abs=1e-5)
     assert both[1] == [[4] * 8]   # the other row: max_len words, then <eos> forced
+
+
+class _TableDecoder:
+    """A decoder of 8 tokens whose next-token probabilities are a table of the words so far
+    (anything else: <eos> almost surely). Tokens: 3 <eos>, 4 "A", 5 "B", 6 "C", 7 a bare "▁"."""
+    embed = torch.nn.Embedding(8, 1)
+    blank_ids = [7]
+
+    def __init__(self, table):
+        self.table = table
+
+    def decoder_state(self, cond):
+        return torch.zeros(1, len(cond), 0, dtype=torch.long)   # each row's words so far
+
+    def decode(self, token, cond, state):
+        state = torch.cat([state, token.unsqueeze(0)], dim=2)                # (1, R, words + 1)
+        rows = []
+        for words in state[0].tolist():
+            probs = torch.full((8,), 1e-9)
+            for w, p in self.table.get(tuple(w for w in words[1:]), {3: 1.0}).items():
+                probs[w] = p
+            rows.append((probs / probs.sum()).log())
+        return torch.stack(rows).unsqueeze(1), state
+
+
+# "A B <eos>" is likely (0.9 x 0.9 x 0.95) but "C <eos>" ends first, and "A <eos>" is among the
+# 2K best candidates of the second step though not among the K best
+_FIRST_ENDED = {(): {4: 0.9, 6: 0.1}, (4,): {5: 0.9, 3: 0.02, 6: 0.08}, (4, 5): {3: 0.95, 6: 0.05},
+                (6,): {3: 0.9, 4: 0.1}}
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_beam_search_answers_the_best_ended_reply_not_the_first(k):
+    """fairseq's rule: <eos> ends a reply only among the K best candidates, and a row waits for
+    K ended replies. Every width answers "A B" (per token (2 log 0.9 + log 0.95) / 3), as greedy
+    does; width 1 is greedy."""
+    from vhred.generate import beam_search, sample_tokens
+    ids, scores = beam_search(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1), DecodeOptions(beam=k, max_len=5), 1)
+    assert ids == [[[4, 5]]]
+    assert scores[0][0] == pytest.approx((2 * math.log(0.9) + math.log(0.95)) / 3, abs=1e-4)
+    greedy, _ = sample_tokens(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1),
+                              DecodeOptions(method="greedy", max_len=5), torch.zeros(1, 6))
+    assert greedy == [[4, 5]]
+
+
+def test_greedy_and_sampled_replies_are_scored_by_the_model_as_it_is():
+    """The score is log p under the model, before <unk> and the other rules are taken out of the
+    choice: here <unk> holds 0.2, so "A <eos>" scores log 0.3 + log 1, as beam search scores it."""
+    from vhred.generate import beam_search, sample_tokens
+    table = {(): {3: 0.5, 1: 0.2, 4: 0.3}, (4,): {3: 1.0}}
+    opts = DecodeOptions(method="greedy", max_len=3, min_len=1)
+    ids, logp = sample_tokens(_TableDecoder(table), torch.zeros(1, 1), opts, torch.zeros(1, 4))
+    assert ids == [[4]] and logp.item() == pytest.approx(math.log(0.3), abs=1e-4)
+    _, scores = beam_search(_TableDecoder(table), torch.zeros(1, 1), replace(opts, method="beam", beam=2), 1)
+    assert scores[0][0] == pytest.approx(math.log(0.3) / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
+def test_min_len_holds_when_bare_word_boundaries_are_likely(method):
+    """A bare "▁" prints nothing: when the steps left are only enough for the printing words
+    min_len still needs, it is not drawn, so max_len = min_len still gives min_len words."""
+    from vhred.generate import beam_search, sample_tokens
+    likes_blanks = {(): {7: 0.9, 4: 0.1}, (7,): {4: 0.5, 7: 0.5}, (4,): {7: 0.9, 5: 0.1},
+                    (4, 7): {5: 0.9, 3: 0.1}}
+    for max_len, min_len in ((1, 1), (2, 2), (3, 2)):
+        opts = DecodeOptions(method=method, max_len=max_len, min_len=min_len, beam=2)
+        if method == "beam":
+            ids = beam_search(_TableDecoder(likes_blanks), torch.zeros(1, 1), opts, 1)[0][0]
+        else:
+            ids = sample_tokens(_TableDecoder(likes_blanks), torch.zeros(4, 1), opts,
+                                torch.rand(4, max_len + 1, generator=torch.Generator().manual_seed(0)))[0]
+        for reply in ids:
+            assert sum(w != 7 for w in reply) >= min_len, (max_len, min_len, reply)
 
 
 def test_each_distinct_context_is_encoded_once():

@@ -303,12 +303,22 @@ def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
     assert shown_note(shown[:2], 4) == "2 of 4 shown: the other draws repeated these"
 
 
-def test_the_faulty_note_counts_the_draws_made():
-    """candidates() draws max(D, 8) x N before it shows a faulty reply: the note says how many."""
-    from vhred.generate import count_note
-    assert count_note(5, 5, 2, draws=16).endswith("no more good ones in 80 draws")
-    assert count_note(5, 5, 2, draws=2).endswith("no more good ones in 40 draws")   # refilled to 8N
-    assert count_note(5, 5, 0, draws=16) == ""
+@pytest.mark.parametrize("family, method", [("vhred", "greedy"), ("vhred", "beam"), ("hred", "greedy"),
+                                            ("hred", "beam"), ("hred", "sample")])
+def test_the_faulty_note_counts_the_draws_made(trained, monkeypatch, family, method):
+    """The note says how many draws candidates() made before it showed a faulty reply: max(D, 8)
+    x N where draws differ, 2N for HRED's greedy and beam draws, which are all alike."""
+    from vhred import checkpoint
+    from vhred import generate as g
+    model, cfg, sp = checkpoint.load_model(trained[family])
+    made, real = [], g.drawn
+    monkeypatch.setattr(g, "drawn", lambda m, c, opts, z=None: made.append(opts.num_samples) or real(m, c, opts, z))
+    opts = g.DecodeOptions(num_samples=2, method=method, beam=2, draws=2, max_len=4, rank="ll")
+    g.candidates(model, [[sp.encode("Hi , how are you ?")]], opts, keep=lambda ids: False)
+    per_reply = g.draws_made(model, opts)
+    assert made[-1] == per_reply * 2 and per_reply == (2 if (family, method) in (("hred", "greedy"), ("hred", "beam")) else 8)
+    assert g.count_note(2, 2, 2, per_reply).endswith(f"no more good ones in {made[-1]} draws")
+    assert g.count_note(5, 5, 0, draws=16) == ""
 
 
 # --- which ranking score the readers' labels favour (eval/rated_ranking.py) -------------------

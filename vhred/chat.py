@@ -24,6 +24,7 @@ from .generate import (
     add_decode_args,
     candidates,
     chosen_checkpoint,
+    draws_made,
     encode_turns,
     options_from_args,
     pretty,
@@ -95,7 +96,7 @@ class Chat:
         keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
                                  same=same_reply(self.sp), z=z, keep=keep)
-        note = shown_note(responses, opts.num_samples, keep, opts.draws)
+        note = shown_note(responses, opts.num_samples, keep, draws_made(self.model, opts))
         if note:
             self.note(f"({note})")
         self.last = [self.sp.decode(r[0]) for r in responses]

@@ -218,12 +218,15 @@ def blank_tokens(model, device) -> tuple[torch.Tensor, torch.Tensor]:
     return blank, space
 
 
-def _no_empty_reply(scores, words, last, min_len: int, space) -> None:
+def _no_empty_reply(scores, words, last, min_len: int, space, steps_left: int) -> None:
     """In place on (R, V) scores: a row with fewer than min_len printing tokens may not end,
-    nor put a second "▁" after a "▁" (which would only put off its first word to the end)."""
+    nor put a second "▁" after a "▁" (which would only put off its first word to the end), nor
+    put a "▁" at all when its steps_left (words before <eos> is forced) are only enough for the
+    printing tokens it still needs."""
     short = words < min_len                                                 # (R,)
     scores[short, EOS] = float("-inf")
-    scores.masked_fill_((short & space[last])[:, None] & space[None, :], float("-inf"))
+    no_space = short & (space[last] | (min_len - words >= steps_left))      # (R,)
+    scores.masked_fill_(no_space[:, None] & space[None, :], float("-inf"))
 
 
 def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
@@ -241,9 +244,10 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (A, 1, V)
         logits = logits[:, -1].float()
+        model_logp = F.log_softmax(logits, -1)                              # (A, V) the score: before any rule
         logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
         if t < opts.max_len:
-            _no_empty_reply(logits, words, token[:, 0], opts.min_len, space)
+            _no_empty_reply(logits, words, token[:, 0], opts.min_len, space, opts.max_len - t)
         if t == opts.max_len:
             nxt = torch.full((len(live),), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
@@ -252,7 +256,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
             scaled = logits if opts.temperature == 1 else tempered(logits, opts.temperature)
             probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
             nxt = categorical(probs, u[live, t])
-        logp[live] += F.log_softmax(logits, -1).gather(1, nxt[:, None]).squeeze(1)
+        logp[live] += model_logp.gather(1, nxt[:, None]).squeeze(1)
         if t < opts.max_len:
             out[live, t] = torch.where(nxt != EOS, nxt, PAD)
         going = nxt != EOS
@@ -267,10 +271,14 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
 
 def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[list[list[int]]], list[list[float]]]:
     """Beam search for each row of cond (B, C): n_best responses per row, by length-normalised
-    log-likelihood. Rows are searched together, beams flattened into the batch; a row leaves the
-    batch once it has n_best finished responses, so its result does not depend on the rows
+    log-likelihood. As fairseq's, an <eos> ends a response only when it is among the row's K best
+    candidates of the step, and a row is searched until max(K, n_best) responses have ended; the
+    n_best of those by normalised score are its answer (ending at the first would return a short
+    reply a live beam beats). Rows are searched together, beams flattened into the batch; a row
+    leaves the batch once it has its ended responses, so its result does not depend on the rows
     searched beside it, and the steps after it cost nothing (most replies end in a few words)."""
     B, K, device = cond.shape[0], opts.beam, cond.device
+    need = max(K, n_best)                                                   # ended responses a row waits for
     rows = list(range(B))                                                   # the rows still searched (A of them)
     cond_k = cond.repeat_interleave(K, 0)                                   # (A*K, C)
     state = model.decoder_state(cond_k)
@@ -286,14 +294,14 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (A*K, V)
         logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
         if t < opts.max_len:
-            _no_empty_reply(logp, words, token[:, 0], opts.min_len, space)
+            _no_empty_reply(logp, words, token[:, 0], opts.min_len, space, opts.max_len - t)
         if t == opts.max_len:                                               # only <eos> is left
             logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
         A, V = len(rows), logp.shape[-1]
         top, idx = (scores.view(A * K, 1) + logp).view(A, K * V).topk(2 * K, dim=-1)  # (A, 2K)
         top, idx = top.tolist(), idx.tolist()                               # the step's one device read
-        new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, [done[r] for r in rows], n_best, opts.max_len)
-        keep = [a for a, r in enumerate(rows) if len(done[r]) < n_best]    # rows still short of n_best
+        new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, [done[r] for r in rows], need, opts.max_len)
+        keep = [a for a, r in enumerate(rows) if len(done[r]) < need]      # rows still short of their ended ones
         if not keep or t == opts.max_len:
             break
         beams = [a * K + k for a in keep for k in range(K)]                 # their next beams, (A'*K,)
@@ -309,19 +317,20 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
 
 
-def _next_beams(top, idx, V, K, t, seqs, done, n_best, max_len):
-    """From each row's 2K best (score, beam * V + word) candidates: finished ones join `done`,
-    the K best live ones become the next beams. Returns flat lists (B*K) of their scores, the
-    beams they extend and their words (a row with fewer than K live ones is padded with dead beams)."""
+def _next_beams(top, idx, V, K, t, seqs, done, need, max_len):
+    """From each row's 2K best (score, beam * V + word) candidates, best first: an <eos> among the
+    K best ends its response (into `done`, up to `need` of them; every one at max_len), the K best
+    live ones become the next beams. Returns flat lists (B*K) of their scores, the beams they
+    extend and their words (a row with fewer than K live ones is padded with dead beams)."""
     scores, pick, words = [], [], []
     for b, (row_top, row_idx) in enumerate(zip(top, idx)):
         live = 0
-        for s, i in zip(row_top, row_idx):
+        for place, (s, i) in enumerate(zip(row_top, row_idx)):
             k, w = divmod(i, V)
             if s == float("-inf"):
                 break
             if w == EOS:
-                if len(done[b]) < n_best or t == max_len:
+                if (place < K and len(done[b]) < need) or t == max_len:
                     ids = seqs[b * K + k]
                     done[b].append((s / (len(ids) + 1), ids))
             elif live < K:
@@ -432,19 +441,27 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     return _rank(model, contexts, results, opts, judges=pool) if opts.rank != "none" else results
 
 
-def shown_note(shown: list, n: int, keep=None, draws: int = DecodeOptions.draws) -> str:
+def draws_made(model, opts: DecodeOptions) -> int:
+    """Draws per reply shown that candidates() has made when it shows a faulty reply: it goes on
+    to 8 where draws differ; HRED's greedy and beam draws are all alike, 2 at most."""
+    if model.latent or opts.method == "sample":
+        return max(opts.draws, REFILLS[-1])
+    return min(opts.draws, 2)
+
+
+def shown_note(shown: list, n: int, keep=None, draws: int = REFILLS[-1]) -> str:
     """A line saying why fewer than n are shown or some of them are faulty; "" when neither."""
     return count_note(len(shown), n, sum(not keep(r[0]) for r in shown) if keep else 0, draws)
 
 
-def count_note(shown: int, n: int, faulty: int, draws: int = DecodeOptions.draws) -> str:
+def count_note(shown: int, n: int, faulty: int, draws: int = REFILLS[-1]) -> str:
     """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them
-    faulty; draws per reply shown as candidates() made them (it goes on to 8 when fewer)."""
+    faulty, after `draws` draws per reply (draws_made)."""
     if shown < n:
         return f"{shown} of {n} shown: the other draws repeated these"
     if faulty:
         return (f"the last {faulty} shown have faulty text (non-words, glued or repeated): "
-                f"no more good ones in {max(draws, REFILLS[-1]) * n} draws")
+                f"no more good ones in {draws * n} draws")
     return ""
 
 

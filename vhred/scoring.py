@@ -26,6 +26,7 @@ import torch
 
 from .dataset import collate, once_per_context
 from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
+from .limits import MAX_LEN
 
 KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
 FAMILY = KINDS + ("mmi",)   # and the family with lambda and gamma
@@ -90,7 +91,7 @@ def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str |
     opts = DecodeOptions(rank=kind or DecodeOptions.rank)
     ranking(model, opts)   # a ranking this model (or a run of its pool) cannot do is refused
     context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
-    responses = [sp.encode(spaced(c))[:cfg.max_utt_len] for c in candidates]
+    responses = [sp.encode(spaced(c))[:MAX_LEN] for c in candidates]   # whole, as respond() scores its replies
     if not responses:
         return []
     return ranking_scores(model, [context] * len(responses), responses, opts, getattr(model, "pool", ()))

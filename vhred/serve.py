@@ -200,9 +200,10 @@ class Service:
         lim = self.limits
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
-        from .generate import count_note
+        from .generate import count_note, draws_made
         candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
-        note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates), opts.draws)
+        note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates),
+                          draws_made(self.bot._model, opts))
         return {"candidates": [asdict(c) for c in candidates], **({"note": note} if note else {})}
 
     def score(self, body: dict) -> dict:
