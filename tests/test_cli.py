@@ -102,6 +102,8 @@ def test_help_lists_the_subcommands(capsys):
     (["checkpoint", "runs/x/best.pt"], "`vhred checkpoint upgrade runs/x/best.pt` converts a format-1 checkpoint"),
     (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", "/nonexistent"],
      "--cache /nonexistent is not a prepared data folder"),
+    (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", ""], "--cache '' is not a prepared data folder"),
+    (["checkpoint", ""], "--config is empty"),
     (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),
     (["generate", "--input", "README.md", "--output", ""], "'' is not a file name"),
     *[([*cmd, "--checkpoint", ""], "--checkpoint is empty; give a run folder")   # an unset $RUN: not the newest run

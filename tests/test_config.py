@@ -22,10 +22,17 @@ def test_unknown_key_suggests_the_nearest():
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
     ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
     ("word_dropout=1.5", "below 1"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
+    ("data_dir=", r"data_dir is empty; leave it out for the default \(data\)"),   # '' is the current folder
+    ("out_dir= ", r"out_dir is empty; leave it out for the default \(runs\)"), ("data=", "data is empty"),
 ])
 def test_bad_values_are_refused(override, message):
     with pytest.raises(ConfigError, match=message):
         load(None, [override])
+
+
+def test_an_empty_config_path_is_refused_not_read_as_the_defaults():
+    with pytest.raises(ConfigError, match="--config is empty; give a config file"):
+        load("", [])
 
 
 def test_wrong_type_in_yaml(tmp_path):

@@ -414,8 +414,8 @@ def _measure(argv):
     if os.path.isdir(args.config) or args.config.endswith((".pt", ".safetensors")):   # a run or checkpoint, not a config
         raise InputError(f"{args.config} is a run or checkpoint; this command times a config's model "
                          f"(configs/*.yaml), and `vhred checkpoint upgrade {args.config}` converts a format-1 checkpoint")
-    if args.cache and not os.path.isfile(os.path.join(args.cache, "tokenizer.model")):
-        raise InputError(f"--cache {args.cache} is not a prepared data folder (data/processed/<name>, "
+    if args.cache is not None and not os.path.isfile(os.path.join(args.cache, "tokenizer.model")):
+        raise InputError(f"--cache {args.cache or repr(args.cache)} is not a prepared data folder (data/processed/<name>, "
                          "with its tokenizer.model)")
     torch.set_num_threads(1)
     print(json.dumps(measure(args.config), indent=1))

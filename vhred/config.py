@@ -241,6 +241,9 @@ def _read_yaml(path: str) -> dict:
 def load(path: str | None, overrides: list[str]) -> Config:
     """Config file, then `key=value` overrides, then the family's own defaults for the model
     keys neither gave (vhred/models/: CVAE's bag-of-words loss); validated."""
+    if path is not None and not path.strip():   # an unset $CONFIG: not the defaults, which train another model
+        raise ConfigError("--config is empty; give a config file (configs/*.yaml), or leave the flag out for "
+                          "the defaults of vhred/config.py")
     values = _read_yaml(path) if path else {}
     cfg = from_dict(values)
     given = {_place(k)[1] for k in values if k != "arch"} | {_place(f"arch.{k}")[1] for k in values.get("arch") or {}}
@@ -364,6 +367,9 @@ def _check_relations(cfg: Config, families: dict) -> None:
     for key in ("name", "data", "data_dir", "out_dir"):
         if "\0" in getattr(cfg, key):
             raise ConfigError(f"{key} must not contain a NUL character")
+    for key in ("data", "data_dir", "out_dir"):   # '' would be the current folder, or no data at all
+        if not getattr(cfg, key).strip():
+            raise ConfigError(f"{key} is empty; leave it out for the default ({getattr(Config(), key)})")
     if os.sep in cfg.name or cfg.name in (".", ".."):
         raise ConfigError(f"name must be a plain folder name, got '{cfg.name}'")
 

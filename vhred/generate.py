@@ -272,9 +272,9 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
 def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[list[list[int]]], list[list[float]]]:
     """Beam search for each row of cond (B, C): n_best responses per row, by length-normalised
     log-likelihood. As fairseq's, an <eos> ends a response only when it is among the row's K best
-    candidates of the step, and a row is searched until max(K, n_best) responses have ended; the
-    n_best of those by normalised score are its answer (ending at the first would return a short
-    reply a live beam beats). Rows are searched together, beams flattened into the batch; a row
+    candidates of the step, and a row is searched until max(K, n_best) responses have ended or
+    its n_best best ended ones beat every live beam (_settled); the n_best by normalised score
+    are its answer (ending at the first would return a short reply a live beam beats). Rows are searched together, beams flattened into the batch; a row
     leaves the batch once it has its ended responses, so its result does not depend on the rows
     searched beside it, and the steps after it cost nothing (most replies end in a few words)."""
     B, K, device = cond.shape[0], opts.beam, cond.device
@@ -301,7 +301,8 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
         top, idx = (scores.view(A * K, 1) + logp).view(A, K * V).topk(2 * K, dim=-1)  # (A, 2K)
         top, idx = top.tolist(), idx.tolist()                               # the step's one device read
         new_scores, pick, new_tok = _next_beams(top, idx, V, K, t, seqs, [done[r] for r in rows], need, opts.max_len)
-        keep = [a for a, r in enumerate(rows) if len(done[r]) < need]      # rows still short of their ended ones
+        keep = [a for a, r in enumerate(rows) if not _settled(done[r], new_scores[a * K:(a + 1) * K],
+                                                              [len(seqs[i]) + 2 for i in pick[a * K:(a + 1) * K]], n_best, need)]
         if not keep or t == opts.max_len:
             break
         beams = [a * K + k for a in keep for k in range(K)]                 # their next beams, (A'*K,)
@@ -315,6 +316,19 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
                               "that diverged; train it again with a lower lr=")
     best = [sorted(d, key=lambda x: -x[0])[:n_best] for d in done]
     return [[ids for _, ids in d] for d in best], [[s for s, _ in d] for d in best]
+
+
+def _settled(done, live_scores, live_tokens, n_best: int, need: int) -> bool:
+    """Is a row's search over? When it has `need` ended replies, or n_best of them that no live
+    beam would beat by ending at the next step (its log p so far over the words and <eos> it
+    would then have: ending adds log p(<eos>) <= 0). The second is Hugging Face's test without
+    early stopping; it ends most rows long before the K-th reply ends."""
+    if len(done) >= need:
+        return True
+    if len(done) < n_best:
+        return False
+    kept = sorted((s for s, _ in done), reverse=True)[n_best - 1]
+    return all(s / n <= kept for s, n in zip(live_scores, live_tokens))
 
 
 def _next_beams(top, idx, V, K, t, seqs, done, need, max_len):
