@@ -411,17 +411,19 @@ class _TwoRowDecoder:
 
 
 def test_beam_search_keeps_a_finished_row_as_it_was_alone():
-    """A row is done once it has its K ended responses: the rows still searched beside it
-    (here one that runs to max_len) do not swap its answer for a cut-off one that scores better
-    per token. Row 0 alone ends [4] and [4, 4] by its third step, and answers the better per
-    token, [4, 4] (mean log p (2 log 0.6 + log 0.4) / 3)."""
+    """A row is done once it has its ended responses: the rows still searched beside it (here
+    one that runs to max_len) do not swap its answer for a cut-off one that scores better per
+    token. Row 0 alone answers [4] (mean log p (log 0.6 + log 0.4) / 2) when it stops at the
+    first ended reply; by fairseq's rule it ends [4] and [4, 4] by its third step and answers
+    the better per token, [4, 4] ((2 log 0.6 + log 0.4) / 3)."""
     from vhred.generate import beam_search
-    opts = DecodeOptions(beam=2, max_len=8)
-    alone, _ = beam_search(_TwoRowDecoder(), torch.tensor([[0.0]]), opts, 1)
-    both, scores = beam_search(_TwoRowDecoder(), torch.tensor([[0.0], [1.0]]), opts, 1)
-    assert alone == [[[4, 4]]] and both[0] == [[4, 4]]
-    assert scores[0][0] == pytest.approx((2 * math.log(0.6) + math.log(0.4)) / 3, abs=1e-5)
-    assert both[1] == [[4] * 8]   # the other row: max_len words, then <eos> forced
+    for stop, words in (("first", [4]), ("best", [4, 4])):
+        opts = DecodeOptions(beam=2, max_len=8, beam_stop=stop)
+        alone, _ = beam_search(_TwoRowDecoder(), torch.tensor([[0.0]]), opts, 1)
+        both, scores = beam_search(_TwoRowDecoder(), torch.tensor([[0.0], [1.0]]), opts, 1)
+        assert alone == [[words]] and both[0] == [words]
+        assert scores[0][0] == pytest.approx((len(words) * math.log(0.6) + math.log(0.4)) / (len(words) + 1), abs=1e-5)
+        assert both[1] == [[4] * 8]   # the other row: max_len words, then <eos> forced
 
 
 class _TableDecoder:
@@ -454,14 +456,18 @@ _FIRST_ENDED = {(): {4: 0.9, 6: 0.1}, (4,): {5: 0.9, 3: 0.02, 6: 0.08}, (4, 5): 
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
-def test_beam_search_answers_the_best_ended_reply_not_the_first(k):
-    """fairseq's rule: <eos> ends a reply only among the K best candidates, and a row waits for
-    K ended replies. Every width answers "A B" (per token (2 log 0.9 + log 0.95) / 3), as greedy
-    does; width 1 is greedy."""
+def test_beam_search_by_fairseqs_rule_answers_the_best_ended_reply(k):
+    """beam_stop "best": <eos> ends a reply only among the K best candidates, and a row waits
+    for its ended replies to beat the live beams. Every width answers "A B" (per token
+    (2 log 0.9 + log 0.95) / 3), as greedy does; width 1 is greedy. The default stops at the
+    first ended reply: "C" (ended at the second step) from width 2 on."""
     from vhred.generate import beam_search, sample_tokens
-    ids, scores = beam_search(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1), DecodeOptions(beam=k, max_len=5), 1)
+    opts = DecodeOptions(beam=k, max_len=5, beam_stop="best")
+    ids, scores = beam_search(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1), opts, 1)
     assert ids == [[[4, 5]]]
     assert scores[0][0] == pytest.approx((2 * math.log(0.9) + math.log(0.95)) / 3, abs=1e-4)
+    first, _ = beam_search(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1), replace(opts, beam_stop="first"), 1)
+    assert first == ([[[4, 5]]] if k == 1 else [[[6]]])   # width 1 never holds "C" to end it
     greedy, _ = sample_tokens(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1),
                               DecodeOptions(method="greedy", max_len=5), torch.zeros(1, 6))
     assert greedy == [[4, 5]]
@@ -475,7 +481,7 @@ def test_greedy_and_sampled_replies_are_scored_by_the_model_as_it_is():
     opts = DecodeOptions(method="greedy", max_len=3, min_len=1)
     ids, logp = sample_tokens(_TableDecoder(table), torch.zeros(1, 1), opts, torch.zeros(1, 4))
     assert ids == [[4]] and logp.item() == pytest.approx(math.log(0.3), abs=1e-4)
-    _, scores = beam_search(_TableDecoder(table), torch.zeros(1, 1), replace(opts, method="beam", beam=2), 1)
+    _, scores = beam_search(_TableDecoder(table), torch.zeros(1, 1), replace(opts, method="beam", beam=2, beam_stop="best"), 1)
     assert scores[0][0] == pytest.approx(math.log(0.3) / 2, abs=1e-4)
 
 
@@ -487,7 +493,7 @@ def test_min_len_holds_when_bare_word_boundaries_are_likely(method):
     likes_blanks = {(): {7: 0.9, 4: 0.1}, (7,): {4: 0.5, 7: 0.5}, (4,): {7: 0.9, 5: 0.1},
                     (4, 7): {5: 0.9, 3: 0.1}}
     for max_len, min_len in ((1, 1), (2, 2), (3, 2)):
-        opts = DecodeOptions(method=method, max_len=max_len, min_len=min_len, beam=2)
+        opts = DecodeOptions(method=method, max_len=max_len, min_len=min_len, beam=2, beam_stop="best")
         if method == "beam":
             ids = beam_search(_TableDecoder(likes_blanks), torch.zeros(1, 1), opts, 1)[0][0]
         else:
