@@ -360,3 +360,17 @@ def test_the_rounds_make_critic_learns_from_are_rated_rounds_of_the_repository()
     rounds = rating_rounds([os.path.join(ROOT, f) for f in folders])
     assert len(rounds) == 79 and all(rated_replies(r) for r in rounds)
     assert "$$(cat eval/critic_rounds.txt)" in open(os.path.join(ROOT, "Makefile")).read()
+
+
+def test_a_held_out_round_is_left_out_however_its_path_is_written(tmp_path, monkeypatch):
+    """--held-out given as an absolute path while --ratings reads the same round relatively: it is
+    not trained on (a plain normpath comparison kept it, and the held-out figures measured a round
+    the critic had learned from)."""
+    from vhred import critic_train
+    for name in ("a", "b"):
+        (tmp_path / "rounds" / name).mkdir(parents=True)
+        (tmp_path / "rounds" / name / "key.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    for held in ("rounds/a", "./rounds/a/", str(tmp_path / "rounds" / "a")):
+        args = critic_train.parse_args(["--checkpoint", "x", "--ratings", "rounds/", "--held-out", held])
+        assert [os.path.basename(r) for r in args.rounds] == ["b"], held

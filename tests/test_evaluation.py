@@ -11,6 +11,7 @@ from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_b
 from tests.conftest import ROOT
 from vhred import checkpoint
 from vhred.dataset import DialogueData
+from vhred.errors import InputError
 from vhred.metrics import dialogwae as dw
 from vhred.metrics.bleu import (
     corpus_bleu_n,
@@ -201,7 +202,11 @@ def test_dialogwae_distinct_is_per_response_and_per_context():
 
 
 def test_ranking_metrics_by_hand():
-    assert rank_of_first([0.5, 0.9, 0.1, 0.5]) == 2            # only strictly higher scores count
+    assert rank_of_first([0.5, 0.9, 0.1, 0.4]) == 2            # one distractor higher
+    assert rank_of_first([0.5, 0.9, 0.1, 0.5]) == 3            # a tie counts against the model
+    assert ranking_metrics([rank_of_first([-3.0] * 10)] * 4)["recall@1"] == 0   # scoring all alike finds nothing
+    with pytest.raises(InputError, match="not finite"):
+        rank_of_first([float("nan"), -1.0, -2.0])               # NaN compares false: it would rank first
     assert ranking_metrics([1, 2, 4, 1]) == {"recall@1": 0.5, "recall@2": 0.75, "mrr": pytest.approx((1 + 0.5 + 0.25 + 1) / 4)}
     triples = [([], f"r{i}", i // 3) for i in range(30)]
     sets = candidate_sets(triples, 9, seed=1)
@@ -209,6 +214,8 @@ def test_ranking_metrics_by_hand():
     for (_, true, dlg), cands in zip(triples, sets):
         assert cands[0] == true and len(set(cands)) == 10
         assert all(int(c[1:]) // 3 != dlg for c in cands[1:])    # never from the same dialogue
+    with pytest.raises(InputError, match="fewer than 9 other dialogues' replies"):   # it drew forever
+        candidate_sets([([], f"r{i}", i // 2) for i in range(6)], 9, seed=1)
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it

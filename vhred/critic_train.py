@@ -13,8 +13,8 @@ selection: the reply people gave above the turns around it and a turn of another
 --pretrain steps), then to order the replies of one context as the readers did: a pairwise logistic
 loss over every two replies of a context that the readers judged differently (RankNet, Burges et
 al. 2005), weighted by how far apart their shares are. Rounds named with --held-out are not
-trained on: the pairwise accuracy on them (the share of such pairs put in the readers' order) is
-printed before and after. critic.safetensors is written into the run folder, where chat,
+trained on: the pairwise accuracy on them (the share of such pairs put in the readers' order, each
+pair weighted by how far apart the readers' shares are) is printed before and after. critic.safetensors is written into the run folder, where chat,
 generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
 answer table of the same training split (answers.json, vhred/answers.py).
 """
@@ -228,7 +228,8 @@ def parse_args(argv):
     if args.held_out and not held:
         raise InputError("no rating round among --held-out: each is a folder with the key.json of `vhred rate pack`")
     args.held_out = held
-    args.rounds = [r for r in rounds if os.path.normpath(r) not in {os.path.normpath(h) for h in args.held_out}]
+    held_real = {os.path.realpath(h) for h in args.held_out}   # one round however its path is written
+    args.rounds = [r for r in rounds if os.path.realpath(r) not in held_real]
     return args
 
 

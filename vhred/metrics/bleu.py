@@ -1,7 +1,10 @@
 """BLEU for dialogue responses, with nltk (the command is `python -m eval.bleu`).
 
 Tokenisation: vhred.metrics.text.tokenize (lower case, words and punctuation). BLEU-n uses uniform weights over 1..n-grams and nltk's smoothing method 1 (an epsilon of 0.1
-for empty n-gram counts), corpus and sentence level alike, so identical strings score 1.
+for empty n-gram counts), corpus and sentence level alike, so identical strings of n tokens or
+more score 1 (shorter ones less: "thank you ." scores 0.56 against itself at BLEU-4). nltk's corpus
+BLEU also counts one n-gram for a reply shorter than n, so on short replies its figures are lower
+than sacrebleu's.
 
 The DialogWAE code (Gu et al., 2019, after Zhao et al., 2017) scores samples with sentence BLEU,
 weights (1/3, 1/3, 1/3) and smoothing method 7; `dialogwae_bleu` reproduces it for comparisons

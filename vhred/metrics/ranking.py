@@ -3,9 +3,13 @@ response among `distractors` responses drawn from other dialogues of the split w
 seed; every score kind of vhred/scoring.py ranks the candidates; recall@1, recall@2 and mean
 reciprocal rank of the true response (chance with 9 distractors: R@1 0.1, R@2 0.2, MRR 0.29).
 
-The true response's rank is 1 + the number of distractors scoring strictly higher.
+The true response's rank is 1 + the number of distractors scoring at least as high: a tie counts
+against the model, so one that scores every candidate alike ranks at chance or below, not first.
 """
+import math
 import random
+
+from ..errors import InputError
 
 
 def candidate_sets(pairs: list[tuple[list[str], str, int]], distractors: int, seed: int) -> list[list[str]]:
@@ -15,6 +19,9 @@ def candidate_sets(pairs: list[tuple[list[str], str, int]], distractors: int, se
     pool = [(r, d) for _, r, d in pairs]
     sets = []
     for _, true, dlg in pairs:
+        if len({r for r, d in pool if d != dlg and r != true}) < distractors:   # else the draw below never ends
+            raise InputError(f"the split holds fewer than {distractors} other dialogues' replies to draw as "
+                             "distractors; give a smaller --distractors or more dialogues")
         picked = []
         while len(picked) < distractors:
             r, d = pool[rng.randrange(len(pool))]
@@ -25,7 +32,11 @@ def candidate_sets(pairs: list[tuple[list[str], str, int]], distractors: int, se
 
 
 def rank_of_first(scores: list[float]) -> int:
-    return 1 + sum(s > scores[0] for s in scores[1:])
+    """1 + the distractors (scores[1:]) scoring at least as high as the true response (scores[0])."""
+    if not all(math.isfinite(s) for s in scores):   # NaN compares false with anything: it would rank first
+        raise InputError("a ranking score is not finite (NaN or infinite): the checkpoint is from a run that "
+                         "diverged; train it again with a lower lr=")
+    return 1 + sum(s >= scores[0] for s in scores[1:])
 
 
 def ranking_metrics(ranks: list[int]) -> dict:
