@@ -49,7 +49,7 @@ def exact_log_p(model, context: list[list[int]], reply: list[int]) -> float:
 
 def encoded(sp, cfg):
     context = encode_turns(sp, [spaced(t) for t in HISTORY], cfg.max_utt_len, cfg.max_context)
-    return context, [sp.encode(spaced(r))[:cfg.max_utt_len] for r in REPLIES]
+    return context, [sp.encode(spaced(r)) for r in REPLIES]   # whole, as bot.score reads a reply
 
 
 def test_hred_ll_is_the_exact_log_likelihood_per_predicted_token(hred_model):
