@@ -14,8 +14,8 @@ selection: the reply people gave above the turns around it and a turn of another
 loss over every two replies of a context that the readers judged differently (RankNet, Burges et
 al. 2005), weighted by how far apart their shares are. Rounds named with --held-out are not
 trained on: the pairwise accuracy on them (the share of such pairs put in the readers' order, each
-pair weighted by how far apart the readers' shares are) is printed before and after. critic.safetensors is written into the run folder, where chat,
-generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
+pair weighted by how far apart the readers' shares are) is printed before and after.
+critic.safetensors is written into the run folder, where chat, generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
 answer table of the same training split (answers.json, vhred/answers.py).
 """
 import argparse
