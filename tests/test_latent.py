@@ -40,6 +40,32 @@ def test_interpolation_endpoints_and_spherical_norms():
     assert torch.allclose(quarter / quarter.norm(), torch.tensor([1.0, 1.0, 0.0]) / 2 ** 0.5, atol=1e-6)
 
 
+def test_spherical_interpolation_keeps_the_prior_scale_around_its_mean():
+    """Given the prior's mean and sigma, slerp walks (z - mean) / sigma: between two ends K sigma
+    out (--around-mean K) every point is K sigma out, where a slerp of z about 0 cut in to 0.13
+    sigma of a prior N(1, 0.5^2 I). In one dimension opposite ends have no arc: the line."""
+    mean, sigma = torch.full((64,), 1.0), torch.full((64,), 0.5)
+    lo, hi = latent.endpoints(mean, 2 * torch.log(sigma), seed=0, around_mean=2.0)
+    path = latent.interpolate(lo, hi, 7, True, mean, sigma)
+    assert torch.allclose(((path - mean) / sigma).norm(dim=1), torch.full((7,), 2.0), atol=1e-4)
+    assert torch.equal(path[0], lo) and torch.equal(path[-1], hi)
+    about_zero = latent.interpolate(lo, hi, 7, spherical=True)
+    assert ((about_zero[3] - mean) / sigma).norm() < 0.5
+    line = latent.interpolate(torch.tensor([1.0]), torch.tensor([-2.0]), 5, spherical=True)
+    assert torch.isfinite(line).all() and torch.allclose(line[:, 0], torch.linspace(1, -2, 5))
+
+
+def test_the_latent_plot_of_vhcr_is_the_same_each_time(tiny_cfg):
+    """z_conv at its posterior mean, not a draw: the same dialogues give the same means and KL."""
+    from vhred.models import build
+    torch.manual_seed(0)
+    model = build(tiny_cfg("model=vhcr").arch, 40).eval()
+    from vhred.dataset import collate
+    b = collate([[[5, 6, 7], [8, 9], [10, 11, 12]], [[13, 14], [15]]])
+    one, two = (model.posterior_terms(b.tokens, b.lens, b.turns) for _ in range(2))
+    assert torch.equal(one["post_mean"], two["post_mean"]) and torch.equal(one["kl"], two["kl"])
+
+
 def test_interpolated_ends_decode_to_the_ends_own_responses(vhred_model):
     model, cfg, sp = vhred_model
     context = encode_turns(sp, ["Can I help you ?", "Yes , a ticket please ."], cfg.max_utt_len, cfg.max_context)

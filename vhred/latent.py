@@ -6,8 +6,9 @@ real responses put their posterior means.
 
 `interpolate` takes two candidates of the prior for one context (or the prior mean +- k sigma
 along a random direction, --around-mean K) and decodes evenly spaced points between them as the
-chat decodes each z (beam search, width 5), linearly or spherically (slerp, which keeps points at
-the norm a Gaussian sample has). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
+chat decodes each z (beam search, width 5), linearly or spherically (slerp of the ends' offsets
+from the prior mean in units of its spread, which keeps the points as far out as the prior's
+samples are). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
 import argparse
@@ -37,6 +38,16 @@ def prior(model, contexts: list[list[list[int]]]) -> tuple[torch.Tensor, torch.T
 
 
 @torch.inference_mode()
+def prior_spread(model, context: list[list[int]]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The prior's mean and sigma (Z,) for one context, on the host, or (None, None) for a family
+    whose prior is implicit (DialogWAE: noise through a generator)."""
+    if not model.kl:
+        return None, None
+    mean, logvar = (t[0].float().cpu() for t in prior(model, [context]))
+    return mean, torch.exp(0.5 * logvar)
+
+
+@torch.inference_mode()
 def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30,
            method: str = DecodeOptions.method) -> list[tuple[list[int], float]]:
     """One reply for each row of z (K, Z) under one context, decoded as the chat decodes each z
@@ -54,15 +65,23 @@ def decode(model, context: list[list[int]], z: torch.Tensor, max_len: int = 30,
     return [(x, lp / (len(x) + 1)) for x, lp in zip(ids, logp.tolist())]
 
 
-def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False) -> torch.Tensor:
+def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool = False,
+                mean: torch.Tensor | None = None, sigma: torch.Tensor | None = None) -> torch.Tensor:
     """`steps` evenly spaced points from z0 to z1 (both included): (steps, Z).
 
     Spherical interpolation (slerp) moves along the great circle and scales the norm linearly,
     so the points stay as far from the mean as samples of a Gaussian are, where a straight line
-    between two samples passes through the unlikely middle of low norm."""
+    between two samples passes through the unlikely middle. Given the prior's mean and sigma (Z,),
+    it walks the ends' offsets from the mean in units of sigma, (z - mean) / sigma, the space in
+    which the prior is N(0, I); without them (DialogWAE's implicit prior), z itself around 0."""
     t = torch.linspace(0, 1, steps, dtype=z0.dtype).unsqueeze(1)           # (steps, 1)
     if not spherical:
         return (1 - t) * z0 + t * z1
+    if mean is not None:
+        path = interpolate((z0 - mean) / sigma, (z1 - mean) / sigma, steps, spherical=True)
+        path = mean + sigma * path
+        path[0], path[-1] = z0, z1   # the ends exactly: they decode to the two replies
+        return path
     n0, n1 = z0.norm(), z1.norm()
     if min(n0, n1) < 1e-12:   # an end at the origin has no direction: the arc is the line
         return (1 - t) * z0 + t * z1
@@ -75,7 +94,10 @@ def interpolate(z0: torch.Tensor, z1: torch.Tensor, steps: int, spherical: bool 
     if math.pi - omega < 1e-6:   # opposite ends: every great circle joins them; one through a perpendicular
         other = torch.zeros_like(u0)
         other[int(u0.abs().argmin())] = 1.0
-        u1 = u1 + 1e-3 * (other - torch.dot(other, u0) * u0)   # a nudge off the antipode picks that circle
+        other = other - torch.dot(other, u0) * u0
+        if other.norm() < 1e-12:   # one dimension: no circle joins them, only the line through 0
+            return (1 - t.to(z0.dtype)) * z0 + t.to(z0.dtype) * z1
+        u1 = u1 + 1e-3 * other   # a nudge off the antipode picks that circle
         omega = 2 * torch.atan2((u0 - u1).norm(), (u0 + u1).norm())
     direction = torch.sin((1 - t) * omega) * u0 + torch.sin(t * omega) * u1          # (steps, Z)
     direction = direction / direction.norm(dim=1, keepdim=True)   # unit along the arc, to rounding
@@ -119,7 +141,7 @@ def posterior_stats(model, sp, cfg, dialogues: list[list[str]], batch: int = 64)
     means, kls = [], []
     for i in range(0, len(wins), batch):
         b = collate(wins[i:i + batch]).to(device)
-        out = model(b.tokens, b.lens, b.turns)                              # targets in window order
+        out = model.posterior_terms(b.tokens, b.lens, b.turns)              # targets in window order
         if "kl" not in out:
             raise InputError(f"{model.cfg.model} has no Gaussian posterior and prior to plot (no KL per dimension)")
         means.append(out["post_mean"].cpu())
@@ -246,7 +268,7 @@ def run_interpolate(args):
     mean, logvar = (t[0].cpu() for t in prior(model, [context]))
     z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)
     for kind in (["linear", "spherical"] if args.kind == "both" else [args.kind]):
-        path = interpolate(z0, z1, args.steps, spherical=kind == "spherical")
+        path = interpolate(z0, z1, args.steps, kind == "spherical", mean, torch.exp(0.5 * logvar))
         print(f"{kind}:")
         for i, (ids, _) in enumerate(decode(model, context, path, args.max_len)):
             print(f"  {i / (args.steps - 1):4.2f}  {response_text(sp, ids, args.max_len)}")

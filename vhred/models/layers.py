@@ -407,6 +407,12 @@ class Hierarchical(nn.Module):
         """The training loss per predicted token (see objective())."""
         return objective(out, beta, free_bits, self.cfg.bow_weight, n_tokens, weights, reduce)
 
+    def posterior_terms(self, tokens, lens, turns) -> dict:
+        """forward()'s terms with any latent above the utterances' at its posterior mean rather
+        than a draw, so that post_mean and kl say the same of a dialogue each time (the latent
+        plot). Only VHCR has such a latent."""
+        return self(tokens, lens, turns)
+
     def param_groups(self) -> list[dict]:
         """The optimiser's parameter groups: one, at the schedule's learning rate. A family whose
         parts learn at other rates returns several, each with an "lr_scale"."""

@@ -15,8 +15,9 @@ so the context RNN cannot carry everything and z_conv has to.
 
 Here the "context" every family decodes from is [h_{t-1}; z_conv], so VHRED's prior, posterior,
 decoder wiring and likelihood pieces apply to it unchanged. When decoding a reply, z_conv is
-the posterior mean of the conversation so far (the authors infer it from the context too):
-the same conversation keeps the same z_conv, and /keep and interpolation act on z_t.
+the posterior mean of the conversation so far (the authors infer it from the context too),
+computed again each turn from the last max_context turns: the same conversation so far gives
+the same z_conv, and /keep and interpolation act on z_t.
 The test bound is importance-weighted per dialogue, z_conv sampled with the z_t's; ranking a
 candidate reply uses the per-reply bound over z_t with z_conv at that posterior mean (a bound
 on log p(r | context, z_conv), not on log p(r | context): z_conv is not integrated out).
@@ -108,6 +109,11 @@ class VHCR(VHRED):
         zeros = torch.zeros_like(mean_c)
         out["kl_extra"] = gaussian_kl(mean_c, logvar_c, zeros, zeros).sum()
         return out
+
+    def posterior_terms(self, tokens, lens, turns):
+        """forward()'s utterance terms with z_conv at its posterior mean (no kl_extra)."""
+        enc, ctx, tgt_tokens, tgt_lens, _, _ = self.encode_all(tokens, lens, turns, sample=False)
+        return self.latent_terms(enc, ctx, tgt_tokens, tgt_lens)
 
     def log_weights(self, tokens, lens, turns, k: int):
         """Importance weights per dialogue (B, K): log p(z_conv)/q(z_conv) + sum_t [log p(w_t | .)
