@@ -71,6 +71,7 @@ def test_content_type_must_be_exactly_json(server):
     for ct in (b"text/plain; x=json", b"text/plain", b"application/jsonx", b"application/json; boundary=x"):
         assert post(server.port, body, content_type=ct)[0] == 415
     assert post(server.port, body, content_type=b"application/json; charset=utf-8")[0] == 200
+    assert post(server.port, body, content_type=b'application/json; charset="UTF-8"')[0] == 200   # RFC 9110: quoted alike
 
 
 def test_the_host_header_is_checked(server):

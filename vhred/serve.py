@@ -27,6 +27,7 @@ import math
 import os
 import queue
 import re
+import socket
 import sys
 import threading
 import time
@@ -322,8 +323,14 @@ class Handler(BaseHTTPRequestHandler):
         self._route("GET")
 
     def do_POST(self):
+        self.unread = True   # until _body reads it: a refusal before then leaves the body unread
         with self.server.busy():   # a stopping server waits for this answer to be written whole
             self._route("POST")
+
+    def finish(self):
+        super().finish()
+        if self.close_connection and getattr(self, "unread", False):
+            linger(self.connection)
 
     def _route(self, method: str):
         path = urlsplit(self.path).path
@@ -332,7 +339,8 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._check_host()
             if name is None:
-                known = any(p == path for _, p in self.ROUTES)
+                self.allow = ", ".join(m for m, p in self.ROUTES if p == path)   # a 405's Allow header
+                known = bool(self.allow)
                 raise HTTPError(405 if known else 404, f"{method} {_printable(path)}: " +
                                 ("method not allowed" if known else "no such endpoint (/, /health, /respond, /score)"))
             if name == "page":
@@ -360,7 +368,7 @@ class Handler(BaseHTTPRequestHandler):
     def _body(self) -> dict:
         """The request's JSON object; a body that is too big is refused unread."""
         media = (self.headers.get("Content-Type") or "").split(";")
-        params = [p.strip().lower().replace(" ", "") for p in media[1:] if p.strip()]
+        params = [p.strip().lower().replace(" ", "").replace('"', "") for p in media[1:] if p.strip()]   # charset="utf-8" too
         if media[0].strip().lower() != "application/json" or any(p not in ("charset=utf-8",) for p in params):
             raise HTTPError(415, "send JSON with Content-Type: application/json")
         given = self.headers.get_all("Content-Length") or []
@@ -377,6 +385,7 @@ class Handler(BaseHTTPRequestHandler):
             data = self.rfile.read(length)
         except (TimeoutError, OSError):
             raise HTTPError(408, "the request body did not arrive in time (is Content-Length right?)") from None
+        self.unread = False
         if len(data) < length:
             raise HTTPError(400, "the body is shorter than its Content-Length")
         try:
@@ -399,6 +408,7 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         if code == 501:   # a method this server has no handler for (BREW, PUT): the client's to fix
             code, message = 405, f"method {_printable(self.command)[:20]} not allowed (GET or POST)"
+            self.allow = "GET, POST"
         if self.request_version == "HTTP/0.9":   # an unparsable request line: answer with a status line anyway
             self.request_version = self.protocol_version
         try:
@@ -419,6 +429,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         if content_type.startswith("text/html"):   # the page talks to this server only
             self.send_header("Content-Security-Policy", self.server.service.page_policy)
+        if status == 405:   # RFC 9110: a 405 says which methods the path takes
+            self.send_header("Allow", getattr(self, "allow", "GET, POST"))
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
@@ -440,6 +452,24 @@ class Handler(BaseHTTPRequestHandler):
 def _printable(text: str) -> str:
     """text with control characters and lone surrogates escaped, for a log line or a message."""
     return "".join(c if c.isprintable() and not "\ud800" <= c <= "\udfff" else ascii(c)[1:-1] for c in str(text))
+
+
+def linger(sock, seconds: float = 2.0, most: int = 16 * 2 ** 20):
+    """After a refusal that left the body unread (413, 415, 404 ...): stop writing and read and drop
+    what the client still sends, up to `most` bytes or `seconds`, so that it can finish sending and
+    read the answer. Closing at once resets the connection, and a client that sends its whole body
+    before reading (Python's http.client) gets a broken pipe instead of the status."""
+    end = time.monotonic() + seconds
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        while most > 0 and (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            chunk = sock.recv(min(most, 2 ** 16))
+            if not chunk:
+                break
+            most -= len(chunk)
+    except OSError:   # the client is gone, or stalled past the deadline: nothing more to do
+        pass
 
 
 HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?")
