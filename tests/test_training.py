@@ -360,6 +360,30 @@ def test_early_stopping_stops_after_patience_epochs(tiny_cfg, monkeypatch):
     assert [v["elbo_per_token"] for v in val] == [5.0, 4.0, 4.0, 4.5]
 
 
+def test_a_best_found_mid_epoch_is_that_epochs_for_patience(tiny_cfg, monkeypatch):
+    """With eval_every, a best found in the middle of epoch 2 is epoch 2's: patience 1 trains
+    epoch 3 too (it stopped at the end of epoch 2, naming epoch 1 as the best's)."""
+    monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([5.0]))
+    per_epoch = train(tiny_cfg("epochs=1", "max_dialogues=40", "name=count"), log=lambda *_: None).progress.step
+    assert per_epoch >= 2
+    # validations: end of epoch 1 (5.0), halfway through epoch 2 (4.0, the best), end of epoch 2, ...
+    monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([5.0, 4.0, 4.5] + [4.6 + i / 10 for i in range(20)]))
+    lines = []
+    run = train(tiny_cfg("epochs=10", "patience=1", "max_dialogues=40", f"eval_every={per_epoch + per_epoch // 2}"),
+                log=lines.append)
+    assert (run.progress.epoch, run.progress.best_epoch, run.progress.best) == (3, 2, 4.0)
+    assert "best validation ELBO/token 4.000 (epoch 2)" in lines[-1]
+
+
+def test_a_kl_warmup_longer_than_the_epochs_is_warned_of(tiny_cfg, monkeypatch):
+    """max_steps above what the epochs reach: the warning reads the length the epochs give."""
+    monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([5.0]))
+    lines = []
+    run = train(tiny_cfg("epochs=1", "max_dialogues=40", "max_steps=1000", "kl_schedule=linear",
+                         "kl_warmup_steps=500"), log=lines.append)
+    assert run.progress.step < 500 and any("kl_warmup_steps=500 is longer than the whole run" in l for l in lines)
+
+
 def test_patience_zero_trains_every_epoch(tiny_cfg, monkeypatch):
     monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([4.0, 5.0, 6.0]))
     run = train(tiny_cfg("epochs=3", "max_dialogues=40"), log=lambda *_: None)

@@ -42,7 +42,7 @@ class Progress:
     epoch: int = 0              # epochs completed
     batch_pos: int = 0          # batches of the current epoch done
     best: float = math.inf      # lowest validation negative ELBO per token so far
-    best_epoch: int = 0         # epochs completed when `best` was reached (early stopping)
+    best_epoch: int = 0         # the epoch (1-based) `best` came in; 0 before any (early stopping)
     last_val_step: int = -1     # step of the latest validation
     bad_steps: int = 0          # non-finite steps in a row
     skipped_total: int = 0      # non-finite steps in all
@@ -136,7 +136,8 @@ class Run:
         if cfg.data != "dailydialog":   # its split follows line numbers: eval checks the file is the one trained on
             cfg.data_sha256 = meta.get("source_sha256") or cache.file_sha256(cfg.data_source)   # the data trained on
         self.vocab_size = meta["vocab_size"]   # a small corpus may give fewer pieces than vocab_size asked for
-        total = cfg.max_steps or cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
+        steps = cfg.epochs * -(-len(self.train_data) // cfg.batch_size)
+        total = min(cfg.max_steps, steps) if cfg.max_steps else steps   # whichever ends the run first
         for w in config.warnings(cfg, total):
             self.log(f"warning: {w}")
 
@@ -334,7 +335,7 @@ class Run:
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
                  f"active units {m['active_units']}")
         if m["elbo_per_token"] < p.best:
-            p.best, p.best_epoch = m["elbo_per_token"], p.epoch
+            p.best, p.best_epoch = m["elbo_per_token"], p.epoch + (p.batch_pos > 0)   # mid-epoch: that epoch
             self.save("best.pt", resumable=False)
         return m
 
@@ -622,7 +623,7 @@ def _finish(run: Run):
                             f"or check the data")
     else:
         early = f"early stop after {run.cfg.patience} epochs without improvement; " if run.patience_out else ""
-        when = f"epoch {p.best_epoch}" if p.best_epoch else "in the first epoch"   # best_epoch: epochs completed
+        when = f"epoch {p.best_epoch}" if p.best_epoch else "in the first epoch"
         run.log(f"done at step {p.step}: {early}best validation ELBO/token {p.best:.3f} ({when}); {run.dir}/best.pt")
 
 
