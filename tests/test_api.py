@@ -118,6 +118,18 @@ def test_bad_calls_are_one_line_input_errors(bot, call, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_a_z_of_numpy_or_torch_numbers_decodes_as_the_list_does(bot):
+    """A notebook's z: numpy float32s, a numpy array, a tensor: the same reply as the list."""
+    import numpy as np
+    import torch
+    c = bot.respond(HISTORY, n=1)[0]
+    for z in ([np.float32(x) for x in c.z], np.array(c.z), torch.tensor(c.z), list(torch.tensor(c.z))):
+        assert [r.text for r in bot.respond(HISTORY, n=1, z=z)] == [c.text]
+    assert [r.text for r in bot.interpolate(HISTORY, np.array(c.z), torch.tensor(c.z), steps=2)] == [c.text] * 2
+    with pytest.raises(InputError, match="method must be sample, greedy or beam, got ''"):   # not read as "not given"
+        bot.respond(HISTORY, n=1, method="")
+
+
 def test_load_errors_are_the_commands_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         vhred.load(tmp_path / "nope.pt")

@@ -199,7 +199,7 @@ def test_a_contexts_file_as_editors_save_it_and_a_bad_z_named_by_its_line(traine
     src.write_text('{"context": ["Hi"]}\n{"context": ["Hi"], "z": [1, 2]}\n')
     with pytest.raises(SystemExit):
         gen.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out)])
-    assert f"{src}: line 2: a z must be a list of" in capsys.readouterr().err
+    assert f"{src}: line 2: a z must be 8 finite numbers" in capsys.readouterr().err
 
 
 def chat(lines, *args):

@@ -138,7 +138,7 @@ def test_a_candidates_z_decodes_back_to_it_and_keeps_a_style_elsewhere(trained):
         assert again.text == c.text and again.z == c.z
     other = bot.respond(["Where is the bank ?"], n=2, z=cands[0].z, rank="none", dedup=False)
     assert [c.z for c in other] == [cands[0].z] * 2
-    with pytest.raises(InputError, match="list of 8 finite numbers"):
+    with pytest.raises(InputError, match="a z must be 8 finite numbers"):
         bot.respond(history, z=[0.0] * 3)
     hred = vhred.load(trained["hred"], device="cpu")
     assert hred.respond(history, n=1)[0].z is None

@@ -86,19 +86,16 @@ class Bot:
         which keeps the points as far out as the prior's samples are (DialogWAE, whose prior is
         implicit: of z around 0); else a straight line. Each
         Candidate's score is its decoding's log-likelihood per token given its z, not a ranking score."""
-        import torch
-
         from .latent import decode, interpolate, prior_spread
         if not isinstance(steps, int) or isinstance(steps, bool) or not 2 <= steps <= 1000:
             raise InputError(f"steps must be an integer between 2 and 1000, got {steps!r}")
         if z0 is None or z1 is None:   # respond's None (draw from the prior) is no end of a path
             raise InputError("interpolate needs two z's, each z_dim numbers (a Candidate's .z), got None")
         _check_type("spherical", spherical, bool)
-        z_matrix(self._model, [z0, z1])   # both checked: z_dim finite numbers, a VHRED model
+        ends = z_matrix(self._model, [z0, z1])   # both checked: z_dim finite numbers, a latent model
         context = self._context(history)
         centre = prior_spread(self._model, context) if spherical else (None, None)
-        path = interpolate(torch.tensor(z0, dtype=torch.float32), torch.tensor(z1, dtype=torch.float32),
-                           steps, spherical, *centre)
+        path = interpolate(ends[0], ends[1], steps, spherical, *centre)
         max_len = self._options(1, {"max_len": max_len}).max_len   # checked as respond's is
         replies = decode(self._model, context, path, max_len)
         return [Candidate(response_text(self._sp, ids, max_len), float(s), z.tolist())

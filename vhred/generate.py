@@ -17,6 +17,7 @@ import glob
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -717,7 +718,8 @@ def options_from_args(args, keywords: bool = False) -> DecodeOptions:
     """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
     keyword options (and the server's fields) instead of the flags."""
     shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0
-    args.method = args.method or ("sample" if shaped else DecodeOptions.method)
+    if args.method is None:   # not given; "" is given, and refused by check() like any other wrong name
+        args.method = "sample" if shaped else DecodeOptions.method
     opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
     if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
         raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else
@@ -786,16 +788,21 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
     if not model.latent:
         raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
     Z = model.z_dim
+    rows = []
     for z in zs:
-        if z is not None and not (isinstance(z, (list, tuple)) and len(z) == Z and all(map(_z_element, z))):
-            raise InputError(f"a z must be a list of {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
-                             "(this model's z_dim)")
-    return torch.tensor([z if z is not None else [math.nan] * Z for z in zs], dtype=torch.float32)
+        z = z.tolist() if hasattr(z, "tolist") and not isinstance(z, (list, tuple)) else z   # a numpy array, a tensor
+        if z is not None:
+            z = [x.tolist() if hasattr(x, "tolist") else x for x in z] if isinstance(z, (list, tuple)) else z
+            if not (isinstance(z, list | tuple) and len(z) == Z and all(map(_z_element, z))):
+                raise InputError(f"a z must be {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
+                                 "(this model's z_dim), as a list (a Candidate's .z), a numpy array or a tensor")
+        rows.append([float(x) for x in z] if z is not None else [math.nan] * Z)
+    return torch.tensor(rows, dtype=torch.float32)
 
 
 def _z_element(x) -> bool:
     """A number a z may hold: within +-MAX_Z (a 400-digit integer or 1e300 would be inf in float32)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):   # numpy's and Python's numbers alike
         return False
     return -limits.MAX_Z <= x <= limits.MAX_Z   # exact for ints of any size; False for NaN
 
