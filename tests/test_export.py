@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import vhred
 from vhred import checkpoint, export, generate, modelfolder
@@ -55,7 +56,9 @@ def test_model_card_shows_the_runs_best_validation_figures(trained, exported):
     card = open(os.path.join(exported["vhred"], "README.md")).read()
     row = next(line for line in card.splitlines() if line.startswith("| best |"))
     assert row.startswith(f"| best | {best['step']} | {best['elbo_per_token']:.3f} | {best['ppl']:.3f} |")
-    assert "DailyDialog" in card and 'vhred.load("vhred")' in card
+    assert "DailyDialog" in card and 'vhred.load(".")' in card and "`vhred chat --checkpoint .`" in card
+    front = yaml.safe_load(card.split("---\n")[1])   # the metadata a model hub reads
+    assert front["library_name"] == "vhred" and front["datasets"] == ["daily_dialog"] and front["license"] == "other"
     cfg = json.load(open(os.path.join(trained["vhred"], "config.json")))   # the schedule as schedule.py applies it
     assert export.kl_schedule(cfg) in card
     assert export.kl_schedule({**cfg, "kl_schedule": "cyclical", "kl_cycle_steps": 0, "kl_warmup_steps": 100,
@@ -167,6 +170,24 @@ def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(traine
     with pytest.raises(InputError, match="holds an export of other weights and what was measured of them"):
         export.export(trained["vhred"], again)
     assert vhred.load(again).config.arch.model == "hred"
+
+
+def test_a_re_export_replaces_links_and_never_writes_through_them(trained, exported, tmp_path):
+    """A hub cache's snapshot is links into its blobs: exporting into it again replaces each link
+    with the new file and leaves the files the links pointed at as they were."""
+    import shutil
+    folder, outside = tmp_path / "snapshot", tmp_path / "blobs"
+    shutil.copytree(exported["vhred"], folder)
+    outside.mkdir()
+    for name in os.listdir(folder):
+        os.replace(folder / name, outside / name)
+        (folder / name).symlink_to(outside / name)
+    before = {name: (outside / name).read_bytes() for name in os.listdir(outside)}
+    export.export(trained["vhred"], str(folder))
+    assert {name: (outside / name).read_bytes() for name in os.listdir(outside)} == before
+    assert not any(os.path.islink(folder / name) for name in os.listdir(folder))
+    assert vhred.load(str(folder)).respond(["Hello!"], n=1, seed=0)[0].text == \
+        vhred.load(trained["vhred"]).respond(["Hello!"], n=1, seed=0)[0].text
 
 
 def test_untie_stores_shared_tensors_once():

@@ -14,6 +14,7 @@ import datetime
 import json
 import math
 import os
+import pathlib
 import shutil
 from dataclasses import asdict
 
@@ -45,13 +46,16 @@ def export(run: str, folder: str) -> str:
               "exported_from": {"checkpoint": os.path.basename(source),
                                 "date": datetime.date.today().isoformat()}}
     modelfolder.write(folder, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
+    # every file through a new one renamed into place: a link there (a hub cache's snapshot links
+    # into its blobs) is replaced, never written through to a file outside the folder
     for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
-        if os.path.isfile(os.path.join(os.path.dirname(source), name)):
-            shutil.copyfile(os.path.join(os.path.dirname(source), name), os.path.join(folder, name))
-        elif os.path.isfile(os.path.join(folder, name)):   # an earlier export's, not this run's
+        src = os.path.join(os.path.dirname(source), name)
+        if os.path.isfile(src):
+            modelfolder.atomic(os.path.join(folder, name), lambda tmp, src=src: shutil.copyfile(src, tmp))
+        elif os.path.lexists(os.path.join(folder, name)):   # an earlier export's, not this run's
             os.remove(os.path.join(folder, name))
-    with open(os.path.join(folder, CARD), "w", encoding="utf-8") as f:
-        f.write(model_card(folder, header, val_records(os.path.dirname(source))))
+    card = model_card(header, val_records(os.path.dirname(source))).encode("utf-8")
+    modelfolder.atomic(os.path.join(folder, CARD), lambda tmp: pathlib.Path(tmp).write_bytes(card))
     return source
 
 
@@ -103,14 +107,21 @@ def val_records(run_dir: str) -> list[dict]:
     return records
 
 
-def model_card(folder: str, header: dict, vals: list[dict]) -> str:
+def model_card(header: dict, vals: list[dict]) -> str:
     cfg, arch = header["config"], header["config"]["arch"]
     data = ("DailyDialog (Li et al., 2017), its train split" if cfg["data"] == "dailydialog"
             else f"the dialogues of {os.path.basename(cfg['data'])}")
     if cfg.get("max_dialogues"):
         data += f", first {cfg['max_dialogues']} dialogues of each split"
     t = header["trained"]
-    lines = [f"# {cfg['name']}: a {header['model_type'].upper()} dialogue model (vhred)", "",
+    dailydialog = cfg["data"] == "dailydialog"
+    lines = ["---",   # the metadata a model hub reads
+             "library_name: vhred", f"tags: [dialogue, {header['model_type']}, vhred, safetensors]",
+             *(["datasets: [daily_dialog]"] if dailydialog else []),
+             "license: other   # the training data's terms (DailyDialog: CC BY-NC-SA 4.0) govern the weights"
+             if dailydialog else "license: other   # the terms of the dialogues the model was trained on",
+             "---", "",
+             f"# {cfg['name']}: a {header['model_type'].upper()} dialogue model (vhred)", "",
              f"Exported by `vhred export` on {header['exported_from']['date']} from "
              f"{header['exported_from']['checkpoint']} (step {t.get('step')}, epochs completed: {t.get('epoch')}); "
              f"{header['parameters']:,} parameters, a SentencePiece vocabulary of {header['vocab_size']}.", "",
@@ -120,10 +131,10 @@ def model_card(folder: str, header: dict, vals: list[dict]) -> str:
              f"lr {cfg['lr']}, {kl_schedule(cfg)}, "
              f"seed {cfg['seed']}. The full config is config.json's \"config\".", ""]
     lines += validation_table(vals)
-    name = os.path.basename(os.path.normpath(folder))
-    lines += ["## Load it", "", "```python", "import vhred", f'bot = vhred.load("{name}")   # this folder',
-              'print(bot.respond(["Hi! Where is the station?"])[0].text)', "```", "",
-              f"or `vhred chat --checkpoint {name}` (every command's --checkpoint takes the folder). "
+    lines += ["## Load it", "", "From this folder:", "", "```python", "import vhred",
+              'bot = vhred.load(".")   # this folder', 'print(bot.respond(["Hi! Where is the station?"])[0].text)',
+              "```", "",
+              "or `vhred chat --checkpoint .` (every command's --checkpoint takes the folder). "
               "The weights are a safetensors file: `safetensors.torch.load_file(\"model.safetensors\")` "
               "reads them without vhred (docs/export.md of the vhred repository).", ""]
     return "\n".join(lines)

@@ -45,11 +45,11 @@ def write(folder: str, weights: dict, header: dict, tokenizer: bytes) -> None:
     from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
     tensors, tied = untie(weights)
-    _atomic(os.path.join(folder, WEIGHTS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic(os.path.join(folder, TOKENIZER), lambda tmp: _write_bytes(tmp, tokenizer))
+    atomic(os.path.join(folder, WEIGHTS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic(os.path.join(folder, TOKENIZER), lambda tmp: _write_bytes(tmp, tokenizer))
     config = {"format": FORMAT, "format_version": VERSION, **header, "tied_weights": tied,
               "weights_sha256": file_sha256(os.path.join(folder, WEIGHTS))}
-    _atomic(os.path.join(folder, CONFIG), lambda tmp: _write_bytes(tmp, (json.dumps(config, indent=1) + "\n").encode()))
+    atomic(os.path.join(folder, CONFIG), lambda tmp: _write_bytes(tmp, (json.dumps(config, indent=1) + "\n").encode()))
 
 
 def untie(weights: dict) -> tuple[dict, dict]:
@@ -71,7 +71,7 @@ def _write_bytes(path: str, data: bytes) -> None:
         f.write(data)
 
 
-def _atomic(path: str, write_to) -> None:
+def atomic(path: str, write_to) -> None:
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         write_to(tmp)
