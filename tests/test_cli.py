@@ -109,7 +109,7 @@ def test_help_lists_the_subcommands(capsys):
     *[([*cmd, "--checkpoint", ""], "--checkpoint is empty; give a run folder")   # an unset $RUN: not the newest run
       for cmd in (["chat"], ["eval"], ["rank"], ["serve"], ["latent", "plot"],
                   ["generate", "--input", os.path.join(ROOT, "eval", "ratings", "2026-12-01-families", "contexts.jsonl"),
-                   "--output", "/tmp/vhred-never-written.jsonl"])],
+                   "--output", os.path.join(ROOT, "eval", "never-written.jsonl")])],   # refused before writing
 ])
 def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.setattr(cli, "INVOKED_AS", None)
