@@ -12,8 +12,9 @@ settings alike. Every system must answer the same contexts in the same order.
 pack writes two files. The pack (for the rater) lists each context once, its turns, and under it
 the replies of all systems, shuffled with the seed, each behind a random id; a reply two systems
 share is shown once. The key (never shown to the rater) maps each id to the systems and the rank
-within the context (1 = shown first), and holds each system's automatic proxies
-(vhred/metrics/surface.py) when --checkpoint names the run whose training text is the lexicon.
+within the context (1 = first in the system's own list; the pack shuffles them), and holds each
+system's automatic proxies (vhred/metrics/surface.py) when --checkpoint names the run whose
+training text is the lexicon.
 The rater writes one line per id: `<id> good` or `<id> bad`; good = fluent English that fits
 the last turn as the next speaker's reply.
 
