@@ -787,17 +787,21 @@ def z_matrix(model, zs: list) -> torch.Tensor | None:
         return None
     if not model.latent:
         raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
-    Z = model.z_dim
-    rows = []
-    for z in zs:
-        z = z.tolist() if hasattr(z, "tolist") and not isinstance(z, (list, tuple)) else z   # a numpy array, a tensor
-        if z is not None:
-            z = [x.tolist() if hasattr(x, "tolist") else x for x in z] if isinstance(z, (list, tuple)) else z
-            if not (isinstance(z, list | tuple) and len(z) == Z and all(map(_z_element, z))):
-                raise InputError(f"a z must be {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
-                                 "(this model's z_dim), as a list (a Candidate's .z), a numpy array or a tensor")
-        rows.append([float(x) for x in z] if z is not None else [math.nan] * Z)
+    rows = [[math.nan] * model.z_dim if z is None else _z_row(z, model.z_dim) for z in zs]
     return torch.tensor(rows, dtype=torch.float32)
+
+
+def _z_row(z, Z: int) -> list[float]:
+    """One given z as Z floats, from a list or tuple of numbers (a Candidate's .z), a numpy array
+    or a tensor."""
+    if hasattr(z, "tolist") and not isinstance(z, (list, tuple)):   # a numpy array, a tensor
+        z = z.tolist()
+    if isinstance(z, (list, tuple)):
+        z = [x.tolist() if hasattr(x, "tolist") else x for x in z]   # numpy's or torch's scalars
+    if not (isinstance(z, list) and len(z) == Z and all(map(_z_element, z))):
+        raise InputError(f"a z must be {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
+                         "(this model's z_dim), as a list (a Candidate's .z), a numpy array or a tensor")
+    return [float(x) for x in z]
 
 
 def _z_element(x) -> bool:

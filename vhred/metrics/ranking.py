@@ -8,6 +8,7 @@ against the model, so one that scores every candidate alike ranks at chance or b
 """
 import math
 import random
+from collections import Counter
 
 from ..errors import InputError
 
@@ -17,9 +18,14 @@ def candidate_sets(pairs: list[tuple[list[str], str, int]], distractors: int, se
     distractors drawn without replacement from responses of other dialogues."""
     rng = random.Random(seed)
     pool = [(r, d) for _, r, d in pairs]
+    dialogues_of = {}                                                       # reply -> the dialogues it is in
+    for r, d in pool:
+        dialogues_of.setdefault(r, set()).add(d)
+    only_in = Counter(next(iter(ds)) for ds in dialogues_of.values() if len(ds) == 1)   # dialogue -> its own replies
     sets = []
     for _, true, dlg in pairs:
-        if len({r for r, d in pool if d != dlg and r != true}) < distractors:   # else the draw below never ends
+        others = len(dialogues_of) - only_in[dlg] - (len(dialogues_of[true] - {dlg}) > 0)   # replies it may draw
+        if others < distractors:   # else the draw below never ends
             raise InputError(f"the split holds fewer than {distractors} other dialogues' replies to draw as "
                              "distractors; give a smaller --distractors or more dialogues")
         picked = []
