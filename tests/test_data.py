@@ -167,6 +167,22 @@ def test_jsonl_as_editors_save_it_and_a_file_of_one_split(tmp_path):
         sources.scan_jsonl(str(empty), seed=1)
 
 
+def test_jsonl_text_is_read_as_the_chat_reads_it(tmp_path, tiny_cfg):
+    """A JSONL corpus is spaced as the corpus and the chat write text, so a word-level vocabulary
+    holds "fine" and "," rather than "fine,", and a training turn typed in the chat has no <unk>."""
+    from vhred.generate import encode_turns, spaced
+    path = tmp_path / "mine.jsonl"
+    with open(path, "w") as f:
+        for i in range(60):
+            f.write(json.dumps({"dialog": ["I'm fine, thanks. And you?", f"It costs $10.50, Mr. Smith {i}."]}) + "\n")
+    assert [d for _, d in sources.iter_jsonl(str(path), seed=1)][0] == [
+        "I'm fine , thanks . And you ?", "It costs $ 10.50 , Mr . Smith 0 ."]
+    folder = prepare(tiny_cfg(f"data={path}", "tokenizer=word", "vocab_size=200", "max_dialogues=0"), log=lambda *_: None)
+    sp = load_tokenizer(os.path.join(folder, "tokenizer.model"))
+    [ids] = encode_turns(sp, [spaced("I'm fine, thanks. And you?")], 30, 10)
+    assert sp.unk_id() not in ids and sp.decode(ids) == "I'm fine , thanks . And you ?"
+
+
 def test_jsonl_trains_the_same_way(tmp_path, tiny_cfg):
     path = tmp_path / "mine.jsonl"
     rng = np.random.default_rng(0)

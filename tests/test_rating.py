@@ -239,10 +239,17 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("Good, good, good.", set()),            # the last one differs: said so, not stuck
     ("It is good)))", {"mangled"}),          # a bracket run
     ("It is (good)", set()),
+    ("I'm.Then go.", {"glued"}),          # after a contraction
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}
     assert found == faults
+
+
+def test_words_of_any_script_are_checked_whole():
+    known = surface.lexicon(["I live in Zürich .", "Москва"])
+    assert surface.non_words("I live in Zürich.", known) == []
+    assert surface.non_words("I live in Zürichöö, Москвуфыва.", known) == ["zürichöö", "москвуфыва"]
 
 
 def test_surface_metrics_are_shares():
@@ -263,6 +270,12 @@ def test_surface_metrics_are_shares():
     ("It costs 3.5 dollars .", "It costs 3.5 dollars."),
     ("Let ' s Ill , ll .", "Let's Ill, ll."),   # a mark the detokenizer's joining glued, mended after it
     ("It costs 5,000 dollars .", "It costs 5,000 dollars."),
+    ("I'm.But I can't .", "I'm. But I can't."),          # glued after a contraction
+    ("He lives in the U . S . now , at 9 a . m . .", "He lives in the U.S. now, at 9 a.m."),
+    ("It was named ' New College ' , he says \" hello \" .", "It was named 'New College', he says \"hello\"."),
+    ("The ' 90s , 5 o ' clock , my parents ' house .", "The '90s, 5 o'clock, my parents' house."),
+    ("It costs £ 500 or ¥ 150 .", "It costs £500 or ¥150."),
+    ("He says ' No ' .", "He says 'No'."),                  # one quoted word
 ])
 def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
     assert pretty(pieces) == text

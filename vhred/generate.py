@@ -32,7 +32,7 @@ from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
 from .models.layers import Hierarchical as Model
-from .sources import normalise
+from .sources import normalise, spaced, valid_text  # noqa: F401  (text in: spaced as the corpus is)
 from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
@@ -591,26 +591,13 @@ def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[
     return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
 
 
-# --- text in, text out -----------------------------------------------------------------------
+# --- text out --------------------------------------------------------------------------------
 # DailyDialog writes punctuation spaced off ("Hi , how are you ?", "$ 60"), contractions with a
-# straight apostrophe joined ("I'm": 4,009 times in the training split, "I ' m" 12 times) and
-# with a curly one spaced ("I ’ m": 1,605 times). What a user types is split the same way by
-# nltk's TweetTokenizer, and what the model writes is joined back by nltk's Treebank detokenizer.
+# straight apostrophe joined ("I'm") and with a curly one spaced ("I ’ m": 1,605 times in the
+# training split). A user's text is spaced so by sources.spaced; what the model writes is joined
+# back by nltk's Treebank detokenizer, with the corpus's initialisms and quote marks first.
 
 CONTRACTIONS = {"m", "s", "t", "re", "ve", "ll", "d"}
-
-
-def valid_text(text: str) -> str:
-    """Lone surrogates (undecodable bytes on stdin, "\\ud800" in JSON) as U+FFFD: SentencePiece
-    takes valid Unicode only, and a user's odd bytes must not end the chat."""
-    return re.sub("[\ud800-\udfff]", "\ufffd", text)
-
-
-def spaced(text: str) -> str:
-    """A user's text written as the corpus writes it: "I'm fine, it costs $60." ->
-    "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first)."""
-    from nltk.tokenize import TweetTokenizer
-    return " ".join(TweetTokenizer().tokenize(valid_text(text).replace("’", "'")))
 
 
 def _join_apostrophes(words: list[str]) -> list[str]:
@@ -630,14 +617,59 @@ def _join_apostrophes(words: list[str]) -> list[str]:
     return out
 
 
+INITIALISM = re.compile(r"(?<!\S)[A-Za-z] \.(?: [A-Za-z] \.)+(?: \.)?(?!\S)")   # U . S . ; a . m . .
+MONEY = re.compile(r"([£€¥]) (?=\d)")   # the detokenizer joins $ 60 only
+# quote marks joined to their words travel through the detokenizer as characters it leaves alone
+QUOTE_STAND_IN = {'"': "\ue000", "'": "\ue001"}
+QUOTES_BACK = str.maketrans({v: k for k, v in QUOTE_STAND_IN.items()})
+
+
+def _join_quotes(words: list[str]) -> list[str]:
+    """Quote marks the corpus spaces off, joined to what they quote: " hello " -> "hello",
+    ' New College ' -> 'New College', ' 90s -> '90s, o ' clock -> o'clock. A lone ' after a
+    plural stays the possessive it is ("parents' house")."""
+    out = []
+    for w in words:
+        if len(out) > 1 and out[-1] == "'" and out[-2].lower() == "o" and w.lower() == "clock":
+            out[-2:] = [out[-2] + "'" + w]
+        elif out and out[-1] == "'" and re.fullmatch(r"\d+s", w):   # a decade
+            out[-1] = "'" + w
+        else:
+            out.append(w)
+    for mark in ('"', "'"):
+        opening = None
+        for i, w in enumerate(out):
+            if w != mark:
+                continue
+            if opening is not None and i > opening + 1:   # closes: joined to the word before
+                q = QUOTE_STAND_IN[mark]
+                out[opening + 1] = q + out[opening + 1]
+                out[i - 1] += q   # the same word when one is quoted
+                out[opening] = out[i] = ""
+                opening = None
+            elif opening is None and out[i + 1:i + 2] and out[i + 1][:1].isalnum() and (mark == '"' or not _possessive(out, i)):
+                opening = i
+    return [w for w in out if w]
+
+
+def _possessive(words: list[str], i: int) -> bool:
+    """words[i] is a ' after a plural ("parents ' house", "Teachers ' Day"), not a quote's opening
+    ("says ' No '": a lower-case word, then a capital)."""
+    before, after = words[i - 1] if i else "", words[i + 1]
+    return before[-1:] in ("s", "S") and not (before.islower() and after[:1].isupper())
+
+
 def pretty(text: str) -> str:
     """The model's corpus-style text made readable: "I ’ m fine , it costs $ 60 ." ->
-    "I'm fine, it costs $60." (nltk's Treebank detokenizer); a sentence mark the model glued to
+    "I'm fine, it costs $60." (nltk's Treebank detokenizer); initialisms and quotes joined
+    ("U . S ." -> "U.S.", \' New College \' -> 'New College'); a sentence mark the model glued to
     the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
     from .metrics.surface import unglue
-    words = _join_apostrophes(unglue(text.replace("’", "'")).split())
+    text = INITIALISM.sub(lambda m: m.group(0).replace(" ", "").replace("..", "."), text.replace("’", "'"))
+    words = _join_quotes(_join_apostrophes(unglue(text).split()))
     text = unglue(TreebankWordDetokenizer().detokenize(words))   # and what the joining glued ("ll,ll")
+    text = MONEY.sub(r"\1", text).translate(QUOTES_BACK)
     return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
 
 

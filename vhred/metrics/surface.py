@@ -11,15 +11,16 @@ of blind rating, vhred/rate.py):
              spliced, which no one writes (the training split's 87,171 turns hold one such time,
              a score, "99:80").
 
-Each is a share of replies (0..1). Words are runs of letters, lower-cased, so "don't" is checked
-as "don" and "t", which the training text holds whichever way it writes the apostrophe.
+Each is a share of replies (0..1). Words are runs of letters (any script's: "Zürich", "Москва"),
+lower-cased, so "don't" is checked as "don" and "t", which the training text holds whichever way
+it writes the apostrophe.
 """
 import re
 
-WORD = re.compile(r"[a-z]+")
-# a word or number, a sentence mark, a word: "25.How", "it.But", "Mr.Wory"; not "a.m." (one
-# letter before the mark), "3.5" (digits after it) or a web address ("Stars.com", below)
-GLUED = re.compile(r"(?<![A-Za-z0-9.])(?:[A-Za-z]{2,}|\d+)[.!?,;:]([A-Za-z]+)")
+WORD = re.compile(r"[^\W\d_]+")   # letters of any script
+# a word, contraction or number, a sentence mark, a word: "25.How", "it.But", "Mr.Wory", "I'm.So";
+# not "a.m." (one letter before the mark), "3.5" (digits after it) or a web address ("Stars.com")
+GLUED = re.compile(r"(?<![A-Za-z0-9.'])(?:[A-Za-z]{2,}|[A-Za-z]*'[A-Za-z]+|\d+)[.!?,;:]([A-Za-z]+)")
 DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
 ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b", re.I)   # www.amazon.com, Stars.com/x
 ABBREVIATIONS = {"ph.d"}   # written with a mark inside: "Ph.D student"
