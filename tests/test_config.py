@@ -21,7 +21,7 @@ def test_unknown_key_suggests_the_nearest():
 @pytest.mark.parametrize("override,message", [
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
     ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
-    ("word_dropout=1.5", "below 1"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
+    ("word_dropout=1.5", "below 1"), ("z_dim=-5", "z_dim must not be negative"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
     ("data_dir=", r"data_dir is empty; leave it out for the default \(data\)"),   # '' is the current folder
     ("out_dir= ", r"out_dir is empty; leave it out for the default \(runs\)"), ("data=", "data is empty"),
 ])
@@ -54,14 +54,55 @@ def test_a_float_in_yaml_without_a_dot_is_a_float(tmp_path):
 
 
 def test_warmup_longer_than_training_is_a_warning():
-    assert warnings(Config(kl_warmup_steps=100), total_steps=10)
-    assert not warnings(Config(kl_warmup_steps=100), total_steps=1000)
-    assert not warnings(Config(kl_warmup_steps=100, arch=ModelConfig(model="hred")), total_steps=10)
+    """Steps 0 .. total - 1 are taken, and beta is kl_max from step kl_warmup_steps on: a warm-up
+    as long as the run never gets there, with either annealing schedule."""
+    from vhred.schedule import kl_weight, learning_rate
+    for schedule in ("linear", "cyclical"):
+        assert warnings(Config(kl_schedule=schedule, kl_warmup_steps=100, lr_warmup_steps=0), total_steps=10)
+        assert not warnings(Config(kl_schedule=schedule, kl_warmup_steps=100), total_steps=1000)
+        cfg = Config(kl_schedule=schedule, kl_warmup_steps=58, lr_warmup_steps=0)
+        assert max(kl_weight(t, cfg) for t in range(58)) < cfg.kl_max and warnings(cfg, total_steps=58)
+        assert max(kl_weight(t, cfg) for t in range(59)) == cfg.kl_max and not warnings(cfg, total_steps=59)
+    assert not warnings(Config(kl_schedule="constant", kl_warmup_steps=100, lr_warmup_steps=0), total_steps=10)
+    assert not warnings(Config(kl_warmup_steps=100, lr_warmup_steps=0, arch=ModelConfig(model="hred")), total_steps=10)
+    cfg = Config(lr_warmup_steps=50, kl_warmup_steps=0)
+    assert max(learning_rate(t, cfg) for t in range(49)) < cfg.lr and warnings(cfg, total_steps=49) == [
+        "lr_warmup_steps=50 is longer than the whole run (49 steps): the learning rate never reaches lr"]
+    assert max(learning_rate(t, cfg) for t in range(50)) == cfg.lr and not warnings(cfg, total_steps=50)
+
+
+def test_integers_in_yaml_are_read_in_base_10(tmp_path):
+    """YAML 1.1 (PyYAML) reads 010 as 8, 0b11 as 3 and 1:30 as 90; an override of the same text
+    means 10 or is refused, so the file refuses them too."""
+    f = tmp_path / "c.yaml"
+    for text in ("epochs: 010", "max_steps: 0b11", "max_steps: 1:30", "save_every: 0x10"):
+        f.write_text(text + "\n")
+        with pytest.raises(ConfigError, match="line 1: YAML reads .* in another base .*write the number plainly"):
+            load(str(f), [])
+    f.write_text("epochs: 10\nseed: 0\nmax_steps: -0\n")
+    assert (load(str(f), []).epochs, load(str(f), []).seed) == (10, 0)
+
+
+def test_a_run_is_named_for_its_family_whatever_its_config_is_called(tmp_path):
+    f = tmp_path / "tiny-vhred.yaml"
+    f.write_text("epochs: 1\n")
+    assert load(str(f), []).name == "tiny-vhred"
+    assert load(str(f), ["model=hred"]).name == "tiny-vhred-hred"   # not the VHRED run's folder
+    assert load(str(tmp_path / "tiny-vhred.yaml"), ["model=cvae"]).name == "tiny-vhred-cvae"
+
+
+def test_cvae_has_its_bag_of_words_loss_under_every_shipped_config():
+    import glob
+    import os
+
+    from tests.conftest import ROOT
+    for path in glob.glob(os.path.join(ROOT, "configs", "*.yaml")):
+        assert load(path, ["model=cvae"]).arch.bow_weight == 1.0, path
 
 
 def test_attention_longer_than_a_turn_is_a_warning():
-    assert not warnings(Config(max_utt_len=30, arch=ModelConfig(attention=31)), total_steps=10_000)
-    said = warnings(Config(max_utt_len=30, arch=ModelConfig(attention=64)), total_steps=10_000)
+    assert not warnings(Config(max_utt_len=30, arch=ModelConfig(attention=31)), total_steps=20_000)
+    said = warnings(Config(max_utt_len=30, arch=ModelConfig(attention=64)), total_steps=20_000)
     assert said == ["attention=64 is longer than a turn can be (max_utt_len=30 pieces and <eos>): "
                     "attention=31 reads the same words in less memory"]
 
@@ -73,8 +114,11 @@ def test_model_keys_plain_or_in_their_section(tmp_path):
     assert (cfg.arch.z_dim, cfg.arch.model, cfg.arch.emb_dim, cfg.arch.utt_hidden, cfg.arch.ctx_hidden) == (16, "hred", 20, 24, 26)
     assert cfg.name == "c-hred" and cfg.lr == 0.5
     assert from_dict({"arch": {"z_dim": 3}, "seed": 2}) == from_dict({"z_dim": 3, "seed": 2})
-    with pytest.raises(ConfigError, match="unknown config key 'arch.lr'"):
+    with pytest.raises(ConfigError, match="'lr' is a training setting, not a model one: write it at the top level"):
         load(None, ["arch.lr=3"])
+    f.write_text("arch:\n  lr: 0.01\n")   # one indent too many
+    with pytest.raises(ConfigError, match="'lr' is a training setting"):
+        load(str(f), [])
     with pytest.raises(ConfigError, match="arch: expected a mapping"):
         from_dict({"arch": 3})
 

@@ -139,6 +139,8 @@ def _place(key) -> tuple[dict, str]:
         return ARCH, name
     if name in TOP and name == key:
         return TOP, name
+    if name in TOP:   # arch: {lr: 0.01}, arch.lr=0.01: one indent too many
+        raise ConfigError(f"'{name}' is a training setting, not a model one: write it at the top level, not under arch")
     raise _unknown(key)
 
 
@@ -175,6 +177,16 @@ def _unique_keys_loader():
                         None, None, f"key {key} is given twice (lines {first[key]} and {line}); keep one")
                 first[key] = line
             return super().construct_mapping(node, deep)
+
+        def construct_yaml_int(self, node):   # YAML 1.1 reads 010 as 8, 0b11 as 3, 1:30 as 90
+            digits = str(node.value).replace("_", "").lstrip("+-")
+            if (len(digits) > 1 and digits[0] == "0") or ":" in digits:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"line {node.start_mark.line + 1}: YAML reads {node.value} in another base "
+                    "(a leading 0 is octal, 0b binary, 0x hex, ':' base 60); write the number plainly")
+            return super().construct_yaml_int(node)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     return Loader
 
 
@@ -262,7 +274,8 @@ def load(path: str | None, overrides: list[str]) -> Config:
         if cfg.data != "dailydialog":   # a run of your own data is named after it: <data>-<config>-<model>
             stem = f"{os.path.splitext(os.path.basename(cfg.data))[0]}-{stem}"
         stem = "-".join(stem.split())   # "my chats.jsonl": runs/my-chats-..., a folder name a shell takes unquoted
-        cfg.name = stem if stem.endswith(cfg.arch.model) else f"{stem}-{cfg.arch.model}"
+        named = stem == cfg.arch.model or stem.endswith(f"-{cfg.arch.model}")   # tiny-vhred is no hred run
+        cfg.name = stem if named else f"{stem}-{cfg.arch.model}"
     validate(cfg)
     return cfg
 
@@ -296,7 +309,8 @@ POSITIVE = ("wh_reply_weight", "vocab_size", "tokenizer_sentences", "max_utt_len
             "grad_clip")   # a norm of 0 scales every gradient to 0: the weights would never move
 NON_NEGATIVE = ("max_dialogues", "kl_warmup_steps", "kl_cycle_steps", "kl_max", "free_bits",
                 "lr_warmup_steps", "lr_decay_steps", "weight_decay", "max_steps", "patience", "eval_every",
-                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop", "attention")
+                "eval_batches", "seed", "dropout", "word_dropout", "bow_weight", "utterance_drop", "attention",
+                "z_dim")   # z_dim 0 for hred, which has no z; every other family needs it positive
 # Upper bounds sized to the machine (docs/limits.md): beyond them a run cannot fit in memory or
 # SentencePiece spins for minutes, so they are refused before any work (the rest: MAX_INT).
 CAPS = {"vocab_size": 262_144, "tokenizer_sentences": 1_000_000, "max_utt_len": 1000, "max_context": 1000,
@@ -376,10 +390,13 @@ def _check_relations(cfg: Config, families: dict) -> None:
 
 def warnings(cfg: Config, total_steps: int) -> list[str]:
     """Likely mistakes, once the length of the run is known."""
-    out = []
-    if cfg.arch.model != "hred" and cfg.kl_schedule == "linear" and cfg.kl_warmup_steps > total_steps:
-        out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is longer than the whole run "
+    out = []   # steps 0 .. total_steps - 1 are taken: beta is kl_max from step kl_warmup_steps on
+    if cfg.arch.model != "hred" and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
+        out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is as long as the whole run or longer "
                    f"({total_steps} steps): the KL weight never reaches kl_max")
+    if cfg.lr_warmup_steps > total_steps:   # lr at step s < warm-up: lr (s + 1) / lr_warmup_steps
+        out.append(f"lr_warmup_steps={cfg.lr_warmup_steps} is longer than the whole run "
+                   f"({total_steps} steps): the learning rate never reaches lr")
     if cfg.arch.attention > cfg.max_utt_len + 1:
         out.append(f"attention={cfg.arch.attention} is longer than a turn can be (max_utt_len={cfg.max_utt_len} "
                    f"pieces and <eos>): attention={cfg.max_utt_len + 1} reads the same words in less memory")
