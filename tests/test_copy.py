@@ -53,6 +53,9 @@ def test_the_index_holds_each_exchange_once_and_finds_the_tf_idf_nearest_turn():
     for query in ([20, 30], [6, 7, 7], [22], [10, 11, 12], [31, 20]):
         scores = _cosine_scores([list(turn) for turn, _ in pairs], query)
         got = index.replies([query])[0]
+        if max(scores) == 0:   # no turn shares a piece with it: nothing to read
+            assert got == []
+            continue
         assert max(scores[i] for i, (_, reply) in enumerate(pairs) if list(reply) == got) == pytest.approx(max(scores))
     assert index.replies([[21], [30, 6]]) == [[22, 23], [31]]                # unambiguous ones, in a batch
 
@@ -66,6 +69,31 @@ def test_training_never_retrieves_the_exchange_it_learns():
     assert index.replies([[5, 6, 7]], learned=[[10, 11, 12]]) == [[8, 9]]
 
 
+def test_no_copy_of_the_learned_reply_is_retrieved_and_a_turn_without_a_match_retrieves_none():
+    """DailyDialog holds dialogues twice, differing in spacing or a name: the learned reply after
+    another turn is skipped too. An empty turn, or one sharing no piece with any exchange's, gets
+    no reply (topk's tie order would pick an arbitrary one)."""
+    index = RetrievalIndex(40)
+    index.fill([[[5, 6, 7], [8, 9]], [[5, 6, 17], [8, 9]], [[5, 6, 18], [14]], [[30, 31], [32]]])
+    assert index.replies([[5, 6, 7]]) == [[8, 9]]
+    assert index.replies([[5, 6, 7]], learned=[[8, 9]]) == [[14]]       # not the copy after [5, 6, 17]
+    assert index.replies([[5, 6, 18]], learned=[[14]]) == [[8, 9]]
+    assert index.replies([[], [33, 34]]) == [[], []]
+    assert index.replies([[5, 6, 7]], learned=[[8, 9]]) == [[14]]
+
+
+def test_ranking_holds_the_true_exchanges_out_of_the_index(monkeypatch):
+    """Ranking scores the true reply of a split among others: it must not be handed back as the
+    retrieved reply, to be copied (the split's exchanges may be in the training split)."""
+    from vhred.metrics.ranking import rank_scores
+    model = _model()
+    seen, real = [], model.retrieval.replies
+    monkeypatch.setattr(model.retrieval, "replies", lambda turns, learned=None: seen.extend(real(turns, learned)) or seen[-len(turns):])
+    rank_scores(model, [[[5, 6, 7], [20, 21]]], [[[22, 23], [31], [13]]], ["ll", "pmi"], 2, 0)
+    assert [31] in seen and [22, 23] not in seen                     # the next best match instead
+    assert model.retrieval.replies([[20, 21]]) == [[22, 23]]         # held out only while ranking
+
+
 def test_the_matches_kept_are_bounded_and_forgetting_them_changes_no_answer(monkeypatch):
     from vhred.models import retrieval
     index = RetrievalIndex(40)
@@ -76,6 +104,9 @@ def test_the_matches_kept_are_bounded_and_forgetting_them_changes_no_answer(monk
     again.fill(WINDOWS)
     assert [again.replies([t])[0] for t in ([21], [30, 6], [22])] == want
     assert len(again._found) <= 2
+    monkeypatch.setattr(retrieval, "CACHE_LIMIT", 3)
+    again.replies([[21], [30, 6]])                     # two kept
+    assert again.replies([[21], [5, 6]]) == index.replies([[21], [5, 6]])   # one known, one new: past the limit
 
 
 def test_each_row_carries_the_retrieved_replys_words_and_every_attended_pieces_id():

@@ -375,13 +375,38 @@ def test_a_best_found_mid_epoch_is_that_epochs_for_patience(tiny_cfg, monkeypatc
     assert "best validation ELBO/token 4.000 (epoch 2)" in lines[-1]
 
 
+def test_an_eval_every_that_ends_an_epoch_validates_it_once(tiny_cfg):
+    per_epoch = train(tiny_cfg("epochs=1", "max_dialogues=40", "name=count"), log=quiet).progress.step
+    run = train(tiny_cfg("epochs=2", "max_dialogues=40", f"eval_every={per_epoch}"), log=quiet)
+    val = [r["step"] for r in read_metrics(run.dir) if r["split"] == "val"]
+    assert val == [per_epoch, 2 * per_epoch]   # one row a validated state, not two
+
+
+def test_a_run_killed_between_checkpoints_logs_each_step_once(tiny_cfg):
+    """A kill after rows past last.pt's step: the resumed run replays those steps, and its
+    metrics.jsonl holds each once, as the uninterrupted run's does; a line cut short goes too."""
+    full = train(tiny_cfg("max_steps=20", "name=full"), log=quiet)
+    run = train(tiny_cfg("max_steps=15", "name=killed", "save_every=10"), log=quiet)
+    state = checkpoint.load(os.path.join(run.dir, "last.pt"))
+    state["progress"]["step"] = 10   # last.pt as a kill at step 15 leaves it: from step 10, rows to 15
+    done = train(tiny_cfg("max_steps=10", "name=at10", "save_every=10"), log=quiet)
+    shutil.copy(os.path.join(done.dir, "last.pt"), os.path.join(run.dir, "last.pt"))
+    with open(os.path.join(run.dir, "metrics.jsonl"), "a") as f:
+        f.write('{"split": "train", "st')   # the kill cut this row short
+    train(tiny_cfg("max_steps=20", "name=killed", "save_every=10"), log=quiet)
+    steps = lambda d: [(r["split"], r["step"]) for r in read_metrics(d)]
+    assert steps(run.dir) == steps(full.dir)
+    assert [r["nll_per_token"] for r in read_metrics(run.dir)] == pytest.approx(
+        [r["nll_per_token"] for r in read_metrics(full.dir)], abs=1e-5)
+
+
 def test_a_kl_warmup_longer_than_the_epochs_is_warned_of(tiny_cfg, monkeypatch):
     """max_steps above what the epochs reach: the warning reads the length the epochs give."""
     monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([5.0]))
     lines = []
     run = train(tiny_cfg("epochs=1", "max_dialogues=40", "max_steps=1000", "kl_schedule=linear",
                          "kl_warmup_steps=500"), log=lines.append)
-    assert run.progress.step < 500 and any("kl_warmup_steps=500 is longer than the whole run" in l for l in lines)
+    assert run.progress.step < 500 and any("kl_warmup_steps=500 is as long as the whole run or longer" in l for l in lines)
 
 
 def test_patience_zero_trains_every_epoch(tiny_cfg, monkeypatch):

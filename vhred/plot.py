@@ -25,7 +25,25 @@ def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
                 continue   # a line cut short by a kill, or not JSON (bytes that are not UTF-8)
             if isinstance(row, dict):   # a line that is JSON but not a record ([1]) is no metric either
                 rows.append(row)
+    # a step logged twice (a run killed and resumed before the trimming of vhred/train.py): the last
+    last = {(r.get("split"), r.get("step")): r for r in rows}
+    rows = [r for r in rows if last[(r.get("split"), r.get("step"))] is r]
     return [r for r in rows if r.get("split") == "train"], [r for r in rows if r.get("split") == "val"]
+
+
+def beta_curve(run_dir: str, train: list[dict]) -> tuple[list[int], list[float]]:
+    """The KL weight at every step the run took, from its config.json: the logged rows sample a
+    cyclical schedule every log_every steps and can miss its troughs. A row at step s was logged
+    after step s - 1 had been taken with beta(s - 1). Without the config: the logged values."""
+    from .config import from_dict
+    from .schedule import kl_weight
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            cfg = from_dict(json.load(f))
+    except (OSError, ValueError, TypeError):
+        return [r["step"] for r in train], [r["beta"] for r in train]
+    last = max((r["step"] for r in train), default=0)
+    return list(range(1, last + 1)), [kl_weight(s - 1, cfg) for s in range(1, last + 1)]
 
 
 def smooth(values: list[float], width: int = 10) -> list[float]:
@@ -54,7 +72,7 @@ def plot(run_dir: str) -> str:
     plot_elbo(ax[0, 0], val)
     for a, _, _ in panels:
         a.legend()
-    ax[1, 0].plot(steps, [r["beta"] for r in train])
+    ax[1, 0].plot(*beta_curve(run_dir, train))
     ax[1, 0].set_title("KL weight beta")
     ax[1, 1].plot(vsteps, [r["active_units"] for r in val], "o-")
     ax[1, 1].set_title("active latent units (validation)")

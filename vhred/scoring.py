@@ -7,7 +7,7 @@ Two kinds:
        posterior q(z | context, r):  log 1/K sum_k p(r | z_k) p(z_k | context) / q(z_k | ...).
   pmi  pointwise mutual information, the MMI-antiLM score of Li et al. (2016) with lambda = 1:
        [log p(r | context) - log p(r | NEUTRAL)] per predicted token. The neutral context is
-       one empty turn (the model reads only <eos>): the model's guess of a first reply to a
+       one empty turn (the model reads only <eos>, and a retrieve run no reply): the model's guess of a first reply to a
        silent partner, i.e. how likely r is with nothing to respond to. Generic replies ("I
        don't know .") are likely everywhere and lose their advantage; replies that fit this
        context gain. Per token, so long replies are not favoured for their length alone.

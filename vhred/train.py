@@ -222,6 +222,20 @@ class Run:
                                   "remove it to start over") from None
         if "rng" in state:
             self._set_rng(state["rng"])
+        if self.is_rank0:
+            self._forget_metrics_after(self.progress.step)
+
+    def _forget_metrics_after(self, step: int):
+        """Drop the metrics rows of the steps after last.pt's, which a kill or a roll-back undid:
+        they are logged again as the run replays them (so the curves have one row a step)."""
+        path = os.path.join(self.dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return
+        with open(path, "rb") as f:
+            lines = f.readlines()
+        kept = [line for line in lines if _row_step(line) <= step]
+        if len(kept) != len(lines):
+            _write_whole(path, b"".join(kept))
 
     def _rng_states(self) -> list[dict]:
         """Every rank's generator states (CPU, and the GPU's on CUDA), gathered on all ranks:
@@ -442,9 +456,10 @@ class Run:
             ahead.close()
             bar.close()
         self._skip_unshareable(batches)
-        if p.batch_pos >= len(batches):   # the epoch is whole: validate, move on
+        if p.batch_pos >= len(batches):   # the epoch is whole: validate (unless eval_every just did), move on
             p.epoch, p.batch_pos = p.epoch + 1, 0
-            self.validate()
+            if p.last_val_step != p.step:
+                self.validate()
 
     def _skip_unshareable(self, batches):
         """Step over batches too small to give every rank a share (only under torchrun)."""
@@ -562,6 +577,17 @@ def prefetch(make, items: list, depth: int = 2):
                 q.get(timeout=0.01)
             except queue.Empty:
                 pass
+
+
+def _row_step(line: bytes) -> float:
+    """The step of a metrics.jsonl row; infinity for a line a kill cut short (no JSON record),
+    which the next row would be glued to."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return math.inf
+    step = row.get("step") if isinstance(row, dict) else None
+    return step if isinstance(step, int) else math.inf
 
 
 def _write_whole(path: str, data: bytes) -> None:

@@ -6,9 +6,12 @@ exchanges' turns by TF-IDF cosine over piece ids,
 
     idf(w) = log(P / df(w)),   v(turn)_w = count(w in turn) * idf(w) / ||.||,   score = v(query) . v(turn_i)
 
-and the reply of the best match is what the decoder reads beside the turn it answers. In training,
-the exchange being learned (the same turn followed by the same reply) is never handed back: the
+and the reply of the best match is what the decoder reads beside the turn it answers (none for an
+empty turn, or one that shares no piece with any exchange's). In training, no exchange whose reply
+is the reply being learned is handed back, whichever turn it follows: DailyDialog holds dialogues
+twice, differing in spacing or a name, and their copies would hand the model its own target. The
 next best match is, so the model learns to use a neighbour's reply, not to copy the answer.
+Ranking a split's true reply among others holds the true exchanges out the same way (hold_out).
 
 The exchanges are buffers of the model: every checkpoint, resumed run and exported model folder
 holds them, so a model answers the same wherever it is loaded. Their sizes depend on the data, so a
@@ -16,12 +19,13 @@ model built from its config alone holds none until it loads its weights (or fill
 """
 import math
 from collections import Counter
+from contextlib import contextmanager
 from itertools import accumulate
 
 import torch
 from torch import nn
 
-TOP_K = 3   # matches kept per query: training skips the exchange it learns, which is among them
+TOP_K = 8   # matches kept per query: training skips those whose reply it learns, often among them
 CACHE_LIMIT = 1_000_000   # turns whose matches are kept (training's are about 100k)
 
 
@@ -38,6 +42,7 @@ class RetrievalIndex(nn.Module):
         """Forget what was derived from the buffers (the TF-IDF matrix, the matches found)."""
         self._pairs = self._matrix = self._idf = None
         self._found: dict[tuple, list[int]] = {}
+        self._held: dict[tuple, set] = {}
 
     def fill(self, windows) -> int:
         """Index the unique (turn, reply) exchanges of dialogue windows (lists of utterances of
@@ -91,35 +96,49 @@ class RetrievalIndex(nn.Module):
 
     def _search(self, turns: list[tuple]):
         """Find the TOP_K best exchanges of each turn not yet searched, in chunks of 512 queries."""
+        if len(self._found) + len(set(turns)) > CACHE_LIMIT:   # a long-running server meets new turns forever
+            self._found.clear()   # before the search: every turn of this call is found again
         todo = list(dict.fromkeys(t for t in turns if t not in self._found))
         if not todo:
             return
         if self._matrix is None:   # the exchanges' turn vectors, once per load
             self._matrix = self._unit_vectors(self.turn_ids, self.turn_ends)     # (P, V)
-        if len(self._found) + len(todo) > CACHE_LIMIT:   # a long-running server meets new turns forever
-            self._found.clear()
         for s in range(0, len(todo), 512):
             chunk = todo[s:s + 512]
             q = self._unit_vectors(torch.tensor([t for turn in chunk for t in turn], dtype=torch.long),
                                    torch.tensor(list(accumulate(len(t) for t in chunk))))   # (Q, V)
             scores = torch.sparse.mm(self._matrix, q.to_dense().T)              # (P, Q)
-            top = scores.topk(min(TOP_K, len(self)), dim=0).indices.T.tolist()  # (Q, k)
-            self._found.update(zip(chunk, top))
+            top = scores.topk(min(TOP_K, len(self)), dim=0)                    # (k, Q)
+            # a score of 0 shares no piece: the tie order of topk would pick an arbitrary exchange
+            self._found.update((turn, [p for p, v in zip(ps, vs) if v > 0])
+                               for turn, ps, vs in zip(chunk, top.indices.T.tolist(), top.values.T.tolist()))
 
     def replies(self, turns: list[list[int]], learned: list[list[int]] | None = None) -> list[list[int]]:
-        """The reply of the best-matching exchange for each turn: ids, [] with an empty index.
-        learned (training): the reply each turn is followed by, whose exchange is skipped."""
+        """The reply of the best-matching exchange for each turn: ids, [] with an empty index or
+        no match. learned (training): the reply each turn is followed by, which is never handed
+        back (nor are the replies held out for the turn, see hold_out)."""
         if not len(self):
             return [[] for _ in turns]
         keys = [tuple(t) for t in turns]
         self._search(keys)
         pairs, out = self.pairs(), []
         for i, key in enumerate(keys):
-            own = (key, tuple(learned[i])) if learned is not None else None
-            found = self._found[key]
-            pick = next((p for p in found if pairs[p] != own), found[0])
-            out.append(list(pairs[pick][1]))
+            skip = {tuple(learned[i])} if learned is not None else self._held.get(key, ())
+            pick = next((p for p in self._found[key] if pairs[p][1] not in skip), None)
+            out.append([] if pick is None else list(pairs[pick][1]))
         return out
+
+    @contextmanager
+    def hold_out(self, exchanges):
+        """Within it, each (turn, reply) of exchanges is as training's learned reply: never handed
+        back for that turn. Ranking a split's true replies must not read them from the index."""
+        self._held = {}
+        for turn, reply in exchanges:
+            self._held.setdefault(tuple(turn), set()).add(tuple(reply))
+        try:
+            yield
+        finally:
+            self._held = {}
 
 
 def _unflatten(ids: torch.Tensor, ends: torch.Tensor) -> list[tuple]:
