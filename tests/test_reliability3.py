@@ -396,6 +396,28 @@ def test_plot_reads_a_metrics_file_with_garbage_lines(trained, tmp_path, garbage
         assert not (run / "curves.png").exists()
 
 
+def test_plot_draws_beta_at_every_step_and_each_logged_step_once(tmp_path):
+    """Rows every 50 steps sample a 200-step cyclical schedule at the same phases (0.49, 0.99, 1,
+    1): the panel draws beta from the run's config at every step, so its troughs at 0 show. A
+    step logged twice (an older run killed and resumed) is drawn once, its last row."""
+    from dataclasses import asdict
+
+    from vhred import plot
+    from vhred.config import Config
+    cfg = Config(kl_schedule="cyclical", kl_warmup_steps=100, kl_cycle_steps=200)
+    (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
+    rows = [{"split": "train", "step": s, "beta": 0.0, "nll_per_token": 5.0} for s in range(50, 1001, 50)]
+    rows.insert(2, {**rows[2], "nll_per_token": 9.0})   # step 150 twice: the first row was undone
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, _ = plot.read_metrics(str(tmp_path))
+    assert [r["step"] for r in train] == list(range(50, 1001, 50)) and train[2]["nll_per_token"] == 5.0
+    steps, beta = plot.beta_curve(str(tmp_path), train)
+    assert steps == list(range(1, 1001)) and min(beta) == 0.0 and max(beta) == 1.0
+    assert beta[200] == 0.0 and beta[250] == 0.5   # the row at step 201 holds step 200's beta
+    (tmp_path / "config.json").unlink()                # no config: the logged values
+    assert plot.beta_curve(str(tmp_path), train) == ([r["step"] for r in train], [0.0] * 20)
+
+
 def test_chat_reset_forgets_the_kept_z(trained):
     from vhred.chat import Chat
     from vhred.generate import DecodeOptions
