@@ -580,6 +580,25 @@ def test_pool_with_on_the_commands(trained, tmp_path):
     assert code == 0 and out[0].startswith("1. ") and "Traceback" not in err
 
 
+def test_a_chat_turn_is_the_apis_reply_with_the_same_seed_and_reset_starts_afresh(trained, vhred_model):
+    """docs/api.md: bot.respond is the chat's turn without the chat; the same history and seed
+    give the same replies, at any turn, and after /reset as in a fresh chat."""
+    import vhred
+    from vhred.chat import Chat
+    model, cfg, sp = vhred_model
+    bot = vhred.load(trained["vhred"])
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=3, seed=7), note=lambda *_: None)
+    first = chat.respond("Hi , how are you ?")
+    second = chat.respond("Where is the station ?")
+    history = ["Hi , how are you ?", chat.history[1], "Where is the station ?"]
+    assert [c.text for c in bot.respond(history, n=3, seed=7)] == second
+    chat.command("/reset")
+    assert chat.respond("Hi , how are you ?") == first
+    chat.command(f"/seed {2 ** 63 - 1}")   # the largest seed a turn takes, at every turn
+    chat.respond("Hello .")
+    assert chat.respond("Where is it ?")   # answered: the seed stays in range
+
+
 def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
     from vhred import checkpoint
     from vhred.chat import Chat

@@ -302,7 +302,7 @@ def test_mmi_family_holds_ll_and_pmi(trained):
 
 def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
     from vhred import checkpoint
-    from vhred.generate import DecodeOptions, candidates, shown_note
+    from vhred.generate import DecodeOptions, candidates, count_note, shown_note
     model, cfg, sp = checkpoint.load_model(trained["vhred"])
     ctx = [[sp.encode("Hi , how are you ?")]]
     opts = DecodeOptions(num_samples=4, method="sample", rank="ll")
@@ -314,6 +314,8 @@ def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
     note = shown_note(shown, 4, keep)
     assert (note == "") == all(good) and (all(good) or "faulty" in note)
     assert shown_note(shown[:2], 4) == "2 of 4 shown: the other draws repeated these"
+    assert count_note(4, 8, 2, 16) == ("4 of 8 shown: the other draws repeated these; the last 2 shown have "
+                                       "faulty text (non-words, glued or repeated): no more good ones in 128 draws")
 
 
 @pytest.mark.parametrize("family, method", [("vhred", "greedy"), ("vhred", "beam"), ("hred", "greedy"),

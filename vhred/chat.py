@@ -76,7 +76,6 @@ class Chat:
         self.scores: list[float] = []  # and their ranking scores
         self.zs: list = []             # and the z each was decoded from (VHRED)
         self.kept = None               # a z held for the next turns (/keep), or None
-        self.turn = 0
 
     def respond(self, text: str) -> list[str]:
         """Add the user's turn, return the candidates as readable text, best first; the best
@@ -90,8 +89,7 @@ class Chat:
                       "words, so the replies answer little of it)")
         self.history.append(turn)
         context = encode_turns(self.sp, self.history, self.cfg.max_utt_len, self.cfg.max_context)
-        opts = replace(self.opts, seed=self.opts.seed + self.turn)
-        self.turn += 1
+        opts = self.opts   # its seed as is: a turn gives what bot.respond(history, seed) gives
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
@@ -177,7 +175,7 @@ class Chat:
         self.note(f"(candidates ranked by {RANKED_BY.get(ranked_by, ranked_by)})")
 
     def _cmd_seed(self, arg):
-        self.opts.seed, self.turn = _bounded(int(arg), 0, 2 ** 63 - 1, "seed"), 0
+        self.opts.seed = _bounded(int(arg), 0, 2 ** 63 - 1, "seed")
         self.note(f"(seed {self.opts.seed})")
 
     def _cmd_keep(self, arg):

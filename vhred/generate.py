@@ -484,12 +484,11 @@ def shown_note(shown: list, n: int, keep=None, draws: int = REFILLS[-1]) -> str:
 def count_note(shown: int, n: int, faulty: int, draws: int = REFILLS[-1]) -> str:
     """shown_note from the counts: `shown` replies of n asked for, the last `faulty` of them
     faulty, after `draws` draws per reply (draws_made)."""
-    if shown < n:
-        return f"{shown} of {n} shown: the other draws repeated these"
+    why = [f"{shown} of {n} shown: the other draws repeated these"] if shown < n else []
     if faulty:
-        return (f"the last {faulty} shown have faulty text (non-words, glued or repeated): "
-                f"no more good ones in {draws * n} draws")
-    return ""
+        why.append(f"the last {faulty} shown have faulty text (non-words, glued or repeated): "
+                   f"no more good ones in {draws * n} draws")
+    return "; ".join(why)
 
 
 def shown_filter(sp, cfg, opts: DecodeOptions):
