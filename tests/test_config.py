@@ -21,7 +21,8 @@ def test_unknown_key_suggests_the_nearest():
 @pytest.mark.parametrize("override,message", [
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
     ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
-    ("word_dropout=1.5", "below 1"), ("z_dim=-5", "z_dim must not be negative"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
+    ("word_dropout=1.5", "below 1"), ("z_dim=-5", "z_dim must not be negative"),
+    ("name=a\nb", "name must be a plain folder name"), ("name=a\tb", "no control characters"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
     ("data_dir=", r"data_dir is empty; leave it out for the default \(data\)"),   # '' is the current folder
     ("out_dir= ", r"out_dir is empty; leave it out for the default \(runs\)"), ("data=", "data is empty"),
 ])

@@ -83,6 +83,9 @@ def test_score_round_trip(tmp_path, systems, capsys):
     assert "rater: reader 1" in table and "| new | 100% [61, 100] (6/6) | 100% [44, 100] (3/3) |" in table
     assert "| system | wh (1): all shown | top-1 | yes-no (1): all shown | top-1 | other (1): all shown | top-1 |" in table
     assert "| old | 50% [9, 91] (1/2) | 100% [21, 100] (1/1) | 0% [0, 66] (0/2) | 0% [0, 79] (0/1) |" in table
+    with pytest.raises(SystemExit) as refused:
+        rate.main(["score", "--key", str(tmp_path / "key.json"), "--answers", str(answers), "--rater", "a\nb"])
+    assert refused.value.code == 2 and "--rater must be one line of text" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("turn, kind", [

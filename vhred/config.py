@@ -384,8 +384,8 @@ def _check_relations(cfg: Config, families: dict) -> None:
     for key in ("data", "data_dir", "out_dir"):   # '' would be the current folder, or no data at all
         if not getattr(cfg, key).strip():
             raise ConfigError(f"{key} is empty; leave it out for the default ({getattr(Config(), key)})")
-    if os.sep in cfg.name or cfg.name in (".", ".."):
-        raise ConfigError(f"name must be a plain folder name, got '{cfg.name}'")
+    if os.sep in cfg.name or cfg.name in (".", "..") or not cfg.name.isprintable():
+        raise ConfigError(f"name must be a plain folder name (no /, no control characters), got {cfg.name!r}")
 
 
 def warnings(cfg: Config, total_steps: int) -> list[str]:

@@ -426,6 +426,8 @@ def _key_is_whole(key) -> bool:
 
 
 def score_answers(args):
+    if not args.rater.isprintable():   # a line break would split the figures' lines that name it
+        raise InputError(f"--rater must be one line of text, got {args.rater!r}")
     key = read_key(args.key)
     answers = read_answers(args.answers, key)
     rater = args.rater or os.path.splitext(os.path.basename(args.answers))[0]
