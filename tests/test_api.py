@@ -52,6 +52,31 @@ def test_decoding_options_reach_the_decoder(bot, trained):
     assert len(hred.respond(HISTORY, n=3, method="beam")) == 3   # HRED's n best beams
 
 
+def test_a_request_takes_the_servers_method_and_drops_its_shaping_for_another(bot):
+    """What a request leaves out comes from the base (a server's flags): its method too, when the
+    request's temperature is the neutral 1; a request that picks greedy or beam without shaping
+    of its own decodes without the base's temperature, which shapes sampled words only."""
+    from vhred.generate import DecodeOptions
+    greedy = DecodeOptions(method="greedy")
+    assert bot._options(2, {"temperature": 1.0}, greedy).method == "greedy"
+    assert bot._options(2, {"top_k": 0}, greedy).method == "greedy"
+    assert bot._options(2, {"temperature": 0.8}, greedy).method == "sample"
+    warm = DecodeOptions(method="sample", temperature=0.7)
+    opts = bot._options(2, {"method": "greedy"}, warm)
+    assert (opts.method, opts.temperature, opts.top_k, opts.top_p) == ("greedy", 1.0, 0, 1.0)
+    assert bot._options(2, {}, warm).temperature == 0.7 and bot._options(2, {"method": "sample"}, warm).temperature == 0.7
+    with pytest.raises(InputError, match="shape sampled words"):
+        bot._options(2, {"method": "greedy", "temperature": 0.5}, warm)
+
+
+def test_eval_under_dialogwaes_protocol_samples_when_a_temperature_is_given():
+    from vhred.evaluate import parse_args
+    from vhred.generate import options_from_args
+    assert options_from_args(parse_args(["--protocol", "dialogwae", "--temperature", "0.8"])).method == "sample"
+    assert options_from_args(parse_args(["--protocol", "dialogwae"])).method == "greedy"
+    assert options_from_args(parse_args(["--protocol", "dialogwae", "--method", "beam"])).method == "beam"
+
+
 def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     """respond() ranks by the default ranking score (MMI, lambda DecodeOptions.mmi_lambda) with
     K = 3 z samples and seed 0 (scoring.RANK_SAMPLES), and score() gives a text that same score of

@@ -243,6 +243,7 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("It is good)))", {"mangled"}),          # a bracket run
     ("It is (good)", set()),
     ("I'm.Then go.", {"glued"}),          # after a contraction
+    ("That is it...Then go", {"glued"}),
 ])
 def test_faults_of_hand_made_replies(text, faults):
     found = {k for k, v in surface.faults(text, KNOWN).items() if v}
@@ -279,6 +280,12 @@ def test_surface_metrics_are_shares():
     ("The ' 90s , 5 o ' clock , my parents ' house .", "The '90s, 5 o'clock, my parents' house."),
     ("It costs £ 500 or ¥ 150 .", "It costs £500 or ¥150."),
     ("He says ' No ' .", "He says 'No'."),                  # one quoted word
+    ("I ’ Ve got it , you ' Re right , he didn ' T go .", "I've got it, you're right, he didn't go."),
+    ("Let me check ... yes . Wait ...", "Let me check... yes. Wait..."),
+    ("Hmm...yes", "Hmm... yes"),
+    ("It costs $ 1,299 . 00 today .", "It costs $1,299.00 today."),
+    ("Sorry :( it is on sale next week :)", "Sorry :( it is on sale next week :)"),
+    ("It said “ fragile ” in red . B : : hi", 'It said "fragile" in red. B:: hi'),
 ])
 def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
     assert pretty(pieces) == text

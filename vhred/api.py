@@ -121,10 +121,15 @@ class Bot:
         _check_type("n", n, int)
         if n < 1:
             raise InputError(f"n must be at least 1, got {n}")
-        given = {**asdict(base or DecodeOptions()), **decoding, "num_samples": n}
-        if "method" not in decoding and {"temperature", "top_k", "top_p"} & set(decoding):
-            given["method"] = None   # shaped words and no method: sampling, as with the flags
-        opts = options_from_args(SimpleNamespace(**given), keywords=True)   # the flags' rules, word for word
+        base = base or DecodeOptions()
+        given = {**asdict(base), **decoding, "num_samples": n}
+        shaping = {"temperature", "top_k", "top_p"} & set(decoding)
+        if "method" not in decoding and shaping:
+            given["method"] = None   # words shaped or not by the request: sampling, or the base's method
+        elif decoding.get("method", "sample") != "sample" and not shaping:   # the base's shaping is for its sampling
+            given.update(temperature=1.0, top_k=0, top_p=1.0)
+        opts = options_from_args(SimpleNamespace(**given), keywords=True,   # the flags' rules, word for word
+                                 default_method=base.method)
         ranking(self._model, opts)   # a ranking this model cannot do is refused before any decoding
         return opts
 

@@ -179,8 +179,9 @@ def parse_args(argv):
     if args.protocol == "dialogwae":
         given = {a.dest for a in p._actions for flag in a.option_strings
                  for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
+        shaped = given & {"temperature", "top_k", "top_p"}   # words shaped: sampled, as under --protocol ours
         for key, value in DIALOGWAE_DECODING.items():
-            if key not in given:
+            if key not in given and not (key == "method" and shaped):
                 setattr(args, key, value)
     return args
 

@@ -608,7 +608,8 @@ def _join_apostrophes(words: list[str]) -> list[str]:
             w = w.lower()
         if out and out[-1] == "'" and w.lower() in CONTRACTIONS and len(out) > 1:
             out.pop()
-            if w.lower() == "t" and out[-1].lower().endswith("n"):
+            w = w.lower()   # I ’ Ve (766 times in the training split) -> I 've
+            if w == "t" and out[-1].lower().endswith("n"):
                 out[-1], w = out[-1][:-1], "n" + "'" + w     # don ' t -> do n't
             else:
                 w = "'" + w
@@ -618,9 +619,13 @@ def _join_apostrophes(words: list[str]) -> list[str]:
 
 INITIALISM = re.compile(r"(?<!\S)[A-Za-z] \.(?: [A-Za-z] \.)+(?: \.)?(?!\S)")   # U . S . ; a . m . .
 MONEY = re.compile(r"([£€¥]) (?=\d)")   # the detokenizer joins $ 60 only
+CENTS = re.compile(r"(\d,\d{3})\. (\d+)\b")   # 2,699 . 00, as the corpus and TweetTokenizer split it
+TRAILING_DOTS = re.compile(r"(?<=\w) \.\.\.(?=\s|$)")   # "Wait ..." -> "Wait...", as mid-sentence
 # quote marks joined to their words travel through the detokenizer as characters it leaves alone
 QUOTE_STAND_IN = {'"': "\ue000", "'": "\ue001"}
 QUOTES_BACK = str.maketrans({v: k for k, v in QUOTE_STAND_IN.items()})
+FACE = "\ue002"   # an emoticon's place while the detokenizer works
+EMOTICON = re.compile(r"[<>]?[:;=][-o*']?[()\[\]dDpP/\\{}@|]|<3")   # :) ;-( :P <3, eyes first (not "::", ");")
 
 
 def _join_quotes(words: list[str]) -> list[str]:
@@ -665,10 +670,15 @@ def pretty(text: str) -> str:
     the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
     from .metrics.surface import unglue
-    text = INITIALISM.sub(lambda m: m.group(0).replace(" ", "").replace("..", "."), text.replace("’", "'"))
+    text = text.replace("’", "'").replace("“", '"').replace("”", '"')
+    text = INITIALISM.sub(lambda m: m.group(0).replace(" ", "").replace("..", "."), text)
     words = _join_quotes(_join_apostrophes(unglue(text).split()))
+    faces = [w for w in words if EMOTICON.fullmatch(w)]                      # :) stays a word: the
+    words = [FACE if w in faces else w for w in words]                       # detokenizer glues its marks
     text = unglue(TreebankWordDetokenizer().detokenize(words))   # and what the joining glued ("ll,ll")
-    text = MONEY.sub(r"\1", text).translate(QUOTES_BACK)
+    for face in faces:
+        text = text.replace(FACE, face, 1)
+    text = TRAILING_DOTS.sub("...", CENTS.sub(r"\1.\2", MONEY.sub(r"\1", text))).translate(QUOTES_BACK)
     return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
 
 
@@ -710,7 +720,7 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--num-samples", type=int, default=d.num_samples, help="responses per context (default %(default)s)")
     p.add_argument("--method", choices=["greedy", "sample", "beam"],
                    help=f"greedy words (per sampled z for VHRED), sampled words, or beam search "
-                        f"(default {d.method}; sample when --temperature, --top-k or --top-p is given)")
+                        f"(default {d.method}; sample when --temperature, --top-k or --top-p shapes the words)")
     p.add_argument("--max-len", type=int, default=d.max_len, help="tokens per response (default %(default)s)")
     p.add_argument("--min-len", type=int, default=d.min_len, help="no end of turn before this many printing tokens (default %(default)s: never an empty reply; 0 allows one)")
     p.add_argument("--temperature", type=float, default=d.temperature, help="softmax temperature for --method sample (default %(default)s)")
@@ -745,12 +755,13 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
-def options_from_args(args, keywords: bool = False) -> DecodeOptions:
+def options_from_args(args, keywords: bool = False, default_method: str = DecodeOptions.method) -> DecodeOptions:
     """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
-    keyword options (and the server's fields) instead of the flags."""
+    keyword options (and the server's fields) instead of the flags. A method not given is
+    "sample" when the words are shaped, else default_method (a server's own --method)."""
     shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0
     if args.method is None:   # not given; "" is given, and refused by check() like any other wrong name
-        args.method = "sample" if shaped else DecodeOptions.method
+        args.method = "sample" if shaped else default_method
     opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
     if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
         raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else

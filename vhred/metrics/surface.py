@@ -18,9 +18,9 @@ it writes the apostrophe.
 import re
 
 WORD = re.compile(r"[^\W\d_]+")   # letters of any script
-# a word, contraction or number, a sentence mark, a word: "25.How", "it.But", "Mr.Wory", "I'm.So";
+# a word, contraction or number, a sentence mark or "...", a word: "25.How", "it.But", "I'm.So", "Hmm...yes";
 # not "a.m." (one letter before the mark), "3.5" (digits after it) or a web address ("Stars.com")
-GLUED = re.compile(r"(?<![A-Za-z0-9.'])(?:[A-Za-z]{2,}|[A-Za-z]*'[A-Za-z]+|\d+)[.!?,;:]([A-Za-z]+)")
+GLUED = re.compile(r"(?<![A-Za-z0-9.'])(?:[A-Za-z]{2,}|[A-Za-z]*'[A-Za-z]+|\d+)(?:\.\.\.|[.!?,;:])([A-Za-z]+)")
 DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
 ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b", re.I)   # www.amazon.com, Stars.com/x
 ABBREVIATIONS = {"ph.d"}   # written with a mark inside: "Ph.D student"
