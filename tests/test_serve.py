@@ -61,7 +61,8 @@ def test_respond_gives_ranked_candidates(server, bot):
     first = out["candidates"][0]
     status, again = request(server.port, "POST", "/respond", {"history": HISTORY, "n": 2, "z": first["z"]})
     assert status == 200 and [c["text"] for c in again["candidates"]] == [first["text"]]
-    assert again["note"] == "1 of 2 shown: the other draws repeated these"
+    assert again["note"].startswith("1 of 2 shown: the other draws repeated these")
+    assert again["candidates"][0]["faulty"] == ("faulty text" in again["note"])   # and says so of a faulty one
     status, err = request(server.port, "POST", "/respond", {"history": HISTORY, "z": [1, 2]})
     assert status == 400 and "finite numbers" in err["error"]
 

@@ -16,7 +16,8 @@ often a word appears in the answers to one wh-phrase than in replies at large:
 with p(w | f) smoothed toward p(w) by SMOOTH pseudo-answers. f is the wh-phrase ("how long"),
 or the wh-word alone ("how") when the phrase was asked fewer than MIN_ASKED times. A reply's
 answer score is the largest pmi of its words, and 0 when no word is typical of the answers or the
-last turn holds no wh-question. A turn holds one wherever its question stands: "What time is it?
+last turn holds no wh-question. A turn holds one wherever its question stands in the pieces the
+model reads (its first max_utt_len; the ranking reads the context so): "What time is it?
 I forgot my watch." does, though vhred.rate.turn_kind, which reads how a turn ends, calls it
 "other" (30 of the 2,522 "other" turns of the rated contexts). The ranking adds it to a run's score
 (generate._scores: rank "critic" and "mmi", + DecodeOptions.answer_weight x the score). Words
