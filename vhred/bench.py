@@ -393,7 +393,7 @@ def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
             t0 = time.perf_counter()
             try:
                 post_json(conn, "/respond", body)
-            except (OSError, RuntimeError) as e:
+            except (OSError, RuntimeError, ValueError, http.client.HTTPException) as e:   # a server stopped mid-answer too
                 errors.append(str(e))
                 conn.close()
                 continue

@@ -354,6 +354,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": str(e)})
         except (OverflowError, RecursionError):   # numbers or nesting no model option can take
             self._json(400, {"error": "a value in the request is out of range"})
+        except OSError:   # the socket failed while answering (the client gone): handle_error, no traceback
+            raise
         except Exception:   # a bug: logged, answered, and the server goes on
             traceback.print_exc(file=sys.stderr)
             self._json(500, {"error": "internal error (logged on the server)"})
