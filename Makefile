@@ -63,7 +63,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m vhred.bench $(ARGS)
 
-# Serving: requests/s and p50/p95 latency at 1/8/32 clients, with and without batching (README, "Serving")
+# Serving: requests/s and p50/p95 latency at 1/8/32 clients, with and without batching (docs/benchmarks.md)
 bench-serve: $(STAMP)
 	$(BIN)/python -m vhred.bench --serve $(ARGS)
 
