@@ -286,6 +286,7 @@ def test_surface_metrics_are_shares():
     ("It costs $ 1,299 . 00 today .", "It costs $1,299.00 today."),
     ("Sorry :( it is on sale next week :)", "Sorry :( it is on sale next week :)"),
     ("It said “ fragile ” in red . B : : hi", 'It said "fragile" in red. B:: hi'),
+    ("he says \ue000 \" hi \" :) \ue002 ok", 'He says "hi" :) ok'),   # the stand-ins' characters never show
 ])
 def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
     assert pretty(pieces) == text

@@ -670,6 +670,7 @@ def pretty(text: str) -> str:
     the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
     from .metrics.surface import unglue
+    text = re.sub("[\ue000-\ue002]", "", text)   # the stand-ins below are ours alone
     text = text.replace("’", "'").replace("“", '"').replace("”", '"')
     text = INITIALISM.sub(lambda m: m.group(0).replace(" ", "").replace("..", "."), text)
     words = _join_quotes(_join_apostrophes(unglue(text).split()))
