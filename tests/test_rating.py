@@ -283,6 +283,7 @@ def test_surface_metrics_are_shares():
     ("I ’ Ve got it , you ' Re right , he didn ' T go .", "I've got it, you're right, he didn't go."),
     ("Let me check ... yes . Wait ...", "Let me check... yes. Wait..."),
     ("Hmm...yes", "Hmm... yes"),
+    ("OK ... OK ... Anyway , it.It is", "OK... OK... Anyway, it. It is"),   # each of a run of glued marks
     ("It costs $ 1,299 . 00 today .", "It costs $1,299.00 today."),
     ("Sorry :( it is on sale next week :)", "Sorry :( it is on sale next week :)"),
     ("It said “ fragile ” in red . B : : hi", 'It said "fragile" in red. B:: hi'),

@@ -63,9 +63,15 @@ def glued(text: str) -> list[str]:
 
 
 def unglue(text: str) -> str:
-    """A space after every glued sentence mark, as the corpus writes it: "25.How" -> "25. How"."""
-    return GLUED.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + " " + m.group(1) if _is_glued(m)
-                     else m.group(0), text)
+    """A space after every glued sentence mark, as the corpus writes it: "25.How" -> "25. How".
+    Again until none is left: a match takes the word after its mark, which may be glued in turn
+    ("OK...OK...Anyway")."""
+    while True:
+        spaced = GLUED.sub(lambda m: m.group(0)[:m.start(1) - m.start(0)] + " " + m.group(1) if _is_glued(m)
+                           else m.group(0), text)
+        if spaced == text:
+            return text
+        text = spaced
 
 
 def empty(text: str) -> bool:
