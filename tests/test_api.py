@@ -67,6 +67,8 @@ def test_a_request_takes_the_servers_method_and_drops_its_shaping_for_another(bo
     assert bot._options(2, {}, warm).temperature == 0.7 and bot._options(2, {"method": "sample"}, warm).temperature == 0.7
     with pytest.raises(InputError, match="shape sampled words"):
         bot._options(2, {"method": "greedy", "temperature": 0.5}, warm)
+    shaped = DecodeOptions(method="sample", temperature=0.7, top_p=0.9)   # a neutral key of the request's own
+    assert (bot._options(2, {"method": "beam", "top_k": 0}, shaped).top_p, bot._options(2, {"method": "greedy", "temperature": 1.0}, shaped).top_p) == (1.0, 1.0)
 
 
 def test_eval_under_dialogwaes_protocol_samples_when_a_temperature_is_given():
@@ -75,6 +77,8 @@ def test_eval_under_dialogwaes_protocol_samples_when_a_temperature_is_given():
     assert options_from_args(parse_args(["--protocol", "dialogwae", "--temperature", "0.8"])).method == "sample"
     assert options_from_args(parse_args(["--protocol", "dialogwae"])).method == "greedy"
     assert options_from_args(parse_args(["--protocol", "dialogwae", "--method", "beam"])).method == "beam"
+    for neutral in (["--temperature", "1"], ["--top-k", "0"], ["--top-p=1.0"]):   # as if left out: greedy
+        assert options_from_args(parse_args(["--protocol", "dialogwae", *neutral])).method == "greedy"
 
 
 def test_score_scores_each_candidate_on_the_ranking_scale(bot):

@@ -284,6 +284,9 @@ def test_surface_metrics_are_shares():
     ("Let me check ... yes . Wait ...", "Let me check... yes. Wait..."),
     ("Hmm...yes", "Hmm... yes"),
     ("OK ... OK ... Anyway , it.It is", "OK... OK... Anyway, it. It is"),   # each of a run of glued marks
+    ('He said " I can ’ t " , " you ’ re " .', 'He said "I can\'t", "you\'re".'),   # a quote ends on a contraction
+    ('" He said \' hi \' "', '"He said \'hi\'"'),                          # nested, the marks touching
+    ("It is ' yes ' or ' no ' , he was ' fine ' .", "It is 'yes' or 'no', he was 'fine'."),
     ("It costs $ 1,299 . 00 today .", "It costs $1,299.00 today."),
     ("Sorry :( it is on sale next week :)", "Sorry :( it is on sale next week :)"),
     ("It said “ fragile ” in red . B : : hi", 'It said "fragile" in red. B:: hi'),

@@ -48,6 +48,9 @@ class Candidate:
     faulty: bool = False
 
 
+NEUTRAL_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}   # words not shaped: what greedy and beam read
+
+
 class Bot:
     """A trained model with its tokenizer and config, ready to answer; made by vhred.load.
 
@@ -126,8 +129,8 @@ class Bot:
         shaping = {"temperature", "top_k", "top_p"} & set(decoding)
         if "method" not in decoding and shaping:
             given["method"] = None   # words shaped or not by the request: sampling, or the base's method
-        elif decoding.get("method", "sample") != "sample" and not shaping:   # the base's shaping is for its sampling
-            given.update(temperature=1.0, top_k=0, top_p=1.0)
+        elif decoding.get("method", "sample") != "sample":   # the base's shaping is for its sampling
+            given.update({k: v for k, v in NEUTRAL_SHAPING.items() if k not in decoding})
         opts = options_from_args(SimpleNamespace(**given), keywords=True,   # the flags' rules, word for word
                                  default_method=base.method)
         ranking(self._model, opts)   # a ranking this model cannot do is refused before any decoding

@@ -179,7 +179,7 @@ def parse_args(argv):
     if args.protocol == "dialogwae":
         given = {a.dest for a in p._actions for flag in a.option_strings
                  for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
-        shaped = given & {"temperature", "top_k", "top_p"}   # words shaped: sampled, as under --protocol ours
+        shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0   # sampled, as under --protocol ours
         for key, value in DIALOGWAE_DECODING.items():
             if key not in given and not (key == "method" and shaped):
                 setattr(args, key, value)

@@ -600,20 +600,18 @@ CONTRACTIONS = {"m", "s", "t", "re", "ve", "ll", "d"}
 
 
 def _join_apostrophes(words: list[str]) -> list[str]:
-    """The corpus's split contractions as the Treebank detokenizer expects them:
-    I ' m -> I 'm, don ' t -> do n't."""
+    """The corpus's split contractions joined into words: I ' m -> I'm, I 'Ve -> I've, don ’ t ->
+    don't (whole words: a quote mark joined to them later cannot hide them from the detokenizer)."""
     out = []
     for w in words:
-        if w[:1] == "'" and w[1:].lower() in CONTRACTIONS:   # I 'Ve -> I 've: the detokenizer knows 've only
-            w = w.lower()
-        if out and out[-1] == "'" and w.lower() in CONTRACTIONS and len(out) > 1:
+        low = w.lower()   # I ’ Ve (766 times in the training split) -> I've
+        if len(out) > 1 and out[-1] == "'" and low in CONTRACTIONS and out[-2][-1:].isalnum():
             out.pop()
-            w = w.lower()   # I ’ Ve (766 times in the training split) -> I 've
-            if w == "t" and out[-1].lower().endswith("n"):
-                out[-1], w = out[-1][:-1], "n" + "'" + w     # don ' t -> do n't
-            else:
-                w = "'" + w
-        out.append(w)
+            out[-1] += "'" + low
+        elif out and w[:1] == "'" and low[1:] in CONTRACTIONS and out[-1][-1:].isalnum():
+            out[-1] += low
+        else:
+            out.append(w)
     return out
 
 
@@ -630,8 +628,8 @@ EMOTICON = re.compile(r"[<>]?[:;=][-o*']?[()\[\]dDpP/\\{}@|]|<3")   # :) ;-( :P 
 
 def _join_quotes(words: list[str]) -> list[str]:
     """Quote marks the corpus spaces off, joined to what they quote: " hello " -> "hello",
-    ' New College ' -> 'New College', ' 90s -> '90s, o ' clock -> o'clock. A lone ' after a
-    plural stays the possessive it is ("parents' house")."""
+    ' New College ' -> 'New College', ' 90s -> '90s, o ' clock -> o'clock; nested ones too. A
+    lone ' after a plural stays the possessive it is ("parents' house")."""
     out = []
     for w in words:
         if len(out) > 1 and out[-1] == "'" and out[-2].lower() == "o" and w.lower() == "clock":
@@ -640,27 +638,33 @@ def _join_quotes(words: list[str]) -> list[str]:
             out[-1] = "'" + w
         else:
             out.append(w)
-    for mark in ('"', "'"):
-        opening = None
-        for i, w in enumerate(out):
-            if w != mark:
-                continue
-            if opening is not None and i > opening + 1:   # closes: joined to the word before
-                q = QUOTE_STAND_IN[mark]
-                out[opening + 1] = q + out[opening + 1]
-                out[i - 1] += q   # the same word when one is quoted
-                out[opening] = out[i] = ""
-                opening = None
-            elif opening is None and out[i + 1:i + 2] and out[i + 1][:1].isalnum() and (mark == '"' or not _possessive(out, i)):
-                opening = i
-    return [w for w in out if w]
+    pairs, opened = [], {}   # (opening, closing) positions; the open one of each mark
+    for i, w in enumerate(out):
+        if w not in QUOTE_STAND_IN:
+            continue
+        if w in opened and i > opened[w] + 1:
+            pairs.append((opened.pop(w), i))
+        elif w not in opened and out[i + 1:i + 2] and (out[i + 1][:1].isalnum() or out[i + 1] in QUOTE_STAND_IN) \
+                and (w == '"' or not _possessive(out, i)):
+            opened[w] = i
+    gone = {i for pair in pairs for i in pair}
+    before, after = [""] * len(out), [""] * len(out)   # stand-ins joined to each word, in order
+    for o, c in sorted(pairs):
+        before[next(j for j in range(o + 1, c) if j not in gone)] += QUOTE_STAND_IN[out[o]]
+    for o, c in sorted(pairs, key=lambda p: p[1]):
+        after[next(j for j in range(c - 1, o, -1) if j not in gone)] += QUOTE_STAND_IN[out[c]]
+    return [b + w + a for i, (b, w, a) in enumerate(zip(before, out, after)) if i not in gone]
+
+
+NOT_PLURALS = {"is", "was", "has", "does", "says", "as", "us", "this", "thus", "yes", "his", "its"}
 
 
 def _possessive(words: list[str], i: int) -> bool:
     """words[i] is a ' after a plural ("parents ' house", "Teachers ' Day"), not a quote's opening
-    ("says ' No '": a lower-case word, then a capital)."""
+    ("says ' No '": a lower-case word, then a capital; "It is ' yes '": no plural)."""
     before, after = words[i - 1] if i else "", words[i + 1]
-    return before[-1:] in ("s", "S") and not (before.islower() and after[:1].isupper())
+    return (before[-1:] in ("s", "S") and before.lower() not in NOT_PLURALS
+            and not (before.islower() and after[:1].isupper()))
 
 
 def pretty(text: str) -> str:
