@@ -589,8 +589,9 @@ def test_a_chat_turn_is_the_apis_reply_with_the_same_seed_and_reset_starts_afres
     bot = vhred.load(trained["vhred"])
     chat = Chat(model, cfg, sp, DecodeOptions(num_samples=3, seed=7), note=lambda *_: None)
     first = chat.respond("Hi , how are you ?")
+    chat.history[1] = "Fine , thanks ."   # a reply the API reads as the chat does (a tiny model's may be re-spaced)
     second = chat.respond("Where is the station ?")
-    history = ["Hi , how are you ?", chat.history[1], "Where is the station ?"]
+    history = ["Hi , how are you ?", "Fine , thanks .", "Where is the station ?"]
     assert [c.text for c in bot.respond(history, n=3, seed=7)] == second
     chat.command("/reset")
     assert chat.respond("Hi , how are you ?") == first
