@@ -17,6 +17,7 @@ from . import checkpoint
 from .device import pick_device
 from .errors import InputError
 from .generate import (
+    NEUTRAL_SHAPING,
     DecodeOptions,
     candidates,
     encode_turns,
@@ -46,9 +47,6 @@ class Candidate:
     score: float
     z: list[float] | None = None
     faulty: bool = False
-
-
-NEUTRAL_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}   # words not shaped: what greedy and beam read
 
 
 class Bot:

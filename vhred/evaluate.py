@@ -44,6 +44,7 @@ from .generate import (
     pretty,
     ranking,
     response_text,
+    shapes_words,
 )
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
@@ -179,9 +180,8 @@ def parse_args(argv):
     if args.protocol == "dialogwae":
         given = {a.dest for a in p._actions for flag in a.option_strings
                  for arg in (argv if argv is not None else sys.argv[1:]) if arg.split("=")[0] == flag}
-        shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0   # sampled, as under --protocol ours
-        for key, value in DIALOGWAE_DECODING.items():
-            if key not in given and not (key == "method" and shaped):
+        for key, value in DIALOGWAE_DECODING.items():   # shaped words are sampled, as under --protocol ours
+            if key not in given and not (key == "method" and shapes_words(args)):
                 setattr(args, key, value)
     return args
 

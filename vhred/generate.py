@@ -32,7 +32,7 @@ from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
 from .models.layers import Hierarchical as Model
-from .sources import normalise, spaced, valid_text  # noqa: F401  (text in: spaced as the corpus is)
+from .sources import normalise, spaced, valid_text   # text in: written as the corpus writes it
 from .tokenizer import BOS, EOS, PAD, UNK
 
 RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
@@ -760,13 +760,20 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
+NEUTRAL_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}   # words not shaped: what greedy and beam read
+
+
+def shapes_words(options) -> bool:
+    """Whether options (flags or DecodeOptions fields) shape sampled words."""
+    return any(getattr(options, key) != value for key, value in NEUTRAL_SHAPING.items())
+
+
 def options_from_args(args, keywords: bool = False, default_method: str = DecodeOptions.method) -> DecodeOptions:
     """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
     keyword options (and the server's fields) instead of the flags. A method not given is
     "sample" when the words are shaped, else default_method (a server's own --method)."""
-    shaped = args.temperature != 1 or args.top_p != 1 or args.top_k != 0
     if args.method is None:   # not given; "" is given, and refused by check() like any other wrong name
-        args.method = "sample" if shaped else default_method
+        args.method = "sample" if shapes_words(args) else default_method
     opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
     if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
         raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else

@@ -61,7 +61,8 @@ def rank_scores(model, contexts_ids, candidates_ids, kinds, k: int, seed: int, p
     flat_ctx = [c for c, cands in zip(contexts_ids, candidates_ids) for _ in cands]
     flat = [r for cands in candidates_ids for r in cands]
     index = getattr(model, "retrieval", None)   # retrieve=true: the split's true replies are not read back
-    with index.hold_out((c[-1], cands[0]) for c, cands in zip(contexts_ids, candidates_ids) if c) if index else nullcontext():
+    truths = ((c[-1], cands[0]) for c, cands in zip(contexts_ids, candidates_ids) if c)   # (last turn, true reply)
+    with index.hold_out(truths) if index else nullcontext():
         logp, tokens = _chunked(log_likelihoods, model, flat_ctx, flat, k, seed, progress)
     unique = sorted({tuple(r) for r in flat})
     base, _ = _chunked(log_likelihoods, model, [NEUTRAL] * len(unique), [list(r) for r in unique], k, seed, progress)
