@@ -65,6 +65,17 @@ def test_help_lists_the_subcommands(capsys):
     assert all(f"  {name} " in out for name in SUBCOMMANDS)
 
 
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_a_malformed_flag_is_one_error_line_that_names_the_command_not_its_usage(name, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "INVOKED_AS", None)
+    with pytest.raises(SystemExit) as e:
+        vhred_main.main([name, "--no-such-flag"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: vhred {name}"), err
+    assert f"`vhred {name}" in err and "--help` lists the flags" in err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["chat", "--num-samples", "0"], "--num-samples must be between 1 and 100 in the chat, got 0"),
     (["generate", "--max-len", "-3", "--input", "x", "--output", "y"], "max_len must be between 1"),

@@ -24,14 +24,13 @@ I forgot my watch." does, though vhred.rate.turn_kind, which reads how a turn en
 are lowercased; numbers become <num>, clock times <time>. Rated blind on 240 new contexts ending
 in a wh-question (twelve readers, docs/rating.md): a good first reply +4.2 [+0.4, +8.1] points.
 """
-import argparse
 import collections
 import json
 import math
 import os
 import re
 
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import CheckpointError, DataError
 from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 
@@ -178,7 +177,7 @@ def from_run(path: str) -> dict:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.answers"), description=__doc__.split("\n\n")[0])
+    p = Parser(prog=program("python -m vhred.answers"), description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a run folder or checkpoint; answers.json is written beside it")
     args = p.parse_args(argv)
     from . import checkpoint

@@ -35,7 +35,7 @@ import time
 import torch
 
 from . import limits
-from .cli import check_output, command, output_file, program, sigterm_as_ctrl_c
+from .cli import check_output, command, output_file, Parser, program, sigterm_as_ctrl_c
 from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch
@@ -191,9 +191,9 @@ def one(config: str, steps: int, overrides: list[str]) -> dict:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.bench"),
-                                description="Training speed, memory and chat latency per config; "
-                                            "or, with --serve, the throughput and latency of `vhred serve`.")
+    p = Parser(prog=program("python -m vhred.bench"),
+               description="Training speed, memory and chat latency per config; "
+                           "or, with --serve, the throughput and latency of `vhred serve`.")
     p.add_argument("--configs", nargs="+", default=["configs/dailydialog.yaml", "configs/dailydialog-cpu.yaml"],
                    help="configs to measure; --serve takes the first one's sizes (default %(default)s)")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per config (default %(default)s)")

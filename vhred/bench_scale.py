@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import limits
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import InputError
 
 DAILYDIALOG_DIALOGUES = 13118   # train + validation + test: the unit of scale
@@ -167,7 +167,7 @@ def check_args(args):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.bench_scale"), description=__doc__.splitlines()[0])
+    p = Parser(prog=program("python -m vhred.bench_scale"), description=__doc__.splitlines()[0])
     p.add_argument("--scales", nargs="+", type=float, default=[1, 10, 100],
                    help="corpus sizes in DailyDialogs, each a row (default %(default)s)")
     p.add_argument("--dailydialog", default=os.environ.get("DAILYDIALOG_SRC"),

@@ -8,14 +8,13 @@ input works too: one user turn per line, the candidates on stdout (numbered when
 blank line after each turn; or one JSON line per turn with --json, scores included); notes
 go to stderr. Ctrl-C ends it with exit code 130.
 """
-import argparse
 import sys
 from dataclasses import replace
 
 import torch
 
 from . import checkpoint
-from .cli import command, json_line, program
+from .cli import command, json_line, Parser, program
 from .device import pick_device
 from .errors import InputError
 from .generate import (
@@ -252,7 +251,7 @@ def read_lines(interactive: bool, prompt_on_stdout: bool = True):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.chat"), description="Chat with a trained VHRED / HRED model.")
+    p = Parser(prog=program("python -m vhred.chat"), description="Chat with a trained VHRED / HRED model.")
     add_decode_args(p)
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout (/history and /prior on stderr)")
     args = p.parse_args(argv)

@@ -377,15 +377,14 @@ def main(argv=None):
 
 
 def _upgrade_main(argv):
-    import argparse
 
-    from .cli import command, program
+    from .cli import command, Parser, program
 
     @command
     def run(argv):
-        p = argparse.ArgumentParser(prog=program("python -m vhred.checkpoint") + " upgrade",
-                                    description="Convert a format-1 checkpoint (vhred 0.1, no checksum) to this "
-                                                "format. Only for a file you trust: format 1 cannot be verified.")
+        p = Parser(prog=program("python -m vhred.checkpoint") + " upgrade",
+                   description="Convert a format-1 checkpoint (vhred 0.1, no checksum) to this "
+                               "format. Only for a file you trust: format 1 cannot be verified.")
         p.add_argument("checkpoint", help="the format-1 .pt file (or a run folder)")
         p.add_argument("--out", help="where the upgraded checkpoint goes (default: in place of the old one)")
         args = p.parse_args(argv[1:])
@@ -400,13 +399,12 @@ def _measure_main(argv):
 
 
 def _measure(argv):
-    import argparse
     import json
-    from .cli import program
-    parser = argparse.ArgumentParser(prog=program("python -m vhred.checkpoint"),
-                                     usage="%(prog)s [config] [--cache FOLDER] | %(prog)s upgrade FILE [--out NEW]",
-                                     description="Time the integrity checks: checkpoint save/load and the data cache. "
-                                                 "`upgrade FILE` converts a format-1 checkpoint you trust.")
+    from .cli import Parser, program
+    parser = Parser(prog=program("python -m vhred.checkpoint"),
+                    usage="%(prog)s [config] [--cache FOLDER] | %(prog)s upgrade FILE [--out NEW]",
+                    description="Time the integrity checks: checkpoint save/load and the data cache. "
+                                "`upgrade FILE` converts a format-1 checkpoint you trust.")
     parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml",
                         help="the config whose model size is timed (default %(default)s)")
     parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of (default: none)")

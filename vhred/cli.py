@@ -6,6 +6,7 @@
 Exit codes: 2 for a user error (bad flag, config, data, checkpoint), 1 for an operating-system
 error (disk full, permissions: the message names the file), 130 for Ctrl-C.
 """
+import argparse
 import functools
 import json
 import math
@@ -141,6 +142,14 @@ def say(message: str):
             pass
         message = f"[rank {rank}] {message}"
     print(message, file=sys.stderr, flush=True)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose malformed flag is one error line, as every other user error, not its usage
+    block first (a dozen lines for `vhred generate`): the line names where the flags are listed."""
+
+    def error(self, message):
+        fail(f"{self.prog}: {message} (`{self.prog} --help` lists the flags)")
 
 
 def fail(message: str, code: int = 2):

@@ -17,7 +17,6 @@ one table, Markdown and JSON, to docs/ (the command line that made it beside it)
 A run folder that is already trained to the step budget is evaluated again, not retrained.
 `--reference RUN` adds a row for a finished run (the reference config, `make train`).
 """
-import argparse
 import json
 import os
 import platform
@@ -26,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import InputError
 
 # row name: the settings that make it (one family each; GMP is DialogWAE with a mixture prior)
@@ -61,7 +60,7 @@ def check_table(table: str) -> None:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
+    p = Parser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps per family, the same for all (default %(default)s)")
     p.add_argument("--measure", type=int, default=0,

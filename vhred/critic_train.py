@@ -18,7 +18,6 @@ pair weighted by how far apart the readers' shares are) is printed before and af
 critic.safetensors is written into the run folder, where chat, generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
 answer table of the same training split (answers.json, vhred/answers.py).
 """
-import argparse
 import collections
 import dataclasses
 import glob
@@ -33,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import answers, checkpoint, limits
-from .cli import command, program
+from .cli import command, Parser, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, save
 from .errors import DataError, InputError, TrainingError
@@ -200,8 +199,8 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.critic_train"),
-                                description="Train a run's reply critic on blind readers' labels.")
+    p = Parser(prog=program("python -m vhred.critic_train"),
+               description="Train a run's reply critic on blind readers' labels.")
     p.add_argument("--checkpoint", required=True, help="a run folder or a checkpoint in one; critic.safetensors is written into its folder")
     p.add_argument("--ratings", nargs="+", required=True, metavar="DIR",
                    help="pointwise rating rounds (key.json and rater*.txt), e.g. eval/ratings/*/")

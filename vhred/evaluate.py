@@ -22,7 +22,6 @@ as readable text (vhred.generate.pretty), with flags for responses that reached 
 ("cut") and that the model glued ("glued"). Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
 into the run folder, or into an exported model folder (--tag adds a suffix).
 """
-import argparse
 import json
 import os
 import re
@@ -31,7 +30,7 @@ import time
 
 from . import cache, checkpoint, limits, sources
 from .config import MAX_INT
-from .cli import command, json_line, json_safe, output_file, program
+from .cli import command, json_line, json_safe, output_file, Parser, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
@@ -163,8 +162,8 @@ def markdown(results: dict, title: str) -> str:
 
 def parse_args(argv):
     # no abbreviated flags: --protocol dialogwae keeps the decoding flags given, found by their full names
-    p = argparse.ArgumentParser(prog=program("python -m vhred.evaluate"), allow_abbrev=False,
-                                description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
+    p = Parser(prog=program("python -m vhred.evaluate"), allow_abbrev=False,
+               description="Multi-sample BLEU, distinct-n and likelihood of a checkpoint on a split.")
     add_decode_args(p)
     p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
                    help="ours: every turn after the first is a target, multi-sample BLEU-1..4 and distinct-n; "

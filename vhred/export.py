@@ -9,7 +9,6 @@ vhred/answers.py) when it has them, and a
 README.md model card: the data, the config, the run's validation figures (metrics.jsonl) and how
 to load it. vhred.load(DIR) and every --checkpoint read the folder; the optimiser is left out.
 """
-import argparse
 import datetime
 import json
 import math
@@ -20,7 +19,7 @@ from dataclasses import asdict
 
 from . import answers, checkpoint, critic, modelfolder
 from .schedule import kl_cycle
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import CheckpointError, InputError
 
 CARD = "README.md"
@@ -170,9 +169,9 @@ def kl_schedule(cfg: dict) -> str:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.export"),
-                                description="Export a trained model as model.safetensors + config.json + "
-                                            "tokenizer.model + a README.md model card.")
+    p = Parser(prog=program("python -m vhred.export"),
+               description="Export a trained model as model.safetensors + config.json + "
+                           "tokenizer.model + a README.md model card.")
     p.add_argument("run", help="a run folder (its best.pt, else last.pt) or a .pt checkpoint")
     p.add_argument("dir", help="the folder to write (new, empty, or an earlier export to replace)")
     args = p.parse_args(argv)

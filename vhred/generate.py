@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, limits
-from .cli import check_output, command, json_line, output_file, program, text_lines
+from .cli import check_output, command, json_line, output_file, Parser, program, text_lines
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
@@ -883,8 +883,8 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.generate"),
-                                description="Decode responses for each context of a JSONL file.")
+    p = Parser(prog=program("python -m vhred.generate"),
+               description="Decode responses for each context of a JSONL file.")
     add_decode_args(p)
     p.add_argument("--input", required=True,
                    help='JSONL, one {"context": [...]} per line; "z": [numbers] decodes that line from this z')

@@ -11,7 +11,6 @@
 Writes runs/gpu-check/gpu-check.json and prints a summary; on a machine without a GPU it runs
 the same checks on the CPU (--device cpu), which is how the tests keep it working.
 """
-import argparse
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ import sys
 import torch
 
 from . import checkpoint
-from .cli import command, program
+from .cli import command, Parser, program
 from .config import ModelConfig, load
 from .device import pick_device
 from .models import build
@@ -90,8 +89,8 @@ def bench(out: str) -> dict:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.gpu_check"),
-                                description="Check the GPU path: GRU dtype, resume on the device, torchrun, bench.")
+    p = Parser(prog=program("python -m vhred.gpu_check"),
+               description="Check the GPU path: GRU dtype, resume on the device, torchrun, bench.")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu (default %(default)s)")
     p.add_argument("--out", default="runs/gpu-check", help="folder for the runs and the report (default %(default)s)")
     p.add_argument("--no-bench", action="store_true", help="leave out the bench rows (default: run them)")

@@ -11,14 +11,13 @@ from the prior mean in units of its spread, which keeps the points as far out as
 samples are). `plot` projects the posterior means of validation responses to 2-D (PCA) coloured by a
 property of the response, beside the KL of each latent dimension (the active ones stand out).
 """
-import argparse
 import math
 import os
 
 import torch
 
 from . import checkpoint, limits
-from .cli import check_output, command, program
+from .cli import check_output, command, Parser, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
@@ -276,7 +275,7 @@ def run_interpolate(args):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.latent"), description="Look at VHRED's latent variable.")
+    p = Parser(prog=program("python -m vhred.latent"), description="Look at VHRED's latent variable.")
     sub = p.add_subparsers(dest="what", required=True, metavar="{interpolate,plot}",
                            help="interpolate: decode between two z's; plot: the latent space of validation responses")
     for name, helptext in (("interpolate", "decode evenly spaced z's between two z's of one context's prior"),

@@ -14,7 +14,6 @@ DailyDialog's training split holds many of its test exchanges; this row says wha
 is worth, so that a model's BLEU can be read against it (docs/evaluation.md); `vhred compare`
 adds it to its table.
 """
-import argparse
 import math
 import os
 import time
@@ -23,7 +22,7 @@ from collections import Counter
 import torch
 
 from . import config
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import InputError
 from .evaluate import markdown, split_dialogues, write_report
 from .metrics import dialogwae
@@ -73,7 +72,7 @@ class Index:
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.nearest"), description=__doc__.split("\n\n")[0])
+    p = Parser(prog=program("python -m vhred.nearest"), description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="its data settings (default %(default)s)")
     p.add_argument("--split", default="test", choices=["test", "validation"],
                    help="the split whose targets are scored (default %(default)s)")

@@ -4,11 +4,10 @@ Four panels over optimiser steps: per token, the training NLL, the validation NL
 validation negative ELBO (the best.pt criterion, its lowest point marked); KL per utterance
 (train, validation); the KL weight beta; the active latent units at each validation.
 """
-import argparse
 import json
 import os
 
-from .cli import command, program
+from .cli import command, Parser, program
 from .errors import InputError
 
 
@@ -101,8 +100,8 @@ def plot_elbo(a, val: list[dict]):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.plot"),
-                                description="Plot a run's training curves to <run_dir>/curves.png.")
+    p = Parser(prog=program("python -m vhred.plot"),
+               description="Plot a run's training curves to <run_dir>/curves.png.")
     p.add_argument("run_dir", help="a run folder holding metrics.jsonl")
     args = p.parse_args(argv)
     try:

@@ -8,14 +8,13 @@ vhred/scoring.py ranks them. Prints recall@1, recall@2 and MRR per score as JSON
 rank-<split>[-<tag>].json into the run folder (--max-contexts N tags it first<N>). The metric
 itself is vhred.metrics.ranking; `python -m eval.rank` and `vhred rank` are this command.
 """
-import argparse
 import json
 import os
 import sys
 import time
 
 from . import checkpoint, limits
-from .cli import command, program
+from .cli import command, Parser, program
 from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name, split_dialogues
@@ -25,8 +24,8 @@ from .scoring import IW_SAMPLES, KINDS
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.rank"),
-                                description="Rank the true response among random ones.")
+    p = Parser(prog=program("python -m vhred.rank"),
+               description="Rank the true response among random ones.")
     p.add_argument("--checkpoint", help="a run folder, .pt file or exported model folder (default: the newest runs/*/best.pt)")
     p.add_argument("--split", default="test", choices=["validation", "test"],
                    help="the split whose contexts are ranked (default %(default)s)")

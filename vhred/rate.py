@@ -26,7 +26,6 @@ score prints each system's good share over all its shown replies and over its to
 (or, for pairs, each system's win rate against each other), with a 95% Wilson interval, and
 the proxies. It names the rater (--rater, default the answers file's name) in every table.
 """
-import argparse
 import hashlib
 import itertools
 import json
@@ -36,7 +35,7 @@ import random
 import re
 import sys
 
-from .cli import command, output_file, program, text_lines
+from .cli import command, output_file, Parser, program, text_lines
 from .errors import InputError
 
 Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
@@ -436,8 +435,8 @@ def score_answers(args):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.rate"),
-                                description="Blind rating of replies: write a pack, score a rater's answers.")
+    p = Parser(prog=program("python -m vhred.rate"),
+               description="Blind rating of replies: write a pack, score a rater's answers.")
     sub = p.add_subparsers(dest="action", required=True, metavar="pack|score",
                            help="pack: write a blind rating pack and its key; score: score one rater's answers")
     a = sub.add_parser("pack", help="write a blind rating pack and its key")

@@ -16,7 +16,6 @@ worker takes the requests that arrive within a short window of the first (at mos
 groups those with the same decoding options, and decodes each group as one batch: one forward
 pass serves many clients, so throughput grows with their number.
 """
-import argparse
 import base64
 import hashlib
 import io
@@ -39,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from .cli import command, json_line, program, sigterm_as_ctrl_c
+from .cli import command, json_line, Parser, program, sigterm_as_ctrl_c
 from .device import pick_device
 from .errors import InputError, UserError
 
@@ -623,9 +622,9 @@ class InThread:
 
 def parse_args(argv):
     from .generate import add_decode_args, options_from_args
-    p = argparse.ArgumentParser(prog=program("python -m vhred.serve"),
-                                description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /. "
-                                            "The decoding flags set what a request leaves out.")
+    p = Parser(prog=program("python -m vhred.serve"),
+               description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /. "
+                           "The decoding flags set what a request leaves out.")
     add_decode_args(p)   # --checkpoint, --device and the decoding flags, as chat, generate and eval have them
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 exposes the model to the network (default %(default)s)")

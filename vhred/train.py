@@ -4,7 +4,6 @@ The run folder <out_dir>/<name>/ holds config.json, tokenizer.model, metrics.jso
 (written every save_every steps, at each epoch end and on Ctrl-C) and best.pt (lowest validation
 negative ELBO). Running the same command again resumes from last.pt.
 """
-import argparse
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import command, program, say
+from .cli import command, Parser, program, say
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -655,7 +654,7 @@ def _finish(run: Run):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog=program("python -m vhred.train"), description="Train VHRED / HRED on dialogues.")
+    p = Parser(prog=program("python -m vhred.train"), description="Train VHRED / HRED on dialogues.")
     p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
     args = p.parse_args(argv)
