@@ -39,6 +39,20 @@ def test_same_seed_same_replies_other_seed_other_replies(bot):
     assert a != bot.respond(HISTORY, n=5, method="sample", seed=4)
 
 
+def test_a_cut_reply_passed_back_is_read_as_the_words_the_model_decoded(bot):
+    """The chat page (and an API caller) appends a reply as shown, " …" included when max_len cut
+    it: the model reads its own turns and score()'s candidates without the mark, as the terminal
+    chat keeps them; a user's turn (the last, and every second one before it) is read as typed."""
+    from vhred.generate import CUT
+    said = ["Hello , how are you ?", "Fine , thanks .", "What do you do ?"]
+    shown = [said[0], said[1] + CUT, said[2]]
+    assert bot._context(shown) == bot._context(said)
+    assert bot.respond(shown, n=3, seed=2) == bot.respond(said, n=3, seed=2)
+    assert bot._context([said[0] + CUT] + said[1:]) != bot._context(said)   # the user's own
+    assert bot._context(said[:2] + [said[2] + CUT]) != bot._context(said)
+    assert bot.score(said, ["I work here ." + CUT]) == bot.score(said, ["I work here ."])
+
+
 def test_decoding_options_reach_the_decoder(bot, trained):
     short = bot.respond(["Hello!"], n=5, method="sample", max_len=2, seed=1)
     full = bot.respond(["Hello!"], n=5, method="sample", seed=1)

@@ -138,11 +138,29 @@ def test_chat_page_asks_for_a_count_the_server_allows():
         pytest.skip("node is not installed")
     html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
     script = html.split("<script>")[1].split("</script>")[0]
-    page = STUB_PAGE.replace("limits: {max_n: 20}", "limits: {max_n: 4}").replace("num_samples: 5", "num_samples: 4")
+    page = STUB_PAGE.replace("max_n: 20", "max_n: 4").replace("num_samples: 5", "num_samples: 4")
     harness = page + script + "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"
     r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [{"history": ["Hello!", "How are you?"], "n": 3}]
+
+
+def test_chat_page_sends_no_more_turns_than_the_server_takes():
+    """A model that reads 60 turns behind a server that takes at most 2: the page sends the last
+    2 (before, the last 60, and every turn past the server's cap was refused until Reset)."""
+    import os
+    import shutil
+    import subprocess
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
+    script = html.split("<script>")[1].split("</script>")[0]
+    page = STUB_PAGE.replace("max_context: 2", "max_context: 60").replace("max_turns: 50", "max_turns: 2")
+    harness = page + script + "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"
+    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [{"history": ["Hello!", "How are you?"], "n": 5}]
 
 
 # A page of stub elements and a fetch that records /respond bodies and answers with one candidate.
@@ -159,7 +177,7 @@ const sent = [];
 globalThis.fetch = async (path, init) => {
   if (path === "/respond") sent.push(JSON.parse(init.body));
   const body = path === "/respond" ? {candidates: [{text: "Fine.", score: 1.5}], note: "1 of 5 shown: the other draws repeated these"}
-    : {model: "vhred", checkpoint: "a/b", device: "cpu", config: {max_context: 2}, limits: {max_n: 20},
+    : {model: "vhred", checkpoint: "a/b", device: "cpu", config: {max_context: 2}, limits: {max_n: 20, max_turns: 50},
        decoding: {num_samples: 5}};
   await new Promise((done) => setTimeout(done, path === "/respond" ? 20 : 0));   // an answer takes a while
   return {ok: true, status: 200, json: async () => body};

@@ -21,12 +21,12 @@ from .generate import (
     DecodeOptions,
     candidates,
     encode_turns,
+    history_read,
     options_from_args,
     ranking,
     same_reply,
     response_text,
     shown_filter,
-    spaced,
     z_matrix,
 )
 
@@ -72,7 +72,8 @@ class Bot:
         default, at least 8n) hold fewer than n good ones, and fewer than n replies only when they
         hold fewer distinct ones; HRED's greedy decoding gives one; its beam search (the default)
         or method="sample" gives it more. With clean=False nothing is checked: faulty is False.
-        The same seed and history give the same replies. A reply cut at max_len ends in " …".
+        The same seed and history give the same replies. A reply cut at max_len ends in " …";
+        passed back as the model's turn (every second one before the last), it is read without it.
         z: decode every reply from this latent (a Candidate's .z, z_dim floats; VHRED only)
         instead of drawing one from the prior: with beam search or greedy words that gives one
         reply, the one the candidate had for its own context."""
@@ -149,8 +150,7 @@ class Bot:
         """Token ids of the turns the model reads (the last max_context), written as the corpus is."""
         _check_strings(history, "history", allow_empty=False)
         cfg = self.config
-        turns = [spaced(t) for t in history]
-        return encode_turns(self._sp, turns, cfg.max_utt_len, cfg.max_context)
+        return encode_turns(self._sp, history_read(history), cfg.max_utt_len, cfg.max_context)
 
 
 def load(path: str | os.PathLike, device: str = "auto", pool_with=()) -> Bot:

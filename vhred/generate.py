@@ -693,6 +693,19 @@ def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> st
     return text + CUT if mark_cut and len(ids) >= max_len else text
 
 
+def uncut(reply: str) -> str:
+    """A reply as the model wrote it: without the mark response_text shows where max_len cut it."""
+    return reply[:-len(CUT)] if reply.endswith(CUT) else reply
+
+
+def history_read(history: list[str]) -> list[str]:
+    """A conversation's turns written as the corpus writes them (spaced), the model's own (every
+    second one before the last, which is the turn answered) without a cut mark: a reply the chat
+    page or an API caller passes back is read as the terminal chat keeps it, as the words decoded."""
+    last = len(history) - 1
+    return [spaced(uncut(t) if (last - i) % 2 else t) for i, t in enumerate(history)]
+
+
 def encode_turns(sp, turns: list[str], max_utt_len: int, max_context: int) -> list[list[int]]:
     """Utterance strings -> token ids, each cut to the model's length, the last max_context kept."""
     turns = [normalise(valid_text(t)) for t in turns][-max_context:]

@@ -25,7 +25,7 @@ import math
 import torch
 
 from .dataset import collate, once_per_context
-from .generate import context_states, encode_turns, keyed_noise, row_seed, spaced
+from .generate import context_states, encode_turns, history_read, keyed_noise, row_seed, spaced, uncut
 from .limits import MAX_LEN
 
 KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
@@ -86,12 +86,13 @@ def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str |
     better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
     length_bonus; K = RANK_SAMPLES z samples, seed 0; the run's reply critic under rank "auto"
     when it has one; the answer score after a wh-question when it has an answer table; with a
-    pool, the sum of every run's). Text is written as the corpus writes it first (generate.spaced)."""
+    pool, the sum of every run's). Text is written as the corpus writes it first (generate.spaced), the
+    model's own turns and the candidates without a cut mark (generate.history_read)."""
     from .generate import DecodeOptions, ranking, ranking_scores
     opts = DecodeOptions(rank=kind or DecodeOptions.rank)
     ranking(model, opts)   # a ranking this model (or a run of its pool) cannot do is refused
-    context = encode_turns(sp, [spaced(t) for t in history], cfg.max_utt_len, cfg.max_context) or NEUTRAL
-    responses = [sp.encode(spaced(c))[:MAX_LEN] for c in candidates]   # whole, as respond() scores its replies
+    context = encode_turns(sp, history_read(history), cfg.max_utt_len, cfg.max_context) or NEUTRAL
+    responses = [sp.encode(spaced(uncut(c)))[:MAX_LEN] for c in candidates]   # whole, as respond() scores its replies
     if not responses:
         return []
     return ranking_scores(model, [context] * len(responses), responses, opts, getattr(model, "pool", ()))
