@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 from vhred import answers, checkpoint, critic
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
-from vhred.generate import DecodeOptions, encode_turns, generate
+from vhred.generate import DecodeOptions, critic_scores, encode_turns, generate, pretty
 from vhred.scoring import RANK_SAMPLES, score_ids
 
 
@@ -154,6 +154,21 @@ def test_scores_do_not_depend_on_the_batch(vhred_model):
     assert together == pytest.approx(alone, abs=1e-5)
 
 
+def test_the_ranking_reads_a_reply_as_the_critic_learned_it_as_a_reader_sees_it(vhred_model, monkeypatch):
+    """critic_train reads a rated reply from the text readers saw ("Bye."); the ranking renders
+    the decoder's spelling ("bye .") the same way first, so one reply gets one critic score."""
+    import vhred.scoring
+    model, cfg, sp = vhred_model
+    monkeypatch.setitem(model.__dict__, "critic", critic.from_model(model, cfg.arch, turn=4).eval())
+    monkeypatch.setattr(vhred.scoring, "score_ids", lambda model, c, r, *a: [0.0] * len(r))   # the critic's part alone
+    ctx = encode_turns(sp, ["Hello , how are you ?", "Fine . I have to go now ."], cfg.max_utt_len, cfg.max_context)
+    decoded, rated = sp.encode("bye ."), critic.reply_ids(sp, "Bye.")   # the decoder's spelling, the readers'
+    assert decoded != rated
+    assert critic_scores(model, [ctx] * 2, [decoded, rated], DecodeOptions()) == pytest.approx(
+        critic.scores(model.critic, [ctx] * 2, [rated, rated]))
+    assert critic.scores(model.critic, [ctx], [decoded]) != pytest.approx(critic.scores(model.critic, [ctx], [rated]))
+
+
 def test_the_loss_is_ranknets_over_pairs_the_readers_told_apart(vhred_model):
     model, cfg, sp = vhred_model
     judge = critic.from_model(model, cfg.arch).eval()
@@ -227,7 +242,8 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     opts = DecodeOptions(num_samples=4)
     ranked = generate(model, [ctx], opts)[0]
     ids = [list(r[0]) for r in ranked]
-    judged = critic.scores(model.critic, [ctx] * len(ids), ids)   # the critic's logit + MMI_WEIGHT x the MMI score
+    shown = [critic.reply_ids(sp, pretty(sp.decode(i))) for i in ids]   # each reply as a reader sees it
+    judged = critic.scores(model.critic, [ctx] * len(ids), shown)   # the critic's logit + MMI_WEIGHT x the MMI score
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
     # with the pretraining, the command also wrote the answer table of the training split: + its score
     # after this wh-question ("what can I do")
@@ -243,7 +259,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     history = encode_turns(sp, [spaced("Hi !")], cfg.max_utt_len, cfg.max_context)
     text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
     want = [c + critic.MMI_WEIGHT * m for c, m in zip(
-        critic.scores(model.critic, [history] * 2, text_ids),
+        critic.scores(model.critic, [history] * 2, [critic.reply_ids(sp, pretty(sp.decode(i))) for i in text_ids]),
         score_ids(model, [history] * 2, text_ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus))]
     assert vhred.load(str(run)).score(["Hi !"], texts) == pytest.approx(want, abs=1e-4)
     assert ranking(model, opts) == "critic" and "ranked by its reply critic" in banner(str(run), cfg, opts, "critic")
@@ -251,7 +267,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     from vhred.export import export   # an exported model folder carries the critic, and ranks by it
     export(str(run), str(tmp_path / "folder"))
     folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
-    assert critic.scores(folder_model.critic, [ctx], ids[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
+    assert critic.scores(folder_model.critic, [ctx], shown[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
 
     (run / critic.FILE).write_bytes(b"not safetensors")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -18,6 +18,7 @@ from vhred.generate import (
     encode_turns,
     filter_logits,
     generate,
+    pretty,
     response_text,
 )
 from vhred.scoring import RANK_SAMPLES, score, score_ids
@@ -629,7 +630,7 @@ def test_a_pooled_run_without_a_critic_adds_its_mmi_to_the_critics_ranking(train
         ids = [r[0] for r in row]
         mmi = [score_ids(m, [c] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
                for m in (pooled, hred_model[0])]
-        judged = critic.scores(pooled.critic, [c] * len(ids), ids)
+        judged = critic.scores(pooled.critic, [c] * len(ids), [critic.reply_ids(sp, pretty(sp.decode(i))) for i in ids])
         want = [j + critic.MMI_WEIGHT * a + b for j, a, b in zip(judged, *mmi)]
         assert [r[1] for r in row] == pytest.approx(want, abs=1e-4)
 

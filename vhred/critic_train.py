@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from . import answers, checkpoint, limits
 from .cli import command, Parser, program
 from .config import MAX_INT
-from .critic import TURN, Critic, from_model, save
+from .critic import TURN, Critic, from_model, reply_ids, save
 from .errors import DataError, InputError, TrainingError
 
 CONTEXTS = 8        # contexts per step
@@ -76,7 +76,7 @@ def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple
     for folder in rounds:
         for turns, replies in rated_replies(folder):
             ctx = encode_turns(sp, [spaced(t) for t in turns], cfg.max_utt_len, cfg.max_context)
-            rows = [(sp.encode(spaced(text))[:cfg.max_utt_len], kept) for text, kept in replies]
+            rows = [(reply_ids(sp, text)[:cfg.max_utt_len], kept) for text, kept in replies]
             if not ordered_only or len({k for _, k in rows}) > 1:   # replies that all rate alike teach no order
                 out.append((ctx, rows))
     return out

@@ -580,12 +580,14 @@ def _own_ranking(model: Model, opts: DecodeOptions) -> str:
 
 
 def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[float]:
-    """Rank "critic": the reply critic's logit (vhred/critic.py) + critic.MMI_WEIGHT x the MMI
-    score (opts' lambda and gamma) of each (context, reply) pair."""
+    """Rank "critic": the reply critic's logit (vhred/critic.py) of each reply as a reader sees it
+    + critic.MMI_WEIGHT x the MMI score (opts' lambda and gamma) of each (context, reply) pair."""
     from . import critic
     from .scoring import RANK_SAMPLES, score_ids
     _own_ranking(model, DecodeOptions(rank="critic"))
-    judged = critic.scores(model.critic, contexts, replies)
+    sp = model.sp
+    shown = [critic.reply_ids(sp, pretty(sp.decode(r))) for r in replies]   # as it learned them: as read
+    judged = critic.scores(model.critic, contexts, shown)
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
     return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
 
