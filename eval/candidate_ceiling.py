@@ -25,6 +25,7 @@ import statistics
 import sys
 
 from vhred import checkpoint
+from vhred.cli import command
 from vhred.generate import DecodeOptions, response_text, reply_key, shown_filter
 from vhred.rate import read_answers, read_key
 
@@ -218,6 +219,7 @@ def replay(args):
     print("(each cell: top-1 / five shown, good share; lambda %g)" % SHIPPED.mmi_lambda)
 
 
+@command
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)

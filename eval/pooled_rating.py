@@ -52,10 +52,11 @@ def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[lis
     out = {}
     for path in raters:
         answers = read_answers(path, key)
+        ids = {i for ranked in shown.values() for _, i in ranked}
+        if ids - answers.keys():
+            raise InputError(f"{path} does not answer {len(ids - answers.keys())} of the {len(ids)} ids "
+                             f"of system '{system}'")
         for ctx, ranked in shown.items():
-            missing = [i for _, i in ranked if i not in answers]
-            if missing:
-                raise InputError(f"{path} does not answer {len(missing)} of the ids of system '{system}'")
             out.setdefault(ctx, []).append([answers[i] == "good" for _, i in sorted(ranked)])
     return out
 

@@ -21,6 +21,7 @@ import random
 import torch
 
 from vhred import checkpoint
+from vhred.cli import command
 from vhred.evaluate import split_dialogues
 from vhred.lexicon import training_lexicon
 from vhred.generate import DecodeOptions, encode_turns, generate, pretty, response_text
@@ -110,12 +111,13 @@ def table(results) -> str:
                      ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in results])
 
 
-def main():
+@command
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--contexts", type=int, default=200)
     p.add_argument("--out", default="sweep")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.manual_seed(0)
     os.makedirs(args.out, exist_ok=True)
     path = checkpoint.resolve(args.checkpoint)

@@ -19,6 +19,7 @@ import json
 import os
 
 from vhred import checkpoint
+from vhred.cli import command
 from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, same_reply, spaced
 from vhred.rate import read_answers, read_key
 from vhred.scoring import NEUTRAL, RANK_SAMPLES, log_likelihoods
@@ -74,13 +75,14 @@ def mmi(lam: float, gamma: float):
     return lambda r: (r["lpc"] - lam * r["lpn"]) / r["n"] + gamma * r["n"]
 
 
-def main():
+@command
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--round", action="append", required=True, help="a rating round's folder (repeatable)")
     p.add_argument("--systems", default="b,d,l", help="the rounds' systems that decoded from this checkpoint")
     p.add_argument("--draws", type=int, default=40)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     contexts = [json.loads(line)["context"] for line in open(os.path.join(args.round[0], "contexts.jsonl"), encoding="utf-8")]
     labels = rated(args.round, set(args.systems.split(",")), contexts)
     model, cfg, sp = checkpoint.load_model(args.checkpoint)

@@ -22,6 +22,8 @@ import json
 import random
 
 from vhred import checkpoint
+from vhred.cli import command, text_lines
+from vhred.errors import InputError
 from vhred.evaluate import split_dialogues
 from vhred.metrics.protocol import context_pairs
 from vhred.rate import LAST_TURN_KINDS, TURN_KINDS, last_turn_is, turn_kind
@@ -51,7 +53,8 @@ def draw(free: list[int], count: int, rng: random.Random, split: str, of_kind: s
     return rng.sample(free, count)
 
 
-def main():
+@command
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--contexts", type=int, default=40)
@@ -63,8 +66,10 @@ def main():
     kind.add_argument("--mix", type=parse_mix, default=None, metavar="KIND=N,...",
                       help="so many contexts of each kind of last turn (wh, yes-no, other), shuffled; replaces --contexts")
     p.add_argument("--split", choices=("test", "validation"), default="test")
-    args = p.parse_args()
-    seen = {tuple(json.loads(line)["context"]) for f in args.exclude for line in open(f, encoding="utf-8")}
+    args = p.parse_args(argv)
+    if args.contexts < 1:
+        raise InputError(f"--contexts must be at least 1, got {args.contexts}")
+    seen = {tuple(json.loads(line)["context"]) for f in args.exclude for line in text_lines(f) if line.strip()}
     path = checkpoint.resolve(args.checkpoint)
     cfg = checkpoint.config_of(checkpoint.load(path), path)
     pairs = context_pairs(split_dialogues(cfg, args.split), cfg.max_context)

@@ -2,6 +2,10 @@
 # The blind rating pack of docs/rating.md: bash eval/rating_pack.sh from the repository root (a vhred checkout at the
 # commit that holds this file), with RUN the trained CPU-config VHRED run folder.
 set -euo pipefail
+if [ $# -gt 0 ]; then   # it takes no arguments: --help, or anything else, says so rather than run
+    echo "usage: [RUN=run folder] [SYSTEM_C='generate flags of system c'] bash eval/rating_pack.sh  (writes ./rating/)"
+    case "$1" in -h|--help) exit 0 ;; *) exit 2 ;; esac
+fi
 RUN=${RUN:-runs/dailydialog-cpu-vhred}
 export DAILYDIALOG_SRC=${DAILYDIALOG_SRC:-../shared/data/dailydialog/ijcnlp_dailydialog.zip}
 export OMP_NUM_THREADS=1

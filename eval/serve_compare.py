@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import vhred
+from vhred.cli import command
 from vhred.serve import HTTPError, InThread, Limits, Service, _finite_float, _no_constant
 from vhred.errors import UserError
 
@@ -219,13 +220,14 @@ def load(port: int, clients: int, requests: int) -> dict:
             "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1)}
 
 
-def main():
+@command
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--requests", type=int, default=64, help="requests per load level (default %(default)s)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--out", default="serve-compare.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     import torch
     torch.set_num_threads(1)
     bot = vhred.load(args.checkpoint, device="cpu")

@@ -644,6 +644,32 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
         pooled_rating.main(["--round", a, "--round", b, "--boot", "200", "--last-turn", "yes-no"])
     assert "no context of these rounds has a last turn of kind 'yes-no'" in capsys.readouterr().err
 
+    # a reader who stopped after the first context's replies: the count of all the ids left
+    folder = a.split("=")[0]
+    kept = (tmp_path / "a" / "rater0.txt").read_text().splitlines()[:3]
+    (tmp_path / "a" / "rater0.txt").write_text("\n".join(kept) + "\n")
+    with pytest.raises(SystemExit):
+        pooled_rating.main(["--round", f"{folder}=n"])
+    assert "rater0.txt does not answer 3 of the 6 ids of system 'n'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("rating_contexts", ["--checkpoint", "/no/such/run"]),
+    ("rating_contexts", ["--checkpoint", "RUN", "--exclude", "/no/such/contexts.jsonl"]),
+    ("rating_contexts", ["--checkpoint", "RUN", "--contexts", "0"]),
+    ("rated_ranking", ["--checkpoint", "/no/such/run", "--round", "/no/such/round"]),
+    ("ranking_sweep", ["--checkpoint", "/no/such/run"]),
+    ("candidate_ceiling", ["pool", "--checkpoint", "/no/such/run", "--contexts", "/no/such/file", "--out", "/no/such/out.jsonl"]),
+    ("serve_compare", ["--checkpoint", "/no/such/run"]),
+])
+def test_the_rating_scripts_say_a_users_mistake_in_one_line(script, argv, trained, capsys):
+    import importlib
+    main = importlib.import_module(f"eval.{script}").main
+    with pytest.raises(SystemExit) as e:
+        main([trained["vhred"] if a == "RUN" else a for a in argv])
+    err = capsys.readouterr().err
+    assert e.value.code in (1, 2) and err.startswith("error: ") and err.count("\n") == 1, err
+
 
 def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
     """eval/precedents.py against a hand computation: "OK ." kept after a request, not after a
