@@ -70,7 +70,8 @@ def test_no_rank_tears_down_while_rank_0_still_writes(dailydialog_zip, data_dir,
 @pytest.mark.slow   # torchrun, as a user runs it
 def test_two_processes_end_extra_critic_steps_with_one_critic(dailydialog_zip, data_dir, tmp_path):
     """DialogWAE's extra critic steps run outside data-parallel's hooks: each rank draws its own
-    noise, so without averaging their gradients the ranks' critics would part after one step."""
+    noise, so without averaging their gradients the ranks' critics would part after one step; its
+    generators' batch norms move with each rank's own data, so their statistics are averaged."""
     env = {**os.environ, "DAILYDIALOG_SRC": dailydialog_zip, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            os.path.join(ROOT, "tests", "fixtures", "ranks_critic.py"), os.path.join(ROOT, "configs", "tiny.yaml"),
@@ -78,6 +79,7 @@ def test_two_processes_end_extra_critic_steps_with_one_critic(dailydialog_zip, d
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, child_errors(r)
     assert "ranks 2 same critic True" in r.stdout, r.stdout[-1000:]
+    assert "norm statistics moved True same True" in r.stdout, r.stdout[-1000:]   # its generators' batch norms
 
 
 def gru_output_dtypes(precision: str) -> dict:
@@ -208,3 +210,12 @@ def test_a_mistake_under_torchrun_is_one_line_from_one_process(dailydialog_zip, 
         assert r.returncode != 0 and r.stderr.count("error: ") == 1 and expected in r.stderr, child_errors(r)
         assert "[rank" not in r.stderr and "Connection closed" not in r.stderr, child_errors(r)
         assert not (tmp_path / "small" / "best.pt").exists()   # never a run of no steps called done
+    # a run resumed with another model: rank 0 says so, the other rank exits quietly
+    alone = [sys.executable] + base[base.index("vhred.train") - 1:]   # the same command in one process
+    first = subprocess.run(alone + [f"data_dir={data_dir}", "name=other"], cwd=ROOT,
+                           env={**env, "DAILYDIALOG_SRC": dailydialog_zip}, capture_output=True, text=True, timeout=240)
+    assert first.returncode == 0, child_errors(first)
+    r = subprocess.run(base + [f"data_dir={data_dir}", "name=other", "z_dim=5"], cwd=ROOT,
+                       env={**env, "DAILYDIALOG_SRC": dailydialog_zip}, capture_output=True, text=True, timeout=240)
+    assert r.returncode != 0 and r.stderr.count("error: ") == 1 and "holds a run with other z_dim" in r.stderr, child_errors(r)
+    assert "[rank" not in r.stderr, child_errors(r)

@@ -52,6 +52,26 @@ def all_reduce_(t: torch.Tensor) -> None:
         dist.all_reduce(t)
 
 
+def average_norm_stats_(model: torch.nn.Module) -> None:
+    """Average the running statistics of the model's batch norms (DialogWAE's generators) over
+    all ranks, in place, after a step: each rank updates them from its own share of the batch and
+    data-parallel sends no buffers (train.py), so the ranks would otherwise validate and sample
+    with statistics of their own, and a resumed run (rank 0's, restored on every rank) would part
+    from an uninterrupted one. The momentum update is linear in the batch mean, so the average
+    is the running mean of the whole batch's means (and the variances' mean for the variance)."""
+    if not dist.is_initialized():
+        return
+    stats = [t for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats for t in (m.running_mean, m.running_var)]
+    if not stats:
+        return
+    flat = torch.cat([t.flatten() for t in stats])
+    dist.all_reduce(flat)
+    flat.div_(dist.get_world_size())
+    for t, avg in zip(stats, flat.split([t.numel() for t in stats])):
+        t.copy_(avg.view_as(t))
+
+
 def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank; [obj] in one process."""
     if not dist.is_initialized():

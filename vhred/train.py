@@ -161,7 +161,8 @@ class Run:
         self.net = self.model                                      # what the training step runs
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
-            # buffers (a retrieval index) are built alike on every rank and never change: never sent.
+            # buffers (a retrieval index) are built alike on every rank and never change: never sent;
+            # a batch norm's running statistics, which do, are averaged after each step instead.
             # Its successor, forward_sync_buffers=False, still sends them at the start, which gloo
             # refuses for the index's int16 buffers ("Invalid scalar type"): the deprecated flag, quietly.
             with warnings.catch_warnings():
@@ -187,7 +188,7 @@ class Run:
         last = os.path.join(self.dir, "last.pt")
         if os.path.exists(last):
             state = checkpoint.load(last)
-            self._check_same_run(state)
+            distributed.run_on_rank0(lambda: self._check_same_run(state))   # a mismatch said once
             self._restore(state)
             p = self.progress
             self.log(f"resuming {self.dir} at step {p.step} (epoch {p.epoch + 1}, batch {p.batch_pos})")
@@ -381,6 +382,8 @@ class Run:
         if finite:
             self.opt.step()
             self.extra_steps(out)
+        if self.world > 1:
+            distributed.average_norm_stats_(self.model)   # each rank's forward moved them its own way
         self.progress.step += 1
         return {"loss": total / tokens, "nll_per_token": nll / tokens,
                 "kl_per_utt": kl / max(targets, 1), "beta": beta, "lr": lr, "tokens": tokens,
