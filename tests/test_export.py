@@ -170,6 +170,14 @@ def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(traine
     with pytest.raises(InputError, match="holds an export of other weights and what was measured of them"):
         export.export(trained["vhred"], again)
     assert vhred.load(again).config.arch.model == "hred"
+    # a run of the same name stopped at the same step (trained again with another seed, say): other weights
+    from vhred import checkpoint
+    state = checkpoint.load(os.path.join(trained["hred"], "best.pt"))
+    state["model"] = {k: v + 1e-3 if v.is_floating_point() else v for k, v in state["model"].items()}
+    (tmp_path / "retrained").mkdir()
+    checkpoint.save(state, str(tmp_path / "retrained" / "best.pt"))
+    with pytest.raises(InputError, match="holds an export of other weights and what was measured of them"):
+        export.export(str(tmp_path / "retrained"), again)
 
 
 def test_a_re_export_replaces_links_and_never_writes_through_them(trained, exported, tmp_path):

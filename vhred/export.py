@@ -17,10 +17,10 @@ import pathlib
 import shutil
 from dataclasses import asdict
 
-from . import answers, checkpoint, critic, modelfolder
+from . import answers, cache, checkpoint, critic, modelfolder
 from .schedule import kl_cycle
 from .cli import command, Parser, program
-from .errors import CheckpointError, InputError
+from .errors import InputError
 
 CARD = "README.md"
 RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
@@ -33,9 +33,9 @@ def export(run: str, folder: str) -> str:
     if modelfolder.is_model_folder(source):
         raise InputError(f"{run} is already an exported model folder; copy it instead")
     state = checkpoint.load(source)
-    _check_target(folder, state)
     cfg = checkpoint.config_of(state, source)
     model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
+    _check_target(folder, model.state_dict())
     progress = state.get("progress", {})
     trained = {"step": progress.get("step"), "epoch": progress.get("epoch"),
                "best_val_elbo_per_token": progress["best"] if math.isfinite(progress.get("best", math.inf)) else None}
@@ -58,10 +58,10 @@ def export(run: str, folder: str) -> str:
     return source
 
 
-def _check_target(folder: str, state: dict) -> None:
+def _check_target(folder: str, weights: dict) -> None:
     """DIR is new, empty, or an earlier export (whose files are replaced; results the commands
-    wrote into it stay when it was exported from the same weights): never a run folder, a folder
-    of other files, or an export of other weights with their results beside it."""
+    wrote into it stay when it holds these very weights, byte for byte): never a run folder, a
+    folder of other files, or an export of other weights with their results beside it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
     if not os.path.isdir(folder) or not os.listdir(folder):
@@ -74,19 +74,18 @@ def _check_target(folder: str, state: dict) -> None:
         raise InputError(f"{folder} already holds other files ({', '.join(shown[:3])}); "
                          "export into a new or empty folder")
     results = sorted(n for n in names if n.startswith(("results-", "samples-", "rank-")))
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    if results and _trained(folder) != (config.get("name"), state.get("progress", {}).get("step")):
+    if results and not _holds(folder, weights):   # another run of the same name and step is other weights too
         raise InputError(f"{folder} holds an export of other weights and what was measured of them "
                          f"({results[0]}, ...): export into a new folder, or remove those files first")
 
 
-def _trained(folder: str) -> tuple:
-    """(run name, step) of the weights an earlier export holds; Nones when its config cannot say."""
+def _holds(folder: str, weights: dict) -> bool:
+    """Whether an earlier export's model.safetensors is what exporting these weights writes."""
+    path = os.path.join(folder, modelfolder.WEIGHTS)
     try:
-        header = modelfolder.read_config(folder)
-        return header["config"].get("name"), header.get("trained", {}).get("step")
-    except (CheckpointError, OSError, AttributeError):
-        return None, None
+        return os.path.isfile(path) and cache.file_sha256(path) == modelfolder.weights_sha256(weights)
+    except OSError:
+        return False
 
 
 def val_records(run_dir: str) -> list[dict]:

@@ -52,6 +52,13 @@ def write(folder: str, weights: dict, header: dict, tokenizer: bytes) -> None:
     atomic(os.path.join(folder, CONFIG), lambda tmp: _write_bytes(tmp, (json.dumps(config, indent=1) + "\n").encode()))
 
 
+def weights_sha256(weights: dict) -> str:
+    """The SHA-256 that write() gives model.safetensors for these weights, without writing it."""
+    import hashlib
+    from safetensors.torch import save
+    return hashlib.sha256(save(untie(weights)[0], metadata={"format": "pt"})).hexdigest()
+
+
 def untie(weights: dict) -> tuple[dict, dict]:
     """(each tensor once, {name: the name it shares its memory with}): safetensors stores no
     aliases, and the output layer shares the embedding matrix when tie_embeddings is on."""
