@@ -42,6 +42,22 @@ def test_a_folder_of_extracted_split_files_reads_the_same(dd, dailydialog_zip, t
     assert sources.read_dailydialog(str(tmp_path)) == dd
 
 
+def test_a_folder_sources_identity_follows_the_files_inside_it(tiny_cfg, tmp_path, monkeypatch):
+    """A split file rewritten in place leaves the folder's own size and time as they were: the
+    cache key must still change (the stand-in corpus is regenerated so), and stay when nothing did."""
+    from vhred.dataset import _source
+    folder = tmp_path / "dd"
+    (folder / "train").mkdir(parents=True)
+    split = folder / "train" / "dialogues_train.txt"
+    split.write_text("Hi . __eou__ Hello . __eou__\n")
+    monkeypatch.setenv("DAILYDIALOG_SRC", str(folder))
+    cfg = tiny_cfg()
+    before, folder_stat = _source(cfg)[2], os.stat(folder)
+    assert _source(cfg)[2] == before
+    split.write_text("Hey . __eou__ Hello . __eou__\n")
+    assert os.stat(folder).st_mtime_ns == folder_stat.st_mtime_ns and _source(cfg)[2] != before
+
+
 def test_truncated_archive_is_a_clear_error(dailydialog_zip, tmp_path):
     bad = tmp_path / "ijcnlp_dailydialog.zip"
     bad.write_bytes(open(dailydialog_zip, "rb").read()[:5000])

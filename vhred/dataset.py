@@ -62,8 +62,22 @@ def _source(cfg: Config) -> tuple[str, str, str]:
         raise sources.no_data_file(cfg.data)
     if cfg.data != "dailydialog":   # a JSONL file by its contents: an edit that keeps size and time
         return name, src, f"{os.path.abspath(src)}:sha256:{cache.file_sha256(src)}"   # (cp -p) is one too
+    if os.path.isdir(src):   # extracted split files: each one's size and time (the folder's own change with none)
+        return name, src, f"{os.path.abspath(src)}:files:{_files_stamp(src)}"
     st = os.stat(src)   # the official archive, which nobody edits
     return name, src, f"{os.path.abspath(src)}:{st.st_size}:{int(st.st_mtime)}"
+
+
+def _files_stamp(folder: str) -> str:
+    """A digest of every file's path, size and modification time under folder."""
+    import hashlib
+    stamps = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            path = os.path.join(root, f)
+            st = os.stat(path)
+            stamps.append(f"{os.path.relpath(path, folder)}:{st.st_size}:{st.st_mtime_ns}")
+    return hashlib.sha256("\n".join(sorted(stamps)).encode()).hexdigest()[:16]
 
 
 def _dialogues(data: str, src: str, seed: int, max_dialogues: int, splits=sources.SPLITS):
