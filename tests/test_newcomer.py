@@ -103,11 +103,9 @@ def test_server_log_lines_carry_time_and_duration(logging_server, capsys):
     assert "data.note" in page   # and shows the server's line on why fewer rows than asked came
 
 
-def test_chat_page_opens_on_several_say_turns():
-    """The page's own script, run by node against a stub page: three ?say= turns become the
-    history sent to /respond (the last one answered; only the model's max_context of them, the
-    server's own method), a short answer shows the server's note, and a second Send while the
-    first is answered sends nothing."""
+def run_page(page: str, after: str) -> object:
+    """The chat page's own script, run by node on `page` (STUB_PAGE or a variant) followed by the
+    JavaScript `after`, which logs one JSON line last: that line, parsed."""
     import os
     import shutil
     import subprocess
@@ -116,13 +114,23 @@ def test_chat_page_opens_on_several_say_turns():
         pytest.skip("node is not installed")
     html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
     script = html.split("<script>")[1].split("</script>")[0]
-    harness = STUB_PAGE + script + """
+    r = subprocess.run([node, "-e", page + script + after], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+SENT = "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"   # the /respond bodies, once answered
+
+
+def test_chat_page_opens_on_several_say_turns():
+    """The page's own script, run by node against a stub page: three ?say= turns become the
+    history sent to /respond (the last one answered; only the model's max_context of them, the
+    server's own method), a short answer shows the server's note, and a second Send while the
+    first is answered sends nothing."""
+    result = run_page(STUB_PAGE, """
 setTimeout(() => { els.text.value = "And you?"; els.form.onsubmit({preventDefault() {}}); }, 5);   // while thinking
 setTimeout(() => console.log(JSON.stringify({sent, status: els.status.textContent})), 80);
-"""
-    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+""")
     assert result["sent"] == [{"history": ["Hello!", "How are you?"], "n": 5}]   # max_context 2, one request
     assert result["status"] == "1 of 5 shown: the other draws repeated these"
 
@@ -130,37 +138,15 @@ setTimeout(() => console.log(JSON.stringify({sent, status: els.status.textConten
 def test_chat_page_asks_for_a_count_the_server_allows():
     """A server with --max-n 4 and --num-samples 4: the page's menu (1, 3, 5, 8) falls back to
     the most it allows, 3, rather than to a count it does not offer (sent as n 0, refused)."""
-    import os
-    import shutil
-    import subprocess
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
-    script = html.split("<script>")[1].split("</script>")[0]
     page = STUB_PAGE.replace("max_n: 20", "max_n: 4").replace("num_samples: 5", "num_samples: 4")
-    harness = page + script + "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"
-    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == [{"history": ["Hello!", "How are you?"], "n": 3}]
+    assert run_page(page, SENT) == [{"history": ["Hello!", "How are you?"], "n": 3}]
 
 
 def test_chat_page_sends_no_more_turns_than_the_server_takes():
     """A model that reads 60 turns behind a server that takes at most 2: the page sends the last
     2 (before, the last 60, and every turn past the server's cap was refused until Reset)."""
-    import os
-    import shutil
-    import subprocess
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    html = open(os.path.join(os.path.dirname(vhred.__file__), "static", "chat.html"), encoding="utf-8").read()
-    script = html.split("<script>")[1].split("</script>")[0]
     page = STUB_PAGE.replace("max_context: 2", "max_context: 60").replace("max_turns: 50", "max_turns: 2")
-    harness = page + script + "\nsetTimeout(() => console.log(JSON.stringify(sent)), 80);\n"
-    r = subprocess.run([node, "-e", harness], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout.strip().splitlines()[-1]) == [{"history": ["Hello!", "How are you?"], "n": 5}]
+    assert run_page(page, SENT) == [{"history": ["Hello!", "How are you?"], "n": 5}]
 
 
 # A page of stub elements and a fetch that records /respond bodies and answers with one candidate.
