@@ -35,8 +35,12 @@ help:
 
 venv: $(STAMP)
 
-# torch is installed first and pinned, so pip takes the CPU build where one is provided locally.
+# torch is installed first and pinned, so pip takes the CPU build where one is provided locally;
+# the Python is checked first, as pip would check it only after torch (pyproject: requires-python).
+NEW_ENOUGH := -c 'import sys; sys.exit(sys.version_info < (3, 10))'
 $(STAMP): pyproject.toml
+	@$(BIN)/python $(NEW_ENOUGH) 2>/dev/null || test ! -e $(BIN)/python || { echo "error: .venv was made with a Python older than 3.10: remove it (make clean-venv), then run again, with PYTHON=python3.x if python3 is older" >&2; exit 2; }
+	@test -x $(BIN)/python || $(PYTHON) $(NEW_ENOUGH) || { echo "error: vhred needs Python 3.10 or newer, and $(PYTHON) is older (or missing): give one, e.g. PYTHON=python3.11" >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
@@ -75,7 +79,7 @@ bench-scale: $(STAMP)
 eval: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no runs/*/best.pt found; train one with make train DATA=dailydialog, or give RUN=runs/<name>" >&2; exit 2; }
 	$(BIN)/python -m vhred.evaluate --checkpoint "$(RUN)" $(ARGS)
-	$(BIN)/python -m vhred.plot $(if $(filter %.pt,$(RUN)),$(dir $(RUN)),$(RUN))
+	r="$(RUN)"; case "$$r" in *.pt) r=$$(dirname "$$r");; esac; $(BIN)/python -m vhred.plot "$$r"
 
 # Every model family trained for the same steps and evaluated alike, one table in docs/ (docs/models.md)
 compare: $(STAMP)

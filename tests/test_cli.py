@@ -198,6 +198,41 @@ def test_make_passes_a_data_path_with_a_space_as_one_argument():
     assert '"data=chats/my chats.jsonl"' in out, out
 
 
+def fake_checkout(tmp_path, python_says_old: bool = False):
+    """The Makefile beside a .venv whose python logs each call's arguments, one per line, and
+    answers the Makefile's Python version check as an old (< 3.10) or a new one."""
+    import shutil
+    for name in ("Makefile", "pyproject.toml"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    python = tmp_path / ".venv" / "bin" / "python"
+    python.write_text("#!/bin/sh\n"
+                      f'[ "$1" = -c ] && exit {1 if python_says_old else 0}\n'
+                      'for a in "$@"; do echo "$a"; done >> calls.log; echo "--" >> calls.log\n')
+    python.chmod(0o755)
+    (tmp_path / ".venv" / ".installed").touch()   # newer than pyproject.toml: set up
+    return tmp_path
+
+
+def test_make_eval_plots_a_run_whose_path_holds_a_space(tmp_path):
+    import subprocess
+    repo = fake_checkout(tmp_path)
+    for run in ("runs/my run/best.pt", "runs/my run"):
+        (repo / "calls.log").unlink(missing_ok=True)
+        subprocess.run(["make", "eval", f"RUN={run}"], cwd=repo, capture_output=True, text=True, check=True)
+        calls = (repo / "calls.log").read_text().split("--\n")
+        assert calls[1].splitlines() == ["-m", "vhred.plot", "runs/my run"], calls
+
+
+def test_make_refuses_a_venv_of_an_old_python_in_one_line(tmp_path):
+    import subprocess
+    repo = fake_checkout(tmp_path, python_says_old=True)
+    os.utime(repo / ".venv" / ".installed", (0, 0))   # older than pyproject.toml: the set-up runs again
+    r = subprocess.run(["make", "venv"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 2 and "error: .venv was made with a Python older than 3.10" in r.stderr, r.stderr
+    assert not (repo / "calls.log").exists()   # nothing installed into it
+
+
 def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monkeypatch):
     import shutil
     from vhred import plot
