@@ -585,11 +585,29 @@ def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[
     from . import critic
     from .scoring import RANK_SAMPLES, score_ids
     _own_ranking(model, DecodeOptions(rank="critic"))
-    sp = model.sp
-    shown = [critic.reply_ids(sp, pretty(sp.decode(r))) for r in replies]   # as it learned them: as read
-    judged = critic.scores(model.critic, contexts, shown)
+    judged = critic.scores(model.critic, contexts, shown_ids(model, replies))   # as it learned them: as read
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
     return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
+
+
+MEMO_REPLIES = 50_000   # rendered replies kept per model for the critic: a few MB
+
+
+def shown_ids(model: Model, replies: list[list[int]]) -> list[list[int]]:
+    """Each reply's ids as the reply critic reads them: critic.reply_ids of the text shown. Kept
+    per model, since the same short replies come back turn after turn (rendering costs about as
+    much as the critic's reading)."""
+    from .critic import reply_ids
+    memo = model.__dict__.setdefault("shown_memo", {})
+    if len(memo) > MEMO_REPLIES:
+        memo.clear()
+    out = []
+    for r in replies:
+        key = tuple(r)
+        if key not in memo:
+            memo[key] = reply_ids(model.sp, pretty(model.sp.decode(r)))
+        out.append(memo[key])
+    return out
 
 
 # --- text out --------------------------------------------------------------------------------
