@@ -59,6 +59,7 @@ def test_model_card_shows_the_runs_best_validation_figures(trained, exported):
     assert "DailyDialog" in card and 'vhred.load(".")' in card and "`vhred chat --checkpoint .`" in card
     front = yaml.safe_load(card.split("---\n")[1])   # the metadata a model hub reads
     assert front["library_name"] == "vhred" and front["datasets"] == ["daily_dialog"] and front["license"] == "other"
+    assert front["tags"] == ["dialogue", "vhred", "safetensors"]   # the model type is vhred: named once
     cfg = json.load(open(os.path.join(trained["vhred"], "config.json")))   # the schedule as schedule.py applies it
     assert export.kl_schedule(cfg) in card
     assert export.kl_schedule({**cfg, "kl_schedule": "cyclical", "kl_cycle_steps": 0, "kl_warmup_steps": 100,

@@ -721,7 +721,7 @@ def uncut(reply: str) -> str:
 def history_read(history: list[str]) -> list[str]:
     """A conversation's turns written as the corpus writes them (spaced), the model's own (every
     second one before the last, which is the turn answered) without a cut mark: a reply the chat
-    page or an API caller passes back is read as the terminal chat keeps it, as the words decoded."""
+    page or an API caller passes back is read as the text shown, less the mark that is not its own."""
     last = len(history) - 1
     return [spaced(uncut(t) if (last - i) % 2 else t) for i, t in enumerate(history)]
 

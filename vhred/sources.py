@@ -50,9 +50,15 @@ def valid_text(text: str) -> str:
 
 def spaced(text: str) -> str:
     """Text written as the corpus writes it: "I'm fine, it costs $60." ->
-    "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first)."""
+    "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first; a time stays whole)."""
     from nltk.tokenize import TweetTokenizer
-    return " ".join(TweetTokenizer().tokenize(valid_text(text).replace("’", "'")))
+    text = valid_text(text).replace("’", "'")
+    out = " ".join(TweetTokenizer().tokenize(text))
+    # the tokenizer reads "8:" of "8:30" as an emoticon ("8: 30"); the corpus writes times whole
+    return SPLIT_TIME.sub(lambda m: m[0].replace(" ", "") if m[0].replace(" ", "") in text else m[0], out)
+
+
+SPLIT_TIME = re.compile(r"(?<![\d:])\d ?: ?\d\d(?!\d)")
 
 
 # --- DailyDialog -------------------------------------------------------------------------------
