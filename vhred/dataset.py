@@ -70,7 +70,6 @@ def _source(cfg: Config) -> tuple[str, str, str]:
 
 def _files_stamp(folder: str) -> str:
     """A digest of every file's path, size and modification time under folder."""
-    import hashlib
     stamps = []
     for root, _, files in os.walk(folder):
         for f in files:

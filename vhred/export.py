@@ -113,8 +113,9 @@ def model_card(header: dict, vals: list[dict]) -> str:
         data += f", first {cfg['max_dialogues']} dialogues of each split"
     t = header["trained"]
     dailydialog = cfg["data"] == "dailydialog"
+    tags = dict.fromkeys(["dialogue", header["model_type"], "vhred", "safetensors"])   # a VHRED's type once
     lines = ["---",   # the metadata a model hub reads
-             "library_name: vhred", f"tags: [{', '.join(dict.fromkeys(['dialogue', header['model_type'], 'vhred', 'safetensors']))}]",
+             "library_name: vhred", f"tags: [{', '.join(tags)}]",
              *(["datasets: [daily_dialog]"] if dailydialog else []),
              "license: other   # the training data's terms (DailyDialog: CC BY-NC-SA 4.0) govern the weights"
              if dailydialog else "license: other   # the terms of the dialogues the model was trained on",
