@@ -26,6 +26,7 @@ def parser_of(monkeypatch):
     def catch(self, *args, **kwargs):
         raise Parsed(self)
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    monkeypatch.setattr(cli.Parser, "parse_args", catch)   # the commands' own
     monkeypatch.setattr(cli, "INVOKED_AS", None)
 
     def get(name: str) -> argparse.ArgumentParser:
@@ -74,6 +75,17 @@ def test_a_malformed_flag_is_one_error_line_that_names_the_command_not_its_usage
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"error: vhred {name}"), err
     assert f"`vhred {name}" in err and "--help` lists the flags" in err
+
+
+@pytest.mark.parametrize("argv", [["rate", "score", "--key", "k", "--answers", "a", "--bogus"],
+                                  ["latent", "plot", "--bogus"]])
+def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_flags(argv, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "INVOKED_AS", None)
+    with pytest.raises(SystemExit) as e:
+        vhred_main.main(argv)
+    err = capsys.readouterr().err
+    name = " ".join(argv[:2])
+    assert e.value.code == 2 and err.count("\n") == 1 and f"`vhred {name} --help` lists the flags" in err, err
 
 
 @pytest.mark.parametrize("argv, message", [

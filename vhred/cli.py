@@ -151,6 +151,21 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         fail(f"{self.prog}: {message} (`{self.prog} --help` lists the flags)")
 
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if not hasattr(ns, "_vhred_parser"):   # a subcommand's parser ran first and named itself
+            ns._vhred_parser = self
+        return ns, extras
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but a flag no parser knows is reported by the innermost one that ran
+        (`vhred rate score`, whose --help lists its flags, not `vhred rate`)."""
+        ns, extras = self.parse_known_args(args, namespace)
+        parser = vars(ns).pop("_vhred_parser", self)
+        if extras:
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
 
 def fail(message: str, code: int = 2):
     message = message.replace("\0", "\\0")   # a NUL byte printed raw corrupts terminals and logs
