@@ -5,7 +5,6 @@ cases run against a live `vhred serve` (eval/serve_compare.cases). Bounded: each
 
     PYTHONPATH=. python -m eval.adversarial --checkpoint runs/x [--out adversarial.json]
 """
-import argparse
 import json
 import math
 import os
@@ -17,6 +16,8 @@ import tempfile
 import time
 
 import torch
+
+from vhred.cli import Parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VHRED = [sys.executable, "-m", "vhred"]
@@ -139,7 +140,7 @@ def http_cases(ckpt: str) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.adversarial", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a run folder of a trained model (the tiny config will do)")
     p.add_argument("--out", default="adversarial.json")
     p.add_argument("--no-http", action="store_true")

@@ -14,11 +14,11 @@ Each DIR holds a round written by eval/candidate_ceiling.py pool and rated (key.
 rater*.txt, sys-NAME.jsonl). For each mu and gamma, the top-1 and five-shown good shares the score
 reaches from the rated draws, the mean over the readers (the ceiling: eval/candidate_ceiling.py).
 """
-import argparse
 import json
 import os
 import statistics
 
+from vhred.cli import Parser
 from vhred import checkpoint
 from vhred.generate import DecodeOptions, spaced
 from vhred.rate import read_answers, read_key
@@ -62,7 +62,7 @@ def reverse(out: str):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.backward_ranking", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("reverse", help="write DailyDialog with each dialogue's turns reversed")
     a.add_argument("--out", required=True)

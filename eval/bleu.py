@@ -4,10 +4,9 @@
 
 One sentence per line, files of the same length. The metric itself is vhred.metrics.bleu.
 """
-import argparse
 import json
 
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.errors import InputError
 from vhred.metrics.bleu import corpus_bleu_n
 from vhred.metrics.text import read_lines, tokenize
@@ -15,7 +14,7 @@ from vhred.metrics.text import read_lines, tokenize
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m eval.bleu", description="Corpus BLEU-1..4 of a hypothesis file.")
+    p = Parser(prog="python -m eval.bleu", description="Corpus BLEU-1..4 of a hypothesis file.")
     p.add_argument("--hyps", required=True, help="one hypothesis per line")
     p.add_argument("--refs", required=True, action="append", help="one reference per line; repeat for more")
     args = p.parse_args(argv)

@@ -17,7 +17,6 @@ blind readers. `ceiling` reads the readers' labels and says, per system and read
 - what the shipped ranking (MMI, faulty last) and other scores reach from the same draws.
 No ranking or decoding choice on these draws can beat the ceiling: it is what the model offers.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -25,7 +24,7 @@ import statistics
 import sys
 
 from vhred import checkpoint
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.generate import DecodeOptions, response_text, reply_key, shown_filter
 from vhred.rate import read_answers, read_key
 
@@ -221,7 +220,7 @@ def replay(args):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.candidate_ceiling", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pool", help="every distinct reply of the chat's draws, with ranking numbers")
     a.add_argument("--checkpoint", required=True)

@@ -23,12 +23,12 @@ every --every steps prints, for the first 64 validation windows:
 like any setting, is a key=value), to repeat the variants
 docs/models.md reports (0 / 1 / 1: everything at one rate, the noise at std 1).
 """
-import argparse
 import math
 import time
 
 import torch
 
+from vhred.cli import Parser
 from vhred import checkpoint, config
 from vhred.dataset import DialogueData, prepare
 from vhred.errors import InputError
@@ -38,7 +38,7 @@ from vhred.train import Run
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m eval.dialogwae_codes", description=__doc__.split("\n\n")[1])
+    p = Parser(prog="python -m eval.dialogwae_codes", description=__doc__.split("\n\n")[1])
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--every", type=int, default=25)

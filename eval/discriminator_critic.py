@@ -12,7 +12,6 @@ of the contexts is held out to measure that. DIR receives a copy of the run's mo
 critic.safetensors, so that `--critic DIR` ranks by it. docs/rating.md ("Tried first, and not
 shipped") has the result: it learns its task and puts the readers' bad replies first.
 """
-import argparse
 import os
 import random
 import shutil
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vhred.cli import Parser
 from vhred import checkpoint, critic
 from vhred.evaluate import split_dialogues
 from vhred.generate import DecodeOptions, encode_turns, generate
@@ -79,7 +79,7 @@ def accuracy(judge, pairs, cands) -> float:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.discriminator_critic", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="a new folder: the run's model files and the critic")
     p.add_argument("--split", default="train", choices=["train", "validation"])

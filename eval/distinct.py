@@ -7,10 +7,9 @@ With --jsonl it also reports intra-distinct (within each context's samples, aver
 contexts), inter-distinct (over all samples of all contexts) and response-distinct (within each
 single response). The metrics themselves are vhred.metrics.distinct.
 """
-import argparse
 import json
 
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.errors import InputError
 from vhred.metrics.distinct import distinct_n, intra_inter, response_distinct
 from vhred.metrics.text import read_lines, tokenize
@@ -44,7 +43,7 @@ def file_report(path: str, jsonl: bool) -> dict:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m eval.distinct", description="distinct-1/2 of response files.")
+    p = Parser(prog="python -m eval.distinct", description="distinct-1/2 of response files.")
     p.add_argument("files", nargs="+", help="response files")
     p.add_argument("--jsonl", action="store_true", help="files are samples JSONL (several per context)")
     args = p.parse_args(argv)

@@ -15,7 +15,6 @@ Writes generate's JSONL (context, samples, scores). Exemplars come from `vhred n
 of the checkpoint's own training split (TF-IDF over the last turn and, at half weight, the one
 before). VHRED and CVAE only: they have a Gaussian posterior to read an exemplar with.
 """
-import argparse
 import json
 from dataclasses import replace
 
@@ -23,7 +22,7 @@ import torch
 
 from eval.pooled_draws import shown_of
 from vhred import checkpoint
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.dataset import collate
 from vhred.device import pick_device
 from vhred.evaluate import split_dialogues
@@ -64,7 +63,7 @@ def replies_for(model, cfg, sp, index, context: list[str], opts: DecodeOptions, 
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.exemplar_z", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')
     p.add_argument("--output", required=True)

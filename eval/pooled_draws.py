@@ -15,14 +15,13 @@ the first model's, ranked so), as the chat's `--pool-with`
 (vhred/generate.py, drawn) now does; the chat keeps the best-ranked spelling of a repeated reply
 where this script keeps the first drawn, as the rated rounds were made.
 """
-import argparse
 import filecmp
 import json
 import os
 from dataclasses import replace
 
 from vhred import checkpoint
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.device import pick_device
 from vhred.errors import InputError
 from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
@@ -59,7 +58,7 @@ def pooled(first, second, cfg, sp, context: list[str], opts: DecodeOptions, comm
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.pooled_draws", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="the first model: its tokenizer, config and ranking")
     p.add_argument("--second", required=True, help="the second model, with the same tokenizer")
     p.add_argument("--input", required=True, help='JSONL, one {"context": [...]} per line')

@@ -22,13 +22,12 @@ keeps the questions that ask what, where, when, why, who, which or how, yes-no t
 questions (vhred.rate.turn_kind): "Yes." can answer the second kind, never the first. Repeated,
 it keeps the contexts of any kind named (--last-turn yes-no --last-turn other: all but wh).
 """
-import argparse
 import glob
 import json
 import os
 import random
 
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.errors import InputError
 from vhred.rate import LAST_TURN_KINDS, last_turn_is, read_answers, read_key
 
@@ -93,7 +92,7 @@ def summary(name: str, units, draws: int, stat=shares) -> dict:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.pooled_rating", description=__doc__.split("\n\n")[0])
     p.add_argument("--round", action="append", required=True, metavar="DIR=SYSTEM",
                    help="a round's folder and the system's letter in its key; repeat for each round")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")

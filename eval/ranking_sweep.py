@@ -13,7 +13,6 @@
    fault share, mean length, the top-1's log-likelihood per token (fluency) and inter-distinct-2.
    Prints a markdown table per decoding and writes OUT/sweep.json.
 """
-import argparse
 import json
 import os
 import random
@@ -21,7 +20,7 @@ import random
 import torch
 
 from vhred import checkpoint
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.evaluate import split_dialogues
 from vhred.lexicon import training_lexicon
 from vhred.generate import DecodeOptions, encode_turns, generate, pretty, response_text
@@ -113,7 +112,7 @@ def table(results) -> str:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.ranking_sweep", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--contexts", type=int, default=200)
     p.add_argument("--out", default="sweep")

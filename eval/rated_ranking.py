@@ -12,14 +12,13 @@ readers judged differently, how often the score puts the kept one first (0.5 is 
 counts by how far apart the readers' good shares are). Only rated replies count, and they are
 those earlier rankings put first: the figures choose what to rate next, not a default.
 """
-import argparse
 import collections
 import itertools
 import json
 import os
 
 from vhred import checkpoint
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, same_reply, spaced
 from vhred.rate import read_answers, read_key
 from vhred.scoring import NEUTRAL, RANK_SAMPLES, log_likelihoods
@@ -77,7 +76,7 @@ def mmi(lam: float, gamma: float):
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.rated_ranking", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--round", action="append", required=True, help="a rating round's folder (repeatable)")
     p.add_argument("--systems", default="b,d,l", help="the rounds' systems that decoded from this checkpoint")

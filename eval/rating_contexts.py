@@ -17,12 +17,11 @@ pairs instead (no choice is tuned on them either; training picks its best epoch 
 ELBO, not by these replies): the test split has 2 wh-question contexts left that no round has rated.
 Each line: {"context": [...], "reference": "..."}.
 """
-import argparse
 import json
 import random
 
 from vhred import checkpoint
-from vhred.cli import command, text_lines
+from vhred.cli import command, Parser, text_lines
 from vhred.errors import InputError
 from vhred.evaluate import split_dialogues
 from vhred.metrics.protocol import context_pairs
@@ -55,7 +54,7 @@ def draw(free: list[int], count: int, rng: random.Random, split: str, of_kind: s
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m eval.rating_contexts", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--contexts", type=int, default=40)
     p.add_argument("--seed", type=int, default=1)

@@ -11,7 +11,6 @@ rules the standard-library handler has (exact Content-Type, floats within range,
 Host check through TrustedHostMiddleware) and uvicorn's own limits (limit_concurrency,
 timeout_keep_alive). The results are docs/serving-decision.md.
 """
-import argparse
 import http.client
 import json
 import socket
@@ -21,7 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import vhred
-from vhred.cli import command
+from vhred.cli import command, Parser
 from vhred.serve import HTTPError, InThread, Limits, Service, _finite_float, _no_constant
 from vhred.errors import UserError
 
@@ -222,7 +221,7 @@ def load(port: int, clients: int, requests: int) -> dict:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.serve_compare", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--requests", type=int, default=64, help="requests per load level (default %(default)s)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])

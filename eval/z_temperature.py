@@ -7,12 +7,11 @@ plus s times its noise (eval.candidate_ceiling.scaled_prior_noise: s = 1 is the 
 s = 0 its mean), no likelihood; each writes results-dialogwae-test-zsS.* into the run folder as
 the command does. Prints one Markdown table: BLEU R / P / F1, inter-dist-2 and length per s.
 """
-import argparse
 import json
 import os
 
 from vhred import checkpoint, evaluate
-from vhred.cli import command
+from vhred.cli import command, Parser
 
 from eval.candidate_ceiling import scaled_prior_noise
 
@@ -38,7 +37,7 @@ def table(rows: dict[float, dict]) -> str:
 
 @command
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(prog="python -m eval.z_temperature", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a run folder or .pt file")
     p.add_argument("--scales", type=float, nargs="+", default=[0, 0.5, 0.7, 1, 1.5, 2],
                    help="the prior's noise times each of these (default %(default)s)")
