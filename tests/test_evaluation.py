@@ -282,6 +282,10 @@ def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
     # the same last turn after different turns: the turn before decides
     index = Index([["Is it far from here?", "Yes.", "Take a taxi."], ["Do you like tea?", "Yes.", "Me too."]], 0.5)
     assert index.nearest([["Do you like tea?", "Yes."], ["Is it far from here?", "Yes."]], 1) == [["Me too."], ["Take a taxi."]]
+    # copies that differ only in case or spacing are one reply as scored: the next one is taken
+    index = Index([["Shall we go?", "And then ?", "x"], ["Shall we go now?", "and then ?", "y"],
+                   ["Shall we?", "Sure.", "z"]], 0.5)
+    assert index.nearest([["Shall we go?"]], 2) == [["And then ?", "Sure."]]
 
 
 def test_nearest_neighbour_command_refuses_bad_counts_in_one_line():

@@ -55,8 +55,9 @@ class Index:
         norm = math.sqrt(sum(x * x for x in v.values())) or 1.0
         return {j: x / norm for j, x in v.items()}
 
-    def nearest(self, contexts: list[list[str]], k: int, pool: int = 200) -> list[list[str]]:
+    def nearest(self, contexts: list[list[str]], k: int) -> list[list[str]]:
         """k distinct replies per context, the most similar turns' first."""
+        pool = max(POOL, POOL // 10 * k)   # most turns' replies repeat: enough turns for k distinct ones
         out = []
         for s in range(0, len(contexts), 256):   # 256 queries at a time: (turns, 256) scores in memory
             chunk = contexts[s:s + 256]
@@ -67,8 +68,25 @@ class Index:
             top = torch.sparse.mm(self.matrix, queries).topk(min(pool, len(self.replies)), dim=0).indices.T   # (chunk, pool)
             for c, rows in zip(chunk, top.tolist()):
                 candidates = self.openings if not c[-1].strip() else [self.replies[i] for i in rows]
-                out.append(list(dict.fromkeys(candidates))[:k])
+                out.append(distinct(candidates, k))
         return out
+
+
+POOL = 200   # the most similar turns read for the default 10 replies
+
+
+def distinct(replies: list[str], k: int) -> list[str]:
+    """The first k replies that differ as they are scored (DialogWAE's tokens): "and then ?" and
+    "And then ?" are one reply, as the training split writes some of its copies."""
+    seen, out = set(), []
+    for r in replies:
+        key = tuple(dialogwae.tokenize(r))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+            if len(out) == k:
+                break
+    return out
 
 
 def parse_args(argv):
