@@ -286,6 +286,9 @@ def test_nearest_neighbour_answers_a_training_turn_with_its_reply():
     index = Index([["Shall we go?", "And then ?", "x"], ["Shall we go now?", "and then ?", "y"],
                    ["Shall we?", "Sure.", "z"]], 0.5)
     assert index.nearest([["Shall we go?"]], 2) == [["And then ?", "Sure."]]
+    # as many replies as asked for, past the 200 most similar turns the default 10 read
+    index = Index([["Shall we go?", f"Reply {i} ."] for i in range(300)], 0.5)
+    assert len(index.nearest([["Shall we go?"]], 250)[0]) == 250
 
 
 def test_nearest_neighbour_command_refuses_bad_counts_in_one_line():
