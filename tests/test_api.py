@@ -39,10 +39,10 @@ def test_same_seed_same_replies_other_seed_other_replies(bot):
     assert a != bot.respond(HISTORY, n=5, method="sample", seed=4)
 
 
-def test_a_cut_reply_passed_back_is_read_as_the_words_the_model_decoded(bot):
+def test_a_cut_reply_passed_back_is_read_without_its_mark(bot):
     """The chat page (and an API caller) appends a reply as shown, " …" included when max_len cut
-    it: the model reads its own turns and score()'s candidates without the mark, as the terminal
-    chat keeps them; a user's turn (the last, and every second one before it) is read as typed."""
+    it: the model reads its own turns and score()'s candidates without the mark, which it did not
+    write; a user's turn (the last, and every second one before it) is read as typed."""
     from vhred.generate import CUT
     said = ["Hello , how are you ?", "Fine , thanks .", "What do you do ?"]
     shown = [said[0], said[1] + CUT, said[2]]
