@@ -17,6 +17,7 @@ pairs instead (no choice is tuned on them either; training picks its best epoch 
 ELBO, not by these replies): the test split has 2 wh-question contexts left that no round has rated.
 Each line: {"context": [...], "reference": "..."}.
 """
+import argparse
 import json
 import random
 
@@ -36,8 +37,8 @@ def parse_mix(text: str) -> dict[str, int]:
     for part in text.split(","):
         kind, _, count = part.partition("=")
         if kind not in TURN_KINDS or not count.isdigit() or int(count) < 1 or kind in mix:
-            raise SystemExit(f"--mix takes KIND=N pairs, each kind once, of {', '.join(TURN_KINDS)} (N >= 1), "
-                             f"e.g. wh=40,yes-no=43,other=157; not '{part}'")
+            raise argparse.ArgumentTypeError(f"KIND=N pairs, each kind once, of {', '.join(TURN_KINDS)} (N >= 1), "
+                                             f"e.g. wh=40,yes-no=43,other=157; not '{part}'")
         mix[kind] = int(count)
     return mix
 

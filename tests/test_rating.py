@@ -657,6 +657,7 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     ("rating_contexts", ["--checkpoint", "/no/such/run"]),
     ("rating_contexts", ["--checkpoint", "RUN", "--exclude", "/no/such/contexts.jsonl"]),
     ("rating_contexts", ["--checkpoint", "RUN", "--contexts", "0"]),
+    ("rating_contexts", ["--checkpoint", "RUN", "--mix", "wh=40,wh=2"]),
     ("rated_ranking", ["--checkpoint", "/no/such/run", "--round", "/no/such/round"]),
     ("ranking_sweep", ["--checkpoint", "/no/such/run"]),
     ("candidate_ceiling", ["pool", "--checkpoint", "/no/such/run", "--contexts", "/no/such/file", "--out", "/no/such/out.jsonl"]),
