@@ -580,9 +580,10 @@ def test_rating_contexts_draws_a_mix_of_last_turns_shuffled(trained, monkeypatch
     assert f"only {have[other]} validation contexts of kind {other} are left" in str(stop.value)
     assert f"--mix {other}={have[other]} or fewer" in str(stop.value)
     monkeypatch.setattr(sys, "argv", args + ["--mix", "question=2"])
+    capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         rating_contexts.main()
-    assert "not 'question=2'" in str(stop.value)
+    assert stop.value.code == 2 and "not 'question=2'" in capsys.readouterr().err
 
 
 # --- one system over several rounds (eval/pooled_rating.py) ------------------------------------
