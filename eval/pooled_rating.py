@@ -52,9 +52,9 @@ def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[lis
     for path in raters:
         answers = read_answers(path, key)
         ids = {i for ranked in shown.values() for _, i in ranked}
-        if ids - answers.keys():
-            raise InputError(f"{path} does not answer {len(ids - answers.keys())} of the {len(ids)} ids "
-                             f"of system '{system}'")
+        missing = ids - answers.keys()
+        if missing:
+            raise InputError(f"{path} does not answer {len(missing)} of the {len(ids)} ids of system '{system}'")
         for ctx, ranked in shown.items():
             out.setdefault(ctx, []).append([answers[i] == "good" for _, i in sorted(ranked)])
     return out

@@ -55,7 +55,13 @@ def spaced(text: str) -> str:
     text = valid_text(text).replace("’", "'")
     out = " ".join(TweetTokenizer().tokenize(text))
     # the tokenizer reads "8:" of "8:30" as an emoticon ("8: 30"); the corpus writes times whole
-    return SPLIT_TIME.sub(lambda m: m[0].replace(" ", "") if m[0].replace(" ", "") in text else m[0], out)
+    return SPLIT_TIME.sub(lambda m: _whole_if_typed(m[0], text), out)
+
+
+def _whole_if_typed(split: str, text: str) -> str:
+    """A time the tokenizer split, whole again where the text wrote it whole."""
+    whole = split.replace(" ", "")
+    return whole if whole in text else split
 
 
 SPLIT_TIME = re.compile(r"(?<![\d:])\d ?: ?\d\d(?!\d)")
