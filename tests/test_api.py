@@ -141,6 +141,21 @@ def test_a_pooled_bot_scores_as_it_ranks(bot, trained):
     assert [r[1] for r in decoded] == pytest.approx([a + b for a, b in zip(*each)], rel=1e-4, abs=1e-5)
 
 
+def test_a_pooled_bot_given_z_ranks_by_the_whole_pool(trained, bot):
+    """A given z draws from the first run alone, but every run of the pool still judges the draws:
+    each reply's score is the first run's plus the other run's (test_a_pooled_bot_scores_as_it_ranks),
+    ranked by that sum."""
+    pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])
+    z = next(c.z for c in pooled.respond(HISTORY, n=5) if c.z is not None)   # a draw of its own
+    ask = dict(n=3, z=z, method="sample", temperature=1.0, clean=False)   # clean=False: in ranked order
+    alone, got = bot.respond(HISTORY, **ask), pooled.respond(HISTORY, **ask)
+    assert sorted(c.text for c in got) == sorted(c.text for c in alone) and len(got) >= 2
+    assert [c.score for c in got] == sorted((c.score for c in got), reverse=True)
+    own = {c.text: c.score for c in alone}
+    for c in got:   # the other run's judgement is there: not the first run's score alone
+        assert c.score != pytest.approx(own[c.text], abs=1e-3)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda b: b.respond("just a string"), "history must be a list of strings"),
     (lambda b: b.respond([]), "history must hold at least one turn"),

@@ -447,16 +447,17 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     Two models trained alike miss different turns and judge differently: rated blind, VHRED and
     CVAE so, each with its critic, +3.4 [+1.6, +5.2] points of the five shown and +1.7 [-2, +5.5]
     first against VHRED alone (docs/rating.md). A given z is the model's own: a context with one
-    (a row of z not NaN) draws alone, the others as they would in a batch of their own."""
+    (a row of z not NaN) draws alone, the others as they would in a batch of their own; every
+    run still judges its draws, since a reply's score reads only its text."""
     pool = getattr(model, "pool", ())
     if not pool:
         return generate(model, contexts, opts, z)
     given = [] if z is None else (~torch.isnan(z).any(dim=1)).tolist()
     if given and all(given):
-        return generate(model, contexts, opts, z)
+        return _own_z(model, pool, contexts, opts, z)
     if any(given):   # a served batch may mix requests with a z and without
         alone = [i for i, g in enumerate(given) if g]
-        rows = dict(zip(alone, generate(model, [contexts[i] for i in alone], opts, z[alone])))
+        rows = dict(zip(alone, _own_z(model, pool, [contexts[i] for i in alone], opts, z[alone])))
         rest = [i for i, g in enumerate(given) if not g]
         rows.update(zip(rest, drawn(model, [contexts[i] for i in rest], opts)))
         return [rows[i] for i in range(len(contexts))]
@@ -466,6 +467,12 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     results = [[r for per_model in row for r in per_model] for row in zip(*rows)]   # (C, models x share)
     results = [_dedup(r) if opts.dedup else r for r in results]
     return _rank(model, contexts, results, opts, judges=pool) if opts.rank != "none" else results
+
+
+def _own_z(model, pool, contexts, opts: DecodeOptions, z) -> list[list[Response]]:
+    """The model's draws from the z given, ranked by the whole pool as its pooled draws are."""
+    rows = generate(model, contexts, replace(opts, rank="none"), z)
+    return _rank(model, contexts, rows, opts, judges=pool) if opts.rank != "none" else rows
 
 
 def draws_made(model, opts: DecodeOptions) -> int:
