@@ -365,6 +365,24 @@ def test_the_chats_rank_command(vhred_model):
     assert "one of auto, none" in notes[-1] and chat.opts.rank == "pmi"
     chat.command("/rank auto")
     assert notes[-1] == "(candidates ranked by the MMI score)"
+    kept, model.answers = model.answers, object()   # a run with an answer table: the banner's words
+    try:
+        chat.command("/rank mmi")
+        assert notes[-1] == "(candidates ranked by the MMI score and what answers a wh-question)"
+        chat.opts.answer_weight = 0.0
+        chat.command("/rank mmi")
+        assert notes[-1] == "(candidates ranked by the MMI score)"
+    finally:
+        model.answers = kept
+
+
+def test_the_chats_help_names_the_beam_width_beam_returns_to(vhred_model):
+    from vhred.chat import Chat
+    model, cfg, sp = vhred_model
+    notes = []
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2, beam=3), out=notes.append, note=notes.append)
+    chat.command("/help")
+    assert "/beam            back to beam search (width 3)" in notes[-1]
 
 
 def test_the_rounds_make_critic_learns_from_are_rated_rounds_of_the_repository():

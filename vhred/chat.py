@@ -45,7 +45,7 @@ HELP = """commands:
   /temperature T   sample words at temperature T (default: beam search)
   /top_p P         sample words from the nucleus of probability P
   /greedy          greedy words (faster than beam search, fewer good replies)
-  /beam            back to beam search (width 5)
+  /beam            back to beam search (width {beam})
   /rank R          order candidates by R: auto (the run's critic if it has one, else mmi),
                    critic, mmi, pmi, ll or none
   /seed S          seed for the next turns
@@ -171,7 +171,7 @@ class Chat:
             raise CommandError(f"/rank takes one of {', '.join(RANKS)}")
         ranked_by = ranking(self.model, replace(self.opts, rank=arg))   # refuses a critic the model lacks
         self.opts.rank = arg
-        self.note(f"(candidates ranked by {RANKED_BY.get(ranked_by, ranked_by)})")
+        self.note(f"(candidates ranked by {ranked_words(ranked_by, self.opts, self.model.answers is not None)})")
 
     def _cmd_seed(self, arg):
         self.opts.seed = _bounded(int(arg), 0, 2 ** 63 - 1, "seed")
@@ -210,7 +210,7 @@ class Chat:
                  + (" [a z is kept: /release to sample from it]" if self.kept is not None else ""))
 
     def _cmd_help(self, arg):
-        self.note(HELP)
+        self.note(HELP.format(beam=self.opts.beam))
 
     def _candidate(self, arg) -> int:
         if not self.last:
@@ -285,14 +285,21 @@ def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: boo
     """The first line of an interactive chat: which model it is, where it was loaded from, what
     else draws candidates and what orders them (answers: with the run's answer score after a
     wh-question, vhred/answers.py)."""
-    by = RANKED_BY.get(ranked_by, ranked_by)
-    if answers and ranked_by in ("critic", "mmi") and opts.answer_weight:
-        by += " and what answers a wh-question"
+    by = ranked_words(ranked_by, opts, answers)
     shared = f" (drawn with {', '.join(pooled)}, whose rankings join)" if pooled else ""
     n = opts.num_samples
     return (f"vhred chat: {cfg.arch.model} from {path}, {n} candidate{'s' if n != 1 else ''} per turn{shared}, "
             f"ranked by {by}, best first: the first joins the conversation (/pick K for another). "
             f"/help for commands, Ctrl-D to leave.")
+
+
+def ranked_words(ranked_by: str, opts, answers: bool) -> str:
+    """What orders the candidates, in words (the banner and /rank): the ranking, and the answer
+    score beside it when the run has one and it counts (generate.plus_answers)."""
+    by = RANKED_BY.get(ranked_by, ranked_by)
+    if answers and ranked_by in ("critic", "mmi") and opts.answer_weight:
+        by += " and what answers a wh-question"
+    return by
 
 
 # what each --rank orders the candidates by, in the words the banner and /rank use
