@@ -1,5 +1,6 @@
 """The `vhred` command: subcommands, complete --help texts, one-line errors; eval finds its data."""
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -147,6 +148,25 @@ def test_an_output_file_that_cannot_be_created_names_the_path_asked_for():
     with pytest.raises(InputError, match=r"cannot write /proc/x.jsonl \("):   # not its .tmp<pid>
         with cli.output_file("/proc/x.jsonl") as f:
             f.write("x")
+
+
+def test_a_commands_lines_end_at_newlines_only_and_the_line_cap_counts_bytes(tmp_path, monkeypatch):
+    """What json_line writes reads back line for line: a U+2028 or U+0085 inside a JSON string
+    does not end its line; \r\n does; and the cap is of a line's UTF-8 bytes, not characters."""
+    from vhred import limits
+    from vhred.errors import InputError
+    rows = [{"context": ["a\u2028b", "c\x85d\x0ce"]}, {"context": ["f"]}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(cli.json_line(r) + "\n" for r in rows), encoding="utf-8")
+    assert [json.loads(line) for line in cli.text_lines(str(path))] == rows
+    path.write_bytes(b"x\r\ny\n\nz")
+    assert cli.text_lines(str(path)) == ["x", "y", "", "z"]
+    path.write_bytes(b"")
+    assert cli.text_lines(str(path)) == []
+    monkeypatch.setattr(limits, "MAX_LINE_BYTES", 10)
+    path.write_text("\u20ac" * 4 + "\n", encoding="utf-8")   # 4 characters, 12 bytes
+    with pytest.raises(InputError, match="line 1 is longer than"):
+        cli.text_lines(str(path))
 
 
 def test_the_console_script_is_declared_and_importable():

@@ -36,9 +36,12 @@ def text_lines(path: str) -> list[str]:
     readable_file(path)
     try:
         with open(path, encoding="utf-8-sig") as f:   # -sig: a byte-order mark (Notepad) is read past
-            lines = f.read().splitlines()
+            text = f.read()   # \r\n and \r read as \n
+        # lines end at \n alone: str.splitlines() also splits at U+2028, U+0085 and others that
+        # JSON holds raw inside a string (json_line writes them so)
+        lines = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n") if text else []
         for n, line in enumerate(lines, 1):
-            if len(line) > MAX_LINE_BYTES:
+            if len(line.encode("utf-8")) > MAX_LINE_BYTES:
                 raise InputError(f"{path}: line {n} is longer than {MAX_LINE_BYTES // 2 ** 20} MB")
         return lines
     except FileNotFoundError:
