@@ -346,6 +346,17 @@ def test_the_corpus_split_contractions_read_well():
     assert spaced("I’m here") == "I'm here"
 
 
+def test_a_long_run_of_one_mark_or_of_digits_is_spaced_not_an_error(monkeypatch):
+    """nltk's tokenizer ran out of memory on millions of one mark and gave up (TimeoutError) on a
+    long run of digits: both are turns a user can type or put in a contexts file."""
+    import nltk.tokenize.casual as casual
+    assert spaced("Wow!!!!!!! really?????? ok.... ____") == "Wow ! ! ! really ? ? ? ok ... ___"   # as before
+    assert spaced("!" * 6_000_000) == "! ! !" and spaced("\u2026" * 6_000_000) == "\u2026 \u2026 \u2026"
+    monkeypatch.setattr(casual.redos, "DEFAULT_TIMEOUT", 0.01)   # what 50,000 digits take 5 s to reach
+    digits = "call 555-1234 or " + "7" * 20_000
+    assert spaced(digits) == digits
+
+
 def test_a_response_cut_at_the_length_limit_is_marked(vhred_model):
     model, cfg, sp = vhred_model
     ids = sp.encode("yes , it is .")

@@ -53,7 +53,14 @@ def spaced(text: str) -> str:
     "I'm fine , it costs $ 60 ." (typographic apostrophes made straight first; a time stays whole)."""
     from nltk.tokenize import TweetTokenizer
     text = valid_text(text).replace("’", "'")
-    out = " ".join(TweetTokenizer().tokenize(text))
+    # a run of 4 or more of one mark is 3 to the tokenizer; done first by Python's re, since the
+    # tokenizer's regex module runs out of memory on a run of millions
+    text = LONG_RUN.sub(r"\1\1\1", text)
+    try:
+        words = TweetTokenizer().tokenize(text)
+    except TimeoutError:   # its phone-number pattern gives up on a long run of digits (5 s)
+        words = TweetTokenizer(match_phone_numbers=False).tokenize(text)
+    out = " ".join(words)
     # the tokenizer reads "8:" of "8:30" as an emoticon ("8: 30"); the corpus writes times whole
     return SPLIT_TIME.sub(lambda m: _whole_if_typed(m[0], text), out)
 
@@ -64,6 +71,7 @@ def _whole_if_typed(split: str, text: str) -> str:
     return whole if whole in text else split
 
 
+LONG_RUN = re.compile(r"(\W|_)\1{3,}")   # nltk's HANG_RE, ([^\p{L}\p{N}])\1{3,}, in Python's re
 SPLIT_TIME = re.compile(r"(?<![\d:])\d ?: ?\d\d(?!\d)")
 
 
