@@ -112,6 +112,9 @@ def test_the_page_runs_only_its_own_script_and_no_other_site_frames_it(server):
     ("/respond", {"history": ["hi"], "n": 1001}, 400, "n may be at most 20"),   # the server's cap, not the flag's
     ("/respond", {"history": ["hi"], "temperature": 0.5, "method": "beam"}, 400, 'add method=\"sample\"'),
     ("/respond", {"history": ["hi"], "max_len": 500}, 400, "max_len may be at most 100"),
+    # within each cap, 20 x 16 draws x 10 beams x 101 steps held a CPU server for 130 s
+    ("/respond", {"history": ["hi"], "n": 20, "beam": 10, "max_len": 100}, 400,
+     "decodes up to 323,200 rows x steps (n x draws x beam x (max_len + 1)), at most 50,000"),
     ("/respond", {"history": ["hi"], "temperature": -1, "method": "sample"}, 400, "temperature must be a positive"),
     ("/respond", {"history": ["hi"] * 51}, 400, "turns in history may be at most 50"),
     ("/respond", {"history": ["x" * 2001]}, 400, "at most 2000 characters"),
@@ -349,3 +352,13 @@ def test_a_server_that_cannot_listen_says_which_flag_to_change(bot, host, port, 
         taken.listen()
         with pytest.raises(InputError, match=hint):
             make_server(bot, host, taken.getsockname()[1] if port == "taken" else port, quiet=True)
+
+
+def test_the_most_replies_at_the_default_decoding_fit_the_servers_work_cap(vhred_model):
+    """--max-n replies with every other option left to the defaults are never refused as too much work."""
+    from vhred.generate import DecodeOptions
+    from vhred.serve import Limits, decode_work
+    model, _, _ = vhred_model
+    lim = Limits()
+    assert decode_work(model, DecodeOptions(num_samples=lim.max_n)) == 20 * 16 * 5 * 31 <= lim.max_work
+    assert decode_work(model, DecodeOptions(num_samples=lim.max_n, beam=10)) > lim.max_work

@@ -15,7 +15,7 @@ from .errors import InputError
 MAX_SAMPLES = 1000        # responses per context (the chat draws 16N by default to pick N distinct ones)
 MAX_LEN = 1000            # tokens per response (min_len too)
 MAX_BEAM = 100            # beam width
-MAX_BEAM_ROWS = 2000      # samples x beam width: rows of one beam search (x 2 in the chat)
+MAX_BEAM_ROWS = 2000      # samples x beam width; a search decodes draws (up to MAX_DRAWS, 16) x that many rows
 MAX_TOP_K = 1_000_000     # top-k (clipped to the vocabulary anyway)
 # evaluation and the latent variable
 MAX_IW_SAMPLES = 1000     # K of the importance-weighted bound (eval, rank)

@@ -55,6 +55,10 @@ class Limits:
     max_n: int = 20            # replies per /respond
     max_len: int = 100         # tokens per reply
     max_beam: int = 10         # beam width
+    # decoder rows x steps of one /respond: n x draws x beam x (max_len + 1). 20 replies at the
+    # default decoding are 49,600 (about 20 s on 2 CPU cores); 20 x 16 x 10 x 101, within every
+    # cap above, held the model for 130 s while every other client got 504
+    max_work: int = 50_000
     max_turns: int = 50        # turns in a history (the model reads the last max_context)
     max_chars: int = 2000      # characters per turn or candidate
     max_candidates: int = 50   # candidates per /score
@@ -75,7 +79,7 @@ class Limits:
 # the most a server's settings may allow (docs/limits.md): beyond them one request could hold
 # the model for minutes or one client take the machine's threads
 LIMIT_CAPS = {"max_batch": 1024, "wait_ms": 60_000, "timeout": 3600, "max_queue": 100_000, "max_body": 2 ** 24,
-              "max_n": 1000, "max_len": 1000, "max_beam": 100, "max_turns": 1000, "max_chars": 100_000,
+              "max_n": 1000, "max_len": 1000, "max_beam": 100, "max_work": 10 ** 9, "max_turns": 1000, "max_chars": 100_000,
               "max_candidates": 1000, "max_connections": 4096, "read_deadline": 600}
 
 
@@ -201,6 +205,11 @@ class Service:
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
         from .generate import count_note, draws_made
+        work = decode_work(self.bot._model, opts)
+        if work > lim.max_work:
+            raise HTTPError(400, f"this request decodes up to {work:,} rows x steps (n x draws x beam x (max_len + 1)), "
+                                 f"at most {lim.max_work:,} on this server: ask for fewer replies, draws or "
+                                 f"beams, or a shorter max_len")
         candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
         note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates),
                           draws_made(self.bot._model, opts))
@@ -269,6 +278,14 @@ def page_policy(page: bytes) -> str:
     digest = base64.b64encode(hashlib.sha256(script).digest()).decode()
     return (f"default-src 'none'; script-src 'sha256-{digest}'; style-src 'unsafe-inline'; connect-src 'self'; "
             "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+
+
+def decode_work(model, opts) -> int:
+    """Decoder rows x steps one request may cost at most: its n x draws (as far as candidates()
+    goes on drawing) x beam width, each row decoded for up to max_len + 1 steps."""
+    from .generate import draws_made
+    beam = opts.beam if opts.method == "beam" else 1
+    return opts.num_samples * draws_made(model, opts) * beam * (opts.max_len + 1)
 
 
 def _cap(name: str, value: int, cap: int):
@@ -669,6 +686,9 @@ def main(argv=None):
     args, limits, defaults = parse_args(argv)
     bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
+    if decode_work(bot._model, defaults) > limits.max_work:   # a request with no options would be refused
+        raise InputError(f"the decoding flags cost {decode_work(bot._model, defaults):,} rows x steps a request, over "
+                         f"the server's {limits.max_work:,}: lower --num-samples, --draws, --beam or --max-len")
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
     shared = f", drawn with {', '.join(args.pool_with)} (every run's ranking score added)" if args.pool_with else ""
