@@ -435,6 +435,23 @@ def test_chat_takes_undecodable_bytes_huge_numbers_and_nan(tiny_chat, trained, c
         assert code == 2 and err.startswith("error: ")
 
 
+def test_the_chats_temperature_and_top_p_take_what_the_flags_take(tiny_chat):
+    """/temperature and /top_p have --temperature's and --top-p's range (docs/limits.md), no narrower."""
+    notes = []
+    tiny_chat.note = notes.append
+    kept = tiny_chat.opts
+    try:
+        tiny_chat.command("/temperature 200")
+        tiny_chat.command("/top_p 0.0005")
+        assert (tiny_chat.opts.temperature, tiny_chat.opts.top_p, tiny_chat.opts.method) == (200.0, 0.0005, "sample")
+        for line in ("/temperature 0", "/temperature 2e6", "/top_p 0", "/top_p 1.5"):
+            tiny_chat.command(line)
+            assert notes[-1].startswith("(") and "must be" in notes[-1]
+        assert (tiny_chat.opts.temperature, tiny_chat.opts.top_p) == (200.0, 0.0005)   # refused: unchanged
+    finally:
+        tiny_chat.opts = kept
+
+
 def test_generate_takes_a_lone_surrogate_and_refuses_deep_nesting(trained, tmp_path, capsys):
     from vhred import generate
     model, cfg, sp = checkpoint.load_model(trained["vhred"])

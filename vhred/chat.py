@@ -148,14 +148,12 @@ class Chat:
         self.history[-1] = self.last[k - 1]
         self.note(f"(candidate {k} is now the reply in the history)")
 
-    def _cmd_temperature(self, arg):
-        self.opts.temperature = _bounded(float(arg), 1e-3, 100.0, "temperature")
-        self.opts.method = "sample"
+    def _cmd_temperature(self, arg):   # the range of --temperature (DecodeOptions.check)
+        self._set(temperature=float(arg), method="sample")
         self.note(f"(sampling words at temperature {self.opts.temperature})")
 
     def _cmd_top_p(self, arg):
-        self.opts.top_p = _bounded(float(arg), 1e-3, 1.0, "top_p")
-        self.opts.method = "sample"
+        self._set(top_p=float(arg), method="sample")
         self.note(f"(sampling words with top_p {self.opts.top_p})")
 
     def _cmd_greedy(self, arg):
