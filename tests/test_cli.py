@@ -279,3 +279,16 @@ def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monk
     monkeypatch.setattr(plot, "plot_elbo", spy)
     assert os.path.isfile(plot.plot(str(run)))
     assert "validation -ELBO (best.pt criterion)" in labels and any(x.startswith("best.pt: ") for x in labels)
+
+
+def test_the_curves_mark_best_pt_at_the_lowest_finite_validation():
+    """A NaN validation is no best.pt (training skips it): the mark goes to the lowest number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from vhred import plot
+    fig, a = plt.subplots()
+    plot.plot_elbo(a, [{"step": 29, "elbo_per_token": float("nan")}, {"step": 58, "elbo_per_token": 4.435},
+                       {"step": 87, "elbo_per_token": 4.5}])
+    assert [x.get_label() for x in a.get_lines()][-1] == "best.pt: 4.435 at step 58"
+    plt.close(fig)

@@ -3,6 +3,7 @@ card) answers as its checkpoint does, loads without torch.load, and a broken fol
 TensorBoard logging: the event files hold metrics.jsonl's figures."""
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -92,7 +93,6 @@ def test_generate_command_reads_the_folder(trained, exported, tmp_path, monkeypa
 
 
 def broken_copy(exported, tmp_path, name: str) -> str:
-    import shutil
     folder = str(tmp_path / name)
     shutil.copytree(exported["vhred"], folder)
     return folder
@@ -184,7 +184,6 @@ def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(traine
 def test_a_re_export_replaces_links_and_never_writes_through_them(trained, exported, tmp_path):
     """A hub cache's snapshot is links into its blobs: exporting into it again replaces each link
     with the new file and leaves the files the links pointed at as they were."""
-    import shutil
     folder, outside = tmp_path / "snapshot", tmp_path / "blobs"
     shutil.copytree(exported["vhred"], folder)
     outside.mkdir()
@@ -230,6 +229,22 @@ def test_tensorboard_events_hold_the_figures_of_metrics_jsonl(tiny_cfg):
         got = [(e.step, e.value) for e in events.Scalars(tag)]
         assert [s for s, _ in got] == [s for s, _ in points], tag
         assert [v for _, v in got] == pytest.approx([v for _, v in points], rel=1e-6), tag
+
+
+def test_tensorboard_drops_the_events_a_resume_replays(tiny_cfg):
+    """A kill after events past last.pt's step: as in metrics.jsonl, each step is there once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vhred.train import train
+    flags = ("tensorboard=true", "log_every=2", "save_every=4", "name=tbkill")
+    run = train(tiny_cfg(*flags, "max_steps=6"), log=lambda *_: None)
+    at4 = train(tiny_cfg("max_steps=4", "save_every=4", "name=at4"), log=lambda *_: None)
+    shutil.copy(os.path.join(at4.dir, "last.pt"), os.path.join(run.dir, "last.pt"))   # killed after step 6's rows
+    train(tiny_cfg(*flags, "max_steps=8"), log=lambda *_: None)
+    events = EventAccumulator(os.path.join(run.dir, "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
 
 
 def test_tensorboard_missing_is_a_one_line_config_error(monkeypatch):

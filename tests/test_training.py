@@ -400,6 +400,32 @@ def test_a_run_killed_between_checkpoints_logs_each_step_once(tiny_cfg):
         [r["nll_per_token"] for r in read_metrics(full.dir)], abs=1e-5)
 
 
+def test_a_run_killed_between_a_validation_and_its_save_logs_it_once(tiny_cfg):
+    """last.pt is saved at a step before that step's validation: a kill between the two leaves
+    the validation's row, which the resumed run logs again, so the resume drops it first."""
+    full = train(tiny_cfg("max_steps=20", "save_every=10", "name=full"), log=quiet)
+    run = train(tiny_cfg("max_steps=20", "save_every=10", "name=killed"), log=quiet)
+    path = os.path.join(run.dir, "last.pt")
+    state = checkpoint.load(path)
+    assert state["progress"]["last_val_step"] == 20
+    state["progress"]["last_val_step"] = -1   # last.pt as the save before step 20's validation left it
+    checkpoint.save(state, path)
+    train(tiny_cfg("max_steps=20", "save_every=10", "name=killed"), log=quiet)
+    steps = lambda d: [(r["split"], r["step"]) for r in read_metrics(d)]
+    assert steps(run.dir) == steps(full.dir) and steps(run.dir).count(("val", 20)) == 1
+
+
+def test_a_run_started_afresh_in_its_folder_keeps_no_rows_of_the_old_one(tiny_cfg):
+    """No last.pt (killed before its first save, or removed to start over): the run begins a new
+    metrics.jsonl rather than adding to rows the curves would mix with its own."""
+    full = train(tiny_cfg("max_steps=10", "name=full"), log=quiet)
+    run = train(tiny_cfg("max_steps=14", "name=again"), log=quiet)
+    os.remove(os.path.join(run.dir, "last.pt"))
+    train(tiny_cfg("max_steps=10", "name=again"), log=quiet)
+    steps = lambda d: [(r["split"], r["step"]) for r in read_metrics(d)]
+    assert steps(run.dir) == steps(full.dir)
+
+
 def test_a_kl_warmup_longer_than_the_epochs_is_warned_of(tiny_cfg, monkeypatch):
     """max_steps above what the epochs reach: the warning reads the length the epochs give."""
     monkeypatch.setattr(train_module, "elbo_metrics", scripted_validation([5.0]))

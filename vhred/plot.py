@@ -5,6 +5,7 @@ validation negative ELBO (the best.pt criterion, its lowest point marked); KL pe
 (train, validation); the KL weight beta; the active latent units at each validation.
 """
 import json
+import math
 import os
 
 from .cli import command, Parser, program
@@ -93,7 +94,10 @@ def plot_elbo(a, val: list[dict]):
         return
     a.plot([r["step"] for r in rows], [r["elbo_per_token"] for r in rows], "s-", color="C3",
            label="validation -ELBO (best.pt criterion)")
-    best = min(rows, key=lambda r: r["elbo_per_token"])
+    finite = [r for r in rows if math.isfinite(r["elbo_per_token"])]   # training skips a NaN validation too
+    if not finite:
+        return
+    best = min(finite, key=lambda r: r["elbo_per_token"])
     a.plot([best["step"]], [best["elbo_per_token"]], "*", color="C3", markersize=16,
            label=f"best.pt: {best['elbo_per_token']:.3f} at step {best['step']}")
 

@@ -111,9 +111,9 @@ class Run:
         self._setup_data()
         self._setup_model()
         self.lock = distributed.run_on_rank0(self._setup_folder)
-        if cfg.tensorboard and self.is_rank0:
-            self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"))
         self._resume()
+        if cfg.tensorboard and self.is_rank0:
+            self._open_tensorboard()
 
     def _setup_data(self):
         """Prepare (rank 0) or read (the others) the processed data; warn about the schedule."""
@@ -192,6 +192,8 @@ class Run:
             self._restore(state)
             p = self.progress
             self.log(f"resuming {self.dir} at step {p.step} (epoch {p.epoch + 1}, batch {p.batch_pos})")
+        elif self.is_rank0:   # afresh: rows of a run killed before its first save, or of one removed to start over
+            self._forget_metrics_after(0, -1)
         if not self.is_rank0:
             return
         _write_whole(os.path.join(self.dir, "tokenizer.model"), self.tokenizer)
@@ -223,17 +225,19 @@ class Run:
         if "rng" in state:
             self._set_rng(state["rng"])
         if self.is_rank0:
-            self._forget_metrics_after(self.progress.step)
+            self._forget_metrics_after(self.progress.step, self.progress.last_val_step)
 
-    def _forget_metrics_after(self, step: int):
-        """Drop the metrics rows of the steps after last.pt's, which a kill or a roll-back undid:
-        they are logged again as the run replays them (so the curves have one row a step)."""
+    def _forget_metrics_after(self, step: int, last_val_step: int):
+        """Drop the metrics rows that last.pt does not know of, which a kill or a roll-back undid:
+        training rows after its step, and validation rows after its latest validation (last.pt
+        is saved at a step before that step's validation). They are logged again as the run
+        replays them (so the curves have one row a step). (0, -1): a run starting afresh."""
         path = os.path.join(self.dir, "metrics.jsonl")
         if not os.path.exists(path):
             return
         with open(path, "rb") as f:
             lines = f.readlines()
-        kept = [line for line in lines if _row_step(line) <= step]
+        kept = [line for line in lines if _row_step(line) <= (last_val_step if _is_val(line) else step)]
         if len(kept) != len(lines):
             _write_whole(path, b"".join(kept))
 
@@ -317,7 +321,16 @@ class Run:
         skipped, started = p.skipped_total, self.started
         self._restore(checkpoint.load(last))
         self.progress.skipped_total, self.started = skipped, started   # the replayed steps took time too
+        if self.tb:
+            self._open_tensorboard()
         raise RolledBack
+
+    def _open_tensorboard(self):
+        """The TensorBoard writer, its events after last.pt's step purged (TensorBoard drops them
+        on reading), as metrics.jsonl's rows are: the run logs them again as it replays them."""
+        if self.tb:
+            self.tb.close()
+        self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"), purge_step=self.progress.step + 1)
 
     def count_step(self, skipped: bool):
         """Track non-finite steps; too many in a row stop the run (last.pt holds good weights)."""
@@ -579,6 +592,15 @@ def prefetch(make, items: list, depth: int = 2):
                 q.get(timeout=0.01)
             except queue.Empty:
                 pass
+
+
+def _is_val(line: bytes) -> bool:
+    """Whether a metrics.jsonl row is a validation's."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and row.get("split") == "val"
 
 
 def _row_step(line: bytes) -> float:
