@@ -113,6 +113,7 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["compare", "--measure", "-1"], "--measure not negative"),
     (["compare", "--rows", "hred,vhred,hred"], "--rows names hred more than once; give each row once"),
     (["compare", "--reference", ""], "--reference is empty; give a finished run folder"),
+    (["compare", "--reference", os.path.join(ROOT, "docs")], "/docs holds no best.pt: give a finished run folder"),
     (["compare", "--table", ""], "--table '' is not a table's path; give one without .md/.json"),
     (["compare", "--table", os.path.join(ROOT, "vhred")], "is not a table's path"),
     (["compare", "--table", os.path.join(ROOT, "README.md", "t")], "/README.md is a file, not a folder"),

@@ -302,6 +302,9 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md and "F1 unseen" in md
     assert "| nearest (no model) | – |" in md   # its steps cell
     assert result["trained_earlier"] == [] and "earlier run" not in md
+    logged = [json.loads(line) for line in open(tmp_path / "runs" / "compare-hred" / "metrics.jsonl")]
+    at4 = next(v for v in logged if v["split"] == "val" and v["step"] == 4)   # the run's own clock
+    assert result["rows"][0]["train_minutes"] == at4["wall_s"] / 60
     saved = json.loads((tmp_path / "runs" / "compare-hred" / "config.json").read_text())
     assert saved["device"] == "cpu" and "GPU" not in result["machine"]      # --device reaches the trainings
     # again: the row is at its budget, so it is evaluated, not trained, and its minutes are the first run's
@@ -315,6 +318,11 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     first = next(v for v in vals if v["split"] == "val" and v["step"] == 4)
     assert again["trained_earlier"] == ["hred"] and again["rows"][0]["train_minutes"] == first["wall_s"] / 60
     assert "evaluated again: hred" in (tmp_path / "table.md").read_text()
+    # a smaller budget than the folder's: refused before anything, not a row of another budget
+    r = subprocess.run([sys.executable, "-m", "vhred", "compare", "--config", "configs/tiny.yaml", "--steps", "2",
+                        "--rows", "hred", "--out-dir", str(tmp_path / "runs"), "--table", str(table)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "compare-hred is trained to step 4, past --steps 2" in r.stderr
 
 
 @pytest.mark.slow   # subprocesses under torchrun

@@ -95,6 +95,13 @@ def parse_args(argv):
         raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
     if args.reference is not None and not os.path.isdir(args.reference):
         raise InputError(f"--reference {args.reference}: no such run folder")
+    if args.reference is not None and not os.path.isfile(os.path.join(args.reference, "best.pt")):
+        raise InputError(f"--reference {args.reference} holds no best.pt: give a finished run folder")
+    for row in rows:   # a folder trained further would be scored at its own steps, not the table's
+        run_dir = os.path.join(args.out_dir, f"compare-{row}")
+        if (step := _steps_logged(run_dir)) > args.steps:
+            raise InputError(f"{run_dir} is trained to step {step}, past --steps {args.steps}: give another "
+                             f"--out-dir, or --steps {step}")
     args.rows = rows
     return args
 
@@ -133,23 +140,40 @@ def train_row(args, row: str) -> dict:
     run_dir = os.path.join(args.out_dir, name)
     os.makedirs(args.out_dir, exist_ok=True)
     earlier = recorded_minutes(run_dir, args.steps)
-    seconds = _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
+    _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
                       f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}",
                       *row_overrides(args.overrides, row), log=os.path.join(args.out_dir, f"{name}.log"))
-    return {"row": row, "dir": run_dir, "train_minutes": seconds / 60 if earlier is None else earlier,
+    # the run's own clock: every process that trained it, a resumed one's included
+    return {"row": row, "dir": run_dir, "train_minutes": recorded_minutes(run_dir, args.steps),
             "trained_earlier": earlier is not None}
 
 
 def recorded_minutes(run_dir: str, steps: int) -> float | None:
-    """The training minutes of a run folder whose validation at `steps` is recorded (the wall time
-    of the process that reached it, from its start), or None when it has not got that far."""
+    """The training minutes of a run folder whose validation at `steps` is recorded (its wall_s:
+    the seconds since the run started, resumes included), or None when it has not got that far."""
+    done = [r for r in _records(run_dir) if r.get("split") == "val" and r.get("step") == steps]
+    return done[0]["wall_s"] / 60 if done else None
+
+
+def _records(run_dir: str) -> list[dict]:
+    """The rows of a run folder's metrics.jsonl; none when it has none (a line a kill cut short is skipped)."""
     try:
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            records = [json.loads(line) for line in f if line.strip()]
+            lines = f.readlines()
     except OSError:
-        return None
-    done = [r for r in records if r.get("split") == "val" and r.get("step") == steps]
-    return done[0]["wall_s"] / 60 if done else None
+        return []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict)]
+
+
+def _steps_logged(run_dir: str) -> int:
+    """The last step a run folder's metrics.jsonl logged; 0 for none."""
+    return max((r["step"] for r in _records(run_dir) if isinstance(r.get("step"), int)), default=0)
 
 
 def evaluate_row(args, row: str, run_dir: str) -> dict:
