@@ -268,3 +268,9 @@ def test_the_docs_standalone_reader_runs_without_vhred_or_torch(exported):
     first, shapes, pieces = r.stdout.splitlines()
     assert first.startswith("vhred {'model': 'vhred'") and "'embed.weight': (" in shapes and "lm_head.weight" in shapes
     assert pieces.startswith("['")
+
+
+def test_the_model_cards_best_row_is_the_lowest_finite_validation():
+    """A NaN validation is no best.pt (training skips it), in the card as in the curves."""
+    rows = export.validation_table([{"step": 29, "elbo_per_token": float("nan")}, {"step": 58, "elbo_per_token": 4.435}])
+    assert any(line.startswith("| best | 58 |") for line in rows)

@@ -144,7 +144,7 @@ def train_row(args, row: str) -> dict:
                       f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}",
                       *row_overrides(args.overrides, row), log=os.path.join(args.out_dir, f"{name}.log"))
     # the run's own clock: every process that trained it, a resumed one's included
-    return {"row": row, "dir": run_dir, "train_minutes": recorded_minutes(run_dir, args.steps),
+    return {"row": row, "dir": run_dir, "train_minutes": _minutes_logged(run_dir),
             "trained_earlier": earlier is not None}
 
 
@@ -169,6 +169,13 @@ def _records(run_dir: str) -> list[dict]:
         except ValueError:
             continue
     return [r for r in rows if isinstance(r, dict)]
+
+
+def _minutes_logged(run_dir: str) -> float | None:
+    """The wall_s of the run's last validation, in minutes: where it ended, at --steps or earlier
+    (epochs, patience)."""
+    vals = [r for r in _records(run_dir) if r.get("split") == "val" and isinstance(r.get("wall_s"), (int, float))]
+    return vals[-1]["wall_s"] / 60 if vals else None
 
 
 def _steps_logged(run_dir: str) -> int:

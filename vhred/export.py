@@ -142,7 +142,8 @@ def model_card(header: dict, vals: list[dict]) -> str:
 def validation_table(vals: list[dict]) -> list[str]:
     if not vals:
         return ["No validation figures: the run folder held no metrics.jsonl.", ""]
-    best = min(vals, key=lambda r: r.get("elbo_per_token", float("inf")))
+    finite = [r for r in vals if math.isfinite(r.get("elbo_per_token", math.inf))] or vals   # training skips a NaN
+    best = min(finite, key=lambda r: r.get("elbo_per_token", math.inf))
     rows = [("best", best)] + ([("last", vals[-1])] if vals[-1] is not best else [])
     out = ["## Validation (from the run's metrics.jsonl)", "",
            "| | step | " + " | ".join(VAL_FIGURES) + " |", "|---|---|" + "---|" * len(VAL_FIGURES)]
