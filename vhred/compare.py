@@ -141,8 +141,8 @@ def train_row(args, row: str) -> dict:
     os.makedirs(args.out_dir, exist_ok=True)
     earlier = recorded_minutes(run_dir, args.steps)
     _python("vhred.train", "--config", args.config, *ROWS[row], f"max_steps={args.steps}",
-                      f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}",
-                      *row_overrides(args.overrides, row), log=os.path.join(args.out_dir, f"{name}.log"))
+            f"name={name}", f"out_dir={args.out_dir}", f"device={args.device}",
+            *row_overrides(args.overrides, row), log=os.path.join(args.out_dir, f"{name}.log"))
     # the run's own clock: every process that trained it, a resumed one's included
     return {"row": row, "dir": run_dir, "train_minutes": _minutes_logged(run_dir),
             "trained_earlier": earlier is not None}
