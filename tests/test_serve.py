@@ -205,7 +205,7 @@ def test_a_request_in_a_batch_gets_what_it_gets_alone(bot):
 def test_a_request_that_takes_too_long_is_cut_off(bot):
     running = Running(bot, Limits(timeout=0.001))
     try:
-        status, out = request(running.port, "POST", "/respond", {"history": HISTORY, "n": 20, "max_len": 100})
+        status, out = request(running.port, "POST", "/respond", {"history": HISTORY, "n": 20})   # within max_work
         assert status == 504 and "no answer within" in out["error"]
         assert request(running.port, "GET", "/health")[0] == 200
     finally:
