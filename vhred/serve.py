@@ -686,8 +686,8 @@ def main(argv=None):
     args, limits, defaults = parse_args(argv)
     bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
-    if decode_work(bot._model, defaults) > limits.max_work:   # a request with no options would be refused
-        raise InputError(f"the decoding flags cost {decode_work(bot._model, defaults):,} rows x steps a request, over "
+    if (work := decode_work(bot._model, defaults)) > limits.max_work:   # a request with no options would be refused
+        raise InputError(f"the decoding flags cost {work:,} rows x steps a request, over "
                          f"the server's {limits.max_work:,}: lower --num-samples, --draws, --beam or --max-len")
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]

@@ -237,7 +237,7 @@ class Run:
             return
         with open(path, "rb") as f:
             lines = f.readlines()
-        kept = [line for line in lines if _row_step(line) <= (last_val_step if _is_val(line) else step)]
+        kept = [line for line, (val, at) in zip(lines, map(_row_step, lines)) if at <= (last_val_step if val else step)]
         if len(kept) != len(lines):
             _write_whole(path, b"".join(kept))
 
@@ -594,24 +594,15 @@ def prefetch(make, items: list, depth: int = 2):
                 pass
 
 
-def _is_val(line: bytes) -> bool:
-    """Whether a metrics.jsonl row is a validation's."""
+def _row_step(line: bytes) -> tuple[bool, float]:
+    """Whether a metrics.jsonl row is a validation's, and its step; infinity for a line a kill
+    cut short (no JSON record), which the next row would be glued to."""
     try:
         row = json.loads(line)
     except ValueError:
-        return False
-    return isinstance(row, dict) and row.get("split") == "val"
-
-
-def _row_step(line: bytes) -> float:
-    """The step of a metrics.jsonl row; infinity for a line a kill cut short (no JSON record),
-    which the next row would be glued to."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return math.inf
+        return False, math.inf
     step = row.get("step") if isinstance(row, dict) else None
-    return step if isinstance(step, int) else math.inf
+    return (isinstance(row, dict) and row.get("split") == "val"), (step if isinstance(step, int) else math.inf)
 
 
 def _write_whole(path: str, data: bytes) -> None:
