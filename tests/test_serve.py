@@ -114,7 +114,9 @@ def test_the_page_runs_only_its_own_script_and_no_other_site_frames_it(server):
     ("/respond", {"history": ["hi"], "max_len": 500}, 400, "max_len may be at most 100"),
     # within each cap, 20 x 16 draws x 10 beams x 101 steps held a CPU server for 130 s
     ("/respond", {"history": ["hi"], "n": 20, "beam": 10, "max_len": 100}, 400,
-     "decodes up to 323,200 rows x steps (n x draws x beam x (max_len + 1)), at most 50,000"),
+     "decodes up to 323,200 rows x steps (n x draws, with the refills of draws under 8, x beam x (max_len + 1)), at most 50,000"),
+    # 7 draws that fall short are drawn again as 4 x 20 and 8 x 20: 15 x 20 x 5 x 51 rows x steps, not 8 x ...
+    ("/respond", {"history": ["hi"], "n": 20, "draws": 7, "max_len": 50}, 400, "decodes up to 76,500 rows x steps"),
     ("/respond", {"history": ["hi"], "temperature": -1, "method": "sample"}, 400, "temperature must be a positive"),
     ("/respond", {"history": ["hi"] * 51}, 400, "turns in history may be at most 50"),
     ("/respond", {"history": ["x" * 2001]}, 400, "at most 2000 characters"),
@@ -253,9 +255,9 @@ def test_the_serve_command_serves_and_stops(trained):
         assert request(port, "GET", "/health")[1]["status"] == "ok"
         assert request(port, "POST", "/respond", {"history": ["Hi!"], "n": 2})[0] == 200
     finally:
-        proc.terminate()   # SIGTERM, as systemd and docker stop a service: a clean stop, as Ctrl-C
+        proc.terminate()   # SIGTERM, as systemd and docker stop a service: a clean stop, as Ctrl-C, exit 128 + 15
         proc.wait(timeout=30)
-    assert proc.returncode == 130 and "Traceback" not in proc.stderr.read()
+    assert proc.returncode == 143 and "Traceback" not in proc.stderr.read()
 
 
 @pytest.mark.slow   # a server process
@@ -289,7 +291,7 @@ def test_bench_serve_stopped_by_sigterm_stops_its_server(trained, tmp_path):
         children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(bench.pid)], capture_output=True, text=True)
         [server] = [int(pid) for pid in children.stdout.split()]
         bench.terminate()
-        assert bench.wait(timeout=60) == 130 and "Traceback" not in bench.stderr.read()
+        assert bench.wait(timeout=60) == 143 and "Traceback" not in bench.stderr.read()
     finally:
         bench.kill()
     deadline = time.monotonic() + 30
@@ -362,3 +364,23 @@ def test_the_most_replies_at_the_default_decoding_fit_the_servers_work_cap(vhred
     lim = Limits()
     assert decode_work(model, DecodeOptions(num_samples=lim.max_n)) == 20 * 16 * 5 * 31 <= lim.max_work
     assert decode_work(model, DecodeOptions(num_samples=lim.max_n, beam=10)) > lim.max_work
+
+
+@pytest.mark.parametrize("draws", [1, 4, 7, 8, 16])
+def test_the_work_cap_counts_every_row_the_refills_decode(vhred_model, monkeypatch, draws):
+    """decode_work against the rows candidates() asks generate() for when no draw is good enough
+    (every refill made): n x draws summed over its rounds, x beam x (max_len + 1)."""
+    from vhred import generate
+    from vhred.generate import DecodeOptions, Response, candidates
+    from vhred.serve import decode_work
+    model, _, _ = vhred_model
+    rows = []
+
+    def fake(model, contexts, opts, z=None):
+        rows.append(len(contexts) * opts.num_samples * opts.beam * (opts.max_len + 1))
+        return [[Response([5 + i], 0.0) for i in range(opts.num_samples)] for _ in contexts]
+    monkeypatch.setattr(generate, "generate", fake)
+    opts = DecodeOptions(num_samples=3, draws=draws, max_len=7, rank="none")
+    shown = candidates(model, [[[5, 6]]], opts, same=str, keep=lambda ids: False)   # none good
+    assert len(shown[0]) == 3
+    assert sum(rows) == decode_work(model, opts) == 3 * sum({1: [1, 4, 8], 4: [4, 8], 7: [7, 8]}.get(draws, [draws])) * 5 * 8

@@ -30,7 +30,7 @@ import math
 import os
 import re
 
-from .cli import command, Parser, program
+from .cli import command, Parser, program, write_bytes
 from .errors import CheckpointError, DataError
 from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 
@@ -126,10 +126,7 @@ class Scorer:
 
 def save(table: dict, folder: str) -> str:
     path = os.path.join(folder, FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(table, f, ensure_ascii=False, sort_keys=True)
-    os.replace(tmp, path)
+    write_bytes(path, json.dumps(table, ensure_ascii=False, sort_keys=True).encode("utf-8"))   # whole or not at all
     return path
 
 

@@ -35,7 +35,7 @@ import time
 import torch
 
 from . import limits
-from .cli import check_output, command, output_file, Parser, program, sigterm_as_ctrl_c
+from .cli import check_output, command, output_file, Parser, program
 from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch
@@ -261,7 +261,6 @@ def parse_args(argv):
 @command
 def main(argv=None):
     args = parse_args(argv)
-    sigterm_as_ctrl_c()   # kill, timeout, a cancelled CI job: the servers and children it started stop too
     if args.one:
         print(json.dumps(one(args.one, args.steps, args.overrides)))
         return

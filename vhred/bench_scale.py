@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from . import limits
-from .cli import command, Parser, program
+from .cli import command, output_file, Parser, program
 from .errors import InputError
 
 DAILYDIALOG_DIALOGUES = 13118   # train + validation + test: the unit of scale
@@ -41,13 +41,11 @@ def write_corpus(dailydialog: str, scale: float, path: str, seed: int = 0, chunk
     lengths = np.array([len(d) for d in dd])
     rng = np.random.default_rng(seed)
     total = int(round(scale * DAILYDIALOG_DIALOGUES))
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with output_file(path) as f:   # whole or not at all
         for start in range(0, total, chunk):   # in chunks: the writer's memory stays flat
             n = rng.choice(lengths, size=min(chunk, total - start))
             picks = iter(utts[rng.integers(0, len(utts), size=int(n.sum()))])
             f.writelines(json.dumps({"dialog": [next(picks) for _ in range(k)]}) + "\n" for k in n)
-    os.replace(tmp, path)
     return total
 
 
@@ -194,7 +192,7 @@ def main(argv=None):
     import torch
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                "torch": torch.__version__}
-    with open(os.path.join(args.workdir, "bench-scale.json"), "w") as f:
+    with output_file(os.path.join(args.workdir, "bench-scale.json")) as f:
         json.dump({"machine": machine, "config": args.config, "results": rows}, f, indent=1)
     print_table(rows)
     print(f"machine: {machine}; config {args.config}; written to {args.workdir}/bench-scale.json")

@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 
 from . import checkpoint
-from .cli import command, json_line, Parser, program
+from .cli import command, interrupted_code, json_line, Parser, program
 from .device import pick_device
 from .errors import InputError
 from .generate import (
@@ -273,10 +273,10 @@ def main(argv=None):
     except EOFError:
         if interactive:
             print(file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:   # Ctrl-C, or SIGTERM (cli.command)
         if interactive:
             print(file=sys.stderr)
-        sys.exit(130)
+        sys.exit(interrupted_code(e))
 
 
 def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: bool = False) -> str:

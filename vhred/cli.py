@@ -4,7 +4,7 @@
     def main(args): ...          # raise UserError subclasses; never print tracebacks for them
 
 Exit codes: 2 for a user error (bad flag, config, data, checkpoint), 1 for an operating-system
-error (disk full, permissions: the message names the file), 130 for Ctrl-C.
+error (disk full, permissions: the message names the file), 130 for Ctrl-C, 143 for SIGTERM.
 """
 import argparse
 import functools
@@ -15,6 +15,7 @@ import re
 import signal
 import stat
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -86,9 +87,46 @@ def output_file(path: str, encoding: str = "utf-8"):
         with f:
             yield f
         os.replace(tmp, path)
+    except OSError as e:
+        raise named(e, path, tmp) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic(path: str, write_to) -> None:
+    """path written whole or not at all: write_to(<path>.tmp<pid>) makes the file, which is then
+    renamed over path; removed on any error, Ctrl-C or SIGTERM. An error names path."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write_to(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())   # as open() would make it (safetensors writes 0600)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise named(e, path, tmp) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """data in place of path, whole or not at all (see atomic)."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+    atomic(path, write)
+
+
+def named(e: OSError, path: str, tmp: str = "") -> OSError:
+    """e naming path where it names no file (a full disk's error on write() names none, and "No
+    space left on device" alone does not say what was lost) or names only path's temporary."""
+    return e if e.filename and e.filename != tmp else OSError(e.errno, e.strerror or str(e), path)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_output(path: str) -> None:
@@ -122,14 +160,24 @@ def _remove_stale(path: str):
                 pass
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt: the same clean stop, exit code 143."""
+
+
 def sigterm_as_ctrl_c():
     """SIGTERM (kill, systemd, docker, timeout, a cancelled CI job) ends the command as Ctrl-C
-    does: its finally blocks run, so the servers and child processes it started stop too."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    does: its finally blocks run, so temporary files go and the servers and child processes it
+    started stop too. Returns the handler it replaced."""
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def interrupted_code(e: KeyboardInterrupt) -> int:
+    """The shell's exit code for a stop by this signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
 
 
 def say(message: str):
@@ -183,6 +231,8 @@ def command(fn):
         from . import _interrupted_while_starting
         if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:   # started: Ctrl-C is ours to handle
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        main_thread = threading.current_thread() is threading.main_thread()   # where signals are handled
+        before = sigterm_as_ctrl_c() if main_thread else None
         try:
             return fn(argv)
         except UserError as e:
@@ -192,9 +242,12 @@ def command(fn):
             sys.exit(141)
         except OSError as e:   # disk full, permissions, a vanished file
             fail(f"{e.strerror or e} ({e.filename or 'while reading or writing files'})", 1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             say("interrupted")
-            sys.exit(130)
+            sys.exit(interrupted_code(e))
+        finally:
+            if main_thread and before is not None:   # a command called from Python leaves the caller's handler as it was
+                signal.signal(signal.SIGTERM, before)
     return main
 
 

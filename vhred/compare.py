@@ -25,7 +25,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .cli import command, Parser, program
+from .cli import command, json_safe, output_file, Parser, program
 from .errors import InputError
 
 # row name: the settings that make it (one family each; GMP is DialogWAE with a mixture prior)
@@ -316,9 +316,9 @@ def main(argv=None):
               "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
               "iw_samples": args.iw_samples, "minutes": round((time.time() - t0) / 60, 1), "trained_earlier": earlier}
     os.makedirs(os.path.dirname(args.table) or ".", exist_ok=True)
-    with open(args.table + ".json", "w") as f:
-        json.dump({**header, "rows": rows}, f, indent=1)
-    with open(args.table + ".md", "w") as f:
+    with output_file(args.table + ".json") as f:   # each whole or not at all
+        json.dump(json_safe({**header, "rows": rows}), f, indent=1, allow_nan=False)
+    with output_file(args.table + ".md") as f:
         f.write(markdown(rows, header))
     print(markdown(rows, header))
     print(f"wrote {args.table}.md and .json ({header['minutes']} minutes)", file=sys.stderr)

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
+from .cli import write_bytes
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
 from .models.layers import Hierarchical, first_words
@@ -160,12 +161,11 @@ def scores(critic: Critic, contexts: list[list[list[int]]], replies: list[list[i
 
 def save(state: dict, folder: str) -> str:
     """Write critic.safetensors into a run or model folder: the weights, the rest as JSON metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as to_bytes
     path = os.path.join(folder, FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
     meta = {k: json.dumps(v) for k, v in state.items() if k != "weights"}
-    save_file({k: v.contiguous() for k, v in state["weights"].items()}, tmp, metadata=meta)
-    os.replace(tmp, path)
+    # written by Python, whole or not at all: a full disk is an OSError naming the file
+    write_bytes(path, to_bytes({k: v.contiguous() for k, v in state["weights"].items()}, metadata=meta))
     return path
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 from dataclasses import asdict
 
@@ -24,6 +25,7 @@ from .errors import InputError
 
 CARD = "README.md"
 RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
+RESULTS = ("results-", "samples-", "rank-")   # what eval and rank write into a model folder
 VAL_FIGURES = ("elbo_per_token", "ppl", "nll_per_token", "kl_per_utt", "active_units")
 
 
@@ -44,18 +46,65 @@ def export(run: str, folder: str) -> str:
               "parameters": model.num_params(), "config": asdict(cfg), "trained": trained,
               "exported_from": {"checkpoint": os.path.basename(source),
                                 "date": datetime.date.today().isoformat()}}
-    modelfolder.write(folder, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
-    # every file through a new one renamed into place: a link there (a hub cache's snapshot links
-    # into its blobs) is replaced, never written through to a file outside the folder
-    for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
-        src = os.path.join(os.path.dirname(source), name)
-        if os.path.isfile(src):
-            modelfolder.atomic(os.path.join(folder, name), lambda tmp, src=src: shutil.copyfile(src, tmp))
-        elif os.path.lexists(os.path.join(folder, name)):   # an earlier export's, not this run's
-            os.remove(os.path.join(folder, name))
     card = model_card(header, val_records(os.path.dirname(source))).encode("utf-8")
-    modelfolder.atomic(os.path.join(folder, CARD), lambda tmp: pathlib.Path(tmp).write_bytes(card))
+    folder = os.path.realpath(folder)   # a link to a folder: the folder it names is replaced
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    _remove_stale(folder)
+    staged = f"{folder}.tmp{os.getpid()}"   # the new folder is made whole beside the old one
+    try:
+        modelfolder.write(staged, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
+        for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
+            src = os.path.join(os.path.dirname(source), name)
+            if os.path.isfile(src):
+                shutil.copyfile(src, os.path.join(staged, name))
+        pathlib.Path(staged, CARD).write_bytes(card)
+        _keep_results(folder, staged)
+        _swap_in(staged, folder)
+    except OSError as e:   # named by the folder asked for, not the staged copy's files
+        raise OSError(e.errno, e.strerror or str(e), folder) from None
+    finally:
+        if os.path.isdir(staged):
+            shutil.rmtree(staged)
     return source
+
+
+def _keep_results(folder: str, staged: str) -> None:
+    """Link what the commands measured of these weights (_check_target let only such results
+    stay) into the new folder: linked, not moved, so an interrupted export loses none."""
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        if name.startswith(RESULTS):
+            try:
+                os.link(os.path.join(folder, name), os.path.join(staged, name))
+            except OSError:   # a file system without hard links
+                shutil.copy2(os.path.join(folder, name), os.path.join(staged, name))
+
+
+def _swap_in(staged: str, folder: str) -> None:
+    """The new folder in place of the old in two renames, so that an interrupted export leaves
+    the earlier export whole (never new weights beside an old critic or config); every file is
+    new, so a link there (a hub cache's snapshot links into its blobs) is never written through."""
+    if not os.path.lexists(folder):
+        os.replace(staged, folder)
+        return
+    old = f"{folder}.old{os.getpid()}"
+    os.replace(folder, old)
+    try:
+        os.replace(staged, folder)
+    except BaseException:
+        os.replace(old, folder)
+        raise
+    shutil.rmtree(old)
+
+
+def _remove_stale(folder: str) -> None:
+    """The half-made <folder>.tmp<pid> of an export that was killed (SIGKILL leaves no time to clean)."""
+    parent, base = os.path.split(folder)
+    for name in os.listdir(parent):
+        m = re.fullmatch(re.escape(base) + r"\.tmp(\d+)", name)
+        if m and not cache._alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _check_target(folder: str, weights: dict) -> None:
@@ -68,12 +117,12 @@ def _check_target(folder: str, weights: dict) -> None:
         return
     names = set(os.listdir(folder))
     others = sorted(n for n in names - {*modelfolder.FILES, CARD, *RANKING_FILES}
-                    if not n.startswith(("results-", "samples-", "rank-")))
+                    if not n.startswith(RESULTS))
     if others or not modelfolder.is_model_folder(folder):   # a README.md alone is someone's, not an export's
         shown = others or sorted(names)
         raise InputError(f"{folder} already holds other files ({', '.join(shown[:3])}); "
                          "export into a new or empty folder")
-    results = sorted(n for n in names if n.startswith(("results-", "samples-", "rank-")))
+    results = sorted(n for n in names if n.startswith(RESULTS))
     if results and not _holds(folder, weights):   # another run of the same name and step is other weights too
         raise InputError(f"{folder} holds an export of other weights and what was measured of them "
                          f"({results[0]}, ...): export into a new folder, or remove those files first")

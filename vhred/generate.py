@@ -423,10 +423,7 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
     if not (opts.dedup or opts.rank != "none" or keep):
         return drawn(model, contexts, opts, z)
     results, todo = [[] for _ in contexts], list(range(len(contexts)))
-    differ = model.latent or opts.method == "sample"   # HRED's greedy / beam draws: no new ones to find
-    more = differ and (keep or (opts.dedup and same))
-    factors = (opts.draws, *(f for f in REFILLS if f > opts.draws and more)) if differ else (min(opts.draws, 2),)
-    for factor in factors:
+    for factor in draw_factors(model, opts, refills=bool(keep or (opts.dedup and same))):
         wide = replace(opts, num_samples=factor * n)
         found = drawn(model, [contexts[i] for i in todo], wide, None if z is None else z[todo])
         for i, row in zip(todo, found):
@@ -473,6 +470,15 @@ def _own_z(model, pool, contexts, opts: DecodeOptions, z) -> list[list[Response]
     """The model's draws from the z given, ranked by the whole pool as its pooled draws are."""
     rows = generate(model, contexts, replace(opts, rank="none"), z)
     return _rank(model, contexts, rows, opts, judges=pool) if opts.rank != "none" else rows
+
+
+def draw_factors(model, opts: DecodeOptions, refills: bool = True) -> tuple[int, ...]:
+    """Draws per reply shown in each round candidates() may decode, every round drawn anew (its
+    first draws the same): D, then 4 and 8 where D is smaller and refills are wanted (faulty or
+    repeated replies dropped). HRED's greedy and beam draws are all alike: one round of 2 at most."""
+    if not (model.latent or opts.method == "sample"):
+        return (min(opts.draws, 2),)
+    return (opts.draws, *(f for f in REFILLS if f > opts.draws and refills))
 
 
 def draws_made(model, opts: DecodeOptions) -> int:

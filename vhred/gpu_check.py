@@ -19,7 +19,7 @@ import sys
 import torch
 
 from . import checkpoint
-from .cli import command, Parser, program
+from .cli import command, output_file, Parser, program
 from .config import ModelConfig, load
 from .device import pick_device
 from .models import build
@@ -104,7 +104,7 @@ def main(argv=None):
     if not args.no_bench:
         report["bench"] = bench(args.out)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu-check.json"), "w") as f:
+    with output_file(os.path.join(args.out, "gpu-check.json")) as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report, indent=1))
 

@@ -17,7 +17,7 @@ import os
 import torch
 
 from . import checkpoint, limits
-from .cli import check_output, command, Parser, program
+from .cli import atomic, check_output, command, Parser, program
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
@@ -210,7 +210,8 @@ def plot(means, kls, values, title: str, legend: str, out: str) -> str:
     kl_panel(right, kls)
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    kind = os.path.splitext(out)[1].lower().lstrip(".")   # the temporary's name does not say it
+    atomic(out, lambda tmp: fig.savefig(tmp, dpi=100, format=kind))   # the old picture stays until the new one is whole
     plt.close(fig)
     return out
 

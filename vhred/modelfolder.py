@@ -10,12 +10,14 @@
 `vhred export` (vhred/export.py) writes one from a checkpoint; checkpoint.load_model reads one
 wherever a checkpoint is accepted. Reading never calls torch.load.
 """
+import hashlib
 import json
 import os
 
 import torch
 
 from .cache import file_sha256
+from .cli import write_bytes
 from .errors import CheckpointError
 
 FORMAT, VERSION = "vhred-model-folder", 1
@@ -42,21 +44,24 @@ def _tagged(config_path: str) -> bool:
 def write(folder: str, weights: dict, header: dict, tokenizer: bytes) -> None:
     """Write the three files into folder (made if missing), each whole or not at all.
     header: config.json's fields but the format tag and the weights' hash, which are added here."""
-    from safetensors.torch import save_file
     os.makedirs(folder, exist_ok=True)
     tensors, tied = untie(weights)
-    atomic(os.path.join(folder, WEIGHTS), lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic(os.path.join(folder, TOKENIZER), lambda tmp: _write_bytes(tmp, tokenizer))
+    data = _safetensors_bytes(tensors)   # written by Python: a full disk is an OSError naming the file
+    write_bytes(os.path.join(folder, WEIGHTS), data)
+    write_bytes(os.path.join(folder, TOKENIZER), tokenizer)
     config = {"format": FORMAT, "format_version": VERSION, **header, "tied_weights": tied,
-              "weights_sha256": file_sha256(os.path.join(folder, WEIGHTS))}
-    atomic(os.path.join(folder, CONFIG), lambda tmp: _write_bytes(tmp, (json.dumps(config, indent=1) + "\n").encode()))
+              "weights_sha256": hashlib.sha256(data).hexdigest()}
+    write_bytes(os.path.join(folder, CONFIG), (json.dumps(config, indent=1) + "\n").encode())
+
+
+def _safetensors_bytes(tensors: dict) -> bytes:
+    from safetensors.torch import save
+    return save(tensors, metadata={"format": "pt"})
 
 
 def weights_sha256(weights: dict) -> str:
     """The SHA-256 that write() gives model.safetensors for these weights, without writing it."""
-    import hashlib
-    from safetensors.torch import save
-    return hashlib.sha256(save(untie(weights)[0], metadata={"format": "pt"})).hexdigest()
+    return hashlib.sha256(_safetensors_bytes(untie(weights)[0])).hexdigest()
 
 
 def untie(weights: dict) -> tuple[dict, dict]:
@@ -71,28 +76,6 @@ def untie(weights: dict) -> tuple[dict, dict]:
             first[key] = name
             tensors[name] = t.detach().cpu().contiguous()
     return tensors, tied
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-def atomic(path: str, write_to) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write_to(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())   # as open() would make it (safetensors writes 0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def read(folder: str) -> dict:

@@ -8,7 +8,7 @@ import json
 import math
 import os
 
-from .cli import command, Parser, program
+from .cli import atomic, command, Parser, program
 from .errors import InputError
 
 
@@ -82,7 +82,7 @@ def plot(run_dir: str) -> str:
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out = os.path.join(run_dir, "curves.png")
-    fig.savefig(out, dpi=100)
+    atomic(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))   # the old picture stays until the new one is whole
     plt.close(fig)
     return out
 

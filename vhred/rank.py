@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import checkpoint, limits
-from .cli import command, Parser, program
+from .cli import command, json_safe, output_file, Parser, program
 from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name, split_dialogues
@@ -72,8 +72,8 @@ def main(argv=None):
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
     name = report_name("rank", args.split, args.tag, args.max_contexts)
-    with open(os.path.join(checkpoint.results_folder(path), f"{name}.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    with output_file(os.path.join(checkpoint.results_folder(path), f"{name}.json")) as f:   # whole or not at all
+        json.dump(json_safe(result), f, indent=1, allow_nan=False)
     print(json.dumps(result))
 
 

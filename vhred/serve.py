@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from .cli import command, json_line, Parser, program, sigterm_as_ctrl_c
+from .cli import command, json_line, Parser, program
 from .device import pick_device
 from .errors import InputError, UserError
 
@@ -207,9 +207,9 @@ class Service:
         from .generate import count_note, draws_made
         work = decode_work(self.bot._model, opts)
         if work > lim.max_work:
-            raise HTTPError(400, f"this request decodes up to {work:,} rows x steps (n x draws x beam x (max_len + 1)), "
-                                 f"at most {lim.max_work:,} on this server: ask for fewer replies, draws or "
-                                 f"beams, or a shorter max_len")
+            raise HTTPError(400, f"this request decodes up to {work:,} rows x steps (n x draws, with the "
+                                 f"refills of draws under 8, x beam x (max_len + 1)), at most {lim.max_work:,} "
+                                 f"on this server: ask for fewer replies or beams, or a shorter max_len")
         candidates = self._wait(("respond", astuple(opts)), (history, opts, z))
         note = count_note(len(candidates), opts.num_samples, sum(c.faulty for c in candidates),
                           draws_made(self.bot._model, opts))
@@ -281,11 +281,12 @@ def page_policy(page: bytes) -> str:
 
 
 def decode_work(model, opts) -> int:
-    """Decoder rows x steps one request may cost at most: its n x draws (as far as candidates()
-    goes on drawing) x beam width, each row decoded for up to max_len + 1 steps."""
-    from .generate import draws_made
+    """Decoder rows x steps one request may cost at most: its n x draws, summed over the rounds
+    candidates() may decode (draws under 8: the 4n and 8n refills too), x beam width, each row
+    decoded for up to max_len + 1 steps."""
+    from .generate import draw_factors
     beam = opts.beam if opts.method == "beam" else 1
-    return opts.num_samples * draws_made(model, opts) * beam * (opts.max_len + 1)
+    return opts.num_samples * sum(draw_factors(model, opts)) * beam * (opts.max_len + 1)
 
 
 def _cap(name: str, value: int, cap: int):
@@ -688,7 +689,7 @@ def main(argv=None):
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
     if (work := decode_work(bot._model, defaults)) > limits.max_work:   # a request with no options would be refused
         raise InputError(f"the decoding flags cost {work:,} rows x steps a request, over "
-                         f"the server's {limits.max_work:,}: lower --num-samples, --draws, --beam or --max-len")
+                         f"the server's {limits.max_work:,}: lower --num-samples, --beam or --max-len")
     server = make_server(bot, args.host, args.port, limits, args.quiet, defaults, args.allowed_hosts)
     host, port = server.server_address[:2]
     shared = f", drawn with {', '.join(args.pool_with)} (every run's ranking score added)" if args.pool_with else ""
@@ -696,8 +697,7 @@ def main(argv=None):
         ranked_by += " + the answer score after a wh-question"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    sigterm_as_ctrl_c()   # serve_forever ends; the finally below answers the requests already taken
-    try:
+    try:   # Ctrl-C or SIGTERM (cli.command) ends serve_forever; the requests already taken are answered
         server.serve_forever()
     finally:
         server.stop()

@@ -9,6 +9,8 @@ import random
 
 import sentencepiece as spm
 
+from .cli import write_bytes
+
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
@@ -57,10 +59,7 @@ def train_tokenizer(utterances, vocab_size: int, path: str, max_sentences: int =
         input_sentence_size=max_sentences,  # already sampled: SentencePiece keeps all of it
         shuffle_input_sentence=True, num_threads=os.cpu_count() or 1,
         minloglevel=2)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(model.getvalue())
-    os.replace(tmp, path)
+    write_bytes(path, model.getvalue())   # whole or not at all
     return {"sentences": len(sample), "of": seen, "seed": seed}
 
 

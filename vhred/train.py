@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import command, Parser, program, say
+from .cli import command, Parser, program, say, write_bytes
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -196,8 +196,8 @@ class Run:
             self._forget_metrics_after(0, -1)
         if not self.is_rank0:
             return
-        _write_whole(os.path.join(self.dir, "tokenizer.model"), self.tokenizer)
-        _write_whole(os.path.join(self.dir, "config.json"), json.dumps(asdict(self.cfg), indent=1).encode())
+        write_bytes(os.path.join(self.dir, "tokenizer.model"), self.tokenizer)
+        write_bytes(os.path.join(self.dir, "config.json"), json.dumps(asdict(self.cfg), indent=1).encode())
 
     def _check_same_run(self, state: dict):
         saved = checkpoint.config_of(state, os.path.join(self.dir, "last.pt"))
@@ -239,7 +239,7 @@ class Run:
             lines = f.readlines()
         kept = [line for line, (val, at) in zip(lines, map(_row_step, lines)) if at <= (last_val_step if val else step)]
         if len(kept) != len(lines):
-            _write_whole(path, b"".join(kept))
+            write_bytes(path, b"".join(kept))
 
     def _rng_states(self) -> list[dict]:
         """Every rank's generator states (CPU, and the GPU's on CUDA), gathered on all ranks:
@@ -603,21 +603,6 @@ def _row_step(line: bytes) -> tuple[bool, float]:
         return False, math.inf
     step = row.get("step") if isinstance(row, dict) else None
     return (isinstance(row, dict) and row.get("split") == "val"), (step if isinstance(step, int) else math.inf)
-
-
-def _write_whole(path: str, data: bytes) -> None:
-    """data in place of path only once all of it is written (a full disk leaves no torn file), an
-    error naming path, the file that could not be written."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), path) from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):

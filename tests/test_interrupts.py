@@ -1,0 +1,191 @@
+"""What a command leaves behind when it is stopped (Ctrl-C, SIGTERM) or the disk fills while it
+writes: the old file or folder whole, no temporary beside it, and one line that names the file."""
+import dataclasses
+import errno
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+import vhred
+from vhred import answers, cli, critic, export, latent, plot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextmanager
+def files_at_most(size: int):
+    """No file of this process may grow past size bytes (RLIMIT_FSIZE): a write past it fails with
+    EFBIG as a full disk's fails with ENOSPC, in the same place, whoever writes (safetensors too)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    signal_was = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # else the kernel's signal ends the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, signal_was)
+
+
+def contents(folder) -> dict:
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_with_143_and_no_temporary(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    out.write_text("old")
+
+    @cli.command
+    def main(argv=None):
+        with cli.output_file(str(out)) as f:
+            f.write("half of the new")
+            os.kill(os.getpid(), signal.SIGTERM)   # kill, systemd, timeout, a cancelled CI job
+            time.sleep(5)
+            f.write(" file")
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 143 and capsys.readouterr().err == "interrupted\n"
+    assert out.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+    assert signal.getsignal(signal.SIGTERM) is before   # a command called from Python leaves it as it was
+
+
+@pytest.mark.slow   # a subprocess: the chat waiting for its next line, stopped as a service is
+def test_sigterm_ends_the_chat_with_143(trained):
+    proc = subprocess.Popen([sys.executable, "-m", "vhred.chat", "--checkpoint", trained["hred"]], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("Hello!\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip()   # it answered, and waits for the next line
+        proc.terminate()
+        assert proc.wait(timeout=60) == 143 and "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
+    """A failed write() names no file: "No space left on device" alone does not say what was lost."""
+    out = tmp_path / "out.txt"
+    with pytest.raises(OSError) as failed:
+        with cli.output_file(str(out)) as f:
+            raise OSError(errno.ENOSPC, "No space left on device")   # as f.write() raises it
+    assert failed.value.filename == str(out) and os.listdir(tmp_path) == []
+
+    def half(tmp):
+        open(tmp, "w").write("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(OSError) as failed:
+        cli.atomic(str(out), half)
+    assert failed.value.filename == str(out) and os.listdir(tmp_path) == []
+
+
+def test_a_critic_and_an_answer_table_that_fill_the_disk_are_named_errors_that_leave_nothing(vhred_model, tmp_path):
+    """safetensors' own writer failed with its SafetensorError (a traceback); answers.json.tmp stayed."""
+    model, cfg, _ = vhred_model
+    judge = critic.from_model(model, cfg.arch)
+    state = {"weights": judge.state_dict(), "arch": dataclasses.asdict(cfg.arch), "vocab_size": judge.encoder.vocab_size}
+    table = {"asked": {"when": 3}, "pmi": {"when": {f"word{i}": 1.5 for i in range(1000)}}}   # 20 KB
+    with files_at_most(4096):
+        with pytest.raises(OSError) as failed:
+            critic.save(state, str(tmp_path))
+        assert failed.value.filename == str(tmp_path / critic.FILE)
+        with pytest.raises(OSError) as failed:
+            answers.save(table, str(tmp_path))
+        assert failed.value.filename == str(tmp_path / answers.FILE)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("stop", ["full disk", "ctrl-c"])
+def test_an_export_stopped_midway_leaves_the_earlier_export_whole(trained, tmp_path, monkeypatch, stop, capsys):
+    """Exported file by file, a stop after the weights left new weights beside the old config,
+    critic and card."""
+    folder = tmp_path / "shared"
+    export.main([trained["hred"], str(folder)])
+    before = contents(folder)
+    if stop == "ctrl-c":   # while the model card, the last file, is written
+        monkeypatch.setattr(export.pathlib.Path, "write_bytes", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(SystemExit) as stopped:
+            export.main([trained["vhred"], str(folder)])
+        assert stopped.value.code == 130
+    else:
+        with files_at_most(64 * 1024), pytest.raises(SystemExit) as stopped:
+            export.main([trained["vhred"], str(folder)])
+        err = capsys.readouterr().err
+        assert stopped.value.code == 1 and err == f"error: File too large ({folder})\n", err
+    assert contents(folder) == before and os.listdir(tmp_path) == ["shared"]
+    assert vhred.load(str(folder)).config.arch.model == "hred"
+
+
+def test_a_re_export_of_the_same_weights_keeps_what_was_measured(trained, tmp_path):
+    folder = tmp_path / "shared"
+    export.main([trained["vhred"], str(folder)])
+    (folder / "results-ours-test.json").write_text('{"bleu": 1}')
+    export.main([trained["vhred"], str(folder)])
+    assert (folder / "results-ours-test.json").read_text() == '{"bleu": 1}'
+    assert sorted(os.listdir(tmp_path)) == ["shared"]
+
+
+def test_a_stale_half_export_of_a_killed_process_is_removed(trained, tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"shared.tmp{int(dead.stdout)}"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    export.main([trained["hred"], str(tmp_path / "shared")])
+    assert sorted(os.listdir(tmp_path)) == ["shared"]
+
+
+def interrupted_savefig(self, path, *args, **kwargs):
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG half")
+    raise KeyboardInterrupt
+
+
+def test_a_plot_stopped_while_drawing_leaves_the_old_picture(trained, tmp_path, monkeypatch):
+    import matplotlib.figure
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    (run / "curves.png").write_bytes(b"old picture")
+    picture = tmp_path / "latent.svg"
+    picture.write_bytes(b"old picture")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        plot.plot(str(run))
+    with pytest.raises(KeyboardInterrupt):
+        latent.plot(torch.randn(6, 4), torch.rand(6, 4), [1, 2, 3, 4, 5, 6], "t", "length", str(picture))
+    assert (run / "curves.png").read_bytes() == b"old picture" and picture.read_bytes() == b"old picture"
+    assert not [n for n in os.listdir(run) if ".tmp" in n] and sorted(os.listdir(tmp_path)) == ["latent.svg", "run"]
+
+
+def test_the_latent_plot_is_drawn_in_the_format_its_name_says(tmp_path):
+    for name, starts in [("a.svg", b"<?xml"), ("a.pdf", b"%PDF"), ("a.png", b"\x89PNG")]:
+        latent.plot(torch.randn(6, 4), torch.rand(6, 4), [1, 2, 3, 4, 5, 6], "t", "length", str(tmp_path / name))
+        assert (tmp_path / name).read_bytes().startswith(starts)
+
+
+@pytest.mark.slow   # the rank command on the tiny run's test split
+def test_rank_stopped_while_writing_leaves_the_old_report(trained, tmp_path, monkeypatch):
+    from vhred import rank
+    run = tmp_path / "run"
+    shutil.copytree(trained["hred"], run)
+    argv = ["--checkpoint", str(run), "--max-contexts", "3", "--distractors", "2", "--iw-samples", "1"]
+    rank.main(argv)
+    [report] = [n for n in os.listdir(run) if n.startswith("rank-")]
+    before = (run / report).read_bytes()
+
+    def half(obj, f, **kwargs):
+        f.write('{"half": ')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rank.json, "dump", half)
+    with pytest.raises(SystemExit) as stopped:
+        rank.main(argv)
+    assert stopped.value.code == 130 and (run / report).read_bytes() == before
+    assert not [n for n in os.listdir(run) if ".tmp" in n]
