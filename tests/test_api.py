@@ -1,5 +1,6 @@
 """The Python API: vhred.load, Bot.respond, Bot.score, and its errors."""
 import os
+import shutil
 import re
 import subprocess
 import sys
@@ -224,13 +225,18 @@ def test_import_vhred_is_light_until_the_api_is_used():
     assert r.stdout.strip() == "False", r.stderr
 
 
-def test_load_pools_draws_with_other_runs(trained, bot):
+def test_load_pools_draws_with_other_runs(trained, bot, tmp_path):
     """pool_with: respond's candidates come from both runs' draws, the other run's without a z,
-    and a pool copy of the run itself answers as the run alone at half the draws."""
+    and a copy of the run pooled with it answers as the run alone at half the draws; the run
+    itself is refused (its replies twice)."""
     pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])
     candidates = pooled.respond(HISTORY, n=5)
     assert 1 <= len(candidates) <= 5 and any(c.z is None for c in candidates)
-    itself = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["vhred"]])
+    for again in ([trained["vhred"]], [os.path.join(trained["vhred"], "best.pt")], [trained["hred"], trained["hred"] + "/"]):
+        with pytest.raises(InputError, match="is the same run as"):
+            vhred.load(trained["vhred"], device="cpu", pool_with=again)
+    shutil.copytree(trained["vhred"], tmp_path / "copy")
+    itself = vhred.load(trained["vhred"], device="cpu", pool_with=[str(tmp_path / "copy")])
     # 16 and 8 draws: neither goes on to more draws when its first ones hold faulty replies
     assert [c.text for c in itself.respond(HISTORY, n=5, draws=16)] == [c.text for c in bot.respond(HISTORY, n=5, draws=8)]
     for wrong in (trained["hred"], [3], None):

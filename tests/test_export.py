@@ -247,6 +247,29 @@ def test_tensorboard_drops_the_events_a_resume_replays(tiny_cfg):
     assert [e.step for e in events.Scalars("train/loss")] == [2, 4, 6, 8]
 
 
+def test_tensorboard_holds_a_validation_once_after_a_kill_between_its_save_and_it(tiny_cfg):
+    """last.pt saved at step 6 before step 6's validation, killed after it: the resume validates
+    step 6 again. TensorBoard purges by step, so it held two validations at 6; and the purge must
+    not drop step 5's and 6's training rows, which metrics.jsonl keeps and the resume does not replay."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vhred.train import train
+    flags = ("tensorboard=true", "log_every=1", "eval_every=4", "max_steps=6", "name=tbval")
+    run = train(tiny_cfg(*flags), log=lambda *_: None)
+    last = os.path.join(run.dir, "last.pt")
+    state = checkpoint.load(last)
+    state["progress"]["last_val_step"] = 4   # as saved before step 6's validation
+    checkpoint.save(state, last)
+    train(tiny_cfg(*flags), log=lambda *_: None)
+    events = EventAccumulator(os.path.join(run.dir, "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/elbo_per_token")] == [4, 6]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    rows = [json.loads(line) for line in open(os.path.join(run.dir, "metrics.jsonl"))]
+    assert [r["step"] for r in rows if r["split"] == "val"] == [4, 6]
+
+
 def test_tensorboard_missing_is_a_one_line_config_error(monkeypatch):
     from vhred.train import tensorboard_writer_class
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed

@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred.chat import pretty, spaced
+from vhred.chat import spaced
 from vhred.generate import (
     DecodeOptions,
     categorical,
@@ -530,14 +531,15 @@ def test_each_distinct_context_is_encoded_once():
     assert states.tolist() == [[1, 1], [1, 3], [1, 1], [2, 3], [1, 3]]
 
 
-def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, vhred_model):
+def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, vhred_model, tmp_path):
     """--pool-with: a run pooled with a copy of itself draws each reply twice (the same seeds), so
     the shown five are its chat's from half as many draws, with the same z's and twice the score
     (each run's ranking score is added)."""
     from vhred import checkpoint
     from vhred.generate import candidates, same_reply, shown_filter
     model, cfg, sp = vhred_model
-    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["vhred"]])
+    shutil.copytree(trained["vhred"], tmp_path / "copy")   # the run itself is refused
+    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [str(tmp_path / "copy")])
     ctx, keep = contexts(sp, cfg), shown_filter(sp, cfg, DecodeOptions())
     # 16 and 8 draws a reply: neither goes on to more (REFILLS) when its first hold faulty replies
     both = candidates(pooled, ctx, DecodeOptions(draws=16), same=same_reply(sp), keep=keep)

@@ -76,7 +76,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     """A failed write() names no file: "No space left on device" alone does not say what was lost."""
     out = tmp_path / "out.txt"
     with pytest.raises(OSError) as failed:
-        with cli.output_file(str(out)) as f:
+        with cli.output_file(str(out)):
             raise OSError(errno.ENOSPC, "No space left on device")   # as f.write() raises it
     assert failed.value.filename == str(out) and os.listdir(tmp_path) == []
 

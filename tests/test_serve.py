@@ -2,7 +2,6 @@
 concurrency and batching, time limits; always stopped at the end."""
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys

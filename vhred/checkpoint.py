@@ -288,8 +288,20 @@ def load_model(path: str, device="cpu", pool_with=()):
     model.__dict__["critic"] = judge.to(device) if judge is not None else None
     model.__dict__["sp"] = sp   # the critic reads replies as text, rendered as readers saw them
     model.__dict__["answers"] = answers.Scorer(table, sp) if table is not None else None
+    _each_once(path, pool_with)
     model.__dict__["pool"] = [_pool_member(other, sp, device) for other in pool_with]
     return model, cfg, sp
+
+
+def _each_once(path: str, pool_with) -> None:
+    """Refuse a run pooled with itself: its share is drawn with the same seed, so its replies come
+    twice and, repeats dropped, the pool has half the distinct draws it claims."""
+    seen = {os.path.realpath(path): path}
+    for other in pool_with:
+        key = os.path.realpath(resolve(other))
+        if key in seen:
+            raise InputError(f"{other} is the same run as {seen[key]}: pool the draws of other runs, each once")
+        seen[key] = other
 
 
 def _pool_member(path: str, sp, device):

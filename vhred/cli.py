@@ -187,6 +187,8 @@ def say(message: str):
     theirs alone is still printed, marked with its rank."""
     rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"   # torchrun sets both
     if rank != "0":
+        if threading.current_thread() is threading.main_thread():   # torchrun's SIGTERM ends the wait unheard
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
             time.sleep(2)   # torchrun looks at its processes every 0.1 s
         except KeyboardInterrupt:

@@ -326,11 +326,26 @@ class Run:
         raise RolledBack
 
     def _open_tensorboard(self):
-        """The TensorBoard writer, its events after last.pt's step purged (TensorBoard drops them
-        on reading), as metrics.jsonl's rows are: the run logs them again as it replays them."""
+        """The TensorBoard writer holding what metrics.jsonl holds after a resume or a roll-back.
+        TensorBoard purges by step, every tag at once (it drops the events on reading): from the
+        first step last.pt does not wholly know of, its latest validation's when a kill came
+        between a step's save and that step's validation. metrics.jsonl's kept rows from there
+        on are logged again; the run logs the rest as it replays them."""
         if self.tb:
             self.tb.close()
-        self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"), purge_step=self.progress.step + 1)
+        purge = min(self.progress.step, self.progress.last_val_step) + 1
+        self.tb = tensorboard_writer_class()(os.path.join(self.dir, "tb"), purge_step=purge)
+        for record in self._metrics_rows():
+            if isinstance(record.get("step"), int) and record["step"] >= purge and record.get("split") in ("train", "val"):
+                log_to_tensorboard(self.tb, record)
+
+    def _metrics_rows(self) -> list[dict]:
+        path = os.path.join(self.dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            rows = [_json_row(line) for line in f]
+        return [r for r in rows if r]
 
     def count_step(self, skipped: bool):
         """Track non-finite steps; too many in a row stop the run (last.pt holds good weights)."""
@@ -594,15 +609,21 @@ def prefetch(make, items: list, depth: int = 2):
                 pass
 
 
-def _row_step(line: bytes) -> tuple[bool, float]:
-    """Whether a metrics.jsonl row is a validation's, and its step; infinity for a line a kill
-    cut short (no JSON record), which the next row would be glued to."""
+def _json_row(line: bytes) -> dict | None:
+    """A metrics.jsonl row, None for a line a kill cut short (no JSON record)."""
     try:
         row = json.loads(line)
     except ValueError:
-        return False, math.inf
-    step = row.get("step") if isinstance(row, dict) else None
-    return (isinstance(row, dict) and row.get("split") == "val"), (step if isinstance(step, int) else math.inf)
+        return None
+    return row if isinstance(row, dict) else None
+
+
+def _row_step(line: bytes) -> tuple[bool, float]:
+    """Whether a metrics.jsonl row is a validation's, and its step; infinity for a line a kill
+    cut short (no JSON record), which the next row would be glued to."""
+    row = _json_row(line) or {}
+    step = row.get("step")
+    return row.get("split") == "val", (step if isinstance(step, int) else math.inf)
 
 
 def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):

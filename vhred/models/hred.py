@@ -3,8 +3,6 @@ utterance n is decoded from the context state h_{n-1} alone.
 
 Its likelihood is exact: log p(w_n | w_<n) is the decoder's, so its "bound" is the likelihood.
 """
-import torch
-
 from .layers import Hierarchical
 
 

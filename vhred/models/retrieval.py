@@ -17,8 +17,6 @@ The exchanges are buffers of the model: every checkpoint, resumed run and export
 holds them, so a model answers the same wherever it is loaded. Their sizes depend on the data, so a
 model built from its config alone holds none until it loads its weights (or fill() is called).
 """
-import math
-from collections import Counter
 from contextlib import contextmanager
 from itertools import accumulate
 
