@@ -134,6 +134,19 @@ def test_a_re_export_of_the_same_weights_keeps_what_was_measured(trained, tmp_pa
     assert sorted(os.listdir(tmp_path)) == ["shared"]
 
 
+def test_an_export_into_the_folder_the_shell_stands_in_replaces_its_files(trained, tmp_path, monkeypatch):
+    """Swapped whole, the folder would be a new one, and the shell left in a deleted folder."""
+    folder = tmp_path / "here"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    export.main([trained["hred"], "."])
+    (folder / "critic.safetensors").write_bytes(b"an earlier export's critic")
+    export.main([trained["vhred"], "."])
+    assert os.path.samefile(os.getcwd(), folder) and vhred.load(".").config.arch.model == "vhred"
+    assert sorted(os.listdir(".")) == ["README.md", "config.json", "model.safetensors", "tokenizer.model"]
+    assert sorted(os.listdir(tmp_path)) == ["here"]
+
+
 def test_a_stale_half_export_of_a_killed_process_is_removed(trained, tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / f"shared.tmp{int(dead.stdout)}"

@@ -88,6 +88,9 @@ def _swap_in(staged: str, folder: str) -> None:
     if not os.path.lexists(folder):
         os.replace(staged, folder)
         return
+    if os.path.realpath(os.getcwd()) == folder:   # swapped, it would leave the shell in a deleted folder
+        _replace_files(staged, folder)
+        return
     old = f"{folder}.old{os.getpid()}"
     os.replace(folder, old)
     try:
@@ -96,6 +99,17 @@ def _swap_in(staged: str, folder: str) -> None:
         os.replace(old, folder)
         raise
     shutil.rmtree(old)
+
+
+def _replace_files(staged: str, folder: str) -> None:
+    """The new folder's files into the old one, one rename each: the earlier export's ranking
+    files that this run lacks go first, config.json (which holds the weights' hash) last."""
+    new = os.listdir(staged)
+    for name in set(RANKING_FILES) - set(new):
+        if os.path.lexists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    for name in sorted(new, key=lambda n: n == modelfolder.CONFIG):
+        os.replace(os.path.join(staged, name), os.path.join(folder, name))
 
 
 def _remove_stale(folder: str) -> None:
