@@ -2,6 +2,7 @@
 writes: the old file or folder whole, no temporary beside it, and one line that names the file."""
 import dataclasses
 import errno
+import json
 import os
 import resource
 import shutil
@@ -147,35 +148,60 @@ def test_an_export_into_the_folder_the_shell_stands_in_replaces_its_files(traine
     assert sorted(os.listdir(tmp_path)) == ["here"]
 
 
+def dead_pid() -> int:
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout)
+
+
 def test_a_stale_half_export_of_a_killed_process_is_removed(trained, tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f"shared.tmp{int(dead.stdout)}"
+    stale = tmp_path / f"shared.tmp{dead_pid()}"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     export.main([trained["hred"], str(tmp_path / "shared")])
     assert sorted(os.listdir(tmp_path)) == ["shared"]
 
 
-def interrupted_savefig(self, path, *args, **kwargs):
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG half")
-    raise KeyboardInterrupt
+def test_an_earlier_export_a_killed_export_had_moved_aside_is_put_back(trained, tmp_path):
+    """Killed between its two renames, an export leaves the earlier one as <dir>.old<pid> alone."""
+    export.main([trained["hred"], str(tmp_path / "shared")])
+    aside = tmp_path / f"shared.old{dead_pid()}"
+    os.replace(tmp_path / "shared", aside)
+    export._remove_stale(str(tmp_path / "shared"))
+    assert sorted(os.listdir(tmp_path)) == ["shared"] and vhred.load(str(tmp_path / "shared")).config.arch.model == "hred"
+    shutil.copytree(tmp_path / "shared", aside)   # killed after both renames: the new one is in place
+    export._remove_stale(str(tmp_path / "shared"))
+    assert sorted(os.listdir(tmp_path)) == ["shared"]
 
 
-def test_a_plot_stopped_while_drawing_leaves_the_old_picture(trained, tmp_path, monkeypatch):
-    import matplotlib.figure
+def test_an_export_into_an_earlier_one_it_may_not_change_is_refused_first(trained, tmp_path, monkeypatch, capsys):
+    """chmod 555: the folder was replaced, then its old files could not be removed (exit 1 after the change)."""
+    folder = tmp_path / "shared"
+    export.main([trained["hred"], str(folder)])
+    before = contents(folder)
+    monkeypatch.setattr(export.os, "access", lambda path, mode: not os.path.samefile(path, folder))   # as for a user, not root
+    with pytest.raises(SystemExit) as stopped:
+        export.main([trained["vhred"], str(folder)])
+    assert stopped.value.code == 1 and capsys.readouterr().err == f"error: Permission denied ({folder})\n"
+    assert contents(folder) == before and os.listdir(tmp_path) == ["shared"]
+
+
+def test_a_picture_that_fills_the_disk_is_a_named_error_and_the_old_picture_stays(trained, tmp_path):
+    """matplotlib's own writers cut a JPEG short and exited 0, or hid the error behind zlib's."""
     run = tmp_path / "run"
     shutil.copytree(trained["vhred"], run)
-    (run / "curves.png").write_bytes(b"old picture")
-    picture = tmp_path / "latent.svg"
-    picture.write_bytes(b"old picture")
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", interrupted_savefig)
-    with pytest.raises(KeyboardInterrupt):
-        plot.plot(str(run))
-    with pytest.raises(KeyboardInterrupt):
-        latent.plot(torch.randn(6, 4), torch.rand(6, 4), [1, 2, 3, 4, 5, 6], "t", "length", str(picture))
-    assert (run / "curves.png").read_bytes() == b"old picture" and picture.read_bytes() == b"old picture"
-    assert not [n for n in os.listdir(run) if ".tmp" in n] and sorted(os.listdir(tmp_path)) == ["latent.svg", "run"]
+    plot.plot(str(run))   # fonts and caches in place before the limit
+    pictures = [run / "curves.png", *(tmp_path / f"latent.{kind}" for kind in ("jpg", "pdf", "png", "svg"))]
+    for path in pictures:
+        path.write_bytes(b"old picture")
+    with files_at_most(2048):
+        with pytest.raises(OSError) as failed:
+            plot.plot(str(run))
+        assert failed.value.filename == str(run / "curves.png")
+        for path in pictures[1:]:
+            with pytest.raises(OSError) as failed:
+                latent.plot(torch.randn(60, 4), torch.rand(60, 4), list(range(60)), "t", "length", str(path))
+            assert failed.value.filename == str(path)
+    assert all(path.read_bytes() == b"old picture" for path in pictures)
+    assert not [n for n in os.listdir(run) + os.listdir(tmp_path) if ".tmp" in n]
 
 
 def test_the_latent_plot_is_drawn_in_the_format_its_name_says(tmp_path):
@@ -202,3 +228,57 @@ def test_rank_stopped_while_writing_leaves_the_old_report(trained, tmp_path, mon
         rank.main(argv)
     assert stopped.value.code == 130 and (run / report).read_bytes() == before
     assert not [n for n in os.listdir(run) if ".tmp" in n]
+
+
+def test_a_row_that_fills_the_disk_is_cut_off_again_and_named(tmp_path):
+    """metrics.jsonl was left ending in half a row, and the error named no file."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n')
+    with files_at_most(100):
+        with pytest.raises(OSError) as failed:
+            cli.append_line(str(path), json.dumps({"step": 2, "loss": "x" * 200}))
+    assert failed.value.filename == str(path) and path.read_text() == '{"step": 1}\n'
+    cli.append_line(str(path), '{"step": 2}')
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_report_of_several_files_is_replaced_all_together_or_not_at_all(tmp_path):
+    """eval's samples, results and summary: a failure on the last left the new samples beside old results."""
+    from vhred.evaluate import write_report
+    results = {"protocol": "ours", "split": "test", "settings": {"tag": ""}, "metrics": {}}
+    old = write_report(str(tmp_path), results, [{"reply": "old"}], "t")
+    before = contents(tmp_path)
+    with files_at_most(max(os.path.getsize(p) for p in old) + 100):
+        with pytest.raises(OSError):
+            write_report(str(tmp_path), {**results, "metrics": {"long": "x" * 5000}}, [{"reply": "new"}], "t")
+    assert contents(tmp_path) == before
+
+
+def test_an_output_folder_one_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
+    """bench ran its whole measurement, then lost it to a read-only --out folder."""
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)   # as for a user, not root
+    with pytest.raises(OSError) as failed:
+        cli.check_output(str(tmp_path / "bench.json"))
+    assert failed.value.errno == errno.EACCES and failed.value.filename == str(tmp_path / "bench.json")
+
+
+def test_a_checkpoint_that_cannot_be_written_is_named_not_its_temporary(tmp_path, monkeypatch):
+    from vhred import checkpoint
+    real_open = open
+
+    def refused(path, mode="r", *a, **k):
+        if "w" in mode:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(path, mode, *a, **k)
+    monkeypatch.setattr(checkpoint, "open", refused, raising=False)
+    with pytest.raises(OSError) as failed:
+        checkpoint.save({"model": {"w": torch.zeros(3)}}, str(tmp_path / "best.pt"))
+    assert failed.value.filename == str(tmp_path / "best.pt")
+
+
+def test_compare_says_why_a_row_failed_not_only_where_its_log_is(tmp_path):
+    from vhred import compare
+    from vhred.errors import InputError
+    log = tmp_path / "train.log"
+    with pytest.raises(InputError, match=r"failed \(exit 2\): config file missing.yaml not found.*; see "):
+        compare._python("vhred.train", "--config", "missing.yaml", log=str(log))

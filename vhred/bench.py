@@ -276,8 +276,6 @@ def main(argv=None):
         rows.append({**json.loads(r.stdout.strip().splitlines()[-1]), "overrides": " ".join(extra)})
     machine = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    with output_file(args.out) as f:   # whole or not at all
-        json.dump({"machine": machine, "results": rows}, f, indent=1)
     print(f"{'config':32} {'batch':>5} {'params':>7} {'prec':>4} {'tok/s':>8} {'step s':>7} {'pad mem':>7} "
           f"{'epoch s':>8} {'RSS MB':>7} {'chat ms':>8} {'GFLOP/s':>8} {'MFU':>6} {'GPU MB':>7} {'busy':>5} {'launch':>6}")
     for r in rows:
@@ -286,6 +284,8 @@ def main(argv=None):
         print(f"{r['config']:32} {r['batch_size']:5d} {r['params_M']:6.2f}M {r['precision']:>4} "
               f"{r['train_tokens_per_s']:8.0f} {r['step_s']:7.3f} {r['padding_fraction']:7.1%} {r['epoch_s']:8.0f} "
               f"{r['peak_rss_MB']:7.0f} {r['chat_ms']:8.1f} {r['train_flops_per_s'] / 1e9:8.1f} {r['mfu']:6.1%} {gpu}")
+    with output_file(args.out) as f:   # whole or not at all; after the table, which a failed write does not lose
+        json.dump({"machine": machine, "results": rows}, f, indent=1)
     print(f"machine: {machine}; precision=auto picks bf16 from batch {BF16_MIN_BATCH} on a bf16 GPU, "
           f"else fp32 (vhred/device.py); written to {args.out}")
 

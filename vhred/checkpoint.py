@@ -33,7 +33,7 @@ def save(state: dict, path: str) -> None:
         os.replace(tmp, path)
         _fsync_dir(os.path.dirname(path) or ".")   # make the rename itself durable
     except OSError as e:
-        if e.filename:
+        if e.filename and e.filename != tmp:
             raise
         raise OSError(e.errno, f"{e.strerror or e} while writing the checkpoint", path) from None
     finally:

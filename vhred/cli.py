@@ -7,6 +7,7 @@ Exit codes: 2 for a user error (bad flag, config, data, checkpoint), 1 for an op
 error (disk full, permissions: the message names the file), 130 for Ctrl-C, 143 for SIGTERM.
 """
 import argparse
+import errno
 import functools
 import json
 import math
@@ -71,27 +72,48 @@ def json_line(obj) -> str:
 
 
 @contextmanager
-def output_file(path: str, encoding: str = "utf-8"):
+def output_file(path: str, encoding: str = "utf-8", together: list | None = None):
     """An output file written in place of path only when everything was written: a temporary
     <path>.tmp<pid> renamed over it at the end, removed on any error or Ctrl-C. A path that
     exists and is not a regular file (/dev/full, a FIFO, a folder) is refused before anything
-    is written: renaming over it would replace the device with a file."""
+    is written: renaming over it would replace the device with a file. together: the list of
+    output_files(), which renames the file with the others of its set."""
     check_output(path)
     _remove_stale(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp, handed = f"{path}.tmp{os.getpid()}", False
     try:
-        try:
-            f = open(tmp, "w", encoding=encoding)
-        except OSError as e:   # a folder one may not write in (/sys, /proc): name the path asked for
-            raise InputError(f"cannot write {path} ({e.strerror or e})") from None
+        f = open(tmp, "w", encoding=encoding)   # an error names path, not its temporary (below)
         with f:
             yield f
-        os.replace(tmp, path)
+        if together is None:
+            os.replace(tmp, path)
+        else:
+            together.append((tmp, path))
+            handed = True   # output_files renames or removes it
     except OSError as e:
         raise named(e, path, tmp) from None
     finally:
-        if os.path.exists(tmp):
+        if not handed and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def output_files():
+    """Files that belong together (a report's samples, results and summary; a rating pack and its
+    key), each written by output_file(..., together=<this>) and all renamed into place only once
+    every one is whole: a stop or a full disk never leaves new ones beside old ones."""
+    written = []
+    try:
+        yield written
+        for tmp, path in written:
+            try:
+                os.replace(tmp, path)
+            except OSError as e:
+                raise named(e, path, tmp) from None
+    finally:
+        for tmp, _ in written:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def atomic(path: str, write_to) -> None:
@@ -115,6 +137,24 @@ def write_bytes(path: str, data: bytes) -> None:
         with open(tmp, "wb") as f:
             f.write(data)
     atomic(path, write)
+
+
+def append_line(path: str, line: str) -> None:
+    """line + "\n" at the end of path, whole or not at all: a write that fails part-way (a full
+    disk) is cut off again, so the file never ends in half a row; the error names path."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        end = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            done = 0
+            while done < len(data):   # a write may take only part of it
+                done += os.write(fd, data[done:])
+        except BaseException as e:   # Ctrl-C between two parts too
+            os.ftruncate(fd, end)
+            raise named(e, path) if isinstance(e, OSError) else e from None
+    finally:
+        os.close(fd)
 
 
 def named(e: OSError, path: str, tmp: str = "") -> OSError:
@@ -146,6 +186,8 @@ def check_output(path: str) -> None:
     folder = os.path.dirname(path) or "."
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):   # found now, not after the work whose result it is
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _remove_stale(path: str):

@@ -106,14 +106,26 @@ def parse_args(argv):
     return args
 
 
+def _last_error(log: str) -> str:
+    """The last "error: ..." line a command wrote to its log, without the prefix; "" if none."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.startswith("error: ")]
+    except OSError:
+        return ""
+    return lines[-1].removeprefix("error: ") if lines else ""
+
+
 def _python(module: str, *argv: str, log: str) -> float:
     """Run `python -m module argv` with one thread, its output to `log`; seconds it took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
     with open(log, "a") as f:
         r = subprocess.run([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
-    if r.returncode != 0:
-        raise InputError(f"python -m {module} {' '.join(argv)} failed (exit {r.returncode}); see {log}")
+    if r.returncode != 0:   # with its own last error line: the file a full disk could not take, say
+        said = _last_error(log)
+        raise InputError(f"python -m {module} {' '.join(argv)} failed (exit {r.returncode})"
+                         f"{': ' + said if said else ''}; see {log}")
     return time.time() - t0
 
 

@@ -175,6 +175,10 @@ def prepare(cfg: Config, log=print) -> str:
             meta["source_sha256"] = identity.rsplit(":", 1)[1]   # the file these windows came from
         with open(os.path.join(tmp, "meta.json"), "w") as f:
             json.dump(cache.seal(meta), f, indent=1)   # meta.json itself checksummed too
+    except OSError as e:   # named in the folder asked for: the half-built one is removed
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = e.filename.replace(tmp, out, 1) if isinstance(e.filename, str) else out
+        raise OSError(e.errno, e.strerror or str(e), where) from None
     except BaseException:   # an error or Ctrl-C leaves no half-built folder behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -30,7 +30,7 @@ import time
 
 from . import cache, checkpoint, limits, sources
 from .config import MAX_INT
-from .cli import command, json_line, json_safe, output_file, Parser, program
+from .cli import command, json_line, json_safe, output_file, output_files, Parser, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
@@ -213,13 +213,14 @@ def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> l
     settings = results["settings"]
     name = report_name(results["protocol"], results["split"], settings["tag"], settings.get("max_contexts", 0))
     paths = [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
-    with output_file(paths[2]) as f:   # regular files, whole or not at all
-        for row in rows:
-            f.write(json_line(row) + "\n")
-    with output_file(paths[0]) as f:
-        json.dump(json_safe(results), f, indent=1, allow_nan=False)
-    with output_file(paths[1]) as f:
-        f.write(markdown(results, title))
+    with output_files() as together:   # regular files, whole or not at all, and never new beside old
+        with output_file(paths[2], together=together) as f:
+            for row in rows:
+                f.write(json_line(row) + "\n")
+        with output_file(paths[0], together=together) as f:
+            json.dump(json_safe(results), f, indent=1, allow_nan=False)
+        with output_file(paths[1], together=together) as f:
+            f.write(markdown(results, title))
     return paths
 
 

@@ -10,12 +10,14 @@ README.md model card: the data, the config, the run's validation figures (metric
 to load it. vhred.load(DIR) and every --checkpoint read the folder; the optimiser is left out.
 """
 import datetime
+import errno
 import json
 import math
 import os
 import pathlib
 import re
 import shutil
+import sys
 from dataclasses import asdict
 
 from . import answers, cache, checkpoint, critic, modelfolder
@@ -98,7 +100,9 @@ def _swap_in(staged: str, folder: str) -> None:
     except BaseException:
         os.replace(old, folder)
         raise
-    shutil.rmtree(old)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(old):   # a file in it one may not remove: the export is done all the same
+        print(f"warning: the earlier export, now {old}, could not be removed", file=sys.stderr)
 
 
 def _replace_files(staged: str, folder: str) -> None:
@@ -113,11 +117,17 @@ def _replace_files(staged: str, folder: str) -> None:
 
 
 def _remove_stale(folder: str) -> None:
-    """The half-made <folder>.tmp<pid> of an export that was killed (SIGKILL leaves no time to clean)."""
+    """What an export killed part-way left (SIGKILL leaves no time to clean): its half-made
+    <folder>.tmp<pid>, removed; the earlier export it had renamed <folder>.old<pid>, put back
+    where the new one never came, else removed."""
     parent, base = os.path.split(folder)
-    for name in os.listdir(parent):
-        m = re.fullmatch(re.escape(base) + r"\.tmp(\d+)", name)
-        if m and not cache._alive(int(m.group(1))):
+    for name in sorted(os.listdir(parent), key=lambda n: ".old" not in n):   # an old one put back first
+        m = re.fullmatch(re.escape(base) + r"\.(tmp|old)(\d+)", name)
+        if not m or cache._alive(int(m.group(2))):
+            continue
+        if m.group(1) == "old" and not os.path.lexists(folder):
+            os.replace(os.path.join(parent, name), folder)
+        else:
             shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
@@ -127,6 +137,8 @@ def _check_target(folder: str, weights: dict) -> None:
     folder of other files, or an export of other weights with their results beside it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):   # else it is replaced, then fails
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), folder)
     if not os.path.isdir(folder) or not os.listdir(folder):
         return
     names = set(os.listdir(folder))

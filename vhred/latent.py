@@ -17,12 +17,13 @@ import os
 import torch
 
 from . import checkpoint, limits
-from .cli import atomic, check_output, command, Parser, program
+from .cli import check_output, command, Parser, program, write_bytes
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
 from .generate import (DecodeOptions, beam_search, chosen_checkpoint, context_states, encode_turns,
                        response_text, sample_tokens, spaced)
+from .plot import picture
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
 
@@ -210,8 +211,8 @@ def plot(means, kls, values, title: str, legend: str, out: str) -> str:
     kl_panel(right, kls)
     fig.suptitle(title)
     fig.tight_layout()
-    kind = os.path.splitext(out)[1].lower().lstrip(".")   # the temporary's name does not say it
-    atomic(out, lambda tmp: fig.savefig(tmp, dpi=100, format=kind))   # the old picture stays until the new one is whole
+    data = picture(fig, os.path.splitext(out)[1].lower().lstrip("."))
+    write_bytes(out, data)   # the old picture stays until the new one is whole
     plt.close(fig)
     return out
 

@@ -4,11 +4,12 @@ Four panels over optimiser steps: per token, the training NLL, the validation NL
 validation negative ELBO (the best.pt criterion, its lowest point marked); KL per utterance
 (train, validation); the KL weight beta; the active latent units at each validation.
 """
+import io
 import json
 import math
 import os
 
-from .cli import atomic, command, Parser, program
+from .cli import command, Parser, program, write_bytes
 from .errors import InputError
 
 
@@ -82,9 +83,18 @@ def plot(run_dir: str) -> str:
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out = os.path.join(run_dir, "curves.png")
-    atomic(out, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))   # the old picture stays until the new one is whole
+    write_bytes(out, picture(fig, "png"))   # the old picture stays until the new one is whole
     plt.close(fig)
     return out
+
+
+def picture(fig, kind: str) -> bytes:
+    """The figure drawn in memory as a png, pdf, svg or jpg file: written by write_bytes, a full
+    disk is one named error (matplotlib's writers cut a JPEG short silently, or hide the error
+    behind one of zlib's) and the old picture stays."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=100, format=kind)
+    return buffer.getvalue()
 
 
 def plot_elbo(a, val: list[dict]):

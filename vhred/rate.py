@@ -35,7 +35,7 @@ import random
 import re
 import sys
 
-from .cli import command, output_file, Parser, program, text_lines
+from .cli import command, output_file, output_files, Parser, program, text_lines
 from .errors import InputError
 
 Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
@@ -232,10 +232,11 @@ def write_pack(args):
            "proxies": system_proxies(systems, len(contexts), args.per_context, args.checkpoint)}
     key_text = json.dumps(key, indent=1, ensure_ascii=False) + "\n"
     check_pack_paths(args.out, args.key, sources.values(), key_text)
-    for path, text in ((args.out, "\n".join(header + lines) + "\n"), (args.key, key_text)):
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with output_file(path) as f:
-            f.write(text)
+    with output_files() as together:   # never a new pack beside an old key
+        for path, text in ((args.out, "\n".join(header + lines) + "\n"), (args.key, key_text)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            with output_file(path, together=together) as f:
+                f.write(text)
     print(f"wrote {len(items)} {'pairs' if args.pairwise else 'replies'} of {len(systems)} systems "
           f"to {len(contexts)} contexts: {args.out} (for the rater), {args.key} (the key: keep it apart)", file=sys.stderr)
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import command, Parser, program, say, write_bytes
+from .cli import append_line, command, interrupted_code, Parser, program, say, write_bytes
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -295,8 +295,7 @@ class Run:
         if not self.is_rank0:
             return
         record["wall_s"] = round(time.time() - self.started, 1)   # since the run started, resumes included
-        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(os.path.join(self.dir, "metrics.jsonl"), json.dumps(record))   # never half a row
         if self.tb:
             log_to_tensorboard(self.tb, record)
 
@@ -687,10 +686,10 @@ def main(argv=None):
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
         kept = f"; {last} is intact" if os.path.isfile(last) else ""   # never claim one that is not there
         raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
-    except KeyboardInterrupt:   # a second Ctrl-C, or one while the data is prepared: no half-written file
+    except KeyboardInterrupt as e:   # a second Ctrl-C, or a stop while the data is prepared: no half-written file
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
         say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
-        sys.exit(130)
+        sys.exit(interrupted_code(e))
     if run.stopped:
         sys.exit(128 + (run.signum or signal.SIGINT))   # the shell's code for a signalled end
 
