@@ -282,3 +282,44 @@ def test_compare_says_why_a_row_failed_not_only_where_its_log_is(tmp_path):
     log = tmp_path / "train.log"
     with pytest.raises(InputError, match=r"failed \(exit 2\): config file missing.yaml not found.*; see "):
         compare._python("vhred.train", "--config", "missing.yaml", log=str(log))
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")   # the drop is the case
+def test_a_dropped_sigterm_still_stops_the_command_before_its_file_is_replaced(tmp_path, capsys):
+    """A SIGTERM that lands in a __del__ is dropped by Python ("Exception ignored in"): the command
+    went on, wrote its file and exited 0."""
+    out = tmp_path / "out.json"
+    out.write_text("old")
+
+    class Dropping:
+        def __del__(self):
+            cli._raise_terminated(signal.SIGTERM, None)   # as the signal handler, inside __del__
+
+    @cli.command
+    def main(argv=None):
+        with cli.output_file(str(out)) as f:
+            f.write("new")
+            Dropping()
+
+    with pytest.raises(SystemExit) as stop:
+        main([])
+    assert stop.value.code == 143 and capsys.readouterr().err.endswith("interrupted\n")
+    assert out.read_text() == "old" and os.listdir(tmp_path) == ["out.json"]
+
+
+def test_compare_stops_the_commands_its_other_rows_run_when_one_fails(tmp_path, monkeypatch):
+    """A stop or a failure waited for every training already running to end at its full steps."""
+    from vhred import compare
+    from vhred.errors import InputError
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(120)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{ROOT}")
+
+    def row(i):
+        if i == 0:
+            return compare._python("sleeper", log=str(tmp_path / "sleeper.log"))
+        time.sleep(1)
+        raise InputError("row 1 failed")
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="row 1 failed"):
+        compare._in_parallel(2, row, [0, 1])
+    assert time.monotonic() - t0 < 60 and not compare._CHILDREN

@@ -16,19 +16,25 @@ __all__ = ["Bot", "Candidate", "load"]
 
 
 def _interrupted_while_starting(signum, frame):
-    """Ctrl-C while a command imports its modules: nothing is written yet, and an exception raised
-    inside torch's or numpy's import can abort the process (SIGABRT) or become an ImportError."""
+    """Ctrl-C or SIGTERM while a command imports its modules: nothing is written yet, and an
+    exception raised inside torch's or numpy's import can abort the process (SIGABRT) or become
+    an ImportError. Exit 130 or 143, as the command's own handling (vhred/cli.py) later."""
     print("interrupted", file=sys.stderr, flush=True)
-    os._exit(130)
+    os._exit(128 + signum)
+
+
+def _catch_stops_while_starting():
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:   # a program's own handler stays
+            signal.signal(sig, _interrupted_while_starting)
 
 
 # `python -m vhred.<command>`: a Ctrl-C while torch loads (seconds, before the command's own
 # handling in cli.command starts) ends it as one does later, not with an import's traceback. Only
 # for vhred's own commands: a program that imports vhred keeps its own Ctrl-C.
 _argv = getattr(sys, "orig_argv", [])
-if "-m" in _argv[:-1] and _argv[_argv.index("-m") + 1].split(".")[0] == "vhred" \
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    signal.signal(signal.SIGINT, _interrupted_while_starting)
+if "-m" in _argv[:-1] and _argv[_argv.index("-m") + 1].split(".")[0] == "vhred":
+    _catch_stops_while_starting()
 
 if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ below
     from .api import Bot, Candidate, load

@@ -9,10 +9,9 @@ only when it runs: `vhred serve` never pays for matplotlib, `vhred --help` for t
 """
 import difflib
 import importlib
-import signal
 import sys
 
-from . import _interrupted_while_starting, cli
+from . import _catch_stops_while_starting, cli
 
 # subcommand: (module, what it does)
 COMMANDS = {
@@ -64,8 +63,7 @@ def main(argv=None):
     cli.INVOKED_AS = f"vhred {name}"   # what the subcommand's --help and usage lines show
     # importing torch takes seconds: a Ctrl-C meanwhile ends it quietly (a KeyboardInterrupt inside
     # numpy's import comes out as an ImportError); the command's main then handles its own
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _interrupted_while_starting)
+    _catch_stops_while_starting()
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

@@ -85,6 +85,7 @@ def output_file(path: str, encoding: str = "utf-8", together: list | None = None
         f = open(tmp, "w", encoding=encoding)   # an error names path, not its temporary (below)
         with f:
             yield f
+        check_stop()
         if together is None:
             os.replace(tmp, path)
         else:
@@ -105,6 +106,7 @@ def output_files():
     written = []
     try:
         yield written
+        check_stop()
         for tmp, path in written:
             try:
                 os.replace(tmp, path)
@@ -123,6 +125,7 @@ def atomic(path: str, write_to) -> None:
     try:
         write_to(tmp)
         os.chmod(tmp, 0o666 & ~_umask())   # as open() would make it (safetensors writes 0600)
+        check_stop()
         os.replace(tmp, path)
     except OSError as e:
         raise named(e, path, tmp) from None
@@ -213,8 +216,20 @@ def sigterm_as_ctrl_c():
     return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
+_stop_seen = False   # a SIGTERM, remembered: Python drops an exception raised inside __del__ or gc
+
+
 def _raise_terminated(signum, frame):
+    global _stop_seen
+    _stop_seen = True
     raise Terminated
+
+
+def check_stop() -> None:
+    """Raise Terminated if a SIGTERM came whose exception was dropped (it landed in a __del__):
+    called before an output is renamed into place and when a command ends."""
+    if _stop_seen:
+        raise Terminated
 
 
 def interrupted_code(e: KeyboardInterrupt) -> int:
@@ -275,10 +290,14 @@ def command(fn):
         from . import _interrupted_while_starting
         if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:   # started: Ctrl-C is ours to handle
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        global _stop_seen
         main_thread = threading.current_thread() is threading.main_thread()   # where signals are handled
         before = sigterm_as_ctrl_c() if main_thread else None
+        _stop_seen = False
         try:
-            return fn(argv)
+            result = fn(argv)
+            check_stop()
+            return result
         except UserError as e:
             fail(str(e), 2)
         except BrokenPipeError:   # `vhred ... | head`: the reader left; nothing more to say
@@ -290,6 +309,7 @@ def command(fn):
             say("interrupted")
             sys.exit(interrupted_code(e))
         finally:
+            _stop_seen = False   # answered by this exit: a command called from Python next starts clean
             if main_thread and before is not None:   # a command called from Python leaves the caller's handler as it was
                 signal.signal(signal.SIGTERM, before)
     return main

@@ -20,10 +20,12 @@ A run folder that is already trained to the step budget is evaluated again, not 
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from .cli import command, json_safe, output_file, Parser, program
 from .errors import InputError
@@ -116,12 +118,48 @@ def _last_error(log: str) -> str:
     return lines[-1].removeprefix("error: ") if lines else ""
 
 
+_CHILDREN, _LOCK = set(), threading.Lock()   # the commands the rows' threads are running
+
+
+def _in_parallel(jobs: int, fn, items: list) -> list:
+    """fn over items, `jobs` at a time in threads. A stop (Ctrl-C, SIGTERM: raised in the main
+    thread alone) or a row's failure stops the commands the others run, each as SIGTERM stops it
+    (a training saves last.pt first, and the next compare goes on from there); rows not started
+    never start."""
+    pool = ThreadPoolExecutor(jobs)
+    try:
+        futures = [pool.submit(fn, item) for item in items]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)   # a later row's failure is seen at once
+        for f in futures:
+            if f in done and f.exception():
+                raise f.exception()
+        return [f.result() for f in futures]
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        with _LOCK:
+            running = list(_CHILDREN)
+        for child in running:
+            child.send_signal(signal.SIGTERM)
+        for child in running:
+            child.wait()
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
 def _python(module: str, *argv: str, log: str) -> float:
     """Run `python -m module argv` with one thread, its output to `log`; seconds it took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
     with open(log, "a") as f:
-        r = subprocess.run([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+        r = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
+        with _LOCK:
+            _CHILDREN.add(r)
+        try:
+            r.wait()
+        finally:
+            with _LOCK:
+                _CHILDREN.discard(r)
     if r.returncode != 0:   # with its own last error line: the file a full disk could not take, say
         said = _last_error(log)
         raise InputError(f"python -m {module} {' '.join(argv)} failed (exit {r.returncode})"
@@ -315,14 +353,12 @@ def main(argv=None):
         measure(args)
         return
     t0 = time.time()
-    with ThreadPoolExecutor(args.jobs) as pool:   # each training is its own one-thread process
-        trained = list(pool.map(lambda row: train_row(args, row), args.rows))
+    trained = _in_parallel(args.jobs, lambda row: train_row(args, row), args.rows)   # one-thread processes
     runs = [(t["row"], t["dir"], t["train_minutes"]) for t in trained]
     earlier = [t["row"] for t in trained if t["trained_earlier"]]
     if args.reference:
         runs.append(("reference", args.reference.rstrip("/"), None))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs))
+    rows = _in_parallel(args.jobs, lambda r: {**evaluate_row(args, r[0], r[1]), "train_minutes": r[2]}, runs)
     rows.append(nearest_row(args))
     header = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "machine": machine(args.device),
               "command": " ".join(["vhred compare", *(argv if argv is not None else sys.argv[1:])]),
