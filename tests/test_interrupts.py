@@ -123,7 +123,7 @@ def test_an_export_stopped_midway_leaves_the_earlier_export_whole(trained, tmp_p
         err = capsys.readouterr().err
         assert stopped.value.code == 1 and err == f"error: File too large ({folder})\n", err
     assert contents(folder) == before and os.listdir(tmp_path) == ["shared"]
-    assert vhred.load(str(folder)).config.arch.model == "hred"
+    assert vhred.load(str(folder)).config.arch.model == "hred"   # contents() would fail on a leftover .tmp folder
 
 
 def test_a_re_export_of_the_same_weights_keeps_what_was_measured(trained, tmp_path):
@@ -153,23 +153,21 @@ def dead_pid() -> int:
 
 
 def test_a_stale_half_export_of_a_killed_process_is_removed(trained, tmp_path):
-    stale = tmp_path / f"shared.tmp{dead_pid()}"
+    export.main([trained["hred"], str(tmp_path / "shared")])
+    stale = tmp_path / "shared" / f".tmp{dead_pid()}"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
-    export.main([trained["hred"], str(tmp_path / "shared")])
-    assert sorted(os.listdir(tmp_path)) == ["shared"]
+    export.main([trained["vhred"], str(tmp_path / "shared")])
+    assert sorted(os.listdir(tmp_path / "shared")) == ["README.md", "config.json", "model.safetensors", "tokenizer.model"]
 
 
-def test_an_earlier_export_a_killed_export_had_moved_aside_is_put_back(trained, tmp_path):
-    """Killed between its two renames, an export leaves the earlier one as <dir>.old<pid> alone."""
-    export.main([trained["hred"], str(tmp_path / "shared")])
-    aside = tmp_path / f"shared.old{dead_pid()}"
-    os.replace(tmp_path / "shared", aside)
-    export._remove_stale(str(tmp_path / "shared"))
-    assert sorted(os.listdir(tmp_path)) == ["shared"] and vhred.load(str(tmp_path / "shared")).config.arch.model == "hred"
-    shutil.copytree(tmp_path / "shared", aside)   # killed after both renames: the new one is in place
-    export._remove_stale(str(tmp_path / "shared"))
-    assert sorted(os.listdir(tmp_path)) == ["shared"]
+def test_a_re_export_keeps_the_folders_own_mode(trained, tmp_path):
+    """Replaced by a new folder, a private export became world-readable (and a mount point failed)."""
+    folder = tmp_path / "private"
+    export.main([trained["hred"], str(folder)])
+    os.chmod(folder, 0o2750)
+    export.main([trained["vhred"], str(folder)])
+    assert oct(os.stat(folder).st_mode & 0o7777) == oct(0o2750) and vhred.load(str(folder)).config.arch.model == "vhred"
 
 
 def test_an_export_into_an_earlier_one_it_may_not_change_is_refused_first(trained, tmp_path, monkeypatch, capsys):

@@ -17,12 +17,11 @@ import os
 import pathlib
 import re
 import shutil
-import sys
 from dataclasses import asdict
 
 from . import answers, cache, checkpoint, critic, modelfolder
 from .schedule import kl_cycle
-from .cli import command, Parser, program
+from .cli import check_stop, command, Parser, program
 from .errors import InputError
 
 CARD = "README.md"
@@ -39,6 +38,8 @@ def export(run: str, folder: str) -> str:
     state = checkpoint.load(source)
     cfg = checkpoint.config_of(state, source)
     model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
+    if os.path.isdir(folder):
+        _remove_stale(folder)
     _check_target(folder, model.state_dict())
     progress = state.get("progress", {})
     trained = {"step": progress.get("step"), "epoch": progress.get("epoch"),
@@ -49,10 +50,8 @@ def export(run: str, folder: str) -> str:
               "exported_from": {"checkpoint": os.path.basename(source),
                                 "date": datetime.date.today().isoformat()}}
     card = model_card(header, val_records(os.path.dirname(source))).encode("utf-8")
-    folder = os.path.realpath(folder)   # a link to a folder: the folder it names is replaced
-    os.makedirs(os.path.dirname(folder), exist_ok=True)
-    _remove_stale(folder)
-    staged = f"{folder}.tmp{os.getpid()}"   # the new folder is made whole beside the old one
+    os.makedirs(folder, exist_ok=True)   # an earlier export keeps its own mode, group and mount
+    staged = os.path.join(folder, f".tmp{os.getpid()}")   # on the folder's own file system
     try:
         modelfolder.write(staged, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
         for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
@@ -60,8 +59,8 @@ def export(run: str, folder: str) -> str:
             if os.path.isfile(src):
                 shutil.copyfile(src, os.path.join(staged, name))
         pathlib.Path(staged, CARD).write_bytes(card)
-        _keep_results(folder, staged)
-        _swap_in(staged, folder)
+        check_stop()
+        _move_in(staged, folder)
     except OSError as e:   # named by the folder asked for, not the staged copy's files
         raise OSError(e.errno, e.strerror or str(e), folder) from None
     finally:
@@ -70,44 +69,11 @@ def export(run: str, folder: str) -> str:
     return source
 
 
-def _keep_results(folder: str, staged: str) -> None:
-    """Link what the commands measured of these weights (_check_target let only such results
-    stay) into the new folder: linked, not moved, so an interrupted export loses none."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        if name.startswith(RESULTS):
-            try:
-                os.link(os.path.join(folder, name), os.path.join(staged, name))
-            except OSError:   # a file system without hard links
-                shutil.copy2(os.path.join(folder, name), os.path.join(staged, name))
-
-
-def _swap_in(staged: str, folder: str) -> None:
-    """The new folder in place of the old in two renames, so that an interrupted export leaves
-    the earlier export whole (never new weights beside an old critic or config); every file is
-    new, so a link there (a hub cache's snapshot links into its blobs) is never written through."""
-    if not os.path.lexists(folder):
-        os.replace(staged, folder)
-        return
-    if os.path.realpath(os.getcwd()) == folder:   # swapped, it would leave the shell in a deleted folder
-        _replace_files(staged, folder)
-        return
-    old = f"{folder}.old{os.getpid()}"
-    os.replace(folder, old)
-    try:
-        os.replace(staged, folder)
-    except BaseException:
-        os.replace(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    if os.path.lexists(old):   # a file in it one may not remove: the export is done all the same
-        print(f"warning: the earlier export, now {old}, could not be removed", file=sys.stderr)
-
-
-def _replace_files(staged: str, folder: str) -> None:
-    """The new folder's files into the old one, one rename each: the earlier export's ranking
-    files that this run lacks go first, config.json (which holds the weights' hash) last."""
+def _move_in(staged: str, folder: str) -> None:
+    """The staged files in place of the earlier export's, only once all are written, one rename
+    each (every file new: a link there, as a hub cache's snapshot links into its blobs, is never
+    written through): the earlier export's ranking files this run lacks go first, config.json,
+    which holds the weights' hash, last, so a folder stopped among the renames is refused at load."""
     new = os.listdir(staged)
     for name in set(RANKING_FILES) - set(new):
         if os.path.lexists(os.path.join(folder, name)):
@@ -117,18 +83,11 @@ def _replace_files(staged: str, folder: str) -> None:
 
 
 def _remove_stale(folder: str) -> None:
-    """What an export killed part-way left (SIGKILL leaves no time to clean): its half-made
-    <folder>.tmp<pid>, removed; the earlier export it had renamed <folder>.old<pid>, put back
-    where the new one never came, else removed."""
-    parent, base = os.path.split(folder)
-    for name in sorted(os.listdir(parent), key=lambda n: ".old" not in n):   # an old one put back first
-        m = re.fullmatch(re.escape(base) + r"\.(tmp|old)(\d+)", name)
-        if not m or cache._alive(int(m.group(2))):
-            continue
-        if m.group(1) == "old" and not os.path.lexists(folder):
-            os.replace(os.path.join(parent, name), folder)
-        else:
-            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    """The half-written .tmp<pid> of an export that was killed (SIGKILL leaves no time to clean)."""
+    for name in os.listdir(folder):
+        m = re.fullmatch(r"\.tmp(\d+)", name)
+        if m and not cache._alive(int(m.group(1))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def _check_target(folder: str, weights: dict) -> None:
