@@ -154,7 +154,7 @@ def dead_pid() -> int:
 
 def test_a_stale_half_export_of_a_killed_process_is_removed(trained, tmp_path):
     export.main([trained["hred"], str(tmp_path / "shared")])
-    stale = tmp_path / "shared" / f".tmp{dead_pid()}"
+    stale = tmp_path / "shared" / f"export.tmp{dead_pid()}"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     export.main([trained["vhred"], str(tmp_path / "shared")])

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import pathlib
-import re
 import shutil
 from dataclasses import asdict
 
@@ -38,8 +37,7 @@ def export(run: str, folder: str) -> str:
     state = checkpoint.load(source)
     cfg = checkpoint.config_of(state, source)
     model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
-    if os.path.isdir(folder):
-        _remove_stale(folder)
+    cache.remove_crashed(folder)   # the half-written export.tmp<pid> of an export that was killed
     _check_target(folder, model.state_dict())
     progress = state.get("progress", {})
     trained = {"step": progress.get("step"), "epoch": progress.get("epoch"),
@@ -51,7 +49,7 @@ def export(run: str, folder: str) -> str:
                                 "date": datetime.date.today().isoformat()}}
     card = model_card(header, val_records(os.path.dirname(source))).encode("utf-8")
     os.makedirs(folder, exist_ok=True)   # an earlier export keeps its own mode, group and mount
-    staged = os.path.join(folder, f".tmp{os.getpid()}")   # on the folder's own file system
+    staged = os.path.join(folder, f"export.tmp{os.getpid()}")   # on the folder's own file system
     try:
         modelfolder.write(staged, model.state_dict(), header, checkpoint.tokenizer_bytes(state))
         for name in RANKING_FILES:   # the run's ranking travels with it (rank "auto")
@@ -82,21 +80,13 @@ def _move_in(staged: str, folder: str) -> None:
         os.replace(os.path.join(staged, name), os.path.join(folder, name))
 
 
-def _remove_stale(folder: str) -> None:
-    """The half-written .tmp<pid> of an export that was killed (SIGKILL leaves no time to clean)."""
-    for name in os.listdir(folder):
-        m = re.fullmatch(r"\.tmp(\d+)", name)
-        if m and not cache._alive(int(m.group(1))):
-            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-
-
 def _check_target(folder: str, weights: dict) -> None:
     """DIR is new, empty, or an earlier export (whose files are replaced; results the commands
     wrote into it stay when it holds these very weights, byte for byte): never a run folder, a
     folder of other files, or an export of other weights with their results beside it."""
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise InputError(f"{folder} is a file; give a folder to export into")
-    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):   # else it is replaced, then fails
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):   # found before the work, not after
         raise OSError(errno.EACCES, os.strerror(errno.EACCES), folder)
     if not os.path.isdir(folder) or not os.listdir(folder):
         return
