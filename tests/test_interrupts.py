@@ -321,3 +321,18 @@ def test_compare_stops_the_commands_its_other_rows_run_when_one_fails(tmp_path, 
     with pytest.raises(InputError, match="row 1 failed"):
         compare._in_parallel(2, row, [0, 1])
     assert time.monotonic() - t0 < 60 and not compare._CHILDREN
+
+
+@pytest.mark.parametrize("module", ["evaluate", "rank"])
+def test_eval_and_rank_refuse_an_unwritable_results_folder_before_loading(trained, tmp_path, monkeypatch, module, capsys):
+    """They evaluated or scored everything first, then could not write what they had measured."""
+    import importlib
+    from vhred import checkpoint
+    command = importlib.import_module(f"vhred.{module}")
+    run = tmp_path / "run"
+    shutil.copytree(trained["hred"], run)
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: not os.path.samefile(path, run))   # as for a user, not root
+    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded before the folder was checked"))
+    with pytest.raises(SystemExit) as stopped:
+        command.main(["--checkpoint", str(run), "--max-contexts", "2"])
+    assert stopped.value.code == 1 and "Permission denied" in capsys.readouterr().err

@@ -30,7 +30,7 @@ import time
 
 from . import cache, checkpoint, limits, sources
 from .config import MAX_INT
-from .cli import command, json_line, json_safe, output_file, output_files, Parser, program
+from .cli import check_output, command, json_line, json_safe, output_file, output_files, Parser, program
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
@@ -208,11 +208,16 @@ def report_name(protocol: str, split: str, tag: str = "", max_contexts: int = 0)
     return f"{protocol}-{split}{tag and '-' + tag}"
 
 
+def report_paths(run_dir: str, protocol: str, split: str, tag: str, max_contexts: int) -> list[str]:
+    """The results as JSON and as Markdown, and the samples, that write_report writes."""
+    name = report_name(protocol, split, tag, max_contexts)
+    return [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
+
+
 def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> list[str]:
     """Write the samples, the results as JSON and as Markdown (named by report_name); returns the three paths."""
     settings = results["settings"]
-    name = report_name(results["protocol"], results["split"], settings["tag"], settings.get("max_contexts", 0))
-    paths = [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
+    paths = report_paths(run_dir, results["protocol"], results["split"], settings["tag"], settings.get("max_contexts", 0))
     with output_files() as together:   # regular files, whole or not at all, and never new beside old
         with output_file(paths[2], together=together) as f:
             for row in rows:
@@ -262,6 +267,8 @@ def main(argv=None):
     args = parse_args(argv)
     opts = options_from_args(args)
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
+    for out in report_paths(checkpoint.results_folder(path), args.protocol, args.split, args.tag, args.max_contexts):
+        check_output(out)   # a folder one may not write in: found now, not after the evaluation
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
     resolved = ranking(model, opts)   # a ranking this model (or its pool) cannot do is refused first
     if opts.rank != "none" and not args.pool_with:   # with a pool, "auto" is each run's own: kept so

@@ -14,7 +14,7 @@ import sys
 import time
 
 from . import checkpoint, limits
-from .cli import command, json_safe, output_file, Parser, program
+from .cli import check_output, command, json_safe, output_file, Parser, program
 from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name, split_dialogues
@@ -58,6 +58,8 @@ def progress(done: int, total: int):
 def main(argv=None):
     args = parse_args(argv)
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
+    out = os.path.join(checkpoint.results_folder(path), f"{report_name('rank', args.split, args.tag, args.max_contexts)}.json")
+    check_output(out)   # a folder one may not write in: found now, not after the scoring
     model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
     triples = context_triples(split_dialogues(cfg, args.split), cfg.max_context)
     sets = candidate_sets(triples, args.distractors, args.seed)   # drawn from the whole split
@@ -71,8 +73,7 @@ def main(argv=None):
     result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
               "metrics": metrics, "seconds": round(time.time() - t0, 1)}
-    name = report_name("rank", args.split, args.tag, args.max_contexts)
-    with output_file(os.path.join(checkpoint.results_folder(path), f"{name}.json")) as f:   # whole or not at all
+    with output_file(out) as f:   # whole or not at all
         json.dump(json_safe(result), f, indent=1, allow_nan=False)
     print(json.dumps(result))
 
