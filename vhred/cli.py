@@ -77,20 +77,19 @@ def output_file(path: str, encoding: str = "utf-8", together: list | None = None
     <path>.tmp<pid> renamed over it at the end, removed on any error or Ctrl-C. A path that
     exists and is not a regular file (/dev/full, a FIFO, a folder) is refused before anything
     is written: renaming over it would replace the device with a file. together: the list of
-    output_files(), which renames the file with the others of its set."""
+    output_files(), which renames the file with the others of its set (alone, a set of one)."""
+    if together is None:
+        with output_files() as alone, output_file(path, encoding, alone) as f:
+            yield f
+        return
     check_output(path)
     _remove_stale(path)
     tmp, handed = f"{path}.tmp{os.getpid()}", False
     try:
-        f = open(tmp, "w", encoding=encoding)   # an error names path, not its temporary (below)
-        with f:
+        with open(tmp, "w", encoding=encoding) as f:   # an error names path, not its temporary (below)
             yield f
-        check_stop()
-        if together is None:
-            os.replace(tmp, path)
-        else:
-            together.append((tmp, path))
-            handed = True   # output_files renames or removes it
+        together.append((tmp, path))
+        handed = True   # output_files renames or removes it
     except OSError as e:
         raise named(e, path, tmp) from None
     finally:
