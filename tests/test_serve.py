@@ -2,9 +2,11 @@
 concurrency and batching, time limits; always stopped at the end."""
 import http.client
 import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -297,6 +299,31 @@ def test_bench_serve_stopped_by_sigterm_stops_its_server(trained, tmp_path):
     while _running(server) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _running(server)
+
+
+def test_bench_clients_stop_when_the_wait_for_them_is_interrupted(monkeypatch):
+    """A stop (Ctrl-C, SIGTERM) while drive() waits for its clients stops them too: left
+    running, Python's exit waited for them, loading a stopped server until --seconds ran out."""
+    from vhred import bench
+    sent = []
+    monkeypatch.setattr(bench, "post_json", lambda conn, path, body: (sent.append(1), time.sleep(0.01)))
+
+    class Stop(Exception):
+        pass
+
+    def stop(signum, frame):
+        raise Stop
+    before = signal.signal(signal.SIGUSR1, stop)
+    try:
+        threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGUSR1)).start()
+        with pytest.raises(Stop):
+            bench.drive(1, clients=2, seconds=10, body={})
+    finally:
+        signal.signal(signal.SIGUSR1, before)
+    time.sleep(0.2)   # a request under way ends
+    so_far = len(sent)
+    time.sleep(0.5)
+    assert so_far > 0 and len(sent) == so_far
 
 
 def _running(pid: int) -> bool:

@@ -383,12 +383,12 @@ def post_json(conn: http.client.HTTPConnection, path: str, body: dict) -> dict:
 def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
     """`clients` threads, each sending `body` as soon as its previous request is answered, for
     `seconds`: requests/s, p50 and p95 latency."""
-    latencies, errors, lock = [], [], threading.Lock()
+    latencies, errors, lock, stopped = [], [], threading.Lock(), threading.Event()
     stop_at = time.perf_counter() + seconds
 
     def client():
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        while time.perf_counter() < stop_at:
+        while time.perf_counter() < stop_at and not stopped.is_set():
             t0 = time.perf_counter()
             try:
                 post_json(conn, "/respond", body)
@@ -399,12 +399,17 @@ def drive(port: int, clients: int, seconds: float, body: dict) -> dict:
             with lock:
                 latencies.append(time.perf_counter() - t0)
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
+    # daemon, and told to stop when the wait is cut short (Ctrl-C, SIGTERM): otherwise Python's
+    # exit waits for them, and they would load a stopped server until `seconds` ran out
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        stopped.set()
     wall = time.perf_counter() - t0
     if not latencies:
         raise InputError(f"no request was answered in {seconds:g} s ({len(errors)} failed"
