@@ -446,3 +446,33 @@ def test_help_into_a_closed_pipe_ends_quietly(argv):
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+@pytest.mark.slow   # subprocesses: standard output is a file on a full disk
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("argv", [["--help"], ["--version"]])
+def test_the_vhred_commands_own_output_into_a_full_disk_is_one_line(argv):
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "vhred", *argv], stdout=full, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert proc.returncode == 1 and proc.stderr == "error: No space left on device (writing standard output)\n"
+
+
+def _limit_files_to_4_bytes():   # as a full disk: a write past it fails (EFBIG) instead of the process being killed
+    import resource
+    import signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4, 4))
+
+
+@pytest.mark.slow   # a subprocess
+def test_a_commands_output_left_in_its_buffer_fails_as_one_line_not_at_pythons_exit(tmp_path):
+    script = tmp_path / "printer.py"
+    script.write_text("from vhred.cli import command\n\n\n@command\ndef main(argv=None):\n"
+                      "    print('a table')   # buffered: a file is written when Python flushes it\n\n\nmain()\n")
+    with open(tmp_path / "out.txt", "w") as out:
+        env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": ROOT}
+        proc = subprocess.run([sys.executable, str(script)], stdout=out, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=60, preexec_fn=_limit_files_to_4_bytes)
+    assert proc.returncode == 1 and proc.stderr == "error: File too large (writing standard output)\n", proc.stderr
+    assert "Exception ignored" not in proc.stderr and proc.stderr.count("\n") == 1

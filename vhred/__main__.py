@@ -40,20 +40,29 @@ def usage() -> str:
             "`vhred <command> --help` lists a command's options.")
 
 
+def _print(text: str, file=None):
+    """print, as a command's output: a reader who left (`| head`) ends it quietly, a full disk in
+    one line."""
+    try:
+        print(text, file=file or sys.stdout, flush=True)
+    except BrokenPipeError:
+        cli._quiet_stdout()
+    except OSError as e:
+        cli._quiet_stdout()
+        cli.fail(f"{e.strerror} (writing standard output)", 1)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        try:
-            print(usage(), file=sys.stdout if argv else sys.stderr, flush=True)
-        except BrokenPipeError:   # `vhred --help | head`
-            cli._quiet_stdout()
+        _print(usage(), file=sys.stdout if argv else sys.stderr)
         sys.exit(0 if argv else 2)
     if argv[0] == "--version":
         from importlib.metadata import PackageNotFoundError, version
         try:
-            print(f"vhred {version('vhred')}")
+            _print(f"vhred {version('vhred')}")
         except PackageNotFoundError:   # run from a checkout that was never installed
-            print("vhred (not installed)")
+            _print("vhred (not installed)")
         return
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:

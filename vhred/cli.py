@@ -296,6 +296,7 @@ def command(fn):
         try:
             result = fn(argv)
             check_stop()
+            _flush_stdout()
             return result
         except UserError as e:
             fail(str(e), 2)
@@ -312,6 +313,18 @@ def command(fn):
             if main_thread and before is not None:   # a command called from Python leaves the caller's handler as it was
                 signal.signal(signal.SIGTERM, before)
     return main
+
+
+def _flush_stdout():
+    """Output still buffered (stdout a file) fails here, as one line, not at Python's exit: a full
+    disk says so, and what could not be written is dropped, so the exit does not fail again."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        _quiet_stdout()
+        raise OSError(e.errno, e.strerror, "writing standard output") from e
 
 
 def _quiet_stdout():
