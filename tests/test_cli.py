@@ -3,9 +3,11 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 
 import pytest
 
@@ -293,3 +295,34 @@ def test_the_curves_mark_best_pt_at_the_lowest_finite_validation():
                        {"step": 87, "elbo_per_token": 4.5}])
     assert [x.get_label() for x in a.get_lines()][-1] == "best.pt: 4.435 at step 58"
     plt.close(fig)
+
+
+@pytest.mark.slow   # builds the wheel `pip install .` installs, and runs from it outside the checkout
+def test_the_installed_package_holds_every_module_and_config_and_finds_its_configs(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(ROOT, name), src / name)
+    for folder in ("vhred", "configs"):
+        shutil.copytree(os.path.join(ROOT, folder), src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(src),
+                    "-w", str(tmp_path / "wheel")], check=True, capture_output=True, timeout=300)
+    [wheel] = (tmp_path / "wheel").iterdir()
+    with zipfile.ZipFile(wheel) as z:
+        packed = set(z.namelist())
+        z.extractall(tmp_path / "site")
+    shipped = {os.path.relpath(os.path.join(d, n), ROOT) for d, _, names in os.walk(os.path.join(ROOT, "vhred"))
+               if "__pycache__" not in d for n in names}
+    assert shipped <= packed, sorted(shipped - packed)
+    configs = {f"vhred/configs/{n}" for n in os.listdir(os.path.join(ROOT, "configs")) if n.endswith(".yaml")}
+    assert configs and configs <= packed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()   # no configs/ here: `--config configs/tiny.yaml` is the installed package's
+    code = "import vhred; from vhred.config import load; print(vhred.__file__, load('configs/tiny.yaml', []).arch.emb_dim)"
+    run = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")})
+    import yaml
+    with open(os.path.join(ROOT, "configs", "tiny.yaml")) as f:
+        tiny = yaml.safe_load(f)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == [str(tmp_path / "site" / "vhred" / "__init__.py"), str(tiny["arch"]["emb_dim"])]

@@ -73,6 +73,11 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+# how to make a run, said where none is found: the command works wherever vhred is installed,
+# make in a checkout
+TRAIN_FIRST = "`vhred train --config configs/dailydialog.yaml`, or `make train DATA=dailydialog` in a checkout"
+
+
 def resolve(path: str) -> str:
     """A .pt file, a run folder (its best.pt, else last.pt), or an exported model folder (itself)."""
     if modelfolder.is_model_folder(path):
@@ -81,11 +86,11 @@ def resolve(path: str) -> str:
         for name in ("best.pt", "last.pt"):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise CheckpointError(f"{path} holds no best.pt or last.pt; train first (make train DATA=dailydialog)")
+        raise CheckpointError(f"{path} holds no best.pt or last.pt; train first ({TRAIN_FIRST})")
     if os.path.exists(path) and not os.path.isfile(path):   # /dev/null, a FIFO: there, but no file to load
         raise CheckpointError(f"checkpoint {path} is not a regular file; pass the path of a run's best.pt")
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} not found; train first (make train DATA=dailydialog) "
+        raise CheckpointError(f"checkpoint {path} not found; train first ({TRAIN_FIRST}) "
                               "or pass the path of a run's best.pt")
     return path
 

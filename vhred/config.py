@@ -219,11 +219,24 @@ def _check_yaml_shape(text: str) -> None:
 
 def _find(path: str) -> str:
     """path as given, or, for a relative one not found here (a command run outside the checkout),
-    the same path in the checkout vhred runs from: `--config configs/tiny.yaml` works anywhere."""
-    checkout = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), path)
-    if os.path.exists(path) or os.path.isabs(path) or not os.path.exists(checkout):
+    the shipped config of that path: in the checkout vhred runs from, or in the installed
+    package (pyproject.toml puts configs/ in as vhred/configs/): `--config configs/tiny.yaml`
+    works anywhere."""
+    if os.path.exists(path) or os.path.isabs(path):
         return path
-    return checkout
+    here = os.path.dirname(os.path.abspath(__file__))
+    for shipped in (os.path.join(os.path.dirname(here), path), os.path.join(here, path)):
+        if os.path.exists(shipped):
+            return shipped
+    return path
+
+
+def shipped_configs() -> list[str]:
+    """The configs that come with vhred, as `--config` takes them."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    names = {n for d in (os.path.join(os.path.dirname(here), "configs"), os.path.join(here, "configs"))
+             if os.path.isdir(d) for n in os.listdir(d) if n.endswith(".yaml")}
+    return [f"configs/{n}" for n in sorted(names)]
 
 
 def _read_yaml(path: str) -> dict:
@@ -231,7 +244,8 @@ def _read_yaml(path: str) -> dict:
     from .limits import MAX_CONFIG_BYTES
     path = _find(path)
     if not os.path.exists(path):
-        raise ConfigError(f"config file {path} not found (see configs/ for the shipped ones)")
+        raise ConfigError(f"config file {path} not found; --config takes a YAML file's path, or one of the "
+                          f"shipped {', '.join(shipped_configs())}")
     if not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path} is not a regular file of at most {MAX_CONFIG_BYTES // 1024} KB")
     try:

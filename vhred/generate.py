@@ -577,7 +577,7 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
     a model without one, or with a pooled run without one, is refused, before any decoding."""
     if opts.rank == "critic" and any(getattr(m, "critic", None) is None for m in getattr(model, "pool", ())):
         raise InputError("a run of --pool-with has no reply critic (its own scores join the ranking): train one "
-                         "with `make critic RUN=...`, or rank by mmi")
+                         "with `vhred critic --checkpoint RUN --ratings DIR ...`, or rank by mmi")
     return _own_ranking(model, opts)
 
 
@@ -748,8 +748,7 @@ def encode_turns(sp, turns: list[str], max_utt_len: int, max_context: int) -> li
 def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
     found = sorted(glob.glob(pattern), key=os.path.getmtime)
     if not found:
-        raise CheckpointError("no runs/*/best.pt found; train one with `make train DATA=dailydialog` "
-                              "or pass --checkpoint")
+        raise CheckpointError(f"no runs/*/best.pt found; train one ({checkpoint.TRAIN_FIRST}) or pass --checkpoint")
     return found[-1]
 
 

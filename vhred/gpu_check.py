@@ -24,8 +24,7 @@ from .config import ModelConfig, load
 from .device import pick_device
 from .models import build
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+TINY = "configs/tiny.yaml"   # found where vhred runs from (config._find), the checkout or the installed package
 
 
 def gru_kernels(device: torch.device) -> dict:
@@ -83,7 +82,7 @@ def two_processes(out: str, data: list) -> dict:
 def bench(out: str) -> dict:
     cmd = [sys.executable, "-m", "vhred.bench", "--configs", "configs/dailydialog-cpu.yaml", "configs/dailydialog.yaml",
            "--precisions", "fp32", "bf16", "--steps", "20", "--out", os.path.join(out, "bench.json")]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     return {"returncode": r.returncode, "table": r.stdout.strip().splitlines()}
 
 
