@@ -463,3 +463,18 @@ def test_compare_gives_a_familys_own_settings_to_its_rows_only():
     assert row_overrides(given, "vhcr") == ["utterance_drop=0.5", "lr=0.002", "data_dir=x"]
     assert row_overrides(given, "hred") == row_overrides(given, None) == ["lr=0.002", "data_dir=x"]
     assert row_overrides(["bow_weight=1"], "cvae") == ["bow_weight=1"] and not row_overrides(["bow_weight=1"], "dialogwae")
+
+
+@pytest.mark.parametrize("given, said", [(["--config", "nope.yaml"], "config file nope.yaml not found"),
+                                         (["lr=abc"], "lr=abc: expected float"),
+                                         (["--rows", "hred", "bogus_key=1"], "bogus_key")])
+def test_compare_refuses_a_config_a_row_would_refuse_before_any_row_starts(given, said, tmp_path, capsys):
+    """Each row's training process read the config: a wrong one failed only there, after every
+    row had started and left a log, and was said as "see <log>"."""
+    from vhred.compare import main
+    argv = ["--config", "configs/tiny.yaml", "--out-dir", str(tmp_path / "runs"), "--table", str(tmp_path / "t")]
+    with pytest.raises(SystemExit) as e:
+        main([*argv, *given])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "runs") and not list(tmp_path.iterdir())

@@ -27,6 +27,7 @@ import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
+from . import config
 from .cli import command, json_safe, output_file, Parser, program
 from .errors import InputError
 
@@ -99,6 +100,8 @@ def parse_args(argv):
         raise InputError(f"--reference {args.reference}: no such run folder")
     if args.reference is not None and not os.path.isfile(os.path.join(args.reference, "best.pt")):
         raise InputError(f"--reference {args.reference} holds no best.pt: give a finished run folder")
+    for row in rows:   # a config or override a row's training would refuse: said now, before any row starts
+        config.load(args.config, [*ROWS[row], f"max_steps={args.steps}", *row_overrides(args.overrides, row)])
     for row in rows:   # a folder trained further would be scored at its own steps, not the table's
         run_dir = os.path.join(args.out_dir, f"compare-{row}")
         if (step := _steps_logged(run_dir)) > args.steps:
@@ -171,11 +174,10 @@ def row_overrides(overrides: list[str], row: str | None) -> list[str]:
     """The key=value settings given for every row that this row's family reads: one family's own
     setting (critic_steps=5 for DialogWAE, bow_weight=1 for the Gaussian ones) is left out of the
     others' runs, which would refuse it."""
-    from .config import FAMILY_KEYS, NO_BOW_HEAD
     model = next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
 
     def read(key: str) -> bool:
-        return model not in NO_BOW_HEAD if key == "bow_weight" else FAMILY_KEYS.get(key, model) == model
+        return model not in config.NO_BOW_HEAD if key == "bow_weight" else config.FAMILY_KEYS.get(key, model) == model
     return [o for o in overrides if read(_key(o))]
 
 
@@ -326,12 +328,11 @@ def machine(device: str = "cpu") -> str:
 def measure(args) -> dict:
     """Seconds per optimiser step of each row on one thread (after 2 warm-up steps), in this process."""
     import torch
-    from .config import load
     from .train import Run
     torch.set_num_threads(1)
     out = {}
     for row in args.rows:
-        cfg = load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", f"device={args.device}",
+        cfg = config.load(args.config, [*ROWS[row], f"name=measure-{row}", f"out_dir={args.out_dir}", f"device={args.device}",
                                  *row_overrides(args.overrides, row)])
         run = Run(cfg, log=lambda *_: None)
         batches = run.train_data.batches(cfg.batch_size, cfg.seed, 0)[:args.measure + 2]
