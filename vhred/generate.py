@@ -31,6 +31,7 @@ from .cli import check_output, command, json_line, output_file, Parser, program,
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError
+from .metrics.text import CJK
 from .models.layers import Hierarchical as Model
 from .sources import normalise, spaced, valid_text   # text in: written as the corpus writes it
 from .tokenizer import BOS, EOS, PAD, UNK
@@ -656,6 +657,14 @@ TRAILING_DOTS = re.compile(r"(?<=\w) \.\.\.(?=\s|$)")   # "Wait ..." -> "Wait...
 QUOTE_STAND_IN = {'"': "\ue000", "'": "\ue001"}
 QUOTES_BACK = str.maketrans({v: k for k, v in QUOTE_STAND_IN.items()})
 FACE = "\ue002"   # an emoticon's place while the detokenizer works
+# Chinese and Japanese are written without spaces, their marks full width; the model writes the
+# marks NFKC made ASCII ("，" as ","), each spaced off as the corpus writes marks
+CLOSING = "。、，！？；：」』）】》〉،؛؟"   # CJK marks and Arabic ones, written against the word before
+OPENING = "「『（【《〈"
+FULL_WIDTH = str.maketrans(",!?;:", "，！？；：")
+MARK_AFTER_CJK = re.compile(rf"(?<=[{CJK}]) *([,!?;:])(?: (?=[{CJK}{OPENING}]))?")   # 包子 , 我们 -> 包子，我们
+SPACE_BEFORE_CLOSING = re.compile(rf" +(?=[{CLOSING}])")
+SPACE_IN_CJK = re.compile(rf"(?<=[{CJK}{CLOSING}{OPENING}]) +(?=[{CJK}{OPENING}])|(?<=[{OPENING}]) +")
 EMOTICON = re.compile(r"[<>]?[:;=][-o*']?[()\[\]dDpP/\\{}@|]|<3")   # :) ;-( :P <3, eyes first (not "::", ");")
 
 
@@ -717,7 +726,16 @@ def pretty(text: str) -> str:
     for face in faces:
         text = text.replace(FACE, face, 1)
     text = TRAILING_DOTS.sub("...", CENTS.sub(r"\1.\2", MONEY.sub(r"\1", text))).translate(QUOTES_BACK)
+    text = close_up(text)
     return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
+
+
+def close_up(text: str) -> str:
+    """Chinese and Japanese as they are written: no space between characters or around their
+    marks, a mark after a character full width again ("我不喜欢包子 , 我们去吧 。" ->
+    "我不喜欢包子，我们去吧。"); an Arabic mark against its word ("بخير ، شكرا" -> "بخير، شكرا")."""
+    text = MARK_AFTER_CJK.sub(lambda m: m[1].translate(FULL_WIDTH), text)
+    return SPACE_IN_CJK.sub("", SPACE_BEFORE_CLOSING.sub("", text))
 
 
 def response_text(sp, ids: list[int], max_len: int, mark_cut: bool = True) -> str:

@@ -60,7 +60,7 @@ def spaced(text: str) -> str:
         words = TweetTokenizer().tokenize(text)
     except TimeoutError:   # its phone-number pattern gives up on a long run of digits (5 s)
         words = TweetTokenizer(match_phone_numbers=False).tokenize(text)
-    out = " ".join(words)
+    out = SPLIT_SELECTOR.sub(r"\1", " ".join(words))
     # the tokenizer reads "8:" of "8:30" as an emoticon ("8: 30"); the corpus writes times whole
     return SPLIT_TIME.sub(lambda m: _whole_if_typed(m[0], text), out)
 
@@ -73,6 +73,7 @@ def _whole_if_typed(split: str, text: str) -> str:
 
 LONG_RUN = re.compile(r"(\W|_)\1{3,}")   # nltk's HANG_RE, ([^\p{L}\p{N}])\1{3,}, in Python's re
 SPLIT_TIME = re.compile(r"(?<![\d:])\d ?: ?\d\d(?!\d)")
+SPLIT_SELECTOR = re.compile(" ([\ufe0e\ufe0f])")   # the tokenizer splits "❤️" into the heart and its emoji selector
 
 
 # --- DailyDialog -------------------------------------------------------------------------------

@@ -33,6 +33,8 @@ numbers can sit next to published ones. Read from guxd/DialogWAE at commit 29f20
 """
 from collections import Counter
 
+from .text import normal
+
 MAX_TOKENS = 40     # per utterance, with <s> and </s> (their maxlen)
 WINDOW = 10         # utterances per window, the target included (their diaglen)
 SAMPLES = 10        # responses per context (their --n_samples)
@@ -42,8 +44,10 @@ START = ["<s>", "<d>", "</s>"]   # their dialogue-start utterance
 
 
 def tokenize(text: str) -> list[str]:
+    """Their WordPunctTokenizer, of the text in the form the model writes (text.normal: no
+    DailyDialog character changes, a user's full-width marks do)."""
     from nltk.tokenize import WordPunctTokenizer
-    return WordPunctTokenizer().tokenize(text.lower())
+    return WordPunctTokenizer().tokenize(normal(text).lower())
 
 
 def vocabulary(train_dialogues: list[list[str]], size: int = VOCAB_SIZE) -> set[str]:

@@ -13,16 +13,24 @@ of blind rating, vhred/rate.py):
 
 Each is a share of replies (0..1). Words are runs of letters (any script's: "Zürich", "Москва"),
 lower-cased, so "don't" is checked as "don" and "t", which the training text holds whichever way
-it writes the apostrophe.
+it writes the apostrophe; in the scripts written without spaces (Chinese, Japanese kana) a
+character is a word. Text is compared in its normal form (NFKC), the form the model writes.
 """
 import re
 
-WORD = re.compile(r"[^\W\d_]+")   # letters of any script
-# a word, contraction or number, a sentence mark or "...", a word: "25.How", "it.But", "I'm.So", "Hmm...yes";
-# not "a.m." (one letter before the mark), "3.5" (digits after it) or a web address ("Stars.com")
-GLUED = re.compile(r"(?<![A-Za-z0-9.'])(?:[A-Za-z]{2,}|[A-Za-z]*'[A-Za-z]+|\d+)(?:\.\.\.|[.!?,;:])([A-Za-z]+)")
-DOMAINS = {"com", "net", "org", "edu", "gov", "cn", "uk", "html", "htm"}
-ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b", re.I)   # www.amazon.com, Stars.com/x
+from .text import CJK, normal
+
+LETTER = rf"(?:(?![{CJK}])[^\W\d_])"   # a letter of a script that spaces its words
+WORD = re.compile(rf"[{CJK}]|{LETTER}+")
+# a word, contraction or number, a sentence mark or "...", a word: "25.How", "it.But", "I'm.So", "Hmm...yes",
+# "Привет.Как"; not "a.m." (one letter before the mark), "3.5" (digits after it) or a web address ("Stars.com")
+GLUED = re.compile(rf"(?<![\w.'])(?:{LETTER}{{2,}}|{LETTER}*'{LETTER}+|\d+)(?:\.\.\.|[.!?,;:])({LETTER}+)")
+# the endings of web addresses, less those that are English words ("it", "me", "us", "to"...),
+# which after a mark are more often a glued sentence
+DOMAINS = {"com", "net", "org", "edu", "gov", "info", "biz", "html", "htm", "php", "cn", "uk", "de", "fr", "io",
+           "ai", "co", "ca", "au", "jp", "ru", "es", "nl", "eu", "ch", "tv", "app", "dev"}
+# www.amazon.com, Stars.com/x, jean.dupont@example.xyz, https://shop.example.xyz/a
+ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b|\S@\S|://|\bwww\.", re.I)
 ABBREVIATIONS = {"ph.d"}   # written with a mark inside: "Ph.D student"
 FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
 # the the the, I am I am I am, music) music) music): words with the marks glued to them
@@ -35,7 +43,7 @@ MANGLED = re.compile(r"(?<=\w)([:;,])\1+(?=\w)|([$£€])\2+(?=\d)|([()\[\]{}])\
 
 def words(text: str) -> list[str]:
     """The words of a text as the lexicon holds them: runs of letters, lower-cased."""
-    return WORD.findall(text.lower())
+    return WORD.findall(normal(text).lower())
 
 
 def lexicon(utterances) -> frozenset:
