@@ -259,3 +259,26 @@ def test_bucketed_batches_cover_every_window_once_and_pad_little(tiny_cfg):
     rng = np.random.default_rng(0)
     unsorted = np.array_split(rng.permutation(len(train)), len(a))
     assert turn_padding(a) < 0.5 * turn_padding(unsorted)
+
+
+def test_jsonl_in_the_chat_messages_format_reads_as_the_same_dialogues(tmp_path):
+    """{"messages": [{"role", "content"}]} (fine-tuning files, Hugging Face chat datasets): the
+    system prompt left out, one speaker's messages in a row one turn, the split as in "dialog"."""
+    messages = [json.dumps({"messages": [{"role": "system", "content": "You are kind."},
+                                         {"role": "user", "content": f"Hello {i}!"},
+                                         {"role": "user", "content": "Are you there?"},
+                                         {"role": "assistant", "content": "Hi, I'm here."},
+                                         {"role": "user", "content": "Bye."}],
+                            **({"split": "test"} if i == 3 else {})}) for i in range(10)]
+    dialogs = [json.dumps({"dialog": [f"Hello {i}! Are you there?", "Hi, I'm here.", "Bye."],
+                           **({"split": "test"} if i == 3 else {})}) for i in range(10)]
+    (tmp_path / "m.jsonl").write_text("\n".join(messages) + "\n")
+    (tmp_path / "d.jsonl").write_text("\n".join(dialogs) + "\n")
+    read = list(sources.iter_jsonl(str(tmp_path / "m.jsonl"), seed=1))
+    assert read == list(sources.iter_jsonl(str(tmp_path / "d.jsonl"), seed=1))
+    assert read[0][1] == ["Hello 0 ! Are you there ?", "Hi , I'm here .", "Bye ."] and read[3][0] == "test"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "user", "text": "hi"}]}) + "\n")
+    why = []
+    assert not list(sources.iter_jsonl(str(bad), seed=1, report=lambda n, w: why.append((n, w))))
+    assert why == [(1, '"messages" must be a list of {"role": ..., "content": "text"} objects')]

@@ -297,8 +297,10 @@ def _parse_jsonl_line(line: str):
         raise ValueError("JSON nested too deeply") from None
     except json.JSONDecodeError as e:   # the column within this line: its "line 1" says nothing
         raise ValueError(f"not valid JSON: {e.msg.split(' starting at')[0]} at column {e.colno}") from None
+    if isinstance(obj, dict) and "dialog" not in obj and "messages" in obj:
+        obj = {**obj, "dialog": _turns_of_messages(obj["messages"])}
     if not isinstance(obj, dict) or "dialog" not in obj:
-        raise ValueError('expected an object with a "dialog" list')
+        raise ValueError('expected an object with a "dialog" list (or a "messages" list of {"role", "content"})')
     dialog = obj["dialog"]
     if not isinstance(dialog, list) or not all(isinstance(u, str) for u in dialog):
         raise ValueError('"dialog" must be a list of strings')
@@ -308,6 +310,26 @@ def _parse_jsonl_line(line: str):
     if split is not None and split not in SPLITS:
         raise ValueError(f'"split" must be one of {", ".join(SPLITS)}, got {split!r}')
     return [u for u in (spaced(normalise(u)) for u in dialog) if u], split   # as chat will read it
+
+
+def _turns_of_messages(messages) -> list[str]:
+    """The chat format of fine-tuning files and Hugging Face chat datasets, [{"role": "user",
+    "content": "Hi"}, {"role": "assistant", ...}], as turns: the system prompt left out, a
+    speaker's messages in a row joined into one turn (a dialogue is two people taking turns)."""
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise ValueError('"messages" must be a list of {"role": ..., "content": "text"} objects')
+    turns, last_role = [], None
+    for m in messages:
+        if m["role"] == "system" or not m["content"].strip():
+            continue
+        if m["role"] == last_role:
+            turns[-1] += " " + m["content"]
+        else:
+            turns.append(m["content"])
+        last_role = m["role"]
+    return turns
 
 
 def iter_jsonl(path: str, seed: int, report=None, marked=None):
