@@ -313,10 +313,23 @@ def test_ctrl_c_while_the_chat_starts_is_one_line_too(trained, command):
     p = subprocess.Popen([sys.executable, "-m", *command, "--checkpoint", trained["vhred"]], cwd=ROOT,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.3)   # python itself is up (its SIGINT handler in place); torch is not yet
+    _wait_until_it_catches(p.pid, signal.SIGTERM)   # vhred's start-up handlers are in place; torch is not yet
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err == "interrupted\n", err
+
+
+def _wait_until_it_catches(pid: int, sig: int, seconds: float = 30):
+    """Until the process handles sig (its SigCgt mask in /proc): a fixed sleep was too short on a
+    loaded machine, and the signal came while Python itself still started."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            caught = int(next(line for line in f if line.startswith("SigCgt:")).split()[1], 16)
+        if caught >> (sig - 1) & 1:
+            return
+        time.sleep(0.005)
+    pytest.fail(f"process {pid} did not install its handler of signal {sig} in {seconds} s")
 
 
 @pytest.mark.slow   # a subprocess: a command as a user runs it

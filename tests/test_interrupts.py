@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 
@@ -321,6 +322,30 @@ def test_compare_stops_the_commands_its_other_rows_run_when_one_fails(tmp_path, 
     with pytest.raises(InputError, match="row 1 failed"):
         compare._in_parallel(2, row, [0, 1])
     assert time.monotonic() - t0 < 60 and not compare._CHILDREN
+
+
+def test_compare_starts_no_row_a_thread_took_as_another_row_failed(tmp_path, monkeypatch):
+    """The thread of the row that failed took the next row from the queue before the rows were
+    stopped: its training started unlisted, unsignalled, and compare waited for all of it."""
+    from vhred import compare
+    from vhred.errors import InputError
+    (tmp_path / "sleeper.py").write_text("import time\ntime.sleep(120)\n")
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{ROOT}")
+    failed = threading.Event()
+
+    def row(i):
+        if i == 1:
+            time.sleep(0.5)
+            failed.set()
+            raise InputError("row 1 failed")
+        if i == 2:   # taken from the queue as row 1 failed; its own work (makedirs...) before its command
+            failed.wait()
+            time.sleep(0.3)
+        return compare._python("sleeper", log=str(tmp_path / f"row{i}.log"))
+    t0 = time.monotonic()
+    with pytest.raises(InputError, match="row 1 failed"):
+        compare._in_parallel(2, row, [0, 1, 2])
+    assert time.monotonic() - t0 < 60 and not compare._CHILDREN and not (tmp_path / "row2.log").exists()
 
 
 @pytest.mark.parametrize("module", ["evaluate", "rank"])

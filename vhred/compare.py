@@ -122,6 +122,13 @@ def _last_error(log: str) -> str:
 
 
 _CHILDREN, _LOCK = set(), threading.Lock()   # the commands the rows' threads are running
+# set, under _LOCK, once _in_parallel stops its rows: a row whose thread took it from the queue
+# just before (the thread of the row that failed, say) starts no command after it
+_STOPPING = threading.Event()
+
+
+class _NotStarted(Exception):
+    """A row's command not started because the rows are stopping."""
 
 
 def _in_parallel(jobs: int, fn, items: list) -> list:
@@ -130,6 +137,7 @@ def _in_parallel(jobs: int, fn, items: list) -> list:
     (a training saves last.pt first, and the next compare goes on from there); rows not started
     never start."""
     pool = ThreadPoolExecutor(jobs)
+    _STOPPING.clear()
     try:
         futures = [pool.submit(fn, item) for item in items]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)   # a later row's failure is seen at once
@@ -140,6 +148,7 @@ def _in_parallel(jobs: int, fn, items: list) -> list:
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         with _LOCK:
+            _STOPPING.set()
             running = list(_CHILDREN)
         for child in running:
             child.send_signal(signal.SIGTERM)
@@ -154,9 +163,13 @@ def _python(module: str, *argv: str, log: str) -> float:
     """Run `python -m module argv` with one thread, its output to `log`; seconds it took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
+    if _STOPPING.is_set():
+        raise _NotStarted
     with open(log, "a") as f:
-        r = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
-        with _LOCK:
+        with _LOCK:   # started and listed together, or not at all once the rows stop
+            if _STOPPING.is_set():
+                raise _NotStarted
+            r = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=f, stderr=subprocess.STDOUT, env=env)
             _CHILDREN.add(r)
         try:
             r.wait()
