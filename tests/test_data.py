@@ -277,8 +277,14 @@ def test_jsonl_in_the_chat_messages_format_reads_as_the_same_dialogues(tmp_path)
     read = list(sources.iter_jsonl(str(tmp_path / "m.jsonl"), seed=1))
     assert read == list(sources.iter_jsonl(str(tmp_path / "d.jsonl"), seed=1))
     assert read[0][1] == ["Hello 0 ! Are you there ?", "Hi , I'm here .", "Bye ."] and read[3][0] == "test"
+    tools = {"messages": [{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "Weather?"},
+                          {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+                          {"role": "tool", "content": '{"temp_c": 21}'},
+                          {"role": "assistant", "content": [{"type": "text", "text": "It is 21 degrees."}]}]}
+    (tmp_path / "t.jsonl").write_text(json.dumps(tools) + "\n")   # tool calls and output are no one's turn
+    assert [d for _, d in sources.iter_jsonl(str(tmp_path / "t.jsonl"), seed=1)] == [["Weather ?", "It is 21 degrees ."]]
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user", "text": "hi"}]}) + "\n")
+    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"content": "hello"}]}) + "\n")
     why = []
     assert not list(sources.iter_jsonl(str(bad), seed=1, report=lambda n, w: why.append((n, w))))
-    assert why == [(1, '"messages" must be a list of {"role": ..., "content": "text"} objects')]
+    assert why == [(1, 'message 2 of "messages" has no "role" string')]

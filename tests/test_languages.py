@@ -51,6 +51,12 @@ def test_addresses_are_no_glued_sentences_and_come_out_whole(text):
     assert address in pretty(as_the_model_writes(text))
 
 
+def test_a_glued_sentence_before_a_capitalised_word_like_an_ending_is_still_mended():
+    """"TV", "Co", "AI" are web address endings in lower case only: "it.TV" is a glued sentence."""
+    assert unglue("I never watch it.TV wastes time, prettier.Co") == "I never watch it. TV wastes time, prettier. Co"
+    assert unglue("Try WWW.AMAZON.COM or stars.tv") == "Try WWW.AMAZON.COM or stars.tv"
+
+
 def test_a_glued_sentence_in_any_spaced_script_is_seen_and_mended():
     assert glued("Привет.Как дела") == ["Привет.Как"] and unglue("Très.Bien") == "Très. Bien"
     assert unglue("It costs 25.How about you? Mr.Wory, a.m. and 3.5") == "It costs 25. How about you? Mr. Wory, a.m. and 3.5"
@@ -62,6 +68,7 @@ def test_a_glued_sentence_in_any_spaced_script_is_seen_and_mended():
     ("「こんにちは」と言った。", "「こんにちは」と言った。"),
     ("بخير، شكرا وأنت؟", "بخير، شكرا وأنت؟"),
     ("OK, 好的。", "OK, 好的。"),
+    ("他说“你好”。（笑）好吧……我知道了。", '他说"你好"。(笑)好吧......我知道了。'),   # quotes, brackets, dots NFKC made ASCII
     ("I'm fine, it costs $60.", "I'm fine, it costs $60."),
 ])
 def test_the_shown_text_writes_each_languages_marks_as_it_does(typed, shown):

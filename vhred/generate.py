@@ -664,7 +664,9 @@ OPENING = "「『（【《〈"
 FULL_WIDTH = str.maketrans(",!?;:", "，！？；：")
 MARK_AFTER_CJK = re.compile(rf"(?<=[{CJK}]) *([,!?;:])(?: (?=[{CJK}{OPENING}]))?")   # 包子 , 我们 -> 包子，我们
 SPACE_BEFORE_CLOSING = re.compile(rf" +(?=[{CLOSING}])")
-SPACE_IN_CJK = re.compile(rf"(?<=[{CJK}{CLOSING}{OPENING}]) +(?=[{CJK}{OPENING}])|(?<=[{OPENING}]) +")
+# between characters, after an opening mark, around the quotes, brackets and "..." NFKC made ASCII
+SPACE_IN_CJK = re.compile(rf"(?<=[{CJK}{CLOSING}{OPENING}]) +(?=[{CJK}{OPENING}\"(])|(?<=[{OPENING}]) +"
+                          rf"|(?<=[)\"]) +(?=[{CJK}])|(?<=\.\.\.) +(?=[{CJK}])")
 EMOTICON = re.compile(r"[<>]?[:;=][-o*']?[()\[\]dDpP/\\{}@|]|<3")   # :) ;-( :P <3, eyes first (not "::", ");")
 
 

@@ -312,24 +312,40 @@ def _parse_jsonl_line(line: str):
     return [u for u in (spaced(normalise(u)) for u in dialog) if u], split   # as chat will read it
 
 
+NOT_SPOKEN = {"system", "developer", "tool", "function", "ipython"}   # prompts and tool output, no one's turn
+
+
 def _turns_of_messages(messages) -> list[str]:
     """The chat format of fine-tuning files and Hugging Face chat datasets, [{"role": "user",
-    "content": "Hi"}, {"role": "assistant", ...}], as turns: the system prompt left out, a
-    speaker's messages in a row joined into one turn (a dialogue is two people taking turns)."""
-    if not isinstance(messages, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in messages):
+    "content": "Hi"}, {"role": "assistant", ...}], as turns: system prompts, tool calls and tool
+    output left out, content given as parts read as its text parts, and a speaker's messages in a
+    row joined into one turn (a dialogue is two people taking turns)."""
+    if not isinstance(messages, list):
         raise ValueError('"messages" must be a list of {"role": ..., "content": "text"} objects')
     turns, last_role = [], None
-    for m in messages:
-        if m["role"] == "system" or not m["content"].strip():
+    for i, m in enumerate(messages, 1):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise ValueError(f'message {i} of "messages" has no "role" string')
+        if m["role"] in NOT_SPOKEN:
+            continue
+        text = _message_text(m.get("content"), i)
+        if not text.strip():   # an assistant's tool call has no text
             continue
         if m["role"] == last_role:
-            turns[-1] += " " + m["content"]
+            turns[-1] += " " + text
         else:
-            turns.append(m["content"])
+            turns.append(text)
         last_role = m["role"]
     return turns
+
+
+def _message_text(content, i: int) -> str:
+    """A message's text: a string, or the "text" of a list of parts ({"type": "text", "text": ...})."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        return " ".join(p["text"] for p in content if p.get("type") == "text" and isinstance(p.get("text"), str))
+    raise ValueError(f'message {i} of "messages": "content" must be text or a list of {{"type": "text", "text": ...}} parts')
 
 
 def iter_jsonl(path: str, seed: int, report=None, marked=None):

@@ -29,8 +29,9 @@ GLUED = re.compile(rf"(?<![\w.'])(?:{LETTER}{{2,}}|{LETTER}*'{LETTER}+|\d+)(?:\.
 # which after a mark are more often a glued sentence
 DOMAINS = {"com", "net", "org", "edu", "gov", "info", "biz", "html", "htm", "php", "cn", "uk", "de", "fr", "io",
            "ai", "co", "ca", "au", "jp", "ru", "es", "nl", "eu", "ch", "tv", "app", "dev"}
-# www.amazon.com, Stars.com/x, jean.dupont@example.xyz, https://shop.example.xyz/a
-ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b|\S@\S|://|\bwww\.", re.I)
+# www.amazon.com, Stars.com/x, jean.dupont@example.xyz, https://shop.example.xyz/a; an ending in
+# capitals is a glued sentence ("it.TV wastes time", "prettier.Co"), an address only after www.
+ADDRESS = re.compile(r"\S*\.(?:" + "|".join(sorted(DOMAINS)) + r")\b|\S@\S|://|\b(?i:www)\.")
 ABBREVIATIONS = {"ph.d"}   # written with a mark inside: "Ph.D student"
 FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hahaha
 # the the the, I am I am I am, music) music) music): words with the marks glued to them
