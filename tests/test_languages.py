@@ -80,3 +80,9 @@ def test_the_shown_text_writes_each_languages_marks_as_it_does(typed, shown):
 def test_an_emoji_keeps_its_selector():
     """nltk's tokenizer split "❤️" into the heart and its emoji selector, which then stood alone."""
     assert spaced("I love it ❤️!") == "I love it ❤️ !" and pretty(spaced("I love it ❤️!")) == "I love it ❤️!"
+
+
+@pytest.mark.parametrize("typed", ["好的 :)", "太好了 :D 我们走吧", "I like Beijing :) 北京 :)"])
+def test_an_emoticon_after_a_chinese_word_is_no_mark(typed):
+    """close_up widened ":)" to "：)" after a Chinese character and took the space after it."""
+    assert pretty(as_the_model_writes(typed)) == typed

@@ -476,3 +476,13 @@ def test_a_commands_output_left_in_its_buffer_fails_as_one_line_not_at_pythons_e
                               env=env, timeout=60, preexec_fn=_limit_files_to_4_bytes)
     assert proc.returncode == 1 and proc.stderr == "error: File too large (writing standard output)\n", proc.stderr
     assert "Exception ignored" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.slow   # a subprocess started with its standard output closed (`>&-`)
+def test_a_command_started_with_stdout_closed_ends_as_it_did(tmp_path):
+    """Python then has no sys.stdout: print writes nothing, and the final flush must not fail."""
+    script = tmp_path / "printer.py"
+    script.write_text("from vhred.cli import command\n\n\n@command\ndef main(argv=None):\n    print('a table')\n\n\nmain()\n")
+    proc = subprocess.run(f"{sys.executable} {script} >&-", shell=True, stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONPATH": ROOT}, timeout=60)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

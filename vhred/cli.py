@@ -318,6 +318,8 @@ def command(fn):
 def _flush_stdout():
     """Output still buffered (stdout a file) fails here, as one line, not at Python's exit: a full
     disk says so, and what could not be written is dropped, so the exit does not fail again."""
+    if sys.stdout is None:   # started with stdout closed (`>&-`): print writes nothing, nor does this
+        return
     try:
         sys.stdout.flush()
     except BrokenPipeError:

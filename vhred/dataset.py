@@ -19,7 +19,8 @@ from . import cache, sources
 from .config import Config
 from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, load_tokenizer, train_tokenizer
 
-PREP_VERSION = 4   # bump when the processed format changes, so old caches are rebuilt
+PREP_VERSION = 5   # bump when the processed format changes, so old caches are rebuilt
+# 5: JSONL lines in the chat messages format read (they were skipped), emoji keep their selector
 # 2: one Arrow file per split written while streaming (<split>/data.arrow, int32), tokenizer on a sample
 CACHE_FILES = ("tokenizer.model", *(f"{s}/data.arrow" for s in sources.SPLITS))   # checksummed in meta.json
 

@@ -725,10 +725,10 @@ def pretty(text: str) -> str:
     faces = [w for w in words if EMOTICON.fullmatch(w)]                      # :) stays a word: the
     words = [FACE if w in faces else w for w in words]                       # detokenizer glues its marks
     text = unglue(TreebankWordDetokenizer().detokenize(words))   # and what the joining glued ("ll,ll")
+    text = TRAILING_DOTS.sub("...", CENTS.sub(r"\1.\2", MONEY.sub(r"\1", text))).translate(QUOTES_BACK)
+    text = close_up(text)   # before the faces are back: ":)" after a Chinese word is no mark
     for face in faces:
         text = text.replace(FACE, face, 1)
-    text = TRAILING_DOTS.sub("...", CENTS.sub(r"\1.\2", MONEY.sub(r"\1", text))).translate(QUOTES_BACK)
-    text = close_up(text)
     return text[:1].upper() + text[1:]   # a turn starts with a capital (the corpus writes some in lower case)
 
 
