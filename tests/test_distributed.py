@@ -130,11 +130,15 @@ def test_tf32_is_set_by_training_only(monkeypatch):
 
 def test_bench_measures_the_setting_given_and_no_more_steps_than_batches(tiny_cfg):
     from vhred.bench import parse_args, sweep, train_throughput
-    from vhred.errors import InputError
-    assert sweep(parse_args(["--configs", "c.yaml"])) == [("c.yaml", ["precision=fp32"]), ("c.yaml", ["precision=bf16"])]
-    assert sweep(parse_args(["--configs", "c.yaml", "precision=bf16"])) == [("c.yaml", [])]   # one row, as asked
-    assert sweep(parse_args(["--configs", "c.yaml", "--precisions", "auto", "--batch-sizes", "4", "8"])) == [
-        ("c.yaml", ["precision=auto", "batch_size=4"]), ("c.yaml", ["precision=auto", "batch_size=8"])]
+    from vhred.errors import ConfigError, InputError
+    c = "configs/tiny.yaml"
+    assert sweep(parse_args(["--configs", c])) == [(c, ["precision=fp32"]), (c, ["precision=bf16"])]
+    assert sweep(parse_args(["--configs", c, "precision=bf16"])) == [(c, [])]   # one row, as asked
+    assert sweep(parse_args(["--configs", c, "batch_size=4", "--precisions", "fp32"])) == [(c, ["precision=fp32"])]
+    assert sweep(parse_args(["--configs", c, "--precisions", "auto", "--batch-sizes", "4", "8"])) == [
+        (c, ["precision=auto", "batch_size=4"]), (c, ["precision=auto", "batch_size=8"])]
+    with pytest.raises(ConfigError, match="c.yaml not found"):   # before the report's folder is made
+        parse_args(["--configs", "c.yaml"])
     # a step time over more steps than were timed would come out too short: refused
     with pytest.raises(InputError, match=r"--steps 100000 needs 100003 batches and the training split gives \d+ of batch_size=8"):
         train_throughput(tiny_cfg("max_dialogues=24"), 100_000)

@@ -231,7 +231,8 @@ def parse_args(argv):
             raise InputError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only with --serve")
     if not math.isfinite(args.wait_ms):
         raise InputError(f"--wait-ms must be a number of milliseconds, got {args.wait_ms}")
-    if args.batch_sizes and min(args.batch_sizes) < 1:
+    sizes = [b for b in args.batch_sizes or [] if b is not None]   # [None]: one row at the batch_size= given
+    if sizes and min(sizes) < 1:
         raise InputError("--batch-sizes must be at least 1")
     if args.steps < 1 or args.seconds <= 0 or min(args.clients) < 1 or min(args.max_batch) < 1 or args.wait_ms < 0:
         raise InputError("--steps, --clients and --max-batch must be at least 1, --seconds positive, "
@@ -240,7 +241,7 @@ def parse_args(argv):
     limits.count("--steps", args.steps, 1, 100_000)
     limits.number("--seconds", args.seconds, 0, 3600)
     for name, values, cap in (("--clients", args.clients, 1024), ("--max-batch", args.max_batch, 1024),
-                              ("--batch-sizes", args.batch_sizes or [1], 65_536)):
+                              ("--batch-sizes", sizes or [1], 65_536)):
         for v in values:
             limits.count(name, v, 1, cap)
     args.out = args.out or ("runs/bench/serve.json" if args.serve else "runs/bench/bench.json")
@@ -248,6 +249,9 @@ def parse_args(argv):
         raise InputError(f"--out {args.out} is a folder; give the path of a .json file")
     if args.configs != p.get_default("configs") and not all(args.configs):
         raise InputError("--configs takes config files (configs/*.yaml); an empty one names none")
+    if not args.one and not (args.serve and args.checkpoint):   # a config or setting refused before any folder is made
+        for config, extra in (sweep(args)[:1] if args.serve else sweep(args)):
+            load(config, [*args.overrides, *extra])
     folder = os.path.dirname(args.out) or "."
     try:   # the report's folder now: a path that cannot be written would lose the figures at the end
         os.makedirs(folder, exist_ok=True)
