@@ -21,8 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vhred.cli import Parser
+from vhred.cli import command, Parser
 from vhred import checkpoint, critic
+from vhred.errors import InputError
 from vhred.evaluate import split_dialogues
 from vhred.generate import DecodeOptions, encode_turns, generate
 
@@ -78,6 +79,7 @@ def accuracy(judge, pairs, cands) -> float:
     return hits / len(pairs)
 
 
+@command
 def main(argv=None):
     p = Parser(prog="python -m eval.discriminator_critic", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -92,6 +94,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     pairs = pairs_of(split_dialogues(cfg, args.split), sp, cfg, args.contexts, args.seed)
+    if len(pairs) < 10:   # a tenth is held out to measure the critic on
+        raise InputError(f"the {args.split} split gives {len(pairs)} contexts; give --contexts 10 or more")
     held = pairs[:len(pairs) // 10]
     train = pairs[len(held):]
     train_drawn, held_drawn = model_draws(model, train, args.seed), model_draws(model, held, args.seed)

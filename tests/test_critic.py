@@ -408,3 +408,12 @@ def test_a_held_out_round_is_left_out_however_its_path_is_written(tmp_path, monk
     for held in ("rounds/a", "./rounds/a/", str(tmp_path / "rounds" / "a")):
         args = critic_train.parse_args(["--checkpoint", "x", "--ratings", "rounds/", "--held-out", held])
         assert [os.path.basename(r) for r in args.rounds] == ["b"], held
+
+
+def test_the_discriminator_trial_refuses_too_few_contexts_to_hold_a_tenth_out(trained, tmp_path, capsys):
+    """eval.discriminator_critic holds a tenth of its contexts out: below ten it divided by zero."""
+    from eval.discriminator_critic import main
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", trained["vhred"], "--out", str(tmp_path / "out"), "--contexts", "3", "--split", "validation"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err == "error: the validation split gives 3 contexts; give --contexts 10 or more\n"
