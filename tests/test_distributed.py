@@ -223,3 +223,12 @@ def test_a_mistake_under_torchrun_is_one_line_from_one_process(dailydialog_zip, 
                        env={**env, "DAILYDIALOG_SRC": dailydialog_zip}, capture_output=True, text=True, timeout=240)
     assert r.returncode != 0 and r.stderr.count("error: ") == 1 and "holds a run with other z_dim" in r.stderr, child_errors(r)
     assert "[rank" not in r.stderr, child_errors(r)
+
+
+def test_bench_serve_refuses_settings_a_checkpoint_would_ignore():
+    """key=value settings size the untrained model --serve makes without --checkpoint: with one
+    they were dropped without a word."""
+    from vhred.bench import parse_args
+    from vhred.errors import InputError
+    with pytest.raises(InputError, match="batch_size=4: key=value settings make the untrained model"):
+        parse_args(["--serve", "--checkpoint", "runs/x", "batch_size=4"])

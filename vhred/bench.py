@@ -15,7 +15,7 @@ bench.json.
 --serve measures `vhred serve` instead: requests/s and p50/p95 latency at 1, 8 and 32 concurrent
 clients, each sending POST /respond (a 3-turn history, n=5, the default decoding) as soon as its
 previous answer came back, against a server in its own process, with batching (--max-batch 32)
-and without (--max-batch 1). Without --checkpoint it serves an untrained model of the first
+and without (--max-batch 1), the server on the CPU. Without --checkpoint it serves an untrained model of the first
 config's sizes and tokenizer: latency depends on the sizes, not on the weights (an untrained
 model rarely ends a reply early, so its replies are the longest: the worst case).
 """
@@ -249,6 +249,9 @@ def parse_args(argv):
         raise InputError(f"--out {args.out} is a folder; give the path of a .json file")
     if args.configs != p.get_default("configs") and not all(args.configs):
         raise InputError("--configs takes config files (configs/*.yaml); an empty one names none")
+    if args.serve and args.checkpoint and args.overrides:   # they size the untrained model served without one
+        raise InputError(f"{' '.join(args.overrides)}: key=value settings make the untrained model --serve serves "
+                         "without --checkpoint; a checkpoint has its own, leave them out")
     if not args.one and not (args.serve and args.checkpoint):   # a config or setting refused before any folder is made
         for config, extra in (sweep(args)[:1] if args.serve else sweep(args)):
             load(config, [*args.overrides, *extra])
@@ -477,7 +480,7 @@ def serve_main(args):
     machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}
     with output_file(args.out) as f:
         json.dump({"machine": machine, "checkpoint": ckpt, "untrained": not args.checkpoint, "rank": args.rank,
-                   "method": args.method, "results": rows}, f, indent=1)
+                   "method": args.method, "wait_ms": args.wait_ms, "device": "cpu", "results": rows}, f, indent=1)
     for r in rows:
         base = next(b for b in rows if b["max_batch"] == r["max_batch"] and b["clients"] == min(args.clients))
         if r is not base:
