@@ -163,7 +163,7 @@ def _python(module: str, *argv: str, log: str) -> float:
     """Run `python -m module argv` with one thread, its output to `log`; seconds it took."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     t0 = time.time()
-    if _STOPPING.is_set():
+    if _STOPPING.is_set():   # not even its log
         raise _NotStarted
     with open(log, "a") as f:
         with _LOCK:   # started and listed together, or not at all once the rows stop

@@ -217,25 +217,25 @@ def _check_yaml_shape(text: str) -> None:
             depth -= 1
 
 
+def _shipped_roots() -> tuple[str, str]:
+    """Where the shipped configs/ is: the checkout vhred runs from, or the installed package
+    (pyproject.toml puts configs/ in as vhred/configs/)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.dirname(here), here
+
+
 def _find(path: str) -> str:
     """path as given, or, for a relative one not found here (a command run outside the checkout),
-    the shipped config of that path: in the checkout vhred runs from, or in the installed
-    package (pyproject.toml puts configs/ in as vhred/configs/): `--config configs/tiny.yaml`
-    works anywhere."""
+    the shipped config of that path: `--config configs/tiny.yaml` works anywhere."""
     if os.path.exists(path) or os.path.isabs(path):
         return path
-    here = os.path.dirname(os.path.abspath(__file__))
-    for shipped in (os.path.join(os.path.dirname(here), path), os.path.join(here, path)):
-        if os.path.exists(shipped):
-            return shipped
-    return path
+    return next((p for p in (os.path.join(r, path) for r in _shipped_roots()) if os.path.exists(p)), path)
 
 
 def shipped_configs() -> list[str]:
     """The configs that come with vhred, as `--config` takes them."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    names = {n for d in (os.path.join(os.path.dirname(here), "configs"), os.path.join(here, "configs"))
-             if os.path.isdir(d) for n in os.listdir(d) if n.endswith(".yaml")}
+    folders = [os.path.join(r, "configs") for r in _shipped_roots()]
+    names = {n for d in folders if os.path.isdir(d) for n in os.listdir(d) if n.endswith(".yaml")}
     return [f"configs/{n}" for n in sorted(names)]
 
 
