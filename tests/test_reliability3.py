@@ -478,6 +478,33 @@ def test_a_commands_output_left_in_its_buffer_fails_as_one_line_not_at_pythons_e
     assert "Exception ignored" not in proc.stderr and proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow   # a subprocess
+def test_a_print_that_fails_mid_command_names_standard_output(tmp_path):
+    # print() into a full disk raises an OSError that names no file: the message must still say which
+    script = tmp_path / "printer.py"
+    script.write_text("from vhred.cli import command\n\n\n@command\ndef main(argv=None):\n"
+                      "    print('the first reply', flush=True)   # as chat prints each turn's answer\n"
+                      "    print('never reached')\n\n\nmain()\n")
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.run([sys.executable, str(script)], stdout=out, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT}, timeout=60,
+                              preexec_fn=_limit_files_to_4_bytes)
+    assert proc.returncode == 1 and proc.stderr == "error: File too large (writing standard output)\n", proc.stderr
+
+
+def test_a_command_called_from_python_leaves_sys_stdout_as_it_found_it(capsys):
+    from vhred.cli import command
+    before = sys.stdout
+
+    @command
+    def main(argv=None):
+        print("inside")
+        return sys.stdout is not before   # wrapped while the command runs
+
+    assert main() is True and sys.stdout is before
+    assert capsys.readouterr().out == "inside\n"
+
+
 @pytest.mark.slow   # a subprocess started with its standard output closed (`>&-`)
 def test_a_command_started_with_stdout_closed_ends_as_it_did(tmp_path):
     """Python then has no sys.stdout: print writes nothing, and the final flush must not fail."""

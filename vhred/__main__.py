@@ -49,7 +49,7 @@ def _print(text: str, file=None):
         cli._quiet_stdout()
     except OSError as e:
         cli._quiet_stdout()
-        cli.fail(f"{e.strerror} (writing standard output)", 1)
+        cli.fail(f"{e.strerror} ({cli.STDOUT})", 1)
 
 
 def main(argv=None):

@@ -293,6 +293,9 @@ def command(fn):
         main_thread = threading.current_thread() is threading.main_thread()   # where signals are handled
         before = sigterm_as_ctrl_c() if main_thread else None
         _stop_seen = False
+        stdout = sys.stdout
+        if main_thread and stdout is not None:
+            sys.stdout = _NamedStdout(stdout)
         try:
             result = fn(argv)
             check_stop()
@@ -304,15 +307,50 @@ def command(fn):
             _quiet_stdout()
             sys.exit(141)
         except OSError as e:   # disk full, permissions, a vanished file
+            if e.filename == STDOUT:
+                _quiet_stdout()   # what could not be written is dropped: the exit does not fail again
             fail(f"{e.strerror or e} ({e.filename or 'while reading or writing files'})", 1)
         except KeyboardInterrupt as e:
             say("interrupted")
             sys.exit(interrupted_code(e))
         finally:
             _stop_seen = False   # answered by this exit: a command called from Python next starts clean
+            if isinstance(sys.stdout, _NamedStdout) and sys.stdout.file is stdout:
+                sys.stdout = stdout
             if main_thread and before is not None:   # a command called from Python leaves the caller's handler as it was
                 signal.signal(signal.SIGTERM, before)
     return main
+
+
+STDOUT = "writing standard output"   # the file name an OSError on standard output carries
+
+
+class _NamedStdout:
+    """sys.stdout while a command runs: print() to a full disk raises an OSError that names no
+    file, so a failed write or flush is given the name STDOUT; the rest is the file's own."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, text):
+        return _named(self.file.write, text)
+
+    def flush(self):
+        return _named(self.file.flush)
+
+    def __getattr__(self, name):   # fileno, isatty, encoding...
+        return getattr(self.file, name)
+
+
+def _named(call, *args):
+    try:
+        return call(*args)
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, STDOUT) from e
 
 
 def _flush_stdout():
@@ -320,13 +358,7 @@ def _flush_stdout():
     disk says so, and what could not be written is dropped, so the exit does not fail again."""
     if sys.stdout is None:   # started with stdout closed (`>&-`): print writes nothing, nor does this
         return
-    try:
-        sys.stdout.flush()
-    except BrokenPipeError:
-        raise
-    except OSError as e:
-        _quiet_stdout()
-        raise OSError(e.errno, e.strerror, "writing standard output") from e
+    _named(sys.stdout.flush)
 
 
 def _quiet_stdout():
