@@ -232,3 +232,19 @@ def test_bench_serve_refuses_settings_a_checkpoint_would_ignore():
     from vhred.errors import InputError
     with pytest.raises(InputError, match="batch_size=4: key=value settings make the untrained model"):
         parse_args(["--serve", "--checkpoint", "runs/x", "batch_size=4"])
+
+
+@pytest.mark.slow   # the benchmark end to end: a child process per row
+def test_bench_makes_its_runs_folders_beside_the_report_not_in_the_working_folder(dailydialog_zip, data_dir, tmp_path):
+    report = tmp_path / "reports" / "bench.json"
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": ROOT, "DAILYDIALOG_SRC": dailydialog_zip}
+    proc = subprocess.run([sys.executable, "-m", "vhred.bench", "--configs", os.path.join(ROOT, "configs", "tiny.yaml"),
+                           "--steps", "2", "--precisions", "fp32", "--out", str(report), f"data_dir={data_dir}",
+                           "max_dialogues=48"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(report.read_text())["results"]
+    assert [r["config"] for r in rows] == [os.path.join(ROOT, "configs", "tiny.yaml")] and rows[0]["train_tokens_per_s"] > 0
+    assert (report.parent / "bench-tiny.yaml" / "config.json").exists()
+    assert list(elsewhere.iterdir()) == []   # no runs/bench where the command was started

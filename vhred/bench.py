@@ -180,8 +180,9 @@ def kernel_time_and_launches(rows) -> tuple[float, int]:
     return kernel_us, launches
 
 
-def one(config: str, steps: int, overrides: list[str]) -> dict:
-    cfg = load(config, [f"name=bench-{os.path.basename(config)}", "out_dir=runs/bench", *overrides])
+def one(config: str, steps: int, overrides: list[str], folder: str) -> dict:
+    """One config's row; its run folder (config.json, no checkpoint) is made in folder, the report's."""
+    cfg = load(config, [f"name=bench-{os.path.basename(config)}", f"out_dir={folder}", *overrides])
     result = {"config": config, **train_throughput(cfg, steps)}
     result["chat_ms"] = chat_latency(cfg, result["vocab_size"], result["device"])
     result["matmul_flops_per_s"] = matmul_rate(torch.bfloat16 if result["precision"] == "bf16" else torch.float32)
@@ -202,8 +203,8 @@ def parse_args(argv):
                         "precision= setting given)")
     p.add_argument("--batch-sizes", type=int, nargs="+",
                    help="a sweep of batch sizes, each a row (default: each config's own)")
-    p.add_argument("--out", help="where the JSON report goes (default runs/bench/bench.json, "
-                                 "with --serve runs/bench/serve.json)")
+    p.add_argument("--out", help="where the JSON report goes; the runs' folders are made beside it "
+                                 "(default runs/bench/bench.json, with --serve runs/bench/serve.json)")
     p.add_argument("--serve", action="store_true", help="benchmark `vhred serve` instead of training (default: off)")
     p.add_argument("--checkpoint", help="--serve: the model to serve (default: an untrained model of the first config)")
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32],
@@ -269,14 +270,14 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.steps, args.overrides)))
+        print(json.dumps(one(args.one, args.steps, args.overrides, os.path.dirname(args.out) or ".")))
         return
     if args.serve:
         return serve_main(args)
     rows = []
     for config, extra in sweep(args):
         r = subprocess.run([sys.executable, "-m", "vhred.bench", "--one", config, "--steps", str(args.steps),
-                            *args.overrides, *extra], capture_output=True, text=True)
+                            "--out", args.out, *args.overrides, *extra], capture_output=True, text=True)
         if r.returncode != 0:   # the child's own last line, without its "error: "
             said = r.stderr.strip().splitlines()[-1].removeprefix("error: ") if r.stderr.strip() else r.returncode
             raise InputError(f"{' '.join([config, *extra])}: {said}")
@@ -321,13 +322,14 @@ SERVE_HISTORY = ["Hello, could you tell me the way to the station?", "Sure, it i
                  "Thank you. How long does it take to walk there?"]
 
 
-def untrained_checkpoint(config: str, overrides: list[str]) -> str:
-    """A checkpoint of an untrained model with config's sizes and its data's tokenizer."""
+def untrained_checkpoint(config: str, overrides: list[str], folder: str) -> str:
+    """A checkpoint of an untrained model with config's sizes and its data's tokenizer, in a run
+    folder made in folder (the report's)."""
     from dataclasses import asdict
     from . import checkpoint
     from .dataset import prepare
     from .models import build
-    cfg = load(config, [f"name=serve-{os.path.splitext(os.path.basename(config))[0]}", "out_dir=runs/bench", *overrides])
+    cfg = load(config, [f"name=serve-{os.path.splitext(os.path.basename(config))[0]}", f"out_dir={folder}", *overrides])
     folder = prepare(cfg)   # the tokenizer: a cached one when the data was prepared before
     with open(os.path.join(folder, "tokenizer.model"), "rb") as f:
         tokenizer = f.read()
@@ -472,7 +474,7 @@ def _serve_row(r: dict) -> str:
 
 
 def serve_main(args):
-    ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides)
+    ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides, os.path.dirname(args.out) or ".")
     header = (f"serving {ckpt}; rank {args.rank or 'default'}, method {args.method or 'default'}; "
               f"{args.seconds:g} s per measurement, {torch.get_num_threads()} threads\n"
               "| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
