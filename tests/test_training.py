@@ -243,6 +243,30 @@ def test_non_finite_losses_skip_updates_then_stop_the_run(tiny_cfg, monkeypatch)
         train(tiny_cfg("max_steps=12", "name=broken"), log=quiet)   # broken from the first step: nothing saved
 
 
+def test_last_pt_is_not_rewritten_while_the_loss_is_nan(tiny_cfg, monkeypatch):
+    """Weights can stay finite while every loss is NaN (a learning rate far too high): the
+    checkpoint saves falling inside that streak must keep the last good last.pt, which the
+    error then names, and whose resume starts with no bad steps counted."""
+    from vhred import train as train_mod
+    from vhred.models import VHRED   # the tiny config's family
+    real_forward = VHRED.forward
+    calls = {"n": 0}
+
+    def turns_nan(self, *args):
+        out = real_forward(self, *args)
+        calls["n"] += self.training
+        if self.training and calls["n"] > 8:   # steps 1-8 good, then NaN for good
+            out["nll"] = out["nll"] * float("nan")
+        return out
+    monkeypatch.setattr(VHRED, "forward", turns_nan)
+    monkeypatch.setattr(train_mod, "MAX_BAD_STEPS", 6)
+    cfg = tiny_cfg("max_steps=20", "save_every=4", "eval_every=0", "name=nan-streak")
+    with pytest.raises(train_mod.TrainingError, match="NaN/inf for 6 steps in a row .*last.pt holds the last good state"):
+        train(cfg, log=quiet)   # the streak passes step 12, a save step
+    progress = checkpoint.load(os.path.join(cfg.out_dir, "nan-streak", "last.pt"))["progress"]
+    assert progress["step"] == 8 and progress["bad_steps"] == 0
+
+
 def test_a_run_whose_validation_is_never_finite_ends_in_an_error_not_done(tiny_cfg, monkeypatch):
     """Skipped steps that never come 4 in a row, and a validation ELBO that is NaN every time: no
     best.pt is written, so the run ends in one line saying it diverged, not "done ... best.pt"."""

@@ -275,7 +275,11 @@ class Run:
 
     def save(self, name: str, resumable: bool = True):
         """Write a checkpoint; best.pt leaves out the optimiser and RNG (a third the size).
-        Weights that are no longer finite are never written: the run rolls back instead."""
+        Weights that are no longer finite are never written: the run rolls back instead. Nor is
+        last.pt during a run of NaN/inf losses: weights still finite can give nothing else, and
+        the last good state is what a stopped run and its resume need."""
+        if resumable and self.progress.bad_steps:   # equal on every rank: the losses are all-reduced
+            return
         if not self.weights_finite():   # equal on every rank, and every rank saves last.pt
             if resumable:
                 self.roll_back()
