@@ -162,6 +162,21 @@ def test_gradient_penalty_on_hand_made_critics():
     assert torch.isclose(gradient_penalty(square, zp, zq, ctx, alpha), want)
 
 
+def test_dialogwae_trains_on_batches_of_one_target(tiny_cfg):
+    """Its generators' BatchNorm has no batch variance on one row: batch_size=1 (and an epoch's
+    last batch of one window) trains, normalising that row as evaluation does."""
+    from vhred.models.dialogwae import BatchNorm
+    norm = BatchNorm(3).train()
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        norm.running_var.fill_(4.0)
+    row = torch.tensor([[3.0, 2.0, 1.0]])
+    assert torch.allclose(norm(row), (row - norm.running_mean) / torch.sqrt(torch.tensor(4.0 + norm.eps)))
+    assert norm.running_mean.tolist() == [1.0, 2.0, 3.0]   # one row updates no statistics
+    run = train(tiny_cfg("model=dialogwae", "batch_size=1", "max_steps=6", "name=wae-one"), log=quiet)
+    assert run.progress.step == 6 and run.progress.skipped_total == 0
+
+
 def test_dialogwae_losses_reach_only_their_own_players():
     """The generators' loss leaves the critic alone, the critic's leaves the encoders alone."""
     torch.manual_seed(0)

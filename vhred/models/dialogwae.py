@@ -75,11 +75,23 @@ def bounded(logvar: torch.Tensor) -> torch.Tensor:
     return NOISE_LOGVAR_MAX - F.softplus(NOISE_LOGVAR_MAX - logvar)
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d that also trains on a batch of one row (batch_size=1, or an epoch's last batch
+    holding one target), which has no batch variance: that row is normalised by the running
+    statistics, as in evaluation, and they are left as they were. The same parameters and state."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and x.size(0) == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                training=False, eps=self.eps)
+        return super().forward(x)
+
+
 def generator(z_dim: int) -> nn.Module:
     """Noise to code: three linear layers, BatchNorm and ReLU between (their generators). Without
     the BatchNorm the ReLUs died in tiny runs and every response got the same code."""
-    return nn.Sequential(nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(),
-                         nn.Linear(z_dim, z_dim), nn.BatchNorm1d(z_dim), nn.ReLU(), nn.Linear(z_dim, z_dim))
+    return nn.Sequential(nn.Linear(z_dim, z_dim), BatchNorm(z_dim), nn.ReLU(),
+                         nn.Linear(z_dim, z_dim), BatchNorm(z_dim), nn.ReLU(), nn.Linear(z_dim, z_dim))
 
 
 def gradient_penalty(critic, z_prior, z_post, ctx, alpha):
