@@ -167,6 +167,37 @@ def test_content_length_frames_the_body_one_way(server, lengths, status, message
     assert got == status and message in out["error"]
 
 
+def test_a_get_with_a_body_is_refused_and_the_body_never_read_as_a_request(server):
+    """A GET's body left unread would be parsed as the next request on the connection: a
+    request smuggled past a proxy that frames the body as the GET's."""
+    hidden = (b"POST /score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 45\r\n\r\n" + b'{"history": ["hi"], "candidates": ["hello"]}')
+    data = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % len(hidden) + hidden
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(data)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"a GET request has no body" in reply
+    assert reply.count(b"HTTP/1.1 ") == 1   # one answer: the hidden POST was never run
+
+
+@pytest.mark.parametrize("data, status, message", [
+    (b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 501, "Transfer-Encoding is not supported"),
+    (b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n{}", 501, "Transfer-Encoding is not supported"),   # two framings
+    (b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", 400, "more than one Host"),
+    (b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+     + b"9" * 5000 + b"\r\n\r\n", 413, "request body over 4096 bytes"),   # int() refuses 4,300+ digits
+    (b"POST /respond HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: "
+     + b"0" * 5000 + b"2\r\n\r\n{}", 400, "missing field 'history'"),   # leading zeros: still 2
+])
+def test_framing_a_body_more_than_one_way_is_refused(server, data, status, message):
+    got, out = raw_exchange(server.port, data)
+    assert got == status and message in out["error"], out
+
+
 def test_the_server_still_answers_after_all_that(server):
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     conn.request("POST", "/respond", json.dumps({"history": HISTORY, "n": 2}), {"Content-Type": "application/json"})

@@ -355,6 +355,7 @@ class Handler(BaseHTTPRequestHandler):
         service: Service = self.server.service
         try:
             self._check_host()
+            self._check_framing(method)
             if name is None:
                 self.allow = ", ".join(m for m, p in self.ROUTES if p == path)   # a 405's Allow header
                 known = bool(self.allow)
@@ -379,10 +380,23 @@ class Handler(BaseHTTPRequestHandler):
 
     def _check_host(self):
         """Refuse a Host this server is not (DNS rebinding: a web page whose name now points at
-        127.0.0.1 would otherwise talk to the model)."""
+        127.0.0.1 would otherwise talk to the model), and two of them (RFC 9112 3.2)."""
+        if len(self.headers.get_all("Host") or []) > 1:
+            raise HTTPError(400, "the request has more than one Host header")
         if not host_allowed(self.headers.get("Host"), self.server.allowed_hosts):
             raise HTTPError(421, "the Host header does not name this server; start it with --allowed-hosts NAME "
                                  "to serve it under another name (behind a proxy)")
+
+    def _check_framing(self, method: str):
+        """A body framed by Content-Length alone, and none on a GET: a GET's unread body, or a
+        chunked one, would be read as the next request on the connection (behind a proxy that
+        frames it otherwise, a request smuggled past it). Refused, and the connection closed."""
+        if self.headers.get_all("Transfer-Encoding"):
+            self.unread = True
+            raise HTTPError(501, "Transfer-Encoding is not supported: send the body with a Content-Length")
+        if method == "GET" and any(n.strip() != "0" for n in self.headers.get_all("Content-Length") or []):
+            self.unread = True
+            raise HTTPError(400, "a GET request has no body")
 
     def _body(self) -> dict:
         """The request's JSON object; a body that is too big is refused unread."""
@@ -397,7 +411,10 @@ class Handler(BaseHTTPRequestHandler):
             raise HTTPError(400, "the request has more than one Content-Length")
         if not given[0].strip().isascii() or not given[0].strip().isdecimal():   # "-5", "+2", "²": no count of bytes
             raise HTTPError(400, f"Content-Length must be a count of bytes, got {given[0][:20]!r}")
-        length = int(given[0])
+        digits = given[0].strip().lstrip("0") or "0"
+        if len(digits) > 18:   # int() refuses over 4,300 digits; any count this long is over the limit
+            raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
+        length = int(digits)
         if length > self.server.service.limits.max_body:
             raise HTTPError(413, f"request body over {self.server.service.limits.max_body} bytes")
         try:
