@@ -320,6 +320,10 @@ def test_linear_kl_warmup():
 def test_cyclical_kl_restarts_each_cycle():
     cfg = Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=100, kl_max=0.8)
     assert [kl_weight(s, cfg) for s in (0, 25, 50, 99, 100, 125)] == [0.0, 0.4, 0.8, 0.8, 0.0, 0.4]
+    for cycle in (50, 1):   # a cycle of the ramp alone never reaches kl_max (at 1: beta always 0)
+        with pytest.raises(ConfigError, match=f"kl_cycle_steps must be above kl_warmup_steps .*got {cycle} and 50"):
+            config.validate(Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=cycle))
+    config.validate(Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=51))
 
 
 def test_constant_kl_and_learning_rate_warmup():

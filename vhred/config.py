@@ -390,8 +390,10 @@ def _check_relations(cfg: Config, families: dict) -> None:
             raise ConfigError(f"{key} must be below 1, got {getattr(cfg.arch, key)}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
-    if cfg.kl_schedule == "cyclical" and 0 < cfg.kl_cycle_steps < cfg.kl_warmup_steps:
-        raise ConfigError("kl_cycle_steps must be at least kl_warmup_steps (the ramp is part of a cycle)")
+    if cfg.kl_schedule == "cyclical" and 0 < cfg.kl_cycle_steps <= cfg.kl_warmup_steps:
+        # a cycle of the ramp alone restarts before beta reaches kl_max (1 and 1: beta is always 0)
+        raise ConfigError(f"kl_cycle_steps must be above kl_warmup_steps (a cycle is the ramp, then steps at "
+                          f"kl_max), got {cfg.kl_cycle_steps} and {cfg.kl_warmup_steps}")
     for key in ("name", "data", "data_dir", "out_dir"):
         if "\0" in getattr(cfg, key):
             raise ConfigError(f"{key} must not contain a NUL character")
