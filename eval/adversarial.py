@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from vhred.cli import Parser
+from vhred.cli import command, Parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VHRED = [sys.executable, "-m", "vhred"]
@@ -139,12 +139,13 @@ def http_cases(ckpt: str) -> dict:
         server.stop()
 
 
-def main():
+@command
+def main(argv=None):
     p = Parser(prog="python -m eval.adversarial", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", required=True, help="a run folder of a trained model (the tiny config will do)")
     p.add_argument("--out", default="adversarial.json")
     p.add_argument("--no-http", action="store_true")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     ckpt = os.path.abspath(args.checkpoint)
     results = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,7 +18,7 @@ import json
 import os
 import statistics
 
-from vhred.cli import Parser
+from vhred.cli import command, Parser
 from vhred import checkpoint
 from vhred.generate import DecodeOptions, spaced
 from vhred.rate import read_answers, read_key
@@ -61,6 +61,7 @@ def reverse(out: str):
                 f.write(json.dumps({"dialog": d[::-1], "split": split}) + "\n")
 
 
+@command
 def main(argv=None):
     p = Parser(prog="python -m eval.backward_ranking", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)

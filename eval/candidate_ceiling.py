@@ -158,7 +158,7 @@ def report(name: str, rater: str, contexts: list[list[dict]], grid: bool = False
     for label, order in scores.items():
         t1, t5 = shares(contexts, order)
         lines.append(f"| {label} | {t1:.0%} | {t5:.0%} |")
-    return lines + [f"\ncontexts by good replies among the draws: "
+    return lines + ["\ncontexts by good replies among the draws: "
                     + ", ".join(f"{k}: {sum(min(g, SHOWN) == k for g in good)}" for k in range(SHOWN + 1))
                     + " (5 = five or more)\n"]
 
@@ -190,7 +190,7 @@ def replay(args):
     weights = [tuple(float(x) for x in spec.split(":")) for spec in args.weights.split(",")]
     said = [float(x) for x in args.precedents.split(",")] if args.precedents else []
     w0, g0 = weights[-1]
-    print(f"| pool | contexts | replies a context | good | ceiling: top-1 / five | "
+    print("| pool | contexts | replies a context | good | ceiling: top-1 / five | "
           + " | ".join([f"mmi gamma {g}" for _, g in weights] + [f"critic + {w:g} x mmi gamma {g}" for w, g in weights]
                        + [f"critic + {w0:g} x mmi gamma {g0} + {v:g} x precedents" for v in said]) + " |")
     print("|---" * (5 + 2 * len(weights) + len(said)) + "|")

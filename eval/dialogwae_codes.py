@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from vhred.cli import Parser
+from vhred.cli import command, Parser
 from vhred import checkpoint, config
 from vhred.dataset import DialogueData, prepare
 from vhred.errors import InputError
@@ -105,6 +105,7 @@ def measure_checkpoint(path: str):
     print(f"{path}: {measure(model, batch)}")
 
 
+@command
 def main(argv=None):
     args = parse_args(argv)
     if args.checkpoint:

@@ -478,3 +478,17 @@ def test_a_judge_only_copy_of_the_model_ranks_as_the_model_alone(trained, vhred_
         [chat] = candidates(model, [ids], opts, same=same_reply(sp), keep=shown_filter(sp, cfg, opts))
         assert [r[0] for r in shown] == [r[0] for r in chat] and not any(from_second)
         assert [r[1] for r in shown] == pytest.approx([2 * r[1] for r in chat], abs=2e-4)
+
+
+@pytest.mark.parametrize("module, argv", [
+    ("eval.dialogwae_codes", ["--checkpoint", "no-such-run"]),
+    ("eval.backward_ranking", ["rank", "--backward", "no-such-run", "--round", "no-such-round"]),
+    ("eval.adversarial", ["--checkpoint", "no-such-run", "--no-http", "--out", "/nonexistent-folder/a.json"]),
+])
+def test_the_eval_scripts_say_a_missing_file_in_one_line(module, argv, capsys, tmp_path, monkeypatch):
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(module).main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code in (1, 2) and err.startswith("error: ") and err.count("\n") == 1, err

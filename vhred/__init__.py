@@ -1,4 +1,4 @@
-"""vhred: VHRED and HRED dialogue response generation in PyTorch.
+"""vhred: variational dialogue response generation in PyTorch: VHRED, with HRED, CVAE, VHCR and DialogWAE beside it.
 
     import vhred
     bot = vhred.load("runs/dailydialog-vhred")          # a run folder or a .pt file

@@ -52,7 +52,7 @@ class Candidate:
 class Bot:
     """A trained model with its tokenizer and config, ready to answer; made by vhred.load.
 
-    Attributes: config (the run's Config; config.arch.model is "vhred" or "hred"),
+    Attributes: config (the run's Config; config.arch.model names its family: "vhred", "hred", "cvae", "vhcr" or "dialogwae"),
     checkpoint (the .pt file or exported folder it came from), device ("cpu", "cuda:0", ...)."""
 
     def __init__(self, model, cfg, sp, path: str):

@@ -76,13 +76,6 @@ def malformed(meta) -> str:
     return ""
 
 
-def _write_json(path: str, obj):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)   # readers see the old file or the new one, never half of one
-
-
 def remove_crashed(processed: str):
     """Remove the half-built folders (<name>.tmp<pid>) of preparations whose process is gone.
     A preparation on another machine sharing the folder would look gone too: preparing one

@@ -35,7 +35,7 @@ from .generate import (
     spaced,
 )
 
-__all__ = ["Chat", "main", "pretty", "spaced"]   # pretty and spaced live in vhred/generate.py
+__all__ = ["Chat", "main", "pretty", "spaced"]   # pretty lives in vhred/generate.py, spaced in vhred/sources.py
 
 HELP = """commands:
   /reset           forget the conversation

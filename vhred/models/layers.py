@@ -135,7 +135,6 @@ class Hierarchical(nn.Module):
     def build_decoder(self, cond: int):
         """The decoder GRU conditioned on a cond-sized vector at every step, and the output layer."""
         cfg, V, E = self.cfg, self.vocab_size, self.cfg.emb_dim
-        self.cond_dim = cond
         self.dec_init = nn.Linear(cond, cfg.dec_hidden)
         self.dec_rnn = nn.GRU(E + cond, cfg.dec_hidden, batch_first=True)
         if cfg.tie_embeddings:   # project to the embedding space, then score with the embeddings
