@@ -219,3 +219,10 @@ def test_a_connection_failing_at_its_socket_is_no_traceback(capsys):
             handle_error(Server.__new__(Server), None, ("127.0.0.1", 1))
     err = capsys.readouterr().err
     assert "Bad file descriptor" not in err and "ValueError: a bug" in err
+
+
+def test_an_address_other_machines_reach_is_said_at_start():
+    from vhred.serve import exposure_warning
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("127.0.0.2") is None
+    for host in ("0.0.0.0", "192.168.1.7"):
+        assert exposure_warning(host).startswith(f"warning: listening on {host}, reachable from other machines")

@@ -41,6 +41,7 @@ from .device import BF16_MIN_BATCH
 from .train import prefetch
 from .errors import InputError
 from .generate import RANKS
+from .models import FAMILIES
 from .serve import Limits
 
 
@@ -96,7 +97,7 @@ def forward_flops(arch, vocab: int, batch) -> float:
     Backward costs about twice the forward, so a training step is 3x this.
     """
     E, Hu, Hc, Hd, V, L = arch.emb_dim, arch.utt_hidden, arch.ctx_hidden, arch.dec_hidden, vocab, arch.latent_hidden
-    Z = arch.z_dim if arch.model != "hred" else 0   # the latent families: VHCR and DialogWAE add a little more
+    Z = arch.z_dim if FAMILIES[arch.model].latent else 0   # the latent families: VHCR and DialogWAE add a little more
     C = Hc + Z
     U, B = len(batch.lens), len(batch.turns)
     enc_tokens = int((batch.lens - 1).sum())

@@ -372,8 +372,9 @@ def validate(cfg: Config) -> None:
 
 
 def _check_relations(cfg: Config, families: dict) -> None:
-    if cfg.arch.model != "hred" and cfg.arch.z_dim <= 0:
-        raise ConfigError(f"z_dim must be positive for {cfg.arch.model} (use model=hred for no latent)")
+    if families[cfg.arch.model].latent and cfg.arch.z_dim <= 0:
+        without = ", ".join(f"model={name}" for name, family in families.items() if not family.latent)
+        raise ConfigError(f"z_dim must be positive for {cfg.arch.model} (use {without} for no latent)")
     if cfg.arch.attention and not families[cfg.arch.model].attends:
         takes = ", ".join(name for name, family in families.items() if family.attends)
         raise ConfigError(f"attention is built for {takes}; set attention=0 for {cfg.arch.model}")
@@ -406,8 +407,9 @@ def _check_relations(cfg: Config, families: dict) -> None:
 
 def warnings(cfg: Config, total_steps: int) -> list[str]:
     """Likely mistakes, once the length of the run is known."""
+    from .models import FAMILIES   # the registry imports this module: looked up when used
     out = []   # steps 0 .. total_steps - 1 are taken: beta is kl_max from step kl_warmup_steps on
-    if cfg.arch.model != "hred" and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
+    if FAMILIES[cfg.arch.model].latent and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
         out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is as long as the whole run or longer "
                    f"({total_steps} steps): the KL weight never reaches kl_max")
     if cfg.lr_warmup_steps > total_steps:   # lr at step s < warm-up: lr (s + 1) / lr_warmup_steps

@@ -697,6 +697,14 @@ def parse_args(argv):
     return args, limits, defaults
 
 
+def exposure_warning(host: str) -> str | None:
+    """A line for an address other machines can reach: the server has no authentication."""
+    if ipaddress.ip_address(host).is_loopback:
+        return None
+    return (f"warning: listening on {host}, reachable from other machines: anyone who can reach it can use "
+            f"the model (there is no authentication); put it behind a proxy that checks who calls")
+
+
 @command
 def main(argv=None):
     from .api import load
@@ -714,6 +722,8 @@ def main(argv=None):
         ranked_by += " + the answer score after a wh-question"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    if warning := exposure_warning(host):
+        print(warning, file=sys.stderr, flush=True)
     try:   # Ctrl-C or SIGTERM (cli.command) ends serve_forever; the requests already taken are answered
         server.serve_forever()
     finally:
