@@ -257,7 +257,7 @@ def parse_args(argv):
     if not args.one and not (args.serve and args.checkpoint):   # a config or setting refused before any folder is made
         for config, extra in (sweep(args)[:1] if args.serve else sweep(args)):
             load(config, [*args.overrides, *extra])
-    folder = os.path.dirname(args.out) or "."
+    args.folder = folder = os.path.dirname(args.out) or "."   # the runs' folders go beside the report
     try:   # the report's folder now: a path that cannot be written would lose the figures at the end
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -271,7 +271,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     if args.one:
-        print(json.dumps(one(args.one, args.steps, args.overrides, os.path.dirname(args.out) or ".")))
+        print(json.dumps(one(args.one, args.steps, args.overrides, args.folder)))
         return
     if args.serve:
         return serve_main(args)
@@ -475,7 +475,7 @@ def _serve_row(r: dict) -> str:
 
 
 def serve_main(args):
-    ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides, os.path.dirname(args.out) or ".")
+    ckpt = args.checkpoint or untrained_checkpoint(args.configs[0], args.overrides, args.folder)
     header = (f"serving {ckpt}; rank {args.rank or 'default'}, method {args.method or 'default'}; "
               f"{args.seconds:g} s per measurement, {torch.get_num_threads()} threads\n"
               "| batching | clients | requests/s | p50 ms | p95 ms | mean batch | errors |\n|---|---|---|---|---|---|---|")
