@@ -98,6 +98,7 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["serve", "--port", "70000"], "--port must be between 0 and 65535"),
     (["serve", "--max-batch", "0"], "--max-batch must be positive"),
     (["serve", "--host", ""], "--host is empty; give the address to listen on"),   # '' would be every interface
+    (["serve", "--host", "::1"], "--host ::1: IPv6 addresses are not supported; give an IPv4 address"),
     (["serve", "--allowed-hosts", "*"], "--allowed-hosts takes host names (letters, digits, '.', '-'; no port, no wildcard), got '*'"),
     (["serve", "--allowed-hosts", "vhred.example.org", ""], "got ''; IP addresses and localhost are always allowed"),
     (["serve", "--allowed-hosts", "example.org:8000"], "no port"),

@@ -681,6 +681,9 @@ def parse_args(argv):
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.host.strip():   # '' is every interface to the socket: an unset $HOST must not expose the model
         raise InputError("--host is empty; give the address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    if ":" in args.host:   # the server's socket is IPv4: "::1" would fail as "not an address of this machine"
+        raise InputError(f"--host {args.host}: IPv6 addresses are not supported; give an IPv4 address "
+                         f"(127.0.0.1 for this machine only, 0.0.0.0 for every interface)")
     for name in args.allowed_hosts:   # a wildcard would let any site's page reach the server (DNS rebinding)
         if not HOST_NAME.fullmatch(name):
             raise InputError(f"--allowed-hosts takes host names (letters, digits, '.', '-'; no port, no wildcard), "
