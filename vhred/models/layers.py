@@ -59,6 +59,12 @@ def gaussian_log_density(z, mean, logvar) -> torch.Tensor:
     return -0.5 * (((z - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(-1)
 
 
+def log_weight(nll, z, prior, posterior) -> torch.Tensor:
+    """One importance weight of Burda et al. (2016), log p(w | z) + log p(z) - log q(z) for z ~ q:
+    nll (-log p(w | z)) and z (..., Z) per row, prior and posterior (mean, logvar) pairs."""
+    return -nll + gaussian_log_density(z, *prior) - gaussian_log_density(z, *posterior)
+
+
 class GaussianNet(nn.Module):
     """A two-layer tanh MLP giving the mean and log-variance of a diagonal Gaussian (as in VHRED)."""
 

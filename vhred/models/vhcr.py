@@ -25,8 +25,8 @@ on log p(r | context, z_conv), not on log p(r | context): z_conv is not integrat
 import torch
 import torch.nn as nn
 
-from .layers import GaussianNet, Hierarchical, Packing, gaussian_kl, gaussian_log_density, positions, \
-    reparameterize, run_rnn, to_device
+from .layers import GaussianNet, Hierarchical, Packing, gaussian_kl, gaussian_log_density, log_weight, \
+    positions, reparameterize, run_rnn, to_device
 from .vhred import VHRED
 
 
@@ -127,7 +127,7 @@ class VHCR(VHRED):
             mean_q, logvar_q = self.posterior(ctx, enc)
             z = reparameterize(mean_q, logvar_q)
             nll = self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z))
-            per_target = -nll + gaussian_log_density(z, mean_p, logvar_p) - gaussian_log_density(z, mean_q, logvar_q)
+            per_target = log_weight(nll, z, (mean_p, logvar_p), (mean_q, logvar_q))
             zeros = torch.zeros_like(mean_c)
             w = gaussian_log_density(z_conv, zeros, zeros) - gaussian_log_density(z_conv, mean_c, logvar_c)
             weights.append(w.index_add(0, to_device(tgt_dlg, w.device), per_target))   # (B,)

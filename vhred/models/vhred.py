@@ -9,7 +9,7 @@ it from the prior, so one context gives several different responses.
 """
 import torch
 
-from .layers import GaussianNet, Hierarchical, bow_head, gaussian_kl, gaussian_log_density, reparameterize
+from .layers import GaussianNet, Hierarchical, bow_head, gaussian_kl, log_weight, reparameterize
 
 
 class VHRED(Hierarchical):
@@ -82,7 +82,7 @@ class VHRED(Hierarchical):
         for _ in range(k):
             z = reparameterize(mean_q, logvar_q)                            # (T, Z)
             nll = self.reconstruction_nll(tgt_tokens, tgt_lens, self.condition(ctx, z))
-            weights.append(-nll + gaussian_log_density(z, mean_p, logvar_p) - gaussian_log_density(z, mean_q, logvar_q))
+            weights.append(log_weight(nll, z, (mean_p, logvar_p), (mean_q, logvar_q)))
         return torch.stack(weights, dim=1), int(tgt_lens.sum())            # (T, K)
 
     def response_log_weights(self, ctx, tokens, lens, eps):
@@ -95,6 +95,5 @@ class VHRED(Hierarchical):
         rep = lambda x: x.repeat_interleave(k, dim=0)                       # (P, ...) -> (P*K, ...)
         z = rep(mean_q) + torch.exp(0.5 * rep(logvar_q)) * eps              # (P*K, Z) z ~ q
         nll = self.reconstruction_nll(rep(tokens), rep(lens), self.condition(rep(ctx), z))
-        w = -nll + gaussian_log_density(z, rep(mean_p), rep(logvar_p)) \
-            - gaussian_log_density(z, rep(mean_q), rep(logvar_q))           # (P*K,)
+        w = log_weight(nll, z, (rep(mean_p), rep(logvar_p)), (rep(mean_q), rep(logvar_q)))   # (P*K,)
         return w.view(P, k)
