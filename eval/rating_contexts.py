@@ -22,7 +22,8 @@ import json
 import random
 
 from vhred import checkpoint
-from vhred.cli import command, Parser, text_lines
+from vhred.cli import command, Parser
+from vhred.files import text_lines
 from vhred.errors import InputError
 from vhred.evaluate import split_dialogues
 from vhred.metrics.protocol import context_pairs

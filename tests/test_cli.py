@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from vhred import __main__ as vhred_main
-from vhred import checkpoint, cli, sources
+from vhred import checkpoint, cli, files, sources
 from vhred.errors import DataError
 
 SUBCOMMANDS = list(vhred_main.COMMANDS)   # every subcommand, so a new one cannot be left out
@@ -149,7 +149,7 @@ def test_impossible_values_are_one_line_errors(argv, message, capsys, monkeypatc
 
 def test_an_output_file_that_cannot_be_created_names_the_path_asked_for():
     with pytest.raises(OSError) as failed:   # exit 1, as every operating-system error
-        with cli.output_file("/proc/x.jsonl") as f:
+        with files.output_file("/proc/x.jsonl") as f:
             f.write("x")
     assert failed.value.filename == "/proc/x.jsonl"   # not its .tmp<pid>
 
@@ -157,20 +157,19 @@ def test_an_output_file_that_cannot_be_created_names_the_path_asked_for():
 def test_a_commands_lines_end_at_newlines_only_and_the_line_cap_counts_bytes(tmp_path, monkeypatch):
     """What json_line writes reads back line for line: a U+2028 or U+0085 inside a JSON string
     does not end its line; \r\n does; and the cap is of a line's UTF-8 bytes, not characters."""
-    from vhred import limits
     from vhred.errors import InputError
     rows = [{"context": ["a\u2028b", "c\x85d\x0ce"]}, {"context": ["f"]}]
     path = tmp_path / "c.jsonl"
-    path.write_text("".join(cli.json_line(r) + "\n" for r in rows), encoding="utf-8")
-    assert [json.loads(line) for line in cli.text_lines(str(path))] == rows
+    path.write_text("".join(files.json_line(r) + "\n" for r in rows), encoding="utf-8")
+    assert [json.loads(line) for line in files.text_lines(str(path))] == rows
     path.write_bytes(b"x\r\ny\n\nz")
-    assert cli.text_lines(str(path)) == ["x", "y", "", "z"]
+    assert files.text_lines(str(path)) == ["x", "y", "", "z"]
     path.write_bytes(b"")
-    assert cli.text_lines(str(path)) == []
-    monkeypatch.setattr(limits, "MAX_LINE_BYTES", 10)
+    assert files.text_lines(str(path)) == []
+    monkeypatch.setattr(files, "MAX_LINE_BYTES", 10)
     path.write_text("\u20ac" * 4 + "\n", encoding="utf-8")   # 4 characters, 12 bytes
     with pytest.raises(InputError, match="line 1 is longer than"):
-        cli.text_lines(str(path))
+        files.text_lines(str(path))
 
 
 def test_the_console_script_is_declared_and_importable():

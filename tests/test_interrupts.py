@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import vhred
-from vhred import answers, cli, critic, export, latent, plot
+from vhred import answers, cli, critic, export, files, latent, plot, stops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,7 @@ def test_sigterm_ends_a_command_as_ctrl_c_does_with_143_and_no_temporary(tmp_pat
 
     @cli.command
     def main(argv=None):
-        with cli.output_file(str(out)) as f:
+        with files.output_file(str(out)) as f:
             f.write("half of the new")
             os.kill(os.getpid(), signal.SIGTERM)   # kill, systemd, timeout, a cancelled CI job
             time.sleep(5)
@@ -78,7 +78,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     """A failed write() names no file: "No space left on device" alone does not say what was lost."""
     out = tmp_path / "out.txt"
     with pytest.raises(OSError) as failed:
-        with cli.output_file(str(out)):
+        with files.output_file(str(out)):
             raise OSError(errno.ENOSPC, "No space left on device")   # as f.write() raises it
     assert failed.value.filename == str(out) and os.listdir(tmp_path) == []
 
@@ -86,7 +86,7 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
         open(tmp, "w").write("half")
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(OSError) as failed:
-        cli.atomic(str(out), half)
+        files.atomic(str(out), half)
     assert failed.value.filename == str(out) and os.listdir(tmp_path) == []
 
 
@@ -235,9 +235,9 @@ def test_a_row_that_fills_the_disk_is_cut_off_again_and_named(tmp_path):
     path.write_text('{"step": 1}\n')
     with files_at_most(100):
         with pytest.raises(OSError) as failed:
-            cli.append_line(str(path), json.dumps({"step": 2, "loss": "x" * 200}))
+            files.append_line(str(path), json.dumps({"step": 2, "loss": "x" * 200}))
     assert failed.value.filename == str(path) and path.read_text() == '{"step": 1}\n'
-    cli.append_line(str(path), '{"step": 2}')
+    files.append_line(str(path), '{"step": 2}')
     assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
 
 
@@ -255,9 +255,9 @@ def test_a_report_of_several_files_is_replaced_all_together_or_not_at_all(tmp_pa
 
 def test_an_output_folder_one_may_not_write_is_refused_before_the_work(tmp_path, monkeypatch):
     """bench ran its whole measurement, then lost it to a read-only --out folder."""
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: False)   # as for a user, not root
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False)   # as for a user, not root
     with pytest.raises(OSError) as failed:
-        cli.check_output(str(tmp_path / "bench.json"))
+        files.check_output(str(tmp_path / "bench.json"))
     assert failed.value.errno == errno.EACCES and failed.value.filename == str(tmp_path / "bench.json")
 
 
@@ -292,11 +292,11 @@ def test_a_dropped_sigterm_still_stops_the_command_before_its_file_is_replaced(t
 
     class Dropping:
         def __del__(self):
-            cli._raise_terminated(signal.SIGTERM, None)   # as the signal handler, inside __del__
+            stops._raise_terminated(signal.SIGTERM, None)   # as the signal handler, inside __del__
 
     @cli.command
     def main(argv=None):
-        with cli.output_file(str(out)) as f:
+        with files.output_file(str(out)) as f:
             f.write("new")
             Dropping()
 
@@ -356,7 +356,7 @@ def test_eval_and_rank_refuse_an_unwritable_results_folder_before_loading(traine
     command = importlib.import_module(f"vhred.{module}")
     run = tmp_path / "run"
     shutil.copytree(trained["hred"], run)
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: not os.path.samefile(path, run))   # as for a user, not root
+    monkeypatch.setattr(files.os, "access", lambda path, mode: not os.path.samefile(path, run))   # as for a user, not root
     monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded before the folder was checked"))
     with pytest.raises(SystemExit) as stopped:
         command.main(["--checkpoint", str(run), "--max-contexts", "2"])

@@ -123,10 +123,10 @@ def test_a_full_disk_while_a_new_run_writes_its_tokenizer_leaves_no_torn_file(ti
     """It said "No space left on device (data/processed/.../tokenizer.model)", the source, and left
     a truncated tokenizer.model in the run folder."""
     import builtins
-    from vhred import cli, train as train_mod   # the run folder's small files are written by cli.write_bytes
+    from vhred import files, train as train_mod   # the run folder's small files are written by files.write_bytes
     cfg = tiny_cfg("max_steps=2", "name=tokfull")
     small = type("Small", (FullDisk,), {"room": 100})
-    monkeypatch.setattr(cli, "open", lambda path, mode="r", *a, **k: small(path, mode) if "w" in mode and "tokfull" in path
+    monkeypatch.setattr(files, "open", lambda path, mode="r", *a, **k: small(path, mode) if "w" in mode and "tokfull" in path
                         else builtins.open(path, mode, *a, **k), raising=False)
     code, err = one_line_exit(train_mod.main, ["--config", TINY, f"data_dir={cfg.data_dir}", f"out_dir={cfg.out_dir}",
                                                "name=tokfull", "max_steps=2"], capsys)

@@ -20,7 +20,7 @@ import torch
 import vhred
 from tests.conftest import ROOT
 from vhred import cache, checkpoint, config, limits, sources
-from vhred.cli import json_line, output_file
+from vhred.files import json_line, output_file
 from vhred.errors import CheckpointError, ConfigError, InputError
 
 FORMAT1 = os.path.join(ROOT, "tests", "fixtures", "format1-tiny.pt")

@@ -30,7 +30,9 @@ import math
 import os
 import re
 
-from .cli import command, Parser, program, write_bytes
+from .cli import command, Parser, program
+
+from .files import write_bytes
 from .errors import CheckpointError, DataError
 from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 

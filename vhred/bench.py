@@ -35,7 +35,8 @@ import time
 import torch
 
 from . import limits
-from .cli import check_output, command, output_file, Parser, program
+from .cli import command, Parser, program
+from .files import check_output, output_file
 from .config import load
 from .device import BF16_MIN_BATCH
 from .train import prefetch

@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 from . import limits
-from .cli import command, output_file, Parser, program
+from .cli import command, Parser, program
+from .files import output_file
 from .errors import InputError
 
 DAILYDIALOG_DIALOGUES = 13118   # train + validation + test: the unit of scale

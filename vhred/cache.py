@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 
+from .files import alive
+
 
 def file_sha256(path: str) -> str:
     """The SHA-256 of a file's bytes, read 1 MB at a time."""
@@ -84,17 +86,5 @@ def remove_crashed(processed: str):
         return
     for name in os.listdir(processed):
         m = re.fullmatch(r".+\.tmp(\d*)", name)
-        if m and not _alive(int(m.group(1) or 0)):
+        if m and not alive(int(m.group(1) or 0)):
             shutil.rmtree(os.path.join(processed, name), ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:   # an old-style ".tmp" folder names no process
-        return False
-    try:
-        os.kill(pid, 0)   # signal 0 sends nothing: it only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # it exists, under another user
-        pass
-    return True

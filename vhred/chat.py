@@ -14,7 +14,9 @@ from dataclasses import replace
 import torch
 
 from . import checkpoint
-from .cli import command, interrupted_code, json_line, Parser, program
+from .cli import command, Parser, program
+from .files import json_line
+from .stops import interrupted_code
 from .device import pick_device
 from .errors import InputError
 from .generate import (

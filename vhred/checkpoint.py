@@ -135,7 +135,7 @@ def upgrade(path: str, out: str | None = None) -> str:
     state = upgrade_from_1(state)
     check_contents(state, path)
     if out:
-        from .cli import check_output
+        from .files import check_output
         check_output(out)   # a folder, or a folder that is not there: one line before anything is written
     save(state, out or path)
     return out or path

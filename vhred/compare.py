@@ -28,7 +28,8 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from . import config
-from .cli import command, json_safe, output_file, Parser, program
+from .cli import command, Parser, program
+from .files import json_safe, output_file
 from .errors import InputError
 
 # row name: the settings that make it (one family each; GMP is DialogWAE with a mixture prior)

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
-from .cli import write_bytes
+from .files import write_bytes
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
 from .models.layers import Hierarchical, first_words

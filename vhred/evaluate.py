@@ -30,7 +30,8 @@ import time
 
 from . import cache, checkpoint, limits, sources
 from .config import MAX_INT
-from .cli import check_output, command, json_line, json_safe, output_file, output_files, Parser, program
+from .cli import command, Parser, program
+from .files import check_output, json_line, json_safe, output_file, output_files
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError

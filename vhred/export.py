@@ -20,7 +20,8 @@ from dataclasses import asdict
 
 from . import answers, cache, checkpoint, critic, modelfolder
 from .schedule import kl_cycle
-from .cli import check_stop, command, Parser, program
+from .cli import command, Parser, program
+from .stops import check_stop
 from .errors import InputError
 
 CARD = "README.md"

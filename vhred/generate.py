@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, limits
-from .cli import check_output, command, json_line, output_file, Parser, program, text_lines
+from .cli import command, Parser, program
+from .files import check_output, json_line, output_file, text_lines
 from .dataset import collate
 from .device import pick_device
 from .errors import CheckpointError, InputError

@@ -19,7 +19,8 @@ import sys
 import torch
 
 from . import checkpoint
-from .cli import command, output_file, Parser, program
+from .cli import command, Parser, program
+from .files import output_file
 from .config import ModelConfig, load
 from .device import pick_device
 from .models import build

@@ -17,7 +17,8 @@ import os
 import torch
 
 from . import checkpoint, limits
-from .cli import check_output, command, Parser, program, write_bytes
+from .cli import command, Parser, program
+from .files import check_output, write_bytes
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError

@@ -17,7 +17,7 @@ import os
 import torch
 
 from .cache import file_sha256
-from .cli import write_bytes
+from .files import write_bytes
 from .errors import CheckpointError
 
 FORMAT, VERSION = "vhred-model-folder", 1

@@ -9,7 +9,9 @@ import json
 import math
 import os
 
-from .cli import command, Parser, program, write_bytes
+from .cli import command, Parser, program
+
+from .files import write_bytes
 from .errors import InputError
 
 

@@ -14,7 +14,8 @@ import sys
 import time
 
 from . import checkpoint, limits
-from .cli import check_output, command, json_safe, output_file, Parser, program
+from .cli import command, Parser, program
+from .files import check_output, json_safe, output_file
 from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name, split_dialogues

@@ -35,7 +35,9 @@ import random
 import re
 import sys
 
-from .cli import command, output_file, output_files, Parser, program, text_lines
+from .cli import command, Parser, program
+
+from .files import output_file, output_files, text_lines
 from .errors import InputError
 
 Z95 = 1.959963984540054   # the standard normal's 97.5% quantile

@@ -38,7 +38,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib.resources import files
 from urllib.parse import urlsplit
 
-from .cli import command, json_line, Parser, program
+from .cli import command, Parser, program
+
+from .files import json_line
 from .device import pick_device
 from .errors import InputError, UserError
 

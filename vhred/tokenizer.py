@@ -9,7 +9,7 @@ import random
 
 import sentencepiece as spm
 
-from .cli import write_bytes
+from .files import write_bytes
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 

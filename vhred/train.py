@@ -16,7 +16,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import append_line, command, interrupted_code, Parser, program, say, write_bytes
+from .cli import command, Parser, program, say
+from .files import append_line, write_bytes
+from .stops import interrupted_code
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError

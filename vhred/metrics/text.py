@@ -26,7 +26,7 @@ def tokenize(text: str) -> list[str]:
 
 def read_lines(path: str) -> list[str]:
     """Lines of a UTF-8 text file, one sentence each; empty files and blank lines are errors."""
-    from ..cli import text_lines
+    from ..files import text_lines
     lines = text_lines(path)
     if not lines:
         raise InputError(f"{path} is empty")

@@ -24,6 +24,7 @@ Weston et al. 2018; retrieval.py). With `copy` each step may also copy one of th
 b starts at 2 (p_gen about 0.88), so training starts from generating and learns where to copy.
 """
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -31,9 +32,11 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from ..config import ModelConfig
 from ..tokenizer import BOS, EOS, PAD, UNK
 from .retrieval import RetrievalIndex
+
+if TYPE_CHECKING:   # the config looks families up in this package: a name for readers only
+    from ..config import ModelConfig
 
 EPS = 1e-10   # added to the copy mixture's probabilities before the log (a piece neither made nor copied)
 
@@ -116,7 +119,7 @@ class Hierarchical(nn.Module):
         """Standard normals a prior sample is made from (generation keys them per response)."""
         return self.z_dim
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, ctx_in_extra: int = 0):
+    def __init__(self, cfg: "ModelConfig", vocab_size: int, ctx_in_extra: int = 0):
         """The encoders; the family then adds its latent pieces, build_decoder() and
         init_weights(), in that order (the order parameters are made in is the order their
         initial values are drawn in)."""
