@@ -19,10 +19,11 @@ import os
 import statistics
 
 from vhred.cli import command, Parser
-from vhred import checkpoint
-from vhred.generate import DecodeOptions, spaced
+from vhred import loading
+from vhred.decoding import DecodeOptions
+from vhred.sources import spaced
 from vhred.rate import read_answers, read_key
-from vhred.scoring import RANK_SAMPLES, log_likelihoods
+from vhred.scoring import log_likelihoods, RANK_SAMPLES
 
 from eval.candidate_ceiling import labelled, mmi, shares
 
@@ -32,7 +33,7 @@ GAMMAS = (0.0, -0.1, -0.3)
 
 def backward_scores(run: str, rows: list[dict]) -> list[list[float]]:
     """log p(c_last | r) in nats under the backward model, for every reply of every row."""
-    model, cfg, sp = checkpoint.load_model(run)
+    model, cfg, sp = loading.load_model(run)
     out = []
     for row in rows:
         last = sp.encode(spaced(row["context"][-1]))[:cfg.max_utt_len]

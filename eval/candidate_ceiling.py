@@ -23,9 +23,11 @@ import os
 import statistics
 import sys
 
-from vhred import checkpoint
+from vhred import loading
 from vhred.cli import command, Parser
-from vhred.generate import DecodeOptions, response_text, reply_key, shown_filter
+from vhred.candidates import reply_key, shown_filter
+from vhred.decoding import DecodeOptions
+from vhred.render import response_text
 from vhred.rate import read_answers, read_key
 
 from eval import rated_ranking
@@ -41,7 +43,7 @@ def scaled_prior_noise(scale: float):
     row's normals eps are multiplied by scale while inside. An experiment knob (docs/rating.md,
     fifteenth round), not a decoding option: it did not lift the shown five. The ranking numbers
     (log p by vhred/scoring.py) keep the prior's own noise."""
-    import vhred.generate as g
+    import vhred.decoding as g
     drawn = g.keyed_noise
     g.keyed_noise = lambda *a, **k: (lambda eps, u: (eps * scale, u))(*drawn(*a, **k))
     try:
@@ -56,7 +58,7 @@ def pool(args):
 
 
 def write_pool(args):
-    model, cfg, sp = checkpoint.load_model(args.checkpoint)
+    model, cfg, sp = loading.load_model(args.checkpoint)
     keep = shown_filter(sp, cfg, DecodeOptions())
     contexts = [json.loads(line)["context"] for line in open(args.contexts, encoding="utf-8")]
     with open(args.out, "w", encoding="utf-8") as out:
@@ -97,9 +99,10 @@ def critic_scores(run: str, rows: list[dict], with_precedents: bool = False) -> 
     the critic was trained on."""
     from vhred import critic
     from vhred.critic_train import encoded
-    from vhred.generate import encode_turns, spaced
+    from vhred.render import encode_turns
+    from vhred.sources import spaced
     from eval import precedents
-    model, cfg, sp = checkpoint.load_model(run)   # with the run's critic attached
+    model, cfg, sp = loading.load_model(run)   # with the run's critic attached
     if model.critic is None:
         sys.exit(f"{run} has no critic.safetensors; train one with `vhred critic --checkpoint {run} --ratings ...`")
     said = None

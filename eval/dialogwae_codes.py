@@ -29,7 +29,7 @@ import time
 import torch
 
 from vhred.cli import command, Parser
-from vhred import checkpoint, config
+from vhred import config, loading
 from vhred.dataset import DialogueData, prepare
 from vhred.errors import InputError
 from vhred.models import dialogwae
@@ -98,7 +98,7 @@ def mixture(model, ctx) -> str:
 
 def measure_checkpoint(path: str):
     """The measures of a trained DialogWAE on the first 64 validation windows of its data."""
-    model, cfg, _ = checkpoint.load_model(path)
+    model, cfg, _ = loading.load_model(path)
     if cfg.arch.model != "dialogwae":
         raise InputError(f"{path} is a {cfg.arch.model} model; this diagnostic reads DialogWAE")
     batch = DialogueData(prepare(cfg, log=lambda *_: None), "validation").batch(list(range(64)))

@@ -22,10 +22,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vhred.cli import command, Parser
-from vhred import checkpoint, critic
+from vhred import checkpoint, critic, loading
 from vhred.errors import InputError
-from vhred.evaluate import split_dialogues
-from vhred.generate import DecodeOptions, encode_turns, generate
+from vhred.sources import split_dialogues
+from vhred.candidates import generate
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns
 
 DRAWS, WRONG, BATCH = 8, 5, 32
 
@@ -90,7 +92,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    model, cfg, sp = checkpoint.load_model(args.checkpoint)
+    model, cfg, sp = loading.load_model(args.checkpoint)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     pairs = pairs_of(split_dialogues(cfg, args.split), sp, cfg, args.contexts, args.seed)

@@ -21,13 +21,15 @@ from dataclasses import replace
 import torch
 
 from eval.pooled_draws import shown_of
-from vhred import checkpoint
+from vhred import loading
 from vhred.cli import command, Parser
 from vhred.dataset import collate
 from vhred.device import pick_device
-from vhred.evaluate import split_dialogues
-from vhred.generate import (DecodeOptions, context_states, encode_turns, generate, response_text,
-                            same_reply, spaced)
+from vhred.sources import split_dialogues
+from vhred.candidates import generate, same_reply
+from vhred.decoding import context_states, DecodeOptions
+from vhred.render import encode_turns, response_text
+from vhred.sources import spaced
 from vhred.nearest import Index
 
 
@@ -72,7 +74,7 @@ def main(argv=None):
     p.add_argument("--show-exemplars", action="store_true",
                    help="add the exemplars' texts, which shown replies only they drew, and how many such replies")
     args = p.parse_args(argv)
-    model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device("cpu"))
+    model, cfg, sp = loading.load_model(args.checkpoint, pick_device("cpu"))
     index = Index(split_dialogues(cfg, "train"), previous_weight=0.5)
     opts = DecodeOptions(num_samples=args.num_samples).check()
     with open(args.output, "w") as out:

@@ -12,7 +12,7 @@ Writes generate's JSONL (context, samples, scores) and, per line, which shown re
 second model drew ("from_second"). `--committee` ranks the pool by the sum of both models'
 rankings (each run's critic + 2 x MMI) instead of the first's alone (`--judge-only`: all 80 draws
 the first model's, ranked so), as the chat's `--pool-with`
-(vhred/generate.py, drawn) now does; the chat keeps the best-ranked spelling of a repeated reply
+(vhred/candidates.py, drawn) now does; the chat keeps the best-ranked spelling of a repeated reply
 where this script keeps the first drawn, as the rated rounds were made.
 """
 import filecmp
@@ -20,16 +20,18 @@ import json
 import os
 from dataclasses import replace
 
-from vhred import checkpoint
+from vhred import loading
 from vhred.cli import command, Parser
 from vhred.device import pick_device
 from vhred.errors import InputError
-from vhred.generate import (DecodeOptions, _dedup, _rank, encode_turns, generate, response_text, same_reply,
-                            shown_filter, spaced)
+from vhred.candidates import _dedup, _rank, generate, same_reply, shown_filter
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns, response_text
+from vhred.sources import spaced
 
 
 def shown_of(model, cfg, sp, ids: list[list[int]], pool: list, opts: DecodeOptions, judges=()):
-    """What the chat shows from a pool of draws for one context, as vhred.generate.candidates
+    """What the chat shows from a pool of draws for one context, as vhred.candidates.candidates
     makes it: repeats dropped, ranked by model's ranking (plus the judges' own, summed), of two
     spellings of the same words the better ranked kept, faulty ones last, the first opts.num_samples."""
     same, keep = same_reply(sp), shown_filter(sp, cfg, opts)
@@ -72,8 +74,8 @@ def main(argv=None):
     if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
                        shallow=False):
         raise InputError("the two runs have different tokenizers: pool draws of runs made with one config and data")
-    first, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device("cpu"))
-    second, _, _ = checkpoint.load_model(args.second, pick_device("cpu"))
+    first, cfg, sp = loading.load_model(args.checkpoint, pick_device("cpu"))
+    second, _, _ = loading.load_model(args.second, pick_device("cpu"))
     opts = DecodeOptions(num_samples=args.num_samples).check()
     with open(args.output, "w") as out:
         for line in open(args.input):

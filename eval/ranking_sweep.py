@@ -19,17 +19,19 @@ import random
 
 import torch
 
-from vhred import checkpoint
+from vhred import checkpoint, loading
 from vhred.cli import command, Parser
-from vhred.evaluate import split_dialogues
+from vhred.sources import split_dialogues
 from vhred.lexicon import training_lexicon
-from vhred.generate import DecodeOptions, encode_turns, generate, pretty, response_text
+from vhred.candidates import generate
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns, pretty, response_text
 from vhred.metrics.bleu import multi_sample_bleu, sentence_bleu_n
 from vhred.metrics.distinct import intra_inter
 from vhred.metrics.protocol import context_pairs
 from vhred.metrics.surface import faults
 from vhred.metrics.text import tokenize
-from vhred.scoring import NEUTRAL, RANK_SAMPLES, log_likelihoods
+from vhred.scoring import log_likelihoods, NEUTRAL, RANK_SAMPLES
 
 DECODINGS = {
     "greedy": dict(method="greedy"),
@@ -120,7 +122,7 @@ def main(argv=None):
     torch.manual_seed(0)
     os.makedirs(args.out, exist_ok=True)
     path = checkpoint.resolve(args.checkpoint)
-    model, cfg, sp = checkpoint.load_model(path)
+    model, cfg, sp = loading.load_model(path)
     pairs = fixed_pairs(cfg, args.contexts)
     cache = os.path.join(args.out, "candidates.jsonl")
     if os.path.exists(cache):

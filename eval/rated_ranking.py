@@ -6,7 +6,7 @@ Each DIR is a rating round of eval/ratings/ (contexts.jsonl, key.json, rater*.tx
 checkpoint; --systems names the systems in them that decoded from it. For each context the
 checkpoint's greedy draws are decoded again with the shipped seeds (--draws of them: what the
 chat draws for 5 shown), scored with log p(r | c) and log p(r | neutral) as ranking scores them,
-and matched to the rated replies by the words a reader sees (generate.reply_key). For each
+and matched to the rated replies by the words a reader sees (candidates.reply_key). For each
 score, the pairwise accuracy within contexts: of two rated replies to one context that the
 readers judged differently, how often the score puts the kept one first (0.5 is chance; a pair
 counts by how far apart the readers' good shares are). Only rated replies count, and they are
@@ -17,11 +17,14 @@ import itertools
 import json
 import os
 
-from vhred import checkpoint
+from vhred import loading
 from vhred.cli import command, Parser
-from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, same_reply, spaced
+from vhred.candidates import generate, reply_key, same_reply
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns
+from vhred.sources import spaced
 from vhred.rate import read_answers, read_key
-from vhred.scoring import NEUTRAL, RANK_SAMPLES, log_likelihoods
+from vhred.scoring import log_likelihoods, NEUTRAL, RANK_SAMPLES
 
 LAMBDAS = (0.0, 0.25, 0.5, 1.0)
 GAMMAS = (0.0, -0.05, -0.1, -0.2, -0.3, -0.5)
@@ -84,7 +87,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     contexts = [json.loads(line)["context"] for line in open(os.path.join(args.round[0], "contexts.jsonl"), encoding="utf-8")]
     labels = rated(args.round, set(args.systems.split(",")), contexts)
-    model, cfg, sp = checkpoint.load_model(args.checkpoint)
+    model, cfg, sp = loading.load_model(args.checkpoint)
     key = same_reply(sp)
     words = collections.defaultdict(list)
     for (c, t), v in labels.items():

@@ -23,11 +23,11 @@ import random
 
 from vhred import checkpoint
 from vhred.cli import command, Parser
-from vhred.files import text_lines
 from vhred.errors import InputError
-from vhred.evaluate import split_dialogues
+from vhred.files import text_lines
 from vhred.metrics.protocol import context_pairs
 from vhred.rate import LAST_TURN_KINDS, TURN_KINDS, last_turn_is, turn_kind
+from vhred.sources import split_dialogues
 
 SWEEP_SEED, SWEEP_CONTEXTS = 0, 200
 

@@ -90,15 +90,15 @@ def trained(dailydialog_zip, data_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def vhred_model(trained):
     """(model, config, tokenizer) of the session's tiny VHRED, loaded once."""
-    from vhred import checkpoint
-    return checkpoint.load_model(trained["vhred"])
+    from vhred import loading
+    return loading.load_model(trained["vhred"])
 
 
 @pytest.fixture(scope="session")
 def hred_model(trained):
     """(model, config, tokenizer) of the session's tiny HRED, loaded once."""
-    from vhred import checkpoint
-    return checkpoint.load_model(trained["hred"])
+    from vhred import loading
+    return loading.load_model(trained["hred"])
 
 
 def child_errors(r) -> str:

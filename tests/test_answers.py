@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
-from vhred import answers, checkpoint
+from vhred import answers, loading
 from vhred.errors import CheckpointError
-from vhred.generate import DecodeOptions, _scores, encode_turns, generate
+from vhred.candidates import _scores, generate
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,10 +84,10 @@ def test_score_is_the_best_word_for_the_phrase_asked():
 def test_the_ranking_adds_the_weighted_answer_score(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained["vhred"], run)
-    model, cfg, sp = checkpoint.load_model(str(run))
+    model, cfg, sp = loading.load_model(str(run))
     assert model.answers is None
     answers.save(answers.build(PAIRS), str(run))
-    model, cfg, sp = checkpoint.load_model(str(run))
+    model, cfg, sp = loading.load_model(str(run))
     ctx = encode_turns(sp, ["Hi !", "How long is it ?"], cfg.max_utt_len, cfg.max_context)
     replies = [sp.encode(t) for t in ("ten minutes .", "yes .", "two weeks .")]
     plain = _scores(model, [ctx] * 3, replies, DecodeOptions(rank="mmi", answer_weight=0))
@@ -107,12 +109,12 @@ def test_the_ranking_adds_the_weighted_answer_score(trained, tmp_path):
 
     (run / answers.FILE).write_text("{not json")
     with pytest.raises(CheckpointError, match="answers.json is unreadable"):
-        checkpoint.load_model(str(run))
+        loading.load_model(str(run))
     for bad in ([], {"asked": {}}, {"asked": {"how": 3}, "pmi": {"how": {"weeks": "1.5"}}},
                 {"asked": {"how": "3"}, "pmi": {}}, {"asked": {}, "pmi": {"how": [1.5]}}):
         (run / answers.FILE).write_text(json.dumps(bad))   # would fail mid-ranking: refused on load
         with pytest.raises(CheckpointError, match="is not a table of vhred.answers"):
-            checkpoint.load_model(str(run))
+            loading.load_model(str(run))
 
 
 def test_the_command_counts_the_runs_training_split(trained, tmp_path, dailydialog_zip):
@@ -153,7 +155,7 @@ def test_the_api_scores_as_the_ranking_ranks(trained, tmp_path):
     bot = vhred.load(str(run))
     texts = ["Ten minutes .", "Yes ."]
     scored = bot.score(["How long is it ?"], texts)
-    model, cfg, sp = checkpoint.load_model(str(run))
+    model, cfg, sp = loading.load_model(str(run))
     ctx = encode_turns(sp, ["How long is it ?"], cfg.max_utt_len, cfg.max_context)
     ids = [sp.encode(t)[:cfg.max_utt_len] for t in texts]
     assert scored == pytest.approx(_scores(model, [ctx] * 2, ids, DecodeOptions(rank="mmi")), abs=1e-5)

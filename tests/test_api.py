@@ -44,7 +44,7 @@ def test_a_cut_reply_passed_back_is_read_without_its_mark(bot):
     """The chat page (and an API caller) appends a reply as shown, " …" included when max_len cut
     it: the model reads its own turns and score()'s candidates without the mark, which it did not
     write; a user's turn (the last, and every second one before it) is read as typed."""
-    from vhred.generate import CUT
+    from vhred.render import CUT
     said = ["Hello , how are you ?", "Fine , thanks .", "What do you do ?"]
     shown = [said[0], said[1] + CUT, said[2]]
     assert bot._context(shown) == bot._context(said)
@@ -71,7 +71,7 @@ def test_a_request_takes_the_servers_method_and_drops_its_shaping_for_another(bo
     """What a request leaves out comes from the base (a server's flags): its method too, when the
     request's temperature is the neutral 1; a request that picks greedy or beam without shaping
     of its own decodes without the base's temperature, which shapes sampled words only."""
-    from vhred.generate import DecodeOptions
+    from vhred.decoding import DecodeOptions
     greedy = DecodeOptions(method="greedy")
     assert bot._options(2, {"temperature": 1.0}, greedy).method == "greedy"
     assert bot._options(2, {"top_k": 0}, greedy).method == "greedy"
@@ -100,7 +100,10 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
     """respond() ranks by the default ranking score (MMI, lambda DecodeOptions.mmi_lambda) with
     K = 3 z samples and seed 0 (scoring.RANK_SAMPLES), and score() gives a text that same score of
     its tokens: the same numbers, not merely numbers."""
-    from vhred.generate import DecodeOptions, candidates, ranking, response_text, same_reply, shown_filter, spaced
+    from vhred.candidates import candidates, ranking, same_reply, shown_filter
+    from vhred.decoding import DecodeOptions
+    from vhred.render import response_text
+    from vhred.sources import spaced
     from vhred.scoring import RANK_SAMPLES, score_ids
     model, sp, cfg, opts = bot._model, bot._sp, bot.config, DecodeOptions(num_samples=5, seed=0)
     assert ranking(model, opts) == "mmi"   # rank "auto" of a model without a reply critic
@@ -128,7 +131,8 @@ def test_score_scores_each_candidate_on_the_ranking_scale(bot):
 
 def test_a_pooled_bot_scores_as_it_ranks(bot, trained):
     """With pool_with, score() is the sum of every run's own score, the number respond() ranks by."""
-    from vhred.generate import DecodeOptions, candidates, same_reply, shown_filter
+    from vhred.candidates import candidates, same_reply, shown_filter
+    from vhred.decoding import DecodeOptions
     from vhred.scoring import RANK_SAMPLES, score_ids
     hred = vhred.load(trained["hred"], device="cpu")
     pooled = vhred.load(trained["vhred"], device="cpu", pool_with=[trained["hred"]])

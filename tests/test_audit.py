@@ -15,11 +15,14 @@ import torch.nn.functional as F
 
 import vhred
 from tests.conftest import ROOT, STANDIN
-from vhred import cache, checkpoint, sources
+from vhred import cache, checkpoint, loading, sources
 from vhred.checkpoint import CheckpointError
 from vhred.errors import DataError
 from vhred.dataset import CACHE_FILES, DialogueData, prepare
-from vhred.generate import DecodeOptions, encode_turns, generate, spaced
+from vhred.candidates import generate
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns
+from vhred.sources import spaced
 from vhred.scoring import NEUTRAL, score_ids
 from vhred.tokenizer import BOS, EOS
 
@@ -73,7 +76,7 @@ def test_pmi_is_ll_minus_the_neutral_contexts_ll_per_token(hred_model):
 def test_bot_score_is_the_ranking_score_of_the_text_as_the_corpus_writes_it(trained, hred_model):
     """For HRED the likelihoods are exact: bot.score is (log p(r|c) - lambda log p(r)) / tokens
     + gamma tokens with the default ranking's lambda and gamma (MMI, DecodeOptions)."""
-    from vhred.generate import DecodeOptions
+    from vhred.decoding import DecodeOptions
     model, cfg, sp = hred_model
     context, replies = encoded(sp, cfg)
     bot = vhred.load(trained["hred"], device="cpu")
@@ -204,7 +207,7 @@ def test_a_deleted_cache_file_is_noticed_and_rebuilt(tiny_cfg):
 
 
 def test_a_jsonl_run_evaluates_from_its_remembered_path_after_the_working_folder_changes(tiny_cfg, tmp_path, monkeypatch):
-    from vhred.evaluate import split_dialogues
+    from vhred.sources import split_dialogues
     from vhred.train import train
     data = tmp_path / "mine"
     data.mkdir()
@@ -213,7 +216,7 @@ def test_a_jsonl_run_evaluates_from_its_remembered_path_after_the_working_folder
     (data / "talk.jsonl").write_text("\n".join(lines) + "\n")
     monkeypatch.chdir(data)
     run = train(tiny_cfg("data=talk.jsonl", "max_steps=2", "max_dialogues=0", "vocab_size=60"), log=lambda *_: None)
-    _, cfg, _ = checkpoint.load_model(run.dir)
+    _, cfg, _ = loading.load_model(run.dir)
     assert cfg.data == "talk.jsonl" and cfg.data_source == str(data / "talk.jsonl")
     monkeypatch.chdir(tmp_path)   # talk.jsonl is not here: the remembered absolute path is used
     assert split_dialogues(cfg, "test") == [[f"hello {i} .", f"hi {i} !", "bye ."] for i in range(35, 40)]
@@ -235,7 +238,7 @@ def test_a_jsonl_run_evaluates_from_its_remembered_path_after_the_working_folder
 
 def test_a_split_without_dialogues_is_one_line_that_names_another(tiny_cfg, tmp_path):
     """Own data with no test lines: eval and rank said ZeroDivisionError and IndexError."""
-    from vhred.evaluate import split_dialogues
+    from vhred.sources import split_dialogues
     path = tmp_path / "notest.jsonl"
     path.write_text("".join(json.dumps({"dialog": ["hi", "yo"], "split": s}) + "\n" for s in ["train", "validation"]))
     cfg = replace(tiny_cfg(f"data={path}"), data_source=str(path))
@@ -317,7 +320,7 @@ def with_logits_raised(model, bias: dict, first: dict | None = None):
 def stops_at_once(trained):
     """The tiny model as an undertrained one often is: it has learned that replies end, and
     would end every one at once (<eos> far above every word)."""
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     return with_logits_raised(model, {EOS: 1e4}), cfg, sp
 
 
@@ -337,7 +340,7 @@ def test_replies_are_never_empty_unless_min_len_0_asks_for_it(stops_at_once, met
 def test_a_blank_piece_is_not_a_word(trained):
     """"▁" alone prints nothing. With "▁" the most likely token at every step and <eos> the
     next, a reply may start with "▁" but must then print a word: never "▁" to the length limit."""
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     blank = sp.piece_to_id("\u2581")
     assert model.blank_ids == [blank]
     model = with_logits_raised(model, {EOS: 1e4, blank: 2e4})

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import checkpoint
+from vhred import checkpoint, loading
 from vhred.checkpoint import CheckpointError
 from vhred.dataset import collate
 from vhred.train import train
@@ -24,7 +24,7 @@ def test_a_format_1_checkpoint_upgraded_computes_what_it_did(tmp_path):
     state = checkpoint.load(upgraded)
     assert state["format"] == checkpoint.FORMAT and state["progress"]["step"] == 25
     assert state["config"]["arch"]["z_dim"] == 8 and "z_dim" not in state["config"]
-    model, cfg, sp = checkpoint.load_model(upgraded)
+    model, cfg, sp = loading.load_model(upgraded)
     assert cfg.arch.model == "vhred" and cfg.max_context == 4
     b = collate([[sp.encode("hello , how are you ?"), sp.encode("i am fine , thanks .")],
                  [sp.encode("where is the station ?"), sp.encode("turn left ."), sp.encode("thanks !")]])
@@ -49,7 +49,7 @@ def test_flipped_bytes_in_a_weight_are_detected(trained, tmp_path):
     bad = tmp_path / "best.pt"
     bad.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="is corrupt"):
-        checkpoint.load_model(str(bad))
+        loading.load_model(str(bad))
 
 
 def test_best_pt_copied_over_last_pt_is_explained(tiny_cfg):
@@ -83,13 +83,13 @@ def test_truncated_foreign_and_mismatched_checkpoints_are_refused(trained, tmp_p
     # consistent files (their checksum written by vhred) with the wrong contents
     checkpoint.save({**state, "tokenizer": checkpoint.as_tensor(b"not a sentencepiece model")}, str(tmp_path / "tok.pt"))
     with pytest.raises(CheckpointError, match="tokenizer inside it is unreadable"):
-        checkpoint.load_model(str(tmp_path / "tok.pt"))
+        loading.load_model(str(tmp_path / "tok.pt"))
     checkpoint.save({**state, "model": other["model"]}, str(tmp_path / "mixed.pt"))
     with pytest.raises(CheckpointError, match="weights do not fit"):
-        checkpoint.load_model(str(tmp_path / "mixed.pt"))
+        loading.load_model(str(tmp_path / "mixed.pt"))
     checkpoint.save({**state, "config": [1, 2]}, str(tmp_path / "list.pt"))
     with pytest.raises(CheckpointError, match="config is not a mapping"):
-        checkpoint.load_model(str(tmp_path / "list.pt"))
+        loading.load_model(str(tmp_path / "list.pt"))
     (tmp_path / "text.pt").write_text("just some text, named .pt")
     with pytest.raises(CheckpointError, match="not a readable vhred checkpoint"):
         checkpoint.load(str(tmp_path / "text.pt"))

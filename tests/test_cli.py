@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import ROOT
 from vhred import __main__ as vhred_main
-from vhred import checkpoint, cli, files, sources
+from vhred import cli, files, loading, sources
 from vhred.errors import DataError
 
 SUBCOMMANDS = list(vhred_main.COMMANDS)   # every subcommand, so a new one cannot be left out
@@ -191,8 +191,8 @@ def test_python_dash_m_vhred_runs_a_subcommand():
 
 def test_a_checkpoint_remembers_its_data_and_eval_finds_it_without_the_environment(trained, dailydialog_zip,
                                                                                     tmp_path, monkeypatch):
-    from vhred.evaluate import split_dialogues
-    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    from vhred.sources import split_dialogues
+    _, cfg, _ = loading.load_model(trained["vhred"])
     assert cfg.data_source == os.path.abspath(dailydialog_zip)
     monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
     cfg.data_dir = str(tmp_path / "data")   # nothing here, and nothing may be created
@@ -201,11 +201,11 @@ def test_a_checkpoint_remembers_its_data_and_eval_finds_it_without_the_environme
 
 
 def test_eval_that_cannot_find_its_data_says_so_and_leaves_no_folders(trained, tmp_path, monkeypatch):
-    from vhred.evaluate import split_dialogues
+    from vhred.sources import split_dialogues
 
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
-    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    _, cfg, _ = loading.load_model(trained["vhred"])
     monkeypatch.delenv("DAILYDIALOG_SRC", raising=False)
     monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
     cfg.data_source, cfg.data_dir = str(tmp_path / "moved.zip"), str(tmp_path / "data")

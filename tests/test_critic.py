@@ -11,10 +11,12 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import answers, checkpoint, critic
+from vhred import answers, critic, loading
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
-from vhred.generate import DecodeOptions, critic_scores, encode_turns, generate, pretty
+from vhred.candidates import critic_scores, generate
+from vhred.decoding import DecodeOptions
+from vhred.render import encode_turns, pretty
 from vhred.scoring import RANK_SAMPLES, score_ids
 
 
@@ -157,10 +159,10 @@ def test_scores_do_not_depend_on_the_batch(vhred_model):
 def test_the_ranking_reads_a_reply_as_the_critic_learned_it_as_a_reader_sees_it(vhred_model, monkeypatch):
     """critic_train reads a rated reply from the text readers saw ("Bye."); the ranking renders
     the decoder's spelling ("bye .") the same way first, so one reply gets one critic score."""
-    import vhred.scoring
+    import vhred.candidates
     model, cfg, sp = vhred_model
     monkeypatch.setitem(model.__dict__, "critic", critic.from_model(model, cfg.arch, turn=4).eval())
-    monkeypatch.setattr(vhred.scoring, "score_ids", lambda model, c, r, *a: [0.0] * len(r))   # the critic's part alone
+    monkeypatch.setattr(vhred.candidates, "score_ids", lambda model, c, r, *a: [0.0] * len(r))   # the critic's part alone
     ctx = encode_turns(sp, ["Hello , how are you ?", "Fine . I have to go now ."], cfg.max_utt_len, cfg.max_context)
     decoded, rated = sp.encode("bye ."), critic.reply_ids(sp, "Bye.")   # the decoder's spelling, the readers'
     assert decoded != rated
@@ -237,7 +239,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     assert r.returncode == 0, r.stderr
     row = json.loads(out.read_text())
     assert row["scores"] == sorted(row["scores"], reverse=True)
-    model, cfg, sp = checkpoint.load_model(str(run))
+    model, cfg, sp = loading.load_model(str(run))
     ctx = encode_turns(sp, ["Hi !", "Hello , what can I do for you ?"], cfg.max_utt_len, cfg.max_context)
     opts = DecodeOptions(num_samples=4)
     ranked = generate(model, [ctx], opts)[0]
@@ -254,7 +256,8 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
 
     import vhred   # the API's score is the same ranking score, read from text
     from vhred.chat import banner
-    from vhred.generate import ranking, spaced
+    from vhred.candidates import ranking
+    from vhred.sources import spaced
     texts = ["Thank you very much .", "Monday bank the the ."]
     history = encode_turns(sp, [spaced("Hi !")], cfg.max_utt_len, cfg.max_context)
     text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
@@ -266,7 +269,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
 
     from vhred.export import export   # an exported model folder carries the critic, and ranks by it
     export(str(run), str(tmp_path / "folder"))
-    folder_model, _, _ = checkpoint.load_model(str(tmp_path / "folder"))
+    folder_model, _, _ = loading.load_model(str(tmp_path / "folder"))
     assert critic.scores(folder_model.critic, [ctx], shown[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
 
     (run / critic.FILE).write_bytes(b"not safetensors")

@@ -186,7 +186,8 @@ def test_jsonl_as_editors_save_it_and_a_file_of_one_split(tmp_path):
 def test_jsonl_text_is_read_as_the_chat_reads_it(tmp_path, tiny_cfg):
     """A JSONL corpus is spaced as the corpus and the chat write text, so a word-level vocabulary
     holds "fine" and "," rather than "fine,", and a training turn typed in the chat has no <unk>."""
-    from vhred.generate import encode_turns, spaced
+    from vhred.render import encode_turns
+    from vhred.sources import spaced
     path = tmp_path / "mine.jsonl"
     with open(path, "w") as f:
         for i in range(60):

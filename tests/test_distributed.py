@@ -148,9 +148,9 @@ def test_bench_chat_turn_times_greedy_draws_and_p95_stays_within_the_observed(ti
     """The chat-turn column is 10 replies of 30 tokens, greedy per z, as its tables were measured
     (not the default beam search, 2-3 times the cost); a p95 of 4 latencies is no more than the
     slowest (the exclusive quantile extrapolated past it)."""
-    from vhred import bench, generate
+    from vhred import bench, candidates
     asked = []
-    monkeypatch.setattr(generate, "generate", lambda model, contexts, opts, *a, **k: asked.append(opts) or [[]])
+    monkeypatch.setattr(candidates, "generate", lambda model, contexts, opts, *a, **k: asked.append(opts) or [[]])
     bench.chat_latency(tiny_cfg(), 300, repeats=1)
     assert {(o.method, o.num_samples, o.max_len, o.min_len) for o in asked} == {("greedy", 10, 30, 30)}
     assert bench.p95([0.1, 0.2, 0.3, 0.4]) <= 0.4 and bench.p95([0.3]) == 0.3

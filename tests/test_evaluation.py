@@ -9,7 +9,7 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
 
 from tests.conftest import ROOT
-from vhred import checkpoint
+from vhred import loading
 from vhred.dataset import DialogueData
 from vhred.errors import InputError
 from vhred.metrics import dialogwae as dw
@@ -105,9 +105,9 @@ def test_metric_commands_print_json(tmp_path):
 
 def test_importance_weighted_nll_is_not_above_the_elbo(trained, dailydialog_zip, monkeypatch):
     monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
-    from vhred.evaluate import split_dialogues
+    from vhred.sources import split_dialogues
     from vhred.metrics.likelihood import elbo_metrics, iw_nll
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     data = DialogueData.from_dialogues(split_dialogues(cfg, "validation")[:30], sp, cfg.max_utt_len, cfg.max_context)
     elbo = elbo_metrics(model, data, 8)["elbo_per_token"]
     assert iw_nll(model, data, k=20, batch_size=8) <= elbo + 1e-6
@@ -229,11 +229,11 @@ def test_rank_command(trained, dailydialog_zip, monkeypatch):
     with open(os.path.join(trained["vhred"], "rank-test-first8.json")) as f:   # never over a split's rank-test.json
         assert json.load(f)["metrics"] == res["metrics"]
     # the same ranks worked out here, pair by pair, from vhred.scoring's scores (K = 2, seed 0)
-    from vhred.evaluate import split_dialogues
-    from vhred.generate import encode_turns
+    from vhred.sources import split_dialogues
+    from vhred.render import encode_turns
     from vhred.rank import context_triples
     from vhred.scoring import score_ids
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     triples = context_triples(split_dialogues(cfg, "test"), cfg.max_context)
     sets = candidate_sets(triples, 9, 0)[:8]
     for kind in ("pmi", "ll"):
@@ -469,7 +469,9 @@ def test_a_judge_only_copy_of_the_model_ranks_as_the_model_alone(trained, vhred_
     """eval.pooled_draws --judge-only: every draw the first model's; a copy of it as the judge
     doubles each score, so the shown replies are the chat's own."""
     from eval.pooled_draws import pooled
-    from vhred.generate import DecodeOptions, candidates, encode_turns, same_reply, shown_filter
+    from vhred.candidates import candidates, same_reply, shown_filter
+    from vhred.decoding import DecodeOptions
+    from vhred.render import encode_turns
     model, cfg, sp = vhred_model
     opts = DecodeOptions()
     for turns in (["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import vhred
-from vhred import checkpoint
+from vhred import checkpoint, loading
 from vhred.config import ModelConfig
 from vhred.dataset import collate
 from vhred.models import FAMILIES, build
@@ -280,9 +280,11 @@ def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
     never decoded since tokenizer=word came (this untrained model gives it mass), shifts a draw.
     A draw's own score is its log p under the model since 2026-12-03, before <unk> is taken out of
     the choice (it was log p with <unk>'s mass spread over the rest: -4.2464, -4.6192, -4.7938)."""
-    from vhred.generate import DecodeOptions, encode_turns, generate
-    from vhred.scoring import score
-    model, cfg, sp = checkpoint.load_model(checkpoint.upgrade(FIXTURE, str(tmp_path / "upgraded.pt")))
+    from vhred.candidates import generate
+    from vhred.decoding import DecodeOptions
+    from vhred.render import encode_turns
+    from vhred.candidates import score
+    model, cfg, sp = loading.load_model(checkpoint.upgrade(FIXTURE, str(tmp_path / "upgraded.pt")))
     ctx = encode_turns(sp, ["hello , how are you ?"], cfg.max_utt_len, cfg.max_context)
     rows = generate(model, [ctx], DecodeOptions(num_samples=3, method="sample", rank="none", dedup=False, max_len=8, min_len=0))[0]
     assert [sp.decode(r[0]) for r in rows] == ["ate won .   gou?", "can'  ski We", "I carrieGWed s"]

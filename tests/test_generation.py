@@ -13,16 +13,11 @@ import torch
 
 from tests.conftest import ROOT
 from vhred.chat import spaced
-from vhred.generate import (
-    DecodeOptions,
-    categorical,
-    encode_turns,
-    filter_logits,
-    generate,
-    pretty,
-    response_text,
-)
-from vhred.scoring import RANK_SAMPLES, score, score_ids
+from vhred.candidates import generate
+from vhred.decoding import categorical, DecodeOptions, filter_logits
+from vhred.render import encode_turns, pretty, response_text
+from vhred.candidates import score
+from vhred.scoring import RANK_SAMPLES, score_ids
 
 
 def contexts(sp, cfg):
@@ -399,7 +394,7 @@ def test_unknown_word_is_never_written(vhred_model, method, monkeypatch):
 def test_the_shown_list_is_the_best_n_of_draws_times_n(vhred_model):
     """candidates() shows the first N of D x N drawn, deduplicated and ranked; D is 1 to 16."""
     from vhred.errors import InputError
-    from vhred.generate import candidates
+    from vhred.candidates import candidates
     model, cfg, sp = vhred_model
     ctx = contexts(sp, cfg)
     for draws in (2, 8, 16):
@@ -414,7 +409,7 @@ def test_the_shown_list_is_the_best_n_of_draws_times_n(vhred_model):
 
 def test_replies_that_differ_only_in_case_or_punctuation_are_one(vhred_model):
     """same_reply, the repeat key of the chat, generate and the API, reads the words alone."""
-    from vhred.generate import same_reply
+    from vhred.candidates import same_reply
     model, cfg, sp = vhred_model
     key = same_reply(sp)
     assert key(sp.encode("single , please .")) == key(sp.encode("Single please")) == "single please"
@@ -443,7 +438,7 @@ def test_beam_search_keeps_a_finished_row_as_it_was_alone():
     token. Row 0 alone answers [4] (mean log p (log 0.6 + log 0.4) / 2) when it stops at the
     first ended reply; by fairseq's rule it ends [4] and [4, 4] by its third step and answers
     the better per token, [4, 4] ((2 log 0.6 + log 0.4) / 3)."""
-    from vhred.generate import beam_search
+    from vhred.decoding import beam_search
     for stop, words in (("first", [4]), ("best", [4, 4])):
         opts = DecodeOptions(beam=2, max_len=8, beam_stop=stop)
         alone, _ = beam_search(_TwoRowDecoder(), torch.tensor([[0.0]]), opts, 1)
@@ -488,7 +483,7 @@ def test_beam_search_by_fairseqs_rule_answers_the_best_ended_reply(k):
     for its ended replies to beat the live beams. Every width answers "A B" (per token
     (2 log 0.9 + log 0.95) / 3), as greedy does; width 1 is greedy. The default stops at the
     first ended reply: "C" (ended at the second step) from width 2 on."""
-    from vhred.generate import beam_search, sample_tokens
+    from vhred.decoding import beam_search, sample_tokens
     opts = DecodeOptions(beam=k, max_len=5, beam_stop="best")
     ids, scores = beam_search(_TableDecoder(_FIRST_ENDED), torch.zeros(1, 1), opts, 1)
     assert ids == [[[4, 5]]]
@@ -503,7 +498,7 @@ def test_beam_search_by_fairseqs_rule_answers_the_best_ended_reply(k):
 def test_greedy_and_sampled_replies_are_scored_by_the_model_as_it_is():
     """The score is log p under the model, before <unk> and the other rules are taken out of the
     choice: here <unk> holds 0.2, so "A <eos>" scores log 0.3 + log 1, as beam search scores it."""
-    from vhred.generate import beam_search, sample_tokens
+    from vhred.decoding import beam_search, sample_tokens
     table = {(): {3: 0.5, 1: 0.2, 4: 0.3}, (4,): {3: 1.0}}
     opts = DecodeOptions(method="greedy", max_len=3, min_len=1)
     ids, logp = sample_tokens(_TableDecoder(table), torch.zeros(1, 1), opts, torch.zeros(1, 4))
@@ -516,7 +511,7 @@ def test_greedy_and_sampled_replies_are_scored_by_the_model_as_it_is():
 def test_min_len_holds_when_bare_word_boundaries_are_likely(method):
     """A bare "▁" prints nothing: when the steps left are only enough for the printing words
     min_len still needs, it is not drawn, so max_len = min_len still gives min_len words."""
-    from vhred.generate import beam_search, sample_tokens
+    from vhred.decoding import beam_search, sample_tokens
     likes_blanks = {(): {7: 0.9, 4: 0.1}, (7,): {4: 0.5, 7: 0.5}, (4,): {7: 0.9, 5: 0.1},
                     (4, 7): {5: 0.9, 3: 0.1}}
     for max_len, min_len in ((1, 1), (2, 2), (3, 2)):
@@ -548,11 +543,11 @@ def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, 
     """--pool-with: a run pooled with a copy of itself draws each reply twice (the same seeds), so
     the shown five are its chat's from half as many draws, with the same z's and twice the score
     (each run's ranking score is added)."""
-    from vhred import checkpoint
-    from vhred.generate import candidates, same_reply, shown_filter
+    from vhred import loading
+    from vhred.candidates import candidates, same_reply, shown_filter
     model, cfg, sp = vhred_model
     shutil.copytree(trained["vhred"], tmp_path / "copy")   # the run itself is refused
-    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [str(tmp_path / "copy")])
+    pooled, _, _ = loading.load_model(trained["vhred"], "cpu", [str(tmp_path / "copy")])
     ctx, keep = contexts(sp, cfg), shown_filter(sp, cfg, DecodeOptions())
     # 16 and 8 draws a reply: neither goes on to more (REFILLS) when its first hold faulty replies
     both = candidates(pooled, ctx, DecodeOptions(draws=16), same=same_reply(sp), keep=keep)
@@ -565,10 +560,10 @@ def test_draws_pooled_with_a_copy_are_the_models_own_at_half_the_draws(trained, 
 def test_draws_pooled_with_another_model_are_ranked_together(trained, vhred_model, hred_model):
     """VHRED pooled with HRED: half of the draws are HRED's (without a z of VHRED's), the shown ones
     come from the two models' own draws, ranked best first by the sum of both models' scores."""
-    from vhred import checkpoint
-    from vhred.generate import drawn
+    from vhred import loading
+    from vhred.candidates import drawn
     model, cfg, sp = vhred_model
-    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    pooled, _, _ = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
     ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=10, dedup=False)
     half = DecodeOptions(num_samples=5, dedup=False, rank="none")
     mine, theirs = generate(model, ctx, half), generate(hred_model[0], ctx, half)
@@ -629,10 +624,10 @@ def test_a_chat_turn_is_the_apis_reply_with_the_same_seed_and_reset_starts_afres
 
 
 def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
-    from vhred import checkpoint
+    from vhred import loading
     from vhred.chat import Chat
     _, cfg, sp = vhred_model
-    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    pooled, _, _ = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
     notes = []
     chat = Chat(pooled, cfg, sp, DecodeOptions(num_samples=5), note=notes.append)
     chat.respond("Where is the bank ?")
@@ -648,9 +643,9 @@ def test_the_chat_keeps_no_z_of_a_pooled_runs_draw(trained, vhred_model):
 def test_a_pooled_run_without_a_critic_adds_its_mmi_to_the_critics_ranking(trained, hred_model):
     """rank auto, the first run with a critic and the pooled one without: each pooled draw's score
     is the first run's critic + 2 x MMI plus the pooled run's MMI."""
-    from vhred import checkpoint, critic
-    from vhred.generate import drawn
-    pooled, cfg, sp = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    from vhred import critic, loading
+    from vhred.candidates import drawn
+    pooled, cfg, sp = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
     pooled.__dict__["critic"] = critic.from_model(pooled, cfg.arch, turn=4).eval()
     ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=6, dedup=False)
     for c, row in zip(ctx, drawn(pooled, ctx, opts)):
@@ -663,10 +658,10 @@ def test_a_pooled_run_without_a_critic_adds_its_mmi_to_the_critics_ranking(train
 
 
 def test_ranking_by_critic_needs_a_critic_in_every_pooled_run(trained):
-    from vhred import checkpoint
+    from vhred import loading
     from vhred.errors import InputError
-    from vhred.generate import ranking
-    pooled, _, _ = checkpoint.load_model(trained["vhred"], "cpu", [trained["hred"]])
+    from vhred.candidates import ranking
+    pooled, _, _ = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
     pooled.__dict__["critic"] = object()   # the first run has one, the pooled HRED not
     assert ranking(pooled, DecodeOptions()) == "critic"   # auto: each run ranks by what it has
     with pytest.raises(InputError, match="a run of --pool-with has no reply critic"):
@@ -675,8 +670,8 @@ def test_ranking_by_critic_needs_a_critic_in_every_pooled_run(trained):
 
 def test_a_pooled_run_of_another_tokenizer_is_refused(trained):
     from types import SimpleNamespace
-    from vhred import checkpoint
+    from vhred import loading
     from vhred.errors import CheckpointError
     another = SimpleNamespace(serialized_model_proto=lambda: b"another tokenizer")
     with pytest.raises(CheckpointError, match="tokenizer is not the model's"):
-        checkpoint._pool_member(trained["hred"], another, "cpu")
+        loading._pool_member(trained["hred"], another, "cpu")

@@ -352,12 +352,12 @@ def test_compare_starts_no_row_a_thread_took_as_another_row_failed(tmp_path, mon
 def test_eval_and_rank_refuse_an_unwritable_results_folder_before_loading(trained, tmp_path, monkeypatch, module, capsys):
     """They evaluated or scored everything first, then could not write what they had measured."""
     import importlib
-    from vhred import checkpoint
+    from vhred import loading
     command = importlib.import_module(f"vhred.{module}")
     run = tmp_path / "run"
     shutil.copytree(trained["hred"], run)
     monkeypatch.setattr(files.os, "access", lambda path, mode: not os.path.samefile(path, run))   # as for a user, not root
-    monkeypatch.setattr(checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded before the folder was checked"))
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("loaded before the folder was checked"))
     with pytest.raises(SystemExit) as stopped:
         command.main(["--checkpoint", str(run), "--max-contexts", "2"])
     assert stopped.value.code == 1 and "Permission denied" in capsys.readouterr().err

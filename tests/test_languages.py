@@ -6,7 +6,7 @@ import unicodedata
 
 import pytest
 
-from vhred.generate import pretty
+from vhred.render import pretty
 from vhred.metrics import dialogwae
 from vhred.metrics.protocol import sample_metrics
 from vhred.metrics.surface import glued, lexicon, non_words, unglue

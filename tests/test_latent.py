@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import checkpoint, latent
+from vhred import latent, loading
 from vhred.errors import InputError
-from vhred.generate import encode_turns
+from vhred.render import encode_turns
 
 
 def test_decoding_a_given_z_is_deterministic_and_z_matters(vhred_model):
@@ -95,11 +95,11 @@ def test_posterior_means_in_dialogue_order_and_their_projection(vhred_model):
 
 
 def test_hred_has_no_latent_to_show(trained):
-    model, cfg, sp = checkpoint.load_model(trained["hred"])
+    model, cfg, sp = loading.load_model(trained["hred"])
     with pytest.raises(InputError, match="no latent variable"):
         latent.prior(model, [[[5, 6]]])
     from vhred.chat import Chat
-    from vhred.generate import DecodeOptions
+    from vhred.decoding import DecodeOptions
     notes = []
     chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2), out=notes.append, note=notes.append)
     for command in ("/keep 1", "/prior", "/release"):   # /release said "(a new z from the prior ... again)"
@@ -148,7 +148,7 @@ def test_a_candidates_z_decodes_back_to_it_and_keeps_a_style_elsewhere(trained):
 
 def test_keep_holds_a_candidates_z_across_turns_and_release_lets_go(vhred_model):
     from vhred.chat import Chat
-    from vhred.generate import DecodeOptions
+    from vhred.decoding import DecodeOptions
     model, cfg, sp = vhred_model
     notes, shown = [], []
     chat = Chat(model, cfg, sp, DecodeOptions(num_samples=3, rank="none"), out=shown.append, note=notes.append)

@@ -8,8 +8,9 @@ import threading
 import pytest
 
 import vhred
-from vhred import checkpoint, evaluate, generate
-from vhred.generate import DecodeOptions, pretty
+from vhred import checkpoint, evaluate, generate, loading, sources
+from vhred.decoding import DecodeOptions
+from vhred.render import pretty
 
 
 def test_chat_banner_names_the_checkpoint_it_loaded(trained):
@@ -36,7 +37,7 @@ def test_eval_explains_its_table_and_names_every_file(trained, capsys):
     assert f"wrote {', '.join(written)}" in err
     samples = [json.loads(line) for line in open(written[2])]
     assert len(samples) == 4
-    corpus = evaluate.split_dialogues(vhred.load(trained["vhred"]).config, "test")[0]
+    corpus = sources.split_dialogues(vhred.load(trained["vhred"]).config, "test")[0]
     assert samples[0]["context"] == [pretty(corpus[0])] and samples[0]["reference"] == pretty(corpus[1])
     assert all(not re.search(r" [,.?!]", t) for s in samples for t in [*s["context"], s["reference"]])
 
@@ -64,7 +65,7 @@ def test_generate_skips_and_names_bad_lines_and_answers_the_rest(trained, tmp_pa
 
 
 def test_generate_progress_counts_contexts_to_the_end(trained, capsys):
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     contexts = [["Hi !"], ["Where is the bank ?"], ["Thanks ."]]
     # the caller stops at the last context, as zip(contexts, ...) does: the bar must still be full
     got = [found for _, (_, found) in zip(contexts, generate.generate_file(

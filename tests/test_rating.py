@@ -1,5 +1,5 @@
 """Blind rating (vhred/rate.py), the surface-fault proxies (vhred/metrics/surface.py) and the
-text the model's pieces become (generate.pretty)."""
+text the model's pieces become (render.pretty)."""
 import collections
 import json
 import math
@@ -8,7 +8,7 @@ import re
 import pytest
 
 from vhred import rate
-from vhred.generate import pretty
+from vhred.render import pretty
 from vhred.metrics import surface
 
 
@@ -301,9 +301,9 @@ def test_pretty_never_glues_words_or_splits_contractions(pieces, text):
 
 def test_mmi_family_holds_ll_and_pmi(trained):
     import torch
-    from vhred import checkpoint
+    from vhred import loading
     from vhred.scoring import score_ids
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    model, cfg, sp = loading.load_model(trained["vhred"])
     ctx = [[sp.encode("Hi , how are you ?")]] * 2
     replies = [sp.encode("Fine , thanks ."), sp.encode("I want a coat .")]
     torch.manual_seed(0)
@@ -316,9 +316,10 @@ def test_mmi_family_holds_ll_and_pmi(trained):
 
 
 def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
-    from vhred import checkpoint
-    from vhred.generate import DecodeOptions, candidates, count_note, shown_note
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    from vhred import loading
+    from vhred.candidates import candidates, count_note, shown_note
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained["vhred"])
     ctx = [[sp.encode("Hi , how are you ?")]]
     opts = DecodeOptions(num_samples=4, method="sample", rank="ll")
     keep = lambda ids: len(ids) % 2 == 0   # "good": an even number of pieces
@@ -338,12 +339,12 @@ def test_shown_list_puts_faulty_replies_last_and_says_so(trained):
 def test_the_faulty_note_counts_the_draws_made(trained, monkeypatch, family, method):
     """The note says how many draws candidates() made before it showed a faulty reply: max(D, 8)
     x N where draws differ, 2N for HRED's greedy and beam draws, which are all alike."""
-    from vhred import checkpoint
-    from vhred import generate as g
-    model, cfg, sp = checkpoint.load_model(trained[family])
+    from vhred import candidates as g, loading
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained[family])
     made, real = [], g.drawn
     monkeypatch.setattr(g, "drawn", lambda m, c, opts, z=None: made.append(opts.num_samples) or real(m, c, opts, z))
-    opts = g.DecodeOptions(num_samples=2, method=method, beam=2, draws=2, max_len=4, rank="ll")
+    opts = DecodeOptions(num_samples=2, method=method, beam=2, draws=2, max_len=4, rank="ll")
     g.candidates(model, [[sp.encode("Hi , how are you ?")]], opts, keep=lambda ids: False)
     per_reply = g.draws_made(model, opts)
     assert made[-1] == per_reply * 2 and per_reply == (2 if (family, method) in (("hred", "greedy"), ("hred", "beam")) else 8)
@@ -375,9 +376,12 @@ def test_rated_ranking_end_to_end(trained, tmp_path, monkeypatch, capsys):
     differently judged pair as they did."""
     import sys
     from eval import rated_ranking
-    from vhred import checkpoint
-    from vhred.generate import DecodeOptions, encode_turns, generate, reply_key, response_text, spaced
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    from vhred import loading
+    from vhred.candidates import generate, reply_key
+    from vhred.decoding import DecodeOptions
+    from vhred.render import encode_turns, response_text
+    from vhred.sources import spaced
+    model, cfg, sp = loading.load_model(trained["vhred"])
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
     items, answers = {}, []
     for c, ctx in enumerate(contexts):
@@ -426,7 +430,7 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
     only each context's shortest replies without a surface fault (the shortest of all where every
     draw has one) gives a top-1 ceiling of 100% that "shortest first" (faulty last) reaches."""
     from eval import candidate_ceiling
-    from vhred.generate import reply_key
+    from vhred.candidates import reply_key
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
     (tmp_path / "contexts.jsonl").write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
     sys_file = tmp_path / "sys-g.jsonl"
@@ -434,13 +438,13 @@ def test_candidate_ceiling_end_to_end(trained, tmp_path, capsys):
                             "--draws", "8", "--out", str(sys_file)])
     rows = [json.loads(line) for line in sys_file.read_text().splitlines()]
     assert [r["context"] for r in rows] == contexts
-    import vhred.generate
-    drawn = vhred.generate.keyed_noise
+    import vhred.decoding
+    drawn = vhred.decoding.keyed_noise
     candidate_ceiling.main(["pool", "--checkpoint", trained["vhred"], "--contexts", str(tmp_path / "contexts.jsonl"),
                             "--draws", "8", "--z-scale", "0", "--out", str(tmp_path / "sys-0.jsonl")])
     at_mean = [json.loads(line) for line in (tmp_path / "sys-0.jsonl").read_text().splitlines()]
     assert [len(r["samples"]) for r in at_mean] == [1, 1]   # every z the prior's mean: one reply a context
-    assert vhred.generate.keyed_noise is drawn             # the noise is the prior's again afterwards
+    assert vhred.decoding.keyed_noise is drawn             # the noise is the prior's again afterwards
     for r in rows:
         assert 1 <= len(r["samples"]) <= 8 and len(r["samples"]) == len(r["lpc"]) == len(r["n"]) == len(r["faulty"])
         assert len({reply_key(s) for s in r["samples"]}) == len(r["samples"])   # repeats dropped
@@ -504,10 +508,10 @@ def test_backward_ranking_reverses_dialogues_and_adds_the_backward_score(trained
     # log p(c_last | r) under a model: the turn to answer read as the target, the reply as context
     pool = [{"context": ["Can I help you ?"], "samples": ["Yes.", "I want a coat."]}]
     (lbw,) = backward_ranking.backward_scores(trained["hred"], pool)
-    from vhred import checkpoint
-    from vhred.generate import spaced
+    from vhred import loading
+    from vhred.sources import spaced
     from vhred.scoring import log_likelihoods
-    model, cfg, sp = checkpoint.load_model(trained["hred"])
+    model, cfg, sp = loading.load_model(trained["hred"])
     expect, _ = log_likelihoods(model, [[sp.encode(spaced("I want a coat."))]], [sp.encode(spaced("Can I help you ?"))], 1, 0)
     assert lbw[1] == pytest.approx(expect[0]) and lbw[0] != lbw[1]
 
@@ -532,10 +536,10 @@ def test_rating_contexts_says_how_many_are_left_when_asked_for_more(trained, mon
 def test_rating_contexts_draws_from_the_validation_split_when_asked(trained, monkeypatch, capsys):
     import sys
     from eval import rating_contexts
-    from vhred import checkpoint
-    from vhred.evaluate import split_dialogues
+    from vhred import loading
+    from vhred.sources import split_dialogues
     from vhred.metrics.protocol import context_pairs
-    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    _, cfg, _ = loading.load_model(trained["vhred"])
     pairs = {split: {(tuple(c), r) for c, r in context_pairs(split_dialogues(cfg, split), cfg.max_context)}
              for split in ("test", "validation")}
     monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", "5",
@@ -555,11 +559,11 @@ def test_rating_contexts_draws_a_mix_of_last_turns_shuffled(trained, monkeypatch
     import sys
     from collections import Counter
     from eval import rating_contexts
-    from vhred import checkpoint
-    from vhred.evaluate import split_dialogues
+    from vhred import loading
+    from vhred.sources import split_dialogues
     from vhred.metrics.protocol import context_pairs
     from vhred.rate import turn_kind
-    _, cfg, _ = checkpoint.load_model(trained["vhred"])
+    _, cfg, _ = loading.load_model(trained["vhred"])
     pairs = context_pairs(split_dialogues(cfg, "validation"), cfg.max_context)
     have = Counter(turn_kind(c) for c, _ in pairs)
     want = {k: min(3, have[k]) for k in ("wh", "yes-no", "other") if have[k]}

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, train_cli
-from vhred import checkpoint, sources
+from vhred import checkpoint, loading, sources
 from vhred.config import ConfigError, load
 from vhred.errors import InputError, TrainingError
 from vhred.sources import DataError
@@ -92,7 +92,7 @@ def test_sigkill_at_random_moments_never_loses_more_than_a_save_interval(cli_arg
     done = subprocess.run(train_cli(*cli_args, f"max_steps={saved + 6}"), cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and (f"at step {saved}" in done.stdout or not saved)
     assert not [n for n in os.listdir(run_dir) if ".tmp" in n]
-    model, _, _ = checkpoint.load_model(str(run_dir / "best.pt"))
+    model, _, _ = loading.load_model(str(run_dir / "best.pt"))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -151,7 +151,7 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_cfg, monke
 
 SAVE_TWICE = """
 import os, sys, torch
-from vhred import checkpoint
+from vhred import checkpoint, loading
 path = os.path.join(sys.argv[1], "last.pt")
 checkpoint.save({"model": {"w": torch.zeros(100_000)}}, path)        # 400 KB: fits
 before = open(path, "rb").read()
@@ -405,8 +405,8 @@ def test_folders_of_crashed_preparations_are_removed(tiny_cfg, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_chat(trained):
     from vhred.chat import Chat
-    from vhred.generate import DecodeOptions
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained["vhred"])
     return Chat(model, cfg, sp, DecodeOptions(num_samples=2, max_len=8), out=lambda *_: None,
                 note=lambda *_: None)
 
@@ -454,8 +454,9 @@ def test_the_chats_temperature_and_top_p_take_what_the_flags_take(tiny_chat):
 
 def test_generate_takes_a_lone_surrogate_and_refuses_deep_nesting(trained, tmp_path, capsys):
     from vhred import generate
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
-    opts = generate.DecodeOptions(num_samples=2, max_len=5)
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained["vhred"])
+    opts = DecodeOptions(num_samples=2, max_len=5)
     [(_, samples)] = list(generate.generate_file(model, cfg, sp, [["\ud800 hello", "caf\udce9"]], opts))
     assert len(samples) >= 1
     path = tmp_path / "c.jsonl"

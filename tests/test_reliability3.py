@@ -19,9 +19,9 @@ import torch
 
 import vhred
 from tests.conftest import ROOT
-from vhred import cache, checkpoint, config, limits, sources
-from vhred.files import json_line, output_file
+from vhred import cache, checkpoint, config, limits, loading, sources
 from vhred.errors import CheckpointError, ConfigError, InputError
+from vhred.files import json_line, output_file
 
 FORMAT1 = os.path.join(ROOT, "tests", "fixtures", "format1-tiny.pt")
 
@@ -100,11 +100,11 @@ def test_a_resigned_huge_model_config_is_refused_without_allocating(trained, tmp
     that the weights do not fit is caught on the meta device, before any allocation."""
     path = _resigned(trained, tmp_path, lambda s: s["config"]["arch"].__setitem__("emb_dim", 2 ** 31 - 1))
     with pytest.raises(CheckpointError, match="emb_dim may be at most"):
-        checkpoint.load_model(path)
+        loading.load_model(path)
     path = _resigned(trained, tmp_path, lambda s: s["config"]["arch"].__setitem__("emb_dim", 8192), "b.pt")
     tracemalloc.start()
     with pytest.raises(CheckpointError, match="weights do not fit"):
-        checkpoint.load_model(path)
+        loading.load_model(path)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 100 * 2 ** 20
@@ -420,8 +420,8 @@ def test_plot_draws_beta_at_every_step_and_each_logged_step_once(tmp_path):
 
 def test_chat_reset_forgets_the_kept_z(trained):
     from vhred.chat import Chat
-    from vhred.generate import DecodeOptions
-    model, cfg, sp = checkpoint.load_model(trained["vhred"])
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained["vhred"])
     chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2), out=lambda *_: None, note=lambda *_: None)
     chat.respond("Hello!")
     chat.command("/keep 1")

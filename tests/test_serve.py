@@ -384,7 +384,7 @@ def test_a_server_that_cannot_listen_says_which_flag_to_change(bot, host, port, 
 
 def test_the_most_replies_at_the_default_decoding_fit_the_servers_work_cap(vhred_model):
     """--max-n replies with every other option left to the defaults are never refused as too much work."""
-    from vhred.generate import DecodeOptions
+    from vhred.decoding import DecodeOptions
     from vhred.serve import Limits, decode_work
     model, _, _ = vhred_model
     lim = Limits()
@@ -396,8 +396,9 @@ def test_the_most_replies_at_the_default_decoding_fit_the_servers_work_cap(vhred
 def test_the_work_cap_counts_every_row_the_refills_decode(vhred_model, monkeypatch, draws):
     """decode_work against the rows candidates() asks generate() for when no draw is good enough
     (every refill made): n x draws summed over its rounds, x beam x (max_len + 1)."""
-    from vhred import generate
-    from vhred.generate import DecodeOptions, Response, candidates
+    from vhred import candidates as ranked
+    from vhred.candidates import candidates
+    from vhred.decoding import DecodeOptions, Response
     from vhred.serve import decode_work
     model, _, _ = vhred_model
     rows = []
@@ -405,7 +406,7 @@ def test_the_work_cap_counts_every_row_the_refills_decode(vhred_model, monkeypat
     def fake(model, contexts, opts, z=None):
         rows.append(len(contexts) * opts.num_samples * opts.beam * (opts.max_len + 1))
         return [[Response([5 + i], 0.0) for i in range(opts.num_samples)] for _ in contexts]
-    monkeypatch.setattr(generate, "generate", fake)
+    monkeypatch.setattr(ranked, "generate", fake)
     opts = DecodeOptions(num_samples=3, draws=draws, max_len=7, rank="none")
     shown = candidates(model, [[[5, 6]]], opts, same=str, keep=lambda ids: False)   # none good
     assert len(shown[0]) == 3

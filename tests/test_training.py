@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT, child_errors, train_cli
-from vhred import checkpoint, config
+from vhred import checkpoint, config, loading
 from vhred import train as train_module
 from vhred.checkpoint import CheckpointError
 from vhred.config import Config
@@ -39,7 +39,7 @@ def test_tiny_run_learns_and_writes_its_run_folder(tiny_cfg):
     val = [m for m in read_metrics(run.dir) if m["split"] == "val"]
     assert len(val) == 3 and val[-1]["elbo_per_token"] < val[0]["elbo_per_token"]
     assert val[-1]["ppl"] == pytest.approx(2.718281828 ** val[-1]["elbo_per_token"], rel=1e-6)
-    model, cfg, sp = checkpoint.load_model(run.dir)   # best.pt alone rebuilds model and tokenizer
+    model, cfg, sp = loading.load_model(run.dir)   # best.pt alone rebuilds model and tokenizer
     assert model.lm_head.out_features == sp.get_piece_size() and cfg.arch.z_dim == 8
 
 

@@ -20,7 +20,7 @@ last turn holds no wh-question. A turn holds one wherever its question stands in
 model reads (its first max_utt_len; the ranking reads the context so): "What time is it?
 I forgot my watch." does, though vhred.rate.turn_kind, which reads how a turn ends, calls it
 "other" (30 of the 2,522 "other" turns of the rated contexts). The ranking adds it to a run's score
-(generate._scores: rank "critic" and "mmi", + DecodeOptions.answer_weight x the score). Words
+(candidates._scores: rank "critic" and "mmi", + DecodeOptions.answer_weight x the score). Words
 are lowercased; numbers become <num>, clock times <time>. Rated blind on 240 new contexts ending
 in a wh-question (twelve readers, docs/rating.md): a good first reply +4.2 [+0.4, +8.1] points.
 """
@@ -32,8 +32,8 @@ import re
 
 from .cli import command, Parser, program
 
-from .files import write_bytes
 from .errors import CheckpointError, DataError
+from .files import write_bytes
 from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 
 FILE = "answers.json"
@@ -110,7 +110,7 @@ def best(pmi: dict, reply: str) -> float:
 
 class Scorer:
     """A run's table with its tokenizer: answer scores of (context, reply) pairs given as token ids,
-    as the ranking holds them (checkpoint.load_model attaches one as model.answers)."""
+    as the ranking holds them (loading.load_model attaches one as model.answers)."""
 
     def __init__(self, table: dict, sp):
         self.table, self.sp = table, sp
@@ -163,7 +163,7 @@ def _well_formed(table) -> bool:
 def from_run(path: str) -> dict:
     """The table of a run's own training split (where training found its data)."""
     from . import checkpoint
-    from .evaluate import split_dialogues
+    from .sources import split_dialogues
     from .metrics.protocol import context_pairs
     path = checkpoint.resolve(path)
     cfg = checkpoint.config_at(path)   # a .pt file or an exported model folder

@@ -13,22 +13,13 @@ import os
 from dataclasses import asdict, dataclass, fields
 from types import SimpleNamespace
 
-from . import checkpoint
+from . import checkpoint, loading
 from .device import pick_device
 from .errors import InputError
-from .generate import (
-    NEUTRAL_SHAPING,
-    DecodeOptions,
-    candidates,
-    encode_turns,
-    history_read,
-    options_from_args,
-    ranking,
-    same_reply,
-    response_text,
-    shown_filter,
-    z_matrix,
-)
+from .candidates import candidates, ranking, same_reply, shown_filter
+from .decoding import DecodeOptions
+from .generate import NEUTRAL_SHAPING, options_from_args, z_matrix
+from .render import encode_turns, history_read, response_text
 
 __all__ = ["Bot", "Candidate", "load"]
 
@@ -110,7 +101,7 @@ class Bot:
         run has an answer table (vhred/answers.py); z samples with seed 0."""
         self._context(history)
         _check_strings(candidates, "candidates", allow_empty=True)
-        from .scoring import score   # the ranking's own scores: one implementation, not two
+        from .candidates import score   # the ranking's own scores: one implementation, not two
         return [float(s) for s in score(self._model, self._sp, self.config, list(history), list(candidates))]
 
     def _options(self, n: int, decoding: dict, base: DecodeOptions | None = None) -> DecodeOptions:
@@ -172,7 +163,7 @@ def load(path: str | os.PathLike, device: str = "auto", pool_with=()) -> Bot:
     path = checkpoint.resolve(os.fspath(path))
     if not isinstance(pool_with, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in pool_with):
         raise InputError(f"pool_with takes a list of run folders, got {pool_with!r}")
-    model, cfg, sp = checkpoint.load_model(path, where, [os.fspath(p) for p in pool_with])
+    model, cfg, sp = loading.load_model(path, where, [os.fspath(p) for p in pool_with])
     return Bot(model, cfg, sp, path)
 
 

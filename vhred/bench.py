@@ -36,20 +36,21 @@ import torch
 
 from . import limits
 from .cli import command, Parser, program
-from .files import check_output, output_file
 from .config import load
 from .device import BF16_MIN_BATCH
-from .train import prefetch
 from .errors import InputError
-from .generate import RANKS
+from .files import check_output, output_file
+from .decoding import RANKS
 from .models import FAMILIES
 from .serve import Limits
+from .train import prefetch
 
 
 def chat_latency(cfg, vocab: int, device="cpu", repeats: int = 20) -> float:
     """Median milliseconds of one chat turn on `device` (the run's): encode a 5-turn history,
     decode 10 x 30 tokens, greedy per z."""
-    from .generate import DecodeOptions, generate
+    from .candidates import generate
+    from .decoding import DecodeOptions
     from .models import build
     torch.manual_seed(0)
     model = build(cfg.arch, vocab).to(device).eval()   # latency depends on sizes, not on trained weights

@@ -24,8 +24,8 @@ import numpy as np
 
 from . import limits
 from .cli import command, Parser, program
-from .files import output_file
 from .errors import InputError
+from .files import output_file
 
 DAILYDIALOG_DIALOGUES = 13118   # train + validation + test: the unit of scale
 

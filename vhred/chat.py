@@ -13,31 +13,19 @@ from dataclasses import replace
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, loading
 from .cli import command, Parser, program
-from .files import json_line
-from .stops import interrupted_code
 from .device import pick_device
 from .errors import InputError
-from .generate import (
-    RANKS,
-    DecodeOptions,
-    add_decode_args,
-    candidates,
-    chosen_checkpoint,
-    draws_made,
-    encode_turns,
-    options_from_args,
-    pretty,
-    ranking,
-    response_text,
-    same_reply,
-    shown_filter,
-    shown_note,
-    spaced,
-)
+from .files import json_line
+from .stops import interrupted_code
+from .candidates import candidates, draws_made, ranking, same_reply, shown_filter, shown_note
+from .decoding import DecodeOptions, RANKS
+from .generate import add_decode_args, chosen_checkpoint, options_from_args
+from .render import encode_turns, pretty, response_text
+from .sources import spaced
 
-__all__ = ["Chat", "main", "pretty", "spaced"]   # pretty lives in vhred/generate.py, spaced in vhred/sources.py
+__all__ = ["Chat", "main", "pretty", "spaced"]   # pretty lives in vhred/render.py, spaced in vhred/sources.py
 
 HELP = """commands:
   /reset           forget the conversation
@@ -259,7 +247,7 @@ def main(argv=None):
         raise InputError(f"--num-samples must be between 1 and {MAX_SAMPLES} in the chat, got {args.num_samples}")
     opts = options_from_args(args)
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
-    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
+    model, cfg, sp = loading.load_model(path, pick_device(args.device), args.pool_with)
     ranking(model, opts)   # refuse a ranking this model cannot do before the first turn
     interactive = sys.stdin.isatty()
     told = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # --json: stdout holds turns only
@@ -295,7 +283,7 @@ def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: boo
 
 def ranked_words(ranked_by: str, opts, answers: bool) -> str:
     """What orders the candidates, in words (the banner and /rank): the ranking, and the answer
-    score beside it when the run has one and it counts (generate.plus_answers)."""
+    score beside it when the run has one and it counts (candidates.plus_answers)."""
     by = RANKED_BY.get(ranked_by, ranked_by)
     if answers and ranked_by in ("critic", "mmi") and opts.answer_weight:
         by += " and what answers a wh-question"

@@ -12,6 +12,7 @@ import torch
 from . import modelfolder
 from .config import ARCH, ConfigError, from_dict, validate
 from .errors import CheckpointError, InputError
+from .models import build
 
 # Format 2: the config nested ({"arch": {...}, ...}), the run's position as one "progress"
 # dict, a SHA-256 "checksum" over everything else. Format 1 (vhred 0.1 before the
@@ -265,65 +266,10 @@ def as_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
 
 
-def load_model(path: str, device="cpu", pool_with=()):
-    """(model in eval mode, config, tokenizer) from a checkpoint file, a run folder or an
-    exported model folder (read with safetensors, never torch.load). pool_with: other runs (of
-    the same tokenizer) whose draws join the model's in the chat's candidates (generate.drawn)."""
-    from .models import build
-    from .tokenizer import load_tokenizer
-    path = resolve(path)
-    state = modelfolder.read(path) if os.path.isdir(path) else load(path)
-    cfg = config_of(state, path)
-    try:
-        sp = load_tokenizer(model_bytes=tokenizer_bytes(state))
-    except (RuntimeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: the tokenizer inside it is unreadable ({e})") from None
-    _check_shapes(state["model"], cfg, sp.get_piece_size(), path)
-    model = build(cfg.arch, sp.get_piece_size())
-    model.blank_ids = [i for i in range(sp.get_piece_size()) if sp.id_to_piece(i) == "\u2581"]   # "▁" alone
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
-                              f"({str(e).splitlines()[0][:120]})") from None
-    from . import answers, critic
-    model = model.to(device).eval()
-    judge, table = critic.load(path), answers.load(path)
-    # kept outside the model's modules: its state_dict (what export and training save) stays the model's
-    model.__dict__["critic"] = judge.to(device) if judge is not None else None
-    model.__dict__["sp"] = sp   # the critic reads replies as text, rendered as readers saw them
-    model.__dict__["answers"] = answers.Scorer(table, sp) if table is not None else None
-    _each_once(path, pool_with)
-    model.__dict__["pool"] = [_pool_member(other, sp, device) for other in pool_with]
-    return model, cfg, sp
-
-
-def _each_once(path: str, pool_with) -> None:
-    """Refuse a run pooled with itself: its share is drawn with the same seed, so its replies come
-    twice and, repeats dropped, the pool has half the distinct draws it claims."""
-    seen = {os.path.realpath(path): path}
-    for other in pool_with:
-        key = os.path.realpath(resolve(other))
-        if key in seen:
-            raise InputError(f"{other} is the same run as {seen[key]}: pool the draws of other runs, each once")
-        seen[key] = other
-
-
-def _pool_member(path: str, sp, device):
-    """The model of a run whose draws are pooled with another's: refused unless it spells with
-    the same tokenizer, since draws are pooled and ranked as token ids."""
-    other, _, their_sp = load_model(path, device)
-    if their_sp.serialized_model_proto() != sp.serialized_model_proto():
-        raise CheckpointError(f"{path}: its tokenizer is not the model's; pool the draws of runs made with one "
-                              f"config and data")
-    return other
-
-
-def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:
+def check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:
     """Compare the weights' shapes with those the config describes, on the meta device (no
     memory): a config that claims emb_dim=2^31-1 beside small weights is refused before the
     model would be allocated."""
-    from .models import build
     with torch.device("meta"):
         want = {k: tuple(v.shape) for k, v in build(cfg.arch, vocab).state_dict().items()}
     have = {k: tuple(v.shape) for k, v in weights.items()}
@@ -337,6 +283,7 @@ def _check_shapes(weights: dict, cfg, vocab: int, path: str) -> None:
 
 
 # --- what the integrity checks cost: python -m vhred.checkpoint [config] [--cache FOLDER] -------
+
 
 def _median_seconds(fn, repeat: int) -> float:
     import statistics
@@ -356,7 +303,6 @@ def measure(config_path: str, repeat: int = 5) -> dict:
     from dataclasses import asdict
 
     from .config import load as load_config
-    from .models import build
     cfg = load_config(config_path, [])
     model = build(cfg.arch, cfg.vocab_size)
     opt = torch.optim.AdamW(model.parameters())

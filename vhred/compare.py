@@ -29,8 +29,8 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from . import config
 from .cli import command, Parser, program
-from .files import json_safe, output_file
 from .errors import InputError
+from .files import json_safe, output_file
 
 # row name: the settings that make it (one family each; GMP is DialogWAE with a mixture prior)
 ROWS = {

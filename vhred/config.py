@@ -312,7 +312,7 @@ def _check_family_keys(cfg: Config, given: set) -> None:
 
 
 def _family_defaults(cfg: Config, given: set) -> None:
-    from .models import family_defaults   # the registry imports this module: looked up when used
+    from .models import family_defaults   # the registry imports torch: looked up when used, not when a config is read
     for key, value in family_defaults(cfg.arch.model).items():
         if key not in given:
             setattr(cfg.arch, key, value)
@@ -364,7 +364,7 @@ def validate(cfg: Config) -> None:
     for key, cap in CAPS.items():
         if _value(cfg, key) > cap:
             raise ConfigError(f"{key} may be at most {cap:,}, got {_value(cfg, key)} (see docs/limits.md)")
-    from .models import FAMILIES   # the registry imports this module: looked up when used
+    from .models import FAMILIES   # the registry imports torch: looked up when used, not when a config is read
     for key, allowed in {"model": tuple(FAMILIES), **CHOICES}.items():
         if _value(cfg, key) not in allowed:
             raise ConfigError(f"{key} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got '{_value(cfg, key)}'")
@@ -407,7 +407,7 @@ def _check_relations(cfg: Config, families: dict) -> None:
 
 def warnings(cfg: Config, total_steps: int) -> list[str]:
     """Likely mistakes, once the length of the run is known."""
-    from .models import FAMILIES   # the registry imports this module: looked up when used
+    from .models import FAMILIES   # the registry imports torch: looked up when used, not when a config is read
     out = []   # steps 0 .. total_steps - 1 are taken: beta is kl_max from step kl_warmup_steps on
     if FAMILIES[cfg.arch.model].latent and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
         out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is as long as the whole run or longer "

@@ -17,7 +17,7 @@ discriminator instead (people's replies against the model's own draws), the crit
 readers' bad replies first (docs/rating.md, "The reply critic"; eval/discriminator_critic.py):
 what tells a person's reply from the model's is not what makes a reader keep it.
 
-critic.safetensors sits in the run (or exported model) folder; checkpoint.load_model attaches it
+critic.safetensors sits in the run (or exported model) folder; loading.load_model attaches it
 to the model as model.critic, and rank "auto", the default, orders candidates by it.
 """
 import json
@@ -28,14 +28,14 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
-from .files import write_bytes
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
+from .files import write_bytes
 from .models.layers import Hierarchical, first_words
 from .sources import spaced
 
 FILE = "critic.safetensors"   # weights, and the arch and training record as metadata (no pickle)
-# Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (generate.critic_scores).
+# Rank "critic" orders by the critic's logit + MMI_WEIGHT x the MMI score (candidates.critic_scores).
 # The critic alone puts short safe replies first everywhere: in 40 held-out contexts (ninth round)
 # "Of course." was its first reply to 12, and 68% of its shown replies had one or two words; with
 # the MMI score weighted 3, 6 and 57% (MMI alone: 2 and 42%). Weights 1, 2, 3, 5 and 8 were
@@ -140,7 +140,7 @@ def from_model(model, arch, turn: int = 0) -> Critic:
 def reply_ids(sp, text: str) -> list[int]:
     """A reply as the critic reads it: the text readers saw and rated, written as the corpus writes
     it. critic_train reads a rated reply so, and the ranking a decoded one once rendered
-    (generate.critic_scores): the decoder's own spelling ("I ’ m", "bye .") is not what the
+    (candidates.critic_scores): the decoder's own spelling ("I ’ m", "bye .") is not what the
     readers' labels taught, and the critic scored it 0.28 higher on average (247 of 2,118 draws)."""
     return sp.encode(spaced(text))
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import answers, checkpoint, limits
+from . import answers, checkpoint, limits, loading
 from .cli import command, Parser, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, reply_ids, save
@@ -71,7 +71,8 @@ def rated_replies(folder: str) -> list[tuple[list[str], list[tuple[str, float]]]
 def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:
     """The rounds' contexts and replies as the model's token ids (text written as the corpus is);
     only the contexts whose replies the readers judged differently, unless ordered_only is False."""
-    from .generate import encode_turns, spaced
+    from .render import encode_turns
+    from .sources import spaced
     out = []
     for folder in rounds:
         for turns, replies in rated_replies(folder):
@@ -103,8 +104,8 @@ def pair_loss(critic: Critic, batch) -> torch.Tensor:
 
 def corpus_dialogues(cfg, sp) -> list[list[list[int]]]:
     """The training split's dialogues of three turns or more, as the model's token ids."""
-    from .evaluate import split_dialogues
-    from .generate import encode_turns
+    from .sources import split_dialogues
+    from .render import encode_turns
     try:
         dialogues = split_dialogues(cfg, "train")
     except (DataError, OSError) as e:
@@ -154,7 +155,7 @@ def pair_accuracy(critic: Critic, data) -> float:
 def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, turn: int = TURN,
           log=print, pretrain: int = PRETRAIN) -> dict:
     """Train a critic for a checkpoint's model on the rounds' labels; returns what critic.safetensors holds."""
-    model, cfg, sp = checkpoint.load_model(path)
+    model, cfg, sp = loading.load_model(path)
     data, held = encoded(rounds, sp, cfg), encoded(held_out, sp, cfg)
     if not data:
         raise InputError("the rounds hold no context whose replies the readers judged differently")

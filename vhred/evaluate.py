@@ -18,7 +18,7 @@ importance-weighted bound with K samples, KL per utterance and active units on t
 that hold the scored targets. BLEU, distinct-n and length are computed on the model's own text,
 the surface faults on the text shown (glued_before_text_out_share: how often the model glued a
 sentence mark that the text out mended); the samples file holds contexts, reference and responses
-as readable text (vhred.generate.pretty), with flags for responses that reached the length limit
+as readable text (vhred.render.pretty), with flags for responses that reached the length limit
 ("cut") and that the model glued ("glued"). Writes results-<protocol>-<split>.json / .md and samples-<protocol>-<split>.jsonl
 into the run folder, or into an exported model folder (--tag adds a suffix).
 """
@@ -28,71 +28,26 @@ import re
 import sys
 import time
 
-from . import cache, checkpoint, limits, sources
-from .config import MAX_INT
+from . import checkpoint, limits, loading
 from .cli import command, Parser, program
-from .files import check_output, json_line, json_safe, output_file, output_files
+from .config import MAX_INT
 from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
+from .files import check_output, json_line, json_safe, output_file, output_files
 from .lexicon import training_lexicon
-from .generate import (
-    add_decode_args,
-    chosen_checkpoint,
-    generate_file,
-    options_from_args,
-    pretty,
-    ranking,
-    response_text,
-    shapes_words,
-)
+from .candidates import ranking
+from .generate import add_decode_args, chosen_checkpoint, generate_file, options_from_args, shapes_words
+from .render import pretty, response_text
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
 from .metrics.surface import glued, surface_metrics
+from .sources import split_dialogues
 
 # DialogWAE's decoding, for the decoding flags a --protocol dialogwae run does not give
 DIALOGWAE_DECODING = {"num_samples": dialogwae.SAMPLES, "method": "greedy", "max_len": dialogwae.MAX_TOKENS,
                       "min_len": 0, "dedup": False, "clean": False, "rank": "none"}   # an empty reply is a reply there
-
-
-def split_dialogues(cfg, split: str) -> list[list[str]]:
-    """The dialogues of a split of the checkpoint's own data source, as training split it."""
-    if cfg.data == "dailydialog":
-        src = sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
-        dialogues = sources.read_dailydialog(src)[split]
-    else:
-        src = trained_jsonl(cfg)
-        dialogues = [d for s, d in sources.iter_jsonl(src, cfg.seed) if s == split]
-    dialogues = [d for d in dialogues if len(d) > 1]
-    if not dialogues:
-        other = "--split validation" if split == "test" else "a file with dialogues in every split"
-        raise sources.DataError(f"{src} holds no {split} dialogues of two turns or more: use {other}, "
-                                f'or give some lines "split": "{split}" and train again')
-    return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
-
-
-_CHECKED: dict = {}   # (path, size, mtime) -> its SHA-256: one read per file and process
-
-
-def trained_jsonl(cfg) -> str:
-    """The JSONL file the checkpoint trained on: where training read it (data_source), else data=
-    from here; refused when its bytes differ from training's, since the seeded 90/5/5 split follows
-    line numbers and an edited file would score training dialogues as held-out ones."""
-    path = cfg.data_source if os.path.isfile(cfg.data_source) else cfg.data
-    if not os.path.isfile(path):
-        raise sources.DataError(f"{cfg.data_source or cfg.data}, the file this model trained on, is not here: put it "
-                                f"back, or run from the folder where data={cfg.data} names it")
-    if cfg.data_sha256:   # checkpoints from before it was recorded are taken as they are
-        st = os.stat(path)
-        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-        if key not in _CHECKED:
-            _CHECKED[key] = cache.file_sha256(path)
-        if _CHECKED[key] != cfg.data_sha256:
-            raise sources.DataError(f"{path} is not the file this model trained on (it changed since: its SHA-256 "
-                                    "differs), and its split would now mix training dialogues into the held-out "
-                                    "ones; restore the file as it was, or train again on it")
-    return path
 
 
 def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> dict:
@@ -270,7 +225,7 @@ def main(argv=None):
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     for out in report_paths(checkpoint.results_folder(path), args.protocol, args.split, args.tag, args.max_contexts):
         check_output(out)   # a folder one may not write in: found now, not after the evaluation
-    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device), args.pool_with)
+    model, cfg, sp = loading.load_model(path, pick_device(args.device), args.pool_with)
     resolved = ranking(model, opts)   # a ranking this model (or its pool) cannot do is refused first
     if opts.rank != "none" and not args.pool_with:   # with a pool, "auto" is each run's own: kept so
         opts.rank = resolved   # the report names the ranking used, "auto" resolved

@@ -18,11 +18,11 @@ import pathlib
 import shutil
 from dataclasses import asdict
 
-from . import answers, cache, checkpoint, critic, modelfolder
-from .schedule import kl_cycle
+from . import answers, cache, checkpoint, critic, loading, modelfolder
 from .cli import command, Parser, program
-from .stops import check_stop
 from .errors import InputError
+from .schedule import kl_cycle
+from .stops import check_stop
 
 CARD = "README.md"
 RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
@@ -37,7 +37,7 @@ def export(run: str, folder: str) -> str:
         raise InputError(f"{run} is already an exported model folder; copy it instead")
     state = checkpoint.load(source)
     cfg = checkpoint.config_of(state, source)
-    model, _, sp = checkpoint.load_model(source)   # the weights checked against their config
+    model, _, sp = loading.load_model(source)   # the weights checked against their config
     cache.remove_crashed(folder)   # the half-written export.tmp<pid> of an export that was killed
     _check_target(folder, model.state_dict())
     progress = state.get("progress", {})

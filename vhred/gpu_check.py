@@ -20,9 +20,9 @@ import torch
 
 from . import checkpoint
 from .cli import command, Parser, program
-from .files import output_file
 from .config import ModelConfig, load
 from .device import pick_device
+from .files import output_file
 from .models import build
 
 TINY = "configs/tiny.yaml"   # found where vhred runs from (config._find), the checkout or the installed package

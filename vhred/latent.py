@@ -16,14 +16,16 @@ import os
 
 import torch
 
-from . import checkpoint, limits
+from . import checkpoint, limits, loading
 from .cli import command, Parser, program
-from .files import check_output, write_bytes
 from .dataset import collate, windows
 from .device import pick_device
 from .errors import InputError
-from .generate import (DecodeOptions, beam_search, chosen_checkpoint, context_states, encode_turns,
-                       response_text, sample_tokens, spaced)
+from .files import check_output, write_bytes
+from .decoding import beam_search, context_states, DecodeOptions, sample_tokens
+from .generate import chosen_checkpoint
+from .render import encode_turns, response_text
+from .sources import spaced
 from .plot import picture
 
 ACTS = {1: "inform", 2: "question", 3: "directive", 4: "commissive"}   # DailyDialog's act labels
@@ -223,7 +225,7 @@ def plot(means, kls, values, title: str, legend: str, out: str) -> str:
 def _validation_dialogues(cfg, n: int):
     """The first n validation dialogues of the checkpoint's data, and their acts (DailyDialog)."""
     from . import sources
-    from .evaluate import split_dialogues
+    from .sources import split_dialogues
     if cfg.data != "dailydialog":
         return split_dialogues(cfg, "validation")[:n], None
     src = sources.find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
@@ -250,7 +252,7 @@ IMAGE_TYPES = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
 def run_plot(args):
-    model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
+    model, cfg, sp = loading.load_model(args.checkpoint, pick_device(args.device))
     dialogues, acts = _validation_dialogues(cfg, args.dialogues)
     means, kls, where = posterior_stats(model, sp, cfg, dialogues)
     if len(means) < 2:   # one point has no spread to project
@@ -265,7 +267,7 @@ def run_plot(args):
 
 
 def run_interpolate(args):
-    model, cfg, sp = checkpoint.load_model(args.checkpoint, pick_device(args.device))
+    model, cfg, sp = loading.load_model(args.checkpoint, pick_device(args.device))
     context = encode_turns(sp, [spaced(t) for t in args.context], cfg.max_utt_len, cfg.max_context)
     mean, logvar = (t[0].cpu() for t in prior(model, [context]))
     z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)

@@ -14,7 +14,7 @@ _CACHE: dict = {}
 
 def training_text(cfg) -> list[str] | None:
     """The utterances of the checkpoint's training split, or None when they are not here."""
-    from .evaluate import split_dialogues   # evaluate builds on generate, which asks for this lazily
+    from .sources import split_dialogues
     try:
         if cfg.data == "dailydialog" and not (os.environ.get("DAILYDIALOG_SRC") or (
                 cfg.data_source and os.path.exists(cfg.data_source)) or os.path.isdir(

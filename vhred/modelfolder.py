@@ -7,7 +7,7 @@
                         "tied_weights": {name: the tensor it is a copy of}, "weights_sha256"}
     tokenizer.model     the SentencePiece model (ids: pad 0, unk 1, bos 2, eos 3)
 
-`vhred export` (vhred/export.py) writes one from a checkpoint; checkpoint.load_model reads one
+`vhred export` (vhred/export.py) writes one from a checkpoint; loading.load_model reads one
 wherever a checkpoint is accepted. Reading never calls torch.load.
 """
 import hashlib
@@ -17,8 +17,8 @@ import os
 import torch
 
 from .cache import file_sha256
-from .files import write_bytes
 from .errors import CheckpointError
+from .files import write_bytes
 
 FORMAT, VERSION = "vhred-model-folder", 1
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "tokenizer.model"

@@ -24,8 +24,9 @@ import torch
 from . import config
 from .cli import command, Parser, program
 from .errors import InputError
-from .evaluate import markdown, split_dialogues, write_report
+from .evaluate import markdown, write_report
 from .metrics import dialogwae
+from .sources import split_dialogues
 
 
 class Index:

@@ -11,8 +11,8 @@ import os
 
 from .cli import command, Parser, program
 
-from .files import write_bytes
 from .errors import InputError
+from .files import write_bytes
 
 
 def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:

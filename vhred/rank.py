@@ -13,15 +13,17 @@ import os
 import sys
 import time
 
-from . import checkpoint, limits
+from . import checkpoint, limits, loading
 from .cli import command, Parser, program
-from .files import check_output, json_safe, output_file
 from .config import MAX_INT
 from .device import pick_device
-from .evaluate import check_tag, report_name, split_dialogues
-from .generate import chosen_checkpoint, encode_turns
+from .evaluate import check_tag, report_name
+from .files import check_output, json_safe, output_file
+from .generate import chosen_checkpoint
+from .render import encode_turns
 from .metrics.ranking import candidate_sets, rank_scores
 from .scoring import IW_SAMPLES, KINDS
+from .sources import split_dialogues
 
 
 def parse_args(argv):
@@ -61,7 +63,7 @@ def main(argv=None):
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     out = os.path.join(checkpoint.results_folder(path), f"{report_name('rank', args.split, args.tag, args.max_contexts)}.json")
     check_output(out)   # a folder one may not write in: found now, not after the scoring
-    model, cfg, sp = checkpoint.load_model(path, pick_device(args.device))
+    model, cfg, sp = loading.load_model(path, pick_device(args.device))
     triples = context_triples(split_dialogues(cfg, args.split), cfg.max_context)
     sets = candidate_sets(triples, args.distractors, args.seed)   # drawn from the whole split
     if args.max_contexts:

@@ -37,8 +37,8 @@ import sys
 
 from .cli import command, Parser, program
 
-from .files import output_file, output_files, text_lines
 from .errors import InputError
+from .files import output_file, output_files, text_lines
 
 Z95 = 1.959963984540054   # the standard normal's 97.5% quantile
 

@@ -14,7 +14,7 @@ Two kinds:
   mmi  the MMI family of Li et al. (2016) that holds both: [log p(r | context) - lambda log p(r |
        NEUTRAL)] per predicted token + gamma * (|r| + 1). lambda = 0, gamma = 0 is ll; lambda = 1,
        gamma = 0 is pmi; gamma > 0 favours longer replies, gamma < 0 shorter ones (per-token
-       scores leave length out). Chosen lambda and gamma: generate.DecodeOptions, measured in
+       scores leave length out). Chosen lambda and gamma: decoding.DecodeOptions, measured in
        docs/rating.md.
 
 Each (context, response) pair draws its z samples from its own generator, seeded by the
@@ -25,8 +25,7 @@ import math
 import torch
 
 from .dataset import collate, once_per_context
-from .generate import context_states, encode_turns, history_read, keyed_noise, row_seed, spaced, uncut
-from .limits import MAX_LEN
+from .decoding import context_states, keyed_noise, row_seed
 
 KINDS = ("pmi", "ll")   # the fixed scores the rank command compares
 FAMILY = KINDS + ("mmi",)   # and the family with lambda and gamma
@@ -79,20 +78,3 @@ def score_ids(model, contexts: list[list[list[int]]], responses: list[list[int]]
         base, _ = log_likelihoods(model, [NEUTRAL] * len(responses), responses, k, seed)
         logp = [a - lam * b for a, b in zip(logp, base)]
     return [lp / n + gamma * n for lp, n in zip(logp, tokens)]
-
-
-def score(model, sp, cfg, history: list[str], candidates: list[str], kind: str | None = None) -> list[float]:
-    """Score candidate replies to a conversation (its turns as text, oldest first), higher is
-    better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
-    length_bonus; K = RANK_SAMPLES z samples, seed 0; the run's reply critic under rank "auto"
-    when it has one; the answer score after a wh-question when it has an answer table; with a
-    pool, the sum of every run's). Text is written as the corpus writes it first (generate.spaced), the
-    model's own turns and the candidates without a cut mark (generate.history_read)."""
-    from .generate import DecodeOptions, ranking, ranking_scores
-    opts = DecodeOptions(rank=kind or DecodeOptions.rank)
-    ranking(model, opts)   # a ranking this model (or a run of its pool) cannot do is refused
-    context = encode_turns(sp, history_read(history), cfg.max_utt_len, cfg.max_context) or NEUTRAL
-    responses = [sp.encode(spaced(uncut(c)))[:MAX_LEN] for c in candidates]   # whole, as respond() scores its replies
-    if not responses:
-        return []
-    return ranking_scores(model, [context] * len(responses), responses, opts, getattr(model, "pool", ()))

@@ -40,9 +40,9 @@ from urllib.parse import urlsplit
 
 from .cli import command, Parser, program
 
-from .files import json_line
 from .device import pick_device
 from .errors import InputError, UserError
+from .files import json_line
 
 
 @dataclass
@@ -183,7 +183,7 @@ class Service:
     """What the HTTP handler calls: checks a request body, queues it, waits for its answer."""
 
     def __init__(self, bot, limits: Limits, defaults=None):
-        from .generate import DecodeOptions
+        from .decoding import DecodeOptions
         self.bot, self.limits = bot, limits.check()
         self.defaults = defaults or DecodeOptions()   # what a request leaves out
         self.batcher = Batcher(bot, limits)
@@ -206,7 +206,7 @@ class Service:
         lim = self.limits
         _cap("max_len", opts.max_len, lim.max_len)
         _cap("beam", opts.beam, lim.max_beam)
-        from .generate import count_note, draws_made
+        from .candidates import count_note, draws_made
         work = decode_work(self.bot._model, opts)
         if work > lim.max_work:
             raise HTTPError(400, f"this request decodes up to {work:,} rows x steps (n x draws, with the "
@@ -286,7 +286,7 @@ def decode_work(model, opts) -> int:
     """Decoder rows x steps one request may cost at most: its n x draws, summed over the rounds
     candidates() may decode (draws under 8: the 4n and 8n refills too), x beam width, each row
     decoded for up to max_len + 1 steps."""
-    from .generate import draw_factors
+    from .candidates import draw_factors
     beam = opts.beam if opts.method == "beam" else 1
     return opts.num_samples * sum(draw_factors(model, opts)) * beam * (opts.max_len + 1)
 
@@ -711,7 +711,8 @@ def exposure_warning(host: str) -> str | None:
 @command
 def main(argv=None):
     from .api import load
-    from .generate import chosen_checkpoint, ranking
+    from .candidates import ranking
+    from .generate import chosen_checkpoint
     args, limits, defaults = parse_args(argv)
     bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving

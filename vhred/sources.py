@@ -28,6 +28,7 @@ STANDIN_MANIFEST = "standin.json"   # marks a small corpus in DailyDialog's layo
 MAX_MEMBER_BYTES = 64 << 20   # the largest DailyDialog file is 6 MB: a far larger one is not it
 
 
+from .cache import file_sha256  # noqa: E402
 from .errors import DataError  # noqa: E402  (missing, truncated or malformed data)
 from .limits import MAX_LINE_BYTES  # noqa: E402
 
@@ -430,3 +431,42 @@ def scan_jsonl(path: str, seed: int) -> dict:
         raise DataError(f"{path}: need dialogues in the train and validation splits, found {counts} "
                         f"({lines} skipped): {_split_hint(counts, marked, skipped)}")
     return {"dialogues": counts, "skipped_lines": skipped}
+
+
+def split_dialogues(cfg, split: str) -> list[list[str]]:
+    """The dialogues of a split of the checkpoint's own data source, as training split it."""
+    if cfg.data == "dailydialog":
+        src = find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
+        dialogues = read_dailydialog(src)[split]
+    else:
+        src = trained_jsonl(cfg)
+        dialogues = [d for s, d in iter_jsonl(src, cfg.seed) if s == split]
+    dialogues = [d for d in dialogues if len(d) > 1]
+    if not dialogues:
+        other = "--split validation" if split == "test" else "a file with dialogues in every split"
+        raise DataError(f"{src} holds no {split} dialogues of two turns or more: use {other}, "
+                                f'or give some lines "split": "{split}" and train again')
+    return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
+
+
+_CHECKED: dict = {}   # (path, size, mtime) -> its SHA-256: one read per file and process
+
+
+def trained_jsonl(cfg) -> str:
+    """The JSONL file the checkpoint trained on: where training read it (data_source), else data=
+    from here; refused when its bytes differ from training's, since the seeded 90/5/5 split follows
+    line numbers and an edited file would score training dialogues as held-out ones."""
+    path = cfg.data_source if os.path.isfile(cfg.data_source) else cfg.data
+    if not os.path.isfile(path):
+        raise DataError(f"{cfg.data_source or cfg.data}, the file this model trained on, is not here: put it "
+                                f"back, or run from the folder where data={cfg.data} names it")
+    if cfg.data_sha256:   # checkpoints from before it was recorded are taken as they are
+        st = os.stat(path)
+        key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+        if key not in _CHECKED:
+            _CHECKED[key] = file_sha256(path)
+        if _CHECKED[key] != cfg.data_sha256:
+            raise DataError(f"{path} is not the file this model trained on (it changed since: its SHA-256 "
+                                    "differs), and its split would now mix training dialogues into the held-out "
+                                    "ones; restore the file as it was, or train again on it")
+    return path

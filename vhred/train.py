@@ -17,16 +17,16 @@ import torch
 
 from . import cache, checkpoint, config, distributed
 from .cli import command, Parser, program, say
-from .files import append_line, write_bytes
-from .stops import interrupted_code
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
+from .files import append_line, write_bytes
 from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
 from .models import build
 from .models.layers import positions
 from .schedule import kl_weight, learning_rate
+from .stops import interrupted_code
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
 MAX_ROLLBACKS = 3    # roll-backs to last.pt with no good save between them before the run stops

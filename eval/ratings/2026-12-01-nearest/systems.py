@@ -3,13 +3,14 @@ ranked together by the model's default ranking) for a rating round.
     PYTHONPATH=$PWD .venv/bin/python eval/ratings/2026-12-01-nearest/systems.py RUN contexts.jsonl sys-n.jsonl sys-r.jsonl sys-m.jsonl
 """
 import json, sys
-from vhred import checkpoint, scoring
-from vhred.evaluate import split_dialogues
-from vhred.generate import pretty, reply_key
+from vhred import candidates, checkpoint, loading
+from vhred.sources import split_dialogues
+from vhred.candidates import reply_key
+from vhred.render import pretty
 from vhred.nearest import Index
 from vhred.metrics import dialogwae
 run, ctx_path, n_path, r_path, m_path = sys.argv[1:6]
-model, cfg, sp = checkpoint.load_model(checkpoint.resolve(run))
+model, cfg, sp = loading.load_model(checkpoint.resolve(run))
 train = split_dialogues(cfg, "train")
 index = Index(train, 0.5)
 rows = [json.loads(l) for l in open(ctx_path)]
@@ -24,7 +25,7 @@ with open(r_path, "w") as fr, open(m_path, "w") as fm:
         fr.write(json.dumps({"context": row["context"], "samples": near[:5], "scores": [0.0] * len(near[:5]), "seen_in_training": s}) + "\n")
         pool = list(dict.fromkeys(nrow["samples"] + near))
         pool = list({reply_key(x): x for x in reversed(pool)}.values())[::-1]
-        scores = scoring.score(model, sp, cfg, row["context"], pool)
+        scores = candidates.score(model, sp, cfg, row["context"], pool)
         best = sorted(zip(scores, pool), key=lambda x: -x[0])[:5]
         fm.write(json.dumps({"context": row["context"], "samples": [x for _, x in best], "scores": [round(v, 4) for v, _ in best],
                              "from_training": [x in near and x not in nrow["samples"] for _, x in best], "seen_in_training": s}) + "\n")

@@ -10,8 +10,8 @@ import glob
 import json
 import random
 
-from vhred import checkpoint
-from vhred.evaluate import split_dialogues
+from vhred import checkpoint, loading
+from vhred.sources import split_dialogues
 from vhred.metrics.dialogwae import seen_in_training
 from vhred.rate import read_answers, read_key
 
@@ -21,7 +21,7 @@ ap.add_argument("--versus", default="n")
 ap.add_argument("dirs", nargs="+")
 opts = ap.parse_args()
 
-_, cfg, _ = checkpoint.load_model(checkpoint.resolve(opts.run))
+_, cfg, _ = loading.load_model(checkpoint.resolve(opts.run))
 train = split_dialogues(cfg, "train")
 rows, names = [], {}   # (seen, {system: (five, first)}); the systems in the packs' order
 for d in opts.dirs:

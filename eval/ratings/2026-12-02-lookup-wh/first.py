@@ -3,7 +3,7 @@
     python eval/ratings/2026-12-02-lookup-wh/first.py sys-n.jsonl sys-r.jsonl sys-f.jsonl
 """
 import json, sys
-from vhred.generate import reply_key
+from vhred.candidates import reply_key
 n_path, r_path, f_path = sys.argv[1:4]
 with open(f_path, "w") as out:
     for n, r in zip(map(json.loads, open(n_path)), map(json.loads, open(r_path))):

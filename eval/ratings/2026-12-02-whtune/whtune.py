@@ -9,7 +9,7 @@ answer table and tokenizer, so it ranks as SRC_RUN does.
 """
 import os, sys, time, shutil
 import torch
-from vhred import checkpoint
+from vhred import checkpoint, loading
 from vhred.dataset import DialogueData, prepare
 from vhred.rate import turn_kind
 from vhred.models.layers import positions
@@ -18,7 +18,7 @@ SRC, OUT = sys.argv[1], sys.argv[2]
 W, STEPS, LR = float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 torch.set_num_threads(2)
 torch.manual_seed(0)
-model, cfg, sp = checkpoint.load_model(SRC)
+model, cfg, sp = loading.load_model(SRC)
 state = checkpoint.load(checkpoint.resolve(SRC))
 folder = prepare(cfg)
 data = DialogueData(folder, "train")
