@@ -7,26 +7,12 @@
 The API (vhred/api.py) is load, Bot and Candidate. They are imported on first use, so that
 `import vhred.config` or `vhred --help` does not pay for importing torch.
 """
-import os
-import signal
 import sys
 from typing import TYPE_CHECKING
 
+from .stops import catch_stops_while_starting
+
 __all__ = ["Bot", "Candidate", "load"]
-
-
-def _interrupted_while_starting(signum, frame):
-    """Ctrl-C or SIGTERM while a command imports its modules: nothing is written yet, and an
-    exception raised inside torch's or numpy's import can abort the process (SIGABRT) or become
-    an ImportError. Exit 130 or 143, as the command's own handling (vhred/cli.py) later."""
-    print("interrupted", file=sys.stderr, flush=True)
-    os._exit(128 + signum)
-
-
-def _catch_stops_while_starting():
-    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
-        if signal.getsignal(sig) is default:   # a program's own handler stays
-            signal.signal(sig, _interrupted_while_starting)
 
 
 # `python -m vhred.<command>`: a Ctrl-C while torch loads (seconds, before the command's own
@@ -34,7 +20,7 @@ def _catch_stops_while_starting():
 # for vhred's own commands: a program that imports vhred keeps its own Ctrl-C.
 _argv = getattr(sys, "orig_argv", [])
 if "-m" in _argv[:-1] and _argv[_argv.index("-m") + 1].split(".")[0] == "vhred":
-    _catch_stops_while_starting()
+    catch_stops_while_starting()
 
 if TYPE_CHECKING:   # for type checkers and editors; at run time __getattr__ below
     from .api import Bot, Candidate, load

@@ -11,7 +11,8 @@ import difflib
 import importlib
 import sys
 
-from . import _catch_stops_while_starting, cli
+from . import cli
+from .stops import catch_stops_while_starting
 
 # subcommand: (module, what it does)
 COMMANDS = {
@@ -72,7 +73,7 @@ def main(argv=None):
     cli.INVOKED_AS = f"vhred {name}"   # what the subcommand's --help and usage lines show
     # importing torch takes seconds: a Ctrl-C meanwhile ends it quietly (a KeyboardInterrupt inside
     # numpy's import comes out as an ImportError); the command's main then handles its own
-    _catch_stops_while_starting()
+    catch_stops_while_starting()
     return importlib.import_module(COMMANDS[name][0]).main(rest)
 
 

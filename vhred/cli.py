@@ -15,7 +15,7 @@ import threading
 import time
 
 from .errors import UserError
-from .stops import check_stop, forget_stop, interrupted_code, sigterm_as_ctrl_c
+from .stops import check_stop, forget_stop, interrupted_code, interrupted_while_starting, sigterm_as_ctrl_c
 
 INVOKED_AS = None   # "vhred chat" etc. while the `vhred` command (vhred/__main__.py) runs one
 
@@ -75,8 +75,7 @@ def command(fn):
     """Wrap a command's main(argv) so expected errors end it with one line, never a traceback."""
     @functools.wraps(fn)
     def main(argv=None):
-        from . import _interrupted_while_starting
-        if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:   # started: Ctrl-C is ours to handle
+        if signal.getsignal(signal.SIGINT) is interrupted_while_starting:   # started: Ctrl-C is ours to handle
             signal.signal(signal.SIGINT, signal.default_int_handler)
         main_thread = threading.current_thread() is threading.main_thread()   # where signals are handled
         before = sigterm_as_ctrl_c() if main_thread else None

@@ -1,7 +1,10 @@
 """A stop by signal: SIGTERM ends a command as Ctrl-C does, and a stop that landed where Python
 drops exceptions (inside __del__) is remembered, so an output is never renamed into place after it.
+Before a command's own handling starts (while torch imports), a stop ends it at once, exit 130/143.
 """
+import os
 import signal
+import sys
 
 
 class Terminated(KeyboardInterrupt):
@@ -40,3 +43,19 @@ def forget_stop() -> None:
     """A command's stop was answered by its exit: the next command called from Python starts clean."""
     global _stop_seen
     _stop_seen = False
+
+
+def interrupted_while_starting(signum, frame):
+    """Ctrl-C or SIGTERM while a command imports its modules: nothing is written yet, and an
+    exception raised inside torch's or numpy's import can abort the process (SIGABRT) or become
+    an ImportError. Exit 130 or 143, as the command's own handling (vhred/cli.py) later."""
+    print("interrupted", file=sys.stderr, flush=True)
+    os._exit(128 + signum)
+
+
+def catch_stops_while_starting():
+    """Ctrl-C and SIGTERM end the process at once (interrupted_while_starting) until cli.command
+    takes over; a handler the program set itself stays."""
+    for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) is default:   # a program's own handler stays
+            signal.signal(sig, interrupted_while_starting)
