@@ -98,6 +98,21 @@ def test_health_shows_no_local_paths_or_training_config(server):
     assert health["checkpoint"].count("/") == 1 and health["config"]["arch"]["z_dim"] == 8
 
 
+def test_the_server_header_names_no_python_version(server):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", "/health")
+        answer = conn.getresponse()
+        answer.read()
+        assert answer.status == 200 and answer.getheader("Server") == "vhred"
+        conn.request("GET", "/nowhere")   # an error answer carries the header too
+        missing = conn.getresponse()
+        missing.read()
+        assert missing.status == 404 and missing.getheader("Server") == "vhred"
+    finally:
+        conn.close()
+
+
 def test_a_lying_content_length_is_cut_off_at_the_deadline(server):
     t0 = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
