@@ -125,14 +125,25 @@ def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     ("gmp_components=3", "gmp_components is a setting of model=dialogwae, which model=vhred does not read"),
     ("utterance_drop=0.5", "utterance_drop is a setting of model=vhcr"),
     ("critic_steps=5", "critic_steps is a setting of model=dialogwae"),
-    ("model=hred bow_weight=1", "model=hred has no bag-of-words head"),
-    ("model=dialogwae bow_weight=0.5", "model=dialogwae has no bag-of-words head"),
+    ("model=hred bow_weight=1", "bow_weight is a setting of model=vhred, cvae or vhcr, which model=hred does not read"),
+    ("model=dialogwae bow_weight=0.5", "bow_weight is a setting of model=vhred, cvae or vhcr, which model=dialogwae"),
+    ("model=cvae utterance_drop=0.1", "utterance_drop is a setting of model=vhcr, which model=cvae does not read"),
 ])
 def test_settings_that_would_do_nothing_are_refused_at_start(override, message):
     with pytest.raises(ConfigError, match=message):
         config.load("configs/tiny.yaml", override.split())
-    # 0, which a config file may give every family, is no setting to refuse
+    # 0, which a config file may give every family, is no setting to refuse; nor is any key at its default
     assert config.load("configs/dailydialog-cpu.yaml", ["model=hred", "bow_weight=0"]).arch.bow_weight == 0
+    assert config.load("configs/tiny.yaml", ["model=vhred", "gmp_components=1"]).arch.gmp_components == 1
+
+
+def test_each_familys_own_settings_are_declared_by_its_class():
+    """The keys some families read, from the classes (OWN_SETTINGS), as each family's code reads them."""
+    from vhred.models import readers
+    assert readers("bow_weight") == ["vhred", "cvae", "vhcr"]   # the bag-of-words head (VHRED's, kept by both)
+    assert readers("utterance_drop") == ["vhcr"]
+    assert readers("gmp_components") == readers("critic_steps") == ["dialogwae"]
+    assert readers("z_dim") == readers("lr") == []   # every family's
 
 
 def test_a_familys_own_settings_are_taken_with_its_model_given_in_any_order():

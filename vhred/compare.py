@@ -188,10 +188,12 @@ def row_overrides(overrides: list[str], row: str | None) -> list[str]:
     """The key=value settings given for every row that this row's family reads: one family's own
     setting (critic_steps=5 for DialogWAE, bow_weight=1 for the Gaussian ones) is left out of the
     others' runs, which would refuse it."""
+    from .models import readers
     model = next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
 
     def read(key: str) -> bool:
-        return model not in config.NO_BOW_HEAD if key == "bow_weight" else config.FAMILY_KEYS.get(key, model) == model
+        families = readers(key)
+        return not families or model in families
     return [o for o in overrides if read(_key(o))]
 
 

@@ -294,21 +294,17 @@ def load(path: str | None, overrides: list[str]) -> Config:
     return cfg
 
 
-# model keys only one family reads: given to another, they would be saved and silently ignored
-FAMILY_KEYS = {"gmp_components": "dialogwae", "critic_steps": "dialogwae", "utterance_drop": "vhcr"}
-# the bag-of-words head predicts a response's words from its Gaussian z (vhred/models/vhred.py, which
-# CVAE and VHCR extend); these families build none, so a weight above 0 would be ignored
-NO_BOW_HEAD = ("hred", "dialogwae")
-
-
 def _check_family_keys(cfg: Config, given: set) -> None:
-    for key, family in FAMILY_KEYS.items():
-        if key in given and cfg.arch.model != family:
-            raise ConfigError(f"{key} is a setting of model={family}, which model={cfg.arch.model} does not read: "
-                              f"add model={family}, or leave {key} out")
-    if cfg.arch.bow_weight > 0 and cfg.arch.model in NO_BOW_HEAD:   # 0 is every config's own value: not refused
-        raise ConfigError(f"bow_weight is a setting of model=vhred, cvae or vhcr; model={cfg.arch.model} has no "
-                          f"bag-of-words head: leave bow_weight out or give bow_weight=0")
+    """A model key only some families read (their OWN_SETTINGS), given to another with a value
+    other than ModelConfig's default, is refused: it would be saved and silently ignored. The
+    default (bow_weight: 0, which a config file may give every family) changes nothing."""
+    from .models import readers   # the registry imports torch: looked up when used, not when a config is read
+    for key in sorted(given):
+        families = readers(key)
+        if families and cfg.arch.model not in families and getattr(cfg.arch, key) != getattr(ModelConfig, key):
+            names = ", ".join(families[:-1]) + f" or {families[-1]}" if len(families) > 1 else families[0]
+            raise ConfigError(f"{key} is a setting of model={names}, which model={cfg.arch.model} does not read: "
+                              f"add model={families[0]}, or leave {key} out")
 
 
 def _family_defaults(cfg: Config, given: set) -> None:

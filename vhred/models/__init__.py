@@ -26,5 +26,11 @@ def family_defaults(name: str) -> dict:
     return dict(getattr(FAMILIES.get(name), "DEFAULTS", {}))
 
 
-__all__ = ["FAMILIES", "build", "family_defaults", "GaussianNet", "Packing", "gaussian_kl",
+def readers(key: str) -> list[str]:
+    """The families that read a ModelConfig key only some families read (their OWN_SETTINGS);
+    [] for a key every family reads."""
+    return [name for name, family in FAMILIES.items() if key in family.OWN_SETTINGS]
+
+
+__all__ = ["FAMILIES", "build", "family_defaults", "readers", "GaussianNet", "Packing", "gaussian_kl",
            "gaussian_log_density", "objective", "reparameterize"]

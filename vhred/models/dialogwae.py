@@ -125,6 +125,7 @@ class DialogWAE(Hierarchical):
     # 4.94, from another's 5.10, step 400; with five 4.02 against 5.49 at step 800), and at the GPU
     # config a context's ten replies were one (inter-dist-2 0.09; with five 0.50): docs/models.md.
     DEFAULTS = {"critic_steps": 5}
+    OWN_SETTINGS = ("gmp_components", "critic_steps")
     latent = True
 
     def __init__(self, cfg, vocab_size: int):

@@ -98,6 +98,9 @@ class Hierarchical(nn.Module):
       latent, z_dim          whether decoding is conditioned on a latent, and its size
       attends                whether it takes attention=N (the context rows then carry the
                              answered turn's words after h: read them through summary() and split())
+      OWN_SETTINGS           the ModelConfig keys it reads that not every family reads: given
+                             to a family that does not read them, they are refused at start
+      DEFAULTS               its values of ModelConfig keys a config leaves out
       forward(tokens, lens, turns) -> dict: nll (T,), n_tokens, and for latent families
                              kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
       objective(out, beta, free_bits, n_tokens, weights) -> the loss per token the optimiser minimises
@@ -113,6 +116,8 @@ class Hierarchical(nn.Module):
     kl = False   # a KL term in closed form (the Gaussian families'): kl_per_utt means something
     attends = False
     z_dim = 0
+    OWN_SETTINGS: tuple[str, ...] = ()
+    DEFAULTS: dict = {}
 
     @property
     def noise_dim(self) -> int:

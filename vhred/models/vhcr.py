@@ -32,6 +32,7 @@ from .vhred import VHRED
 
 class VHCR(VHRED):
     attends = False   # its context rows are [h ; z_conv]: no room kept for attended words
+    OWN_SETTINGS = VHRED.OWN_SETTINGS + ("utterance_drop",)
 
     def __init__(self, cfg, vocab_size: int):
         Z, Hc, Hu = cfg.z_dim, cfg.ctx_hidden, cfg.utt_hidden

@@ -16,6 +16,7 @@ class VHRED(Hierarchical):
     latent = True
     kl = True
     attends = True
+    OWN_SETTINGS = ("bow_weight",)   # the bag-of-words head on z, which CVAE and VHCR keep
 
     def __init__(self, cfg, vocab_size: int):
         super().__init__(cfg, vocab_size)
