@@ -103,7 +103,7 @@ def critic_scores(run: str, rows: list[dict], with_precedents: bool = False) -> 
     from vhred.sources import spaced
     from eval import precedents
     model, cfg, sp = loading.load_model(run)   # with the run's critic attached
-    if model.critic is None:
+    if model.reply_critic is None:
         sys.exit(f"{run} has no critic.safetensors; train one with `vhred critic --checkpoint {run} --ratings ...`")
     said = None
     if with_precedents:
@@ -112,7 +112,7 @@ def critic_scores(run: str, rows: list[dict], with_precedents: bool = False) -> 
     for row in rows:
         ctx = encode_turns(sp, [spaced(t) for t in row["context"]], cfg.max_utt_len, cfg.max_context)
         replies = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in row["samples"]]
-        row["crit"] = critic.scores(model.critic, [ctx] * len(replies), replies)
+        row["crit"] = critic.scores(model.reply_critic, [ctx] * len(replies), replies)
         if said:
             row["prec"] = said.logits([ctx] * len(replies), replies)
 

@@ -12,9 +12,9 @@ import torch
 
 from tests.conftest import ROOT
 from vhred import answers, critic, loading
+from vhred.candidates import critic_scores, generate, ranking
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
-from vhred.candidates import critic_scores, generate
 from vhred.decoding import DecodeOptions
 from vhred.render import encode_turns, pretty
 from vhred.scoring import RANK_SAMPLES, score_ids
@@ -156,19 +156,34 @@ def test_scores_do_not_depend_on_the_batch(vhred_model):
     assert together == pytest.approx(alone, abs=1e-5)
 
 
+def test_dialogwaes_wasserstein_critic_is_not_taken_for_a_reply_critic(tiny_cfg):
+    """DialogWAE's own critic (a submodule judging codes) was read as the run's reply critic by a
+    model not loaded through load_model: rank "auto" chose "critic" and the ranking then failed."""
+    from vhred.models import build
+    from vhred.train import train
+    cfg = tiny_cfg("model=dialogwae", "max_steps=2", "name=wae")
+    built = build(cfg.arch, 300).eval()
+    assert built.critic is not None and built.reply_critic is None
+    assert ranking(built, DecodeOptions()) == "mmi"
+    model, _, _ = loading.load_model(train(cfg, log=lambda *_: None).dir)   # its Wasserstein critic stays its own
+    assert ranking(model, DecodeOptions()) == "mmi" and isinstance(model.critic, torch.nn.Sequential)
+    with pytest.raises(Exception, match="this model has no reply critic"):
+        ranking(model, DecodeOptions(rank="critic"))
+
+
 def test_the_ranking_reads_a_reply_as_the_critic_learned_it_as_a_reader_sees_it(vhred_model, monkeypatch):
     """critic_train reads a rated reply from the text readers saw ("Bye."); the ranking renders
     the decoder's spelling ("bye .") the same way first, so one reply gets one critic score."""
     import vhred.candidates
     model, cfg, sp = vhred_model
-    monkeypatch.setitem(model.__dict__, "critic", critic.from_model(model, cfg.arch, turn=4).eval())
+    monkeypatch.setitem(model.__dict__, "reply_critic", critic.from_model(model, cfg.arch, turn=4).eval())
     monkeypatch.setattr(vhred.candidates, "score_ids", lambda model, c, r, *a: [0.0] * len(r))   # the critic's part alone
     ctx = encode_turns(sp, ["Hello , how are you ?", "Fine . I have to go now ."], cfg.max_utt_len, cfg.max_context)
     decoded, rated = sp.encode("bye ."), critic.reply_ids(sp, "Bye.")   # the decoder's spelling, the readers'
     assert decoded != rated
     assert critic_scores(model, [ctx] * 2, [decoded, rated], DecodeOptions()) == pytest.approx(
-        critic.scores(model.critic, [ctx] * 2, [rated, rated]))
-    assert critic.scores(model.critic, [ctx], [decoded]) != pytest.approx(critic.scores(model.critic, [ctx], [rated]))
+        critic.scores(model.reply_critic, [ctx] * 2, [rated, rated]))
+    assert critic.scores(model.reply_critic, [ctx], [decoded]) != pytest.approx(critic.scores(model.reply_critic, [ctx], [rated]))
 
 
 def test_the_loss_is_ranknets_over_pairs_the_readers_told_apart(vhred_model):
@@ -245,7 +260,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     ranked = generate(model, [ctx], opts)[0]
     ids = [list(r[0]) for r in ranked]
     shown = [critic.reply_ids(sp, pretty(sp.decode(i))) for i in ids]   # each reply as a reader sees it
-    judged = critic.scores(model.critic, [ctx] * len(ids), shown)   # the critic's logit + MMI_WEIGHT x the MMI score
+    judged = critic.scores(model.reply_critic, [ctx] * len(ids), shown)   # the critic's logit + MMI_WEIGHT x the MMI score
     mmi = score_ids(model, [ctx] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
     # with the pretraining, the command also wrote the answer table of the training split: + its score
     # after this wh-question ("what can I do")
@@ -262,7 +277,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     history = encode_turns(sp, [spaced("Hi !")], cfg.max_utt_len, cfg.max_context)
     text_ids = [sp.encode(spaced(t))[:cfg.max_utt_len] for t in texts]
     want = [c + critic.MMI_WEIGHT * m for c, m in zip(
-        critic.scores(model.critic, [history] * 2, [critic.reply_ids(sp, pretty(sp.decode(i))) for i in text_ids]),
+        critic.scores(model.reply_critic, [history] * 2, [critic.reply_ids(sp, pretty(sp.decode(i))) for i in text_ids]),
         score_ids(model, [history] * 2, text_ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus))]
     assert vhred.load(str(run)).score(["Hi !"], texts) == pytest.approx(want, abs=1e-4)
     assert ranking(model, opts) == "critic" and "ranked by its reply critic" in banner(str(run), cfg, opts, "critic")
@@ -270,7 +285,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     from vhred.export import export   # an exported model folder carries the critic, and ranks by it
     export(str(run), str(tmp_path / "folder"))
     folder_model, _, _ = loading.load_model(str(tmp_path / "folder"))
-    assert critic.scores(folder_model.critic, [ctx], shown[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
+    assert critic.scores(folder_model.reply_critic, [ctx], shown[:1]) == pytest.approx(judged[:1], abs=1e-5)   # float noise of another batch
 
     (run / critic.FILE).write_bytes(b"not safetensors")
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)

@@ -646,13 +646,13 @@ def test_a_pooled_run_without_a_critic_adds_its_mmi_to_the_critics_ranking(train
     from vhred import critic, loading
     from vhred.candidates import drawn
     pooled, cfg, sp = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
-    pooled.__dict__["critic"] = critic.from_model(pooled, cfg.arch, turn=4).eval()
+    pooled.__dict__["reply_critic"] = critic.from_model(pooled, cfg.arch, turn=4).eval()
     ctx, opts = contexts(sp, cfg), DecodeOptions(num_samples=6, dedup=False)
     for c, row in zip(ctx, drawn(pooled, ctx, opts)):
         ids = [r[0] for r in row]
         mmi = [score_ids(m, [c] * len(ids), ids, "mmi", RANK_SAMPLES, 0, opts.mmi_lambda, opts.length_bonus)
                for m in (pooled, hred_model[0])]
-        judged = critic.scores(pooled.critic, [c] * len(ids), [critic.reply_ids(sp, pretty(sp.decode(i))) for i in ids])
+        judged = critic.scores(pooled.reply_critic, [c] * len(ids), [critic.reply_ids(sp, pretty(sp.decode(i))) for i in ids])
         want = [j + critic.MMI_WEIGHT * a + b for j, a, b in zip(judged, *mmi)]
         assert [r[1] for r in row] == pytest.approx(want, abs=1e-4)
 
@@ -662,7 +662,7 @@ def test_ranking_by_critic_needs_a_critic_in_every_pooled_run(trained):
     from vhred.errors import InputError
     from vhred.candidates import ranking
     pooled, _, _ = loading.load_model(trained["vhred"], "cpu", [trained["hred"]])
-    pooled.__dict__["critic"] = object()   # the first run has one, the pooled HRED not
+    pooled.__dict__["reply_critic"] = object()   # the first run has one, the pooled HRED not
     assert ranking(pooled, DecodeOptions()) == "critic"   # auto: each run ranks by what it has
     with pytest.raises(InputError, match="a run of --pool-with has no reply critic"):
         ranking(pooled, DecodeOptions(rank="critic"))

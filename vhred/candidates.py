@@ -69,7 +69,7 @@ def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=
     first against VHRED alone (docs/rating.md). A given z is the model's own: a context with one
     (a row of z not NaN) draws alone, the others as they would in a batch of their own; every
     run still judges its draws, since a reply's score reads only its text."""
-    pool = getattr(model, "pool", ())
+    pool = model.pool
     if not pool:
         return generate(model, contexts, opts, z)
     given = [] if z is None else (~torch.isnan(z).any(dim=1)).tolist()
@@ -185,7 +185,7 @@ def _scores(model, contexts, replies, opts: DecodeOptions) -> list[float]:
 def plus_answers(model, contexts, replies, kind: str, opts: DecodeOptions, scores: list[float]) -> list[float]:
     """Rankings "critic" and "mmi" with opts.answer_weight x the answer score after a wh-question
     added, when the run has an answer table (vhred/answers.py); other scores as they are."""
-    table = getattr(model, "answers", None)
+    table = model.answers
     if kind not in ("critic", "mmi") or table is None or not opts.answer_weight:
         return scores
     return [s + opts.answer_weight * a for s, a in zip(scores, table.scores(contexts, replies))]
@@ -195,7 +195,7 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
     """The score candidates are ordered by: opts.rank, "auto" being the model's reply critic when
     its folder holds one (loading.load_model attaches it), else "mmi". Asking for "critic" of
     a model without one, or with a pooled run without one, is refused, before any decoding."""
-    if opts.rank == "critic" and any(getattr(m, "critic", None) is None for m in getattr(model, "pool", ())):
+    if opts.rank == "critic" and any(m.reply_critic is None for m in model.pool):
         raise InputError("a run of --pool-with has no reply critic (its own scores join the ranking): train one "
                          "with `vhred critic --checkpoint RUN --ratings DIR ...`, or rank by mmi")
     return _own_ranking(model, opts)
@@ -203,7 +203,7 @@ def ranking(model: Model, opts: DecodeOptions) -> str:
 
 def _own_ranking(model: Model, opts: DecodeOptions) -> str:
     """ranking() for the model's own scores, its pool aside."""
-    has_critic = getattr(model, "critic", None) is not None
+    has_critic = model.reply_critic is not None
     if opts.rank == "auto":
         return "critic" if has_critic else "mmi"
     if opts.rank == "critic" and not has_critic:
@@ -216,7 +216,7 @@ def critic_scores(model: Model, contexts, replies, opts: DecodeOptions) -> list[
     """Rank "critic": the reply critic's logit (vhred/critic.py) of each reply as a reader sees it
     + critic.MMI_WEIGHT x the MMI score (opts' lambda and gamma) of each (context, reply) pair."""
     _own_ranking(model, DecodeOptions(rank="critic"))
-    judged = critic.scores(model.critic, contexts, shown_ids(model, replies))   # as it learned them: as read
+    judged = critic.scores(model.reply_critic, contexts, shown_ids(model, replies))   # as it learned them: as read
     mmi = score_ids(model, contexts, replies, "mmi", RANK_SAMPLES, opts.seed, opts.mmi_lambda, opts.length_bonus)
     return [c + critic.MMI_WEIGHT * m for c, m in zip(judged, mmi)]
 
@@ -253,4 +253,4 @@ def score(model, sp, cfg, history: list[str], replies: list[str], kind: str | No
     responses = [sp.encode(spaced(uncut(c)))[:MAX_LEN] for c in replies]   # whole, as respond() scores its replies
     if not responses:
         return []
-    return ranking_scores(model, [context] * len(responses), responses, opts, getattr(model, "pool", ()))
+    return ranking_scores(model, [context] * len(responses), responses, opts, model.pool)

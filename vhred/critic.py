@@ -18,7 +18,7 @@ readers' bad replies first (docs/rating.md, "The reply critic"; eval/discriminat
 what tells a person's reply from the model's is not what makes a reader keep it.
 
 critic.safetensors sits in the run (or exported model) folder; loading.load_model attaches it
-to the model as model.critic, and rank "auto", the default, orders candidates by it.
+to the model as model.reply_critic, and rank "auto", the default, orders candidates by it.
 """
 import json
 import os

@@ -34,7 +34,7 @@ def load_model(path: str, device="cpu", pool_with=()):
     model = model.to(device).eval()
     judge, table = critic.load(path), answers.load(path)
     # kept outside the model's modules: its state_dict (what export and training save) stays the model's
-    model.__dict__["critic"] = judge.to(device) if judge is not None else None
+    model.__dict__["reply_critic"] = judge.to(device) if judge is not None else None
     model.__dict__["sp"] = sp   # the critic reads replies as text, rendered as readers saw them
     model.__dict__["answers"] = answers.Scorer(table, sp) if table is not None else None
     _each_once(path, pool_with)

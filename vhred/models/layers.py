@@ -118,6 +118,13 @@ class Hierarchical(nn.Module):
     z_dim = 0
     OWN_SETTINGS: tuple[str, ...] = ()
     DEFAULTS: dict = {}
+    # The run's ranking aids, which loading.load_model attaches beside the modules (the state dict
+    # stays the weights): its reply critic (vhred/critic.py; not DialogWAE's Wasserstein critic),
+    # its answer table, the tokenizer the critic reads replies with, and the runs pooled with it.
+    reply_critic = None
+    answers = None
+    sp = None
+    pool: tuple = ()
 
     @property
     def noise_dim(self) -> int:
