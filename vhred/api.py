@@ -96,7 +96,7 @@ class Bot:
 
     def score(self, history: list[str], candidates: list[str]) -> list[float]:
         """The score of each candidate as the reply to history (higher is better), as respond()
-        ranks by default (vhred/scoring.py score): the run's reply critic + 2 x the MMI score, or
+        ranks by default (vhred/candidates.py score): the run's reply critic + 2 x the MMI score, or
         the MMI score alone without a critic, plus the answer score after a wh-question when the
         run has an answer table (vhred/answers.py); z samples with seed 0."""
         self._context(history)
