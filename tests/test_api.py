@@ -88,7 +88,7 @@ def test_a_request_takes_the_servers_method_and_drops_its_shaping_for_another(bo
 
 def test_eval_under_dialogwaes_protocol_samples_when_a_temperature_is_given():
     from vhred.evaluate import parse_args
-    from vhred.generate import options_from_args
+    from vhred.decoding import options_from_args
     assert options_from_args(parse_args(["--protocol", "dialogwae", "--temperature", "0.8"])).method == "sample"
     assert options_from_args(parse_args(["--protocol", "dialogwae"])).method == "greedy"
     assert options_from_args(parse_args(["--protocol", "dialogwae", "--method", "beam"])).method == "beam"

@@ -185,7 +185,7 @@ def test_fifty_concurrent_requests_are_all_answered_in_shared_batches(server):
 
 
 def test_a_request_in_a_batch_gets_what_it_gets_alone(bot):
-    """Each reply's random numbers are its own (vhred.generate), so batching changes nothing.
+    """Each reply's random numbers are its own (vhred.decoding), so batching changes nothing.
     The eight requests share their decoding options, seed included (the batch key), and the
     server waits for all eight (max_batch=8, a long wait_ms): one batch, checked by its count."""
     running = Running(bot, Limits(max_batch=8, wait_ms=30_000))

@@ -6,7 +6,7 @@
         print(f"{c.score:6.2f}  {c.text}")
 
 It is a thin layer over what the commands use: DecodeOptions for every decoding default,
-vhred.generate for decoding, vhred.scoring for scores, and the same one-line UserErrors
+vhred.candidates for drawing, ranking and scoring replies, and the same one-line UserErrors
 (vhred.errors) for anything a caller can get wrong. Public: load, Bot, Candidate.
 """
 import os
@@ -18,7 +18,7 @@ from .device import pick_device
 from .errors import InputError
 from .candidates import candidates, ranking, same_reply, shown_filter
 from .decoding import DecodeOptions
-from .generate import NEUTRAL_SHAPING, options_from_args, z_matrix
+from .decoding import NEUTRAL_SHAPING, options_from_args, z_matrix
 from .render import encode_turns, history_read, response_text
 
 __all__ = ["Bot", "Candidate", "load"]

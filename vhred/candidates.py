@@ -107,9 +107,7 @@ def draw_factors(model, opts: DecodeOptions, refills: bool = True) -> tuple[int,
 def draws_made(model, opts: DecodeOptions) -> int:
     """Draws per reply shown that candidates() has made when it shows a faulty reply: it goes on
     to 8 where draws differ; HRED's greedy and beam draws are all alike, 2 at most."""
-    if model.latent or opts.method == "sample":
-        return max(opts.draws, REFILLS[-1])
-    return min(opts.draws, 2)
+    return max(draw_factors(model, opts))
 
 
 def shown_note(shown: list, n: int, keep=None, draws: int = REFILLS[-1]) -> str:

@@ -21,7 +21,9 @@ from .files import json_line
 from .stops import interrupted_code
 from .candidates import candidates, draws_made, ranking, same_reply, shown_filter, shown_note
 from .decoding import DecodeOptions, RANKS
-from .generate import add_decode_args, chosen_checkpoint, options_from_args
+from .decoding import options_from_args
+from .generate import add_decode_args
+from .loading import chosen_checkpoint
 from .render import encode_turns, pretty, response_text
 from .sources import spaced
 

@@ -1,7 +1,7 @@
 """What every command shares: one place that turns expected errors into one line and an exit code.
 
     @command
-    def main(args): ...          # raise UserError subclasses; never print tracebacks for them
+    def main(argv=None): ...     # raise UserError subclasses; never print tracebacks for them
 
 Exit codes: 2 for a user error (bad flag, config, data, checkpoint), 1 for an operating-system
 error (disk full, permissions: the message names the file), 130 for Ctrl-C, 143 for SIGTERM.

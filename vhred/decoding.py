@@ -1,5 +1,6 @@
 """Decoding replies from the model: N per context, each from its own z (drawn from the prior, or
-given), by sampling, greedy words or beam search, all N in one batch.
+given), by sampling, greedy words or beam search, all N in one batch; and DecodeOptions, the
+defaults of decoding and of the ranking candidates.py applies.
 
 A context's replies depend only on the seed and that context: each reply draws its random
 numbers from its own generator, seeded by (seed, the context's tokens, the reply's index), so a
@@ -8,7 +9,8 @@ in which order, is candidates.py; their text, render.py.
 """
 import hashlib
 import math
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ from .models.layers import Hierarchical as Model
 from .tokenizer import BOS, EOS, PAD, UNK
 
 
-RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/scoring.py, vhred/critic.py)
+RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/candidates.py)
 MAX_DRAWS = 16   # draws per reply shown: 16N rows of the vocabulary's width at most (docs/limits.md)
 BEAM_STOPS = ("first", "best")
 
@@ -105,6 +107,58 @@ class DecodeOptions:
         if self.rank not in RANKS:
             raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
         return self
+
+
+NEUTRAL_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}   # words not shaped: what greedy and beam read
+
+
+def shapes_words(options) -> bool:
+    """Whether options (flags or DecodeOptions fields) shape sampled words."""
+    return any(getattr(options, key) != value for key, value in NEUTRAL_SHAPING.items())
+
+
+def options_from_args(args, keywords: bool = False, default_method: str = DecodeOptions.method) -> DecodeOptions:
+    """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
+    keyword options (and the server's fields) instead of the flags. A method not given is
+    "sample" when the words are shaped, else default_method (a server's own --method)."""
+    if args.method is None:   # not given; "" is given, and refused by check() like any other wrong name
+        args.method = "sample" if shapes_words(args) else default_method
+    opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
+    if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
+        raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else
+                         "--temperature, --top-k and --top-p shape sampled words: add --method sample")
+    return opts
+
+
+def z_matrix(model, zs: list) -> torch.Tensor | None:
+    """Given z's (lists of floats, or None) as a (C, Z) tensor, NaN rows where none is given;
+    None when no z is given. Refused for HRED and for lists of the wrong length."""
+    if all(z is None for z in zs):
+        return None
+    if not model.latent:
+        raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
+    rows = [[math.nan] * model.z_dim if z is None else _z_row(z, model.z_dim) for z in zs]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+def _z_row(z, Z: int) -> list[float]:
+    """One given z as Z floats, from a list or tuple of numbers (a Candidate's .z), a numpy array
+    or a tensor."""
+    if hasattr(z, "tolist") and not isinstance(z, (list, tuple)):   # a numpy array, a tensor
+        z = z.tolist()
+    if isinstance(z, (list, tuple)):
+        z = [x.tolist() if hasattr(x, "tolist") else x for x in z]   # numpy's or torch's scalars
+    if not (isinstance(z, list) and len(z) == Z and all(map(_z_element, z))):
+        raise InputError(f"a z must be {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
+                         "(this model's z_dim), as a list (a Candidate's .z), a numpy array or a tensor")
+    return [float(x) for x in z]
+
+
+def _z_element(x) -> bool:
+    """A number a z may hold: within +-MAX_Z (a 400-digit integer or 1e300 would be inf in float32)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):   # numpy's and Python's numbers alike
+        return False
+    return -limits.MAX_Z <= x <= limits.MAX_Z   # exact for ints of any size; False for NaN
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -192,7 +246,7 @@ class Response(tuple):
 
 def _responses(ids, scores, cond, model, n: int) -> list[list[Response]]:
     """Rows of (ids, score) grouped n per context, each with the z of its row of cond."""
-    z = cond[:, cond.shape[1] - model.z_dim:].float().cpu() if model.latent else None
+    z = cond[:, cond.shape[1] - model.z_dim:].float().cpu() if model.latent else None   # (C*n, Z): condition() puts z last
     rows = [Response(i, s, None if z is None else z[k]) for k, (i, s) in enumerate(zip(ids, scores))]
     return [rows[c:c + n] for c in range(0, len(rows), n)]
 
@@ -224,16 +278,16 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
     row's uniform u[:, t]; returns ids and their total log-likelihood under the model
     (temperature 1, no filtering)."""
     B, device = cond.shape[0], cond.device
-    state = model.decoder_state(cond)
-    token = torch.full((B, 1), BOS, dtype=torch.long, device=device)
+    state = model.decoder_state(cond)                                       # (layers, B, Hd)
+    token = torch.full((B, 1), BOS, dtype=torch.long, device=device)        # (A, 1) the live rows' last token
     out = torch.full((B, opts.max_len), PAD, dtype=torch.long, device=device)
-    logp = torch.zeros(B, device=device)
+    logp = torch.zeros(B, device=device)                                    # (B,)
     live = torch.arange(B, device=device)                                   # the rows not ended yet (A,)
     blank, space = blank_tokens(model, device)                              # (V,) each
     words = torch.zeros(B, dtype=torch.long, device=device)                 # printing tokens so far (A,)
     for t in range(opts.max_len + 1):   # max_len words, then <eos> is forced
         logits, state = model.decode(token, cond, state)                    # (A, 1, V)
-        logits = logits[:, -1].float()
+        logits = logits[:, -1].float()                                      # (A, V)
         model_logp = F.log_softmax(logits, -1)                              # (A, V) the score: before any rule
         logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
         if t < opts.max_len:
@@ -246,7 +300,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
             scaled = logits if opts.temperature == 1 else tempered(logits, opts.temperature)
             probs = F.softmax(filter_logits(scaled, opts.top_k, opts.top_p), -1)
             nxt = categorical(probs, u[live, t])
-        logp[live] += model_logp.gather(1, nxt[:, None]).squeeze(1)
+        logp[live] += model_logp.gather(1, nxt[:, None]).squeeze(1)         # (A,) the chosen tokens' log p
         if t < opts.max_len:
             out[live, t] = torch.where(nxt != EOS, nxt, PAD)
         going = nxt != EOS

@@ -37,7 +37,9 @@ from .errors import InputError
 from .files import check_output, json_line, json_safe, output_file, output_files
 from .lexicon import training_lexicon
 from .candidates import ranking
-from .generate import add_decode_args, chosen_checkpoint, generate_file, options_from_args, shapes_words
+from .decoding import options_from_args, shapes_words
+from .generate import add_decode_args, generate_file
+from .loading import chosen_checkpoint
 from .render import pretty, response_text
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity

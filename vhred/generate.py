@@ -1,4 +1,4 @@
-"""Sample responses: N per context, z drawn from the prior, all N decoded in one batch.
+"""Responses for a file of contexts (`vhred generate`): N per context, z drawn from the prior, ranked.
 
     python -m vhred.generate --checkpoint runs/x/best.pt --input contexts.jsonl \\
         --output samples.jsonl --num-samples 10
@@ -14,43 +14,18 @@ file formats; decoding.py decodes, candidates.py chooses and ranks what is shown
 the text.
 """
 import argparse
-import glob
 import json
-import math
-import numbers
-import os
 import sys
-from dataclasses import fields
 
-import torch
-
-from . import checkpoint, limits, loading
+from . import loading
 from .candidates import candidates, ranking, same_reply, shown_filter
 from .cli import command, Parser, program
-from .decoding import BEAM_STOPS, DecodeOptions, RANKS
+from .decoding import BEAM_STOPS, DecodeOptions, options_from_args, RANKS, z_matrix
 from .device import pick_device
-from .errors import CheckpointError, InputError
+from .errors import InputError
 from .files import check_output, json_line, output_file, text_lines
 from .render import encode_turns, response_text
 from .sources import spaced
-
-
-def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
-    found = sorted(glob.glob(pattern), key=os.path.getmtime)
-    if not found:
-        raise CheckpointError(f"no runs/*/best.pt found; train one ({checkpoint.TRAIN_FIRST}) or pass --checkpoint")
-    return found[-1]
-
-
-def chosen_checkpoint(given: str | None) -> str:
-    """--checkpoint as given, or the newest run when it was not given. An empty value (an unset
-    shell variable) is refused, not read as "not given": that would pick another model."""
-    if given is None:
-        return newest_checkpoint()
-    if not given.strip():
-        raise CheckpointError("--checkpoint is empty; give a run folder, a .pt file or an exported model folder "
-                              "(or leave the flag out for the newest runs/*/best.pt)")
-    return given
 
 
 def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
@@ -93,27 +68,6 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
                    help="another run (of the same tokenizer; repeat for more) that draws an equal share of the "
                         "candidates, all ranked by the sum of every run's ranking score (default: none; docs/decoding.md#pooled-draws)")
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
-
-
-NEUTRAL_SHAPING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0}   # words not shaped: what greedy and beam read
-
-
-def shapes_words(options) -> bool:
-    """Whether options (flags or DecodeOptions fields) shape sampled words."""
-    return any(getattr(options, key) != value for key, value in NEUTRAL_SHAPING.items())
-
-
-def options_from_args(args, keywords: bool = False, default_method: str = DecodeOptions.method) -> DecodeOptions:
-    """DecodeOptions from the flags of add_decode_args, checked; keywords: errors name the API's
-    keyword options (and the server's fields) instead of the flags. A method not given is
-    "sample" when the words are shaped, else default_method (a server's own --method)."""
-    if args.method is None:   # not given; "" is given, and refused by check() like any other wrong name
-        args.method = "sample" if shapes_words(args) else default_method
-    opts = DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)}).check()
-    if opts.method != "sample" and (opts.temperature != 1 or opts.top_p < 1 or opts.top_k):
-        raise InputError('temperature, top_k and top_p shape sampled words: add method="sample"' if keywords else
-                         "--temperature, --top-k and --top-p shape sampled words: add --method sample")
-    return opts
 
 
 def read_contexts(path: str) -> tuple[list[list[str]], list, list[int]]:
@@ -169,37 +123,6 @@ def _decodes(model, z) -> bool:
         return False
 
 
-def z_matrix(model, zs: list) -> torch.Tensor | None:
-    """Given z's (lists of floats, or None) as a (C, Z) tensor, NaN rows where none is given;
-    None when no z is given. Refused for HRED and for lists of the wrong length."""
-    if all(z is None for z in zs):
-        return None
-    if not model.latent:
-        raise InputError("a z was given, but this checkpoint is an HRED model: it has no latent variable")
-    rows = [[math.nan] * model.z_dim if z is None else _z_row(z, model.z_dim) for z in zs]
-    return torch.tensor(rows, dtype=torch.float32)
-
-
-def _z_row(z, Z: int) -> list[float]:
-    """One given z as Z floats, from a list or tuple of numbers (a Candidate's .z), a numpy array
-    or a tensor."""
-    if hasattr(z, "tolist") and not isinstance(z, (list, tuple)):   # a numpy array, a tensor
-        z = z.tolist()
-    if isinstance(z, (list, tuple)):
-        z = [x.tolist() if hasattr(x, "tolist") else x for x in z]   # numpy's or torch's scalars
-    if not (isinstance(z, list) and len(z) == Z and all(map(_z_element, z))):
-        raise InputError(f"a z must be {Z} finite numbers between -{limits.MAX_Z:g} and {limits.MAX_Z:g} "
-                         "(this model's z_dim), as a list (a Candidate's .z), a numpy array or a tensor")
-    return [float(x) for x in z]
-
-
-def _z_element(x) -> bool:
-    """A number a z may hold: within +-MAX_Z (a 400-digit integer or 1e300 would be inf in float32)."""
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):   # numpy's and Python's numbers alike
-        return False
-    return -limits.MAX_Z <= x <= limits.MAX_Z   # exact for ints of any size; False for NaN
-
-
 def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions, zs=None, batch_contexts: int = 64):
     """Yield (context, its responses as Response), batch by batch, with a progress bar that counts
     contexts. Context turns are read as they are written: corpus text, or spaced() user text."""
@@ -232,7 +155,7 @@ def main(argv=None):
     contexts, zs, linenos = read_contexts(args.input)   # a bad input file is refused before the model loads
     if args.return_z and args.pool_with:
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
-    model, cfg, sp = loading.load_model(chosen_checkpoint(args.checkpoint), pick_device(args.device),
+    model, cfg, sp = loading.load_model(loading.chosen_checkpoint(args.checkpoint), pick_device(args.device),
                                            args.pool_with)
     try:
         z_matrix(model, zs)   # refuse a bad z or ranking before any decoding

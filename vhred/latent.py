@@ -23,7 +23,7 @@ from .device import pick_device
 from .errors import InputError
 from .files import check_output, write_bytes
 from .decoding import beam_search, context_states, DecodeOptions, sample_tokens
-from .generate import chosen_checkpoint
+from .loading import chosen_checkpoint
 from .render import encode_turns, response_text
 from .sources import spaced
 from .plot import picture

@@ -4,6 +4,7 @@ with it.
 
     model, cfg, sp = load_model("runs/dailydialog-vhred", device, pool_with=["runs/copy"])
 """
+import glob
 import os
 
 from . import answers, checkpoint, critic, modelfolder
@@ -61,3 +62,21 @@ def _pool_member(path: str, sp, device):
         raise CheckpointError(f"{path}: its tokenizer is not the model's; pool the draws of runs made with one "
                               f"config and data")
     return other
+
+
+def newest_checkpoint(pattern: str = "runs/*/best.pt") -> str:
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if not found:
+        raise CheckpointError(f"no runs/*/best.pt found; train one ({checkpoint.TRAIN_FIRST}) or pass --checkpoint")
+    return found[-1]
+
+
+def chosen_checkpoint(given: str | None) -> str:
+    """--checkpoint as given, or the newest run when it was not given. An empty value (an unset
+    shell variable) is refused, not read as "not given": that would pick another model."""
+    if given is None:
+        return newest_checkpoint()
+    if not given.strip():
+        raise CheckpointError("--checkpoint is empty; give a run folder, a .pt file or an exported model folder "
+                              "(or leave the flag out for the newest runs/*/best.pt)")
+    return given

@@ -19,7 +19,7 @@ from .config import MAX_INT
 from .device import pick_device
 from .evaluate import check_tag, report_name
 from .files import check_output, json_safe, output_file
-from .generate import chosen_checkpoint
+from .loading import chosen_checkpoint
 from .render import encode_turns
 from .metrics.ranking import candidate_sets, rank_scores
 from .scoring import IW_SAMPLES, KINDS

@@ -1,6 +1,6 @@
 """Score candidate responses for a context (higher is better).
 
-Two kinds:
+Three kinds:
 
   ll   log p(r | context) per predicted token (the words and <eos>). HRED's is exact; VHRED's is
        the importance-weighted bound of Burda et al. (2016) with K samples of z from the

@@ -193,7 +193,7 @@ class Service:
 
     def respond(self, body: dict) -> dict:
         from .api import DECODING
-        from .generate import z_matrix
+        from .decoding import z_matrix
         _only(body, {"history", "n", "z", *DECODING})
         history = self._history(body)
         z = body.get("z")
@@ -659,7 +659,8 @@ class InThread:
 
 
 def parse_args(argv):
-    from .generate import add_decode_args, options_from_args
+    from .decoding import options_from_args
+    from .generate import add_decode_args
     p = Parser(prog=program("python -m vhred.serve"),
                description="Serve a model: JSON API (/respond, /score, /health) and a chat page at /. "
                            "The decoding flags set what a request leaves out.")
@@ -715,7 +716,7 @@ def exposure_warning(host: str) -> str | None:
 def main(argv=None):
     from .api import load
     from .candidates import ranking
-    from .generate import chosen_checkpoint
+    from .loading import chosen_checkpoint
     args, limits, defaults = parse_args(argv)
     bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
     ranked_by = ranking(bot._model, defaults)   # --rank critic of a model without one: refused before serving
