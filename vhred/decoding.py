@@ -273,6 +273,17 @@ def _no_empty_reply(scores, words, last, min_len: int, space, steps_left: int) -
     scores.masked_fill_(no_space[:, None] & space[None, :], float("-inf"))
 
 
+def _step_rules(scores, words, last, opts: DecodeOptions, space, t: int) -> None:
+    """In place on step t's (R, V) scores, for sampling and beam search alike: <pad>, <bos> and
+    <unk> (a word-level vocabulary's rest) are never written; a reply holds opts.min_len printing
+    tokens (_no_empty_reply); at max_len only <eos> is left."""
+    scores[:, PAD] = scores[:, BOS] = scores[:, UNK] = float("-inf")
+    if t < opts.max_len:
+        _no_empty_reply(scores, words, last, opts.min_len, space, opts.max_len - t)
+    else:
+        scores[:, :EOS] = scores[:, EOS + 1:] = float("-inf")
+
+
 def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[list[list[int]], torch.Tensor]:
     """Ancestral (or greedy) decoding of one response per row of cond, sampling step t with the
     row's uniform u[:, t]; returns ids and their total log-likelihood under the model
@@ -289,9 +300,7 @@ def sample_tokens(model, cond, opts: DecodeOptions, u: torch.Tensor) -> tuple[li
         logits, state = model.decode(token, cond, state)                    # (A, 1, V)
         logits = logits[:, -1].float()                                      # (A, V)
         model_logp = F.log_softmax(logits, -1)                              # (A, V) the score: before any rule
-        logits[:, PAD] = logits[:, BOS] = logits[:, UNK] = float("-inf")   # <unk>: a word-level vocabulary's rest
-        if t < opts.max_len:
-            _no_empty_reply(logits, words, token[:, 0], opts.min_len, space, opts.max_len - t)
+        _step_rules(logits, words, token[:, 0], opts, space, t)
         if t == opts.max_len:
             nxt = torch.full((len(live),), EOS, dtype=torch.long, device=device)
         elif opts.method == "greedy":
@@ -342,11 +351,7 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     for t in range(opts.max_len + 1):
         logits, state = model.decode(token, cond_k, state)
         logp = F.log_softmax(logits[:, -1].float(), -1)                     # (A*K, V)
-        logp[:, PAD] = logp[:, BOS] = logp[:, UNK] = float("-inf")
-        if t < opts.max_len:
-            _no_empty_reply(logp, words, token[:, 0], opts.min_len, space, opts.max_len - t)
-        if t == opts.max_len:                                               # only <eos> is left
-            logp[:, :EOS] = logp[:, EOS + 1:] = float("-inf")
+        _step_rules(logp, words, token[:, 0], opts, space, t)
         A, V = len(rows), logp.shape[-1]
         top, idx = (scores.view(A * K, 1) + logp).view(A, K * V).topk(2 * K, dim=-1)  # (A, 2K)
         top, idx = top.tolist(), idx.tolist()                               # the step's one device read
