@@ -291,7 +291,7 @@ def test_a_checkpoint_of_todays_format_still_answers_as_before(tmp_path):
     # float32 sums differ in their last bits between CPUs' kernels (8e-7 in the PMI on an AMD EPYC
     # against the machine that recorded them): "as before" is to 1e-5, far below any change of the math
     assert [r[1] for r in rows] == pytest.approx([-4.252127329508464, -4.6272226969401045, -4.799664815266927], abs=1e-5)
-    assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."], kind="pmi") == \
+    assert score(model, sp, cfg, ["hello , how are you ?"], ["i am fine .", "turn left ."], rank="pmi") == \
         pytest.approx([0.25901876177106586, 0.1969212618741122], abs=1e-5)
 
 

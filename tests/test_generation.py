@@ -128,11 +128,11 @@ def test_pmi_prefers_the_relevant_reply(vhred_model, hred_model):
     history = ["Can I help you ?", "Yes , I'm looking for a jacket ."]   # a shop, on DailyDialog and the stand-in
     good, bad = "What size do you want ?", "Happy birthday , my dear friend !"
     for model, cfg, sp in (vhred_model, hred_model):
-        s_good, s_bad = score(model, sp, cfg, history, [good, bad], kind="pmi")
+        s_good, s_bad = score(model, sp, cfg, history, [good, bad], rank="pmi")
         assert s_good > s_bad
     model, cfg, sp = vhred_model
     assert score(model, sp, cfg, history, []) == []
-    assert len(score(model, sp, cfg, [], [good], kind="ll")) == 1    # no history: the neutral context
+    assert len(score(model, sp, cfg, [], [good], rank="ll")) == 1    # no history: the neutral context
 
 
 def test_beam_dedup_and_rank(vhred_model, hred_model):

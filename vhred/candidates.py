@@ -238,14 +238,14 @@ def shown_ids(model: Model, replies: list[list[int]]) -> list[list[int]]:
     return out
 
 
-def score(model, sp, cfg, history: list[str], replies: list[str], kind: str | None = None) -> list[float]:
+def score(model, sp, cfg, history: list[str], replies: list[str], rank: str | None = None) -> list[float]:
     """Score candidate replies to a conversation (its turns as text, oldest first), higher is
     better; by default on the scale candidates are ranked by (DecodeOptions: rank, mmi_lambda,
     length_bonus; K = RANK_SAMPLES z samples, seed 0; the run's reply critic under rank "auto"
     when it has one; the answer score after a wh-question when it has an answer table; with a
     pool, the sum of every run's). Text is written as the corpus writes it first (sources.spaced), the
     model's own turns and the candidates without a cut mark (render.history_read)."""
-    opts = DecodeOptions(rank=kind or DecodeOptions.rank)
+    opts = DecodeOptions(rank=rank or DecodeOptions.rank)
     ranking(model, opts)   # a ranking this model (or a run of its pool) cannot do is refused
     context = encode_turns(sp, history_read(history), cfg.max_utt_len, cfg.max_context) or NEUTRAL
     responses = [sp.encode(spaced(uncut(c)))[:MAX_LEN] for c in replies]   # whole, as respond() scores its replies
