@@ -1,6 +1,6 @@
 """A checkpoint made ready to answer: the network and tokenizer it holds (read by checkpoint.py),
 the run's reply critic (critic.py) and answer table (answers.py) beside it, and the runs pooled
-with it.
+with it; and which checkpoint a command answers with when --checkpoint is not given.
 
     model, cfg, sp = load_model("runs/dailydialog-vhred", device, pool_with=["runs/copy"])
 """
