@@ -26,7 +26,7 @@ REFILLS = (4, 8)   # draws per reply shown that candidates() goes on to when few
 def generate(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:
     """decoding.decode's opts.num_samples replies for each context, repeats dropped (opts.dedup)
     and ranked best first, each with its ranking score (opts.rank); with rank "none" in the order
-    drawn, each with its decoding's score."""
+    drawn, each with its decoding's score. (The `vhred generate` command is generate.py.)"""
     results = decoding.decode(model, contexts, opts, z)
     results = [_dedup(r) if opts.dedup else r for r in results]
     return _rank(model, contexts, results, opts) if opts.rank != "none" else results

@@ -340,10 +340,10 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     need = n_best if first else max(K, n_best)                              # ended responses a row waits for
     rows = list(range(B))                                                   # the rows still searched (A of them)
     cond_k = cond.repeat_interleave(K, 0)                                   # (A*K, C)
-    state = model.decoder_state(cond_k)
+    state = model.decoder_state(cond_k)                                     # (layers, A*K, Hd)
     scores = torch.full((B, K), float("-inf"), device=device)
     scores[:, 0] = 0.0                                                      # one live beam at start
-    token = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)
+    token = torch.full((B * K, 1), BOS, dtype=torch.long, device=device)    # (A*K, 1) each beam's last token
     done = [[] for _ in range(B)]                                           # (score, ids) per row
     seqs = [[] for _ in range(B * K)]                                       # each beam's words, on the host
     blank, space = blank_tokens(model, device)                              # (V,) each
@@ -390,8 +390,8 @@ def _next_beams(top, idx, V, K, t, seqs, done, need, max_len, eos_within):
     """From each row's 2K best (score, beam * V + word) candidates, best first: an <eos> among the
     first eos_within ends its response (into `done`, up to `need` of them; every one at max_len),
     the K best live ones become the next beams. Returns flat lists (B*K) of their scores, the beams they
-    extend and their words (a row with fewer than K live ones is padded with dead beams)."""
-    scores, pick, words = [], [], []
+    extend and their tokens (a row with fewer than K live ones is padded with dead beams)."""
+    scores, pick, tokens = [], [], []
     for b, (row_top, row_idx) in enumerate(zip(top, idx)):
         live = 0
         for place, (s, i) in enumerate(zip(row_top, row_idx)):
@@ -405,12 +405,12 @@ def _next_beams(top, idx, V, K, t, seqs, done, need, max_len, eos_within):
             elif live < K:
                 scores.append(s)
                 pick.append(b * K + k)
-                words.append(w)
+                tokens.append(w)
                 live += 1
         scores += [float("-inf")] * (K - live)
         pick += [b * K] * (K - live)
-        words += [EOS] * (K - live)
-    return scores, pick, words
+        tokens += [EOS] * (K - live)
+    return scores, pick, tokens
 
 
 def _host_to(values: list, device, dtype=torch.long) -> torch.Tensor:
