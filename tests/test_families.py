@@ -495,3 +495,26 @@ def test_compare_refuses_a_config_a_row_would_refuse_before_any_row_starts(given
     err = capsys.readouterr().err
     assert e.value.code == 2 and said in err and err.count("\n") == 1, err
     assert not os.path.exists(tmp_path / "runs") and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("lines, given, said", [
+    # a DialogWAE config: the HRED row would refuse its critic_steps, and compare refuses model=
+    ("model: dialogwae\ncritic_steps: 5\n", [], "sets critic_steps, which only some families read, and every row "
+                                                 "trains from it: remove it from the file and give critic_steps=..."),
+    ("gmp_components: 3\n", [], "sets gmp_components, which each row sets itself"),
+    ("bow_weight: 0\nutterance_drop: 0.25\n", ["gmp_components=2"],   # defaults in the file are no settings
+     "each row sets its own gmp_components (--rows names them): leave gmp_components= out"),
+    ("", ["model=vhcr"], "each row sets its own model"),
+])
+def test_compare_refuses_settings_that_would_change_or_break_its_rows(lines, given, said, tmp_path, capsys):
+    """A config file with a family's own key failed the other rows' check with advice compare
+    refuses ("add model=dialogwae"); gmp_components=2 turned the plain DialogWAE row into a
+    second mixture-prior row under its old name."""
+    from vhred.compare import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(open("configs/tiny.yaml").read() + lines)
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(cfg), "--out-dir", str(tmp_path / "runs"), "--table", str(tmp_path / "t"), *given])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+    assert not os.path.exists(tmp_path / "runs")

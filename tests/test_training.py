@@ -128,6 +128,7 @@ def test_resume_refuses_a_run_folder_of_another_shape(tiny_cfg):
     ("model=hred bow_weight=1", "bow_weight is a setting of model=vhred, cvae or vhcr, which model=hred does not read"),
     ("model=dialogwae bow_weight=0.5", "bow_weight is a setting of model=vhred, cvae or vhcr, which model=dialogwae"),
     ("model=cvae utterance_drop=0.1", "utterance_drop is a setting of model=vhcr, which model=cvae does not read"),
+    ("model=cvea bow_weight=1", "model must be"),   # a misspelt model is said as such, not as a key it does not read
 ])
 def test_settings_that_would_do_nothing_are_refused_at_start(override, message):
     with pytest.raises(ConfigError, match=message):

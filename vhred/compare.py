@@ -41,6 +41,7 @@ ROWS = {
     "dialogwae": ["model=dialogwae", "gmp_components=1"],
     "dialogwae-gmp": ["model=dialogwae", "gmp_components=3"],
 }
+ROW_KEYS = {s.split("=", 1)[0] for settings in ROWS.values() for s in settings}   # model, gmp_components
 COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BLEU P"), ("bleu-f1", "BLEU F1"),
            ("unseen-bleu-f1", "F1 unseen"),
            ("intra-dist-1", "intra-1"), ("intra-dist-2", "intra-2"), ("inter-dist-1", "inter-1"),
@@ -92,8 +93,10 @@ def parse_args(argv):
             or args.measure < 0):
         raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts, --rank-contexts and "
                          "--measure not negative")
-    if any(_key(o) == "model" for o in args.overrides):   # a row named vhred would train another family
-        raise InputError("each row trains its own family (--rows): leave model= out")
+    for key in sorted(ROW_KEYS):
+        if any(_key(o) == key for o in args.overrides):   # a row named vhred would train another family
+            raise InputError(f"each row sets its own {key} (--rows names them): leave {key}= out")
+    _check_file_settings(args.config)
     check_table(args.table)   # before an hour of training, not after it
     if args.reference is not None and not args.reference.strip():
         raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
@@ -182,6 +185,21 @@ def _python(module: str, *argv: str, log: str) -> float:
         raise InputError(f"python -m {module} {' '.join(argv)} failed (exit {r.returncode})"
                          f"{': ' + said if said else ''}; see {log}")
     return time.time() - t0
+
+
+def _check_file_settings(path: str) -> None:
+    """A config file holding a key only some families read (critic_steps: 5 of a DialogWAE
+    config) would be refused by the other rows, which train from the same file: said so, with
+    what to do, before any row starts."""
+    from .models import readers
+    if not path.strip():   # config.load says what is wrong with an empty --config
+        return
+    owned = sorted(k for k, v in config.file_settings(path).items() if readers(k) and v != getattr(config.ModelConfig, k))
+    if owned and owned[0] in ROW_KEYS:
+        raise InputError(f"{path} sets {owned[0]}, which each row sets itself (--rows names them): remove it from the file")
+    if owned:
+        raise InputError(f"{path} sets {owned[0]}, which only some families read, and every row trains from it: remove "
+                         f"it from the file and give {owned[0]}=... on the command line (each row gets what it reads)")
 
 
 def row_overrides(overrides: list[str], row: str | None) -> list[str]:

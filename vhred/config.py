@@ -264,6 +264,14 @@ def _read_yaml(path: str) -> dict:
     return values
 
 
+def file_settings(path: str) -> dict:
+    """{key: value} of what a config file sets itself, a model key under arch: or not alike."""
+    values = _read_yaml(path)
+    arch = values.get("arch") if isinstance(values.get("arch"), dict) else {}
+    return {**{_place(k)[1]: v for k, v in values.items() if k != "arch"},
+            **{_place(f"arch.{k}")[1]: v for k, v in arch.items()}}
+
+
 def load(path: str | None, overrides: list[str]) -> Config:
     """Config file, then `key=value` overrides, then the family's own defaults for the model
     keys neither gave (vhred/models/: CVAE's bag-of-words loss); validated."""
@@ -298,7 +306,9 @@ def _check_family_keys(cfg: Config, given: set) -> None:
     """A model key only some families read (their OWN_SETTINGS), given to another with a value
     other than ModelConfig's default, is refused: it would be saved and silently ignored. The
     default (bow_weight: 0, which a config file may give every family) changes nothing."""
-    from .models import readers   # the registry imports torch: looked up when used, not when a config is read
+    from .models import FAMILIES, readers   # the registry imports torch: looked up when used, not when a config is read
+    if cfg.arch.model not in FAMILIES:   # a misspelt model: validate() says so, not that it reads no key
+        return
     for key in sorted(given):
         families = readers(key)
         if families and cfg.arch.model not in families and getattr(cfg.arch, key) != getattr(ModelConfig, key):
