@@ -499,12 +499,13 @@ def test_compare_refuses_a_config_a_row_would_refuse_before_any_row_starts(given
 
 @pytest.mark.parametrize("lines, given, said", [
     # a DialogWAE config: the HRED row would refuse its critic_steps, and compare refuses model=
-    ("model: dialogwae\ncritic_steps: 5\n", [], "sets critic_steps, which only some families read, and every row "
-                                                 "trains from it: remove it from the file and give critic_steps=..."),
-    ("gmp_components: 3\n", [], "sets gmp_components, which each row sets itself"),
+    ("model: dialogwae\ncritic_steps: 5\n", [], "sets critic_steps, which the hred row does not read, and every "
+                                                 "row trains from the file: remove it from the file and give critic_steps=..."),
+    ("bow_weight: 1\n", ["--rows", "vhred,cvae,hred"], "sets bow_weight, which the hred row does not read"),
+    ("gmp_components: 3\n", [], "sets gmp_components, which the rows set themselves"),
     ("bow_weight: 0\nutterance_drop: 0.25\n", ["gmp_components=2"],   # defaults in the file are no settings
-     "each row sets its own gmp_components (--rows names them): leave gmp_components= out"),
-    ("", ["model=vhcr"], "each row sets its own model"),
+     "gmp_components is set by the rows themselves (--rows picks them): leave gmp_components= out"),
+    ("", ["model=vhcr"], "model is set by the rows themselves"),
 ])
 def test_compare_refuses_settings_that_would_change_or_break_its_rows(lines, given, said, tmp_path, capsys):
     """A config file with a family's own key failed the other rows' check with advice compare
@@ -518,3 +519,14 @@ def test_compare_refuses_settings_that_would_change_or_break_its_rows(lines, giv
     err = capsys.readouterr().err
     assert e.value.code == 2 and said in err and err.count("\n") == 1, err
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_compare_takes_a_file_setting_that_every_row_chosen_reads(tmp_path):
+    """bow_weight: 1 in the file, rows vhred and cvae (and the nearest row, which reads the file as
+    VHRED): every one of them reads it, so nothing is refused."""
+    from vhred.compare import _check_file_settings
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(open("configs/tiny.yaml").read() + "bow_weight: 1\n")
+    _check_file_settings(str(cfg), ["vhred", "cvae"])
+    cfg.write_text(open("configs/tiny.yaml").read() + "model: dialogwae\ncritic_steps: 5\n")
+    _check_file_settings(str(cfg), ["dialogwae"])

@@ -93,10 +93,10 @@ def parse_args(argv):
             or args.measure < 0):
         raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts, --rank-contexts and "
                          "--measure not negative")
-    for key in sorted(ROW_KEYS):
-        if any(_key(o) == key for o in args.overrides):   # a row named vhred would train another family
-            raise InputError(f"each row sets its own {key} (--rows names them): leave {key}= out")
-    _check_file_settings(args.config)
+    for key in sorted(ROW_KEYS):   # given to all, a row named vhred would train another family, dialogwae GMP
+        if any(_key(o) == key for o in args.overrides):
+            raise InputError(f"{key} is set by the rows themselves (--rows picks them): leave {key}= out")
+    _check_file_settings(args.config, rows)
     check_table(args.table)   # before an hour of training, not after it
     if args.reference is not None and not args.reference.strip():
         raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
@@ -187,19 +187,29 @@ def _python(module: str, *argv: str, log: str) -> float:
     return time.time() - t0
 
 
-def _check_file_settings(path: str) -> None:
+def _check_file_settings(path: str, rows: list[str]) -> None:
     """A config file holding a key only some families read (critic_steps: 5 of a DialogWAE
-    config) would be refused by the other rows, which train from the same file: said so, with
-    what to do, before any row starts."""
+    config) would be refused by a row that does not read it, since every row trains from the file
+    (and the nearest row reads it as its own model): said so, with what to do, before any row starts."""
     from .models import readers
     if not path.strip():   # config.load says what is wrong with an empty --config
         return
-    owned = sorted(k for k, v in config.file_settings(path).items() if readers(k) and v != getattr(config.ModelConfig, k))
-    if owned and owned[0] in ROW_KEYS:
-        raise InputError(f"{path} sets {owned[0]}, which each row sets itself (--rows names them): remove it from the file")
-    if owned:
-        raise InputError(f"{path} sets {owned[0]}, which only some families read, and every row trains from it: remove "
-                         f"it from the file and give {owned[0]}=... on the command line (each row gets what it reads)")
+    settings = config.file_settings(path)
+    models = {r: _row_model(r) for r in rows} | {"nearest": settings.get("model", config.ModelConfig.model)}
+    for key, value in sorted(settings.items()):
+        families = readers(key)
+        misfits = [r for r, m in models.items() if m not in families]
+        if not families or value == getattr(config.ModelConfig, key) or not misfits:
+            continue
+        if key in ROW_KEYS:   # the DialogWAE rows' own value wins over the file's: it does nothing there
+            raise InputError(f"{path} sets {key}, which the rows set themselves (--rows picks them): remove it from the file")
+        raise InputError(f"{path} sets {key}, which the {misfits[0]} row does not read, and every row trains from the "
+                         f"file: remove it from the file and give {key}=... on the command line (each row gets what it reads)")
+
+
+def _row_model(row: str | None) -> str | None:
+    """The family a row trains (None: the config's own, as the nearest row reads it)."""
+    return next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
 
 
 def row_overrides(overrides: list[str], row: str | None) -> list[str]:
@@ -207,7 +217,7 @@ def row_overrides(overrides: list[str], row: str | None) -> list[str]:
     setting (critic_steps=5 for DialogWAE, bow_weight=1 for the Gaussian ones) is left out of the
     others' runs, which would refuse it."""
     from .models import readers
-    model = next((s.split("=", 1)[1] for s in ROWS.get(row, []) if s.startswith("model=")), None)
+    model = _row_model(row)
 
     def read(key: str) -> bool:
         families = readers(key)

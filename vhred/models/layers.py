@@ -99,7 +99,8 @@ class Hierarchical(nn.Module):
       attends                whether it takes attention=N (the context rows then carry the
                              answered turn's words after h: read them through summary() and split())
       OWN_SETTINGS           the ModelConfig keys it reads that not every family reads: given
-                             to a family that does not read them, they are refused at start
+                             to a family that does not read them (other than at their
+                             default), they are refused at start
       DEFAULTS               its values of ModelConfig keys a config leaves out
       forward(tokens, lens, turns) -> dict: nll (T,), n_tokens, and for latent families
                              kl (T, Z), post_mean (T, Z); bow, extra terms as the family has
