@@ -107,7 +107,7 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["bench", "--clients", "4", "--seconds", "3"], "--clients, --seconds apply only with --serve"),
     (["bench", "--serve", "--wait-ms", "nan"], "--wait-ms must be a number of milliseconds, got nan"),
     (["bench", "precision=bf16", "--precisions", "fp32"], "give --precisions or precision=, not both"),
-    (["compare", "model=cvae"], "each row trains its own family (--rows): leave model= out"),
+    (["compare", "model=cvae"], "model is set by the rows themselves (--rows picks them): leave model= out"),
     (["critic", "--checkpoint", "x", "--ratings", "y", "--lr", "nan"], "--lr must be a number between 0 and 1, got nan"),
     (["critic", "--checkpoint", "x", "--ratings", "y", "--lr", "0"], "--lr must be above 0"),
     (["export", "runs/x", ""], "the folder to write is empty"),
