@@ -361,3 +361,19 @@ def test_eval_and_rank_refuse_an_unwritable_results_folder_before_loading(traine
     with pytest.raises(SystemExit) as stopped:
         command.main(["--checkpoint", str(run), "--max-contexts", "2"])
     assert stopped.value.code == 1 and "Permission denied" in capsys.readouterr().err
+
+
+def test_a_ctrl_c_landing_while_a_command_sets_its_handlers_is_one_line(monkeypatch, capsys):
+    """The handlers were set before the command's try: a KeyboardInterrupt there (the signal
+    handled a moment after Ctrl-C's own handler took over) came out as a traceback."""
+    def stopped():
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "sigterm_as_ctrl_c", stopped)
+
+    @cli.command
+    def main(argv):
+        pytest.fail("the command ran after the stop")
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+

@@ -75,15 +75,15 @@ def command(fn):
     """Wrap a command's main(argv) so expected errors end it with one line, never a traceback."""
     @functools.wraps(fn)
     def main(argv=None):
-        if signal.getsignal(signal.SIGINT) is interrupted_while_starting:   # started: Ctrl-C is ours to handle
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         main_thread = threading.current_thread() is threading.main_thread()   # where signals are handled
-        before = sigterm_as_ctrl_c() if main_thread else None
-        forget_stop()
-        stdout = sys.stdout
-        if main_thread and stdout is not None:
-            sys.stdout = _NamedStdout(stdout)
-        try:
+        before, stdout = None, sys.stdout
+        try:   # from here a Ctrl-C is this one line and 130, even one that lands while the handlers are set
+            if signal.getsignal(signal.SIGINT) is interrupted_while_starting:   # started: Ctrl-C is ours to handle
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            before = sigterm_as_ctrl_c() if main_thread else None
+            forget_stop()
+            if main_thread and stdout is not None:
+                sys.stdout = _NamedStdout(stdout)
             result = fn(argv)
             check_stop()
             _flush_stdout()
