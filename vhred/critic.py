@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils.rnn import pad_packed_sequence
 
+from .config import ModelConfig
 from .dataset import collate, once_per_context
 from .errors import CheckpointError
 from .files import write_bytes
@@ -182,7 +183,6 @@ def record(folder: str) -> dict | None:
 def load(run: str) -> Critic | None:
     """The critic trained for a run folder, model folder or a checkpoint in one; None when it has none."""
     from safetensors.torch import load_file
-    from .config import ModelConfig
     folder = run if os.path.isdir(run) else os.path.dirname(run)
     path = os.path.join(folder, FILE)
     if not os.path.isfile(path):

@@ -4,6 +4,7 @@ and emoticons put back), cut replies marked.
 """
 import re
 
+from .metrics.surface import unglue
 from .metrics.text import CJK
 from .sources import normalise, spaced, valid_text   # text in: written as the corpus writes it
 
@@ -103,7 +104,6 @@ def pretty(text: str) -> str:
     ("U . S ." -> "U.S.", \' New College \' -> 'New College'); a sentence mark the model glued to
     the next word gets its space ("25.How" -> "25. How", vhred/metrics/surface.py)."""
     from nltk.tokenize.treebank import TreebankWordDetokenizer
-    from .metrics.surface import unglue
     text = re.sub("[\ue000-\ue002]", "", text)   # the stand-ins below are ours alone
     text = text.replace("’", "'").replace("“", '"').replace("”", '"')
     text = INITIALISM.sub(lambda m: m.group(0).replace(" ", "").replace("..", "."), text)

@@ -3,6 +3,7 @@ import re
 import unicodedata
 
 from ..errors import InputError
+from ..files import text_lines
 
 # the scripts written without spaces between words (Chinese, Japanese kana): a character of them is
 # a word to the metrics, as sacrebleu's zh tokenizer counts it, not the whole clause a run of them is
@@ -26,7 +27,6 @@ def tokenize(text: str) -> list[str]:
 
 def read_lines(path: str) -> list[str]:
     """Lines of a UTF-8 text file, one sentence each; empty files and blank lines are errors."""
-    from ..files import text_lines
     lines = text_lines(path)
     if not lines:
         raise InputError(f"{path} is empty")
