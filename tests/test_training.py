@@ -18,7 +18,7 @@ from vhred import train as train_module
 from vhred.checkpoint import CheckpointError
 from vhred.config import Config
 from vhred.errors import ConfigError
-from vhred.schedule import kl_weight, learning_rate
+from vhred.schedule import kl_weight, learning_rate, validation_due
 from vhred.train import train
 
 
@@ -336,6 +336,36 @@ def test_cyclical_kl_restarts_each_cycle():
         with pytest.raises(ConfigError, match=f"kl_cycle_steps must be above kl_warmup_steps .*got {cycle} and 50"):
             config.validate(Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=cycle))
     config.validate(Config(kl_schedule="cyclical", kl_warmup_steps=50, kl_cycle_steps=51))
+
+
+def test_a_cyclical_schedule_validates_at_each_cycles_end():
+    """Where beta has held kl_max (a cycle's last step), not a few steps into the next ramp."""
+    cyc = Config(kl_schedule="cyclical", kl_warmup_steps=100, kl_cycle_steps=200)
+    assert [s for s in range(1, 1001) if validation_due(s, cyc)] == [200, 400, 600, 800, 1000]
+    assert kl_weight(199, cyc) == cyc.kl_max and kl_weight(200, cyc) == 0.0   # step 200 is the 201st
+    both = Config(kl_schedule="cyclical", kl_warmup_steps=100, kl_cycle_steps=200, eval_every=150)
+    assert [s for s in range(1, 601) if validation_due(s, both)] == [150, 200, 300, 400, 450, 600]
+    for other in (Config(kl_schedule="linear", kl_warmup_steps=200), Config(kl_schedule="constant"),
+                  Config(kl_schedule="cyclical", kl_warmup_steps=0)):   # no ramp: nothing to wait for
+        assert not any(validation_due(s, other) for s in range(1, 1001))
+    assert [s for s in range(1, 301) if validation_due(s, Config(eval_every=100))] == [100, 200, 300]
+
+
+def test_a_cyclical_run_validates_at_cycle_ends_and_epoch_ends(tiny_cfg):
+    """The figures at cycle ends are what best.pt and patience compare; an epoch's end is
+    validated too (said when it falls in a ramp), and a cycle end that is an epoch's end once."""
+    per_epoch = train(tiny_cfg("epochs=1", "max_dialogues=40", "name=count"), log=quiet).progress.step
+    cycle = per_epoch // 2 + 1   # the cycle ends apart from the epoch ends, except where they meet
+    lines = []
+    run = train(tiny_cfg("epochs=3", "max_dialogues=40", "kl_schedule=cyclical", "kl_warmup_steps=2",
+                         f"kl_cycle_steps={cycle}"), log=lines.append)
+    val = [r["step"] for r in read_metrics(run.dir) if r["split"] == "val"]
+    ends = sorted(set(range(cycle, 3 * per_epoch + 1, cycle)) | {per_epoch, 2 * per_epoch, 3 * per_epoch})
+    assert val == ends
+    ramp = [s for s in val if kl_weight(s - 1, run.cfg) < run.cfg.kl_max]
+    assert ramp, "the test needs an epoch end inside a ramp"
+    said = [line for line in lines if "validation:" in line and "not comparable with figures at full weight" in line]
+    assert [int(line.split()[1]) for line in said] == ramp
 
 
 def test_constant_kl_and_learning_rate_warmup():

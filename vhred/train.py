@@ -25,7 +25,7 @@ from .memory import keep_freed_memory
 from .metrics.likelihood import elbo_metrics
 from .models import build
 from .models.layers import positions
-from .schedule import kl_weight, learning_rate
+from .schedule import kl_weight, learning_rate, validation_due
 from .stops import interrupted_code
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
@@ -378,9 +378,11 @@ class Run:
         m = elbo_metrics(self.model, self.val_data, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.seed,
                          shard=(self.rank, self.world), reduce=distributed.all_reduce_)
         self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch, **m})
+        beta = kl_weight(p.step - 1, self.cfg) if p.step else 0.0   # the last step's
+        low = f" (KL weight {beta:.2f} at the last step: not comparable with figures at full weight)" if beta < self.cfg.kl_max and m["kl_per_utt"] > 0 else ""
         self.log(f"step {p.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
-                 f"active units {m['active_units']}")
+                 f"active units {m['active_units']}{low}")
         if m["elbo_per_token"] < p.best:
             p.best, p.best_epoch = m["elbo_per_token"], p.epoch + (p.batch_pos > 0)   # mid-epoch: that epoch
             self.save("best.pt", resumable=False)
@@ -491,7 +493,7 @@ class Run:
             ahead.close()
             bar.close()
         self._skip_unshareable(batches)
-        if p.batch_pos >= len(batches):   # the epoch is whole: validate (unless eval_every just did), move on
+        if p.batch_pos >= len(batches):   # the epoch is whole: validate (unless a validation just did), move on
             p.epoch, p.batch_pos = p.epoch + 1, 0
             if p.last_val_step != p.step:
                 self.validate()
@@ -506,7 +508,7 @@ class Run:
         cfg, p = self.cfg, self.progress
         if p.step % cfg.log_every == 0:
             self.log_metrics({"split": "train", "step": p.step, "epoch": p.epoch, **m})
-        if cfg.eval_every and p.step % cfg.eval_every == 0:
+        if validation_due(p.step, cfg):
             self.validate()
         if p.step % cfg.save_every == 0:
             self.save("last.pt")
