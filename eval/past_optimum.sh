@@ -22,10 +22,15 @@ ev() {   # name tag checkpoint
       --num-samples 10 --no-dedup --rank none --tag $2 $EVAL_ARGS > $R/$1-eval-$2.log 2>&1
   echo "$1: eval $2 rc $? at $(el)s ($(( $(el) - t1 ))s)"
 }
+done_epochs() {   # name: the epochs its run has completed (0 before any)
+  $PY -c "import json, sys; print(max([json.loads(l)['epoch'] for l in open(sys.argv[1]) if '\"val\"' in l] or [0]))" \
+      $R/$1/metrics.jsonl 2>/dev/null || echo 0
+}
 chain() {   # name "epochs ..." overrides...: a chunk starts only if it and its eval should end in time
   local name=$1 eps=$2; shift 2
   local prev=0 rate=0
   for e in $eps; do
+    [ $(done_epochs $name) -ge $e ] && { echo "$name: epoch $e done before"; prev=$e; continue; }   # never a later state as e$e.pt
     [ $(el) -ge $TD ] && { echo "$name: train deadline before epoch $e"; break; }
     [ $rate -gt 0 ] && [ $(( rate * (e - prev) + EVAL_EST )) -gt $(left) ] && { echo "$name: no time for epoch $e"; break; }
     local t0=$(el)
