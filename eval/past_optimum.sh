@@ -6,7 +6,7 @@
 # ends at, "" for none; a chunk starts only when it and its evaluation should end before HARD_DEADLINE_S.)
 # Made for a device machine lent for minutes: docs/models-compare-gpu.md, "Past the validation optimum".
 set -u
-OUTD=$1; TD=$2; HD=$3; CFG=$4
+OUTD=$(realpath -m "$1"); TD=$2; HD=$3; CFG=$4   # OUT absolute: the end cds into the runs
 PY=${PY:-python3}; EVAL_ARGS=${EVAL_ARGS:-}; EVAL_EST=${EVAL_EST:-100}
 start=$(date +%s)
 el() { echo $(( $(date +%s) - start )); }
@@ -28,9 +28,9 @@ done_epochs() {   # name: the epochs its run has completed (0 before any)
 }
 chain() {   # name "epochs ..." overrides...: a chunk starts only if it and its eval should end in time
   local name=$1 eps=$2; shift 2
-  local prev=0 rate=0
+  local prev=$(done_epochs $name) rate=0   # a run resumed: its first chunk trains from there
   for e in $eps; do
-    [ $(done_epochs $name) -ge $e ] && { echo "$name: epoch $e done before"; prev=$e; continue; }   # never a later state as e$e.pt
+    [ $prev -ge $e ] && { echo "$name: epoch $e done before"; continue; }   # never a later state as e$e.pt
     [ $(el) -ge $TD ] && { echo "$name: train deadline before epoch $e"; break; }
     [ $rate -gt 0 ] && [ $(( rate * (e - prev) + EVAL_EST )) -gt $(left) ] && { echo "$name: no time for epoch $e"; break; }
     local t0=$(el)

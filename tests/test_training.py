@@ -349,23 +349,30 @@ def test_a_cyclical_schedule_validates_at_each_cycles_end():
                   Config(kl_schedule="cyclical", kl_warmup_steps=0)):   # no ramp: nothing to wait for
         assert not any(validation_due(s, other) for s in range(1, 1001))
     assert [s for s in range(1, 301) if validation_due(s, Config(eval_every=100))] == [100, 200, 300]
+    assert not any(validation_due(s, cyc, has_kl=False) for s in range(1, 1001))   # HRED, DialogWAE: no beta
+    assert [s for s in range(1, 301) if validation_due(s, both, has_kl=False)] == [150, 300]
 
 
 def test_a_cyclical_run_validates_at_cycle_ends_and_epoch_ends(tiny_cfg):
-    """The figures at cycle ends are what best.pt and patience compare; an epoch's end is
-    validated too (said when it falls in a ramp), and a cycle end that is an epoch's end once."""
+    """Each cycle gives best.pt and patience a figure at full weight; an epoch's end is validated
+    too (the log says when it falls in a ramp), and a cycle end that is an epoch's end once. A
+    family without a KL term has no beta to wait for: it validates at epoch ends only."""
     per_epoch = train(tiny_cfg("epochs=1", "max_dialogues=40", "name=count"), log=quiet).progress.step
     cycle = per_epoch // 2 + 1   # the cycle ends apart from the epoch ends, except where they meet
+    cyclical = ("epochs=3", "max_dialogues=40", "kl_schedule=cyclical", "kl_warmup_steps=2", f"kl_cycle_steps={cycle}")
     lines = []
-    run = train(tiny_cfg("epochs=3", "max_dialogues=40", "kl_schedule=cyclical", "kl_warmup_steps=2",
-                         f"kl_cycle_steps={cycle}"), log=lines.append)
+    run = train(tiny_cfg(*cyclical), log=lines.append)
     val = [r["step"] for r in read_metrics(run.dir) if r["split"] == "val"]
     ends = sorted(set(range(cycle, 3 * per_epoch + 1, cycle)) | {per_epoch, 2 * per_epoch, 3 * per_epoch})
     assert val == ends
     ramp = [s for s in val if kl_weight(s - 1, run.cfg) < run.cfg.kl_max]
     assert ramp, "the test needs an epoch end inside a ramp"
-    said = [line for line in lines if "validation:" in line and "not comparable with figures at full weight" in line]
+    said = [line for line in lines if "validation:" in line and "below full weight the KL runs high" in line]
     assert [int(line.split()[1]) for line in said] == ramp
+    lines = []
+    hred = train(tiny_cfg(*cyclical, "model=hred", "name=hred-cyclical"), log=lines.append)
+    assert [r["step"] for r in read_metrics(hred.dir) if r["split"] == "val"] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert not any("KL weight" in line for line in lines)
 
 
 def test_constant_kl_and_learning_rate_warmup():

@@ -24,15 +24,16 @@ def kl_cycle(kl_cycle_steps: int, kl_warmup_steps: int) -> int:
     return kl_cycle_steps or 2 * kl_warmup_steps
 
 
-def validation_due(step: int, cfg: Config) -> bool:
+def validation_due(step: int, cfg: Config, has_kl: bool = True) -> bool:
     """Whether to validate after `step` steps, besides each epoch's end: every eval_every steps,
-    and under a cyclical KL schedule at each cycle's end, where beta has held kl_max for the
-    cycle's last steps. A few steps into a cycle, at a small beta, the KL jumps: the reference
-    config's VHRED had 10 nats per utterance at one cycle's end and 36 at 21 steps into the next
-    (docs/results.md), so only figures at cycle ends compare, for best.pt and early stopping."""
+    and for a model with a KL term under a cyclical schedule at each cycle's end, where beta has
+    held kl_max for the cycle's last steps. A few steps into a cycle, at a small beta, the KL
+    jumps and the ELBO with it: the reference config's VHRED had 10 nats per utterance at one
+    cycle's end and 36 at 21 steps into the next (docs/configs.md, early stopping). Epoch ends
+    can fall there every time; cycle ends give best.pt and early stopping a figure at full weight."""
     if cfg.eval_every and step % cfg.eval_every == 0:
         return True
-    cycling = cfg.kl_schedule == "cyclical" and cfg.kl_warmup_steps > 0
+    cycling = has_kl and cfg.kl_schedule == "cyclical" and cfg.kl_warmup_steps > 0
     return cycling and step % kl_cycle(cfg.kl_cycle_steps, cfg.kl_warmup_steps) == 0
 
 

@@ -379,7 +379,8 @@ class Run:
                          shard=(self.rank, self.world), reduce=distributed.all_reduce_)
         self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch, **m})
         beta = kl_weight(p.step - 1, self.cfg) if p.step else 0.0   # the last step's
-        low = f" (KL weight {beta:.2f} at the last step: not comparable with figures at full weight)" if beta < self.cfg.kl_max and m["kl_per_utt"] > 0 else ""
+        low = (f" (KL weight {beta:.2f} at the last step: below full weight the KL runs high, and the ELBO with it)"
+               if self.model.kl and beta < self.cfg.kl_max else "")
         self.log(f"step {p.step} validation: ELBO/token {m['elbo_per_token']:.3f} (ppl <= {m['ppl']:.1f}), "
                  f"NLL/token {m['nll_per_token']:.3f}, KL/utt {m['kl_per_utt']:.2f}, "
                  f"active units {m['active_units']}{low}")
@@ -508,7 +509,7 @@ class Run:
         cfg, p = self.cfg, self.progress
         if p.step % cfg.log_every == 0:
             self.log_metrics({"split": "train", "step": p.step, "epoch": p.epoch, **m})
-        if validation_due(p.step, cfg):
+        if validation_due(p.step, cfg, self.model.kl):
             self.validate()
         if p.step % cfg.save_every == 0:
             self.save("last.pt")
