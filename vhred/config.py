@@ -78,7 +78,7 @@ class Config:
     epochs: int = 10              # passes over the training split
     max_steps: int = 0            # >0: stop after this many optimiser steps
     patience: int = 0             # >0: stop after this many epochs without a better validation ELBO
-    eval_every: int = 0           # >0: also validate every N steps (always after each epoch and each cyclical KL cycle)
+    eval_every: int = 0           # >0: also validate every N steps (always after each epoch, and each KL cycle of a cyclical schedule)
     eval_batches: int = 0         # >0: validate on at most N batches
     save_every: int = 200         # write last.pt every N steps (and at every epoch end)
     log_every: int = 50           # append a train line to metrics.jsonl every N steps
