@@ -276,8 +276,8 @@ def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monk
     labels = []
     original = plot.plot_elbo
 
-    def spy(a, val):
-        original(a, val)
+    def spy(a, val, *rest):
+        original(a, val, *rest)
         labels.extend(line.get_label() for line in a.get_lines())
     monkeypatch.setattr(plot, "plot_elbo", spy)
     assert os.path.isfile(plot.plot(str(run)))

@@ -396,6 +396,33 @@ def test_plot_reads_a_metrics_file_with_garbage_lines(trained, tmp_path, garbage
         assert not (run / "curves.png").exists()
 
 
+def test_plot_draws_validations_below_full_kl_weight_apart(tmp_path):
+    """Step 417 of a 200-step cycle follows 17 steps at a small beta: its KL jumps, so its figures
+    are hollow markers off the line, not a spike in it. A model without a KL (HRED) has none."""
+    from dataclasses import asdict
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vhred import plot
+    from vhred.config import Config
+    cfg = Config(kl_schedule="cyclical", kl_warmup_steps=100, kl_cycle_steps=200)
+    (tmp_path / "config.json").write_text(json.dumps(asdict(cfg)))
+    val = [{"step": s, "kl_per_utt": kl, "nll_per_token": 4.0} for s, kl in ((200, 3.4), (417, 12.7), (600, 3.2))]
+    assert plot.below_full_weight(str(tmp_path), val) == {417}
+    assert plot.below_full_weight(str(tmp_path), [{**r, "kl_per_utt": 0.0} for r in val]) == set()
+    fig, a = plt.subplots()
+    plot.plot_val(a, val, {417}, "nll_per_token", "o", "C1", "validation NLL")
+    line, apart = a.get_lines()
+    assert list(line.get_xdata()) == [200, 600] and line.get_linestyle() == "-"
+    assert list(apart.get_xdata()) == [417] and apart.get_linestyle() == "None" and apart.get_markerfacecolor() == "none"
+    assert apart.get_label() == "validation NLL, below full KL weight"
+    plt.close(fig)
+    (tmp_path / "config.json").unlink()   # no config: nothing to tell them apart by
+    assert plot.below_full_weight(str(tmp_path), val) == set()
+
+
 def test_plot_draws_beta_at_every_step_and_each_logged_step_once(tmp_path):
     """Rows every 50 steps sample a 200-step cyclical schedule at the same phases (0.49, 0.99, 1,
     1): the panel draws beta from the run's config at every step, so its troughs at 0 show. A
