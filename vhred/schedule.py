@@ -28,8 +28,8 @@ def validation_due(step: int, cfg: Config, has_kl: bool = True) -> bool:
     """Whether to validate after `step` steps, besides each epoch's end: every eval_every steps,
     and for a model with a KL term under a cyclical schedule at each cycle's end, where beta has
     held kl_max for the cycle's last steps. A few steps into a cycle, at a small beta, the KL
-    jumps and the ELBO with it: the reference config's VHRED had 10 nats per utterance at one
-    cycle's end and 36 at 21 steps into the next (docs/configs.md, early stopping). Epoch ends
+    jumps and the ELBO with it: the CPU config's VHRED had 4.1 nats per utterance at one cycle's
+    end and 22.5 at 21 steps into the next (docs/configs.md, early stopping). Epoch ends
     can fall there every time; cycle ends give best.pt and early stopping a figure at full weight."""
     if cfg.eval_every and step % cfg.eval_every == 0:
         return True
