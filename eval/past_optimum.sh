@@ -4,7 +4,7 @@
 # usage: bash eval/past_optimum.sh OUT TRAIN_DEADLINE_S HARD_DEADLINE_S CONFIG
 # (RUNS= and DATA= name the runs and data folders; EPS_VHRED= and EPS_WAE= the epochs each chunk
 # ends at, "" for none; a chunk starts only when it and its evaluation should end before HARD_DEADLINE_S.)
-# Made for a device machine lent for minutes: docs/models-compare-gpu.md, "Past the validation optimum".
+# Made for a device machine lent for minutes: docs/models-compare-gpu.md, "Trained on past the early stop".
 set -u
 OUTD=$(realpath -m "$1"); TD=$2; HD=$3; CFG=$4   # OUT absolute: the end cds into the runs
 PY=${PY:-python3}; EVAL_ARGS=${EVAL_ARGS:-}; EVAL_EST=${EVAL_EST:-100}
