@@ -455,8 +455,8 @@ def test_a_best_found_mid_epoch_is_that_epochs_for_patience(tiny_cfg, monkeypatc
 def test_an_eval_every_that_ends_an_epoch_validates_it_once(tiny_cfg):
     per_epoch = train(tiny_cfg("epochs=1", "max_dialogues=40", "name=count"), log=quiet).progress.step
     run = train(tiny_cfg("epochs=2", "max_dialogues=40", f"eval_every={per_epoch}"), log=quiet)
-    val = [r["step"] for r in read_metrics(run.dir) if r["split"] == "val"]
-    assert val == [per_epoch, 2 * per_epoch]   # one row a validated state, not two
+    val = [(r["step"], r["epoch"]) for r in read_metrics(run.dir) if r["split"] == "val"]
+    assert val == [(per_epoch, 1), (2 * per_epoch, 2)]   # one row a validated state, not two; epochs completed
 
 
 def test_a_run_killed_between_checkpoints_logs_each_step_once(tiny_cfg):

@@ -109,6 +109,7 @@ class Run:
             tensorboard_writer_class()   # refuse early, before any data is prepared
         self.progress = Progress()
         self.stopped = False
+        self.epoch_batches = 0   # the batches of the epoch in progress: a validation on its last one ends it
         self.rollbacks = 0   # roll-backs since the last good save of last.pt (not in Progress: it survives them)
         self._setup_data()
         self._setup_model()
@@ -377,7 +378,8 @@ class Run:
         p.last_val_step = p.step
         m = elbo_metrics(self.model, self.val_data, self.cfg.batch_size, self.cfg.eval_batches, self.cfg.seed,
                          shard=(self.rank, self.world), reduce=distributed.all_reduce_)
-        self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch, **m})
+        ended = p.batch_pos > 0 and p.batch_pos >= self.epoch_batches   # on an epoch's last step, before it rolls over
+        self.log_metrics({"split": "val", "step": p.step, "epoch": p.epoch + ended, **m})
         beta = kl_weight(p.step - 1, self.cfg) if p.step else 0.0   # the last step's
         low = (f" (KL weight {beta:.2f} at the last step: below full weight the KL runs high, and the ELBO with it)"
                if self.model.kl and beta < self.cfg.kl_max else "")
@@ -470,6 +472,7 @@ class Run:
         """Train through the rest of the current epoch (or to max_steps, or a stop); validate at its end."""
         cfg, p = self.cfg, self.progress
         batches = self.train_data.batches(cfg.batch_size, cfg.seed, p.epoch)
+        self.epoch_batches = len(batches)
         bar = _progress_bar(len(batches), p, cfg.epochs, disable=not self.is_rank0)
         t0, seen = time.perf_counter(), 0
         ahead = prefetch(self.make_batch, [b for b in batches[p.batch_pos:] if len(b) >= self.world])
