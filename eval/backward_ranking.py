@@ -1,4 +1,4 @@
-"""Does a backward model rank the drawn replies as readers do? (docs/rating.md, sixth round)
+"""Does a backward model rank the drawn replies as readers do? (docs/rating-rounds.md, sixth round)
 
     python -m eval.backward_ranking reverse --out reversed.jsonl        # DailyDialog, turns reversed
     vhred train --config configs/dailydialog-cpu.yaml data=reversed.jsonl model=hred max_context=1 max_steps=1500

@@ -1,4 +1,4 @@
-"""How good can the shown list get from what a model draws? (docs/rating.md, sixth round)
+"""How good can the shown list get from what a model draws? (docs/rating-rounds.md, sixth round)
 
     python -m eval.candidate_ceiling pool --checkpoint RUN --contexts contexts.jsonl --method greedy|beam \\
         [--draws 40] --out sys-X.jsonl
@@ -40,7 +40,7 @@ SHOWN = 5
 def scaled_prior_noise(scale: float):
     """Decode from z = mu + scale * sigma * eps instead of a full draw of the prior (a
     temperature on the latent, as the truncation of Kingma & Dhariwal's Glow or BigGAN): every
-    row's normals eps are multiplied by scale while inside. An experiment knob (docs/rating.md,
+    row's normals eps are multiplied by scale while inside. An experiment knob (docs/rating-rounds.md,
     fifteenth round), not a decoding option: it did not lift the shown five. The ranking numbers
     (log p by vhred/scoring.py) keep the prior's own noise."""
     import vhred.decoding as g

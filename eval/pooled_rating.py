@@ -1,4 +1,4 @@
-"""One system's good shares over several blind rating rounds (docs/rating.md, "All the rounds of the default")
+"""One system's good shares over several blind rating rounds (docs/rating-rounds.md, "All the rounds of the default")
 
     python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
                                  [--versus SYSTEM] [--last-turn question|wh|yes-no|other ...]

@@ -1,4 +1,4 @@
-"""Precedents: what readers said of the same reply to turns like this one (docs/rating.md,
+"""Precedents: what readers said of the same reply to turns like this one (docs/rating-rounds.md,
 "Precedents: the readers' own labels in the ranking"). An experiment, not shipped.
 
 The reply critic (vhred/critic.py) generalises from readers' labels; this is their labels as

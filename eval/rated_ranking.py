@@ -1,4 +1,4 @@
-"""Which ranking score puts first the replies blind readers kept? (docs/rating.md, fourth round)
+"""Which ranking score puts first the replies blind readers kept? (docs/rating-rounds.md, fourth round)
 
     python -m eval.rated_ranking --checkpoint RUN --round DIR [--round DIR ...] [--systems b,d,l] [--draws 40]
 

@@ -4,7 +4,7 @@ words of the answers people gave in the training split.
     vhred answers --checkpoint runs/dailydialog-cpu-vhred     # writes answers.json there (vhred critic does too)
 
 Blind readers keep a good reply first after only one wh-question in five ("What time shall we
-call you?"), against two turns in three otherwise (docs/rating.md, "Where the targets are
+call you?"), against two turns in three otherwise (docs/rating-rounds.md, "Where the targets are
 missed"). The model's draws often hold the answer ("It's at 7:30."), but the critic and the MMI
 score put "Fine." or a garbled reply above it. People's answers carry the question's type in
 their words: "how long" is answered with minutes and weeks, "what time" with o'clock and 7:30,

@@ -11,7 +11,7 @@ readers' good/bad labels of the model's replies (vhred rate): a reward model of 
 keep, used to rank the candidates the model draws.
 
 Why: the model's draws hold good replies (readers kept 15-20% of every distinct draw, and a
-perfect ranking would show 75-80% good in the five; docs/rating.md, sixth round), but
+perfect ranking would show 75-80% good in the five; docs/rating-rounds.md, sixth round), but
 log p(r | c), the MMI family and a backward model could not find them. Trained as Li et al.'s
 discriminator instead (people's replies against the model's own draws), the critic put the
 readers' bad replies first (docs/rating.md, "The reply critic"; eval/discriminator_critic.py):

@@ -328,7 +328,7 @@ def beam_search(model, cond, opts: DecodeOptions, n_best: int) -> tuple[list[lis
     - "first" (the default): a row ends once n_best responses have ended, an <eos> among any of
       its 2K best candidates ending one. A short reply that ends early is kept though a live beam
       would score better per token, so width 1 is not greedy; readers keep these replies more
-      (docs/rating.md, eightieth round: 54.6% against 45.5% of the five shown).
+      (docs/rating-rounds.md, eightieth round: 54.6% against 45.5% of the five shown).
     - "best": fairseq's rule. An <eos> ends a response only among the row's K best candidates,
       and a row is searched until max(K, n_best) have ended or its n_best best ended ones beat
       every live beam (_settled); the answer is the n_best of those by normalised score.
