@@ -257,9 +257,31 @@ def test_dialogwae_gmp_prior_samples_pick_one_component_from_the_noise():
     assert torch.equal(model.sample_prior(ctx[:2], eps[:2]), model.sample_prior(ctx[:2], eps[:2]))   # keyed
 
 
+def test_dialogwae_gmp_training_draws_are_each_one_components_sample():
+    """In training each row takes one component, as their MixVariation's hard Gumbel-softmax does,
+    not a blend of the K samples (with temperature 0.1 a soft mix leaves a quarter of the rows
+    with no weight above 0.99); pi still learns, through the soft weights' gradient."""
+    torch.manual_seed(0)
+    model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).train()
+    n = 400
+    ctx = torch.randn(1, TINY["ctx_hidden"]).expand(n, -1)
+    with torch.no_grad():   # components far apart and narrow: a blend lies between them
+        model.prior_net.components.mean.bias.copy_(torch.arange(3.0).repeat_interleave(TINY["z_dim"]) * 100)
+        model.prior_net.components.mean.weight.zero_()
+        model.prior_net.components.logvar.bias.fill_(-20.0)
+        model.prior_net.components.logvar.weight.zero_()
+        model.prior_net.weights.weight.zero_()   # equal weights
+    e = model.prior_noise(ctx)                                            # (n, Z)
+    means = torch.arange(3.0) * 100                                       # each component's every coordinate
+    nearest = (e.unsqueeze(-1) - means).abs().amin(-1)                    # (n, Z)
+    assert nearest.max().item() < 1e-3
+    e.sum().backward()
+    assert model.prior_net.weights.bias.grad is not None and model.prior_net.weights.bias.grad.abs().sum() > 0
+
+
 def test_dialogwae_gmp_bounds_draw_one_component_as_decoding_does():
     """Out of training, a prior draw without given noise takes fresh normals down the same hard
-    path (the validation and test bounds score the prior that decodes); training mixes."""
+    path (the validation and test bounds score the prior that decodes); training draws its own."""
     torch.manual_seed(0)
     model = build(ModelConfig(model="dialogwae", gmp_components=3, **TINY), 40).eval()
     ctx = torch.randn(6, TINY["ctx_hidden"])

@@ -151,9 +151,12 @@ class DialogWAE(Hierarchical):
 
     def prior_noise(self, ctx, eps=None):
         """e ~ p(e | c): from the rows' normals eps (T, noise_dim), or fresh ones. GMP picks a
-        component by the inverse CDF of pi at Phi(eps_last) (a hard choice: their sampling takes
-        a Gumbel-softmax mix; training here mixes with Gumbel-softmax too, temperature 0.1; out of
-        training fresh normals take the hard choice too, so the bounds score the prior that decodes)."""
+        component by the inverse CDF of pi at Phi(eps_last), so a reply is the same alone or in a
+        batch. Training picks one by a hard Gumbel-softmax (temperature 0.1), as their MixVariation
+        does: each row is one component's sample, and pi learns through the straight-through
+        gradient of the soft weights; a soft mix would train the prior on blends between
+        components that decoding never draws. Out of training fresh normals take the inverse-CDF
+        choice too, so the bounds score the prior that decodes."""
         if self.k == 1:
             mean, logvar = self.prior_net(ctx)
             logvar = bounded(logvar)
@@ -162,7 +165,7 @@ class DialogWAE(Hierarchical):
         if eps is None and not self.training:   # bounds and validation draw as decoding does: one component
             eps = torch.randn(len(ctx), self.noise_dim, device=ctx.device, dtype=mean.dtype)
         if eps is None:
-            pick = F.gumbel_softmax(log_pi, tau=0.1, hard=False).unsqueeze(-1)            # (T, K, 1)
+            pick = F.gumbel_softmax(log_pi, tau=0.1, hard=True).unsqueeze(-1)             # (T, K, 1) one-hot
             return (pick * reparameterize(mean, logvar)).sum(1)
         u = 0.5 * (1 + torch.erf(eps[:, -1:] / math.sqrt(2)))                            # (T, 1) uniform
         k = torch.searchsorted(log_pi.exp().cumsum(-1).contiguous(), u.contiguous()).clamp(max=self.k - 1)
