@@ -5,7 +5,7 @@ The hierarchical context encoder gives c = h_{n-1}; one z per response x = w_n:
 
     prior        p(z | c)    = N(mu_p, sigma_p^2), (mu_p, log sigma_p^2) = Linear(tanh(Linear(c)))
     recognition  q(z | c, x) = N(mu_q, sigma_q^2), (mu_q, log sigma_q^2) = Linear([c; enc(x)])
-    decoder      p(x | c, z), started from [c; z]
+    decoder      p(x | c, z), started from [c; z] and reading it at every step (theirs only starts from it)
     BOW          p_bow(x | c, z) = prod_t softmax(MLP([c; z]))_{x_t}, weight bow_weight (1 by default)
     loss         -E_q[log p(x | c, z)] + beta KL(q || p) - E_q[log p_bow(x | c, z)]
 

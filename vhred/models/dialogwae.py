@@ -7,9 +7,11 @@ The latent z of a response x with context c = h_{n-1} is made by generators from
     prior      e ~ N(mu_p, sigma_p^2) = GaussianNet(c),            z_p = G_p(e)
     GMP prior  K components (mu_k, sigma_k) and weights pi = softmax(MLP(c)); e from component k
                (every log sigma^2 held softly below NOISE_LOGVAR_MAX = 0: see bounded())
-    decoder    p(x | c, z), started from [c; z]
+    decoder    p(x | c, z), started from [c; z] and reading it at every step (their decoder only
+               starts from it: docs/models.md)
     critic     D([z; c]), a Wasserstein critic with gradient penalty (Gulrajani et al. 2017):
-               L_D = E D(z_q) - E D(z_p) + lambda (||grad D(z_hat)|| - 1)^2,
+               L_D = E D(z_q) - E D(z_p) + lambda (||grad D(z_hat)|| - 1)^2 (each sample's own
+               gradient; their code's is divided by the batch size),
                z_hat = a z_p + (1 - a) z_q, a ~ U(0, 1), lambda = 10 (their lambda_gp)
     generators L_G = E D(z_p) - E D(z_q)    (the two distributions are pulled together)
     autoencoder L_AE = -log p(x | c, z_q)
