@@ -42,6 +42,10 @@ ROWS = {
     "dialogwae-gmp": ["model=dialogwae", "gmp_components=3"],
 }
 ROW_KEYS = {s.split("=", 1)[0] for settings in ROWS.values() for s in settings}   # model, gmp_components
+# keys the command sets for every row from its own flags (train_row): given as key=value they
+# would win, and the table would evaluate the folder the command names, not the one trained
+COMMAND_KEYS = {"name": "--out-dir (the rows train into <out-dir>/compare-<row>)", "out_dir": "--out-dir",
+                "max_steps": "--steps", "device": "--device"}
 COLUMNS = [("steps", "steps"), ("bleu-recall", "BLEU R"), ("bleu-precision", "BLEU P"), ("bleu-f1", "BLEU F1"),
            ("unseen-bleu-f1", "F1 unseen"),
            ("intra-dist-1", "intra-1"), ("intra-dist-2", "intra-2"), ("inter-dist-1", "inter-1"),
@@ -96,6 +100,9 @@ def parse_args(argv):
     for key in sorted(ROW_KEYS):   # given to all, a row named vhred would train another family, dialogwae GMP
         if any(_key(o) == key for o in args.overrides):
             raise InputError(f"{key} is set by the rows themselves (--rows picks them): leave {key}= out")
+    for key, flag in COMMAND_KEYS.items():
+        if any(_key(o) == key for o in args.overrides):
+            raise InputError(f"{key}= is set by compare for every row; use {flag} instead")
     _check_file_settings(args.config, rows)
     check_table(args.table)   # before an hour of training, not after it
     if args.reference is not None and not args.reference.strip():
