@@ -199,6 +199,26 @@ def test_a_contexts_file_as_editors_save_it_and_a_bad_z_named_by_its_line(traine
     assert f"{src}: line 2: a z must be 8 finite numbers" in capsys.readouterr().err
 
 
+def test_an_output_that_is_the_input_file_is_refused_and_the_file_kept(trained, tmp_path, capsys):
+    """Written over, the input lost the lines generate skips (the ones the user must mend) and
+    every field but the context; a link to it is the same file. Written elsewhere, an answered
+    line keeps the input line's other fields (an "id")."""
+    from vhred import generate as gen
+    src = tmp_path / "mine.jsonl"
+    text = '{"context": ["hi there"]}\n{"contxt": ["typo"]}\n{"context": ["bye"], "id": 7}\n'
+    src.write_text(text)
+    (tmp_path / "link.jsonl").symlink_to(src)
+    for out in (src, tmp_path / "link.jsonl"):
+        with pytest.raises(SystemExit) as e:
+            gen.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out), "--draws", "1"])
+        assert e.value.code == 2 and "is the --input file" in capsys.readouterr().err
+    assert src.read_text() == text
+    out = tmp_path / "out.jsonl"   # elsewhere: each answered line keeps its own fields
+    gen.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out), "--draws", "1"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["line"], r.get("id"), r["context"]) for r in rows] == [(1, None, ["hi there"]), (3, 7, ["bye"])]
+
+
 def chat(lines, *args):
     r = subprocess.run([sys.executable, "-m", "vhred.chat", *args], cwd=ROOT, capture_output=True,
                        text=True, input="\n".join(lines) + "\n", timeout=120)

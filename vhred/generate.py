@@ -15,6 +15,7 @@ the text.
 """
 import argparse
 import json
+import os
 import sys
 
 from . import loading
@@ -70,11 +71,12 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda (default %(default)s)")
 
 
-def read_contexts(path: str) -> tuple[list[list[str]], list, list[int]]:
+def read_contexts(path: str) -> tuple[list[list[str]], list, list[int], list[dict]]:
     """The contexts of a JSONL file ({"context": [...]} per line), each line's "z" (a list of
-    floats to decode from, for VHRED) or None, and each one's line number. A malformed line is
-    skipped and named on stderr, as training does with its data; a file with no good line is an error."""
-    contexts, zs, linenos, bad = [], [], [], []
+    floats to decode from, for VHRED) or None, each one's line number and its other fields (an
+    "id": the output line keeps them). A malformed line is skipped and named on stderr, as
+    training does with its data; a file with no good line is an error."""
+    contexts, zs, linenos, extras, bad = [], [], [], [], []
     for lineno, line in enumerate(text_lines(path), 1):
         if not line.strip():
             continue
@@ -86,6 +88,7 @@ def read_contexts(path: str) -> tuple[list[list[str]], list, list[int]]:
         contexts.append(obj["context"])
         zs.append(obj.get("z"))
         linenos.append(lineno)
+        extras.append({k: v for k, v in obj.items() if k not in ("context", "z")})
     if not contexts:
         first = f": line {bad[0][0]}: {bad[0][1]}" if bad else ""
         raise InputError(f"{path} holds no contexts{first}")
@@ -93,7 +96,7 @@ def read_contexts(path: str) -> tuple[list[list[str]], list, list[int]]:
         print(f"{path}: line {lineno}: skipped: {why}", file=sys.stderr)
     if len(bad) > 10:
         print(f"{path}: ... and {len(bad) - 10} more skipped lines", file=sys.stderr)
-    return contexts, zs, linenos
+    return contexts, zs, linenos, extras
 
 
 def context_line_error(line: str) -> str | None:
@@ -152,7 +155,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     opts = options_from_args(args)
     check_output(args.output)
-    contexts, zs, linenos = read_contexts(args.input)   # a bad input file is refused before the model loads
+    if os.path.exists(args.output) and os.path.exists(args.input) and os.path.samefile(args.input, args.output):
+        raise InputError(f"--output {args.output} is the --input file: writing it would lose the contexts "
+                         "(and any line skipped); give another --output")
+    contexts, zs, linenos, extras = read_contexts(args.input)   # a bad input file is refused before the model loads
     if args.return_z and args.pool_with:
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
     model, cfg, sp = loading.load_model(loading.chosen_checkpoint(args.checkpoint), pick_device(args.device),
@@ -167,8 +173,8 @@ def main(argv=None):
         raise InputError("--return-z: this checkpoint is an HRED model, it has no latent variable z")
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with output_file(args.output) as out:   # a regular file, replaced only when complete
-        for (_, responses), ctx, lineno in zip(answers, contexts, linenos):   # the generator first: it ends its bar
-            out.write(json_line(output_row(ctx, responses, sp, opts, args.return_z, lineno)) + "\n")
+        for (_, responses), ctx, lineno, extra in zip(answers, contexts, linenos, extras):   # the generator first: it ends its bar
+            out.write(json_line({**extra, **output_row(ctx, responses, sp, opts, args.return_z, lineno)}) + "\n")
 
 
 def output_row(context: list[str], responses, sp, opts: DecodeOptions, with_z: bool, lineno: int | None = None) -> dict:
