@@ -173,7 +173,8 @@ def main(argv=None):
         raise InputError("--return-z: this checkpoint is an HRED model, it has no latent variable z")
     answers = generate_file(model, cfg, sp, [[spaced(t) for t in c] for c in contexts], opts, zs)
     with output_file(args.output) as out:   # a regular file, replaced only when complete
-        for (_, responses), ctx, lineno, extra in zip(answers, contexts, linenos, extras):   # the generator first: it ends its bar
+        # the generator first: it ends its bar
+        for (_, responses), ctx, lineno, extra in zip(answers, contexts, linenos, extras):
             out.write(json_line({**extra, **output_row(ctx, responses, sp, opts, args.return_z, lineno)}) + "\n")
 
 
