@@ -323,7 +323,7 @@ def test_pretraining_without_the_training_split_is_one_line_that_says_how_to_do_
         corpus_dialogues(cfg, sp)
 
 
-def test_held_out_rounds_may_be_packs_of_a_round_as_the_trained_ones_may(tmp_path):
+def test_rounds_may_be_packs_of_a_round_and_a_folder_that_holds_none_is_named(tmp_path):
     from vhred.critic_train import parse_args
     from vhred.errors import InputError
     for d in ("r1", "r2/p1", "r2/p2", "r3"):
@@ -333,8 +333,14 @@ def test_held_out_rounds_may_be_packs_of_a_round_as_the_trained_ones_may(tmp_pat
                        "--held-out", str(tmp_path / "r2")])
     assert args.held_out == [str(tmp_path / "r2" / p) for p in ("p1", "p2")]
     assert args.rounds == [str(tmp_path / "r1"), str(tmp_path / "r3")]
-    with pytest.raises(InputError, match="no rating round among --held-out"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="--held-out .*/none: no such folder"):
         parse_args(["--checkpoint", "x", "--ratings", str(tmp_path / "r1"), "--held-out", str(tmp_path / "none")])
+    # one misspelt round among good ones: named, not left out of the critic that replaces the run's
+    with pytest.raises(InputError, match="--ratings .*/r2-typo: no such folder"):
+        parse_args(["--checkpoint", "x", "--ratings", str(tmp_path / "r1"), str(tmp_path / "r2-typo")])
+    with pytest.raises(InputError, match="--ratings .*/empty holds no rating round"):
+        parse_args(["--checkpoint", "x", "--ratings", str(tmp_path / "empty"), str(tmp_path / "r1")])
 
 
 def test_a_pairwise_round_is_refused(tmp_path):

@@ -222,12 +222,15 @@ def parse_args(argv):
     limits.number("--lr", args.lr, 0, 1)
     if args.lr == 0:
         raise InputError("--lr must be above 0: at 0 the critic would not learn")
-    rounds, held = rating_rounds(args.ratings), rating_rounds(args.held_out)
-    if not rounds:
-        raise InputError("no rating round among --ratings: each is a folder with the key.json of `vhred rate pack`")
-    if args.held_out and not held:
-        raise InputError("no rating round among --held-out: each is a folder with the key.json of `vhred rate pack`")
-    args.held_out = held
+    for flag, folders in (("--ratings", args.ratings), ("--held-out", args.held_out)):
+        for d in folders:   # a misspelt round is named, not left out of the critic that replaces the run's
+            if not os.path.isdir(d):
+                raise InputError(f"{flag} {d}: no such folder; give rating rounds, folders with the key.json "
+                                 "of `vhred rate pack` (or folders of them)")
+            if not rating_rounds([d]):
+                raise InputError(f"{flag} {d} holds no rating round: a round is a folder with the key.json "
+                                 "of `vhred rate pack` (or a folder of such folders)")
+    rounds, args.held_out = rating_rounds(args.ratings), rating_rounds(args.held_out)
     held_real = {os.path.realpath(h) for h in args.held_out}   # one round however its path is written
     args.rounds = [r for r in rounds if os.path.realpath(r) not in held_real]
     return args
