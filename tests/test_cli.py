@@ -135,6 +135,7 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
      "--cache /nonexistent is not a prepared data folder"),
     (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", ""], "--cache '' is not a prepared data folder"),
     (["checkpoint", ""], "--config is empty"),
+    (["checkpoint", "nope.yaml"], "config file nope.yaml not found; give a YAML file's path, or one of the shipped configs/"),
     (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),
     (["generate", "--input", "README.md", "--output", ""], "'' is not a file name"),
     *[([*cmd, "--checkpoint", ""], "--checkpoint is empty; give a run folder")   # an unset $RUN: not the newest run
