@@ -151,19 +151,37 @@ def test_jsonl_malformed_lines_are_reported_with_line_numbers(tmp_path, capsys):
     assert again[-1] == "validation"                                        # an explicit split wins
 
 
+def test_a_turn_of_invisible_marks_alone_is_an_empty_turn():
+    """A zero-width space, a direction mark or a BOM shows nothing and SentencePiece reads
+    nothing: such a turn is dropped as a blank one is, not kept as an empty utterance; joiners
+    inside words stay."""
+    dialog = ["\u200b", "Are you there?", "\u200e \ufeff", "Hello?", "caf\u00e9\u200d"]
+    line = json.dumps({"dialog": dialog})
+    turns, _ = sources._parse_jsonl_line(line)
+    assert turns == ["Are you there ?", "Hello ?", "caf\u00e9\u200d"]
+    assert sources.normalise("a\u200bb \u2066c\u2069") == "a b c"
+
+
 def test_jsonl_as_editors_save_it_and_a_file_of_one_split(tmp_path):
-    """A UTF-8 byte-order mark (Windows Notepad) is read past; UTF-16 and a file without a
-    validation split are refused in one line that says what to do."""
+    """A UTF-8 byte-order mark (Windows Notepad) is read past, at the file's start or a line's;
+    UTF-16 and a file without a validation split are refused in one line that says what to do."""
     from vhred.errors import DataError
     lines = [json.dumps({"dialog": [f"hello {i}", f"hi there {i}"]}) for i in range(40)]
     plain, bom = tmp_path / "plain.jsonl", tmp_path / "bom.jsonl"
     plain.write_text("\n".join(lines) + "\n")
     bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
     assert list(sources.iter_jsonl(str(bom), seed=1)) == list(sources.iter_jsonl(str(plain), seed=1))
-    wide = tmp_path / "wide.jsonl"
-    wide.write_text("\n".join(lines) + "\n", encoding="utf-16")
-    with pytest.raises(DataError, match="is UTF-16 text: save it as UTF-8"):
-        sources.scan_jsonl(str(wide), seed=1)
+    # two Notepad files put together (cat a.jsonl b.jsonl): the second's BOM starts a line inside
+    half = len(lines) // 2
+    joined = tmp_path / "joined.jsonl"
+    joined.write_bytes(b"\xef\xbb\xbf" + "".join(x + "\n" for x in lines[:half]).encode()
+                       + b"\xef\xbb\xbf" + "".join(x + "\n" for x in lines[half:]).encode())
+    assert list(sources.iter_jsonl(str(joined), seed=1)) == list(sources.iter_jsonl(str(plain), seed=1))
+    for encoding in ("utf-16", "utf-16-le"):   # with its BOM, and without: NUL bytes give it away
+        wide = tmp_path / f"{encoding}.jsonl"
+        wide.write_text("\n".join(lines) + "\n", encoding=encoding)
+        with pytest.raises(DataError, match="is UTF-16 text .*: save it as UTF-8"):
+            sources.scan_jsonl(str(wide), seed=1)
     train_only = tmp_path / "train.jsonl"
     train_only.write_text("".join(json.dumps({"dialog": ["a", "b"], "split": "train"}) + "\n" for _ in range(5)))
     with pytest.raises(DataError, match='found .*: mark some lines "split": "validation", or leave "split" out'):

@@ -2,6 +2,7 @@
 
 Every source ends as three splits of dialogues; a dialogue is a list of utterance strings.
 """
+import codecs
 import hashlib
 import http.client
 import io
@@ -33,9 +34,16 @@ from .errors import DataError  # noqa: E402  (missing, truncated or malformed da
 from .limits import MAX_LINE_BYTES  # noqa: E402
 
 
+# Characters that show nothing and that str.split() does not take for white space: a turn of them
+# alone is empty (SentencePiece reads them as nothing). Zero-width joiners (U+200C, U+200D) are
+# left alone: they shape Persian and Indic words and emoji.
+INVISIBLE = str.maketrans(dict.fromkeys([0x200B, 0x200E, 0x200F, 0x2060, 0xFEFF, *range(0x202A, 0x202F),
+                                         *range(0x2066, 0x206A)], " "))
+
+
 def normalise(text: str) -> str:
-    """Collapse runs of white space, trim the ends."""
-    return " ".join(text.split())
+    """Collapse runs of white space (invisible marks count as space), trim the ends."""
+    return " ".join(text.translate(INVISIBLE).split())
 
 
 # DailyDialog writes punctuation spaced off ("Hi , how are you ?", "$ 60") and contractions with a
@@ -353,12 +361,14 @@ def iter_jsonl(path: str, seed: int, report=None, marked=None):
     """Yield (split, dialogue) from a JSONL file, streaming; bad lines go to report(lineno, why),
     and marked (a set), when given, collects the splits that lines name themselves."""
     for lineno, raw in enumerate(_bounded_lines(path), 1):
+        if raw is not None:
+            raw = raw.removeprefix(codecs.BOM_UTF8)   # Notepad's BOM: the first line's, or a pasted file's
         if raw is None or not raw.strip():
             if raw is None and report:
                 report(lineno, f"longer than {MAX_LINE_BYTES // 2 ** 20} MB")
             continue
         try:
-            dialog, split = _parse_jsonl_line(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))   # a BOM (Notepad) first
+            dialog, split = _parse_jsonl_line(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as e:
             if report:
                 report(lineno, str(e).splitlines()[0][:120])
@@ -409,8 +419,9 @@ def scan_jsonl(path: str, seed: int) -> dict:
     if not os.path.isfile(path):
         raise no_data_file(path)
     with open(path, "rb") as f:
-        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-            raise DataError(f"{path} is UTF-16 text: save it as UTF-8 (one JSON object a line)")
+        head = f.read(4096)
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in head:   # UTF-16 with or without its BOM: NULs
+        raise DataError(f"{path} is UTF-16 text (or holds NUL bytes): save it as UTF-8 (one JSON object a line)")
     bad, skipped = [], 0   # the first ten bad lines are shown; the rest only counted
     counts, marked = dict.fromkeys(SPLITS, 0), set()
 
