@@ -126,7 +126,8 @@ def parse_args(argv):
     p.add_argument("--protocol", choices=["ours", "dialogwae"], default="ours",
                    help="ours: every turn after the first is a target, multi-sample BLEU-1..4 and distinct-n; "
                         "dialogwae: DialogWAE's targets, decoding and formulas, rule by rule (default %(default)s)")
-    p.add_argument("--tag", default="", help="suffix of the result file names (default: none)")
+    p.add_argument("--tag", default="", help="suffix of the result file names (default: none, or first<N> with "
+                                             "--max-contexts N: a quick check never replaces a split's figures)")
     p.add_argument("--split", default="test", choices=["validation", "test"], help="the split to evaluate on (default %(default)s)")
     p.add_argument("--max-contexts", type=int, default=0, help="score only the first N contexts, 0 for all (default %(default)s)")
     p.add_argument("--iw-samples", type=int, default=50, help="K of the importance-weighted bound, 0 for no likelihood (default %(default)s)")
