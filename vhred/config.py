@@ -244,8 +244,9 @@ def _read_yaml(path: str) -> dict:
     from .limits import MAX_CONFIG_BYTES
     path = _find(path)
     if not os.path.exists(path):
-        raise ConfigError(f"config file {path} not found; give a YAML file's path, or one of the "   # vhred bench and
-                          f"shipped {', '.join(shipped_configs())}")                     # checkpoint take no --config
+        # not "--config takes ...": vhred checkpoint and bench take the config another way
+        raise ConfigError(f"config file {path} not found; give a YAML file's path, or one of the "
+                          f"shipped {', '.join(shipped_configs())}")
     if not os.path.isfile(path) or os.path.getsize(path) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path} is not a regular file of at most {MAX_CONFIG_BYTES // 1024} KB")
     try:
