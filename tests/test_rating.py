@@ -3,10 +3,12 @@ text the model's pieces become (render.pretty)."""
 import collections
 import json
 import math
+import os
 import re
 
 import pytest
 
+from tests.conftest import ROOT
 from vhred import rate
 from vhred.render import pretty
 from vhred.metrics import surface
@@ -23,6 +25,41 @@ def test_wilson_matches_a_hand_computation():
     low, high = rate.wilson(0, 10)
     assert low == 0 and high == pytest.approx(3.8415 / 13.8415, abs=1e-4)
     assert rate.wilson(0, 0) == (0.0, 1.0)
+
+
+def test_the_share_of_all_shown_replies_widens_for_replies_that_come_in_contexts():
+    """A context's five replies are not independent: when each context is all good or all bad,
+    200 labels say what 40 contexts say, and the interval is Wilson's over C - 1 = 39 (the ratio
+    estimator's variance, p(1-p)/(C-1), by hand). It agrees with a bootstrap over contexts;
+    one label a context, or every context at one share, is plain Wilson."""
+    import random
+    whole = {c: [5 if c < 16 else 0, 5] for c in range(40)}                # 16 of 40 contexts all good
+    got = rate.clustered_share(whole)
+    assert (got["good"], got["of"], got["share"]) == (80, 200, 0.4)
+    assert (got["low"], got["high"]) == pytest.approx(rate.wilson(0.4 * 39, 39))
+    assert got["high"] - got["low"] > 1.9 * (rate.wilson(80, 200)[1] - rate.wilson(80, 200)[0])
+    rng = random.Random(3)   # replies of a context alike, not identical
+    mixed = {c: [sum(rng.random() < q for _ in range(5)), 5] for c, q in enumerate(rng.choice([0.1, 0.5, 0.9]) for _ in range(60))}
+    draws = sorted(sum(mixed[c][0] for c in pick) / sum(mixed[c][1] for c in pick)
+                   for pick in ([rng.randrange(60) for _ in range(60)] for _ in range(4000)))
+    got = rate.clustered_share(mixed)
+    assert got["low"] == pytest.approx(draws[100], abs=0.025) and got["high"] == pytest.approx(draws[3899], abs=0.025)
+    one = {c: [int(c < 7), 1] for c in range(20)}
+    assert (rate.clustered_share(one)["low"], rate.clustered_share(one)["high"]) == pytest.approx(rate.wilson(7, 20))
+    even = {c: [2, 5] for c in range(10)}
+    assert (rate.clustered_share(even)["low"], rate.clustered_share(even)["high"]) == pytest.approx(rate.wilson(20, 50))
+
+
+def test_score_gives_the_clustered_interval_for_all_shown_and_wilson_for_the_first(capsys):
+    """A committed round (81st, pack 1, reader r291): 103 of 200 shown replies good, 28 of 40
+    first ones. Bootstrapped over contexts the five's interval is about [41.5, 61.5]; Wilson's
+    over the 200 labels as if independent, [44.6, 58.3], was too narrow."""
+    folder = os.path.join(ROOT, "eval", "ratings", "2026-12-03-critic-read", "p1")
+    rate.main(["score", "--key", os.path.join(folder, "key.json"), "--answers", os.path.join(folder, "rater291.txt"), "--json"])
+    m = json.loads(capsys.readouterr().out)["scores"]["m"]
+    assert (m["all"]["good"], m["all"]["of"], m["top1"]["good"], m["top1"]["of"]) == (103, 200, 28, 40)
+    assert m["all"]["low"] == pytest.approx(0.41, abs=0.01) and m["all"]["high"] == pytest.approx(0.61, abs=0.01)
+    assert (m["top1"]["low"], m["top1"]["high"]) == pytest.approx(rate.wilson(28, 40))
 
 
 # --- packs, keys and scores -----------------------------------------------------------------

@@ -309,14 +309,33 @@ def share(k: int, n: int) -> dict:
     return {"good": k, "of": n, "share": k / n if n else None, "low": low, "high": high}
 
 
+def clustered_share(by_context: dict) -> dict:
+    """share() of labels that come in contexts, {context: [good, labels]}: a context's five
+    replies are not five independent draws (a context the model does well on gives several good
+    ones), so Wilson's interval over all labels is too narrow. Kish's design effect widens it:
+    n becomes the effective n = p(1-p) / var(p), var(p) the ratio estimator's variance over the
+    contexts, C/(C-1) sum_c (k_c - p n_c)^2 / n^2, never above n. One label a context: plain Wilson."""
+    k, n = (sum(c[i] for c in by_context.values()) for i in (0, 1))
+    out = share(k, n)
+    contexts = len(by_context)
+    if n == 0 or contexts < 2 or all(c[1] == 1 for c in by_context.values()):
+        return out
+    p = k / n
+    var = contexts / (contexts - 1) * sum((g - p * m) ** 2 for g, m in by_context.values()) / n ** 2
+    if var > 0:   # every context at one share (all good, say) has no spread to widen it by
+        n_eff = min(n, p * (1 - p) / var)
+        out["low"], out["high"] = wilson(p * n_eff, n_eff)
+    return out
+
+
 def score_pointwise(key: dict, answers: dict) -> dict:
     """{system: {"all": share, "top1": share, "by_last_turn": {kind: {"all": share, "top1": share}}}}
     over the answered replies; by_last_turn splits them by what the context's last turn asks for
     (turn_kind), the kinds of the pack's contexts only."""
     kinds = [turn_kind(c) for c in key["contexts"]]
     names = key.get("systems") or sorted({e["system"] for entries in key["items"].values() for e in entries})
-    counts = {name: {part: [0, 0] for part in ("all", "top1", *(f"{k} {p}" for k in TURN_KINDS for p in ("all", "top1")))}
-              for name in names}
+    counts = {name: {part: {} for part in ("all", "top1", *(f"{k} {p}" for k in TURN_KINDS for p in ("all", "top1")))}
+              for name in names}   # part -> {context: [good, labels]}
     for i, entries in key["items"].items():
         if i not in answers:
             continue
@@ -324,10 +343,11 @@ def score_pointwise(key: dict, answers: dict) -> dict:
             kind = kinds[e["context"]]
             for part in ("all", "top1") if e["rank"] == 1 else ("all",):
                 for name in (part, f"{kind} {part}"):
-                    counts[e["system"]][name][0] += answers[i] == "good"
-                    counts[e["system"]][name][1] += 1
-    return {name: {"all": share(*c["all"]), "top1": share(*c["top1"]),
-                   "by_last_turn": {k: {p: share(*c[f"{k} {p}"]) for p in ("all", "top1")}
+                    c = counts[e["system"]][name].setdefault(e["context"], [0, 0])
+                    c[0] += answers[i] == "good"
+                    c[1] += 1
+    return {name: {"all": clustered_share(c["all"]), "top1": clustered_share(c["top1"]),
+                   "by_last_turn": {k: {p: clustered_share(c[f"{k} {p}"]) for p in ("all", "top1")}
                                     for k in TURN_KINDS if k in kinds}}
             for name, c in counts.items()}
 
