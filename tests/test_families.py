@@ -1,6 +1,7 @@
 """The model family (vhred/models/): every family trains, saves, loads, answers, scores and
 resumes bit for bit on the tiny config; the pieces that set the families apart are checked
 against independent computations."""
+import json
 import math
 import os
 
@@ -105,6 +106,19 @@ def test_each_family_trains_resumes_bit_for_bit_loads_answers_and_scores(family,
     scores = bot.score(["where is the station ?"], ["turn left .", "i like apples ."])
     assert len(scores) == 2 and all(s == s and abs(s) < 100 for s in scores)
     assert scores == bot.score(["where is the station ?"], ["turn left .", "i like apples ."])   # seeded
+
+
+def test_eval_reports_no_kl_for_dialogwae_rather_than_a_zero_read_as_unused(tiny_cfg):
+    """DialogWAE's prior is implicit: no KL in closed form. vhred eval wrote 0.0000 beside the
+    legend "0: the latent is unused" while every unit was active; now the figure is none ("–")."""
+    from vhred import evaluate
+    for family, kl in (("dialogwae", False), ("vhred", True)):
+        run = train(tiny_cfg(f"model={family}", "max_steps=4", f"name=kl-{family}"), log=lambda *_: None)
+        evaluate.main(["--checkpoint", run.dir, "--max-contexts", "2", "--iw-samples", "2", "--device", "cpu"])
+        base = os.path.join(run.dir, "results-ours-test-first2")
+        metrics = json.load(open(base + ".json"))["metrics"]
+        assert (metrics["kl_per_utt"] is not None) == kl and metrics["active_units"] >= 0
+        assert ("| kl_per_utt | – |" in open(base + ".md").read()) != kl
 
 
 def test_cvae_has_its_bag_of_words_loss_by_default_and_can_turn_it_off(tiny_cfg):

@@ -58,7 +58,8 @@ def likelihood_metrics(model, cfg, sp, dialogues, k: int, max_batches: int) -> d
     iw = iw_nll(model, data, k, cfg.batch_size, max_batches, cfg.seed)
     return {"elbo_nll_per_token": m["elbo_per_token"], "elbo_ppl": m["ppl"],
             f"iw{k}_nll_per_token": iw, f"iw{k}_ppl": perplexity(iw),
-            "kl_per_utt": m["kl_per_utt"], "active_units": m["active_units"],
+            # DialogWAE's implicit prior has no KL in closed form (HRED no latent): none, not a 0 read as "unused"
+            "kl_per_utt": m["kl_per_utt"] if model.kl else None, "active_units": m["active_units"],
             "reconstruction_nll_per_token": m["nll_per_token"]}
 
 
@@ -82,7 +83,8 @@ LEGEND = [
     ("ppl", "lower", "perplexity: exp of the NLL bound per token"),
     ("nll_per_token", "lower", "negative log-likelihood per token in nats (elbo: the ELBO's bound, iwK: the tighter "
                                "importance-weighted bound, reconstruction: the decoder's term alone)"),
-    ("kl_per_utt", "", "KL(posterior || prior) per utterance: how much z carries (0: the latent is unused)"),
+    ("kl_per_utt", "", "KL(posterior || prior) per utterance: how much z carries (0: the latent is unused; "
+                       "–: the family has no KL in closed form, DialogWAE's implicit prior, or no latent, HRED)"),
     ("active_units", "higher", "latent dimensions whose posterior mean varies over the data (of z_dim)"),
     ("glued_before_text_out", "lower", "responses in which the model glued a sentence mark to the next word "
                                        "(\"25.How\"): the text out mends them (\"25. How\"), so glued_share, "
@@ -108,7 +110,7 @@ def markdown(results: dict, title: str) -> str:
     meanings = []
     for key, value in results["metrics"].items():
         better, meaning = legend(key)
-        shown = f"{value:.4f}" if isinstance(value, float) else f"{value}"
+        shown = f"{value:.4f}" if isinstance(value, float) else "–" if value is None else f"{value}"
         lines.append(f"| {key} | {shown} | {better} |")
         if meaning and meaning not in meanings:
             meanings.append(meaning)
