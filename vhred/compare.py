@@ -97,12 +97,11 @@ def parse_args(argv):
             or args.measure < 0):
         raise InputError("--steps, --jobs and --iw-samples must be positive, --max-contexts, --rank-contexts and "
                          "--measure not negative")
-    for key in sorted(ROW_KEYS):   # given to all, a row named vhred would train another family, dialogwae GMP
-        if any(_key(o) == key for o in args.overrides):
-            raise InputError(f"{key} is set by the rows themselves (--rows picks them): leave {key}= out")
-    for key, flag in COMMAND_KEYS.items():
-        if any(_key(o) == key for o in args.overrides):
-            raise InputError(f"{key}= is set by compare for every row; use {flag} instead")
+    given = {_key(o) for o in args.overrides}
+    for key in sorted(ROW_KEYS & given):   # given to all, a row named vhred would train another family, dialogwae GMP
+        raise InputError(f"{key} is set by the rows themselves (--rows picks them): leave {key}= out")
+    for key in [k for k in COMMAND_KEYS if k in given]:
+        raise InputError(f"{key}= is set by compare for every row; use {COMMAND_KEYS[key]} instead")
     _check_file_settings(args.config, rows)
     check_table(args.table)   # before an hour of training, not after it
     if args.reference is not None and not args.reference.strip():
@@ -315,9 +314,7 @@ def evaluate_row(args, row: str, run_dir: str) -> dict:
     out["model"], out["z_dim"] = cfg["arch"]["model"], cfg["arch"]["z_dim"]
     from .models import FAMILIES
     family = FAMILIES[out["model"]]   # a figure the family has not got is "–" in the table, not 0.000
-    if not family.kl:
-        out["kl_per_utt"] = None
-    if not family.latent:
+    if not family.latent:   # (a KL it has not got, vhred eval already leaves out)
         out["active_units"] = None
     progress = _last_step(run_dir)
     out["steps"] = progress
