@@ -16,13 +16,31 @@ def test_unknown_key_suggests_the_nearest():
         load(None, ["z_dimm=3"])
     with pytest.raises(ConfigError, match="did you mean batch_size"):
         from_dict({"batchsize": 3})
+    for given, meant in (("Z_DIM", "z_dim"), ("LR", "lr"), ("arch.zdim", "z_dim")):   # any case, either form
+        with pytest.raises(ConfigError, match=f"unknown config key '{given}' \\(did you mean {meant}\\?\\)"):
+            load(None, [f"{given}=8"])
+    with pytest.raises(ConfigError, match="'arch' is the section of model settings: give one of them, as arch.z_dim=8"):
+        load(None, ["arch=foo"])
+
+
+@pytest.mark.parametrize("text,where", [
+    ("z_dim:\t8\n", r"found character '\\t' that cannot start any token \(line 1, column 7\)"),
+    ("lr: 0.001\n  z_dim: 8\n", r"mapping values are not allowed here \(line 2, column 8\)"),
+    ("name: [a\n", r"expected ',' or '\]', but got '<stream end>' \(line 2, column 1\)"),
+])
+def test_invalid_yaml_says_what_is_wrong_and_where(tmp_path, text, where):
+    """PyYAML's first line ("while scanning for the next token") names neither the fault nor its line."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=f"c.yaml is not valid YAML: {where}$"):
+        load(str(f), [])
 
 
 @pytest.mark.parametrize("override,message", [
     ("z_dim=abc", "expected int"), ("tie_embeddings=maybe", "expected true or false"),
     ("emb_dim=-4", "must be positive"), ("model=gpt", "model must be vhred, hred"), ("z_dim", "key=value"),
     ("word_dropout=1.5", "below 1"), ("z_dim=-5", "z_dim must not be negative"),
-    ("name=a\nb", "name must be a plain folder name"), ("name=a\tb", "no control characters"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
+    ("name=a\nb", "name must be a plain folder name"), ("name= ", "no spaces at its ends"), ("name=run ", "no spaces at its ends"), ("name=a\tb", "no control characters"), ("wh_reply_weight=0", "must be positive"), ("wh_reply_weight=101", "at most 100"),
     ("data_dir=", r"data_dir is empty; leave it out for the default \(data\)"),   # '' is the current folder
     ("out_dir= ", r"out_dir is empty; leave it out for the default \(runs\)"), ("data=", "data is empty"),
 ])
@@ -66,6 +84,8 @@ def test_warmup_longer_than_training_is_a_warning():
         assert max(kl_weight(t, cfg) for t in range(59)) == cfg.kl_max and not warnings(cfg, total_steps=59)
     assert not warnings(Config(kl_schedule="constant", kl_warmup_steps=100, lr_warmup_steps=0), total_steps=10)
     assert not warnings(Config(kl_warmup_steps=100, lr_warmup_steps=0, arch=ModelConfig(model="hred")), total_steps=10)
+    # DialogWAE's latent has no KL term for beta to weigh (its loss holds no "kl")
+    assert not warnings(Config(kl_warmup_steps=100, lr_warmup_steps=0, arch=ModelConfig(model="dialogwae")), total_steps=10)
     cfg = Config(lr_warmup_steps=50, kl_warmup_steps=0)
     assert max(learning_rate(t, cfg) for t in range(49)) < cfg.lr and warnings(cfg, total_steps=49) == [
         "lr_warmup_steps=50 is longer than the whole run (49 steps): the learning rate never reaches lr"]

@@ -127,7 +127,9 @@ def _check_type(key: str, value, kind: type):
 
 
 def _unknown(key) -> ConfigError:
-    close = difflib.get_close_matches(str(key), [*TOP, *ARCH], n=1)
+    name = str(key)
+    name = name[len("arch."):] if name.startswith("arch.") else name
+    close = difflib.get_close_matches(name.lower(), [*TOP, *ARCH], n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}")
 
@@ -135,6 +137,8 @@ def _unknown(key) -> ConfigError:
 def _place(key) -> tuple[dict, str]:
     """(the types of the section that holds key, the plain key): `z_dim` and `arch.z_dim` alike."""
     name = key[len("arch."):] if isinstance(key, str) and key.startswith("arch.") else key
+    if key == "arch":
+        raise ConfigError("'arch' is the section of model settings: give one of them, as arch.z_dim=8 or z_dim=8")
     if name in ARCH:
         return ARCH, name
     if name in TOP and name == key:
@@ -188,6 +192,14 @@ def _unique_keys_loader():
 
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     return Loader
+
+
+def _yaml_problem(e) -> str:
+    """PyYAML's own words for what is wrong and where: its first line ("while scanning for the next
+    token") says neither."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark else problem
 
 
 def _check_yaml_shape(text: str) -> None:
@@ -257,7 +269,7 @@ def _read_yaml(path: str) -> dict:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
     if not isinstance(values, dict):
@@ -408,15 +420,16 @@ def _check_relations(cfg: Config, families: dict) -> None:
     for key in ("data", "data_dir", "out_dir"):   # '' would be the current folder, or no data at all
         if not getattr(cfg, key).strip():
             raise ConfigError(f"{key} is empty; leave it out for the default ({getattr(Config(), key)})")
-    if os.sep in cfg.name or cfg.name in (".", "..") or not cfg.name.isprintable():
-        raise ConfigError(f"name must be a plain folder name (no /, no control characters), got {cfg.name!r}")
+    if os.sep in cfg.name or cfg.name in (".", "..") or not cfg.name.isprintable() or cfg.name != cfg.name.strip():
+        raise ConfigError(f"name must be a plain folder name (no /, no control characters, no spaces at its ends), "
+                          f"got {cfg.name!r}")
 
 
 def warnings(cfg: Config, total_steps: int) -> list[str]:
     """Likely mistakes, once the length of the run is known."""
     from .models import FAMILIES   # the registry imports torch: looked up when used, not when a config is read
     out = []   # steps 0 .. total_steps - 1 are taken: beta is kl_max from step kl_warmup_steps on
-    if FAMILIES[cfg.arch.model].latent and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
+    if FAMILIES[cfg.arch.model].kl and cfg.kl_schedule != "constant" and cfg.kl_warmup_steps >= total_steps:
         out.append(f"kl_warmup_steps={cfg.kl_warmup_steps} is as long as the whole run or longer "
                    f"({total_steps} steps): the KL weight never reaches kl_max")
     if cfg.lr_warmup_steps > total_steps:   # lr at step s < warm-up: lr (s + 1) / lr_warmup_steps
