@@ -134,7 +134,8 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", "/nonexistent"],
      "--cache /nonexistent is not a prepared data folder"),
     (["checkpoint", os.path.join(ROOT, "configs", "tiny.yaml"), "--cache", ""], "--cache '' is not a prepared data folder"),
-    (["checkpoint", ""], "--config is empty"),
+    (["checkpoint", ""], "the config is empty; give a config file (configs/*.yaml), or leave it out"),   # it takes no --config
+    (["checkpoint", "upgrad", "old/best.pt"], "unknown subcommand 'upgrad' (did you mean upgrade?)"),
     (["checkpoint", "nope.yaml"], "config file nope.yaml not found; give a YAML file's path, or one of the shipped configs/"),
     (["chat", "--checkpoint", "/dev/null"], "checkpoint /dev/null is not a regular file"),
     (["generate", "--input", "README.md", "--output", ""], "'' is not a file name"),

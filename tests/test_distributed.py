@@ -234,6 +234,22 @@ def test_bench_serve_refuses_settings_a_checkpoint_would_ignore():
         parse_args(["--serve", "--checkpoint", "runs/x", "batch_size=4"])
 
 
+def test_bench_refuses_an_out_that_would_overwrite_what_it_measures(tmp_path):
+    """--out best.pt replaced the trained model with the report, and --out the config measured the
+    config; an earlier report is the only file the report may replace."""
+    from vhred.bench import parse_args
+    from vhred.errors import InputError
+    ckpt, config, report = tmp_path / "best.pt", tmp_path / "my.yaml", tmp_path / "bench.json"
+    ckpt.write_bytes(b"PK\x03\x04 weights")
+    config.write_text(open(os.path.join(ROOT, "configs", "tiny.yaml")).read())
+    for argv, out in ((["--serve", "--checkpoint", str(ckpt)], ckpt), (["--configs", str(config)], config)):
+        with pytest.raises(InputError, match=f"--out {out} exists and is not a bench report: writing the report would lose it"):
+            parse_args([*argv, "--out", str(out)])
+        assert out.exists() and out.stat().st_size > 10
+    report.write_text(json.dumps({"machine": {"cpu": "x86_64"}, "results": []}))
+    assert parse_args(["--configs", str(config), "--out", str(report)]).out == str(report)
+
+
 @pytest.mark.slow   # the benchmark end to end: a child process per row
 def test_bench_makes_its_runs_folders_beside_the_report_not_in_the_working_folder(dailydialog_zip, data_dir, tmp_path):
     report = tmp_path / "reports" / "bench.json"

@@ -218,3 +218,29 @@ def test_a_plot_of_one_response_is_one_line(trained, tmp_path, monkeypatch):
     with pytest.raises(InputError, match="at least 2 validation responses, and 1 dialogue\\(s\\) gave 1: raise --dialogues"):
         latent.run_plot(args)
     assert not (tmp_path / "one.png").exists()
+
+
+def test_interpolate_walks_dialogwaes_implicit_prior_between_two_of_its_draws(tiny_cfg, capsys):
+    """docs/latent.md says DialogWAE's z is walked around 0, but the command asked its prior for a
+    mean it does not have and refused. Its ends are two draws of that prior, as decoding takes them."""
+    from vhred.decoding import context_states
+    from vhred.train import train
+    run = train(tiny_cfg("model=dialogwae", "gmp_components=3", "max_steps=2", "name=wae-latent"), log=lambda *_: None)
+    model, cfg, sp = loading.load_model(run.dir)
+    context = encode_turns(sp, ["Where is the bank ?"], cfg.max_utt_len, cfg.max_context)
+    z0, z1 = latent.implicit_endpoints(model, context, seed=3)
+    eps = torch.randn(2, model.noise_dim, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        drawn = model.sample_prior(context_states(model, [context]).expand(2, -1), eps)
+    assert torch.equal(torch.stack([z0, z1]), drawn) and not torch.equal(z0, z1)
+    latent.main(["interpolate", "--checkpoint", run.dir, "--context", "Where is the bank ?", "--steps", "3",
+                 "--seed", "3", "--device", "cpu"])
+    out = capsys.readouterr().out
+    ends = [latent.response_text(sp, ids, 30) for ids, _ in latent.decode(model, context, torch.stack([z0, z1]))]
+    for kind in ("linear", "spherical"):
+        lines = out.split(f"{kind}:\n")[1].splitlines()[:3]
+        assert [line[:8] for line in lines] == ["  0.00  ", "  0.50  ", "  1.00  "]
+        assert [lines[0][8:], lines[2][8:]] == ends
+    with pytest.raises(SystemExit) as e:
+        latent.main(["interpolate", "--checkpoint", run.dir, "--context", "Hi", "--around-mean", "1", "--device", "cpu"])
+    assert e.value.code == 2 and "DialogWAE's prior is implicit" in capsys.readouterr().err

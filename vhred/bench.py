@@ -170,6 +170,7 @@ def gpu_profile(run, batches) -> dict:
 
 # the runtime and driver calls that start work on the GPU: cuBLASLt and cuDNN use the driver's
 # cuLaunchKernel(Ex), graphs launch many kernels at once
+MAX_REPORT_BYTES = 1 << 20   # a report is a few KB: a larger --out file is something else, not read whole
 LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchCooperativeKernel", "cudaGraphLaunch")
 
 
@@ -266,7 +267,24 @@ def parse_args(argv):
         raise InputError(f"--out {args.out}: its folder {folder} cannot be made ({e.strerror or e}); "
                          f"give another path") from None
     check_output(args.out)
+    if os.path.exists(args.out) and not is_report(args.out):   # --out best.pt, --out the config measured
+        raise InputError(f"--out {args.out} exists and is not a bench report: writing the report would lose it; "
+                         "give another path")
     return args
+
+
+def is_report(path: str) -> bool:
+    """Whether path holds an earlier report of this command (a JSON object with "machine"), the
+    only file --out may replace."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(1) != b"{":   # a checkpoint, a YAML config: not read whole
+                return False
+            f.seek(0)
+            report = json.loads(f.read(MAX_REPORT_BYTES + 1))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and "machine" in report
 
 
 @command

@@ -3,6 +3,7 @@
 A checkpoint holds the model's state dict, the config dict and the tokenizer's bytes, so it
 alone rebuilds the model and its tokenizer. Training adds the optimiser, step and data position.
 """
+import difflib
 import hashlib
 import math
 import os
@@ -372,7 +373,12 @@ def _measure(argv):
     parser.add_argument("config", nargs="?", default="configs/dailydialog.yaml",
                         help="the config whose model size is timed (default %(default)s)")
     parser.add_argument("--cache", help="a data/processed/<name> folder to time the verification of (default: none)")
+    first = argv[0] if argv else ""   # before parsing: `upgrad OLD` would be a config and an extra argument
+    if not os.path.exists(first) and difflib.get_close_matches(first, ["upgrade"], cutoff=0.7):
+        raise InputError(f"unknown subcommand '{first}' (did you mean upgrade?)")
     args = parser.parse_args(argv)
+    if not args.config.strip():   # config.load's own words name --config, which this command does not take
+        raise InputError("the config is empty; give a config file (configs/*.yaml), or leave it out for the default")
     if os.path.isdir(args.config) or args.config.endswith((".pt", ".safetensors")):   # a run or checkpoint, not a config
         raise InputError(f"{args.config} is a run or checkpoint; this command times a config's model "
                          f"(configs/*.yaml), and `vhred checkpoint upgrade {args.config}` converts a format-1 checkpoint")

@@ -121,6 +121,18 @@ def endpoints(mean: torch.Tensor, logvar: torch.Tensor, seed: int, around_mean: 
     return tuple(mean + sigma * torch.randn(mean.shape, generator=gen) for _ in range(2))
 
 
+@torch.inference_mode()
+def implicit_endpoints(model, context: list[list[int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two z's of one context's prior (Z,) for a family whose prior is implicit (DialogWAE: noise
+    through a generator), drawn as decoding draws them."""
+    _require_latent(model)
+    gen = torch.Generator().manual_seed(seed)
+    ctx = context_states(model, [context]).expand(2, -1)                   # (2, Hc)
+    eps = torch.randn(2, model.noise_dim, generator=gen).to(ctx)
+    z0, z1 = model.sample_prior(ctx, eps).float().cpu()                    # (2, Z)
+    return z0, z1
+
+
 def _require_latent(model):
     if not model.latent:
         raise InputError("this checkpoint is an HRED model: it has no latent variable z")
@@ -269,10 +281,17 @@ def run_plot(args):
 def run_interpolate(args):
     model, cfg, sp = loading.load_model(args.checkpoint, pick_device(args.device))
     context = encode_turns(sp, [spaced(t) for t in args.context], cfg.max_utt_len, cfg.max_context)
-    mean, logvar = (t[0].cpu() for t in prior(model, [context]))
-    z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)
+    if model.latent and not model.kl:   # DialogWAE: two draws of its implicit prior, walked around 0
+        if args.around_mean:
+            raise InputError("--around-mean takes the prior's mean and spread, and DialogWAE's prior is implicit "
+                             "(noise through a generator): leave it out for two of its draws")
+        (z0, z1), mean, sigma = implicit_endpoints(model, context, args.seed), None, None
+    else:
+        mean, logvar = (t[0].cpu() for t in prior(model, [context]))
+        z0, z1 = endpoints(mean, logvar, args.seed, args.around_mean)
+        sigma = torch.exp(0.5 * logvar)
     for kind in (["linear", "spherical"] if args.kind == "both" else [args.kind]):
-        path = interpolate(z0, z1, args.steps, kind == "spherical", mean, torch.exp(0.5 * logvar))
+        path = interpolate(z0, z1, args.steps, kind == "spherical", mean, sigma)
         print(f"{kind}:")
         for i, (ids, _) in enumerate(decode(model, context, path, args.max_len)):
             print(f"  {i / (args.steps - 1):4.2f}  {response_text(sp, ids, args.max_len)}")
