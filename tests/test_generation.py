@@ -695,3 +695,30 @@ def test_a_pooled_run_of_another_tokenizer_is_refused(trained):
     another = SimpleNamespace(serialized_model_proto=lambda: b"another tokenizer")
     with pytest.raises(CheckpointError, match="tokenizer is not the model's"):
         loading._pool_member(trained["hred"], another, "cpu")
+
+
+def test_history_says_how_many_turns_it_no_longer_shows_and_a_fraction_is_no_count(vhred_model):
+    """The chat keeps the last max_context turns, the model's context; /history showed them as
+    "the conversation so far" with the first turns silently gone. /pick 2.5 said "needs a number"."""
+    from vhred.chat import Chat
+    model, cfg, sp = vhred_model
+    said, notes = [], []
+    chat = Chat(model, cfg, sp, DecodeOptions(num_samples=2, method="greedy", draws=2), out=said.append, note=notes.append)
+    turns = ["one .", "two .", "three ."]
+    for i, turn in enumerate(turns):
+        chat.respond(turn)
+        chat.command("/history")
+        dropped = max(0, 2 * (i + 1) - cfg.max_context)
+        assert said[-min(2 * (i + 1), cfg.max_context):][-1].startswith("bot: ")
+        assert (f"({dropped} earlier turn{'s' * (dropped > 1)} not shown: the model reads the last {cfg.max_context})"
+                in notes) == (dropped > 0)
+    assert cfg.max_context == 4 and said[-4] == "you: Two."
+    chat.command("/reset")
+    chat.command("/history")
+    assert notes[-1] == "(the history is empty: nothing said yet)"
+    chat.respond("hello .")
+    for line, note in (("/pick 2.5", "(/pick needs a whole number, as /pick 2)"),
+                       ("/samples 2.0", "(/samples needs a whole number, as /samples 2)"),
+                       ("/pick two", "(/pick needs a number)"), ("/temperature warm", "(/temperature needs a number)")):
+        chat.command(line)
+        assert notes[-1] == note

@@ -31,7 +31,7 @@ __all__ = ["Chat", "main", "pretty", "spaced"]   # pretty lives in vhred/render.
 
 HELP = """commands:
   /reset           forget the conversation
-  /history         show the conversation so far
+  /history         show the conversation the model reads (its last turns)
   /samples N       show N candidates per turn
   /pick K          put candidate K of the last turn into the history instead of the best
   /temperature T   sample words at temperature T (default: beam search)
@@ -67,6 +67,7 @@ class Chat:
         self.scores: list[float] = []  # and their ranking scores
         self.zs: list = []             # and the z each was decoded from (VHRED)
         self.kept = None               # a z held for the next turns (/keep), or None
+        self.forgotten = 0             # turns dropped from the front of history (it holds max_context)
 
     def respond(self, text: str) -> list[str]:
         """Add the user's turn, return the candidates as readable text, best first; the best
@@ -92,6 +93,7 @@ class Chat:
         self.scores = [r[1] for r in responses]
         self.zs = [r.z for r in responses]
         self.history.append(self.last[0] if self.last else "")
+        self.forgotten += max(0, len(self.history) - self.cfg.max_context)
         self.history = self.history[-self.cfg.max_context:]
         return [response_text(self.sp, r[0], opts.max_len) for r in responses]
 
@@ -109,19 +111,22 @@ class Chat:
         except (CommandError, InputError) as e:   # InputError: what this model cannot do (DialogWAE's /prior)
             self.note(f"({e})")
         except (ValueError, OverflowError):   # int() / float() of the argument
-            self.note(f"(/{name} needs a number)")
+            self.note(f"(/{name} needs a whole number, as /{name} 2)" if _is_number(arg) else f"(/{name} needs a number)")
         return True
 
     # --- the /commands, one method each ---
 
     def _cmd_reset(self, arg):
-        self.history, self.last, self.scores, self.zs = [], [], [], []
+        self.history, self.last, self.scores, self.zs, self.forgotten = [], [], [], [], 0
         self.kept = None   # a fresh conversation: a z kept with /keep belonged to the old one
         self.note("(conversation reset)")
 
     def _cmd_history(self, arg):
         if not self.history:
             self.note("(the history is empty: nothing said yet)")
+        elif self.forgotten:   # the context is the last max_context turns: older ones are gone
+            self.note(f"({self.forgotten} earlier turn{'s' * (self.forgotten > 1)} not shown: the model reads "
+                      f"the last {self.cfg.max_context})")
         for i, turn in enumerate(self.history):
             self.out(f"{'you' if (len(self.history) - i) % 2 == 0 else 'bot'}: {pretty(turn)}")
 
@@ -210,6 +215,14 @@ class Chat:
     def _need_latent(self):
         if not self.model.latent:
             raise CommandError("this is an HRED model: it has no latent z")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 def _bounded(value, lo, hi, name):
