@@ -255,6 +255,31 @@ def test_prepare_caches_and_tokenizer_round_trips(tiny_cfg, dd):
     assert train.n_turns.max() <= cfg.max_context + 1
 
 
+def test_two_preparations_of_one_folder_at_once_build_it_once_and_both_read_it(tiny_cfg, tmp_path):
+    """Two trainings that found no cache each built one and put it in place, deleting the other's
+    (vhred compare trains two rows side by side): one failed reading a folder that was gone. Now
+    the second waits for the first and reuses what it built."""
+    import threading
+    for attempt in range(3):   # a fresh data folder each time: both start with nothing to reuse
+        cfg = tiny_cfg(f"data_dir={tmp_path / f'data{attempt}'}")
+        start, said, got = threading.Barrier(2), [], []
+
+        def run():
+            start.wait()
+            folder = prepare(cfg, log=said.append)
+            got.append((folder, DialogueData(folder, "train").n_turns.sum()))
+
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert len(got) == 2 and got[0] == got[1], said
+        assert sum(line.startswith("preparing ") for line in said) == 1, said
+        assert sorted(os.listdir(os.path.dirname(got[0][0]))) == [os.path.basename(got[0][0]),
+                                                                  os.path.basename(got[0][0]) + ".lock"]
+
+
 def test_checkpoint_cache_timing_says_whether_the_cache_is_intact(tiny_cfg, tmp_path):
     import shutil
     from vhred.checkpoint import measure_cache

@@ -6,6 +6,7 @@ Preparation streams the source: its memory holds the tokenizer's bounded sample 
 and one chunk of dialogues, never the corpus. Training never tokenises: it memory-maps the
 tables and keeps only three integers per window, so a corpus larger than RAM works too.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -161,6 +162,31 @@ def prepare(cfg: Config, log=print) -> str:
     cache.remove_crashed(os.path.dirname(out))
     if os.path.exists(os.path.join(out, "meta.json")) and cache.intact(out, CACHE_FILES, log):
         return out
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with _preparing(out, log):
+        if os.path.exists(os.path.join(out, "meta.json")) and cache.intact(out, CACHE_FILES, lambda *_: None):
+            return out   # built by the process this one waited for
+        _prepare_into(cfg, out, name, src, identity, sentences, log)
+    return out
+
+
+@contextlib.contextmanager
+def _preparing(out: str, log):
+    """One process prepares a folder at a time; another waits, then reuses what the first built.
+    Two at once deleted each other's folder as each put its own in place (vhred compare trains
+    two rows side by side). The kernel drops the lock when its process ends, even on SIGKILL."""
+    import fcntl
+    with open(f"{out}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process preparing {out}")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _prepare_into(cfg: Config, out: str, name: str, src: str, identity: str, sentences: int, log):
+    """Build the processed data in a folder of this process's own, then move it to out whole."""
     if cfg.data == "dailydialog":
         sources.read_dailydialog(src)   # fail early and clearly on a bad archive
         scan = None
@@ -185,7 +211,6 @@ def prepare(cfg: Config, log=print) -> str:
         raise
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)   # the cache appears whole or not at all
-    return out
 
 
 def _build(cfg: Config, src: str, tmp: str, sentences: int, log) -> dict:
