@@ -167,6 +167,11 @@ def test_a_pooled_bot_given_z_ranks_by_the_whole_pool(trained, bot):
     (lambda b: b.respond(["hi", 3]), "history must be a list of strings"),
     (lambda b: b.respond(["hi"], n=0), "n must be at least 1"),
     (lambda b: b.respond(["hi"], n=2.5), "n must be an int"),
+    (lambda b: b.respond(["hi"], n=1001), "n must be between 1 and 1,000, got 1001"),   # respond has no num_samples
+    (lambda b: b.respond(["hi"], n=401), "n x beam may be at most 2,000 (rows of one beam search), got 401 x 5"),
+    (lambda b: b.respond(["hi"], temperature=10 ** 400, method="sample"),
+     "temperature must be a positive finite number up to 1e6, got 1000000000000000000000000000000000000..."),
+    (lambda b: b.respond(["hi"], answer_weight=10 ** 45), "answer_weight must be in [0, 10], got 1000000000000000000000000000000000000..."),
     (lambda b: b.respond(["hi"], temprature=0.5), "unknown decoding option 'temprature'"),
     (lambda b: b.respond(["hi"], temperature="hot"), "temperature must be a float"),
     (lambda b: b.respond(["hi"], temperature=0.5, method="beam"), 'shape sampled words: add method="sample"'),

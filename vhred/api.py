@@ -121,8 +121,11 @@ class Bot:
             given["method"] = None   # words shaped or not by the request: sampling, or the base's method
         elif decoding.get("method", "sample") != "sample":   # the base's shaping is for its sampling
             given.update({k: v for k, v in NEUTRAL_SHAPING.items() if k not in decoding})
-        opts = options_from_args(SimpleNamespace(**given), keywords=True,   # the flags' rules, word for word
-                                 default_method=base.method)
+        try:
+            opts = options_from_args(SimpleNamespace(**given), keywords=True,   # the flags' rules, word for word
+                                     default_method=base.method)
+        except InputError as e:   # the rules name the flags' num_samples, which is respond's n here
+            raise InputError(str(e).replace("num_samples", "n")) from None
         ranking(self._model, opts)   # a ranking this model cannot do is refused before any decoding
         return opts
 

@@ -86,7 +86,7 @@ class DecodeOptions:
         limits.count("max_len", self.max_len, 1, limits.MAX_LEN)
         limits.count("beam", self.beam, 1, limits.MAX_BEAM)
         if self.beam_stop not in BEAM_STOPS:
-            raise InputError(f"beam_stop must be first or best, got '{str(self.beam_stop)[:40]}'")
+            raise InputError(f"beam_stop must be first or best, got {limits.shown(self.beam_stop)}")
         if self.method == "beam" and self.num_samples * self.beam > limits.MAX_BEAM_ROWS * widened:
             raise InputError(f"num_samples x beam may be at most {limits.MAX_BEAM_ROWS:,} (rows of one beam "
                              f"search), got {self.num_samples} x {self.beam}")
@@ -95,11 +95,11 @@ class DecodeOptions:
         limits.count("seed", self.seed, 0, 2 ** 63 - 1)
         limits.count("min_len", self.min_len, 0, self.max_len)
         if isinstance(self.temperature, bool) or not 0 < self.temperature <= 1e6:   # exact for any int; NaN fails
-            raise InputError(f"temperature must be a positive finite number up to 1e6, got {str(self.temperature)[:40]}")
+            raise InputError(f"temperature must be a positive finite number up to 1e6, got {limits.shown(self.temperature)}")
         if not (0 <= self.mmi_lambda <= 2 and -1 <= self.length_bonus <= 1):   # NaN fails too
             raise InputError("mmi_lambda must be in [0, 2] and length_bonus in [-1, 1]")
         if isinstance(self.answer_weight, bool) or not 0 <= self.answer_weight <= 10:
-            raise InputError(f"answer_weight must be in [0, 10], got {str(self.answer_weight)[:40]}")
+            raise InputError(f"answer_weight must be in [0, 10], got {limits.shown(self.answer_weight)}")
         if not 0 < self.top_p <= 1:
             raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
