@@ -60,12 +60,23 @@ def test_model_card_shows_the_runs_best_validation_figures(trained, exported):
     assert "DailyDialog" in card and 'vhred.load(".")' in card and "`vhred chat --checkpoint .`" in card
     front = yaml.safe_load(card.split("---\n")[1])   # the metadata a model hub reads
     assert front["library_name"] == "vhred" and front["datasets"] == ["daily_dialog"] and front["license"] == "other"
+    assert front["license_name"] == "dailydialog-cc-by-nc-sa-4.0"   # the Hub asks for both with license: other
+    assert front["license_link"] == "https://creativecommons.org/licenses/by-nc-sa/4.0/"
     assert front["tags"] == ["dialogue", "vhred", "safetensors"]   # the model type is vhred: named once
     cfg = json.load(open(os.path.join(trained["vhred"], "config.json")))   # the schedule as schedule.py applies it
     assert export.kl_schedule(cfg) in card
     assert export.kl_schedule({**cfg, "kl_schedule": "cyclical", "kl_cycle_steps": 0, "kl_warmup_steps": 100,
                                "kl_max": 1.0, "free_bits": 0.05}) == \
         "KL weight cyclical: each 200 steps rises over 100 to 1.0, free bits 0.05 nats a dimension"
+
+
+def test_the_card_of_a_family_without_a_kl_term_claims_no_kl_schedule_or_bound(exported):
+    """HRED's and DialogWAE's cards spoke of a KL weight rising and of an ELBO bound."""
+    card = open(os.path.join(exported["hred"], "README.md")).read()
+    assert "KL weight" not in card and "this family has no KL term, so it is no ELBO" in card
+    row = next(line for line in card.splitlines() if line.startswith("| best |"))
+    assert row.split(" | ")[5] == "–"   # kl_per_utt
+    assert "an upper bound on the NLL" in open(os.path.join(exported["vhred"], "README.md")).read()
 
 
 @pytest.mark.parametrize("kind", ["vhred", "hred"])
@@ -140,6 +151,13 @@ def test_a_broken_folder_is_a_one_line_error(exported, tmp_path, capsys):
     open(os.path.join(bad_json, "config.json"), "w").write('{"format": "vhred-model-folder", ')
     assert "not valid JSON" in one_line_error(bad_json, capsys)
 
+    swapped = broken_copy(exported, tmp_path, "swapped")   # another run's tokenizer of the same size loaded silently
+    from vhred.tokenizer import train_tokenizer
+    size = json.load(open(os.path.join(swapped, "config.json")))["vocab_size"]
+    train_tokenizer((f"line {i} of another corpus with words" for i in range(3000)), size,
+                    os.path.join(swapped, "tokenizer.model"), 3000, model_type="word")
+    assert "is not the tokenizer these weights were trained with" in one_line_error(swapped, capsys)
+
     newer = broken_copy(exported, tmp_path, "newer")
     edit_config(newer, lambda h: h.update(format_version=2))
     assert "format_version 2" in one_line_error(newer, capsys)
@@ -149,11 +167,12 @@ def test_a_broken_folder_is_a_one_line_error(exported, tmp_path, capsys):
 
 def test_export_refuses_a_folder_holding_other_files_and_replaces_its_own(trained, exported, tmp_path, capsys):
     run_copy = tmp_path / "busy"
-    run_copy.mkdir()
+    (run_copy / "photos.tmp").mkdir(parents=True)   # named like a crashed export's folder, but the user's
+    (run_copy / "photos.tmp" / "a.jpg").write_text("precious")
     (run_copy / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="already holds other files"):
         export.export(trained["vhred"], str(run_copy))
-    assert os.listdir(run_copy) == ["notes.txt"]
+    assert sorted(os.listdir(run_copy)) == ["notes.txt", "photos.tmp"] and (run_copy / "photos.tmp" / "a.jpg").exists()
     with pytest.raises(InputError, match="already an exported model folder"):
         export.export(exported["vhred"], str(tmp_path / "again"))
     again = broken_copy(exported, tmp_path, "again")

@@ -78,13 +78,15 @@ def malformed(meta) -> str:
     return ""
 
 
-def remove_crashed(processed: str):
-    """Remove the half-built folders (<name>.tmp<pid>) of preparations whose process is gone.
+def remove_crashed(processed: str, stem: str = ""):
+    """Remove the half-built folders (<name>.tmp<pid>) of preparations whose process is gone;
+    given a stem, only <stem>.tmp<pid> (a folder of the user's, where another name is theirs).
     A preparation on another machine sharing the folder would look gone too: preparing one
     data_dir from two machines at once is not supported."""
     if not os.path.isdir(processed):
         return
+    pattern = rf"{re.escape(stem)}\.tmp(\d+)" if stem else r".+\.tmp(\d*)"
     for name in os.listdir(processed):
-        m = re.fullmatch(r".+\.tmp(\d*)", name)
+        m = re.fullmatch(pattern, name)
         if m and not alive(int(m.group(1) or 0)):
             shutil.rmtree(os.path.join(processed, name), ignore_errors=True)

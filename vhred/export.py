@@ -21,6 +21,7 @@ from dataclasses import asdict
 from . import answers, cache, checkpoint, critic, loading, modelfolder
 from .cli import command, Parser, program
 from .errors import InputError
+from .models import FAMILIES
 from .schedule import kl_cycle
 from .stops import check_stop
 
@@ -38,7 +39,7 @@ def export(run: str, folder: str) -> str:
     state = checkpoint.load(source)
     cfg = checkpoint.config_of(state, source)
     model, _, sp = loading.load_model(source)   # the weights checked against their config
-    cache.remove_crashed(folder)   # the half-written export.tmp<pid> of an export that was killed
+    cache.remove_crashed(folder, "export")   # the half-written export.tmp<pid> of an export that was killed
     _check_target(folder, model.state_dict())
     progress = state.get("progress", {})
     trained = {"step": progress.get("step"), "epoch": progress.get("epoch"),
@@ -137,13 +138,17 @@ def model_card(header: dict, vals: list[dict]) -> str:
     if cfg.get("max_dialogues"):
         data += f", first {cfg['max_dialogues']} dialogues of each split"
     t = header["trained"]
+    has_kl = FAMILIES[header["model_type"]].kl   # HRED and DialogWAE have no KL term to weigh
     dailydialog = cfg["data"] == "dailydialog"
     tags = dict.fromkeys(["dialogue", header["model_type"], "vhred", "safetensors"])   # a VHRED's type once
     lines = ["---",   # the metadata a model hub reads
              "library_name: vhred", f"tags: [{', '.join(tags)}]",
              *(["datasets: [daily_dialog]"] if dailydialog else []),
-             "license: other   # the training data's terms (DailyDialog: CC BY-NC-SA 4.0) govern the weights"
-             if dailydialog else "license: other   # the terms of the dialogues the model was trained on",
+             *(["license: other   # the training data's terms govern the weights",
+                "license_name: dailydialog-cc-by-nc-sa-4.0",
+                "license_link: https://creativecommons.org/licenses/by-nc-sa/4.0/"] if dailydialog else
+               ["license: other   # the terms of the dialogues the model was trained on",
+                "license_name: training-data-terms   # add license_link: the address of those terms"]),
              "---", "",
              f"# {cfg['name']}: a {header['model_type'].upper()} dialogue model (vhred)", "",
              f"Exported by `vhred export` on {header['exported_from']['date']} from "
@@ -152,9 +157,9 @@ def model_card(header: dict, vals: list[dict]) -> str:
              f"- Data: {data}; utterances cut to {cfg['max_utt_len']} tokens, {cfg['max_context']} context turns.",
              "- Model: " + ", ".join(f"{k}={v}" for k, v in arch.items()) + ".",
              f"- Training: {cfg['epochs']} epochs (max_steps {cfg['max_steps']}), batch {cfg['batch_size']}, "
-             f"lr {cfg['lr']}, {kl_schedule(cfg)}, "
+             f"lr {cfg['lr']}, " + (f"{kl_schedule(cfg)}, " if has_kl else "") +
              f"seed {cfg['seed']}. The full config is config.json's \"config\".", ""]
-    lines += validation_table(vals)
+    lines += validation_table(vals, has_kl)
     lines += ["## Load it", "", "From this folder:", "", "```python", "import vhred",
               'bot = vhred.load(".")   # this folder', 'print(bot.respond(["Hi! Where is the station?"])[0].text)',
               "```", "",
@@ -164,7 +169,7 @@ def model_card(header: dict, vals: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def validation_table(vals: list[dict]) -> list[str]:
+def validation_table(vals: list[dict], has_kl: bool = True) -> list[str]:
     if not vals:
         return ["No validation figures: the run folder held no metrics.jsonl.", ""]
     finite = [r for r in vals if math.isfinite(r.get("elbo_per_token", math.inf))] or vals   # training skips a NaN
@@ -173,11 +178,13 @@ def validation_table(vals: list[dict]) -> list[str]:
     out = ["## Validation (from the run's metrics.jsonl)", "",
            "| | step | " + " | ".join(VAL_FIGURES) + " |", "|---|---|" + "---|" * len(VAL_FIGURES)]
     for name, r in rows:
-        cells = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "")) for k in VAL_FIGURES]
+        cells = ["–" if k == "kl_per_utt" and not has_kl else f"{r[k]:.3f}" if isinstance(r.get(k), float)
+                 else str(r.get(k, "")) for k in VAL_FIGURES]
         out.append(f"| {name} | {r.get('step')} | " + " | ".join(cells) + " |")
-    return out + ["", "elbo_per_token: the negative ELBO per token (lower is better), an upper bound on "
-                  "the NLL; ppl: exp of it; kl_per_utt: KL of the posterior from the prior per utterance "
-                  "(VHRED); active_units: latent dimensions the model uses.", ""]
+    loss = ("the negative ELBO per token (lower is better), an upper bound on the NLL" if has_kl else
+            "the reconstruction loss per token (lower is better): this family has no KL term, so it is no ELBO")
+    return out + ["", f"elbo_per_token: {loss}; ppl: exp of it; kl_per_utt: KL of the posterior from the prior "
+                  "per utterance (– without a KL term); active_units: latent dimensions the model uses.", ""]
 
 
 def kl_schedule(cfg: dict) -> str:

@@ -4,7 +4,8 @@
                         header and raw bytes; reading it runs no code, unlike a pickle)
     config.json         {"format": "vhred-model-folder", "format_version": 1, "model_type",
                         "vocab_size", "special_ids", "config": the run's full config, "trained",
-                        "tied_weights": {name: the tensor it is a copy of}, "weights_sha256"}
+                        "tied_weights": {name: the tensor it is a copy of}, "weights_sha256",
+                        "tokenizer_sha256"}
     tokenizer.model     the SentencePiece model (ids: pad 0, unk 1, bos 2, eos 3)
 
 `vhred export` (vhred/export.py) writes one from a checkpoint; loading.load_model reads one
@@ -43,14 +44,14 @@ def _tagged(config_path: str) -> bool:
 
 def write(folder: str, weights: dict, header: dict, tokenizer: bytes) -> None:
     """Write the three files into folder (made if missing), each whole or not at all.
-    header: config.json's fields but the format tag and the weights' hash, which are added here."""
+    header: config.json's fields but the format tag and the files' hashes, which are added here."""
     os.makedirs(folder, exist_ok=True)
     tensors, tied = untie(weights)
     data = _safetensors_bytes(tensors)   # written by Python: a full disk is an OSError naming the file
     write_bytes(os.path.join(folder, WEIGHTS), data)
     write_bytes(os.path.join(folder, TOKENIZER), tokenizer)
     config = {"format": FORMAT, "format_version": VERSION, **header, "tied_weights": tied,
-              "weights_sha256": hashlib.sha256(data).hexdigest()}
+              "weights_sha256": hashlib.sha256(data).hexdigest(), "tokenizer_sha256": hashlib.sha256(tokenizer).hexdigest()}
     write_bytes(os.path.join(folder, CONFIG), (json.dumps(config, indent=1) + "\n").encode())
 
 
@@ -92,6 +93,9 @@ def read(folder: str) -> dict:
                               "(corrupt, or changed: export again, or delete that key if you changed them on purpose)")
     with open(os.path.join(folder, TOKENIZER), "rb") as f:
         tokenizer = f.read()
+    if header.get("tokenizer_sha256") not in (None, hashlib.sha256(tokenizer).hexdigest()):   # another run's pieces
+        raise CheckpointError(f"{folder}/{TOKENIZER} is not the tokenizer these weights were trained with (it does not "
+                              "match the tokenizer_sha256 of config.json); put back the exported one, or export again")
     weights = read_weights(weights_path)
     tied = header.get("tied_weights") or {}
     if not isinstance(tied, dict) or not all(isinstance(v, str) and v in weights for v in tied.values()):
