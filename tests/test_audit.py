@@ -234,6 +234,19 @@ def test_a_jsonl_run_evaluates_from_its_remembered_path_after_the_working_folder
     os.remove(moved / "talk.jsonl")
     with pytest.raises(DataError, match=f"{data}/talk.jsonl, the file this model trained on, is not here: put it back"):
         split_dialogues(cfg, "test")
+    # trained with an absolute data=, which names the same place from every folder: the file moved
+    # beside the user is found by its name, and its SHA-256 checked
+    absolute = replace(cfg, data=str(data / "talk.jsonl"))
+    (moved / "talk.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="is not here: put it back, or run from a folder that holds talk.jsonl$"):
+        split_dialogues(absolute, "test")
+    monkeypatch.chdir(moved)
+    assert split_dialogues(absolute, "test") == [[f"hello {i} .", f"hi {i} !", "bye ."] for i in range(35, 40)]
+    (moved / "talk.jsonl").write_text(lines[0] + "\n")   # another file of that name: refused, not read
+    with pytest.raises(DataError, match="talk.jsonl is not the file this model trained on"):
+        split_dialogues(absolute, "test")
 
 
 def test_a_split_without_dialogues_is_one_line_that_names_another(tiny_cfg, tmp_path):

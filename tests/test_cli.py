@@ -123,7 +123,9 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["compare", "--table", ""], "--table '' is not a table's path; give one without .md/.json"),
     (["compare", "--table", os.path.join(ROOT, "vhred")], "is not a table's path"),
     (["compare", "--table", os.path.join(ROOT, "README.md", "t")], "/README.md is a file, not a folder"),
-    (["nearest", "--previous-weight", "nan"], "--previous-weight a finite number"),
+    (["nearest", "--previous-weight", "nan"], "--previous-weight between 0 and 100"),
+    (["nearest", "--previous-weight", "1e308"], "--previous-weight between 0 and 100"),   # weight x idf overflowed
+    (["nearest", "data=/nonexistent/talk.jsonl"], "data file /nonexistent/talk.jsonl not found"),   # no model trained on it
     (["nearest", "--out", os.path.join(ROOT, "README.md")], "/README.md is a file; give a folder for the report"),
     (["plot", os.path.join(ROOT, "vhred")], "/vhred/metrics.jsonl not found; is " + ROOT + "/vhred a run folder?"),
     (["serve", "--device", "tpu"], "device must be auto, cpu or cuda"),

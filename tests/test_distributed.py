@@ -115,6 +115,19 @@ def test_auto_precision_takes_native_bf16_only(monkeypatch):
     assert device.use_bf16("bf16", torch.device("cpu"), 1) and not device.use_bf16("fp32", cuda, 10 ** 6)
 
 
+def test_a_gpu_that_is_not_there_or_not_a_gpu_name_is_one_line(monkeypatch):
+    """On a machine with one GPU, --device cuda:abc reached torch.device, whose error is a traceback."""
+    from vhred.errors import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name in ("cuda:abc", "cuda:-1", "cuda:", "cuda0", "cuda:0 "):
+        with pytest.raises(ConfigError, match=r"device must be auto, cpu or cuda \(cuda:N for the N-th GPU\)"):
+            device.pick_device(name)
+    with pytest.raises(ConfigError, match="device=cuda:1, but this machine has 1 GPU\\(s\\), cuda:0 to cuda:0"):
+        device.pick_device("cuda:1")
+    assert device.pick_device("cuda:0") == torch.device("cuda:0")
+
+
 def test_tf32_is_set_by_training_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -494,3 +494,40 @@ def test_the_eval_scripts_say_a_missing_file_in_one_line(module, argv, capsys, t
         importlib.import_module(module).main(argv)
     err = capsys.readouterr().err
     assert stop.value.code in (1, 2) and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_a_second_report_under_one_name_with_other_settings_is_refused_before_the_work(trained, dailydialog_zip,
+                                                                                      tmp_path, monkeypatch, capsys):
+    """Results are named by protocol, split and tag: eval of last.pt after best.pt, or another
+    --seed, replaced the first figures without a word. The same settings again replace them."""
+    import shutil
+    from vhred import evaluate, nearest, rank
+    monkeypatch.setenv("DAILYDIALOG_SRC", dailydialog_zip)
+    run = str(tmp_path / "run")
+    shutil.copytree(trained["hred"], run)
+    quick = ["--max-contexts", "2", "--num-samples", "1", "--iw-samples", "0", "--method", "greedy", "--device", "cpu"]
+    evaluate.main(["--checkpoint", run, *quick])
+    report = os.path.join(run, "results-ours-test-first2.json")
+    before = open(report).read()
+    for argv, said in ((["--checkpoint", os.path.join(run, "last.pt"), *quick], "checkpoint file 'best.pt' there, 'last.pt' now"),
+                       (["--checkpoint", run, *quick, "--seed", "3"], "seed 0 there, 3 now")):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv)
+        assert e.value.code == 2 and open(report).read() == before
+    with pytest.raises(InputError, match=f"{report} holds the figures of other settings \\(seed 0 there, 3 now\\): "
+                                         "give --tag NAME to keep both"):
+        evaluate.check_replaces_its_own(report, os.path.join(run, "best.pt"), {**json.load(open(report))["settings"],
+                                                                               "seed": 3}, "give --tag NAME to keep both")
+    evaluate.main(["--checkpoint", os.path.join(run, "best.pt"), *quick, "--device", "auto"])   # the same figures: replaced
+    evaluate.main(["--checkpoint", os.path.join(run, "last.pt"), *quick, "--tag", "last"])   # both kept
+    assert json.load(open(report))["checkpoint"].endswith("best.pt")
+    assert json.load(open(os.path.join(run, "results-ours-test-last.json")))["checkpoint"].endswith("last.pt")
+    rank.main(["--checkpoint", run, "--max-contexts", "2", "--iw-samples", "1", "--device", "cpu"])
+    with pytest.raises(SystemExit):
+        rank.main(["--checkpoint", run, "--max-contexts", "2", "--iw-samples", "1", "--distractors", "4"])
+    assert "rank-test-first2.json holds the figures of other settings (distractors 9 there, 4 now)" in capsys.readouterr().err
+    out = str(tmp_path / "nearest")
+    args = ["--config", f"{ROOT}/configs/tiny.yaml", "--max-contexts", "3", "--out", out, f"data_dir={tmp_path / 'data'}"]
+    nearest.main(args)
+    with pytest.raises(InputError, match="give another --out to keep both"):
+        nearest.parse_args([*args, "--samples", "2"])

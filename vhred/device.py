@@ -7,6 +7,8 @@ autocast adds, not by matmul throughput. bf16 won at batch 512 (501k vs 452k). S
 bf16 on a bf16-capable GPU from BF16_MIN_BATCH dialogues per step, fp32 (TF32 matmuls)
 below that, and fp32 on CPUs, where bf16 was not faster either (README, "Precision").
 """
+import re
+
 import torch
 
 from .errors import ConfigError
@@ -16,10 +18,13 @@ BF16_MIN_BATCH = 256   # per-process batch from which bf16 autocast beats fp32+T
 
 def pick_device(name: str = "auto") -> torch.device:
     """"auto" (a CUDA GPU when one is visible, else the CPU), "cpu" or "cuda"."""
-    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
-        raise ConfigError(f"device must be auto, cpu or cuda, got '{name}'")
+    if name not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d{1,4})?", name):   # torch's own error is a traceback
+        raise ConfigError(f"device must be auto, cpu or cuda (cuda:N for the N-th GPU), got '{name}'")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA GPU is visible; use device=auto or device=cpu")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}, but this machine has {torch.cuda.device_count()} GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -175,6 +175,33 @@ def report_paths(run_dir: str, protocol: str, split: str, tag: str, max_contexts
     return [os.path.join(run_dir, f) for f in (f"results-{name}.json", f"results-{name}.md", f"samples-{name}.jsonl")]
 
 
+# settings that leave the figures as they are: where the model was read from, on which device, the files' names
+NEUTRAL_SETTINGS = ("checkpoint", "device", "tag", "out")
+
+
+def check_replaces_its_own(path: str, checkpoint_file: str | None, settings: dict, hint: str) -> None:
+    """Refuse, before the work, to replace a results file that holds another checkpoint file's
+    figures or those of other settings: a second run under the same name (last.pt after best.pt,
+    --iw-samples 0 after the hours of a whole split's bound) lost the first's without a word. A
+    rerun of the same settings replaces it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+    except (OSError, ValueError):   # none yet, or not a report: the write decides
+        return
+    if not isinstance(old, dict) or not isinstance(old.get("settings"), dict):
+        return
+    before = {k: v for k, v in old["settings"].items() if k not in NEUTRAL_SETTINGS}
+    now = {k: v for k, v in json.loads(json.dumps(json_safe(settings))).items() if k not in NEUTRAL_SETTINGS}
+    if checkpoint_file and isinstance(old.get("checkpoint"), str):
+        before["checkpoint file"] = os.path.basename(old["checkpoint"])
+        now["checkpoint file"] = os.path.basename(checkpoint_file)
+    differ = [k for k in now if k in before and before[k] != now[k]]   # a key an older file lacks: not compared
+    if differ:
+        said = "; ".join(f"{k} {before[k]!r} there, {now[k]!r} now" for k in differ[:3])
+        raise InputError(f"{path} holds the figures of other settings ({said}): {hint}")
+
+
 def write_report(run_dir: str, results: dict, rows: list[dict], title: str) -> list[str]:
     """Write the samples, the results as JSON and as Markdown (named by report_name); returns the three paths."""
     settings = results["settings"]
@@ -228,8 +255,10 @@ def main(argv=None):
     args = parse_args(argv)
     opts = options_from_args(args)
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
-    for out in report_paths(checkpoint.results_folder(path), args.protocol, args.split, args.tag, args.max_contexts):
+    outs = report_paths(checkpoint.results_folder(path), args.protocol, args.split, args.tag, args.max_contexts)
+    for out in outs:
         check_output(out)   # a folder one may not write in: found now, not after the evaluation
+    check_replaces_its_own(outs[0], path, vars(args), "give --tag NAME to keep both, or delete it to replace them")
     model, cfg, sp = loading.load_model(path, pick_device(args.device), args.pool_with)
     resolved = ranking(model, opts)   # a ranking this model (or its pool) cannot do is refused first
     if opts.rank != "none" and not args.pool_with:   # with a pool, "auto" is each run's own: kept so

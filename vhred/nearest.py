@@ -24,7 +24,7 @@ import torch
 from . import config
 from .cli import command, Parser, program
 from .errors import InputError
-from .evaluate import markdown, write_report
+from .evaluate import check_replaces_its_own, markdown, report_paths, write_report
 from .metrics import dialogwae
 from .sources import split_dialogues
 
@@ -74,6 +74,9 @@ class Index:
 
 
 POOL = 200   # the most similar turns read for the default 10 replies
+# The previous turn's weight against the last's 1: 0.5 by default; far above, the last turn no longer
+# counts, and near 1e308 weight x idf overflows and every vector of a context with two turns reads as 0.
+MAX_PREVIOUS_WEIGHT = 100.0
 
 
 def distinct(replies: list[str], k: int) -> list[str]:
@@ -101,12 +104,18 @@ def parse_args(argv):
     p.add_argument("--out", default="runs/nearest-neighbour", help="report folder (default %(default)s)")
     p.add_argument("overrides", nargs="*", help="config key=value, e.g. data_dir=...")
     args = p.parse_args(argv)
-    if args.samples < 1 or args.max_contexts < 0 or not 0 <= args.previous_weight < math.inf:   # NaN fails too
-        raise InputError("--samples must be positive, --max-contexts not negative and --previous-weight a finite "
-                         "number, not negative")
+    if args.samples < 1 or args.max_contexts < 0 or not 0 <= args.previous_weight <= MAX_PREVIOUS_WEIGHT:   # NaN fails
+        raise InputError(f"--samples must be positive, --max-contexts not negative and --previous-weight between 0 "
+                         f"and {MAX_PREVIOUS_WEIGHT:g}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):   # found before the minute of scoring
         raise InputError(f"--out {args.out} is a file; give a folder for the report")
+    check_replaces_its_own(report_paths(args.out, "dialogwae", args.split, "", args.max_contexts)[0], None,
+                           settings(args), "give another --out to keep both, or delete it to replace them")
     return args
+
+
+def settings(args) -> dict:
+    return {**vars(args), "tag": ""}
 
 
 @command
@@ -114,14 +123,14 @@ def main(argv=None):
     args = parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     t0 = time.time()
-    train = split_dialogues(cfg, "train")
+    train = split_dialogues(cfg, "train", trained=False)
     index = Index(train, args.previous_weight)
-    pairs = dialogwae.targets(split_dialogues(cfg, args.split))[:args.max_contexts or None]
+    pairs = dialogwae.targets(split_dialogues(cfg, args.split, trained=False))[:args.max_contexts or None]
     found = index.nearest([c for c, _ in pairs], args.samples)
     metrics, seen = dialogwae.report(train, pairs, [[(r, True) for r in replies] for replies in found])
     rows = [{"context": c, "reference": r, "samples": f, "seen_in_training": s} for (c, r), f, s in zip(pairs, found, seen)]
     results = {"model": "nearest-neighbour", "split": args.split, "protocol": "dialogwae", "metrics": metrics,
-               "settings": {**vars(args), "tag": ""}, "seconds": time.time() - t0}
+               "settings": settings(args), "seconds": time.time() - t0}
     os.makedirs(args.out, exist_ok=True)
     title = f"nearest neighbour (no model) on the {args.split} split, dialogwae protocol"
     paths = write_report(args.out, results, rows, title)

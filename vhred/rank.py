@@ -17,7 +17,7 @@ from . import checkpoint, limits, loading
 from .cli import command, Parser, program
 from .config import MAX_INT
 from .device import pick_device
-from .evaluate import check_tag, report_name
+from .evaluate import check_replaces_its_own, check_tag, report_name
 from .files import check_output, json_safe, output_file
 from .loading import chosen_checkpoint
 from .render import encode_turns
@@ -63,6 +63,7 @@ def main(argv=None):
     path = checkpoint.resolve(chosen_checkpoint(args.checkpoint))
     out = os.path.join(checkpoint.results_folder(path), f"{report_name('rank', args.split, args.tag, args.max_contexts)}.json")
     check_output(out)   # a folder one may not write in: found now, not after the scoring
+    check_replaces_its_own(out, path, vars(args), "give --tag NAME to keep both, or delete it to replace them")
     model, cfg, sp = loading.load_model(path, pick_device(args.device))
     triples = context_triples(split_dialogues(cfg, args.split), cfg.max_context)
     sets = candidate_sets(triples, args.distractors, args.seed)   # drawn from the whole split
@@ -75,7 +76,7 @@ def main(argv=None):
     print(file=sys.stderr)
     result = {"checkpoint": path, "model": cfg.arch.model, "split": args.split, "contexts": len(triples),
               "candidates": args.distractors + 1, "iw_samples": args.iw_samples, "seed": args.seed,
-              "metrics": metrics, "seconds": round(time.time() - t0, 1)}
+              "metrics": metrics, "settings": vars(args), "seconds": round(time.time() - t0, 1)}
     with output_file(out) as f:   # whole or not at all
         json.dump(json_safe(result), f, indent=1, allow_nan=False)
     print(json.dumps(result))

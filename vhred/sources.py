@@ -444,19 +444,22 @@ def scan_jsonl(path: str, seed: int) -> dict:
     return {"dialogues": counts, "skipped_lines": skipped}
 
 
-def split_dialogues(cfg, split: str) -> list[list[str]]:
-    """The dialogues of a split of the checkpoint's own data source, as training split it."""
+def split_dialogues(cfg, split: str, trained: bool = True) -> list[list[str]]:
+    """The dialogues of a split of the checkpoint's own data source, as training split it
+    (trained=False: of a config's data, which no model read: vhred nearest)."""
     if cfg.data == "dailydialog":
         src = find_dailydialog(cfg.data_dir, remembered=cfg.data_source)   # as training found it
         dialogues = read_dailydialog(src)[split]
     else:
-        src = trained_jsonl(cfg)
+        src = trained_jsonl(cfg) if trained else cfg.data
+        if not trained and not os.path.isfile(src):
+            raise no_data_file(src)
         dialogues = [d for s, d in iter_jsonl(src, cfg.seed) if s == split]
     dialogues = [d for d in dialogues if len(d) > 1]
     if not dialogues:
         other = "--split validation" if split == "test" else "a file with dialogues in every split"
         raise DataError(f"{src} holds no {split} dialogues of two turns or more: use {other}, "
-                                f'or give some lines "split": "{split}" and train again')
+                        f'or give some lines "split": "{split}"' + (" and train again" if trained else ""))
     return dialogues[:cfg.max_dialogues] if cfg.max_dialogues else dialogues
 
 
@@ -467,10 +470,13 @@ def trained_jsonl(cfg) -> str:
     """The JSONL file the checkpoint trained on: where training read it (data_source), else data=
     from here; refused when its bytes differ from training's, since the seeded 90/5/5 split follows
     line numbers and an edited file would score training dialogues as held-out ones."""
-    path = cfg.data_source if os.path.isfile(cfg.data_source) else cfg.data
-    if not os.path.isfile(path):
+    here = os.path.basename(cfg.data)   # moved beside the user: found by its name, and checked below
+    path = next((p for p in (cfg.data_source, cfg.data, here if cfg.data_sha256 else "") if p and os.path.isfile(p)), "")
+    if not path:
+        where = (f"a folder that holds {here}" if os.path.isabs(cfg.data) else
+                 f"the folder where data={cfg.data} names it, or from one that holds {here}")
         raise DataError(f"{cfg.data_source or cfg.data}, the file this model trained on, is not here: put it "
-                                f"back, or run from the folder where data={cfg.data} names it")
+                        f"back, or run from {where}")
     if cfg.data_sha256:   # checkpoints from before it was recorded are taken as they are
         st = os.stat(path)
         key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
