@@ -231,7 +231,7 @@ def test_counts_beyond_their_cap_are_refused_in_one_line_before_any_work(module,
 
 def test_the_api_caps_counts_as_the_flags_do(trained):
     bot = vhred.load(trained["vhred"], device="cpu")
-    for kwargs, match in (({"n": 10 ** 6}, "num_samples must be"), ({"max_len": 10 ** 6}, "max_len must be"),
+    for kwargs, match in (({"n": 10 ** 6}, "n must be between 1 and 1,000"), ({"max_len": 10 ** 6}, "max_len must be"),
                           ({"method": "beam", "beam": 10 ** 6}, "beam must be"),
                           ({"temperature": 10 ** 400, "method": "sample"}, "temperature must be")):
         with pytest.raises(InputError, match=match):
