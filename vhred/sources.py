@@ -473,7 +473,7 @@ def trained_jsonl(cfg) -> str:
     here = os.path.basename(cfg.data)   # moved beside the user: found by its name, and checked below
     path = next((p for p in (cfg.data_source, cfg.data, here if cfg.data_sha256 else "") if p and os.path.isfile(p)), "")
     if not path:
-        where = (f"a folder that holds {here}" if os.path.isabs(cfg.data) else
+        where = (f"a folder that holds {here}" if os.path.isabs(cfg.data) or cfg.data == here else
                  f"the folder where data={cfg.data} names it, or from one that holds {here}")
         raise DataError(f"{cfg.data_source or cfg.data}, the file this model trained on, is not here: put it "
                         f"back, or run from {where}")
