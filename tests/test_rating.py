@@ -189,7 +189,8 @@ def test_a_key_broken_inside_is_one_line(tmp_path, systems, capsys, mend):
 
 def test_pack_refuses_systems_of_other_contexts(tmp_path, systems, capsys):
     other = tmp_path / "other.jsonl"
-    other.write_text(json.dumps({"context": ["Something else"], "samples": ["x"]}) + "\n")
+    other.write_text(json.dumps({"context": ["Something else"], "samples": ["x"]}) + "\n"
+                     + "".join(open(systems[0]).readlines()[1:]))   # as many contexts, the first another
     with pytest.raises(SystemExit):
         rate.main(["pack", "--system", f"a={systems[0]}", "--system", f"b={other}",
                    "--out", str(tmp_path / "p"), "--key", str(tmp_path / "k")])
@@ -734,3 +735,37 @@ def test_precedents_weigh_the_same_replys_labels_by_how_alike_the_turns_are():
     assert bank.kept(request, [40]) == 0.25                       # never rated: the prior
     p = bank.kept(request, [20, 21])
     assert bank.logits([[[3], request]], [[20, 21]]) == pytest.approx([math.log(p / (1 - p))])
+
+
+def test_packs_of_the_same_draws_in_other_forms_share_no_id(tmp_path, systems):
+    """A 1-reply pack of the same systems drew the 2-reply pack's first ids for other replies: a
+    rater's answers to one then scored against the other's key, credited to the wrong system."""
+    _, two = pack(tmp_path, systems)
+    for extra in (["--per-context", "1"], ["--pairwise"]):
+        folder = tmp_path / extra[-1]
+        folder.mkdir()
+        _, other = pack(folder, systems, *extra)
+        assert not set(two["items"]) & set(other["items"]), extra
+
+
+def test_pack_writes_over_no_key_and_rates_all_contexts_only_when_every_system_has_them(tmp_path, systems, capsys):
+    """--out over another pack's key lost it silently; --contexts 0 ("all") with a system cut
+    short rated the shortest's count and dropped the others' rest without a word."""
+    pack(tmp_path, systems)
+    key = tmp_path / "key.json"
+    kept = key.read_text()
+    with pytest.raises(SystemExit):
+        rate.main(["pack", "--system", f"old={systems[0]}", "--out", str(key), "--key", str(tmp_path / "k2.json")])
+    assert "--out " + str(key) + " holds the key of a pack" in capsys.readouterr().err and key.read_text() == kept
+    with pytest.raises(SystemExit):   # a --key over the pack the rater reads: no key, named as such
+        rate.main(["pack", "--system", f"old={systems[0]}", "--out", str(tmp_path / "p2.txt"), "--key", str(tmp_path / "pack.txt")])
+    assert "pack.txt exists and is not this pack's key (a pack, another file?)" in capsys.readouterr().err
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(open(systems[1]).readlines()[:2]))
+    argv = ["pack", "--system", f"old={systems[0]}", "--system", f"new={short}", "--out", str(tmp_path / "p3.txt"),
+            "--key", str(tmp_path / "k3.json")]
+    with pytest.raises(SystemExit):
+        rate.main(argv)
+    assert "system 'new' answers 2 contexts and the others up to 3" in capsys.readouterr().err
+    rate.main([*argv, "--contexts", "2"])
+    assert len(json.load(open(tmp_path / "k3.json"))["contexts"]) == 2

@@ -83,7 +83,13 @@ def read_system(spec: str) -> tuple[str, str, list[dict]]:
 def same_contexts(systems: dict, n: int) -> list[list[str]]:
     """The first n contexts (0: all), which every system must share, in the same order."""
     first = next(iter(systems.values()))
-    n = n or min(len(rows) for rows in systems.values())
+    counts = {name: len(rows) for name, rows in systems.items()}
+    if not n and len(set(counts.values())) > 1:   # a generate cut short: not all, and the others' rest dropped
+        fewest = min(counts, key=counts.get)
+        raise InputError(f"system '{fewest}' answers {counts[fewest]} contexts and the others up to "
+                         f"{max(counts.values())}: decode every system from the same contexts file, or give "
+                         f"--contexts {counts[fewest]} to rate the first {counts[fewest]}")
+    n = n or len(first)
     for name, rows in systems.items():
         if len(rows) < n:
             raise InputError(f"system '{name}' answers {len(rows)} contexts, fewer than the {n} asked for")
@@ -204,12 +210,15 @@ HEADER = {
 }
 
 
-def pack_seed(seed: int, systems: dict, contexts: list) -> str:
+def pack_seed(seed: int, systems: dict, contexts: list, kind: str = "pointwise", per_context: int = 5) -> str:
     """The seed of a pack's ids and order: --seed and what the pack shows, so the same command
     gives the same pack, and packs of other replies get other ids (answers to one then cannot be
-    scored against another's key without an error)."""
+    scored against another's key without an error). The form and --per-context count too: a
+    3-reply pack of the same draws drew the 5-reply pack's first ids for other replies. (The
+    default form, pointwise with 5, adds nothing: the committed rounds' packs keep their ids.)"""
     shown = {name: [r["samples"] for r in rows[:len(contexts)]] for name, rows in systems.items()}
-    text = json.dumps([seed, contexts, shown], ensure_ascii=False, sort_keys=True)
+    form = [] if (kind, per_context) == ("pointwise", 5) else [kind, per_context]
+    text = json.dumps([seed, contexts, shown, *form], ensure_ascii=False, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -225,8 +234,8 @@ def write_pack(args):
     if args.per_context < 1 or args.contexts < 0:
         raise InputError("--per-context must be at least 1 and --contexts not negative")
     contexts = same_contexts(systems, args.contexts)
-    rng = random.Random(pack_seed(args.seed, systems, contexts))
     kind = "pairwise" if args.pairwise else "pointwise"
+    rng = random.Random(pack_seed(args.seed, systems, contexts, kind, args.per_context))
     lines, items = (pack_pairwise if args.pairwise else pack_pointwise)(systems, contexts, args.per_context, rng)
     header = [h.format(n=len(items), c=len(contexts)) for h in HEADER[kind]]
     key = {"kind": kind, "seed": args.seed, "per_context": args.per_context, "systems": sources,
@@ -255,8 +264,22 @@ def check_pack_paths(out: str, key: str, inputs, key_text: str) -> None:
     if os.path.isfile(key):
         with open(key, encoding="utf-8", errors="replace") as f:
             if f.read() != key_text:
-                raise InputError(f"{key} holds the key of another pack (answers to it would no longer score): "
-                                 "remove it, or give another --key")
+                what = ("holds the key of another pack (answers to it would no longer score)" if is_key(key)
+                        else "exists and is not this pack's key (a pack, another file?)")
+                raise InputError(f"{key} {what}: remove it, or give another --key")
+    if is_key(out):
+        raise InputError(f"--out {out} holds the key of a pack (answers to it would no longer score): "
+                         "give another --out")
+
+
+def is_key(path: str) -> bool:
+    """Whether path holds a key that `rate pack` wrote."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(key, dict) and "items" in key and key.get("kind") in ("pointwise", "pairwise")
 
 
 def training_lexicon(run: str) -> frozenset:
