@@ -277,3 +277,26 @@ def test_bench_makes_its_runs_folders_beside_the_report_not_in_the_working_folde
     assert [r["config"] for r in rows] == [os.path.join(ROOT, "configs", "tiny.yaml")] and rows[0]["train_tokens_per_s"] > 0
     assert (report.parent / "bench-tiny.yaml" / "config.json").exists()
     assert list(elsewhere.iterdir()) == []   # no runs/bench where the command was started
+
+
+@pytest.mark.slow   # torchrun, as a user runs it
+def test_a_rank_that_fails_alone_leaves_its_one_line_and_no_traceback_of_the_others(tmp_path):
+    """data= relative to a folder that only rank 0's machine has: rank 1 said why in one line, and
+    rank 0, waiting in a collective, printed a gloo traceback of the connection rank 1 closed."""
+    import stat
+    lines = [json.dumps({"dialog": [f"hello {i} .", f"hi {i} !", "bye ."]}) for i in range(60)]
+    for rank in (0, 1):
+        (tmp_path / f"node{rank}").mkdir()
+    (tmp_path / "node0" / "chats.jsonl").write_text("\n".join(lines) + "\n")
+    node = tmp_path / "node.sh"   # each rank starts in its own machine's folder
+    node.write_text(f'#!/bin/sh\ncd "{tmp_path}/node$RANK" && exec "{sys.executable}" -m vhred.train "$@"\n')
+    node.chmod(node.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python",
+                        str(node), "--config", os.path.join(ROOT, "configs", "tiny.yaml"), "data=chats.jsonl",
+                        "vocab_size=60", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'runs'}", "max_steps=2"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    ours = r.stderr.split("torch/distributed/elastic")[0]   # before torchrun's own report of a failed child
+    assert r.returncode != 0 and "[rank 1] error: data file chats.jsonl not found" in ours, child_errors(r)
+    assert "Traceback" not in ours and "[rank0]" not in ours, child_errors(r)
+    assert ours.count("\n") <= 3, child_errors(r)   # rank 1's line, rank 0's, the launcher's first

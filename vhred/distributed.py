@@ -93,12 +93,22 @@ def run_on_rank0(fn):
             result = fn()
         except BaseException as e:
             outcome = [2 if isinstance(e, UserError) else 1]
-            dist.broadcast_object_list(outcome, src=0)
+            try:
+                dist.broadcast_object_list(outcome, src=0)
+            except RuntimeError:   # the peers left already (a stop reached them too): this error stands
+                pass
             raise
     dist.broadcast_object_list(outcome, src=0)
     if outcome[0]:
         raise SystemExit(outcome[0])
     return result
+
+
+def peer_gone(e: BaseException) -> bool:
+    """Whether e is a collective failing because another process of the run has exited (its
+    own error, printed by it, is the one to read): gloo's and NCCL's words for a closed peer."""
+    return isinstance(e, RuntimeError) and any(
+        words in str(e) for words in ("Connection closed by peer", "Connection reset by peer", "Broken pipe"))
 
 
 def barrier():

@@ -49,7 +49,8 @@ def interrupted_while_starting(signum, frame):
     """Ctrl-C or SIGTERM while a command imports its modules: nothing is written yet, and an
     exception raised inside torch's or numpy's import can abort the process (SIGABRT) or become
     an ImportError. Exit 130 or 143, as the command's own handling (vhred/cli.py) later."""
-    print("interrupted", file=sys.stderr, flush=True)
+    if os.environ.get("RANK", "0") == "0":   # under torchrun every process gets the stop: one line
+        print("interrupted", file=sys.stderr, flush=True)
     os._exit(128 + signum)
 
 

@@ -645,7 +645,11 @@ def _progress_bar(total: int, p: Progress, epochs: int, disable: bool):
 
 def train(cfg: config.Config, log=print) -> Run:
     """Train until epochs or max_steps are done, or a stop is requested; resumable."""
-    run = Run(cfg, log)
+    try:
+        run = Run(cfg, log)
+    except BaseException:   # a refused resume, say: a process group left alive aborts the process at exit
+        distributed.cleanup()
+        raise
     run.log(f"{cfg.arch.model} with {run.model.num_params() / 1e6:.2f}M parameters on {run.device}"
             f"{' (bf16 autocast)' if run.bf16 else ''}; "
             f"{len(run.train_data)} training windows; run folder {run.dir}")
@@ -698,6 +702,11 @@ def main(argv=None):
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
         kept = f"; {last} is intact" if os.path.isfile(last) else ""   # never claim one that is not there
         raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
+    except RuntimeError as e:   # under torchrun: another process ended first, and said why itself
+        if not distributed.peer_gone(e):
+            raise
+        say("stopped: another process of this run ended (its error is above)")
+        sys.exit(1)
     except KeyboardInterrupt as e:   # a second Ctrl-C, or a stop while the data is prepared: no half-written file
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
         say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
