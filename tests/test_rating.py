@@ -320,6 +320,7 @@ def test_surface_metrics_are_shares():
     ("He says ' No ' .", "He says 'No'."),                  # one quoted word
     ("I ’ Ve got it , you ' Re right , he didn ' T go .", "I've got it, you're right, he didn't go."),
     ("Let me check ... yes . Wait ...", "Let me check... yes. Wait..."),
+    ("Yeah , OK ... !", "Yeah, OK...!"), ("OK ... ?", "OK...?"),   # the detokenizer joined the mark to the dots
     ("Hmm...yes", "Hmm... yes"),
     ("OK ... OK ... Anyway , it.It is", "OK... OK... Anyway, it. It is"),   # each of a run of glued marks
     ('He said " I can ’ t " , " you ’ re " .', 'He said "I can\'t", "you\'re".'),   # a quote ends on a contraction

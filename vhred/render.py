@@ -39,7 +39,7 @@ def _join_apostrophes(words: list[str]) -> list[str]:
 INITIALISM = re.compile(r"(?<!\S)[A-Za-z] \.(?: [A-Za-z] \.)+(?: \.)?(?!\S)")   # U . S . ; a . m . .
 MONEY = re.compile(r"([£€¥]) (?=\d)")   # the detokenizer joins $ 60 only
 CENTS = re.compile(r"(\d,\d{3})\. (\d+)\b")   # 2,699 . 00, as the corpus and TweetTokenizer split it
-TRAILING_DOTS = re.compile(r"(?<=\w) \.\.\.(?=\s|$)")   # "Wait ..." -> "Wait...", as mid-sentence
+TRAILING_DOTS = re.compile(r"(?<=\w) \.\.\.(?=[\s!?]|$)")   # "Wait ..." -> "Wait...", "OK ...!" -> "OK...!"
 # quote marks joined to their words travel through the detokenizer as characters it leaves alone
 QUOTE_STAND_IN = {'"': "\ue000", "'": "\ue001"}
 QUOTES_BACK = str.maketrans({v: k for k, v in QUOTE_STAND_IN.items()})
