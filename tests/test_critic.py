@@ -441,3 +441,39 @@ def test_the_discriminator_trial_refuses_too_few_contexts_to_hold_a_tenth_out(tr
         main(["--checkpoint", trained["vhred"], "--out", str(tmp_path / "out"), "--contexts", "3", "--split", "validation"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err == "error: the validation split gives 3 contexts; give --contexts 10 or more\n"
+
+
+def test_a_critic_of_another_tokenizer_is_refused_where_it_would_rank(vhred_model, trained, tmp_path, capsys):
+    """A critic copied from another run was used as it was: the model's ids read as other pieces
+    (a ranking silently wrong), or past its vocabulary (an IndexError from every reply)."""
+    import dataclasses
+    import shutil
+    from vhred import critic_train, loading
+    from vhred.tokenizer import train_tokenizer
+    model, cfg, sp = vhred_model
+    judge = critic.from_model(model, cfg.arch).eval()
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    mine = {"weights": judge.state_dict(), "arch": dataclasses.asdict(cfg.arch), "vocab_size": judge.encoder.vocab_size}
+    critic.save({**mine, "tokenizer_sha256": critic.tokenizer_sha256(sp)}, str(run))
+    assert loading.load_model(str(run))[0].reply_critic is not None   # its own: used
+    other = tmp_path / "other.model"   # another run's pieces, as many
+    train_tokenizer((f"line {i} of another corpus" for i in range(3000)), sp.get_piece_size(), str(other), 3000,
+                    model_type="word")
+    from vhred.tokenizer import load_tokenizer
+    critic.save({**mine, "tokenizer_sha256": critic.tokenizer_sha256(load_tokenizer(str(other)))}, str(run))
+    with pytest.raises(CheckpointError, match="is the critic of another model \\(trained with another tokenizer\\); "
+                                              "train it again with `vhred critic --checkpoint"):
+        loading.load_model(str(run))
+    critic.save({**mine, "vocab_size": sp.get_piece_size() + 100}, str(run))   # saved before the hash: its size
+    with pytest.raises(CheckpointError, match="is the critic of another model"):
+        loading.load_model(str(run))
+    P1 = os.path.join(ROOT, "eval", "ratings", "2026-12-03-critic-read", "p1")
+    (run / critic.FILE).write_bytes(b"\0" * 16)   # damaged: the command its message names replaces it
+    assert loading.load_model(str(run), critic_file=False)[0].reply_critic is None
+    with pytest.raises(SystemExit):   # every round held out: nothing left to train on, said as such
+        critic_train.main(["--checkpoint", str(run), "--ratings", P1, "--held-out", P1])
+    assert "every --ratings round is also --held-out" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        critic_train.main(["--checkpoint", str(run), "--ratings", P1, "--seed", str(10 ** 26)])
+    assert "--seed must be between" in capsys.readouterr().err

@@ -20,6 +20,7 @@ what tells a person's reply from the model's is not what makes a reader keep it.
 critic.safetensors sits in the run (or exported model) folder; loading.load_model attaches it
 to the model as model.reply_critic, and rank "auto", the default, orders candidates by it.
 """
+import hashlib
 import json
 import os
 from dataclasses import replace
@@ -180,18 +181,30 @@ def record(folder: str) -> dict | None:
         return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
 
 
-def load(run: str) -> Critic | None:
-    """The critic trained for a run folder, model folder or a checkpoint in one; None when it has none."""
+def tokenizer_sha256(sp) -> str:
+    """The SHA-256 of a tokenizer's model: the pieces a critic's ids stand for."""
+    return hashlib.sha256(sp.serialized_model_proto()).hexdigest()
+
+
+def load(run: str, sp=None) -> Critic | None:
+    """The critic trained for a run folder, model folder or a checkpoint in one; None when it has
+    none. Given the model's tokenizer sp, a critic of another tokenizer is refused: it would read
+    the model's ids as other pieces (a ranking silently wrong) or as ids past its own vocabulary."""
     from safetensors.torch import load_file
     folder = run if os.path.isdir(run) else os.path.dirname(run)
     path = os.path.join(folder, FILE)
     if not os.path.isfile(path):
         return None
+    again = f"train it again with `vhred critic --checkpoint {folder} --ratings $(cat eval/critic_rounds.txt)`"
     try:
         meta = record(folder)
+        if sp is not None and (meta["vocab_size"] != sp.get_piece_size()   # critics saved before the hash: the size
+                               or meta.get("tokenizer_sha256", tokenizer_sha256(sp)) != tokenizer_sha256(sp)):
+            raise CheckpointError(f"{path} is the critic of another model (trained with another tokenizer); {again}")
         critic = Critic(ModelConfig(**meta["arch"]), meta["vocab_size"], turn=meta.get("turn", 0))
         critic.load_state_dict(load_file(path))
+    except CheckpointError:
+        raise
     except Exception as e:   # safetensors raises errors of its own: any fault of the file is one line
-        raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); train it again with "
-                              f"`vhred critic --checkpoint {folder}`") from None
+        raise CheckpointError(f"{path} is unreadable ({str(e).splitlines()[0][:120]}); {again}") from None
     return critic.eval()

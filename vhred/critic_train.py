@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from . import answers, checkpoint, limits, loading
 from .cli import command, Parser, program
 from .config import MAX_INT
-from .critic import TURN, Critic, from_model, reply_ids, save
+from .critic import TURN, Critic, from_model, reply_ids, save, tokenizer_sha256
 from .errors import DataError, InputError, TrainingError
 
 CONTEXTS = 8        # contexts per step
@@ -155,7 +155,7 @@ def pair_accuracy(critic: Critic, data) -> float:
 def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: float, seed: int, turn: int = TURN,
           log=print, pretrain: int = PRETRAIN) -> dict:
     """Train a critic for a checkpoint's model on the rounds' labels; returns what critic.safetensors holds."""
-    model, cfg, sp = loading.load_model(path)
+    model, cfg, sp = loading.load_model(path, critic_file=False)   # the old critic, even a damaged one, is replaced
     data, held = encoded(rounds, sp, cfg), encoded(held_out, sp, cfg)
     if not data:
         raise InputError("the rounds hold no context whose replies the readers judged differently")
@@ -196,7 +196,8 @@ def train(path: str, rounds: list[str], held_out: list[str], steps: int, lr: flo
         result.update(held_out=[os.path.normpath(r) for r in held_out], held_out_pair_accuracy_start=start_held,
                       held_out_pair_accuracy=pair_accuracy(critic, held))
     return {"weights": critic.state_dict(), "arch": dataclasses.asdict(cfg.arch),
-            "vocab_size": critic.encoder.vocab_size, "turn": turn, "training": result}
+            "vocab_size": critic.encoder.vocab_size, "tokenizer_sha256": tokenizer_sha256(sp),
+            "turn": turn, "training": result}
 
 
 def parse_args(argv):
@@ -219,6 +220,7 @@ def parse_args(argv):
     limits.count("--steps", args.steps, 1, MAX_INT)
     limits.count("--turn", args.turn, 0, 1024)
     limits.count("--pretrain", args.pretrain, 0, MAX_INT)
+    limits.count("--seed", args.seed, 0, 2 ** 63 - 1)
     limits.number("--lr", args.lr, 0, 1)
     if args.lr == 0:
         raise InputError("--lr must be above 0: at 0 the critic would not learn")
@@ -233,6 +235,8 @@ def parse_args(argv):
     rounds, args.held_out = rating_rounds(args.ratings), rating_rounds(args.held_out)
     held_real = {os.path.realpath(h) for h in args.held_out}   # one round however its path is written
     args.rounds = [r for r in rounds if os.path.realpath(r) not in held_real]
+    if not args.rounds:
+        raise InputError("every --ratings round is also --held-out: leave some to train on")
     return args
 
 

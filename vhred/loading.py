@@ -13,10 +13,11 @@ from .models import build
 from .tokenizer import load_tokenizer
 
 
-def load_model(path: str, device="cpu", pool_with=()):
+def load_model(path: str, device="cpu", pool_with=(), critic_file: bool = True):
     """(model in eval mode, config, tokenizer) from a checkpoint file, a run folder or an
     exported model folder (read with safetensors, never torch.load). pool_with: other runs (of
-    the same tokenizer) whose draws join the model's in the chat's candidates (candidates.drawn)."""
+    the same tokenizer) whose draws join the model's in the chat's candidates (candidates.drawn).
+    critic_file=False: the folder's critic.safetensors is not read (vhred critic replaces it)."""
     path = checkpoint.resolve(path)
     state = modelfolder.read(path) if os.path.isdir(path) else checkpoint.load(path)
     cfg = checkpoint.config_of(state, path)
@@ -33,7 +34,7 @@ def load_model(path: str, device="cpu", pool_with=()):
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({str(e).splitlines()[0][:120]})") from None
     model = model.to(device).eval()
-    judge, table = critic.load(path), answers.load(path)
+    judge, table = critic.load(path, sp) if critic_file else None, answers.load(path)
     # kept outside the model's modules: its state_dict (what export and training save) stays the model's
     model.__dict__["reply_critic"] = judge.to(device) if judge is not None else None
     model.__dict__["sp"] = sp   # the critic reads replies as text, rendered as readers saw them
