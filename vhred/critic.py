@@ -198,8 +198,9 @@ def load(run: str, sp=None) -> Critic | None:
     again = f"train it again with `vhred critic --checkpoint {folder} --ratings $(cat eval/critic_rounds.txt)`"
     try:
         meta = record(folder)
+        ours = tokenizer_sha256(sp) if sp is not None else None
         if sp is not None and (meta["vocab_size"] != sp.get_piece_size()   # critics saved before the hash: the size
-                               or meta.get("tokenizer_sha256", tokenizer_sha256(sp)) != tokenizer_sha256(sp)):
+                               or meta.get("tokenizer_sha256", ours) != ours):
             raise CheckpointError(f"{path} is the critic of another model (trained with another tokenizer); {again}")
         critic = Critic(ModelConfig(**meta["arch"]), meta["vocab_size"], turn=meta.get("turn", 0))
         critic.load_state_dict(load_file(path))
