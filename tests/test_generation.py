@@ -219,6 +219,26 @@ def test_an_output_that_is_the_input_file_is_refused_and_the_file_kept(trained, 
     assert [(r["line"], r.get("id"), r["context"]) for r in rows] == [(1, None, ["hi there"]), (3, 7, ["bye"])]
 
 
+def test_an_output_that_is_not_an_earlier_output_is_refused_and_kept(trained, tmp_path, capsys):
+    """--output runs/x/best.pt replaced the model the command had just read (its tokenizer or
+    config alike): only an earlier output of generate, or an empty file, is written over."""
+    from vhred import generate as gen
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"context": ["hi there"]}\n')
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    for name in ("best.pt", "tokenizer.model", "config.json"):
+        before = (run / name).read_bytes()
+        with pytest.raises(SystemExit) as e:
+            gen.main(["--checkpoint", str(run), "--input", str(src), "--output", str(run / name), "--draws", "1"])
+        assert e.value.code == 2 and "is not an earlier output of vhred generate" in capsys.readouterr().err
+        assert (run / name).read_bytes() == before, name
+    out.write_text("")   # an empty file, then an earlier output: replaced
+    for _ in range(2):
+        gen.main(["--checkpoint", str(run), "--input", str(src), "--output", str(out), "--draws", "1"])
+        assert json.loads(out.read_text())["context"] == ["hi there"]
+
+
 def chat(lines, *args):
     r = subprocess.run([sys.executable, "-m", "vhred.chat", *args], cwd=ROOT, capture_output=True,
                        text=True, input="\n".join(lines) + "\n", timeout=120)

@@ -142,6 +142,23 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             yield from zip(chunk, found)
 
 
+def earlier_output(path: str) -> bool:
+    """Whether path is empty or holds this command's lines (JSON objects with "samples"), the only
+    file --output may replace. Its first line alone is read: not a checkpoint whole."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+    except OSError:
+        return False
+    if not first:
+        return True
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return False
+    return isinstance(row, dict) and "samples" in row
+
+
 @command
 def main(argv=None):
     p = Parser(prog=program("python -m vhred.generate"),
@@ -158,6 +175,9 @@ def main(argv=None):
     if os.path.exists(args.output) and os.path.exists(args.input) and os.path.samefile(args.input, args.output):
         raise InputError(f"--output {args.output} is the --input file: writing it would lose the contexts "
                          "(and any line skipped); give another --output")
+    if os.path.isfile(args.output) and not earlier_output(args.output):   # a checkpoint, its tokenizer, a config
+        raise InputError(f"--output {args.output} exists and is not an earlier output of vhred generate: "
+                         "writing it would lose it; give another --output")
     contexts, zs, linenos, extras = read_contexts(args.input)   # a bad input file is refused before the model loads
     if args.return_z and args.pool_with:
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
