@@ -69,6 +69,14 @@ def test_help_lists_the_subcommands(capsys):
     assert all(f"  {name} " in out for name in SUBCOMMANDS)
 
 
+def test_compares_help_tells_all_it_measures(capsys):
+    """Its description, cut at the first blank line, ended on "the same way:" before the list."""
+    with pytest.raises(SystemExit):
+        vhred_main.main(["compare", "--help"])
+    out = capsys.readouterr().out
+    assert "DialogWAE's protocol  BLEU recall" in out and "R@1 and MRR" in out and "vhred nearest" in out
+
+
 @pytest.mark.parametrize("name", SUBCOMMANDS)
 def test_a_malformed_flag_is_one_error_line_that_names_the_command_not_its_usage(name, capsys, monkeypatch):
     monkeypatch.setattr(cli, "INVOKED_AS", None)
@@ -123,6 +131,7 @@ def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_fl
     (["compare", "--table", ""], "--table '' is not a table's path; give one without .md/.json"),
     (["compare", "--table", os.path.join(ROOT, "vhred")], "is not a table's path"),
     (["compare", "--table", os.path.join(ROOT, "README.md", "t")], "/README.md is a file, not a folder"),
+    (["compare", "--out-dir", os.path.join(ROOT, "README.md")], "/README.md is a file; give a folder for the rows' runs"),
     (["nearest", "--previous-weight", "nan"], "--previous-weight between 0 and 100"),
     (["nearest", "--previous-weight", "1e308"], "--previous-weight between 0 and 100"),   # weight x idf overflowed
     (["nearest", "data=/nonexistent/talk.jsonl"], "data file /nonexistent/talk.jsonl not found"),   # no model trained on it

@@ -17,6 +17,7 @@ one table, Markdown and JSON, to docs/ (the command line that made it beside it)
 A run folder that is already trained to the step budget is evaluated again, not retrained.
 `--reference RUN` adds a row for a finished run (the reference config, `make train`).
 """
+import argparse
 import json
 import os
 import platform
@@ -69,7 +70,8 @@ def check_table(table: str) -> None:
 
 
 def parse_args(argv):
-    p = Parser(prog=program("python -m vhred.compare"), description=__doc__.split("\n\n")[1])
+    p = Parser(prog=program("python -m vhred.compare"), description=__doc__.split("\n", 2)[2].split("\n`--reference")[0],
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps per family, the same for all (default %(default)s)")
     p.add_argument("--measure", type=int, default=0,
@@ -104,6 +106,8 @@ def parse_args(argv):
         raise InputError(f"{key}= is set by compare for every row; use {COMMAND_KEYS[key]} instead")
     _check_file_settings(args.config, rows)
     check_table(args.table)   # before an hour of training, not after it
+    if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):
+        raise InputError(f"--out-dir {args.out_dir} is a file; give a folder for the rows' runs")
     if args.reference is not None and not args.reference.strip():
         raise InputError("--reference is empty; give a finished run folder, or leave the flag out")
     if args.reference is not None and not os.path.isdir(args.reference):
