@@ -1,4 +1,4 @@
-"""Train VHRED or HRED: python -m vhred.train --config configs/dailydialog.yaml [key=value ...]
+"""Train a model of any family: python -m vhred.train --config configs/dailydialog.yaml [key=value ...]
 
 The run folder <out_dir>/<name>/ holds config.json, tokenizer.model, metrics.jsonl, last.pt
 (written every save_every steps, at each epoch end and on Ctrl-C) and best.pt (lowest validation
@@ -691,7 +691,7 @@ def _finish(run: Run):
 
 @command
 def main(argv=None):
-    p = Parser(prog=program("python -m vhred.train"), description="Train VHRED / HRED on dialogues.")
+    p = Parser(prog=program("python -m vhred.train"), description="Train a model (VHRED, HRED, CVAE, VHCR or DialogWAE) on dialogues.")
     p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
     args = p.parse_args(argv)
