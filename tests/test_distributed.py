@@ -65,6 +65,12 @@ def test_no_rank_tears_down_while_rank_0_still_writes(dailydialog_zip, data_dir,
     cleanups = dict(re.findall(r"cleanup rank (\d) (\d+\.\d{6})", r.stdout))
     assert saved and set(cleanups) == {"0", "1"}, r.stdout[-1000:]
     assert float(cleanups["1"]) > saved[-1], f"rank 1 tore down {saved[-1] - float(cleanups['1']):.3f} s before rank 0's last write ended"
+    # the group's threads end with it: left running, they met the interpreter's exit and
+    # sometimes aborted a finished run ("terminate called without an active exception")
+    left = dict(re.findall(r"gloo threads left rank (\d) (-?\d+)", r.stdout))
+    assert set(left) == {"0", "1"}, r.stdout[-1000:]
+    if sys.platform.startswith("linux"):
+        assert left == {"0": "0", "1": "0"}, left
 
 
 @pytest.mark.slow   # torchrun, as a user runs it

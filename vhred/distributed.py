@@ -23,6 +23,11 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # data-parallel imports torch._dynamo, whose import, made while a group exists, keeps
+        # references to it: destroy_process_group then leaves gloo's threads running into the
+        # interpreter's exit, where they sometimes abort the process ("terminate called without
+        # an active exception"). Imported first, it takes none.
+        import torch._dynamo  # noqa: F401
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 

@@ -4,6 +4,7 @@ The run folder <out_dir>/<name>/ holds config.json, tokenizer.model, metrics.jso
 (written every save_every steps, at each epoch end and on Ctrl-C) and best.pt (lowest validation
 negative ELBO). Running the same command again resumes from last.pt.
 """
+import gc
 import json
 import math
 import os
@@ -535,6 +536,11 @@ class Run:
             self.save("last.pt")
 
     def close(self):
+        # data-parallel's reducer holds the process group: dropped first, so that destroying the
+        # group ends gloo's threads now, not at the interpreter's exit (where they may abort it)
+        if self.net is not self.model:
+            self.net = self.model
+            gc.collect()
         distributed.cleanup()
         if self.tb:
             self.tb.close()
