@@ -170,6 +170,35 @@ def test_resume_survives_a_copied_source_but_not_other_data(tiny_cfg, dailydialo
         train(tiny_cfg("max_steps=7", "name=moved", "max_dialogues=7"), log=quiet)
 
 
+def test_resume_survives_its_data_prepared_again_by_a_newer_version(tiny_cfg, tmp_path, monkeypatch):
+    """A newer vhred prepares the same data into a folder of another name (PREP_VERSION is in the
+    name) and the user removes the old one, which data/README.md says is always safe: the run
+    resumed on nothing ("other data; ... remove the run"). The checkpoint's record of the data's
+    digests decides now; one saved before that record, by the data's settings and tokenizer."""
+    from vhred import dataset
+    cfg = lambda *o: tiny_cfg(f"data_dir={tmp_path / 'data'}", "name=kept", *o)
+    run = train(cfg("max_steps=3"), log=quiet)
+    last = os.path.join(run.dir, "last.pt")
+    for version, recorded in ((dataset.PREP_VERSION + 1, True), (dataset.PREP_VERSION + 2, False)):
+        if not recorded:   # as saved before the record
+            state = checkpoint.load(last)
+            del state["data_digests"]
+            checkpoint.save(state, last)
+        shutil.rmtree(run.data_folder)
+        monkeypatch.setattr(dataset, "PREP_VERSION", version)
+        lines = []
+        step = run.progress.step
+        run = train(cfg(f"max_steps={step + 2}"), log=lines.append)
+        assert any(f"resuming {run.dir} at step {step}" in line for line in lines), lines
+        assert any("is gone; resuming on" in line for line in lines) != recorded, lines
+    state = checkpoint.load(last)
+    del state["data_digests"]
+    checkpoint.save(state, last)
+    shutil.rmtree(run.data_folder)
+    with pytest.raises(CheckpointError, match="other data"):   # other settings: other data
+        train(cfg("max_steps=9", "max_dialogues=100"), log=quiet)
+
+
 def wait_for_step(path, step, proc, timeout=120):
     start = time.time()
     while time.time() - start < timeout:

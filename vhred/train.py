@@ -31,6 +31,8 @@ from .stops import interrupted_code
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
 MAX_ROLLBACKS = 3    # roll-backs to last.pt with no good save between them before the run stops
+# the settings dataset.prepare makes a run's data folder from, besides its source
+DATA_SETTINGS = ("data", "vocab_size", "max_utt_len", "max_context", "max_dialogues", "tokenizer_sentences", "tokenizer")
 
 
 class RolledBack(Exception):
@@ -208,7 +210,7 @@ class Run:
         changed = [k for k, v in asdict(self.cfg.arch).items() if getattr(saved.arch, k) != v]
         # the saved position in the data (epoch, batch) means another order under another batch size or seed
         changed += [k for k in ("batch_size", "seed") if getattr(saved, k) != getattr(self.cfg, k)]
-        if checkpoint.tokenizer_bytes(state) != self.tokenizer or not self._same_data(state.get("data", self._data_id())):
+        if checkpoint.tokenizer_bytes(state) != self.tokenizer or not self._same_data(state, saved):
             changed.append("data")
         if changed:
             raise CheckpointError(f"{self.dir} holds a run with other {', '.join(changed)}; pass "
@@ -266,14 +268,28 @@ class Run:
     def _data_id(self) -> str:
         return os.path.basename(os.path.normpath(self.data_folder))
 
-    def _same_data(self, saved_id: str) -> bool:
+    def _same_data(self, state: dict, saved: config.Config) -> bool:
         """Whether a checkpoint's processed data is this run's: the same folder, or one whose files
         are the same. A source copied, re-downloaded or touched gets a new folder (its identity
-        holds its modification time) with the same content, and the run still resumes."""
+        holds its modification time) with the same content, and the run still resumes; so does one
+        whose data a newer vhred prepared again (another folder name)."""
+        saved_id = state.get("data", self._data_id())
         if saved_id == self._data_id():
             return True
-        saved = processed_digests(os.path.join(os.path.dirname(os.path.normpath(self.data_folder)), saved_id))
-        return saved is not None and saved == processed_digests(self.data_folder)
+        mine = processed_digests(self.data_folder)
+        if state.get("data_digests"):   # what the data was, recorded in the checkpoint
+            return state["data_digests"] == mine
+        old = processed_digests(os.path.join(os.path.dirname(os.path.normpath(self.data_folder)), saved_id))
+        if old is not None:
+            return old == mine
+        # a checkpoint from before the record, its folder gone (removed, or prepared again by a
+        # newer vhred): the same tokenizer (checked by the caller) from the same source and settings
+        same = all(getattr(saved, k) == getattr(self.cfg, k) for k in DATA_SETTINGS) and (
+            not saved.data_sha256 or saved.data_sha256 == self.cfg.data_sha256)
+        if same:
+            self.log(f"note: the data folder {saved_id} of last.pt is gone; resuming on {self._data_id()}, "
+                     "prepared from the same source with the same settings and tokenizer")
+        return same
 
     # --- files ---
 
@@ -293,6 +309,7 @@ class Run:
             return
         self.progress.wall_s = round(time.time() - self.started, 1)
         state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
+                 "data_digests": processed_digests(self.data_folder),
                  "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
             state.update(optim=self.opt.state_dict(), rng=rng)
