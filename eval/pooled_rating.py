@@ -36,6 +36,9 @@ def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[lis
     """{context: [labels by rank, one list per reader]} for one system of one round; with
     last_turn a few of LAST_TURN_KINDS, only the contexts whose last turn is of one of those kinds."""
     key = read_key(os.path.join(folder, "key.json"))
+    if key["kind"] != "pointwise":
+        raise InputError(f"{folder} is a {key['kind']} round; this command pools good/bad labels of pointwise "
+                         "rounds (`vhred rate score` reads a pairwise one)")
     raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
     if not raters:
         raise InputError(f"{folder} has no rater*.txt: rate its pack.txt first")

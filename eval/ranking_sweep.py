@@ -21,6 +21,7 @@ import torch
 
 from vhred import checkpoint, loading
 from vhred.cli import command, Parser
+from vhred.errors import InputError
 from vhred.sources import split_dialogues
 from vhred.lexicon import training_lexicon
 from vhred.candidates import generate
@@ -112,6 +113,23 @@ def table(results) -> str:
                      ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in results])
 
 
+def cached_candidates(cache: str, made_by: dict) -> dict | None:
+    """The candidates an earlier run drew into cache for the same checkpoint file and contexts,
+    or None: rows of another checkpoint or count were scored against these references before."""
+    try:
+        with open(cache) as f:
+            saved = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        print(f"{cache} is not readable as this command's candidates: drawn again")
+        return None
+    if not isinstance(saved, dict) or saved.get("made_by") != made_by:
+        print(f"{cache} holds the draws of another checkpoint or --contexts: drawn again")
+        return None
+    return saved["candidates"]
+
+
 @command
 def main(argv=None):
     p = Parser(prog="python -m eval.ranking_sweep", description=__doc__.splitlines()[0])
@@ -119,19 +137,21 @@ def main(argv=None):
     p.add_argument("--contexts", type=int, default=200)
     p.add_argument("--out", default="sweep")
     args = p.parse_args(argv)
+    if args.contexts < 1:
+        raise InputError(f"--contexts must be at least 1, got {args.contexts}")
     torch.manual_seed(0)
     os.makedirs(args.out, exist_ok=True)
     path = checkpoint.resolve(args.checkpoint)
     model, cfg, sp = loading.load_model(path)
     pairs = fixed_pairs(cfg, args.contexts)
     cache = os.path.join(args.out, "candidates.jsonl")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            cands = json.load(f)
-    else:
+    made_by = {"checkpoint": os.path.realpath(path), "bytes": os.path.getsize(path),
+               "mtime_ns": os.stat(path).st_mtime_ns, "contexts": len(pairs)}
+    cands = cached_candidates(cache, made_by)
+    if cands is None:   # none yet, or drawn for another checkpoint or number of contexts
         cands = candidates(model, cfg, sp, pairs, training_lexicon(cfg))
         with open(cache, "w") as f:
-            json.dump(cands, f)
+            json.dump({"made_by": made_by, "candidates": cands}, f)
     refs = [pretty(r) for _, r in pairs]
     report = {}
     for name, rows in cands.items():

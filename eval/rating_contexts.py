@@ -48,10 +48,29 @@ def draw(free: list[int], count: int, rng: random.Random, split: str, of_kind: s
     """count of the free pair indices, or one line saying how many are left (ask: the flag to
     ask for fewer, with {n} for the number)."""
     if count > len(free):
-        raise SystemExit(f"only {len(free)} {split} contexts{of_kind} are left once the sweep's and the "
+        raise InputError(f"only {len(free)} {split} contexts{of_kind} are left once the sweep's and the "
                          f"--exclude files' are left out: ask for {ask.format(n=len(free))} or "
                          f"fewer{', or take --split validation' if split == 'test' else ''}")
     return rng.sample(free, count)
+
+
+def excluded(files: list[str]) -> set[tuple]:
+    """The contexts of the --exclude files (contexts.jsonl of earlier rounds), as tuples of turns."""
+    seen = set()
+    for path in files:
+        for n, line in enumerate(text_lines(path), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            turns = row.get("context") if isinstance(row, dict) else None
+            if not isinstance(turns, list) or not all(isinstance(t, str) for t in turns):
+                raise InputError(f"--exclude {path}: line {n} is not a {{\"context\": [...]}} line; give the "
+                                 "contexts.jsonl files of earlier rounds")
+            seen.add(tuple(turns))
+    return seen
 
 
 @command
@@ -70,7 +89,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.contexts < 1:
         raise InputError(f"--contexts must be at least 1, got {args.contexts}")
-    seen = {tuple(json.loads(line)["context"]) for f in args.exclude for line in text_lines(f) if line.strip()}
+    seen = excluded(args.exclude)
     path = checkpoint.resolve(args.checkpoint)
     cfg = checkpoint.config_of(checkpoint.load(path), path)
     pairs = context_pairs(split_dialogues(cfg, args.split), cfg.max_context)

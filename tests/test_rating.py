@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 
@@ -563,13 +564,41 @@ def test_rating_contexts_says_how_many_are_left_when_asked_for_more(trained, mon
     monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", "100000"])
     with pytest.raises(SystemExit) as stop:
         rating_contexts.main()
-    left = int(re.search(r"only (\d+) test contexts are left", str(stop.value)).group(1))
-    assert 0 < left < 100000 and f"--contexts {left} or fewer" in str(stop.value)
-    capsys.readouterr()
+    err = capsys.readouterr().err
+    left = int(re.search(r"only (\d+) test contexts are left", err).group(1))
+    assert stop.value.code == 2 and err.count("\n") == 1   # a user's error, as every command's
+    assert 0 < left < 100000 and f"--contexts {left} or fewer" in err
     monkeypatch.setattr(sys, "argv", ["rating_contexts", "--checkpoint", trained["vhred"], "--contexts", str(left)])
     rating_contexts.main()
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == left and all(r["context"] and r["reference"] for r in rows)
+
+
+def test_rating_contexts_refuses_an_exclude_file_that_is_not_contexts_in_one_line(trained, tmp_path, capsys):
+    """A key.json or a pack given to --exclude by mistake was a JSONDecodeError or KeyError traceback."""
+    from eval import rating_contexts
+    for name, text in (("key.json", '{\n "kind": "pointwise"\n}\n'), ("other.jsonl", '{"x": 1}\n'),
+                       ("nested.jsonl", '{"context": ["Hi", "Bye"]}\n{"context": [["Hi"]]}\n')):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(SystemExit) as stop:
+            rating_contexts.main(["--checkpoint", trained["vhred"], "--exclude", str(tmp_path / name)])
+        err = capsys.readouterr().err
+        line = 2 if name == "nested.jsonl" else 1
+        assert stop.value.code == 2 and f"{name}: line {line} is not a" in err and err.count("\n") == 1, err
+
+
+def test_ranking_sweep_draws_again_for_another_count_and_reuses_its_own(trained, tmp_path, capsys):
+    """Its candidates.jsonl was read whoever drew it: 2 contexts' rows were scored against the
+    references of 3, and printed as such."""
+    from eval import ranking_sweep
+    out = str(tmp_path / "sweep")
+    for n, again in ((2, False), (3, True), (3, False)):
+        ranking_sweep.main(["--checkpoint", trained["vhred"], "--contexts", str(n), "--out", out])
+        printed = capsys.readouterr().out
+        assert f"### greedy ({n} contexts" in printed and ("drawn again" in printed) == again, printed[:300]
+    with pytest.raises(SystemExit) as stop:
+        ranking_sweep.main(["--checkpoint", trained["vhred"], "--contexts", "0", "--out", out])
+    assert stop.value.code == 2 and "--contexts must be at least 1" in capsys.readouterr().err
 
 
 def test_rating_contexts_draws_from_the_validation_split_when_asked(trained, monkeypatch, capsys):
@@ -620,8 +649,9 @@ def test_rating_contexts_draws_a_mix_of_last_turns_shuffled(trained, monkeypatch
     monkeypatch.setattr(sys, "argv", args + ["--mix", f"{other}={have[other] + 1}"])
     with pytest.raises(SystemExit) as stop:
         rating_contexts.main()
-    assert f"only {have[other]} validation contexts of kind {other} are left" in str(stop.value)
-    assert f"--mix {other}={have[other]} or fewer" in str(stop.value)
+    err = capsys.readouterr().err
+    assert f"only {have[other]} validation contexts of kind {other} are left" in err
+    assert f"--mix {other}={have[other]} or fewer" in err
     monkeypatch.setattr(sys, "argv", args + ["--mix", "question=2"])
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
@@ -655,6 +685,13 @@ def test_pooled_rating_of_hand_made_rounds(tmp_path, capsys):
     b = round_folder("b", "k", [[[True, True]]])
     pooled_rating.main(["--round", a, "--round", b, "--boot", "200"])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    pairwise = tmp_path / "pairwise"   # `vhred rate pack --pairwise`'s key: a TypeError traceback before
+    pairwise.mkdir()
+    shutil.copy(os.path.join(ROOT, "eval", "ratings", "2026-11-29", "pairwise-key.json"), pairwise / "key.json")
+    shutil.copy(os.path.join(ROOT, "eval", "ratings", "2026-11-29", "ab1.txt"), pairwise / "rater1.txt")
+    with pytest.raises(SystemExit) as stop:
+        pooled_rating.main(["--round", f"{pairwise}=a"])
+    assert stop.value.code == 2 and "is a pairwise round" in capsys.readouterr().err
     assert lines[0]["five"] == pytest.approx(5 / 12, abs=1e-4) and lines[0]["first"] == pytest.approx(2 / 4, abs=1e-4)
     assert lines[1]["five"] == 1.0 and lines[1]["five_95"] == [1.0, 1.0]     # one context: nothing to resample
     everything = lines[2]
