@@ -6,6 +6,7 @@ Every rank holds the whole model (DistributedDataParallel) and takes its share o
 only rank 0 writes logs and checkpoints. Without torchrun (WORLD_SIZE unset) all of this is a
 no-op and training runs in one process.
 """
+import importlib
 import os
 
 import torch
@@ -27,7 +28,7 @@ def setup(device: torch.device) -> tuple[int, int, torch.device]:
         # references to it: destroy_process_group then leaves gloo's threads running into the
         # interpreter's exit, where they sometimes abort the process ("terminate called without
         # an active exception"). Imported first, it takes none.
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), device
 
