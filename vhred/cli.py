@@ -25,6 +25,9 @@ def program(module_form: str) -> str:
     return INVOKED_AS or module_form
 
 
+PEER_LINE_WAIT = 2   # seconds a process other than torchrun's first waits before its last line (say)
+
+
 def say(message: str):
     """A last line on stderr. Under torchrun every process meets the same bad setting or file:
     the others wait before they print, and torchrun, which stops them all once one has failed,
@@ -35,11 +38,23 @@ def say(message: str):
         if threading.current_thread() is threading.main_thread():   # torchrun's SIGTERM ends the wait unheard
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         try:
-            time.sleep(2)   # torchrun looks at its processes every 0.1 s
+            time.sleep(PEER_LINE_WAIT)   # torchrun looks at its processes every 0.1 s
         except KeyboardInterrupt:
             pass
         message = f"[rank {rank}] {message}"
     print(message, file=sys.stderr, flush=True)
+
+
+def outlast_peer():
+    """Under torchrun, when another process ended first: give its last line (said after
+    PEER_LINE_WAIT) time to be printed before this one ends, for torchrun then stops the rest,
+    that one among them. Stopped meanwhile by torchrun, this one ends without a word."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        time.sleep(PEER_LINE_WAIT + 1)
+    except KeyboardInterrupt:
+        pass
 
 
 class Parser(argparse.ArgumentParser):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import cache, checkpoint, config, distributed
-from .cli import command, Parser, program, say
+from .cli import command, outlast_peer, Parser, program, say
 from .dataset import DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
@@ -728,6 +728,7 @@ def main(argv=None):
     except RuntimeError as e:   # under torchrun: another process ended first, and said why itself
         if not distributed.peer_gone(e):
             raise
+        outlast_peer()
         say("stopped: another process of this run ended (its error is above)")
         sys.exit(1)
     except KeyboardInterrupt as e:   # a second Ctrl-C, or a stop while the data is prepared: no half-written file
