@@ -377,3 +377,22 @@ def test_a_ctrl_c_landing_while_a_command_sets_its_handlers_is_one_line(monkeypa
         main([])
     assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
 
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_training_stopped_under_torchrun_says_so_once(rank, monkeypatch, capsys):
+    """torchrun hands a Ctrl-C to every process: each printed "interrupted before any checkpoint",
+    the second copy marked [rank 1]. Process 0 alone says it; all end with 130."""
+    from vhred import train
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+
+    def stopped(cfg, log=print):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "train", stopped)
+    monkeypatch.setattr(cli, "PEER_LINE_WAIT", 0)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "out_dir=/nonexistent/runs"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130
+    assert err == ("interrupted before any checkpoint\n" if rank == "0" else ""), err

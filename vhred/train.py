@@ -733,7 +733,8 @@ def main(argv=None):
         sys.exit(1)
     except KeyboardInterrupt as e:   # a second Ctrl-C, or a stop while the data is prepared: no half-written file
         last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
-        say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
+        if os.environ.get("RANK", "0") == "0":   # under torchrun every process gets the stop: one line
+            say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
         sys.exit(interrupted_code(e))
     if run.stopped:
         sys.exit(128 + (run.signum or signal.SIGINT))   # the shell's code for a signalled end
