@@ -254,7 +254,8 @@ def read_lines(interactive: bool, prompt_on_stdout: bool = True):
 
 @command
 def main(argv=None):
-    p = Parser(prog=program("python -m vhred.chat"), description="Chat with a trained model (VHRED, HRED, CVAE, VHCR or DialogWAE).")
+    p = Parser(prog=program("python -m vhred.chat"),
+               description="Chat with a trained model (VHRED, HRED, CVAE, VHCR or DialogWAE).")
     add_decode_args(p)
     p.add_argument("--json", action="store_true", help="one JSON line per turn on stdout (/history and /prior on stderr)")
     args = p.parse_args(argv)

@@ -21,6 +21,9 @@ from .config import Config
 from .tokenizer import BOS, EOS, PAD, TOKENIZER_SEED, load_tokenizer, train_tokenizer
 
 PREP_VERSION = 5   # bump when the processed format changes, so old caches are rebuilt
+# the settings prepare makes a data folder from, besides its source and PREP_VERSION (and the seed
+# for one's own data)
+DATA_SETTINGS = ("data", "vocab_size", "max_utt_len", "max_context", "max_dialogues", "tokenizer_sentences", "tokenizer")
 # 5: JSONL lines in the chat messages format read (they were skipped), emoji keep their selector
 # 2: one Arrow file per split written while streaming (<split>/data.arrow, int32), tokenizer on a sample
 CACHE_FILES = ("tokenizer.model", *(f"{s}/data.arrow" for s in sources.SPLITS))   # checksummed in meta.json

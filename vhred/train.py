@@ -18,7 +18,7 @@ import torch
 
 from . import cache, checkpoint, config, distributed
 from .cli import command, outlast_peer, Parser, program, say
-from .dataset import DialogueData, prepare, processed_digests
+from .dataset import DATA_SETTINGS, DialogueData, prepare, processed_digests
 from .device import pick_device, use_bf16, use_tf32_for_training
 from .errors import CheckpointError, ConfigError, DataError, TrainingError
 from .files import append_line, write_bytes
@@ -31,8 +31,6 @@ from .stops import interrupted_code
 
 MAX_BAD_STEPS = 20   # non-finite steps in a row before the run stops
 MAX_ROLLBACKS = 3    # roll-backs to last.pt with no good save between them before the run stops
-# the settings dataset.prepare makes a run's data folder from, besides its source
-DATA_SETTINGS = ("data", "vocab_size", "max_utt_len", "max_context", "max_dialogues", "tokenizer_sentences", "tokenizer")
 
 
 class RolledBack(Exception):
@@ -714,7 +712,8 @@ def _finish(run: Run):
 
 @command
 def main(argv=None):
-    p = Parser(prog=program("python -m vhred.train"), description="Train a model (VHRED, HRED, CVAE, VHCR or DialogWAE) on dialogues.")
+    p = Parser(prog=program("python -m vhred.train"),
+               description="Train a model (VHRED, HRED, CVAE, VHCR or DialogWAE) on dialogues.")
     p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
     args = p.parse_args(argv)
