@@ -25,6 +25,8 @@ import sys
 
 from vhred import loading
 from vhred.cli import command, Parser
+from vhred.errors import InputError
+from vhred.generate import read_contexts
 from vhred.candidates import reply_key, shown_filter
 from vhred.decoding import DecodeOptions
 from vhred.render import response_text
@@ -60,7 +62,7 @@ def pool(args):
 def write_pool(args):
     model, cfg, sp = loading.load_model(args.checkpoint)
     keep = shown_filter(sp, cfg, DecodeOptions())
-    contexts = [json.loads(line)["context"] for line in open(args.contexts, encoding="utf-8")]
+    contexts = read_contexts(args.contexts)[0]   # a malformed line named and skipped
     with open(args.out, "w", encoding="utf-8") as out:
         for ctx, rows in zip(contexts, draws(model, cfg, sp, contexts, args.draws, args.method)):
             seen = {}
@@ -168,6 +170,9 @@ def report(name: str, rater: str, contexts: list[list[dict]], grid: bool = False
 
 def ceiling(args):
     key = read_key(args.key)
+    bad = [spec for spec in args.system if "=" not in spec]
+    if bad:
+        raise InputError(f"--system {bad[0]}: give NAME=FILE, NAME the system's name in the key")
     systems = {name: [json.loads(line) for line in open(file, encoding="utf-8")]
                for name, file in (spec.split("=", 1) for spec in args.system)}
     if args.critic:
@@ -177,7 +182,11 @@ def ceiling(args):
     for path in args.answers:
         answers = read_answers(path, key)
         for name, rows in systems.items():
-            print("\n".join(report(name, path, labelled(rows, key, answers, name), args.grid)))
+            rated = labelled(rows, key, answers, name)
+            if not any(rated):
+                raise InputError(f"system {name} has no reply rated in {path} under {args.key}: its name or its "
+                                 "contexts are not the key's")
+            print("\n".join(report(name, path, rated, args.grid)))
 
 
 def replay(args):
@@ -190,7 +199,10 @@ def replay(args):
     for folder in args.rounds:
         for turns, replies in rated_replies(folder):
             labels.update({(tuple(turns), text): kept for text, kept in replies})
-    weights = [tuple(float(x) for x in spec.split(":")) for spec in args.weights.split(",")]
+    try:
+        weights = [(float(w), float(g)) for w, g in (spec.split(":") for spec in args.weights.split(","))]
+    except ValueError:
+        raise InputError(f"--weights takes W:GAMMA pairs, e.g. 2:-0.2,1:-0.2; got {args.weights}") from None
     said = [float(x) for x in args.precedents.split(",")] if args.precedents else []
     w0, g0 = weights[-1]
     print("| pool | contexts | replies a context | good | ceiling: top-1 / five | "

@@ -49,7 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--out-dir", default="runs/dialogwae-codes")
     p.add_argument("--checkpoint", default="", help="measure this trained DialogWAE (a run folder or .pt) instead of training one")
     p.add_argument("overrides", nargs="*", help="key=value settings (e.g. data_dir=...)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 1 or args.every < 1:
+        raise InputError("--steps and --every must be at least 1")
+    return args
 
 
 def nll_per_token(model, ctx, tokens, lens, z) -> float:

@@ -68,7 +68,8 @@ def candidates_of(pairs, drawn, rng):
 def batch_loss(judge, pairs, cands):
     k = len(cands[0])
     h = judge.context([c for c, _ in pairs]).repeat_interleave(k, 0)       # (B*K, Hc)
-    logits = judge(h, [r for row in cands for r in row]).view(len(pairs), k)  # (B, K)
+    before = [len(c) for c, _ in pairs for _ in range(k)]                  # turns each reply follows
+    logits = judge(h, [r for row in cands for r in row], before).view(len(pairs), k)  # (B, K)
     target = torch.zeros(len(pairs), dtype=torch.long)
     return F.cross_entropy(logits, target), (logits.argmax(1) == 0).float().mean().item()
 
@@ -92,6 +93,9 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if os.path.exists(args.out) and (not os.path.isdir(args.out) or os.listdir(args.out)):
+        raise InputError(f"--out {args.out} exists; give a new folder (the run's model files and the critic are "
+                         "written there, over any of the same names)")
     model, cfg, sp = loading.load_model(args.checkpoint)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -126,7 +130,7 @@ def main(argv=None):
             shutil.copyfile(os.path.join(folder, name), os.path.join(args.out, name))
     import dataclasses
     print(critic.save({"weights": judge.state_dict(), "arch": dataclasses.asdict(cfg.arch),
-                       "vocab_size": judge.encoder.vocab_size,
+                       "vocab_size": judge.encoder.vocab_size, "tokenizer_sha256": critic.tokenizer_sha256(sp),
                        "training": {"discriminator": True, "split": args.split, "steps": args.steps}}, args.out))
 
 

@@ -24,6 +24,7 @@ from vhred import loading
 from vhred.cli import command, Parser
 from vhred.device import pick_device
 from vhred.errors import InputError
+from vhred.generate import read_contexts
 from vhred.candidates import _dedup, _rank, generate, same_reply, shown_filter
 from vhred.decoding import DecodeOptions
 from vhred.render import encode_turns, response_text
@@ -67,7 +68,7 @@ def main(argv=None):
     p.add_argument("--output", required=True)
     p.add_argument("--num-samples", type=int, default=5)
     p.add_argument("--committee", action="store_true",
-                   help="rank by the sum of both models' scores (critic + 2 x MMI; both runs need a critic)")
+                   help="rank by the sum of both models' own ranking scores (critic + 2 x MMI for a run with a critic, MMI without)")
     p.add_argument("--judge-only", action="store_true",
                    help="every draw from --checkpoint, ranked as --committee ranks: the second model only judges")
     args = p.parse_args(argv)
@@ -78,8 +79,7 @@ def main(argv=None):
     second, _, _ = loading.load_model(args.second, pick_device("cpu"))
     opts = DecodeOptions(num_samples=args.num_samples).check()
     with open(args.output, "w") as out:
-        for line in open(args.input):
-            context = json.loads(line)["context"]
+        for context in read_contexts(args.input)[0]:
             shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts, args.committee,
                                         args.judge_only)
             out.write(json.dumps({"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],

@@ -12,6 +12,7 @@ Host check through TrustedHostMiddleware) and uvicorn's own limits (limit_concur
 timeout_keep_alive). The results are docs/serving-decision.md.
 """
 import http.client
+import importlib
 import json
 import socket
 import statistics
@@ -227,6 +228,14 @@ def main(argv=None):
     p.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--out", default="serve-compare.json")
     args = p.parse_args(argv)
+    if args.requests < 1 or min(args.clients) < 1:
+        raise UserError("--requests and --clients must be at least 1")
+    try:   # before a minute of the hostile cases, not after
+        for layer in ("uvicorn", "starlette"):
+            importlib.import_module(layer)
+    except ImportError as e:
+        raise UserError(f"{e.name} is not installed (not a dependency of vhred): "
+                        "pip install --target uvlib uvicorn starlette, then run with PYTHONPATH=.:uvlib") from None
     import torch
     torch.set_num_threads(1)
     bot = vhred.load(args.checkpoint, device="cpu")

@@ -807,3 +807,44 @@ def test_pack_writes_over_no_key_and_rates_all_contexts_only_when_every_system_h
     assert "system 'new' answers 2 contexts and the others up to 3" in capsys.readouterr().err
     rate.main([*argv, "--contexts", "2"])
     assert len(json.load(open(tmp_path / "k3.json"))["contexts"]) == 2
+
+
+# --- the research scripts of eval/ ---------------------------------------------------------------
+
+def test_the_discriminator_critic_trains_a_critic_the_run_loads_and_keeps_an_earlier_folder(trained, tmp_path, capsys):
+    """It called the critic without the turns each reply follows (Critic.forward's third argument
+    since the answered turn is read) and crashed every time; its --out, "a new folder", replaced
+    a run's best.pt and critic when it named one."""
+    from eval import discriminator_critic
+    from vhred import loading
+    args = ["--checkpoint", trained["vhred"], "--out", str(tmp_path / "disc"), "--split", "validation",
+            "--contexts", "40", "--steps", "2"]
+    discriminator_critic.main(args)
+    model, _, _ = loading.load_model(str(tmp_path / "disc"))   # the tokenizer's hash checked
+    assert model.reply_critic is not None
+    before = (tmp_path / "disc" / "critic.safetensors").read_bytes()
+    with pytest.raises(SystemExit) as e:
+        discriminator_critic.main(args)
+    assert e.value.code == 2 and "exists; give a new folder" in capsys.readouterr().err
+    assert (tmp_path / "disc" / "critic.safetensors").read_bytes() == before
+
+
+def test_research_scripts_refuse_what_they_cannot_read_in_one_line(trained, tmp_path, capsys):
+    from eval import candidate_ceiling, exemplar_z
+    half = os.path.join(ROOT, "eval", "ratings", "2026-11-30-ceiling", "half1")
+    contexts = tmp_path / "c.jsonl"
+    contexts.write_text('{"context": ["Hi ."]}\n')
+    ceiling = ["ceiling", "--key", os.path.join(half, "key.json"), "--answers", os.path.join(half, "rater11.txt")]
+    cases = [   # each a traceback before: AttributeError, ZeroDivisionError, ValueError twice
+        (exemplar_z.main, ["--checkpoint", trained["hred"], "--input", str(contexts), "--output", str(tmp_path / "o")],
+         "is a hred model; exemplar z's are read by VHRED's or CVAE's posterior"),
+        (candidate_ceiling.main, ceiling + ["--system", "x=" + os.path.join(half, "sys-g.jsonl")], "system x has no reply rated"),
+        (candidate_ceiling.main, ceiling + ["--system", os.path.join(half, "sys-g.jsonl")], "give NAME=FILE"),
+        (candidate_ceiling.main, ["replay", "--pool", os.path.join(half, "sys-g.jsonl"), "--rounds", half,
+                                  "--critic", trained["vhred"], "--weights", "2"], "--weights takes W:GAMMA pairs"),
+    ]
+    for main, argv, said in cases:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and err.count("\n") == 1, err
