@@ -237,6 +237,11 @@ def test_an_output_that_is_not_an_earlier_output_is_refused_and_kept(trained, tm
     for _ in range(2):
         gen.main(["--checkpoint", str(run), "--input", str(src), "--output", str(out), "--draws", "1"])
         assert json.loads(out.read_text())["context"] == ["hi there"]
+    long = " ".join(["hello there"] * 120_000)   # an earlier output whose first line is past 1 MiB: replaced
+    src.write_text(json.dumps({"context": [long]}) + "\n")
+    for _ in range(2):
+        gen.main(["--checkpoint", str(run), "--input", str(src), "--output", str(out), "--draws", "1"])
+        assert len(out.read_text()) > 1 << 20
 
 
 def chat(lines, *args):

@@ -35,12 +35,7 @@ def say(message: str):
     theirs alone is still printed, marked with its rank."""
     rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"   # torchrun sets both
     if rank != "0":
-        if threading.current_thread() is threading.main_thread():   # torchrun's SIGTERM ends the wait unheard
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        try:
-            time.sleep(PEER_LINE_WAIT)   # torchrun looks at its processes every 0.1 s
-        except KeyboardInterrupt:
-            pass
+        _wait_for_torchrun(PEER_LINE_WAIT)   # torchrun looks at its processes every 0.1 s
         message = f"[rank {rank}] {message}"
     print(message, file=sys.stderr, flush=True)
 
@@ -49,10 +44,15 @@ def outlast_peer():
     """Under torchrun, when another process ended first: give its last line (said after
     PEER_LINE_WAIT) time to be printed before this one ends, for torchrun then stops the rest,
     that one among them. Stopped meanwhile by torchrun, this one ends without a word."""
+    _wait_for_torchrun(PEER_LINE_WAIT + 1)
+
+
+def _wait_for_torchrun(seconds: float):
+    """Sleep, ended unheard by torchrun's SIGTERM (it stops the others once one has ended)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
-        time.sleep(PEER_LINE_WAIT + 1)
+        time.sleep(seconds)
     except KeyboardInterrupt:
         pass
 

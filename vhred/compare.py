@@ -70,7 +70,7 @@ def check_table(table: str) -> None:
 
 
 def parse_args(argv):
-    about = __doc__.split("\n", 2)[2].split("\n`--reference")[0]   # less the title line and a flag's own line
+    about = __doc__.split("\n", 2)[2]   # the module's docstring less its title line
     p = Parser(prog=program("python -m vhred.compare"), description=about, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/dailydialog-cpu.yaml", help="sizes and recipe (default %(default)s)")
     p.add_argument("--steps", type=int, default=1000, help="optimiser steps per family, the same for all (default %(default)s)")

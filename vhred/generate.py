@@ -144,14 +144,16 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
 
 def earlier_output(path: str) -> bool:
     """Whether path is empty or holds this command's lines (JSON objects with "samples"), the only
-    file --output may replace. Its first line alone is read: not a checkpoint whole."""
+    file --output may replace. A file that does not start as a JSON object (a checkpoint, a
+    tokenizer) is not read further; else its first line, however long its context."""
     try:
         with open(path, "rb") as f:
-            first = f.readline(1 << 20)
+            start = f.read(4).removeprefix(b"\xef\xbb\xbf")
+            if not start or not start.startswith(b"{"):
+                return not start and f.tell() == 0
+            first = (start + f.readline()).split(b"\n", 1)[0]
     except OSError:
         return False
-    if not first:
-        return True
     try:
         row = json.loads(first)
     except ValueError:
