@@ -848,3 +848,50 @@ def test_research_scripts_refuse_what_they_cannot_read_in_one_line(trained, tmp_
             main(argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and said in err and err.count("\n") == 1, err
+
+
+def test_first_order_replays_an_order_of_the_shown_replies_on_their_labels(trained, tmp_path, capsys):
+    """eval/first_order.py on a hand-made round: the shown order puts the critic's least liked reply
+    first (its rest of the score is -3 x the logit), the reader keeps only the critic's favourite,
+    so logit + w x rest finds it first exactly when w < 1/3."""
+    import shutil
+    from eval import first_order
+    from vhred import critic_train, loading
+    contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."]]
+    replies = [["Fine , thanks .", "I see .", "Where is it ?"], ["Here you are .", "OK .", "What size ?"]]
+
+    def round_folder(name, rows, keep):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "sys-m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rate.main(["pack", "--system", f"m={folder / 'sys-m.jsonl'}", "--out", str(folder / "pack.txt"),
+                   "--key", str(folder / "key.json"), "--per-context", "5"])
+        key = json.loads((folder / "key.json").read_text())
+        (folder / "rater1.txt").write_text("".join(f"{i} {'good' if keep(e[0]['context'], e[0]['text']) else 'bad'}\n"
+                                                   for i, e in key["items"].items()))
+        return folder
+
+    plain = [{"context": c, "samples": r, "scores": [0.0] * len(r)} for c, r in zip(contexts, replies)]
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    critic_train.main(["--checkpoint", str(run), "--ratings", str(round_folder("a", plain, lambda c, t: "?" in t)),
+                       "--steps", "2", "--pretrain", "2"])
+    logits = first_order.logits(loading.load_model(str(run)), plain, [0, 1])
+    assert all(len(set(v)) == 3 for v in logits.values())   # the three replies of a context are told apart
+    rows, favourite = [], {}
+    for c, row in enumerate(plain):
+        scored = sorted(((-2 * x, t) for x, t in zip(logits[c], row["samples"])), reverse=True)   # logit + rest
+        rows.append({"context": row["context"], "samples": [t for _, t in scored], "scores": [s for s, _ in scored]})
+        favourite[c] = max(zip(logits[c], row["samples"]))[1]
+    b = round_folder("b", rows, lambda c, t: t == favourite[c])
+    capsys.readouterr()
+    first_order.main(["--checkpoint", str(run), "--round", f"{b}=m", "--weights", "0,0.25,0.5,1", "--boot", "100"])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["weight"], o["first"], o["minus_shown"]) for o in out] == [(0, 1, 1), (0.25, 1, 1), (0.5, 0, 0), (1, 0, 0)]
+    assert all(o["contexts"] == 2 for o in out)
+    with pytest.raises(SystemExit):
+        first_order.main(["--checkpoint", trained["vhred"], "--round", f"{b}=m"])
+    assert "has no reply critic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        first_order.main(["--checkpoint", str(run), "--round", f"{b}=x"])
+    assert capsys.readouterr().err.startswith("error: ")

@@ -1,0 +1,100 @@
+"""Which of the shown replies should go first? An order replayed on a round's labels (docs/rating-rounds.md, eighty-third round)
+
+    python -m eval.first_order --checkpoint RUN --round DIR=SYSTEM [--round DIR=SYSTEM ...]
+                               [--weights 0,0.25,0.5,0.75,1] [--boot 2000]
+
+Readers judge each reply on its own, shuffled among the others of its context, so a reply's label
+does not depend on the place the chat gave it: an order of the replies a system showed is measured
+exactly on the labels they got, with no new round. Each DIR is a pointwise round (key.json,
+rater*.txt, sys-SYSTEM.jsonl: the system's replies best first, with their ranking scores).
+
+A ranking score of rank "critic" is the critic's logit plus the rest: critic.MMI_WEIGHT x the MMI
+score and the answer score after a wh-question. RUN's critic gives each shown reply's logit again,
+so RUN must hold the critic that ranked the round (its rest is the score less that logit). For each
+weight w the shown replies are ordered by logit + w x rest; w = 1 is the order shown. Prints one
+JSON line per weight: the first reply's good share over every reader, and its difference from the
+order shown, paired by context, each with a 95% interval by the bootstrap over contexts.
+"""
+import json
+import os
+
+from eval.pooled_rating import bootstrap, context_labels
+from vhred import critic, loading
+from vhred.cli import command, Parser
+from vhred.errors import InputError
+from vhred.render import encode_turns
+from vhred.sources import spaced
+
+WEIGHTS = "0,0.25,0.5,0.75,1"
+
+
+def shown_rows(folder: str, system: str) -> list[dict]:
+    """The system's rows of a round (sys-SYSTEM.jsonl): context, samples best first, scores."""
+    path = os.path.join(folder, f"sys-{system}.jsonl")
+    if not os.path.isfile(path):
+        raise InputError(f"{path} not found: give DIR=SYSTEM of a round whose folder holds the system's replies")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def logits(run, rows: list[dict], contexts: list[int]) -> dict[int, list[float]]:
+    """{context: the critic's logit of each shown reply, in the order shown}."""
+    model, cfg, sp = run
+    out = {}
+    for c in contexts:
+        turns = encode_turns(sp, [spaced(t) for t in rows[c]["context"]], cfg.max_utt_len, cfg.max_context)
+        texts = rows[c]["samples"]
+        out[c] = critic.scores(model.reply_critic, [turns] * len(texts), [critic.reply_ids(sp, t) for t in texts])
+    return out
+
+
+def reorder(labels: list[list[bool]], logit: list[float], score: list[float], w: float) -> list[list[bool]]:
+    """Each reader's labels, the first moved to the reply that logit + w x (score - logit) puts first."""
+    n = min(len(labels[0]), len(score))
+    best = max(range(n), key=lambda i: logit[i] + w * (score[i] - logit[i]))
+    return [[r[best]] for r in labels]
+
+
+def first_share(units) -> tuple[float, float]:
+    """(difference from the order shown, first-reply good share) over units of (reordered, shown)."""
+    first = sum(r[0] for u, _ in units for r in u) / sum(len(u) for u, _ in units)
+    shown = sum(r[0] for _, u in units for r in u) / sum(len(u) for _, u in units)
+    return first - shown, first
+
+
+@command
+def main(argv=None):
+    p = Parser(prog="python -m eval.first_order", description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the run whose critic ranked the rounds' system")
+    p.add_argument("--round", action="append", required=True, metavar="DIR=SYSTEM",
+                   help="a round's folder and the system's letter in its key; repeat for each round")
+    p.add_argument("--weights", default=WEIGHTS, help="weights w of the rest of the score (default %(default)s)")
+    p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
+    args = p.parse_args(argv)
+    try:
+        weights = [float(w) for w in args.weights.split(",")]
+    except ValueError:
+        p.error(f"--weights takes numbers separated by commas, e.g. {WEIGHTS}; got {args.weights}")
+    if args.boot < 100:
+        p.error("--boot must be at least 100")
+    run = loading.load_model(args.checkpoint)
+    if run[0].reply_critic is None:
+        raise InputError(f"{args.checkpoint} has no reply critic (critic.safetensors): give the run that ranked the rounds")
+    rounds = []
+    for spec in args.round:
+        folder, _, system = spec.rpartition("=")
+        if not folder or not system:
+            p.error(f"--round takes DIR=SYSTEM, e.g. eval/ratings/2026-12-05-first-order/p1=m; got {spec}")
+        labels, rows = context_labels(folder, system), shown_rows(folder, system)
+        rounds.append((labels, rows, logits(run, rows, sorted(labels))))
+    for w in weights:
+        units = [(reorder(lab, logit[c], rows[c]["scores"], w), [r[:1] for r in lab])
+                 for labels, rows, logit in rounds for c, lab in labels.items()]
+        (diff, first), (diff_ci, first_ci) = first_share(units), bootstrap(units, args.boot, stat=first_share)
+        print(json.dumps({"weight": w, "contexts": len(units), "first": round(first, 4),
+                          "first_95": [round(x, 4) for x in first_ci], "minus_shown": round(diff, 4),
+                          "minus_shown_95": [round(x, 4) for x in diff_ci]}))
+
+
+if __name__ == "__main__":
+    main()
