@@ -328,6 +328,8 @@ def test_surface_metrics_are_shares():
     ('" He said \' hi \' "', '"He said \'hi\'"'),                          # nested, the marks touching
     ("It is ' yes ' or ' no ' , he was ' fine ' .", "It is 'yes' or 'no', he was 'fine'."),
     ("It costs $ 1,299 . 00 today .", "It costs $1,299.00 today."),
+    ("It ’ s 8 : 00 , or at 7 : 30 a.m. , 10: 45 .", "It's 8:00, or at 7:30 a.m., 10:45."),   # a clock time whole
+    ("Ratio 3 : 1 , chapter 12 : 345 .", "Ratio 3: 1, chapter 12: 345."),   # not a clock's two digits
     ("Sorry :( it is on sale next week :)", "Sorry :( it is on sale next week :)"),
     ("It said “ fragile ” in red . B : : hi", 'It said "fragile" in red. B:: hi'),
     ("he says \ue000 \" hi \" :) \ue002 ok", 'He says "hi" :) ok'),   # the stand-ins' characters never show

@@ -39,6 +39,7 @@ def _join_apostrophes(words: list[str]) -> list[str]:
 INITIALISM = re.compile(r"(?<!\S)[A-Za-z] \.(?: [A-Za-z] \.)+(?: \.)?(?!\S)")   # U . S . ; a . m . .
 MONEY = re.compile(r"([£€¥]) (?=\d)")   # the detokenizer joins $ 60 only
 CENTS = re.compile(r"(\d,\d{3})\. (\d+)\b")   # 2,699 . 00, as the corpus and TweetTokenizer split it
+CLOCK = re.compile(r"(?<![\d:])(\d{1,2}): (\d{2})(?![\d:])")   # 8 : 00, which the detokenizer leaves "8: 00"
 TRAILING_DOTS = re.compile(r"(?<=\w) \.\.\.(?=[\s!?]|$)")   # "Wait ..." -> "Wait...", "OK ...!" -> "OK...!"
 # quote marks joined to their words travel through the detokenizer as characters it leaves alone
 QUOTE_STAND_IN = {'"': "\ue000", "'": "\ue001"}
@@ -112,6 +113,7 @@ def pretty(text: str) -> str:
     words = [FACE if w in faces else w for w in words]                       # detokenizer glues its marks
     text = unglue(TreebankWordDetokenizer().detokenize(words))   # and what the joining glued ("ll,ll")
     text = TRAILING_DOTS.sub("...", CENTS.sub(r"\1.\2", MONEY.sub(r"\1", text))).translate(QUOTES_BACK)
+    text = CLOCK.sub(r"\1:\2", text)
     text = close_up(text)   # before the faces are back: ":)" after a Chinese word is no mark
     for face in faces:
         text = text.replace(FACE, face, 1)
