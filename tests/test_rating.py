@@ -270,6 +270,8 @@ KNOWN = surface.lexicon(["I ' m fine , thanks .", "Here is the producer .", "How
     ("It is $10.50, at 10:30... Good?!", set()),
     ("25:30.", {"mangled"}),                 # no clock shows it
     ("It is 9:75.", {"mangled"}),
+    ("About 3:", {"mangled"}),                # stops on a colon
+    ("How about you?:", {"mangled"}),
     ("It is 24:00, at 0:59.", set()),
     ("It is at 12:05.", set()),
     ("Visit www.amazon.com", set()),         # a web address, its first dot too

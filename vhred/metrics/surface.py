@@ -9,7 +9,8 @@ of blind rating, vhred/rate.py):
   mangled    a mark doubled inside a token ("9::30", "5,,000"), a money sign on a clock time
              ("$12:00."), or a clock time no clock shows ("25:30", "9:75"): pieces of two formats
              spliced, which no one writes (the training split's 87,171 turns hold one such time,
-             a score, "99:80").
+             a score, "99:80"); or a reply that stops on a colon ("About 3:"), as one of those
+             turns does.
 
 Each is a share of replies (0..1). Words are runs of letters (any script's: "Zürich", "Москва"),
 lower-cased, so "don't" is checked as "don" and "t", which the training text holds whichever way
@@ -39,7 +40,8 @@ WORDS_AGAIN = re.compile(r"\b(\w+[^\w\s]*(?: \w+[^\w\s]*){0,3}) \1 \1(?!\w)")
 # "9::30", "5,,000", "$$10" (not "..." nor "?!"), a price written as a time, "$12:00", and an
 # hour past 24 or minutes past 59, "25:30", "9:75"
 MANGLED = re.compile(r"(?<=\w)([:;,])\1+(?=\w)|([$£€])\2+(?=\d)|([()\[\]{}])\3{2,}|[$£€¥]\d{1,2}:\d{2}\b"
-                     r"|(?<![\d:.])(?:2[5-9]|[3-9]\d):\d{2}(?![\d:])|(?<![\d:.])\d{1,2}:[6-9]\d(?![\d:])")
+                     r"|(?<![\d:.])(?:2[5-9]|[3-9]\d):\d{2}(?![\d:])|(?<![\d:.])\d{1,2}:[6-9]\d(?![\d:])"
+                     r"|:\s*$")
 
 
 def words(text: str) -> list[str]:
