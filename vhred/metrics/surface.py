@@ -38,7 +38,7 @@ FRAGMENT = re.compile(r"(\S{2,}?)\1{2,}")                       # in-in-in-, hah
 # the the the, I am I am I am, music) music) music): words with the marks glued to them
 WORDS_AGAIN = re.compile(r"\b(\w+[^\w\s]*(?: \w+[^\w\s]*){0,3}) \1 \1(?!\w)")
 # "9::30", "5,,000", "$$10" (not "..." nor "?!"), a price written as a time, "$12:00", and an
-# hour past 24 or minutes past 59, "25:30", "9:75"
+# hour past 24 or minutes past 59, "25:30", "9:75"; and a colon the reply stops on, "About 3:"
 MANGLED = re.compile(r"(?<=\w)([:;,])\1+(?=\w)|([$£€])\2+(?=\d)|([()\[\]{}])\3{2,}|[$£€¥]\d{1,2}:\d{2}\b"
                      r"|(?<![\d:.])(?:2[5-9]|[3-9]\d):\d{2}(?![\d:])|(?<![\d:.])\d{1,2}:[6-9]\d(?![\d:])"
                      r"|:\s*$")
