@@ -5,7 +5,7 @@
     POST /respond  {"history": ["Hi!"], "n": 5, "method": "sample", ...}
                    -> {"candidates": [{"text": ..., "score": ...}, ...]}   best first
     POST /score    {"history": ["Hi!"], "candidates": ["Hello.", "No."]} -> {"scores": [...]}
-    GET  /health   -> {"status": "ok", "model", "checkpoint", "device", "config", "limits"}
+    GET  /health   -> {"status": "ok", "model", "checkpoint", "device", "config", "decoding", "limits", "served"}
     GET  /         -> the chat page (vhred/static/chat.html); /?say=Hi&say=Hello!&say=How are you?
                       opens it on those turns (user, bot, user, ...) and answers the last
 
