@@ -16,34 +16,43 @@ JSON line per weight: the first reply's good share over every reader, and its di
 order shown, paired by context, each with a 95% interval by the bootstrap over contexts.
 """
 import json
+import math
 import os
 
 from eval.pooled_rating import bootstrap, context_labels
 from vhred import critic, loading
 from vhred.cli import command, Parser
 from vhred.errors import InputError
-from vhred.render import encode_turns
+from vhred.rate import read_key, read_system
+from vhred.render import encode_turns, uncut
 from vhred.sources import spaced
 
 WEIGHTS = "0,0.25,0.5,0.75,1"
 
 
-def shown_rows(folder: str, system: str) -> list[dict]:
-    """The system's rows of a round (sys-SYSTEM.jsonl): context, samples best first, scores."""
+def shown_rows(folder: str, system: str, contexts: int) -> list[dict]:
+    """The system's rows of a round (sys-SYSTEM.jsonl): context, samples best first and their
+    ranking scores, for each of the key's contexts."""
     path = os.path.join(folder, f"sys-{system}.jsonl")
     if not os.path.isfile(path):
         raise InputError(f"{path} not found: give DIR=SYSTEM of a round whose folder holds the system's replies")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    rows = read_system(f"{system}={path}")[2]
+    if len(rows) < contexts:
+        raise InputError(f"{path} holds {len(rows)} contexts and the round's key {contexts}: is it this round's file?")
+    if any("scores" not in r for r in rows):
+        raise InputError(f"{path} has rows without a score for each reply: only a ranked system (rank critic) "
+                         "can be ordered again")
+    return rows
 
 
 def logits(run, rows: list[dict], contexts: list[int]) -> dict[int, list[float]]:
-    """{context: the critic's logit of each shown reply, in the order shown}."""
+    """{context: the critic's logit of each shown reply, in the order shown}, each read as the
+    ranking read it: the text shown, without the mark of a reply cut at the length limit."""
     model, cfg, sp = run
     out = {}
     for c in contexts:
         turns = encode_turns(sp, [spaced(t) for t in rows[c]["context"]], cfg.max_utt_len, cfg.max_context)
-        texts = rows[c]["samples"]
+        texts = [uncut(t) for t in rows[c]["samples"]]
         out[c] = critic.scores(model.reply_critic, [turns] * len(texts), [critic.reply_ids(sp, t) for t in texts])
     return out
 
@@ -74,6 +83,8 @@ def main(argv=None):
     try:
         weights = [float(w) for w in args.weights.split(",")]
     except ValueError:
+        weights = [math.nan]
+    if not all(math.isfinite(w) for w in weights):
         p.error(f"--weights takes numbers separated by commas, e.g. {WEIGHTS}; got {args.weights}")
     if args.boot < 100:
         p.error("--boot must be at least 100")
@@ -85,7 +96,8 @@ def main(argv=None):
         folder, _, system = spec.rpartition("=")
         if not folder or not system:
             p.error(f"--round takes DIR=SYSTEM, e.g. eval/ratings/2026-12-05-first-order/p1=m; got {spec}")
-        labels, rows = context_labels(folder, system), shown_rows(folder, system)
+        labels = context_labels(folder, system)
+        rows = shown_rows(folder, system, len(read_key(os.path.join(folder, "key.json"))["contexts"]))
         rounds.append((labels, rows, logits(run, rows, sorted(labels))))
     for w in weights:
         units = [(reorder(lab, logit[c], rows[c]["scores"], w), [r[:1] for r in lab])

@@ -899,3 +899,21 @@ def test_first_order_replays_an_order_of_the_shown_replies_on_their_labels(train
     with pytest.raises(SystemExit):
         first_order.main(["--checkpoint", str(run), "--round", f"{b}=x"])
     assert capsys.readouterr().err.startswith("error: ")
+    # a reply the chat cut at the length limit is read as the ranking read it, without the mark
+    from vhred.render import CUT
+    cut = [{"context": contexts[0], "samples": [replies[0][0] + CUT, replies[0][0]]}]
+    read = first_order.logits(loading.load_model(str(run)), cut, [0])[0]
+    assert read[0] == pytest.approx(read[1], abs=1e-6)
+    for argv, said in ((["--weights", "nan"], "--weights takes numbers"), (["--weights", "0,x"], "--weights takes numbers")):
+        with pytest.raises(SystemExit):
+            first_order.main(["--checkpoint", str(run), "--round", f"{b}=m", *argv])
+        assert said in capsys.readouterr().err
+    # a system file without scores (an unranked system), or with fewer rows than the key: one line each
+    whole = (b / "sys-m.jsonl").read_text()
+    for text, said in ((whole.replace('"scores"', '"unscored"'), "without a score for each reply"),
+                       (whole.splitlines()[0] + "\n", "holds 1 contexts and the round's key 2")):
+        (b / "sys-m.jsonl").write_text(text)
+        with pytest.raises(SystemExit):
+            first_order.main(["--checkpoint", str(run), "--round", f"{b}=m"])
+        err = capsys.readouterr().err
+        assert said in err and err.startswith("error: ") and err.count("\n") == 1, err

@@ -57,7 +57,8 @@ def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 # --- reading systems --------------------------------------------------------------------------
 
 def read_system(spec: str) -> tuple[str, str, list[dict]]:
-    """NAME=FILE -> (name, file, rows {"context", "samples"})."""
+    """NAME=FILE -> (name, file, rows {"context", "samples"}, and "scores" where a row has one
+    number for each sample)."""
     name, sep, path = spec.partition("=")
     if not sep or not name or not path:
         raise InputError(f"--system takes NAME=FILE (a `vhred generate` output), got '{spec}'")
@@ -74,7 +75,10 @@ def read_system(spec: str) -> tuple[str, str, list[dict]]:
         if not ok:
             raise InputError(f'{path}: line {lineno}: expected {{"context": [...], "samples": [...]}} '
                              "as `vhred generate` writes it")
-        rows.append({"context": row["context"], "samples": row["samples"]})
+        scores = row.get("scores")
+        scored = isinstance(scores, list) and len(scores) == len(row["samples"]) \
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in scores)
+        rows.append({"context": row["context"], "samples": row["samples"], **({"scores": scores} if scored else {})})
     if not rows:
         raise InputError(f"{path} holds no contexts")
     return name, path, rows
