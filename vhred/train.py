@@ -132,6 +132,7 @@ class Run:
                             f"processes; train on more dialogues or with fewer processes")
         with open(os.path.join(self.data_folder, "tokenizer.model"), "rb") as f:
             self.tokenizer = f.read()
+        self.data_digests = processed_digests(self.data_folder)   # what the data is; saved in checkpoints
         self.wh_replies = WhReplies(self.tokenizer, cfg.wh_reply_weight) if cfg.wh_reply_weight != 1 else None
         with open(os.path.join(self.data_folder, "meta.json")) as f:
             meta = json.load(f)
@@ -274,12 +275,11 @@ class Run:
         saved_id = state.get("data", self._data_id())
         if saved_id == self._data_id():
             return True
-        mine = processed_digests(self.data_folder)
         if state.get("data_digests"):   # what the data was, recorded in the checkpoint
-            return state["data_digests"] == mine
+            return state["data_digests"] == self.data_digests
         old = processed_digests(os.path.join(os.path.dirname(os.path.normpath(self.data_folder)), saved_id))
         if old is not None:
-            return old == mine
+            return old == self.data_digests
         # a checkpoint from before the record, its folder gone (removed, or prepared again by a
         # newer vhred): the same tokenizer (checked by the caller) from the same source and settings
         same = all(getattr(saved, k) == getattr(self.cfg, k) for k in DATA_SETTINGS) and (
@@ -307,7 +307,7 @@ class Run:
             return
         self.progress.wall_s = round(time.time() - self.started, 1)
         state = {"model": self.model.state_dict(), "config": asdict(self.cfg), "data": self._data_id(),
-                 "data_digests": processed_digests(self.data_folder),
+                 "data_digests": self.data_digests,
                  "tokenizer": checkpoint.as_tensor(self.tokenizer), "progress": asdict(self.progress)}
         if resumable:
             state.update(optim=self.opt.state_dict(), rng=rng)
