@@ -4,8 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= dailydialog
-CONFIG ?= configs/dailydialog.yaml
+CONFIG ?= configs/dailydialog-cpu.yaml
 ARGS   ?=
+# On DailyDialog, `make train` then trains the run's reply critic (`make critic`), by which chat,
+# the API and the server rank replies (docs/rating.md); CRITIC=no leaves it out.
+CRITIC ?= $(if $(filter dailydialog,$(DATA)),yes,no)
 
 # The local DailyDialog copy beside the checkout, when there is one (no internet needed then).
 SHARED_DAILYDIALOG := ../shared/data/dailydialog/ijcnlp_dailydialog.zip
@@ -21,7 +24,7 @@ RUN ?= $(shell ls -t runs/*/best.pt 2>/dev/null | head -n 1)
 
 # `make` alone lists the targets; each one that needs the environment creates it first.
 help:
-	@echo "make train DATA=dailydialog     train the reference VHRED (CONFIG=configs/dailydialog-cpu.yaml: the CPU config)"
+	@echo "make train DATA=dailydialog     train VHRED and its reply critic (CONFIG=configs/dailydialog.yaml: the reference size)"
 	@echo "make train DATA=my.jsonl        train on your own conversations (docs/data.md); ARGS=\"key=value ...\" for any setting"
 	@echo "make critic RUN=runs/<name>     the reply critic that ranks a run's candidates (docs/rating.md)"
 	@echo "make chat ARGS=\"--checkpoint runs/<name>\"   talk to a run in the terminal"
@@ -47,8 +50,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# A critic newer than the run's best.pt is kept: running the command again after it ended costs nothing.
 train: $(STAMP)
 	$(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS)
+ifeq ($(CRITIC),yes)
+	@run="$$($(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS) --run-dir)" && \
+	if [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
+	else $(MAKE) --no-print-directory critic RUN="$$run"; fi
+endif
 
 # The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated
 # critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred

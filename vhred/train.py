@@ -716,8 +716,13 @@ def main(argv=None):
                description="Train a model (VHRED, HRED, CVAE, VHCR or DialogWAE) on dialogues.")
     p.add_argument("--config", help="YAML config file (configs/*.yaml); without it, the defaults of vhred/config.py")
     p.add_argument("overrides", nargs="*", help="key=value settings that override the config file")
+    p.add_argument("--run-dir", action="store_true",
+                   help="print the run folder these settings train into, and exit (`make train` trains its critic there)")
     args = p.parse_args(argv)
     cfg = config.load(args.config, args.overrides)
+    if args.run_dir:
+        print(os.path.join(cfg.out_dir, cfg.name))
+        return
     try:
         run = train(cfg, log=lambda msg: print(msg, flush=True))   # flushed: logs survive a kill
     except OSError as e:   # disk full, permissions: a checkpoint written before is still whole
