@@ -218,12 +218,12 @@ def test_only_load_bot_and_candidate_are_public():
 
 
 def test_the_readme_example_runs_as_written(trained, tmp_path, capsys):
-    """The Python API section's example, pointed at the tiny run instead of runs/dailydialog-vhred."""
+    """The Python API section's example, pointed at the tiny run instead of runs/dailydialog-cpu-vhred."""
     readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
     section = readme.split("## Python API", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     assert len(code.strip().splitlines()) <= 5
-    exec(code.replace("runs/dailydialog-vhred", trained["vhred"]), {})
+    exec(code.replace("runs/dailydialog-cpu-vhred", trained["vhred"]), {})
     assert capsys.readouterr().out.strip()
 
 

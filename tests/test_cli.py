@@ -284,6 +284,46 @@ def test_make_refuses_a_venv_of_an_old_python_in_one_line(tmp_path):
     assert not (repo / "calls.log").exists()   # nothing installed into it
 
 
+def test_make_train_on_dailydialog_trains_the_cpu_config_then_its_critic_once(tmp_path):
+    """The README's first command ends in the model chat should use: the CPU config's run and its
+    reply critic; run again after it ended, it keeps the critic; CRITIC=no and other data skip it."""
+    repo = fake_checkout(tmp_path)
+    python = repo / ".venv" / "bin" / "python"   # answers --run-dir as vhred.train does
+    python.write_text(python.read_text() + 'case "$*" in *--run-dir*) echo "runs/dailydialog-cpu-vhred";; esac\n')
+    (repo / "eval").mkdir()
+    (repo / "eval" / "critic_rounds.txt").write_text("eval/ratings/a eval/ratings/b\n")
+
+    def make_train(*extra):
+        (repo / "calls.log").unlink(missing_ok=True)
+        r = subprocess.run(["make", "train", *extra], cwd=repo, capture_output=True, text=True, check=True)
+        return [c.splitlines() for c in (repo / "calls.log").read_text().split("--\n")[:-1]], r.stdout
+
+    train = ["-m", "vhred.train", "--config", "configs/dailydialog-cpu.yaml", "data=dailydialog"]
+    calls, _ = make_train("DATA=dailydialog")
+    assert calls == [train, train + ["--run-dir"], ["-m", "vhred.critic_train", "--checkpoint",
+                     "runs/dailydialog-cpu-vhred", "--ratings", "eval/ratings/a", "eval/ratings/b"]], calls
+    run = repo / "runs" / "dailydialog-cpu-vhred"
+    run.mkdir(parents=True)
+    (run / "best.pt").touch()
+    (run / "critic.safetensors").touch()
+    os.utime(run / "best.pt", (1, 1))   # the critic is the newer: kept
+    calls, out = make_train("DATA=dailydialog")
+    assert calls == [train, train + ["--run-dir"]] and "critic.safetensors is newer than its best.pt: kept" in out
+    os.utime(run / "critic.safetensors", (0, 0))   # a resumed run wrote a newer best.pt: a new critic
+    assert make_train("DATA=dailydialog")[0][-1][:2] == ["-m", "vhred.critic_train"]
+    assert make_train("DATA=dailydialog", "CRITIC=no")[0] == [train]
+    assert make_train("DATA=my.jsonl")[0] == [train[:-1] + ["data=my.jsonl"]]
+
+
+def test_train_run_dir_prints_the_run_folder_and_trains_nothing(tmp_path, monkeypatch, capsys):
+    from vhred import train
+    monkeypatch.chdir(tmp_path)
+    train.main(["--config", os.path.join(ROOT, "configs", "tiny.yaml"), "data=chats/my chats.jsonl", "model=hred",
+                "--run-dir"])
+    assert capsys.readouterr().out == os.path.join("runs", "my-chats-tiny-hred") + "\n"
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_curves_show_the_validation_elbo_and_best_pt(trained, tmp_path, monkeypatch):
     import shutil
     from vhred import plot

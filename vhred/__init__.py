@@ -1,7 +1,7 @@
 """vhred: variational dialogue response generation in PyTorch: VHRED, with HRED, CVAE, VHCR and DialogWAE beside it.
 
     import vhred
-    bot = vhred.load("runs/dailydialog-vhred")          # a run folder or a .pt file
+    bot = vhred.load("runs/dailydialog-cpu-vhred")        # a run folder or a .pt file
     print(bot.respond(["Hi! Where is the station?"])[0].text)
 
 The API (vhred/api.py) is load, Bot and Candidate. They are imported on first use, so that

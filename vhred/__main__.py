@@ -1,6 +1,6 @@
 """The `vhred` command: one program, one subcommand per job.
 
-    vhred train --config configs/dailydialog.yaml       (= python -m vhred.train ...)
+    vhred train --config configs/dailydialog-cpu.yaml   (= python -m vhred.train ...)
     vhred chat | generate | eval | rank | bench | serve | plot | export | latent ...
 
 Each subcommand is the module's own main(argv), so `python -m vhred.<module>` keeps working and

@@ -1,7 +1,7 @@
 """The Python API: load a checkpoint, answer a conversation, score candidate replies.
 
     import vhred
-    bot = vhred.load("runs/dailydialog-vhred")             # a run folder, a .pt file or an exported folder
+    bot = vhred.load("runs/dailydialog-cpu-vhred")           # a run folder, a .pt file or an exported folder
     for c in bot.respond(["Hi! Where is the station?"], n=3):
         print(f"{c.score:6.2f}  {c.text}")
 

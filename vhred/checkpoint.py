@@ -77,7 +77,7 @@ def _fsync_dir(path: str) -> None:
 
 # how to make a run, said where none is found: the command works wherever vhred is installed,
 # make in a checkout
-TRAIN_FIRST = "`vhred train --config configs/dailydialog.yaml`, or `make train DATA=dailydialog` in a checkout"
+TRAIN_FIRST = "`vhred train --config configs/dailydialog-cpu.yaml`, or `make train DATA=dailydialog` in a checkout"
 
 
 def resolve(path: str) -> str:

@@ -15,7 +15,7 @@ with a last row that has no model: the training split's replies to the most simi
 (vhred nearest); and BLEU F1 on the test targets the training split does not hold. It writes
 one table, Markdown and JSON, to docs/ (the command line that made it beside it).
 A run folder that is already trained to the step budget is evaluated again, not retrained.
-`--reference RUN` adds a row for a finished run (the reference config, `make train`).
+`--reference RUN` adds a row for a finished run (the reference config: `make train CONFIG=configs/dailydialog.yaml`).
 """
 import argparse
 import json

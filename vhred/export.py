@@ -1,6 +1,6 @@
 """Export a trained model as a shareable folder: python -m vhred.export RUN DIR
 
-    vhred export runs/dailydialog-vhred exported/dailydialog-vhred
+    vhred export runs/dailydialog-cpu-vhred exported/dailydialog-cpu-vhred
 
 RUN is a run folder (its best.pt, else last.pt) or a .pt checkpoint. DIR receives
 model.safetensors, config.json and tokenizer.model (the format: vhred/modelfolder.py), the run's

@@ -2,7 +2,7 @@
 the run's reply critic (critic.py) and answer table (answers.py) beside it, and the runs pooled
 with it; and which checkpoint a command answers with when --checkpoint is not given.
 
-    model, cfg, sp = load_model("runs/dailydialog-vhred", device, pool_with=["runs/copy"])
+    model, cfg, sp = load_model("runs/dailydialog-cpu-vhred", device, pool_with=["runs/copy"])
 """
 import glob
 import os
