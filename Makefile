@@ -52,12 +52,13 @@ $(STAMP): pyproject.toml
 
 # A critic newer than the run's best.pt is kept: running the command again after it ended costs nothing.
 train: $(STAMP)
+	@case "$(CRITIC)" in yes|no) ;; *) echo "error: CRITIC=$(CRITIC): give CRITIC=yes or CRITIC=no" >&2; exit 2;; esac
 	$(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS)
-ifeq ($(CRITIC),yes)
 	@run="$$($(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS) --run-dir)" && \
-	if [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
-	else $(MAKE) --no-print-directory critic RUN="$$run"; fi
-endif
+	if [ "$(CRITIC)" = no ]; then :; \
+	elif [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
+	else $(MAKE) --no-print-directory critic RUN="$$run" || exit; fi && \
+	echo "next: $(BIN)/vhred chat --checkpoint $$run   (or source $(BIN)/activate, then vhred chat)"
 
 # The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated
 # critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred

@@ -311,8 +311,15 @@ def test_make_train_on_dailydialog_trains_the_cpu_config_then_its_critic_once(tm
     assert calls == [train, train + ["--run-dir"]] and "critic.safetensors is newer than its best.pt: kept" in out
     os.utime(run / "critic.safetensors", (0, 0))   # a resumed run wrote a newer best.pt: a new critic
     assert make_train("DATA=dailydialog")[0][-1][:2] == ["-m", "vhred.critic_train"]
-    assert make_train("DATA=dailydialog", "CRITIC=no")[0] == [train]
-    assert make_train("DATA=my.jsonl")[0] == [train[:-1] + ["data=my.jsonl"]]
+    calls, out = make_train("DATA=dailydialog", "CRITIC=no")
+    assert calls == [train, train + ["--run-dir"]], calls
+    assert "next: .venv/bin/vhred chat --checkpoint runs/dailydialog-cpu-vhred" in out
+    own = train[:-1] + ["data=my.jsonl"]
+    assert make_train("DATA=my.jsonl")[0] == [own, own + ["--run-dir"]]
+    (repo / "calls.log").unlink()
+    r = subprocess.run(["make", "train", "DATA=dailydialog", "CRITIC=maybe"], cwd=repo, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("error: CRITIC=maybe: give CRITIC=yes or CRITIC=no\n"), r.stderr
+    assert not (repo / "calls.log").exists()   # refused before anything trains
 
 
 def test_train_run_dir_prints_the_run_folder_and_trains_nothing(tmp_path, monkeypatch, capsys):
