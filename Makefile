@@ -9,6 +9,7 @@ ARGS   ?=
 # On DailyDialog, `make train` then trains the run's reply critic (`make critic`), by which chat,
 # the API and the server rank replies (docs/rating.md); CRITIC=no leaves it out.
 CRITIC ?= $(if $(filter dailydialog,$(DATA)),yes,no)
+CRITIC_OK := $(if $(filter 1,$(words $(CRITIC))),$(filter yes no,$(CRITIC)))
 
 # The local DailyDialog copy beside the checkout, when there is one (no internet needed then).
 SHARED_DAILYDIALOG := ../shared/data/dailydialog/ijcnlp_dailydialog.zip
@@ -52,12 +53,13 @@ $(STAMP): pyproject.toml
 
 # A critic newer than the run's best.pt is kept: running the command again after it ended costs nothing.
 train: $(STAMP)
-	@case "$(CRITIC)" in yes|no) ;; *) echo "error: CRITIC=$(CRITIC): give CRITIC=yes or CRITIC=no" >&2; exit 2;; esac
+	@test -n "$(CRITIC_OK)" || { echo "error: CRITIC takes yes or no (CRITIC=no: no reply critic after the model)" >&2; exit 2; }
 	$(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS)
 	@run="$$($(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS) --run-dir)" && \
 	if [ "$(CRITIC)" = no ]; then :; \
 	elif [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
-	else $(MAKE) --no-print-directory critic RUN="$$run" || exit; fi && \
+	else $(BIN)/python -m vhred.critic_train --checkpoint "$$run" --ratings $$(cat eval/critic_rounds.txt) || exit; fi && \
+	case "$$run" in *" "*) run="'$$run'";; esac && \
 	echo "next: $(BIN)/vhred chat --checkpoint $$run   (or source $(BIN)/activate, then vhred chat)"
 
 # The reply critic that ranks a run's candidates, trained on the blind rating rounds the rated

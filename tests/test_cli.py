@@ -302,6 +302,8 @@ def test_make_train_on_dailydialog_trains_the_cpu_config_then_its_critic_once(tm
     calls, _ = make_train("DATA=dailydialog")
     assert calls == [train, train + ["--run-dir"], ["-m", "vhred.critic_train", "--checkpoint",
                      "runs/dailydialog-cpu-vhred", "--ratings", "eval/ratings/a", "eval/ratings/b"]], calls
+    calls, _ = make_train("DATA=dailydialog", "ARGS=model=hred")   # training settings are not the critic's
+    assert calls[0] == train + ["model=hred"] and calls[2][-3:] == ["--ratings", "eval/ratings/a", "eval/ratings/b"]
     run = repo / "runs" / "dailydialog-cpu-vhred"
     run.mkdir(parents=True)
     (run / "best.pt").touch()
@@ -318,7 +320,7 @@ def test_make_train_on_dailydialog_trains_the_cpu_config_then_its_critic_once(tm
     assert make_train("DATA=my.jsonl")[0] == [own, own + ["--run-dir"]]
     (repo / "calls.log").unlink()
     r = subprocess.run(["make", "train", "DATA=dailydialog", "CRITIC=maybe"], cwd=repo, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: CRITIC=maybe: give CRITIC=yes or CRITIC=no\n"), r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("error: CRITIC takes yes or no"), r.stderr
     assert not (repo / "calls.log").exists()   # refused before anything trains
 
 
