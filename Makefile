@@ -10,6 +10,8 @@ ARGS   ?=
 # the API and the server rank replies (docs/rating.md); CRITIC=no leaves it out.
 CRITIC ?= $(if $(filter dailydialog,$(DATA)),yes,no)
 CRITIC_OK := $(if $(filter 1,$(words $(CRITIC))),$(filter yes no,$(CRITIC)))
+# The rounds the rated critics learned from (docs/rating.md); make train and make critic train on them
+RATED := --ratings $$(cat eval/critic_rounds.txt)
 
 # The local DailyDialog copy beside the checkout, when there is one (no internet needed then).
 SHARED_DAILYDIALOG := ../shared/data/dailydialog/ijcnlp_dailydialog.zip
@@ -58,7 +60,7 @@ train: $(STAMP)
 	@run="$$($(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS) --run-dir)" && \
 	if [ "$(CRITIC)" = no ]; then :; \
 	elif [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
-	else $(BIN)/python -m vhred.critic_train --checkpoint "$$run" --ratings $$(cat eval/critic_rounds.txt) || exit; fi && \
+	else $(BIN)/python -m vhred.critic_train --checkpoint "$$run" $(RATED) || exit; fi && \
 	case "$$run" in *" "*) run="'$$run'";; esac && \
 	echo "next: $(BIN)/vhred chat --checkpoint $$run   (or source $(BIN)/activate, then vhred chat)"
 
@@ -66,7 +68,7 @@ train: $(STAMP)
 # critics learned from, eval/critic_rounds.txt (docs/rating.md): make critic RUN=runs/dailydialog-cpu-vhred
 critic: $(STAMP)
 	@test -n "$(RUN)" || { echo "error: no runs/*/best.pt found; train one with make train DATA=dailydialog, or give RUN=runs/<name>" >&2; exit 2; }
-	$(BIN)/python -m vhred.critic_train --checkpoint "$(RUN)" --ratings $$(cat eval/critic_rounds.txt) $(ARGS)
+	$(BIN)/python -m vhred.critic_train --checkpoint "$(RUN)" $(RATED) $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2
