@@ -89,12 +89,17 @@ class Stop:
             signal.signal(s, handler)
 
 
+def run_dir(cfg: config.Config) -> str:
+    """The run folder: <out_dir>/<name> (a Config built without config.load may have no name)."""
+    return os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.arch.model}")
+
+
 class Run:
     """One training run: its data, model, optimiser, progress and the files it writes."""
 
     def __init__(self, cfg: config.Config, log=print):
         self.cfg = cfg
-        self.dir = os.path.join(cfg.out_dir, cfg.name or f"run-{cfg.arch.model}")
+        self.dir = run_dir(cfg)
         self.started = time.time()
         keep_freed_memory()   # no page faults on every step's large buffers (see memory.py)
         self.rank, self.world, self.device = distributed.setup(pick_device(cfg.device))
@@ -721,12 +726,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = config.load(args.config, args.overrides)
     if args.run_dir:
-        print(os.path.join(cfg.out_dir, cfg.name))
+        print(run_dir(cfg))
         return
     try:
         run = train(cfg, log=lambda msg: print(msg, flush=True))   # flushed: logs survive a kill
     except OSError as e:   # disk full, permissions: a checkpoint written before is still whole
-        last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
+        last = os.path.join(run_dir(cfg), "last.pt")
         kept = f"; {last} is intact" if os.path.isfile(last) else ""   # never claim one that is not there
         raise OSError(e.errno, f"{e.strerror or e}{kept}", e.filename) from None
     except RuntimeError as e:   # under torchrun: another process ended first, and said why itself
@@ -736,7 +741,7 @@ def main(argv=None):
         say("stopped: another process of this run ended (its error is above)")
         sys.exit(1)
     except KeyboardInterrupt as e:   # a second Ctrl-C, or a stop while the data is prepared: no half-written file
-        last = os.path.join(cfg.out_dir, cfg.name, "last.pt")
+        last = os.path.join(run_dir(cfg), "last.pt")
         if os.environ.get("RANK", "0") == "0":   # under torchrun every process gets the stop: one line
             say(f"interrupted; {last} is intact" if os.path.isfile(last) else "interrupted before any checkpoint")
         sys.exit(interrupted_code(e))
