@@ -352,6 +352,7 @@ def test_compare_trains_two_families_and_writes_one_table(dailydialog_zip, data_
     nearest = result["rows"][2]   # no model: BLEU and distinct on the same targets, nothing to train or rank
     assert nearest["contexts"] == 4 and nearest["bleu-precision"] > 0 and "nll_bound" not in nearest
     md = (tmp_path / "table.md").read_text()
+    assert md.startswith("# The model family for the same training steps\n")
     assert "| dialogwae-gmp |" in md and "vhred compare" in md and "BLEU F1" in md and "F1 unseen" in md
     assert "| nearest (no model) | – |" in md   # its steps cell
     assert result["trained_earlier"] == [] and "earlier run" not in md

@@ -353,7 +353,8 @@ def _last_step(run_dir: str) -> int:
 
 def markdown(rows: list[dict], header: dict) -> str:
     cols = [(k, title) for k, title in COLUMNS if any(k in r for r in rows)]
-    lines = [f"Made {header['date']} by `{header['command']}` on {header['machine']}; "
+    lines = ["# The model family for the same training steps", "",
+             f"Made {header['date']} by `{header['command']}` on {header['machine']}; "
              f"{rows[0].get('contexts', '?')} test contexts (DialogWAE's protocol), "
              f"{rows[0].get('rank_contexts', '?')} ranked; test NLL bound with K = {header['iw_samples']}."
              + (f" Trained by an earlier run of the command and evaluated again: {', '.join(header['trained_earlier'])}"
