@@ -453,6 +453,67 @@ def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained,
     assert refused.value.code == 2 and "different tokenizers" in capsys.readouterr().err
 
 
+def test_answer_steering_biases_the_pieces_of_typical_answer_words_only_after_a_wh_question():
+    """eval.answer_steering's bias: w x the pmi of the word a piece starts, for the wh-phrase the
+    turn asks; digits count as <num>; pieces inside a word and turns without a wh-question get 0."""
+    from eval.answer_steering import bias, piece_words
+
+    class Pieces:
+        pieces = ["<pad>", "\u2581o'clock", "\u25817", "7", "\u2581Time", "\u2581time", "\u2581tea"]
+        def get_piece_size(self):
+            return len(self.pieces)
+        def id_to_piece(self, i):
+            return self.pieces[i]
+
+    words = piece_words(Pieces())
+    assert words == [None, "o'clock", "<num>", None, "time", "time", "tea"]
+    table = {"asked": {"what time": 40, "what": 90}, "pmi": {"what time": {"<num>": 2.0, "o'clock": 1.5},
+                                                             "what": {"tea": 1.0}}}
+    assert bias(table, words, "What time is it ?", 0.5).tolist() == [0, 0.75, 1.0, 0, 0, 0, 0]
+    assert bias(table, words, "What is that ?", 2).tolist() == [0, 0, 0, 0, 0, 0, 2.0]
+    assert not bias(table, words, "I like it .", 1).any()
+
+
+def test_answer_steering_adds_steered_draws_and_leaves_other_turns_as_the_chat_shows_them(trained, tmp_path):
+    """The Steered model decodes as the model does with a zero bias and puts a strongly favoured
+    piece into every draw; contexts without a wh-question show the chat's own five (vhred.generate),
+    and one with a wh-question shows the five of both sets of draws."""
+    import torch
+    from eval import answer_steering
+    from vhred import answers
+    from vhred.candidates import generate
+    from vhred.decoding import DecodeOptions
+    model, cfg, sp = loading.load_model(trained["vhred"])
+    ids = [sp.encode("hi , how are you ?")]
+    opts = DecodeOptions(num_samples=6, rank="none", dedup=False)
+    zero = torch.zeros(sp.get_piece_size())
+    assert [r[0] for r in generate(answer_steering.Steered(model, zero), [ids], opts)[0]] == \
+        [r[0] for r in generate(model, [ids], opts)[0]]
+    word = sp.piece_to_id("\u2581you")
+    forced = zero.clone()
+    forced[word] = 50.0
+    assert all(word in r[0] for r in generate(answer_steering.Steered(model, forced), [ids], opts)[0])
+    contexts = [["I like tea ."], ["Can I help you ?", "Yes , I want a coat ."]]   # no wh-question
+    src = tmp_path / "contexts.jsonl"
+    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    answer_steering.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "s.jsonl"),
+                          "--show-steered"])
+    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
+                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--device", "cpu"],
+                   cwd=ROOT, check=True, capture_output=True)
+    ours = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
+    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
+    assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
+    assert not any(f for r in ours for f in r["steered"])
+    table, words = answers.from_run(trained["vhred"]), answer_steering.piece_words(sp)
+    assert answer_steering.bias(table, words, "What time is it ?", 0.5).any()
+    src.write_text(json.dumps({"context": ["What time is it ?"]}) + "\n")
+    answer_steering.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "w.jsonl"),
+                          "--show-steered", "--weight", "3"])
+    row = json.loads((tmp_path / "w.jsonl").read_text())
+    assert 1 <= len(row["samples"]) <= 5 and len(row["steered"]) == len(row["samples"])
+
+
 def test_evaluate_with_pooled_draws_names_each_runs_own_ranking(trained, dailydialog_zip, monkeypatch):
     """vhred eval --pool-with: the replies are the pooled chat's, and with a pool the report's ranking
     stays "auto" (each run ranks by what it has)."""
