@@ -393,20 +393,30 @@ def test_exemplar_z_is_the_posterior_mean_of_the_training_batch(vhred_model):
     assert not torch.allclose(z[0], z[1])   # two replies, two latents
 
 
+def contexts_file(path, contexts: list[list[str]]):
+    """A JSONL file of contexts, as vhred generate reads them."""
+    path.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    return path
+
+
+def chat_rows(run: str, src, out, *flags: str) -> list[dict]:
+    """vhred generate's rows for a contexts file: the chat's five for each, as a user gets them."""
+    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", run, "--input", str(src),
+                    "--output", str(out), "--num-samples", "5", "--device", "cpu", *flags],
+                   cwd=ROOT, check=True, capture_output=True)
+    return [json.loads(line) for line in open(out)]
+
+
 def test_exemplar_z_without_exemplars_shows_what_generate_shows(trained, tmp_path):
     """--exemplars 0 pools the prior's draws alone: the chat's own five (vhred.generate), in order;
     with exemplars, each line says which shown replies only the exemplars' z drew."""
     from eval import exemplar_z
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."], ["What time is it ?"]]
-    src = tmp_path / "contexts.jsonl"
-    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    src = contexts_file(tmp_path / "contexts.jsonl", contexts)
     exemplar_z.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "x0.jsonl"),
                      "--exemplars", "0"])
-    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
-                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--device", "cpu"],
-                   cwd=ROOT, check=True, capture_output=True)
+    chat = chat_rows(trained["vhred"], src, tmp_path / "n.jsonl")
     ours = [json.loads(line) for line in open(tmp_path / "x0.jsonl")]
-    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
     assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
     exemplar_z.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "x.jsonl"),
                      "--exemplars", "6", "--show-exemplars"])
@@ -423,15 +433,11 @@ def test_pooled_draws_of_one_model_twice_are_its_chat_at_half_the_draws(trained,
     import shutil
     from eval import pooled_draws
     contexts = [["Hi , how are you ?"], ["Can I help you ?", "Yes , I want a coat ."], ["What time is it ?"]]
-    src = tmp_path / "contexts.jsonl"
-    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    src = contexts_file(tmp_path / "contexts.jsonl", contexts)
     pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["vhred"], "--input", str(src),
                        "--output", str(tmp_path / "self.jsonl")])
-    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
-                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--draws", "8", "--device", "cpu"],
-                   cwd=ROOT, check=True, capture_output=True)
+    chat = chat_rows(trained["vhred"], src, tmp_path / "n.jsonl", "--draws", "8")
     ours = [json.loads(line) for line in open(tmp_path / "self.jsonl")]
-    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
     assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
     assert not any(f for r in ours for f in r["from_second"])
     pooled_draws.main(["--checkpoint", trained["vhred"], "--second", trained["vhred"], "--committee", "--input",
@@ -494,20 +500,16 @@ def test_answer_steering_adds_steered_draws_and_leaves_other_turns_as_the_chat_s
     forced[word] = 50.0
     assert all(word in r[0] for r in generate(answer_steering.Steered(model, forced), [ids], opts)[0])
     contexts = [["I like tea ."], ["Can I help you ?", "Yes , I want a coat ."]]   # no wh-question
-    src = tmp_path / "contexts.jsonl"
-    src.write_text("".join(json.dumps({"context": c}) + "\n" for c in contexts))
+    src = contexts_file(tmp_path / "contexts.jsonl", contexts)
     answer_steering.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "s.jsonl"),
                           "--show-steered"])
-    subprocess.run([sys.executable, "-m", "vhred.generate", "--checkpoint", trained["vhred"], "--input", str(src),
-                    "--output", str(tmp_path / "n.jsonl"), "--num-samples", "5", "--device", "cpu"],
-                   cwd=ROOT, check=True, capture_output=True)
+    chat = chat_rows(trained["vhred"], src, tmp_path / "n.jsonl")
     ours = [json.loads(line) for line in open(tmp_path / "s.jsonl")]
-    chat = [json.loads(line) for line in open(tmp_path / "n.jsonl")]
     assert [r["samples"] for r in ours] == [r["samples"] for r in chat]
     assert not any(f for r in ours for f in r["steered"])
     table, words = answers.from_run(trained["vhred"]), answer_steering.piece_words(sp)
     assert answer_steering.bias(table, words, "What time is it ?", 0.5).any()
-    src.write_text(json.dumps({"context": ["What time is it ?"]}) + "\n")
+    contexts_file(src, [["What time is it ?"]])
     answer_steering.main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(tmp_path / "w.jsonl"),
                           "--show-steered", "--weight", "3"])
     row = json.loads((tmp_path / "w.jsonl").read_text())
