@@ -25,7 +25,7 @@ from vhred import loading
 from vhred.cli import command, Parser
 from vhred.dataset import collate
 from vhred.errors import InputError
-from vhred.generate import read_contexts
+from vhred.generate import read_contexts, replaceable_output
 from vhred.device import pick_device
 from vhred.sources import split_dialogues
 from vhred.candidates import generate, same_reply
@@ -76,6 +76,8 @@ def main(argv=None):
     p.add_argument("--show-exemplars", action="store_true",
                    help="add the exemplars' texts, which shown replies only they drew, and how many such replies")
     args = p.parse_args(argv)
+    replaceable_output(args.input, args.output)
+    contexts = read_contexts(args.input)[0]   # a bad input is refused before the output is touched
     model, cfg, sp = loading.load_model(args.checkpoint, pick_device("cpu"))
     if not hasattr(model, "posterior"):
         raise InputError(f"{args.checkpoint} is a {cfg.arch.model} model; exemplar z's are read by VHRED's or CVAE's "
@@ -83,7 +85,7 @@ def main(argv=None):
     index = Index(split_dialogues(cfg, "train"), previous_weight=0.5)
     opts = DecodeOptions(num_samples=args.num_samples).check()
     with open(args.output, "w") as out:
-        for context in read_contexts(args.input)[0]:
+        for context in contexts:
             shown, exemplars, from_exemplar, new = replies_for(model, cfg, sp, index, [spaced(t) for t in context], opts, args.exemplars)
             row = {"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],
                    "scores": [round(r[1], 4) for r in shown]}

@@ -24,7 +24,7 @@ from vhred import loading
 from vhred.cli import command, Parser
 from vhred.device import pick_device
 from vhred.errors import InputError
-from vhred.generate import read_contexts
+from vhred.generate import read_contexts, replaceable_output
 from vhred.candidates import _dedup, _rank, generate, same_reply, shown_filter
 from vhred.decoding import DecodeOptions
 from vhred.render import encode_turns, response_text
@@ -72,6 +72,8 @@ def main(argv=None):
     p.add_argument("--judge-only", action="store_true",
                    help="every draw from --checkpoint, ranked as --committee ranks: the second model only judges")
     args = p.parse_args(argv)
+    replaceable_output(args.input, args.output)
+    contexts = read_contexts(args.input)[0]   # a bad input is refused before the output is touched
     if not filecmp.cmp(os.path.join(args.checkpoint, "tokenizer.model"), os.path.join(args.second, "tokenizer.model"),
                        shallow=False):
         raise InputError("the two runs have different tokenizers: pool draws of runs made with one config and data")
@@ -79,7 +81,7 @@ def main(argv=None):
     second, _, _ = loading.load_model(args.second, pick_device("cpu"))
     opts = DecodeOptions(num_samples=args.num_samples).check()
     with open(args.output, "w") as out:
-        for context in read_contexts(args.input)[0]:
+        for context in contexts:
             shown, from_second = pooled(first, second, cfg, sp, [spaced(t) for t in context], opts, args.committee,
                                         args.judge_only)
             out.write(json.dumps({"context": context, "samples": [response_text(sp, r[0], opts.max_len) for r in shown],

@@ -514,6 +514,33 @@ def test_answer_steering_adds_steered_draws_and_leaves_other_turns_as_the_chat_s
                           "--show-steered", "--weight", "3"])
     row = json.loads((tmp_path / "w.jsonl").read_text())
     assert 1 <= len(row["samples"]) <= 5 and len(row["steered"]) == len(row["samples"])
+    assert row["new_replies"] > 0 and not any(f for r in ours for f in r["steered"]) and "new_replies" in ours[0]
+    assert all(r["new_replies"] == 0 for r in ours)   # no wh-question: nothing decoded steered
+
+
+@pytest.mark.parametrize("script", ["answer_steering", "pooled_draws", "exemplar_z"])
+def test_eval_scripts_that_write_generates_lines_never_overwrite_their_input_or_another_file(script, trained, tmp_path,
+                                                                                         capsys):
+    """--output the --input file, or a file that is not generate's output, is refused with one line
+    before anything is written; a missing --input leaves an earlier output as it was."""
+    import importlib
+    main = importlib.import_module(f"eval.{script}").main
+    extra = ["--second", trained["vhred"]] if script == "pooled_draws" else []
+    src = contexts_file(tmp_path / "contexts.jsonl", [["What time is it ?"]])
+    kept = src.read_text()
+    for out, said in [(src, "is the --input file"), (tmp_path / "config.yaml", "is not an earlier output")]:
+        if out != src:
+            out.write_text("lr: 0.001\n")
+        before = out.read_text()
+        with pytest.raises(SystemExit) as refused:
+            main(["--checkpoint", trained["vhred"], "--input", str(src), "--output", str(out), *extra])
+        assert refused.value.code == 2 and said in capsys.readouterr().err and out.read_text() == before
+    assert src.read_text() == kept
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text('{"context": ["Hi"], "samples": ["Hello."], "scores": [0.0]}\n')
+    with pytest.raises(SystemExit) as refused:
+        main(["--checkpoint", trained["vhred"], "--input", str(tmp_path / "none.jsonl"), "--output", str(earlier), *extra])
+    assert refused.value.code == 2 and "Hello." in earlier.read_text()
 
 
 def test_evaluate_with_pooled_draws_names_each_runs_own_ranking(trained, dailydialog_zip, monkeypatch):

@@ -142,6 +142,19 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             yield from zip(chunk, found)
 
 
+def replaceable_output(input_path: str, output: str) -> None:
+    """Refuse an --output that writing would lose: the --input file itself, or a file that is not an
+    earlier output of this command (a checkpoint, its tokenizer, a config). Also used by the eval
+    scripts that write this command's lines."""
+    check_output(output)
+    if os.path.exists(output) and os.path.exists(input_path) and os.path.samefile(input_path, output):
+        raise InputError(f"--output {output} is the --input file: writing it would lose the contexts "
+                         "(and any line skipped); give another --output")
+    if os.path.isfile(output) and not earlier_output(output):
+        raise InputError(f"--output {output} exists and is not an earlier output of vhred generate: "
+                         "writing it would lose it; give another --output")
+
+
 def earlier_output(path: str) -> bool:
     """Whether path is empty or holds this command's lines (JSON objects with "samples"), the only
     file --output may replace. A file that does not start as a JSON object (a checkpoint, a
@@ -173,13 +186,7 @@ def main(argv=None):
                    help='add "z": the latent of each sample (VHRED), which "z" in an input line decodes again')
     args = p.parse_args(argv)
     opts = options_from_args(args)
-    check_output(args.output)
-    if os.path.exists(args.output) and os.path.exists(args.input) and os.path.samefile(args.input, args.output):
-        raise InputError(f"--output {args.output} is the --input file: writing it would lose the contexts "
-                         "(and any line skipped); give another --output")
-    if os.path.isfile(args.output) and not earlier_output(args.output):   # a checkpoint, its tokenizer, a config
-        raise InputError(f"--output {args.output} exists and is not an earlier output of vhred generate: "
-                         "writing it would lose it; give another --output")
+    replaceable_output(args.input, args.output)
     contexts, zs, linenos, extras = read_contexts(args.input)   # a bad input file is refused before the model loads
     if args.return_z and args.pool_with:
         raise InputError("--return-z gives the latents of --checkpoint's draws only: leave out --pool-with")
