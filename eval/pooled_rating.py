@@ -1,7 +1,7 @@
 """One system's good shares over several blind rating rounds (docs/rating-rounds.md, "All the rounds of the default")
 
     python -m eval.pooled_rating --round eval/ratings/2026-11-30-floor=n [--round DIR=SYSTEM ...] [--boot 2000]
-                                 [--versus SYSTEM] [--last-turn question|wh|yes-no|other ...]
+                                 [--versus SYSTEM] [--last-turn question|wh|yes-no|other ...] [--content RUN]
 
 Each round folder holds the key.json of `vhred rate pack` and one rater*.txt per reader. For the
 system named in each round, over every reader of every round: the good share of the replies shown
@@ -21,6 +21,10 @@ reply to a question has to answer it, where an acknowledgement fits after most s
 keeps the questions that ask what, where, when, why, who, which or how, yes-no the other
 questions (vhred.rate.turn_kind): "Yes." can answer the second kind, never the first. Repeated,
 it keeps the contexts of any kind named (--last-turn yes-no --last-turn other: all but wh).
+
+--content RUN counts a reply as good only when readers kept it and it is not a stock turn of RUN's
+training text (vhred/metrics/stock.py: "OK.", "I see.", "Thank you.", said whole 10 times or
+more): the share of replies kept that say something of their own.
 """
 import glob
 import json
@@ -29,12 +33,14 @@ import random
 
 from vhred.cli import command, Parser
 from vhred.errors import InputError
-from vhred.rate import LAST_TURN_KINDS, last_turn_is, read_answers, read_key
+from vhred.metrics.stock import is_stock
+from vhred.rate import LAST_TURN_KINDS, last_turn_is, lexicon_and_stock, read_answers, read_key
 
 
-def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[list[bool]]]:
+def context_labels(folder: str, system: str, last_turn=(), stock: frozenset = frozenset()) -> dict[str, list[list[bool]]]:
     """{context: [labels by rank, one list per reader]} for one system of one round; with
-    last_turn a few of LAST_TURN_KINDS, only the contexts whose last turn is of one of those kinds."""
+    last_turn a few of LAST_TURN_KINDS, only the contexts whose last turn is of one of those kinds;
+    a reply that is one of the stock turns counts as not kept."""
     key = read_key(os.path.join(folder, "key.json"))
     if key["kind"] != "pointwise":
         raise InputError(f"{folder} is a {key['kind']} round; this command pools good/bad labels of pointwise "
@@ -42,11 +48,13 @@ def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[lis
     raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
     if not raters:
         raise InputError(f"{folder} has no rater*.txt: rate its pack.txt first")
-    shown = {}   # context -> [(rank, id)]
+    shown, stocked = {}, set()   # context -> [(rank, id)]; the ids of stock replies
     for item, entries in key["items"].items():
         for e in entries:
             if e["system"] == system:
                 shown.setdefault(e["context"], []).append((e["rank"], item))
+                if is_stock(e["text"], stock):
+                    stocked.add(item)
     if not shown:
         raise InputError(f"{folder}: no system '{system}' in its key")
     if last_turn:
@@ -59,7 +67,7 @@ def context_labels(folder: str, system: str, last_turn=()) -> dict[str, list[lis
         if missing:
             raise InputError(f"{path} does not answer {len(missing)} of the {len(ids)} ids of system '{system}'")
         for ctx, ranked in shown.items():
-            out.setdefault(ctx, []).append([answers[i] == "good" for _, i in sorted(ranked)])
+            out.setdefault(ctx, []).append([answers[i] == "good" and i not in stocked for _, i in sorted(ranked)])
     return out
 
 
@@ -104,20 +112,23 @@ def main(argv=None):
     p.add_argument("--last-turn", choices=LAST_TURN_KINDS, action="append", default=[],
                    help="only the contexts whose last turn is of this kind (vhred.rate.turn_kind); repeat "
                         "for several")
+    p.add_argument("--content", metavar="RUN",
+                   help="count a kept reply only when it is not a stock turn of this run's training text")
     args = p.parse_args(argv)
     if args.boot < 100:
         p.error("--boot must be at least 100")
+    stock = lexicon_and_stock(args.content)[1] if args.content else frozenset()
     everything, pairs = [], []
     for spec in args.round:
         folder, sep, system = spec.rpartition("=")
         if not sep or not folder or not system:
             p.error(f"--round {spec}: expected DIR=SYSTEM, e.g. eval/ratings/2026-11-30-floor=n")
-        labels = context_labels(folder, system, args.last_turn)
+        labels = context_labels(folder, system, args.last_turn, stock)
         everything += labels.values()
         if labels:   # --last-turn may leave a round none
             print(json.dumps(summary(spec, list(labels.values()), args.boot)))
         if args.versus:
-            other = context_labels(folder, args.versus, args.last_turn)
+            other = context_labels(folder, args.versus, args.last_turn, stock)
             pairs += [(labels[c], other[c]) for c in labels if c in other]
     if not everything:
         raise InputError(f"no context of these rounds has a last turn of kind '{' or '.join(args.last_turn)}'")

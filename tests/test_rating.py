@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ROOT
 from vhred import rate
 from vhred.render import pretty
-from vhred.metrics import surface
+from vhred.metrics import stock, surface
 
 
 # --- the interval ---------------------------------------------------------------------------
@@ -301,6 +301,55 @@ def test_surface_metrics_are_shares():
     m = surface.surface_metrics(["I'm fine.", "25.How", "", "the produceer"], KNOWN)
     assert (m["glued_share"], m["empty_share"], m["non_word_share"], m["any_fault_share"]) == (0.25, 0.25, 0.25, 0.75)
     assert "non_word_share" not in surface.surface_metrics(["x"], None)
+
+
+# --- stock replies ---------------------------------------------------------------------------
+
+def test_stock_turns_are_the_turns_said_whole_ten_times():
+    said = ["Thank you ."] * 6 + ["thank you!"] * 4 + ["OK ."] * 9 + ["?"] * 12 + ["Thank you very much ."]
+    stock_set = stock.stock_turns(said)
+    assert stock_set == {"thank you"}                  # "OK ." 9 times is not; "?" has no word
+    assert stock.is_stock("Thank you.", stock_set) and stock.is_stock("THANK YOU !", stock_set)
+    assert not stock.is_stock("Thank you very much.", stock_set) and not stock.is_stock("?", stock_set)
+    m = stock.stock_metrics(["Thank you.", "It is on Main Street, $10.", "OK.", "thank you"], stock_set)
+    assert m == {"stock_share": 0.5, "words_per_reply": (2 + 6 + 1 + 2) / 4}
+    assert stock.stock_metrics(["OK."], None) == {"words_per_reply": 1.0} and stock.stock_metrics([], stock_set) == {}
+
+
+def test_pack_reports_the_stock_share_of_the_training_text(trained, tmp_path, monkeypatch):
+    from vhred import checkpoint, lexicon
+    from vhred.lexicon import training_text
+    monkeypatch.setattr(lexicon, "_CACHE", {})
+    monkeypatch.setattr(stock, "MIN_COUNT", 3)   # the tiny slice's 120 dialogues say no turn ten times
+    path = checkpoint.resolve(trained["vhred"])
+    said = collections.Counter(" ".join(re.findall(r"[a-z]+", u.lower()))
+                               for u in training_text(checkpoint.config_of(checkpoint.load(path), path)))
+    common = [t for t, n in said.most_common(3) if n >= 3 and t]
+    assert common, "the tiny training text says no turn three times"
+    replies = [[common[0].capitalize() + ".", "Would you like the blue coat with the hood?"], [common[-1] + "!", "No."],
+               ["Ten minutes' walk from here.", "Not far."]]
+    mixed = write_system(tmp_path / "mixed.jsonl", replies)
+    _, key = pack(tmp_path, (mixed, mixed), "--checkpoint", trained["vhred"])
+    shown = [r for row in replies for r in row]
+    expected = sum(said[" ".join(re.findall(r"[a-z]+", r.lower()))] >= 3 for r in shown) / len(shown)
+    assert key["proxies"]["old"]["stock_share"] == pytest.approx(expected) and expected >= 2 / 6
+    assert key["proxies"]["old"]["words_per_reply"] == pytest.approx(sum(len(r.split()) for r in shown) / 6)
+
+
+def test_pooled_rating_counts_a_kept_stock_reply_as_not_content(tmp_path, capsys):
+    from eval import pooled_rating
+    folder = tmp_path / "round"
+    folder.mkdir()
+    texts = [["OK.", "It is on Main Street."], ["Thank you.", "I see."]]
+    items = {f"i{c}{r}": [{"system": "n", "context": c, "rank": r + 1, "text": t}]
+             for c, row in enumerate(texts) for r, t in enumerate(row)}
+    (folder / "key.json").write_text(json.dumps({"kind": "pointwise", "items": items,
+                                                 "contexts": [["Where is it ?"], ["Here you are ."]]}))
+    (folder / "rater1.txt").write_text("i00 good\ni01 good\ni10 good\ni11 bad\n")
+    kept = pooled_rating.context_labels(str(folder), "n")
+    content = pooled_rating.context_labels(str(folder), "n", stock=frozenset({"ok", "thank you", "i see"}))
+    assert kept == {0: [[True, True]], 1: [[True, False]]}
+    assert content == {0: [[False, True]], 1: [[False, False]]}
 
 
 # --- text out -------------------------------------------------------------------------------

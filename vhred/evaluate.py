@@ -35,7 +35,7 @@ from .dataset import DialogueData
 from .device import pick_device
 from .errors import InputError
 from .files import check_output, json_line, json_safe, output_file, output_files
-from .lexicon import training_lexicon
+from .lexicon import training_lexicon, training_stock
 from .candidates import ranking
 from .decoding import options_from_args, shapes_words
 from .generate import add_decode_args, generate_file
@@ -44,6 +44,7 @@ from .render import pretty, response_text
 from .metrics import dialogwae
 from .metrics.likelihood import elbo_metrics, iw_nll, perplexity
 from .metrics.protocol import context_pairs, sample_metrics
+from .metrics.stock import stock_metrics
 from .metrics.surface import glued, surface_metrics
 from .sources import split_dialogues
 
@@ -89,6 +90,10 @@ LEGEND = [
     ("glued_before_text_out", "lower", "responses in which the model glued a sentence mark to the next word "
                                        "(\"25.How\"): the text out mends them (\"25. How\"), so glued_share, "
                                        "measured on the shown text, is 0"),
+    ("stock_share", "", "stock_share: responses that are a turn the training split says whole 10 times or more "
+                        "(\"OK.\", \"I see.\"; vhred/metrics/stock.py): such a reply fits after most turns and says "
+                        "little; the human replies of DailyDialog's validation split, 6%"),
+    ("words_per_reply", "", "words per response, split at spaces as shown"),
     ("_share", "lower", "surface faults of the shown text: the share of responses with a word never seen whole in "
                         "the training text (non_word), glued punctuation (glued), nothing printed (empty), a "
                         "repeated fragment (repeated), a mangled number or mark (mangled), or any of them "
@@ -267,7 +272,9 @@ def main(argv=None):
     t0 = time.time()
     protocol = dialogwae_protocol if args.protocol == "dialogwae" else ours
     metrics, rows = protocol(model, cfg, sp, dialogues, opts, args.max_contexts)
-    metrics.update(surface_metrics([s for row in rows for s in row["samples"]], training_lexicon(cfg)))
+    replies = [s for row in rows for s in row["samples"]]
+    metrics.update(surface_metrics(replies, training_lexicon(cfg)))
+    metrics.update(stock_metrics(replies, training_stock(cfg)))
     mended = [g for row in rows for g in row["glued"]]
     metrics["glued_before_text_out_share"] = sum(mended) / max(len(mended), 1)
     if args.max_contexts:   # both protocols have len(d) - 1 targets per dialogue

@@ -1,5 +1,6 @@
 """The words of a run's training text: the lexicon of the non-word check (vhred/metrics/surface.py)
-that drops candidates before they are shown and that `vhred eval` and `vhred rate` report.
+that drops candidates before they are shown and that `vhred eval` and `vhred rate` report; and its
+stock turns (vhred/metrics/stock.py), which they report too.
 
 Read from the data the checkpoint was trained on, once per process and data source; None when
 that text is not on this machine (it is never downloaded for this: the check is then skipped).
@@ -7,6 +8,7 @@ that text is not on this machine (it is never downloaded for this: the check is 
 import os
 
 from .errors import UserError
+from .metrics.stock import stock_turns
 from .metrics.surface import lexicon
 
 _CACHE: dict = {}
@@ -27,8 +29,18 @@ def training_text(cfg) -> list[str] | None:
 
 def training_lexicon(cfg) -> frozenset | None:
     """Every word seen whole in the checkpoint's training text, or None when it is not here."""
+    return _from_training_text(cfg)[0]
+
+
+def training_stock(cfg) -> frozenset | None:
+    """The stock turns of the checkpoint's training text, or None when it is not here."""
+    return _from_training_text(cfg)[1]
+
+
+def _from_training_text(cfg) -> tuple:
+    """(lexicon, stock turns) of the training text, read once per process and data source."""
     key = (cfg.data, cfg.data_source, cfg.data_dir, cfg.max_dialogues, os.environ.get("DAILYDIALOG_SRC"))
     if key not in _CACHE:
         text = training_text(cfg)
-        _CACHE[key] = None if text is None else lexicon(text)
+        _CACHE[key] = (None, None) if text is None else (lexicon(text), stock_turns(text))
     return _CACHE[key]

@@ -13,8 +13,9 @@ pack writes two files. The pack (for the rater) lists each context once, its tur
 the replies of all systems, shuffled with the seed, each behind a random id; a reply two systems
 share is shown once. The key (never shown to the rater) maps each id to the systems and the rank
 within the context (1 = first in the system's own list; the pack shuffles them), and holds each
-system's automatic proxies (vhred/metrics/surface.py) when --checkpoint names the run whose
-training text is the lexicon.
+system's automatic proxies: the surface faults (vhred/metrics/surface.py), words per reply and,
+when --checkpoint names the run whose training text is the lexicon, the non-word and stock-reply
+shares (vhred/metrics/stock.py: a kept share that rises on "OK." and "I see." says so there).
 The rater writes one line per id: `<id> good` or `<id> bad`; good = fluent English that fits
 the last turn as the next speaker's reply.
 
@@ -286,27 +287,31 @@ def is_key(path: str) -> bool:
     return isinstance(key, dict) and "items" in key and key.get("kind") in ("pointwise", "pairwise")
 
 
-def training_lexicon(run: str) -> frozenset:
-    """The words of a run's training text (its checkpoint's config says where that is)."""
+def lexicon_and_stock(run: str) -> tuple[frozenset, frozenset]:
+    """The words and the stock turns of a run's training text (its checkpoint's config says where
+    that is)."""
     from . import checkpoint
-    from .lexicon import training_lexicon
+    from .lexicon import training_lexicon, training_stock
     path = checkpoint.resolve(run)
-    known = training_lexicon(checkpoint.config_of(checkpoint.load(path), path))
+    cfg = checkpoint.config_of(checkpoint.load(path), path)
+    known = training_lexicon(cfg)
     if known is None:
         raise InputError(f"the training text of {path} is not on this machine (set DAILYDIALOG_SRC); "
-                         "or leave out --checkpoint for proxies without the non-word share")
-    return known
+                         "or leave out --checkpoint for proxies without the non-word and stock shares")
+    return known, training_stock(cfg)
 
 
 def system_proxies(systems: dict, n_contexts: int, per_context: int, run: str | None) -> dict:
-    """Each system's surface-fault shares over the replies it shows in the pack."""
+    """Each system's surface-fault shares, words per reply and stock share over the replies it
+    shows in the pack."""
+    from .metrics.stock import stock_metrics
     from .metrics.surface import surface_metrics
     if run is not None and not run.strip():   # an unset shell variable: say so, not drop the proxy
         raise InputError("--checkpoint is empty; give the run whose training text is the lexicon, or leave the "
-                         "flag out for proxies without the non-word share")
-    known = training_lexicon(run) if run else None
-    return {name: surface_metrics([s for row in rows[:n_contexts] for s in row["samples"][:per_context]], known)
-            for name, rows in systems.items()}
+                         "flag out for proxies without the non-word and stock shares")
+    known, stock = lexicon_and_stock(run) if run else (None, None)
+    shown = {name: [s for row in rows[:n_contexts] for s in row["samples"][:per_context]] for name, rows in systems.items()}
+    return {name: {**surface_metrics(replies, known), **stock_metrics(replies, stock)} for name, replies in shown.items()}
 
 
 # --- score ------------------------------------------------------------------------------------
@@ -418,13 +423,18 @@ def report(key: dict, answers: dict, rater: str) -> tuple[str, dict]:
     proxies = key.get("proxies") or {}
     if proxies:
         names = sorted({k for p in proxies.values() for k in p})
-        lines += ["", "automatic proxies (share of the replies in the pack):", "",
-                  "| system | " + " | ".join(n.replace("_share", "") for n in names) + " |",
+        lines += ["", "automatic proxies (share of the replies in the pack; words: mean words a reply):", "",
+                  "| system | " + " | ".join(n.replace("_share", "").replace("_per_reply", "") for n in names) + " |",
                   "|---|" + "---|" * len(names)]
-        lines += [f"| {s} | " + " | ".join(f"{100 * p[n]:.1f}%" if n in p else "-" for n in names) + " |"
-                  for s, p in proxies.items()]
+        lines += [f"| {s} | " + " | ".join(proxy_cell(n, p) for n in names) + " |" for s, p in proxies.items()]
     return "\n".join(lines), {"rater": rater, "answered": answered, "items": total, "kind": key["kind"],
                               "scores": result, "proxies": proxies}
+
+
+def proxy_cell(name: str, proxies: dict) -> str:
+    if name not in proxies:
+        return "-"
+    return f"{proxies[name]:.1f}" if name == "words_per_reply" else f"{100 * proxies[name]:.1f}%"
 
 
 def by_last_turn(key: dict, result: dict) -> list[str]:
