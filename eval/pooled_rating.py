@@ -117,7 +117,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.boot < 100:
         p.error("--boot must be at least 100")
-    stock = lexicon_and_stock(args.content)[1] if args.content else frozenset()
+    if args.content is not None and not args.content.strip():   # an unset shell variable: say so
+        raise InputError("--content is empty; give the run whose training text has the stock turns, or leave it out")
+    stock = lexicon_and_stock(args.content, "--content")[1] if args.content else frozenset()
     everything, pairs = [], []
     for spec in args.round:
         folder, sep, system = spec.rpartition("=")

@@ -350,6 +350,9 @@ def test_pooled_rating_counts_a_kept_stock_reply_as_not_content(tmp_path, capsys
     content = pooled_rating.context_labels(str(folder), "n", stock=frozenset({"ok", "thank you", "i see"}))
     assert kept == {0: [[True, True]], 1: [[True, False]]}
     assert content == {0: [[False, True]], 1: [[False, False]]}
+    with pytest.raises(SystemExit) as stop:   # an unset shell variable: not the plain kept share
+        pooled_rating.main(["--round", f"{folder}=n", "--content", ""])
+    assert stop.value.code == 2 and "--content is empty" in capsys.readouterr().err
 
 
 # --- text out -------------------------------------------------------------------------------

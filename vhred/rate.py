@@ -287,9 +287,10 @@ def is_key(path: str) -> bool:
     return isinstance(key, dict) and "items" in key and key.get("kind") in ("pointwise", "pairwise")
 
 
-def lexicon_and_stock(run: str) -> tuple[frozenset, frozenset]:
+def lexicon_and_stock(run: str, leave_out: str = "--checkpoint for proxies without the non-word and stock shares"
+                      ) -> tuple[frozenset, frozenset]:
     """The words and the stock turns of a run's training text (its checkpoint's config says where
-    that is)."""
+    that is); leave_out: what the message offers when that text is not here."""
     from . import checkpoint
     from .lexicon import training_lexicon, training_stock
     path = checkpoint.resolve(run)
@@ -297,7 +298,7 @@ def lexicon_and_stock(run: str) -> tuple[frozenset, frozenset]:
     known = training_lexicon(cfg)
     if known is None:
         raise InputError(f"the training text of {path} is not on this machine (set DAILYDIALOG_SRC); "
-                         "or leave out --checkpoint for proxies without the non-word and stock shares")
+                         f"or leave out {leave_out}")
     return known, training_stock(cfg)
 
 
@@ -507,8 +508,8 @@ def parse_args(argv):
     a.add_argument("--contexts", type=int, default=0, help="the first N contexts, 0 for all (default %(default)s)")
     a.add_argument("--per-context", type=int, default=5, help="replies per context and system (default %(default)s)")
     a.add_argument("--pairwise", action="store_true", help="A/B pairs (ACUTE-Eval) instead of good/bad")
-    a.add_argument("--checkpoint", help="the run whose training text is the lexicon of the non-word proxy "
-                        "(default: none, proxies without the non-word share)")
+    a.add_argument("--checkpoint", help="the run whose training text gives the non-word and stock proxies "
+                        "(default: none, proxies without those two shares)")
     a.add_argument("--seed", type=int, default=0, help="seed of the ids and the order (default %(default)s)")
     b = sub.add_parser("score", help="score one rater's answers against the key")
     b.add_argument("--key", required=True, help="the key written by `rate pack`")
