@@ -53,7 +53,7 @@ def context_labels(folder: str, system: str, last_turn=(), stock: frozenset = fr
         for e in entries:
             if e["system"] == system:
                 shown.setdefault(e["context"], []).append((e["rank"], item))
-                if is_stock(e["text"], stock):
+                if stock and is_stock(e["text"], stock):   # no stock turns given: no text to read
                     stocked.add(item)
     if not shown:
         raise InputError(f"{folder}: no system '{system}' in its key")
