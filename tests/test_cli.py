@@ -88,6 +88,21 @@ def test_a_malformed_flag_is_one_error_line_that_names_the_command_not_its_usage
     assert f"`vhred {name}" in err and "--help` lists the flags" in err
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["generate", "--checkpoint", "runs/x", "--input", "", "--output", "o.jsonl"], "a file name is empty"),
+    (["rate", "score", "--key", "", "--answers", "a.txt"], "--key is empty"),
+    (["plot", ""], "the run folder is empty"),
+    (["export", "", "exported/x"], "the checkpoint is empty")])
+def test_an_empty_path_is_named_as_empty(argv, says, capsys, tmp_path, monkeypatch):
+    """`--input ''` said "error:  not found", naming no file and nothing to do."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        vhred_main.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and says in err and "give" in err, err
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("argv", [["rate", "score", "--key", "k", "--answers", "a", "--bogus"],
                                   ["latent", "plot", "--bogus"]])
 def test_a_subcommands_unknown_flag_names_the_subcommand_whose_help_lists_its_flags(argv, capsys, monkeypatch):

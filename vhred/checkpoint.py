@@ -82,6 +82,8 @@ TRAIN_FIRST = "`vhred train --config configs/dailydialog-cpu.yaml`, or `make tra
 
 def resolve(path: str) -> str:
     """A .pt file, a run folder (its best.pt, else last.pt), or an exported model folder (itself)."""
+    if not path:   # `vhred export '' DIR`: "checkpoint  not found" would name nothing
+        raise CheckpointError("the checkpoint is empty; give a run folder, a .pt file or an exported model folder")
     if modelfolder.is_model_folder(path):
         return path
     if os.path.isdir(path):

@@ -60,6 +60,8 @@ def shown(value) -> str:
 def readable_file(path: str, max_bytes: int = MAX_INPUT_BYTES) -> int:
     """Check that path is a regular file of at most max_bytes before reading it: a device
     (/dev/zero), a FIFO or a huge file is refused in one line. Returns its size."""
+    if not path:   # `--input ''`: "not found" would name no file
+        raise InputError("a file name is empty; give the path of a file")
     try:
         st = os.stat(path)
     except FileNotFoundError:

@@ -17,6 +17,8 @@ from .files import write_bytes
 
 
 def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
+    if not run_dir:
+        raise InputError("the run folder is empty; give one, e.g. runs/dailydialog-cpu-vhred")
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise InputError(f"{path} not found; is {run_dir} a run folder?")

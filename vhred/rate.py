@@ -456,6 +456,8 @@ def by_last_turn(key: dict, result: dict) -> list[str]:
 
 
 def read_key(path: str) -> dict:
+    if not path:
+        raise InputError("--key is empty; give the key.json that `vhred rate pack` wrote beside the pack")
     if not os.path.isfile(path):
         raise InputError(f"key {path} not found (`vhred rate pack` writes it beside the pack)")
     try:
