@@ -53,13 +53,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# A critic newer than the run's best.pt is kept: running the command again after it ended costs nothing.
+# A critic newer than the run's best.pt is kept: running the command again after it ended costs nothing
+# (and writes the readers' table, kept.json, where an older critic came without one).
 train: $(STAMP)
 	@test -n "$(CRITIC_OK)" || { echo "error: CRITIC takes yes or no (CRITIC=no: no reply critic after the model)" >&2; exit 2; }
 	$(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS)
 	@run="$$($(BIN)/python -m vhred.train --config "$(CONFIG)" "data=$(DATA)" $(ARGS) --run-dir)" && \
 	if [ "$(CRITIC)" = no ]; then :; \
 	elif [ "$$run/critic.safetensors" -nt "$$run/best.pt" ]; then echo "$$run/critic.safetensors is newer than its best.pt: kept"; \
+		test -f "$$run/kept.json" || $(BIN)/python -m vhred.kept --checkpoint "$$run" $(RATED) || exit; \
 	else $(BIN)/python -m vhred.critic_train --checkpoint "$$run" $(RATED) || exit; fi && \
 	case "$$run" in *" "*) run="'$$run'";; esac && \
 	echo "next: $(BIN)/vhred chat --checkpoint $$run   (or source $(BIN)/activate, then vhred chat)"

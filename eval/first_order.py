@@ -1,7 +1,7 @@
 """Which of the shown replies should go first? An order replayed on a round's labels (docs/rating-rounds.md, eighty-third round)
 
     python -m eval.first_order --checkpoint RUN --round DIR=SYSTEM [--round DIR=SYSTEM ...]
-                               [--weights 0,0.25,0.5,0.75,1] [--boot 2000]
+                               [--weights 0,0.25,0.5,0.75,1 | --readers] [--boot 2000]
 
 Readers judge each reply on its own, shuffled among the others of its context, so a reply's label
 does not depend on the place the chat gave it: an order of the replies a system showed is measured
@@ -14,13 +14,17 @@ so RUN must hold the critic that ranked the round (its rest is the score less th
 weight w the shown replies are ordered by logit + w x rest; w = 1 is the order shown. Prints one
 JSON line per weight: the first reply's good share over every reader, and its difference from the
 order shown, paired by context, each with a 95% interval by the bootstrap over contexts.
+
+--readers orders the shown replies instead as the chat does with RUN's kept.json (vhred/kept.py:
+how often readers of its rounds kept each reply after that kind of last turn), the order shown
+breaking ties; the system's rows need no scores then, and RUN no critic (eighty-ninth round).
 """
 import json
 import math
 import os
 
 from eval.pooled_rating import bootstrap, context_labels
-from vhred import critic, loading
+from vhred import critic, kept, loading
 from vhred.cli import command, Parser
 from vhred.errors import InputError
 from vhred.rate import read_key, read_system
@@ -30,16 +34,16 @@ from vhred.sources import spaced
 WEIGHTS = "0,0.25,0.5,0.75,1"
 
 
-def shown_rows(folder: str, system: str, contexts: int) -> list[dict]:
+def shown_rows(folder: str, system: str, contexts: int, unscored: bool = False) -> list[dict]:
     """The system's rows of a round (sys-SYSTEM.jsonl): context, samples best first and their
-    ranking scores, for each of the key's contexts."""
+    ranking scores (unscored: scores not needed), for each of the key's contexts."""
     path = os.path.join(folder, f"sys-{system}.jsonl")
     if not os.path.isfile(path):
         raise InputError(f"{path} not found: give DIR=SYSTEM of a round whose folder holds the system's replies")
     rows = read_system(f"{system}={path}")[2]
     if len(rows) < contexts:
         raise InputError(f"{path} holds {len(rows)} contexts and the round's key {contexts}: is it this round's file?")
-    if any("scores" not in r for r in rows):
+    if not unscored and any("scores" not in r for r in rows):
         raise InputError(f"{path} has rows without a score for each reply: only a ranked system (rank critic) "
                          "can be ordered again")
     return rows
@@ -64,6 +68,13 @@ def reorder(labels: list[list[bool]], logit: list[float], score: list[float], w:
     return [[r[best]] for r in labels]
 
 
+def readers_first(labels: list[list[bool]], table: dict, row: dict) -> list[list[bool]]:
+    """Each reader's labels, the first moved to the reply kept.order puts first."""
+    n = min(len(labels[0]), len(row["samples"]))
+    best = kept.order(table, row["context"][-1], row["samples"][:n])[0]
+    return [[r[best]] for r in labels]
+
+
 def first_share(units) -> tuple[float, float]:
     """(difference from the order shown, first-reply good share) over units of (reordered, shown)."""
     first = sum(r[0] for u, _ in units for r in u) / sum(len(u) for u, _ in units)
@@ -78,6 +89,8 @@ def main(argv=None):
     p.add_argument("--round", action="append", required=True, metavar="DIR=SYSTEM",
                    help="a round's folder and the system's letter in its key; repeat for each round")
     p.add_argument("--weights", default=WEIGHTS, help="weights w of the rest of the score (default %(default)s)")
+    p.add_argument("--readers", action="store_true",
+                   help="order the shown replies by RUN's kept.json instead, as the chat does (vhred/kept.py)")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
     args = p.parse_args(argv)
     try:
@@ -89,7 +102,9 @@ def main(argv=None):
     if args.boot < 100:
         p.error("--boot must be at least 100")
     run = loading.load_model(args.checkpoint)
-    if run[0].reply_critic is None:
+    if args.readers and run[0].readers_table is None:
+        raise InputError(f"{args.checkpoint} has no kept.json: write it with `vhred kept --checkpoint RUN --ratings DIR ...`")
+    if not args.readers and run[0].reply_critic is None:
         raise InputError(f"{args.checkpoint} has no reply critic (critic.safetensors): give the run that ranked the rounds")
     rounds = []
     for spec in args.round:
@@ -97,15 +112,23 @@ def main(argv=None):
         if not folder or not system:
             p.error(f"--round takes DIR=SYSTEM, e.g. eval/ratings/2026-12-05-first-order/p1=m; got {spec}")
         labels = context_labels(folder, system)
-        rows = shown_rows(folder, system, len(read_key(os.path.join(folder, "key.json"))["contexts"]))
-        rounds.append((labels, rows, logits(run, rows, sorted(labels))))
+        rows = shown_rows(folder, system, len(read_key(os.path.join(folder, "key.json"))["contexts"]), args.readers)
+        rounds.append((labels, rows, None if args.readers else logits(run, rows, sorted(labels))))
+    if args.readers:
+        report({"order": "readers"}, [(readers_first(lab, run[0].readers_table, rows[c]), [r[:1] for r in lab])
+                                      for labels, rows, _ in rounds for c, lab in labels.items()], args.boot)
+        return
     for w in weights:
-        units = [(reorder(lab, logit[c], rows[c]["scores"], w), [r[:1] for r in lab])
-                 for labels, rows, logit in rounds for c, lab in labels.items()]
-        (diff, first), (diff_ci, first_ci) = first_share(units), bootstrap(units, args.boot, stat=first_share)
-        print(json.dumps({"weight": w, "contexts": len(units), "first": round(first, 4),
-                          "first_95": [round(x, 4) for x in first_ci], "minus_shown": round(diff, 4),
-                          "minus_shown_95": [round(x, 4) for x in diff_ci]}))
+        report({"weight": w}, [(reorder(lab, logit[c], rows[c]["scores"], w), [r[:1] for r in lab])
+                               for labels, rows, logit in rounds for c, lab in labels.items()], args.boot)
+
+
+def report(head: dict, units, boot: int):
+    """One JSON line: an order's first-reply share and its difference from the order shown."""
+    (diff, first), (diff_ci, first_ci) = first_share(units), bootstrap(units, boot, stat=first_share)
+    print(json.dumps({**head, "contexts": len(units), "first": round(first, 4),
+                      "first_95": [round(x, 4) for x in first_ci], "minus_shown": round(diff, 4),
+                      "minus_shown_95": [round(x, 4) for x in diff_ci]}))
 
 
 if __name__ == "__main__":

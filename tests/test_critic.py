@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
-from vhred import answers, critic, loading
+from vhred import answers, critic, kept, loading
 from vhred.candidates import critic_scores, generate, ranking
 from vhred.critic_train import pair_loss
 from vhred.errors import CheckpointError
@@ -239,6 +239,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     meta = critic.record(str(run))["training"]
     assert meta["contexts"] == 4 and meta["replies"] == 24 and meta["rounds"] == [os.path.normpath(taught)]
     assert meta["pretrain"] == 20
+    assert kept.load(str(run)) == kept.build([taught])   # the readers' table of the same rounds, not the held-out
     assert critic.record(str(run))["turn"] == critic.TURN == 32   # the default reads the answered turn's words
     # the readers kept the thanks on other contexts too: the critic orders them first there (on the
     # stand-in corpus the pretraining alone already orders every held-out pair: no worse then)
@@ -249,7 +250,7 @@ def test_train_a_critic_on_ratings_then_rank_by_it(trained, tmp_path):
     src.write_text(json.dumps({"context": ["Hi !", "Hello , what can I do for you ?"]}) + "\n")
     out = tmp_path / "samples.jsonl"
     cmd = [sys.executable, "-m", "vhred.generate", "--checkpoint", str(run), "--input", str(src),
-           "--output", str(out), "--num-samples", "4", "--no-clean"]   # rank auto: the run's critic
+           "--output", str(out), "--num-samples", "4", "--no-clean", "--order", "score"]   # rank auto: the run's critic
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     row = json.loads(out.read_text())
@@ -412,7 +413,8 @@ def test_the_chats_help_names_the_beam_width_beam_returns_to(vhred_model):
 def test_the_rounds_make_critic_learns_from_are_rated_rounds_of_the_repository():
     """eval/critic_rounds.txt names the 38 rounds the rated critic learned from; `make critic`
     reads it, so every folder must be a pointwise round with its readers' answers."""
-    from vhred.critic_train import rated_replies, rating_rounds
+    from vhred.critic_train import rated_replies
+    from vhred.rate import rating_rounds
     folders = open(os.path.join(ROOT, "eval", "critic_rounds.txt")).read().split()
     assert len(folders) == 38 and all(os.path.isdir(os.path.join(ROOT, f)) for f in folders)
     rounds = rating_rounds([os.path.join(ROOT, f) for f in folders])

@@ -28,6 +28,7 @@ COMMANDS = {
     "export": ("vhred.export", "write a run as model.safetensors + config.json + tokenizer.model + model card"),
     "critic": ("vhred.critic_train", "train a run's reply critic, which ranks candidates as a reader would (--rank critic)"),
     "answers": ("vhred.answers", "count which words answer each kind of wh-question in a run's training split (ranking)"),
+    "kept": ("vhred.kept", "count how often blind readers kept each reply after each kind of turn (the shown order)"),
     "rate": ("vhred.rate", "blind rating: write a pack of replies (rate pack), score a rater's answers (rate score)"),
     "compare": ("vhred.compare", "train every model family for the same steps and tabulate their test metrics"),
     "latent": ("vhred.latent", "VHRED's latent variable: interpolate between z's, plot the latent space"),

@@ -135,7 +135,8 @@ class Bot:
         contexts = [self._context(h) for h in histories]
         z = z_matrix(self._model, zs or [None] * len(contexts))
         keep = shown_filter(self._sp, self.config, opts)
-        results = candidates(self._model, contexts, opts, same=same_reply(self._sp), z=z, keep=keep)   # as the chat
+        results = candidates(self._model, contexts, opts, same=same_reply(self._sp), z=z, keep=keep,   # as the chat
+                             last_turns=[history_read(h)[-1] for h in histories])
         return [[Candidate(response_text(self._sp, x[0], opts.max_len), float(x[1]),
                            None if x.z is None else x.z.tolist(), bool(keep and not keep(x[0]))) for x in r]
                 for r in results]

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import torch
 
-from . import critic, decoding
+from . import critic, decoding, kept
 from .decoding import DecodeOptions, Response
 from .errors import InputError
 from .lexicon import training_lexicon
@@ -33,7 +33,7 @@ def generate(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions,
 
 
 def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions,
-               same=None, z=None, keep=None) -> list[list[Response]]:
+               same=None, z=None, keep=None, last_turns: list[str] | None = None) -> list[list[Response]]:
     """What the chat shows for each context: when repeats are dropped or candidates ranked,
     D x N are drawn (D = opts.draws) and the first N kept (so N distinct ones usually remain,
     and ranked, they are the best N of D x N); otherwise the N decoded. same(ids) -> text, when
@@ -41,7 +41,9 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
     same words). keep(ids) -> bool (shown_filter) puts faulty responses behind all good ones. A
     context with fewer than N good distinct ones is drawn again with 4N, then 8N (the same first
     draws and more) where D is smaller; only then are faulty ones shown, last, or fewer than N
-    (shown_note says which). HRED's greedy and beam draws are all alike: 2N at most."""
+    (shown_note says which). HRED's greedy and beam draws are all alike: 2N at most. Ranked, the
+    N are shown in readers_order; last_turns: each context's last turn as written (its kind is
+    read there; by default it is decoded from the ids, cut at max_utt_len)."""
     n = opts.check().num_samples
     if not (opts.dedup or opts.rank != "none" or keep):
         return drawn(model, contexts, opts, z)
@@ -57,7 +59,26 @@ def candidates(model: Model, contexts: list[list[list[int]]], opts: DecodeOption
         todo = [i for i in todo if len(results[i]) < n or (keep and not keep(results[i][-1][0]))]
         if not todo:
             break
-    return results
+    if not readers_order_applies(model, opts):
+        return results
+    if last_turns is None:
+        last_turns = [model.sp.decode(c[-1]) if c else "" for c in contexts]
+    return [readers_order(model.readers_table, model.sp, turn, row, keep) for turn, row in zip(last_turns, results)]
+
+
+def readers_order_applies(model: Model, opts: DecodeOptions) -> bool:
+    """Whether the ranked replies are shown in the readers' order: the run has the table
+    (kept.json), opts.order is "readers", and they are ranked."""
+    return getattr(model, "readers_table", None) is not None and opts.order == "readers" and opts.rank != "none"
+
+
+def readers_order(table: dict, sp, last_turn: str, row: list[Response], keep=None) -> list[Response]:
+    """One context's ranked replies in order of how often readers kept each, as shown, after this
+    kind of last turn (vhred/kept.py: opts.order "readers", when the run has the table); faulty
+    ones (keep) stay after every good one."""
+    good = [r for r in row if not keep or keep(r[0])]
+    texts = [pretty(sp.decode(r[0])) for r in good]
+    return [good[i] for i in kept.order(table, last_turn, texts)] + row[len(good):]
 
 
 def drawn(model: Model, contexts: list[list[list[int]]], opts: DecodeOptions, z=None) -> list[list[Response]]:

@@ -19,7 +19,7 @@ from .device import pick_device
 from .errors import InputError
 from .files import json_line
 from .stops import interrupted_code
-from .candidates import candidates, draws_made, ranking, same_reply, shown_filter, shown_note
+from .candidates import candidates, draws_made, ranking, readers_order_applies, same_reply, shown_filter, shown_note
 from .decoding import DecodeOptions, RANKS
 from .decoding import options_from_args
 from .generate import add_decode_args
@@ -85,7 +85,7 @@ class Chat:
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         keep = shown_filter(self.sp, self.cfg, opts)
         [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
-                                 same=same_reply(self.sp), z=z, keep=keep)
+                                 same=same_reply(self.sp), z=z, keep=keep, last_turns=[turn])
         note = shown_note(responses, opts.num_samples, keep, draws_made(self.model, opts))
         if note:
             self.note(f"({note})")
@@ -269,7 +269,8 @@ def main(argv=None):
     told = (lambda msg: print(msg, file=sys.stderr)) if args.json else print   # --json: stdout holds turns only
     chat = Chat(model, cfg, sp, opts, out=told)
     if interactive:
-        print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None), file=sys.stderr)
+        print(banner(path, cfg, opts, ranking(model, opts), args.pool_with, model.answers is not None,
+                     readers_order_applies(model, opts)), file=sys.stderr)
     try:
         # the prompt goes where readline can redraw it while a line is edited: the terminal, when
         # stdout is one (--json included: a person reads it there); else stderr, so a file gets replies only
@@ -285,15 +286,17 @@ def main(argv=None):
         sys.exit(interrupted_code(e))
 
 
-def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: bool = False) -> str:
+def banner(path: str, cfg, opts, ranked_by: str = "mmi", pooled=(), answers: bool = False,
+           readers: bool = False) -> str:
     """The first line of an interactive chat: which model it is, where it was loaded from, what
     else draws candidates and what orders them (answers: with the run's answer score after a
-    wh-question, vhred/answers.py)."""
+    wh-question, vhred/answers.py; readers: the chosen ones shown in the readers' order, vhred/kept.py)."""
     by = ranked_words(ranked_by, opts, answers)
     shared = f" (drawn with {', '.join(pooled)}, whose rankings join)" if pooled else ""
     n = opts.num_samples
+    shown = "shown in the order readers kept such replies before" if readers else "best first"
     return (f"vhred chat: {cfg.arch.model} from {path}, {n} candidate{'s' if n != 1 else ''} per turn{shared}, "
-            f"ranked by {by}, best first: the first joins the conversation (/pick K for another). "
+            f"ranked by {by}, {shown}: the first joins the conversation (/pick K for another). "
             f"/help for commands, Ctrl-D to leave.")
 
 

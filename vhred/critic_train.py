@@ -18,9 +18,7 @@ pair weighted by how far apart the readers' shares are) is printed before and af
 critic.safetensors is written into the run folder, where chat, generate, serve and the API rank by it (rank "auto", the default); with --pretrain, so is the
 answer table of the same training split (answers.json, vhred/answers.py).
 """
-import collections
 import dataclasses
-import glob
 import json
 import os
 import random
@@ -31,11 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import answers, checkpoint, limits, loading
+from . import answers, checkpoint, kept, limits, loading
 from .cli import command, Parser, program
 from .config import MAX_INT
 from .critic import TURN, Critic, from_model, reply_ids, save, tokenizer_sha256
 from .errors import DataError, InputError, TrainingError
+from .rate import checked_rounds
 
 CONTEXTS = 8        # contexts per step
 REPLIES = 12        # rated replies of each, at most, per step
@@ -50,22 +49,8 @@ PRETRAIN = 1000
 def rated_replies(folder: str) -> list[tuple[list[str], list[tuple[str, float]]]]:
     """One rating round's (context turns, [(reply text, share of readers who kept it)]), every
     reply its readers saw; a pairwise round has no such labels and is refused."""
-    from .rate import read_answers, read_key
-    key = read_key(os.path.join(folder, "key.json"))
-    if key["kind"] != "pointwise":
-        raise InputError(f"{folder} is a pairwise round; the critic learns from good/bad labels (pointwise rounds)")
-    raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
-    if not raters:
-        raise InputError(f"{folder} has no rater*.txt answers beside its key.json")
-    labels = collections.defaultdict(list)
-    for path in raters:
-        for item, answer in read_answers(path, key).items():
-            it = key["items"][item][0]
-            labels[(it["context"], it["text"])].append(answer == "good")
-    by_context = collections.defaultdict(list)
-    for (c, text), kept in sorted(labels.items()):
-        by_context[c].append((text, sum(kept) / len(kept)))
-    return [(key["contexts"][c], replies) for c, replies in sorted(by_context.items())]
+    from .rate import rated_labels
+    return [(turns, [(text, kept / rated) for text, kept, rated in replies]) for turns, replies in rated_labels(folder)]
 
 
 def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:
@@ -224,27 +209,12 @@ def parse_args(argv):
     limits.number("--lr", args.lr, 0, 1)
     if args.lr == 0:
         raise InputError("--lr must be above 0: at 0 the critic would not learn")
-    for flag, folders in (("--ratings", args.ratings), ("--held-out", args.held_out)):
-        for d in folders:   # a misspelt round is named, not left out of the critic that replaces the run's
-            if not os.path.isdir(d):
-                raise InputError(f"{flag} {d}: no such folder; give rating rounds, folders with the key.json "
-                                 "of `vhred rate pack` (or folders of them)")
-            if not rating_rounds([d]):
-                raise InputError(f"{flag} {d} holds no rating round: a round is a folder with the key.json "
-                                 "of `vhred rate pack` (or a folder of such folders)")
-    rounds, args.held_out = rating_rounds(args.ratings), rating_rounds(args.held_out)
+    rounds, args.held_out = checked_rounds("--ratings", args.ratings), checked_rounds("--held-out", args.held_out)
     held_real = {os.path.realpath(h) for h in args.held_out}   # one round however its path is written
     args.rounds = [r for r in rounds if os.path.realpath(r) not in held_real]
     if not args.rounds:
         raise InputError("every --ratings round is also --held-out: leave some to train on")
     return args
-
-
-def rating_rounds(folders: list[str]) -> list[str]:
-    """The rounds among folders: each folder with a key.json, and each such folder one level
-    below (a round rated in several packs)."""
-    rounds = [d for d in folders if os.path.isfile(os.path.join(d, "key.json"))]
-    return rounds + [os.path.dirname(k) for d in folders for k in sorted(glob.glob(os.path.join(d, "*", "key.json")))]
 
 
 @command
@@ -257,7 +227,7 @@ def main(argv=None):
     if not all(torch.isfinite(w).all() for w in state["weights"].values()):   # the run's critic stays as it was
         raise TrainingError(f"the critic's weights became NaN/inf; nothing was written to {folder}: "
                             f"lower --lr (now {args.lr:g})")
-    written = {"critic": save(state, folder)}
+    written = {"critic": save(state, folder), "kept": kept.save(kept.build(args.rounds), folder)}
     if args.pretrain:   # the training split is at hand: its answer table ranks beside the critic
         written["answers"] = answers.save(answers.from_run(path), folder)
     print(json.dumps({**written, **state["training"]}))

@@ -23,6 +23,7 @@ from .tokenizer import BOS, EOS, PAD, UNK
 
 
 RANKS = ("auto", "none", "ll", "pmi", "mmi", "critic")   # how candidates are ordered (vhred/candidates.py)
+ORDERS = ("readers", "score")   # the shown replies: by what readers kept before (vhred/kept.py), or by the ranking score
 MAX_DRAWS = 16   # draws per reply shown: 16N rows of the vocabulary's width at most (docs/limits.md)
 BEAM_STOPS = ("first", "best")
 
@@ -74,6 +75,8 @@ class DecodeOptions:
     length_bonus: float = -0.2 # ... + gamma per token of length (Li et al. 2016); < 0 favours short replies
     answer_weight: float = 1.0 # rank "critic" and "mmi": + this x the reply's answer score after a wh-question
                                # (vhred/answers.py), when the run's folder holds answers.json
+    order: str = "readers"     # the replies shown, ranked: in order of how often readers kept each after this kind
+                               # of turn, when the run's folder holds kept.json (vhred/kept.py); "score": the ranking's
     draws: int = 16            # decoded per reply shown, 1 to 16: the best num_samples of draws x num_samples
     seed: int = 0              # same seed, same samples
 
@@ -106,6 +109,8 @@ class DecodeOptions:
             self.rank = "pmi" if self.rank else "none"
         if self.rank not in RANKS:
             raise InputError(f"rank must be {', '.join(RANKS)}, got '{self.rank}'")
+        if self.order not in ORDERS:
+            raise InputError(f"order must be {' or '.join(ORDERS)}, got {limits.shown(self.order)}")
         return self
 
 

@@ -4,8 +4,8 @@
 
 RUN is a run folder (its best.pt, else last.pt) or a .pt checkpoint. DIR receives
 model.safetensors, config.json and tokenizer.model (the format: vhred/modelfolder.py), the run's
-reply critic (critic.safetensors, vhred/critic.py) and answer table (answers.json,
-vhred/answers.py) when it has them, and a
+reply critic (critic.safetensors, vhred/critic.py), answer table (answers.json,
+vhred/answers.py) and readers' table (kept.json, vhred/kept.py) when it has them, and a
 README.md model card: the data, the config, the run's validation figures (metrics.jsonl) and how
 to load it. vhred.load(DIR) and every --checkpoint read the folder; the optimiser is left out.
 """
@@ -18,7 +18,7 @@ import pathlib
 import shutil
 from dataclasses import asdict
 
-from . import answers, cache, checkpoint, critic, loading, modelfolder
+from . import answers, cache, checkpoint, critic, kept, loading, modelfolder
 from .cli import command, Parser, program
 from .errors import InputError
 from .models import FAMILIES
@@ -26,7 +26,7 @@ from .schedule import kl_cycle
 from .stops import check_stop
 
 CARD = "README.md"
-RANKING_FILES = (critic.FILE, answers.FILE)   # the reply critic and the answer table, when the run has them
+RANKING_FILES = (critic.FILE, answers.FILE, kept.FILE)   # the reply critic, answer table and readers' table, when the run has them
 RESULTS = ("results-", "samples-", "rank-")   # what eval and rank write into a model folder
 VAL_FIGURES = ("elbo_per_token", "ppl", "nll_per_token", "kl_per_utt", "active_units")
 

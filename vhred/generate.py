@@ -21,7 +21,7 @@ import sys
 from . import loading
 from .candidates import candidates, ranking, same_reply, shown_filter
 from .cli import command, Parser, program
-from .decoding import BEAM_STOPS, DecodeOptions, options_from_args, RANKS, z_matrix
+from .decoding import BEAM_STOPS, DecodeOptions, options_from_args, ORDERS, RANKS, z_matrix
 from .device import pick_device
 from .errors import InputError
 from .files import check_output, json_line, output_file, text_lines
@@ -62,6 +62,10 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
     p.add_argument("--answer-weight", type=float, default=d.answer_weight,
                    help="--rank critic and mmi: weight of the answer score after a wh-question, when the run has "
                         "answers.json (`python -m vhred.answers`; default %(default)s)")
+    p.add_argument("--order", choices=ORDERS, default=d.order,
+                   help="the ranked replies shown: in order of how often blind readers kept each after this kind of "
+                        "turn, when the run has kept.json (readers: `vhred kept`), or by the ranking score "
+                        "(default %(default)s; docs/rating.md)")
     p.add_argument("--draws", type=int, default=d.draws,
                    help="responses decoded per one shown, 1 to 16: the best N of draws x N are shown (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="same seed, same responses (default %(default)s)")
@@ -137,7 +141,8 @@ def generate_file(model, cfg, sp, contexts: list[list[str]], opts: DecodeOptions
             chunk = contexts[start:start + batch_contexts]
             ids = [encode_turns(sp, c, cfg.max_utt_len, cfg.max_context) for c in chunk]
             z = z_matrix(model, zs[start:start + batch_contexts])
-            found = candidates(model, ids, opts, same=same_reply(sp), z=z, keep=keep)   # as the chat
+            found = candidates(model, ids, opts, same=same_reply(sp), z=z, keep=keep,   # as the chat
+                               last_turns=[c[-1] if c else "" for c in chunk])
             bar.update(len(chunk))   # before the yield: a caller may stop at the last context
             yield from zip(chunk, found)
 

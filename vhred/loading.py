@@ -7,7 +7,7 @@ with it; and which checkpoint a command answers with when --checkpoint is not gi
 import glob
 import os
 
-from . import answers, checkpoint, critic, modelfolder
+from . import answers, checkpoint, critic, kept, modelfolder
 from .errors import CheckpointError, InputError
 from .models import build
 from .tokenizer import load_tokenizer
@@ -39,6 +39,7 @@ def load_model(path: str, device="cpu", pool_with=(), critic_file: bool = True):
     model.__dict__["reply_critic"] = judge.to(device) if judge is not None else None
     model.__dict__["sp"] = sp   # the critic reads replies as text, rendered as readers saw them
     model.__dict__["answers"] = answers.Scorer(table, sp) if table is not None else None
+    model.__dict__["readers_table"] = kept.load(path)   # the order of the shown replies (vhred/kept.py), or None
     _each_once(path, pool_with)
     model.__dict__["pool"] = [_pool_member(other, sp, device) for other in pool_with]
     return model, cfg, sp

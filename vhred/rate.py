@@ -27,6 +27,8 @@ score prints each system's good share over all its shown replies and over its to
 (or, for pairs, each system's win rate against each other), with a 95% Wilson interval, and
 the proxies. It names the rater (--rater, default the answers file's name) in every table.
 """
+import collections
+import glob
 import hashlib
 import itertools
 import json
@@ -453,6 +455,47 @@ def by_last_turn(key: dict, result: dict) -> list[str]:
         parts = [f"{pct(r['by_last_turn'][k]['all'])} | {pct(r['by_last_turn'][k]['top1'])}" for k in kinds]
         lines.append(f"| {name} | " + " | ".join(parts) + " |")
     return lines
+
+
+def rating_rounds(folders: list[str]) -> list[str]:
+    """The rounds among folders: each folder with a key.json, and each such folder one level
+    below (a round rated in several packs)."""
+    rounds = [d for d in folders if os.path.isfile(os.path.join(d, "key.json"))]
+    return rounds + [os.path.dirname(k) for d in folders for k in sorted(glob.glob(os.path.join(d, "*", "key.json")))]
+
+
+def checked_rounds(flag: str, folders: list[str]) -> list[str]:
+    """rating_rounds() of the folders a flag gave, each of which must hold a round: a misspelt
+    round is named, not left out of the critic or table that replaces the run's."""
+    for d in folders:
+        if not os.path.isdir(d):
+            raise InputError(f"{flag} {d}: no such folder; give rating rounds, folders with the key.json "
+                             "of `vhred rate pack` (or folders of them)")
+        if not rating_rounds([d]):
+            raise InputError(f"{flag} {d} holds no rating round: a round is a folder with the key.json "
+                             "of `vhred rate pack` (or a folder of such folders)")
+    return rating_rounds(folders)
+
+
+def rated_labels(folder: str) -> list[tuple[list[str], list[tuple[str, int, int]]]]:
+    """One pointwise round's (context turns, [(reply text, readers who kept it, readers who
+    rated it)]), every reply its readers saw (a reply two systems gave to one context once); a
+    pairwise round has no such labels and is refused."""
+    key = read_key(os.path.join(folder, "key.json"))
+    if key["kind"] != "pointwise":
+        raise InputError(f"{folder} is a pairwise round; good/bad labels come from pointwise rounds")
+    raters = sorted(glob.glob(os.path.join(folder, "rater*.txt")))
+    if not raters:
+        raise InputError(f"{folder} has no rater*.txt answers beside its key.json")
+    labels = collections.defaultdict(list)
+    for path in raters:
+        for item, answer in read_answers(path, key).items():
+            it = key["items"][item][0]
+            labels[(it["context"], it["text"])].append(answer == "good")
+    by_context = collections.defaultdict(list)
+    for (c, text), kept in sorted(labels.items()):
+        by_context[c].append((text, sum(kept), len(kept)))
+    return [(key["contexts"][c], replies) for c, replies in sorted(by_context.items())]
 
 
 def read_key(path: str) -> dict:

@@ -715,7 +715,7 @@ def exposure_warning(host: str) -> str | None:
 @command
 def main(argv=None):
     from .api import load
-    from .candidates import ranking
+    from .candidates import ranking, readers_order_applies
     from .loading import chosen_checkpoint
     args, limits, defaults = parse_args(argv)
     bot = load(chosen_checkpoint(args.checkpoint), args.device, pool_with=args.pool_with)
@@ -728,6 +728,8 @@ def main(argv=None):
     shared = f", drawn with {', '.join(args.pool_with)} (every run's ranking score added)" if args.pool_with else ""
     if bot._model.answers is not None and ranked_by in ("critic", "mmi") and defaults.answer_weight:
         ranked_by += " + the answer score after a wh-question"
+    if readers_order_applies(bot._model, defaults):
+        ranked_by += ", shown in the order readers kept such replies before"
     print(f"serving {bot.config.arch.model} from {bot.checkpoint}{shared} on {bot.device}, ranked by {ranked_by}: "
           f"http://{host}:{port}/  (Ctrl-C to stop)", file=sys.stderr, flush=True)
     if warning := exposure_warning(host):
