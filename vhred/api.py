@@ -57,7 +57,7 @@ class Bot:
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,
-        beam, dedup, clean, rank, mmi_lambda, length_bonus, answer_weight, draws, seed), with the commands' defaults.
+        beam, dedup, clean, rank, mmi_lambda, length_bonus, answer_weight, order, draws, seed), with the commands' defaults.
         Repeated replies are dropped and faulty ones (non-words, glued or repeated text) put last,
         more being drawn first: a faulty one comes back only when the draws (draws x n, 16n by
         default, at least 8n) hold fewer than n good ones, and fewer than n replies only when they
