@@ -324,6 +324,10 @@ def test_make_train_on_dailydialog_trains_the_cpu_config_then_its_critic_once(tm
     (run / "best.pt").touch()
     (run / "critic.safetensors").touch()
     os.utime(run / "best.pt", (1, 1))   # the critic is the newer: kept
+    calls, out = make_train("DATA=dailydialog")   # a critic older than the readers' table: the table alone
+    assert calls == [train, train + ["--run-dir"], ["-m", "vhred.kept", "--checkpoint", "runs/dailydialog-cpu-vhred",
+                     "--ratings", "eval/ratings/a", "eval/ratings/b"]] and "newer than its best.pt: kept" in out
+    (run / "kept.json").touch()
     calls, out = make_train("DATA=dailydialog")
     assert calls == [train, train + ["--run-dir"]] and "critic.safetensors is newer than its best.pt: kept" in out
     os.utime(run / "critic.safetensors", (0, 0))   # a resumed run wrote a newer best.pt: a new critic

@@ -25,15 +25,13 @@ are lowercased; numbers become <num>, clock times <time>. Rated blind on 240 new
 in a wh-question (twelve readers, docs/rating.md): a good first reply +4.2 [+0.4, +8.1] points.
 """
 import collections
-import json
 import math
-import os
 import re
 
 from .cli import command, Parser, program
 
-from .errors import CheckpointError, DataError
-from .files import write_bytes
+from .errors import DataError
+from .files import load_table, save_table
 from .rate import ASKS_FOR, SUGGESTION, WH_WORDS, questions
 
 FILE = "answers.json"
@@ -127,28 +125,12 @@ class Scorer:
 
 
 def save(table: dict, folder: str) -> str:
-    path = os.path.join(folder, FILE)
-    write_bytes(path, json.dumps(table, ensure_ascii=False, sort_keys=True).encode("utf-8"))   # whole or not at all
-    return path
+    return save_table(table, folder, FILE)
 
 
 def load(run: str) -> dict | None:
     """The answers.json beside a run's checkpoint (or in a model folder), None without one."""
-    folder = run if os.path.isdir(run) else os.path.dirname(run)
-    path = os.path.join(folder, FILE)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
-        ok = _well_formed(table)
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e}): rebuild it with `vhred answers "
-                              f"--checkpoint {folder}`") from None
-    if not ok:
-        raise CheckpointError(f"{path} is not a table of vhred.answers: rebuild it with `vhred answers "
-                              f"--checkpoint {folder}`")
-    return table
+    return load_table(run, FILE, _well_formed, "vhred.answers", "vhred answers --checkpoint {folder}")
 
 
 def _well_formed(table) -> bool:

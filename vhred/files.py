@@ -128,6 +128,34 @@ def write_bytes(path: str, data: bytes) -> None:
     atomic(path, write)
 
 
+def save_table(table: dict, folder: str, name: str) -> str:
+    """A JSON table a run's ranking reads (answers.json, kept.json), written into its folder whole."""
+    path = os.path.join(folder, name)
+    write_bytes(path, json.dumps(table, ensure_ascii=False, sort_keys=True).encode("utf-8"))
+    return path
+
+
+def load_table(run: str, name: str, well_formed, module: str, rebuild: str) -> dict | None:
+    """The JSON table `name` beside a run's checkpoint (or in a model folder), None without one. One
+    unreadable, or not as `module` writes it (well_formed(table) is False: anything else would fail
+    mid-ranking), is a CheckpointError that says to rebuild it: `rebuild` with {folder} filled in."""
+    from .errors import CheckpointError
+    folder = run if os.path.isdir(run) else os.path.dirname(run)
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return None
+    again = "rebuild it with `" + rebuild.format(folder=folder) + "`"
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+        ok = well_formed(table)
+    except (OSError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({e}): {again}") from None
+    if not ok:
+        raise CheckpointError(f"{path} is not a table of {module}: {again}")
+    return table
+
+
 def append_line(path: str, line: str) -> None:
     """line + "\n" at the end of path, whole or not at all: a write that fails part-way (a full
     disk) is cut off again, so the file never ends in half a row; the error names path."""

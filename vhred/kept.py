@@ -19,13 +19,10 @@ stay the same five: the order changes which one goes first. Readers judge each r
 the order can be replayed on rated replies (`python -m eval.first_order --readers`): a kept reply
 first in 3 to 5 more contexts of 100 (docs/rating.md, 89th round).
 """
-import json
 import math
-import os
 
 from .cli import command, Parser, program
-from .errors import CheckpointError
-from .files import write_bytes
+from .files import load_table, save_table
 from .rate import checked_rounds, rated_labels, turn_kind
 
 FILE = "kept.json"
@@ -72,27 +69,13 @@ def order(table: dict, last_turn: str, texts: list[str]) -> list[int]:
 
 
 def save(table: dict, folder: str) -> str:
-    path = os.path.join(folder, FILE)
-    write_bytes(path, json.dumps(table, ensure_ascii=False, sort_keys=True).encode("utf-8"))   # whole or not at all
-    return path
+    return save_table(table, folder, FILE)
 
 
 def load(run: str) -> dict | None:
     """The kept.json beside a run's checkpoint (or in a model folder), None without one."""
-    folder = run if os.path.isdir(run) else os.path.dirname(run)
-    path = os.path.join(folder, FILE)
-    if not os.path.isfile(path):
-        return None
-    rebuild = f"rebuild it with `vhred kept --checkpoint {folder} --ratings DIR ...`"
-    try:
-        with open(path, encoding="utf-8") as f:
-            table = json.load(f)
-        ok = _well_formed(table)
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e}): {rebuild}") from None
-    if not ok:
-        raise CheckpointError(f"{path} is not a table of vhred.kept: {rebuild}")
-    return table
+    return load_table(run, FILE, _well_formed, "vhred.kept",
+                      "vhred kept --checkpoint {folder} --ratings $(cat eval/critic_rounds.txt)")
 
 
 def _well_formed(table) -> bool:
