@@ -2,6 +2,7 @@
 smoothing, the order of the replies the chat shows, and its replay on a rated round."""
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -135,3 +136,39 @@ def test_the_replay_moves_the_first_reply_to_the_one_readers_kept_before(trained
     row = json.loads(capsys.readouterr().out)
     # shown: "Yes." first everywhere, kept only after the statement (1 of 3); reordered: every first kept
     assert row["contexts"] == 3 and row["first"] == 1.0 and row["minus_shown"] == pytest.approx(2 / 3, abs=1e-4)
+
+
+def test_generate_and_the_chat_read_the_kind_of_turn_from_the_text_typed(trained, tmp_path, monkeypatch):
+    """A question longer than the model reads (max_utt_len pieces) is still a question: the order
+    reads the kind from the whole turn, as the readers saw it, not from the ids cut short."""
+    from vhred import generate
+    from vhred.chat import Chat
+    from vhred.render import pretty
+    run = tmp_path / "run"
+    shutil.copytree(trained["vhred"], run)
+    model, cfg, sp = loading.load_model(str(run))
+    question = "Well , " + "that is really very nice of you , " * 8 + "but is it far ?"
+    assert len(sp.encode(question)) > cfg.max_utt_len
+    opts = DecodeOptions(num_samples=3, method="sample", clean=False)
+    by_score = Chat(model, cfg, sp, replace(opts, order="score"), out=lambda m: None, note=lambda m: None)
+    ranked = by_score.respond(question)
+    last = pretty(by_score.last[-1])   # the text the order looks up: the reply as a reader sees it
+    # readers kept the ranking's last reply after yes-no questions only: first after the question
+    table = {"smooth": 1, "base": {"wh": 0.3, "yes-no": 0.3, "other": 0.3},
+             "kept": {"wh": {}, "yes-no": {kept.reply_key(last): [10, 10]}, "other": {}}}
+    kept.save(table, str(run))
+    model, cfg, sp = loading.load_model(str(run))
+    shown = Chat(model, cfg, sp, opts, out=lambda m: None, note=lambda m: None).respond(question)
+    assert shown[0] == ranked[-1] and sorted(shown) == sorted(ranked)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text(json.dumps({"context": [question]}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    generate.main(["--checkpoint", str(run), "--input", str(src), "--output", str(out), "--num-samples", "3",
+                   "--method", "sample", "--no-clean"])
+    assert json.loads(out.read_text())["samples"][0] == ranked[-1]
+
+
+def test_a_table_nested_too_deep_is_one_line_not_a_recursion_error(tmp_path):
+    (tmp_path / kept.FILE).write_text("[" * 100_000)
+    with pytest.raises(CheckpointError, match="kept.json is unreadable .*: rebuild it with `vhred kept --checkpoint"):
+        kept.load(str(tmp_path))

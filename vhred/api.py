@@ -53,7 +53,8 @@ class Bot:
         self.device = str(next(model.parameters()).device)
 
     def respond(self, history: list[str], n: int = 5, z: list[float] | None = None, **decoding) -> list[Candidate]:
-        """Up to n replies to the conversation so far, best first.
+        """Up to n replies to the conversation so far: the n best by the ranking, in the readers'
+        order when the run has kept.json (order="score": best first; vhred/kept.py).
 
         history: the turns so far, oldest first; the last is the one to answer.
         decoding: DecodeOptions fields (method, temperature, top_k, top_p, max_len, min_len,

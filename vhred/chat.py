@@ -1,8 +1,9 @@
 """Talk to a trained model: python -m vhred.chat [--checkpoint runs/x/best.pt] [--num-samples 5]
 
-Each turn shows N candidate responses, faulty ones last, best first by the ranking score
-(--rank: the run's reply critic when it has one, else MMI with lambda 0.25; vhred/critic.py,
-vhred/scoring.py, docs/rating.md); the best
+Each turn shows the N best candidate responses by the ranking score (--rank: the run's reply
+critic when it has one, else MMI with lambda 0.25; vhred/critic.py, vhred/scoring.py,
+docs/rating.md), faulty ones last, in the readers' order when the run has kept.json (--order,
+vhred/kept.py), else best first; the first
 (or the one chosen with /pick K) joins the history, which is the model's context. Piped
 input works too: one user turn per line, the candidates on stdout (numbered when N > 1, a
 blank line after each turn; or one JSON line per turn with --json, scores included); notes
@@ -70,8 +71,8 @@ class Chat:
         self.forgotten = 0             # turns dropped from the front of history (it holds max_context)
 
     def respond(self, text: str) -> list[str]:
-        """Add the user's turn, return the candidates as readable text, best first; the best
-        joins the history."""
+        """Add the user's turn, return the candidates as readable text in the order shown; the
+        first joins the history."""
         turn = spaced(text)
         pieces = self.sp.encode(turn)
         if len(pieces) > self.cfg.max_utt_len:
@@ -84,7 +85,7 @@ class Chat:
         opts = self.opts   # its seed as is: a turn gives what bot.respond(history, seed) gives
         z = None if self.kept is None else self.kept.unsqueeze(0)           # (1, Z)
         keep = shown_filter(self.sp, self.cfg, opts)
-        [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, best first
+        [responses] = candidates(self.model, [context], opts,   # the best N of draws x N, in the order shown
                                  same=same_reply(self.sp), z=z, keep=keep, last_turns=[turn])
         note = shown_note(responses, opts.num_samples, keep, draws_made(self.model, opts))
         if note:

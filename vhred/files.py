@@ -149,8 +149,8 @@ def load_table(run: str, name: str, well_formed, module: str, rebuild: str) -> d
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
         ok = well_formed(table)
-    except (OSError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path} is unreadable ({e}): {again}") from None
+    except (OSError, ValueError, AttributeError, RecursionError) as e:   # RecursionError: "[[[[..." nested too deep
+        raise CheckpointError(f"{path} is unreadable ({str(e)[:120]}): {again}") from None
     if not ok:
         raise CheckpointError(f"{path} is not a table of {module}: {again}")
     return table

@@ -4,7 +4,7 @@
         --output samples.jsonl --num-samples 10
 
 Input lines are {"context": ["utt", ...]}; each output line adds "samples": [...] (readable
-text, best first when ranked, a response cut at --max-len ending in " …"), "scores" (the
+text, as the chat shows them when ranked: --order, a response cut at --max-len ending in " …"), "scores" (the
 ranking score of each, or its per-token log-likelihood with --rank none) and "line" (the input
 line it answers: a malformed input line is skipped and named on stderr, the others are answered).
 
@@ -51,7 +51,7 @@ def add_decode_args(p: argparse.ArgumentParser, num_samples: int | None = None):
                    help="rank responses with non-words, glued or repeated text like the others (by default "
                         "more draws replace them, and any still shown come after every clean one)")
     p.add_argument("--rank", choices=RANKS, default=d.rank,
-                   help="order responses best first by the run's reply critic (critic: `vhred critic`), by "
+                   help="choose the responses shown, best first, by the run's reply critic (critic: `vhred critic`), by "
                         "pointwise mutual information with the context (pmi), by per-token log-likelihood (ll), by "
                         "the MMI family (mmi: --mmi-lambda, --length-bonus), or not; auto: critic when the run has "
                         "one, else mmi (default %(default)s; see vhred/scoring.py, vhred/critic.py)")

@@ -75,7 +75,7 @@ def save(table: dict, folder: str) -> str:
 def load(run: str) -> dict | None:
     """The kept.json beside a run's checkpoint (or in a model folder), None without one."""
     return load_table(run, FILE, _well_formed, "vhred.kept",
-                      "vhred kept --checkpoint {folder} --ratings $(cat eval/critic_rounds.txt)")
+                      "vhred kept --checkpoint {folder} --ratings DIR ...")
 
 
 def _well_formed(table) -> bool:

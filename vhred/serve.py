@@ -3,7 +3,7 @@
     vhred serve --checkpoint runs/x/best.pt [--host 127.0.0.1] [--port 8000]
 
     POST /respond  {"history": ["Hi!"], "n": 5, "method": "sample", ...}
-                   -> {"candidates": [{"text": ..., "score": ...}, ...]}   best first
+                   -> {"candidates": [{"text": ..., "score": ...}, ...]}   as the chat shows them
     POST /score    {"history": ["Hi!"], "candidates": ["Hello.", "No."]} -> {"scores": [...]}
     GET  /health   -> {"status": "ok", "model", "checkpoint", "device", "config", "decoding", "limits", "served"}
     GET  /         -> the chat page (vhred/static/chat.html); /?say=Hi&say=Hello!&say=How are you?
