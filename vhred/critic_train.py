@@ -50,7 +50,7 @@ def rated_replies(folder: str) -> list[tuple[list[str], list[tuple[str, float]]]
     """One rating round's (context turns, [(reply text, share of readers who kept it)]), every
     reply its readers saw; a pairwise round has no such labels and is refused."""
     from .rate import rated_labels
-    return [(turns, [(text, kept / rated) for text, kept, rated in replies]) for turns, replies in rated_labels(folder)]
+    return [(turns, [(text, good / rated) for text, good, rated in replies]) for turns, replies in rated_labels(folder)]
 
 
 def encoded(rounds: list[str], sp, cfg, ordered_only: bool = True) -> list[tuple[list[list[int]], list[tuple[list[int], float]]]]:

@@ -4,9 +4,9 @@ turn, and the order of the replies a run shows by it.
     vhred kept --checkpoint runs/dailydialog-cpu-vhred --ratings $(cat eval/critic_rounds.txt)   # writes kept.json
 
 Readers keep "I see." after most statements and seldom after a question; "Yes." after a yes-no
-question and seldom after a wh-question. The rounds in eval/ratings/ rated about 140,000 replies,
-most of them the same few hundred short turns, so for those the rounds say directly how often
-readers kept each after each kind of last turn (vhred.rate.turn_kind: "wh", "yes-no", "other").
+question and seldom after a wh-question. The 38 rounds `make critic` learns from hold 46,018
+labels, most of them of the same few hundred short turns, so for those the rounds say directly how
+often readers kept each after each kind of last turn (vhred.rate.turn_kind: "wh", "yes-no", "other").
 The table holds, per kind, each reply's labels (as the reader saw it, lowercased), and a reply's
 share is smoothed toward the share of every reply after that kind of turn by SMOOTH pseudo-labels:
 
@@ -17,7 +17,7 @@ the ranking chose, sorted by p, the ranking's order breaking ties (DecodeOptions
 the default when the run's folder holds kept.json; "score" keeps the ranking's order). The five
 stay the same five: the order changes which one goes first. Readers judge each reply alone, so
 the order can be replayed on rated replies (`python -m eval.first_order --readers`): a kept reply
-first in 3 to 5 more contexts of 100 (docs/rating.md, 89th round).
+first in 4.4 [1.9, 6.7] more contexts of 100 (docs/rating-rounds.md, 89th round).
 """
 import math
 
@@ -38,19 +38,19 @@ def reply_key(text: str) -> str:
 def build(rounds: list[str]) -> dict:
     """The table of pointwise rating rounds: {"smooth": SMOOTH, "base": {kind: kept share of all its
     labels}, "kept": {kind: {reply: [kept, rated]}}}, every reader's label counted."""
-    kept = {k: {} for k in KINDS}
+    labels = {k: {} for k in KINDS}
     for folder in rounds:
         for turns, replies in rated_labels(folder):
-            row = kept[turn_kind(turns)]
+            row = labels[turn_kind(turns)]
             for text, good, rated in replies:
                 counts = row.setdefault(reply_key(text), [0, 0])
                 counts[0] += good
                 counts[1] += rated
     base = {}
-    for k, row in kept.items():
+    for k, row in labels.items():
         rated = sum(n for _, n in row.values())
         base[k] = sum(g for g, _ in row.values()) / rated if rated else 0.5
-    return {"smooth": SMOOTH, "base": base, "kept": kept}
+    return {"smooth": SMOOTH, "base": base, "kept": labels}
 
 
 def share(table: dict, kind: str, text: str) -> float:
