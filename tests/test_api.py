@@ -34,6 +34,14 @@ def test_respond_gives_ranked_candidates_with_text_and_score(bot):
     assert len({c.text for c in candidates}) == len(candidates)   # repeats dropped
 
 
+def test_a_printed_candidate_shows_its_text_and_score_not_its_z(bot):
+    c = bot.respond(HISTORY, n=1)[0]
+    assert len(c.z) == bot.config.arch.z_dim   # the z is there for the caller
+    printed = repr(c)
+    assert repr(c.text) in printed and "score=" in printed and "faulty=" in printed
+    assert "z=" not in printed and str(c.z[0]) not in printed
+
+
 def test_same_seed_same_replies_other_seed_other_replies(bot):
     a = bot.respond(HISTORY, n=5, method="sample", seed=3)
     assert a == bot.respond(HISTORY, n=5, method="sample", seed=3)

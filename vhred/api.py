@@ -10,7 +10,7 @@ vhred.candidates for drawing, ranking and scoring replies, and the same one-line
 (vhred.errors) for anything a caller can get wrong. Public: load, Bot, Candidate.
 """
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from types import SimpleNamespace
 
 from . import checkpoint, loading
@@ -33,10 +33,11 @@ class Candidate:
     latent z it was decoded from (a list of floats: pass it back as respond(..., z=...) to keep
     that "style" for another context; None for HRED). faulty: the text has a surface fault
     (a non-word, glued or repeated text); such replies come last, only when the draws (16n by
-    default) held fewer than n good ones; not checked (False) under clean=False."""
+    default) held fewer than n good ones; not checked (False) under clean=False. A printed
+    Candidate leaves z out: its 64 or more floats would bury the text."""
     text: str
     score: float
-    z: list[float] | None = None
+    z: list[float] | None = field(default=None, repr=False)
     faulty: bool = False
 
 
