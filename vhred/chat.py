@@ -34,7 +34,7 @@ HELP = """commands:
   /reset           forget the conversation
   /history         show the conversation the model reads (its last turns)
   /samples N       show N candidates per turn
-  /pick K          put candidate K of the last turn into the history instead of the best
+  /pick K          put candidate K of the last turn into the history instead of the first
   /temperature T   sample words at temperature T (default: beam search)
   /top_p P         sample words from the nucleus of probability P
   /greedy          greedy words (faster than beam search, fewer good replies)
