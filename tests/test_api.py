@@ -213,8 +213,9 @@ def test_load_errors_are_the_commands_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not a readable vhred checkpoint") as e:
         vhred.load(tmp_path / "junk.pt")
     assert "\n" not in str(e.value) and isinstance(e.value, UserError)
-    with pytest.raises(UserError, match="device must be auto, cpu or cuda"):
-        vhred.load(tmp_path, device="tpu")
+    for device in ("tpu", 5):   # a misspelt string and a wrong type: the same InputError the README promises
+        with pytest.raises(InputError, match="device must be auto, cpu or cuda"):
+            vhred.load(tmp_path, device=device)
     with pytest.raises(InputError, match="takes the path"):
         vhred.load(42)
 

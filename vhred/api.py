@@ -15,7 +15,7 @@ from types import SimpleNamespace
 
 from . import checkpoint, loading
 from .device import pick_device
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .candidates import candidates, ranking, same_reply, shown_filter
 from .decoding import DecodeOptions
 from .decoding import NEUTRAL_SHAPING, options_from_args, z_matrix
@@ -165,7 +165,10 @@ def load(path: str | os.PathLike, device: str = "auto", pool_with=()) -> Bot:
         raise InputError(f"load() takes the path of a run folder or .pt file, got {type(path).__name__}")
     if not isinstance(device, str):
         raise InputError(f"device must be auto, cpu or cuda, got {device!r}")
-    where = pick_device(device)
+    try:
+        where = pick_device(device)
+    except ConfigError as e:   # the API's promise: a caller's wrong value is an InputError
+        raise InputError(str(e)) from None
     path = checkpoint.resolve(os.fspath(path))
     if not isinstance(pool_with, (list, tuple)) or not all(isinstance(p, (str, os.PathLike)) for p in pool_with):
         raise InputError(f"pool_with takes a list of run folders, got {pool_with!r}")
