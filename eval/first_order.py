@@ -1,7 +1,7 @@
 """Which of the shown replies should go first? An order replayed on a round's labels (docs/rating-rounds.md, eighty-third round)
 
     python -m eval.first_order --checkpoint RUN --round DIR=SYSTEM [--round DIR=SYSTEM ...]
-                               [--weights 0,0.25,0.5,0.75,1 | --readers] [--boot 2000]
+                               [--weights 0,0.25,0.5,0.75,1 | --readers [--critic-weights W,...]] [--boot 2000]
 
 Readers judge each reply on its own, shuffled among the others of its context, so a reply's label
 does not depend on the place the chat gave it: an order of the replies a system showed is measured
@@ -18,6 +18,9 @@ order shown, paired by context, each with a 95% interval by the bootstrap over c
 --readers orders the shown replies instead as the chat does with RUN's kept.json (vhred/kept.py:
 how often readers of its rounds kept each reply after that kind of last turn), the order shown
 breaking ties; the system's rows need no scores then, and RUN no critic (eighty-ninth round).
+With --critic-weights, each weight c orders them by the log-odds of that share plus c x the critic's
+logit of the reply (c = 0 is --readers alone): whether the critic, which reads the turn's words,
+adds to the readers' share, which reads only the kind of turn (it did not: docs/decoding.md).
 """
 import json
 import math
@@ -27,7 +30,7 @@ from eval.pooled_rating import bootstrap, context_labels
 from vhred import critic, kept, loading
 from vhred.cli import command, Parser
 from vhred.errors import InputError
-from vhred.rate import read_key, read_system
+from vhred.rate import read_key, read_system, turn_kind
 from vhred.render import encode_turns, uncut
 from vhred.sources import spaced
 
@@ -68,10 +71,17 @@ def reorder(labels: list[list[bool]], logit: list[float], score: list[float], w:
     return [[r[best]] for r in labels]
 
 
-def readers_first(labels: list[list[bool]], table: dict, row: dict) -> list[list[bool]]:
-    """Each reader's labels, the first moved to the reply kept.order puts first."""
+def readers_first(labels: list[list[bool]], table: dict, row: dict, logit=None, c: float = 0.0) -> list[list[bool]]:
+    """Each reader's labels, the first moved to the reply kept.order puts first; with the critic's
+    logit of each reply and c > 0, the one with the most log-odds of its share + c x logit."""
     n = min(len(labels[0]), len(row["samples"]))
-    best = kept.order(table, row["context"][-1], row["samples"][:n])[0]
+    if not c:
+        best = kept.order(table, row["context"][-1], row["samples"][:n])[0]
+    else:
+        kind = turn_kind([row["context"][-1]])
+        shares = [min(max(kept.share(table, kind, t), 1e-6), 1 - 1e-6) for t in row["samples"][:n]]
+        odds = [math.log(p / (1 - p)) for p in shares]
+        best = max(range(n), key=lambda i: (odds[i] + c * logit[i], -i))
     return [[r[best]] for r in labels]
 
 
@@ -91,20 +101,20 @@ def main(argv=None):
     p.add_argument("--weights", default=WEIGHTS, help="weights w of the rest of the score (default %(default)s)")
     p.add_argument("--readers", action="store_true",
                    help="order the shown replies by RUN's kept.json instead, as the chat does (vhred/kept.py)")
+    p.add_argument("--critic-weights", default="", metavar="W,...",
+                   help="with --readers: also order by the share's log-odds + W x RUN's critic logit, for each W")
     p.add_argument("--boot", type=int, default=2000, help="bootstrap draws (default %(default)s)")
     args = p.parse_args(argv)
-    try:
-        weights = [float(w) for w in args.weights.split(",")]
-    except ValueError:
-        weights = [math.nan]
-    if not all(math.isfinite(w) for w in weights):
-        p.error(f"--weights takes numbers separated by commas, e.g. {WEIGHTS}; got {args.weights}")
+    weights = numbers(p, "--weights", args.weights)
+    critic_weights = numbers(p, "--critic-weights", args.critic_weights) if args.critic_weights else []
+    if critic_weights and not args.readers:
+        p.error("--critic-weights goes with --readers: it adds the critic to the readers' order")
     if args.boot < 100:
         p.error("--boot must be at least 100")
     run = loading.load_model(args.checkpoint)
     if args.readers and run[0].readers_table is None:
         raise InputError(f"{args.checkpoint} has no kept.json: write it with `vhred kept --checkpoint RUN --ratings DIR ...`")
-    if not args.readers and run[0].reply_critic is None:
+    if (critic_weights or not args.readers) and run[0].reply_critic is None:
         raise InputError(f"{args.checkpoint} has no reply critic (critic.safetensors): give the run that ranked the rounds")
     rounds = []
     for spec in args.round:
@@ -113,14 +123,29 @@ def main(argv=None):
             p.error(f"--round takes DIR=SYSTEM, e.g. eval/ratings/2026-12-05-first-order/p1=m; got {spec}")
         labels = context_labels(folder, system)
         rows = shown_rows(folder, system, len(read_key(os.path.join(folder, "key.json"))["contexts"]), args.readers)
-        rounds.append((labels, rows, None if args.readers else logits(run, rows, sorted(labels))))
+        scored = critic_weights or not args.readers
+        rounds.append((labels, rows, logits(run, rows, sorted(labels)) if scored else None))
     if args.readers:
-        report({"order": "readers"}, [(readers_first(lab, run[0].readers_table, rows[c]), [r[:1] for r in lab])
-                                      for labels, rows, _ in rounds for c, lab in labels.items()], args.boot)
+        table = run[0].readers_table
+        for c in critic_weights or [0.0]:
+            report({"order": "readers", **({"critic_weight": c} if critic_weights else {})},
+                   [(readers_first(lab, table, rows[k], logit[k] if logit else None, c), [r[:1] for r in lab])
+                    for labels, rows, logit in rounds for k, lab in labels.items()], args.boot)
         return
     for w in weights:
         report({"weight": w}, [(reorder(lab, logit[c], rows[c]["scores"], w), [r[:1] for r in lab])
                                for labels, rows, logit in rounds for c, lab in labels.items()], args.boot)
+
+
+def numbers(p, flag: str, text: str) -> list[float]:
+    """A flag's comma-separated finite numbers, or the parser's one-line error."""
+    try:
+        out = [float(w) for w in text.split(",")]
+    except ValueError:
+        out = [math.nan]
+    if not all(math.isfinite(w) for w in out):
+        p.error(f"{flag} takes numbers separated by commas, e.g. {WEIGHTS}; got {text}")
+    return out
 
 
 def report(head: dict, units, boot: int):

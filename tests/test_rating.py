@@ -945,6 +945,16 @@ def test_first_order_replays_an_order_of_the_shown_replies_on_their_labels(train
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(o["weight"], o["first"], o["minus_shown"]) for o in out] == [(0, 1, 1), (0.25, 1, 1), (0.5, 0, 0), (1, 0, 0)]
     assert all(o["contexts"] == 2 for o in out)
+    # --readers --critic-weights: a table that knows none of the replies leaves the order shown (c = 0);
+    # a large weight of the critic's logit puts its favourite first
+    from vhred import kept
+    kept.save({"smooth": 5, "base": {k: 0.5 for k in kept.KINDS}, "kept": {k: {} for k in kept.KINDS}}, str(run))
+    first_order.main(["--checkpoint", str(run), "--readers", "--critic-weights", "0,1000", "--round", f"{b}=m", "--boot", "100"])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(o["critic_weight"], o["first"]) for o in out] == [(0, 0), (1000, 1)]
+    with pytest.raises(SystemExit):
+        first_order.main(["--checkpoint", str(run), "--critic-weights", "1", "--round", f"{b}=m"])
+    assert "goes with --readers" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         first_order.main(["--checkpoint", trained["vhred"], "--round", f"{b}=m"])
     assert "has no reply critic" in capsys.readouterr().err
