@@ -206,6 +206,14 @@ def test_a_z_of_numpy_or_torch_numbers_decodes_as_the_list_does(bot):
         bot.respond(HISTORY, n=1, method="")
 
 
+def test_an_integer_too_long_to_print_is_refused_in_one_line(bot):
+    """Python will not repr an int of over 4,300 digits; the error names its size instead."""
+    huge = 10 ** 5000
+    for keyword in ("n", "temperature", "top_p", "seed", "answer_weight"):
+        with pytest.raises(InputError, match="got an integer of about 5,000 digits$"):
+            bot.respond(HISTORY, **{keyword: huge})
+
+
 def test_load_errors_are_the_commands_one_line_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         vhred.load(tmp_path / "nope.pt")

@@ -102,6 +102,32 @@ def test_integers_in_yaml_are_read_in_base_10(tmp_path):
             load(str(f), [])
     f.write_text("epochs: 10\nseed: 0\nmax_steps: -0\n")
     assert (load(str(f), []).epochs, load(str(f), []).seed) == (10, 0)
+    f.write_text("lr: 1:30.0\n")   # a float too: YAML 1.1 reads it as 90.0
+    with pytest.raises(ConfigError, match="line 1: YAML reads 1:30.0 in base 60; write the number plainly"):
+        load(str(f), [])
+
+
+def test_an_integer_too_long_for_a_float_is_refused_in_one_line(tmp_path):
+    """A 400-digit integer does not fit a float: as an override, in a file, for an int or a float key."""
+    huge = "1" + "0" * 400
+    for override in (f"seed={huge}", f"max_steps={huge}"):
+        with pytest.raises(ConfigError, match=r"must be at most 2147483647, got 1000000000000000000000000000000000000\.\.\.$"):
+            load(None, [override])
+    f = tmp_path / "c.yaml"
+    for text in (f"lr: {huge}", f"seed: {huge}"):
+        f.write_text(text + "\n")
+        with pytest.raises(ConfigError, match="must be at most 2147483647"):
+            load(str(f), [])
+
+
+def test_a_falsy_arch_is_refused_as_any_other_non_mapping(tmp_path):
+    f = tmp_path / "c.yaml"
+    for text in ("arch: 0", "arch: false", "arch: []", "arch: ''"):
+        f.write_text(text + "\n")
+        with pytest.raises(ConfigError, match="arch: expected a mapping of model settings"):
+            load(str(f), [])
+    f.write_text("arch:\n")   # an empty section: no model settings
+    assert load(str(f), []).arch.z_dim == Config().arch.z_dim
 
 
 def test_a_run_is_named_for_its_family_whatever_its_config_is_called(tmp_path):

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from .errors import ConfigError
+from .limits import shown
 
 __all__ = ["Config", "ConfigError", "ModelConfig", "from_dict", "load", "validate", "warnings"]
 
@@ -118,6 +119,8 @@ def _parse_value(key: str, text: str, kind: type):
 
 def _check_type(key: str, value, kind: type):
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_INT:   # float() of a 400-digit int overflows
+            raise ConfigError(f"{key} must be at most {MAX_INT}, got {shown(value)}")
         return float(value)   # YAML writes 1 for 1.0
     if kind is float and isinstance(value, str) and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+", value):
         return float(value)   # YAML 1.1 reads 1e-3 (no dot) as a string
@@ -152,7 +155,8 @@ def from_dict(values: dict) -> Config:
     """Build a Config from a plain dict (a YAML file, a checkpoint), checking every key.
     Model keys may sit under "arch" or at the top level."""
     flat = dict(values)
-    nested = flat.pop("arch", None) or {}
+    nested = flat.pop("arch", None)
+    nested = {} if nested is None else nested
     if not isinstance(nested, dict):
         raise ConfigError(f"arch: expected a mapping of model settings, got {nested!r}")
     top, arch = {}, {}
@@ -182,6 +186,12 @@ def _unique_keys_loader():
                 first[key] = line
             return super().construct_mapping(node, deep)
 
+        def construct_yaml_float(self, node):   # YAML 1.1 reads 1:30.0 as 90.0
+            if ":" in str(node.value):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"line {node.start_mark.line + 1}: YAML reads {node.value} in base 60; write the number plainly")
+            return super().construct_yaml_float(node)
+
         def construct_yaml_int(self, node):   # YAML 1.1 reads 010 as 8, 0b11 as 3, 1:30 as 90
             digits = str(node.value).replace("_", "").lstrip("+-")
             if (len(digits) > 1 and digits[0] == "0") or ":" in digits:
@@ -191,6 +201,7 @@ def _unique_keys_loader():
             return super().construct_yaml_int(node)
 
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_yaml_float)
     return Loader
 
 
@@ -370,10 +381,10 @@ def validate(cfg: Config) -> None:
     """Raise ConfigError on impossible values: NaN and infinities, out-of-range integers,
     negative sizes, unknown choices, names that are not plain folder names."""
     for key, value in _numbers(cfg):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):   # an int is finite (and may not fit a float)
             raise ConfigError(f"{key} must be a finite number, got {value}")
         if abs(value) > MAX_INT:
-            raise ConfigError(f"{key} must be at most {MAX_INT}, got {value}")
+            raise ConfigError(f"{key} must be at most {MAX_INT}, got {shown(value)}")
     for key in POSITIVE:
         if _value(cfg, key) <= 0:
             raise ConfigError(f"{key} must be positive, got {_value(cfg, key)}")

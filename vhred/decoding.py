@@ -104,7 +104,7 @@ class DecodeOptions:
         if isinstance(self.answer_weight, bool) or not 0 <= self.answer_weight <= 10:
             raise InputError(f"answer_weight must be in [0, 10], got {limits.shown(self.answer_weight)}")
         if not 0 < self.top_p <= 1:
-            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"top_p must be in (0, 1], got {limits.shown(self.top_p)}")
         if isinstance(self.rank, bool):   # rank=True / False of earlier versions
             self.rank = "pmi" if self.rank else "none"
         if self.rank not in RANKS:

@@ -52,7 +52,10 @@ def number(name: str, value, low: float, high: float) -> float:
 
 
 def shown(value) -> str:
-    """A value as an error line quotes it: its repr, cut at 40 characters."""
+    """A value as an error line quotes it: its repr, cut at 40 characters (an int too long for
+    repr is named by its digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
+        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
