@@ -90,6 +90,14 @@ def test_folder_answers_as_the_checkpoint_without_torch_load(trained, exported, 
     assert from_folder.score(HISTORY, CANDIDATES) == from_pt.score(HISTORY, CANDIDATES)
 
 
+def test_health_names_an_exported_folder_by_its_own_name_not_the_one_above(exported, tmp_path):
+    from vhred.serve import public_name
+    inside = tmp_path / "alice" / "mymodel"
+    shutil.copytree(exported["vhred"], inside)
+    assert public_name(vhred.load(str(inside), device="cpu").checkpoint) == "mymodel"
+    assert public_name(str(tmp_path / "run" / "best.pt")) == "run/best.pt"
+
+
 def test_generate_command_reads_the_folder(trained, exported, tmp_path, monkeypatch):
     src = tmp_path / "contexts.jsonl"
     src.write_text(json.dumps({"context": HISTORY}) + "\n" + json.dumps({"context": ["Where is the bank?"]}) + "\n")

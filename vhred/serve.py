@@ -229,15 +229,23 @@ class Service:
         training settings (data paths, run folders)."""
         cfg = self.bot.config
         b = self.batcher
-        run = os.path.basename(os.path.dirname(os.path.abspath(self.bot.checkpoint)))
         public = {"arch": asdict(cfg.arch), "max_utt_len": cfg.max_utt_len, "max_context": cfg.max_context}
-        return {"status": "ok", "model": cfg.arch.model, "checkpoint": f"{run}/{os.path.basename(self.bot.checkpoint)}",
+        return {"status": "ok", "model": cfg.arch.model, "checkpoint": public_name(self.bot.checkpoint),
                 "device": self.bot.device, "config": public, "limits": asdict(self.limits),
                 "decoding": asdict(self.defaults),
                 "served": {"requests": b.requests, "batches": b.batches, "waiting": b.queue.qsize()}}
 
     def close(self):
         self.batcher.close()
+
+
+def public_name(checkpoint: str) -> str:
+    """What /health names the model by, no folder above it: a run's folder and file
+    (dailydialog-cpu-vhred/best.pt), or an exported model folder's own name."""
+    path = os.path.abspath(checkpoint)
+    if os.path.isdir(path):
+        return os.path.basename(path)
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
 
     def _history(self, body: dict) -> list[str]:
         history = _strings(body, "history", self.limits.max_chars, allow_empty=False)
