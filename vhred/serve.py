@@ -179,6 +179,16 @@ def _groups(jobs: list) -> list[list[Job]]:
 
 # --- the service: request checks and answers -------------------------------------------------
 
+
+def public_name(checkpoint: str) -> str:
+    """What /health names the model by, no folder above it: a run's folder and file
+    (dailydialog-cpu-vhred/best.pt), or an exported model folder's own name."""
+    path = os.path.abspath(checkpoint)
+    if os.path.isdir(path):
+        return os.path.basename(path)
+    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
+
+
 class Service:
     """What the HTTP handler calls: checks a request body, queues it, waits for its answer."""
 
@@ -237,15 +247,6 @@ class Service:
 
     def close(self):
         self.batcher.close()
-
-
-def public_name(checkpoint: str) -> str:
-    """What /health names the model by, no folder above it: a run's folder and file
-    (dailydialog-cpu-vhred/best.pt), or an exported model folder's own name."""
-    path = os.path.abspath(checkpoint)
-    if os.path.isdir(path):
-        return os.path.basename(path)
-    return f"{os.path.basename(os.path.dirname(path))}/{os.path.basename(path)}"
 
     def _history(self, body: dict) -> list[str]:
         history = _strings(body, "history", self.limits.max_chars, allow_empty=False)
