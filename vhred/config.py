@@ -188,21 +188,25 @@ def _unique_keys_loader():
 
         def construct_yaml_float(self, node):   # YAML 1.1 reads 1:30.0 as 90.0
             if ":" in str(node.value):
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"line {node.start_mark.line + 1}: YAML reads {node.value} in base 60; write the number plainly")
+                raise _other_base(node, "in base 60")
             return super().construct_yaml_float(node)
 
         def construct_yaml_int(self, node):   # YAML 1.1 reads 010 as 8, 0b11 as 3, 1:30 as 90
             digits = str(node.value).replace("_", "").lstrip("+-")
             if (len(digits) > 1 and digits[0] == "0") or ":" in digits:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"line {node.start_mark.line + 1}: YAML reads {node.value} in another base "
-                    "(a leading 0 is octal, 0b binary, 0x hex, ':' base 60); write the number plainly")
+                raise _other_base(node, "in another base (a leading 0 is octal, 0b binary, 0x hex, ':' base 60)")
             return super().construct_yaml_int(node)
 
     Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
     Loader.add_constructor("tag:yaml.org,2002:float", Loader.construct_yaml_float)
     return Loader
+
+
+def _other_base(node, how: str):
+    """The refusal of a YAML number that YAML 1.1 reads in a base other than 10."""
+    import yaml
+    return yaml.constructor.ConstructorError(
+        None, None, f"line {node.start_mark.line + 1}: YAML reads {node.value} {how}; write the number plainly")
 
 
 def _yaml_problem(e) -> str:

@@ -55,7 +55,7 @@ def shown(value) -> str:
     """A value as an error line quotes it: its repr, cut at 40 characters (an int too long for
     repr is named by its digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 10_000:
-        return f"an integer of about {int(value.bit_length() * 0.30103):,} digits"
+        return f"an integer of about {int(value.bit_length() * math.log10(2)):,} digits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
